@@ -1,0 +1,280 @@
+//! The `allmende` command line: `node`, `pki`, `demo`, `health`, `version`.
+//!
+//! Human tables by default, `--json` for machines. Exit codes:
+//! 0 success · 1 failure (operation failed, remote error) · 2 usage error or
+//! story not built yet · 3 configuration or input file error ·
+//! 4 node unreachable or unavailable · 5 refused (unauthenticated or
+//! permission denied).
+
+mod pki_cmd;
+
+use crate::client::{ClientProfile, ProfileError, error_chain};
+use crate::clock::{Clock, SystemClock};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const EXIT_CODES: &str = "Exit codes:\n  0  success\n  1  the operation failed\n  2  usage error, or the requested story is not built yet\n  3  configuration or input file error\n  4  node unreachable or unavailable\n  5  refused: unauthenticated or permission denied";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "allmende",
+    version,
+    about = "Allmende: a federated data-sovereignty broker",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Federation PKI: root, organisation CAs, node and user certificates.
+    #[command(subcommand)]
+    Pki(pki_cmd::PkiCmd),
+    /// Start the Munich demo federation, or run an acceptance story.
+    Demo {
+        /// Run acceptance story N (1-10) on a fresh federation and exit.
+        #[arg(long)]
+        story: Option<u8>,
+        /// Where the demo federation lives (wiped and recreated).
+        #[arg(long, default_value = "allmende-demo")]
+        dir: PathBuf,
+        /// First gRPC port (nodes use base..base+4, admin base+100..).
+        #[arg(long, default_value_t = 7401)]
+        base_port: u16,
+    },
+    /// Check a node's health and who it takes you to be.
+    Health {
+        /// Client profile (TOML: endpoint, root_ca, cert, key).
+        #[arg(long, env = "ALLMENDE_PROFILE")]
+        profile: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Run a node until SIGTERM or SIGINT (drains, flushes, exits 0).
+    Run {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// A CLI failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ProfileError> for Failure {
+    fn from(e: ProfileError) -> Self {
+        let code = match e {
+            ProfileError::Connect { .. } => 4,
+            _ => 3,
+        };
+        Failure::new(code, error_chain(&e))
+    }
+}
+
+/// Maps a gRPC status from a node to an exit code.
+pub fn status_failure(s: &tonic::Status) -> Failure {
+    let code = match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => 5,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => 4,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => 3,
+        _ => 1,
+    };
+    Failure::new(code, format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let json = cli.json;
+    match cli.command {
+        Command::Version => {
+            if json {
+                println!("{}", serde_json::json!({ "version": crate::VERSION }));
+            } else {
+                println!("allmende {}", crate::VERSION);
+            }
+            Ok(())
+        }
+        Command::Node(NodeCmd::Run { config }) => node_run(config).await,
+        Command::Pki(cmd) => pki_cmd::run(cmd, json, SystemClock.now_unix_secs()),
+        Command::Demo {
+            story,
+            dir,
+            base_port,
+        } => demo(story, dir, base_port).await,
+        Command::Health { profile } => health(profile, json).await,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+async fn node_run(config: PathBuf) -> Result<(), Failure> {
+    let cfg = crate::config::NodeConfig::load(&config).map_err(|e| Failure::new(3, e.to_string()))?;
+    crate::telemetry::init(cfg.log_format, &cfg.log_level);
+    let handle = crate::node::start(cfg, Arc::new(SystemClock))
+        .await
+        .map_err(|e| Failure::new(3, error_chain(&e)))?;
+    // Scripts and tests wait for this line.
+    println!("listening grpc={} admin={}", handle.grpc_endpoint(),
+        handle.admin_addr.map(|a| format!("http://{a}")).unwrap_or_else(|| "-".into()));
+    shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    handle
+        .shutdown()
+        .await
+        .map_err(|e| Failure::new(1, error_chain(&e)))
+}
+
+async fn demo(story: Option<u8>, dir: PathBuf, base_port: u16) -> Result<(), Failure> {
+    use crate::demo::{self, StoryOutcome};
+    crate::telemetry::init(crate::config::LogFormat::Human, "warn");
+    if let Some(n) = story {
+        return match demo::run_story(n).await {
+            Ok(StoryOutcome::Passed) => {
+                println!("story {n}: every step behaved as the story says");
+                Ok(())
+            }
+            Ok(StoryOutcome::Failed(why)) => Err(Failure::new(1, format!("story {n} failed: {why}"))),
+            Ok(StoryOutcome::NotBuilt { arrives_with }) => Err(Failure::new(
+                2,
+                format!(
+                    "story {n} is not built yet{}",
+                    arrives_with
+                        .map(|i| format!("; it arrives with issue {i}"))
+                        .unwrap_or_default()
+                ),
+            )),
+            Err(e) => Err(Failure::new(2, e.to_string())),
+        };
+    }
+    let sb = demo::start_munich(&dir, base_port)
+        .await
+        .map_err(|e| Failure::new(1, error_chain(&e)))?;
+    println!("{}", demo::banner(&sb));
+    shutdown_signal().await;
+    println!("stopping the demo federation");
+    sb.shutdown()
+        .await
+        .map_err(|e| Failure::new(1, error_chain(&e)))
+}
+
+async fn health(profile: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    use allmende_proto::v1::federation_client::FederationClient;
+    use tonic_health::pb::health_client::HealthClient;
+    let p = ClientProfile::resolve(profile.as_deref())?;
+    let channel = p.connect().await?;
+    let status = HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|s| status_failure(&s))?
+        .into_inner()
+        .status;
+    let who = FederationClient::new(channel)
+        .who_am_i(allmende_proto::v1::WhoAmIRequest {})
+        .await
+        .map_err(|s| status_failure(&s))?
+        .into_inner();
+    let serving = status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let server = who.server.unwrap_or_default();
+    let me = who.principal.unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "endpoint": p.endpoint,
+                "serving": serving,
+                "node": server.node,
+                "organisation": server.organisation,
+                "federation": server.federation,
+                "version": server.software_version,
+                "membership_version": server.membership_version,
+                "you": {
+                    "organisation": me.organisation,
+                    "organisation_kind": me.organisation_kind().as_str_name(),
+                    "name": me.name,
+                    "role": me.role().as_str_name(),
+                }
+            })
+        );
+    } else {
+        println!(
+            "{:<10} {:<14} {:<16} {:<8} YOU",
+            "STATUS", "NODE", "ORGANISATION", "VERSION"
+        );
+        println!(
+            "{:<10} {:<14} {:<16} {:<8} {} ({}, {})",
+            if serving { "SERVING" } else { "NOT_SERVING" },
+            server.node,
+            server.organisation,
+            server.software_version,
+            me.name,
+            me.organisation,
+            me.role().as_str_name()
+        );
+    }
+    if serving {
+        Ok(())
+    } else {
+        Err(Failure::new(4, format!("node at `{}` is not serving", p.endpoint)))
+    }
+}

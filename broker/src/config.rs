@@ -1,0 +1,428 @@
+//! Node configuration: a versioned TOML file with `deny_unknown_fields`,
+//! relative paths resolved against the file's directory, and environment
+//! overrides for the usual knobs.
+//!
+//! ```toml
+//! version = 1
+//! [node]
+//! name = "swm-1"
+//! data_dir = "data"
+//! [listen]
+//! grpc = "127.0.0.1:7443"
+//! admin = "127.0.0.1:9443"   # plain HTTP, no client certificates: keep on loopback
+//! [tls]
+//! root_ca = "root-ca.crt"
+//! cert = "node.crt"          # leaf + organisation CA
+//! key = "node.key"
+//! membership = "membership.json"
+//! [store]
+//! cache_mb = 64
+//! [log]
+//! format = "human"           # or "json"
+//! level = "info"
+//! [[peers]]
+//! name = "stadt-1"
+//! endpoint = "https://127.0.0.1:7401"
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The config format this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// A config problem, naming the file, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config `{path}`: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config `{path}`: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: u32,
+    node: RawNode,
+    listen: RawListen,
+    tls: RawTls,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    peers: Vec<PeerConfig>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    grpc: String,
+    admin: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    root_ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    membership: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_cache_mb")]
+    cache_mb: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            cache_mb: default_cache_mb(),
+        }
+    }
+}
+
+fn default_cache_mb() -> u64 {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_format")]
+    format: String,
+    #[serde(default = "default_level")]
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: default_format(),
+            level: default_level(),
+        }
+    }
+}
+
+fn default_format() -> String {
+    "human".into()
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: PathBuf,
+}
+
+/// A peer node this node talks to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub endpoint: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A validated node configuration with absolute paths.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub source: PathBuf,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub grpc_listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub root_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub membership: PathBuf,
+    pub store_cache_bytes: u64,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub peers: Vec<PeerConfig>,
+    pub policy_dir: Option<PathBuf>,
+}
+
+/// Environment variables that override config keys.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("ALLMENDE_GRPC_LISTEN", "listen.grpc"),
+    ("ALLMENDE_ADMIN_LISTEN", "listen.admin"),
+    ("ALLMENDE_DATA_DIR", "node.data_dir"),
+    ("ALLMENDE_STORE_CACHE_MB", "store.cache_mb"),
+    ("ALLMENDE_LOG_FORMAT", "log.format"),
+    ("ALLMENDE_LOG_LEVEL", "log.level"),
+];
+
+impl NodeConfig {
+    /// Loads a config file, applying overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses config text; `env` supplies overrides (injectable for tests).
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_owned(),
+            message,
+        };
+        if raw.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!(
+                    "unsupported config version `{}`, this build reads version {CONFIG_VERSION}",
+                    raw.version
+                ),
+            ));
+        }
+        if !crate::pki::identity::valid_leaf_name(&raw.node.name) {
+            return Err(invalid(
+                "node.name",
+                format!("`{}` is not a valid node name", raw.node.name),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        let grpc = env("ALLMENDE_GRPC_LISTEN").unwrap_or(raw.listen.grpc);
+        let grpc_listen: SocketAddr = grpc
+            .parse()
+            .map_err(|_| invalid("listen.grpc", format!("`{grpc}` is not a socket address")))?;
+        let admin = env("ALLMENDE_ADMIN_LISTEN").or(raw.listen.admin);
+        let admin_listen = match admin.as_deref() {
+            None | Some("") | Some("off") => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid("listen.admin", format!("`{a}` is not a socket address"))
+            })?),
+        };
+        let data_dir = env("ALLMENDE_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or(raw.node.data_dir);
+        let cache_mb = match env("ALLMENDE_STORE_CACHE_MB") {
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                invalid("store.cache_mb", format!("`{v}` is not a whole number"))
+            })?,
+            None => raw.store.cache_mb,
+        };
+        if !(1..=65_536).contains(&cache_mb) {
+            return Err(invalid(
+                "store.cache_mb",
+                format!("`{cache_mb}` is out of range 1..=65536"),
+            ));
+        }
+        let format = env("ALLMENDE_LOG_FORMAT").unwrap_or(raw.log.format);
+        let log_format = match format.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}` is not `human` or `json`"),
+                ));
+            }
+        };
+        let log_level = env("ALLMENDE_LOG_LEVEL").unwrap_or(raw.log.level);
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("`{log_level}` is not a log filter"),
+            ));
+        }
+        for (i, p) in raw.peers.iter().enumerate() {
+            if !p.endpoint.starts_with("https://") {
+                return Err(invalid(
+                    &format!("peers[{i}].endpoint"),
+                    format!("`{}` must be an https:// URL (mTLS only)", p.endpoint),
+                ));
+            }
+        }
+        Ok(Self {
+            source: path.to_path_buf(),
+            name: raw.node.name,
+            data_dir: abs(&data_dir),
+            grpc_listen,
+            admin_listen,
+            root_ca: abs(&raw.tls.root_ca),
+            cert: abs(&raw.tls.cert),
+            key: abs(&raw.tls.key),
+            membership: abs(&raw.tls.membership),
+            store_cache_bytes: cache_mb * 1024 * 1024,
+            log_format,
+            log_level,
+            peers: raw.peers,
+            policy_dir: raw.policy.map(|p| abs(&p.dir)),
+        })
+    }
+
+    /// Renders a config file for the given settings (used by the sandbox and
+    /// the demo, so what they run is what an operator would write).
+    pub fn render(
+        name: &str,
+        data_dir: &Path,
+        grpc: SocketAddr,
+        admin: Option<SocketAddr>,
+        tls_dir: &Path,
+        peers: &[PeerConfig],
+    ) -> String {
+        let mut s = format!(
+            "version = 1\n\n[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n\n[listen]\ngrpc = \"{grpc}\"\n",
+            data_dir.display()
+        );
+        if let Some(a) = admin {
+            s.push_str(&format!("admin = \"{a}\"\n"));
+        }
+        s.push_str(&format!(
+            "\n[tls]\nroot_ca = \"{d}/root-ca.crt\"\ncert = \"{d}/node.crt\"\nkey = \"{d}/node.key\"\nmembership = \"{d}/membership.json\"\n\n[store]\ncache_mb = 16\n",
+            d = tls_dir.display()
+        ));
+        for p in peers {
+            s.push_str(&format!(
+                "\n[[peers]]\nname = \"{}\"\nendpoint = \"{}\"\n",
+                p.name, p.endpoint
+            ));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+    use super::*;
+
+    const GOOD: &str = r#"
+version = 1
+[node]
+name = "swm-1"
+data_dir = "data"
+[listen]
+grpc = "127.0.0.1:7443"
+[tls]
+root_ca = "root-ca.crt"
+cert = "node.crt"
+key = "/abs/node.key"
+membership = "membership.json"
+"#;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(Path::new("/etc/allmende/node.toml"), text, |_| None)
+    }
+
+    #[test]
+    fn good_config_resolves_relative_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/allmende/data"));
+        assert_eq!(c.key, Path::new("/abs/node.key"));
+        assert_eq!(c.store_cache_bytes, 64 << 20);
+        assert_eq!(c.admin_listen, None);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = parse(&GOOD.replace("[listen]", "[listen]\ngrcp = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/allmende/node.toml"), "{err}");
+        assert!(err.contains("unknown field `grcp`"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = parse(&GOOD.replace("127.0.0.1:7443", "localhost"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `listen.grpc`"), "{err}");
+        assert!(err.contains("`localhost` is not a socket address"), "{err}");
+        let err = parse(&GOOD.replace("version = 1", "version = 7"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `version`"), "{err}");
+        let err = parse(&format!("{GOOD}\n[[peers]]\nname = \"a\"\nendpoint = \"http://x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("peers[0].endpoint"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_validated() {
+        let c = NodeConfig::parse(Path::new("n.toml"), GOOD, |k| match k {
+            "ALLMENDE_GRPC_LISTEN" => Some("127.0.0.1:9000".into()),
+            "ALLMENDE_LOG_FORMAT" => Some("json".into()),
+            "ALLMENDE_STORE_CACHE_MB" => Some("8".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.grpc_listen.port(), 9000);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.store_cache_bytes, 8 << 20);
+        let err = NodeConfig::parse(Path::new("n.toml"), GOOD, |k| {
+            (k == "ALLMENDE_STORE_CACHE_MB").then(|| "lots".into())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("store.cache_mb"), "{err}");
+    }
+
+    #[test]
+    fn rendered_config_parses() {
+        let text = NodeConfig::render(
+            "stadt-1",
+            Path::new("/tmp/d"),
+            "127.0.0.1:1".parse().unwrap(),
+            Some("127.0.0.1:2".parse().unwrap()),
+            Path::new("/tmp/tls"),
+            &[PeerConfig {
+                name: "swm-1".into(),
+                endpoint: "https://127.0.0.1:3".into(),
+            }],
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.cert, Path::new("/tmp/tls/node.crt"));
+    }
+}

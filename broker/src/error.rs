@@ -1,0 +1,81 @@
+//! The broker's request errors and their one mapping to gRPC status.
+//!
+//! Architecture invariant: `tonic::Status` is built from an [`ApiError`] here
+//! and nowhere else in the broker's services.
+
+use crate::store::StoreError;
+
+/// Why a request failed, in domain terms.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A dependency the request needs (store, audit log) is not available;
+    /// nothing was done.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected state; details go to the log, not the caller.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } | StoreError::Encode { .. } => {
+                ApiError::Internal(e.to_string())
+            }
+            _ => ApiError::Unavailable(format!("store unavailable: {e}")),
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        use tonic::Code;
+        let (code, msg) = match e {
+            ApiError::Unauthenticated(m) => (Code::Unauthenticated, m),
+            ApiError::PermissionDenied(m) => (Code::PermissionDenied, m),
+            ApiError::InvalidArgument(m) => (Code::InvalidArgument, m),
+            ApiError::NotFound(m) => (Code::NotFound, m),
+            ApiError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
+            ApiError::ResourceExhausted(m) => (Code::ResourceExhausted, m),
+            ApiError::Unavailable(m) => {
+                tracing::warn!(error = %m, "request failed: unavailable");
+                (Code::Unavailable, m)
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                (Code::Internal, "internal error; see the node log".to_owned())
+            }
+        };
+        tonic::Status::new(code, msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_do_not_reach_the_caller() {
+        let s: tonic::Status = ApiError::Internal("secret path /x".into()).into();
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert!(!s.message().contains("secret"));
+        let s: tonic::Status = ApiError::from(StoreError::Io(sled::Error::Unsupported(
+            "x".into(),
+        )))
+        .into();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+    }
+}

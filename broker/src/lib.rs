@@ -1,0 +1,24 @@
+//! Allmende broker: the node daemon, its services and the `allmende` CLI.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the code map and the
+//! invariants the modules keep.
+
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod peers;
+pub mod pki;
+pub mod rpc;
+pub mod sandbox;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,5 @@
+//! The `allmende` binary.
+
+fn main() -> std::process::ExitCode {
+    allmende::cli::main()
+}

@@ -1,0 +1,311 @@
+//! A running broker node: store, trust, mTLS gRPC server, admin listener,
+//! membership watcher, and graceful shutdown.
+
+use crate::admin::{self, AdminState};
+use crate::clock::SharedClock;
+use crate::config::NodeConfig;
+use crate::metrics::NodeMetrics;
+use crate::peers::Peers;
+use crate::pki::{Subject, Trust};
+use crate::rpc::{AuthLayer, FederationService};
+use crate::store::{Store, StoreError, StoreOptions, Table, TableName, WriteBatch};
+use crate::tls::{self, TlsMaterial};
+use allmende_proto::v1 as pb;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why a node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("trust: {0}")]
+    Trust(#[from] crate::pki::verifier::TrustError),
+    #[error("own certificate `{path}` is not usable in this federation: {reason}")]
+    OwnCert { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on `{addr}`: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("grpc server: {0}")]
+    Serve(String),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+const MEMBERSHIP_KEY: &str = "current";
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    pub name: String,
+    pub federation: String,
+    pub organisation: String,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub trust: Arc<Trust>,
+    pub metrics: Arc<NodeMetrics>,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl NodeHandle {
+    /// `https://<addr>` of the gRPC listener.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("https://{}", self.grpc_addr)
+    }
+
+    /// Stops accepting, drains in-flight requests, flushes the store.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        let mut first_err = None;
+        for t in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(NodeError::Serve(e.to_string()));
+                }
+            }
+        }
+        self.store.flush().await?;
+        tracing::info!(node = %self.name, "node stopped");
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Starts a node from its configuration.
+pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle, NodeError> {
+    let material = TlsMaterial::load(&config.cert, &config.key, &config.root_ca)?;
+    let root_der = material.root_der(&config.root_ca)?;
+    let membership_file = std::fs::read(&config.membership).map_err(|source| {
+        tls::TlsError::Read {
+            path: config.membership.clone(),
+            source,
+        }
+    })?;
+    let trust = Trust::new(root_der, &membership_file, clock.clone())?;
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Migration {
+        from: 0,
+        reason: format!("cannot create `{}`: {e}", config.data_dir.display()),
+    })?;
+    let store = Store::open(
+        &config.data_dir.join("store"),
+        &StoreOptions {
+            cache_bytes: config.store_cache_bytes,
+        },
+    )?;
+    // Never go back to an older membership than one accepted before.
+    let memberships: Table<String, String> = store.table(TableName::Membership)?;
+    if let Some(stored) = memberships.get(&MEMBERSHIP_KEY.to_owned())?
+        && let Err(e) = trust.install_membership(stored.as_bytes())
+    {
+        tracing::warn!(error = %e, "stored membership not installed");
+    }
+    persist_membership(&store, &memberships, &trust).await?;
+
+    // The node's own certificate must identify a node of a member organisation.
+    let own = {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(material.chain_pem.as_bytes())
+                .filter_map(Result::ok)
+                .collect();
+        let own_err = |reason: String| NodeError::OwnCert {
+            path: config.cert.clone(),
+            reason,
+        };
+        let (leaf, rest) = chain
+            .split_first()
+            .ok_or_else(|| own_err("no certificate".into()))?;
+        trust
+            .authenticate(leaf, rest)
+            .map_err(|e| own_err(e.to_string()))?
+    };
+    if !matches!(&own.subject, Subject::Node(n) if *n == config.name) {
+        return Err(NodeError::OwnCert {
+            path: config.cert.clone(),
+            reason: format!(
+                "certificate identifies `{}`, config names node `{}`",
+                own.uri(),
+                config.name
+            ),
+        });
+    }
+
+    let metrics = NodeMetrics::new(&config.name);
+    metrics
+        .membership_version
+        .set(i64::try_from(trust.snapshot().doc.version).unwrap_or(i64::MAX));
+    let server_cfg = tls::server_config(trust.clone(), &material, metrics.clone(), &config.cert)?;
+    let listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.grpc_listen,
+        source,
+    })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+
+    // Admin listener.
+    let admin_addr = match config.admin_listen {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            let bound = l.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+            let app = admin::router(AdminState {
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+            });
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .map_err(|e| NodeError::Serve(e.to_string()))
+            }));
+            Some(bound)
+        }
+    };
+
+    // gRPC services.
+    let peers = Arc::new(Peers::open(store.clone(), clock.clone())?);
+    let federation = FederationService {
+        trust: trust.clone(),
+        peers,
+        facts: crate::rpc::federation_facts(&own),
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::federation_server::FederationServer<FederationService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(allmende_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let incoming = tls::incoming(listener, server_cfg, trust.clone(), metrics.clone());
+    let router = tonic::transport::Server::builder()
+        .layer(AuthLayer {
+            trust: trust.clone(),
+            metrics: metrics.clone(),
+        })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::federation_server::FederationServer::new(federation));
+    let mut rx = shutdown_rx.clone();
+    let hr = health_reporter.clone();
+    tasks.push(tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.wait_for(|s| *s).await;
+                hr.set_not_serving::<pb::federation_server::FederationServer<FederationService>>()
+                    .await;
+            })
+            .await
+            .map_err(|e| NodeError::Serve(e.to_string()))
+    }));
+
+    // Membership watcher: picks up a re-signed membership (e.g. a revocation)
+    // without restart.
+    {
+        let trust = trust.clone();
+        let metrics = metrics.clone();
+        let store = store.clone();
+        let path = config.membership.clone();
+        let mut rx = shutdown_rx.clone();
+        let mut last = membership_file;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::pki::verifier::MEMBERSHIP_POLL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.wait_for(|s| *s) => return Ok(()),
+                }
+                let Ok(bytes) = tokio::fs::read(&path).await else {
+                    continue;
+                };
+                if bytes == last {
+                    continue;
+                }
+                last = bytes.clone();
+                match trust.install_membership(&bytes) {
+                    Ok(v) => {
+                        metrics.membership_version.set(i64::try_from(v).unwrap_or(i64::MAX));
+                        if let Ok(t) = store.table::<String, String>(TableName::Membership)
+                            && let Err(e) = persist_membership(&store, &t, &trust).await
+                        {
+                            tracing::warn!(error = %e, "membership not persisted");
+                        }
+                    }
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "membership file refused"),
+                }
+            }
+        }));
+    }
+
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        node = %config.name,
+        org = %own.organisation,
+        grpc = %grpc_addr,
+        admin = ?admin_addr,
+        "node started"
+    );
+    Ok(NodeHandle {
+        name: config.name,
+        federation: own.federation.clone(),
+        organisation: own.organisation.clone(),
+        grpc_addr,
+        admin_addr,
+        trust,
+        metrics,
+        store,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+async fn persist_membership(
+    store: &Store,
+    table: &Table<String, String>,
+    trust: &Trust,
+) -> Result<(), StoreError> {
+    let snap = trust.snapshot();
+    let text = String::from_utf8_lossy(&snap.signed_json).into_owned();
+    if table.get(&MEMBERSHIP_KEY.to_owned())?.as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    let mut b = WriteBatch::new();
+    b.put(table, &MEMBERSHIP_KEY.to_owned(), &text)?;
+    store.commit_durable(b).await
+}

@@ -1,0 +1,572 @@
+//! The onboarding flow: federation root, organisation CAs, node and user
+//! certificates, revocation. Each step works on its own directory; private
+//! keys are created where they are used and never leave that directory
+//! (written with mode 0600).
+//!
+//! | step | who | reads | writes |
+//! |---|---|---|---|
+//! | `init-federation` | city | - | `root-ca.key`, `root-ca.crt`, `membership.json` |
+//! | `org-request` | organisation | - | `org-ca.key`, `org-ca.csr` |
+//! | `org-sign` | city | federation dir, `org-ca.csr` | `org-ca.crt`, new `membership.json` |
+//! | `issue-node` / `issue-user` | organisation | org dir | leaf key + chain |
+//! | `revoke` | city | federation dir, a certificate | new `membership.json` |
+
+use super::identity::{
+    LeafIdentity, OrgKind, Role, Subject, org_uri, parse_org_uri, valid_leaf_name,
+    valid_org_name,
+};
+use super::membership::{
+    Denied, MEMBERSHIP_FORMAT, Member, MembershipDoc, MembershipError, SignedMembership,
+    sha256_hex,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+
+/// File names inside the federation (city) directory.
+pub const ROOT_KEY: &str = "root-ca.key";
+pub const ROOT_CERT: &str = "root-ca.crt";
+pub const MEMBERSHIP: &str = "membership.json";
+/// File names inside an organisation directory.
+pub const ORG_KEY: &str = "org-ca.key";
+pub const ORG_CSR: &str = "org-ca.csr";
+pub const ORG_CERT: &str = "org-ca.crt";
+
+/// Default lifetimes.
+pub const ROOT_DAYS: i64 = 3650;
+pub const ORG_DAYS: i64 = 1825;
+pub const NODE_DAYS: i64 = 365;
+pub const USER_DAYS: i64 = 30;
+
+/// Errors of the onboarding steps.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write `{path}`: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` already exists; refusing to overwrite key material")]
+    Exists { path: PathBuf },
+    #[error("invalid name `{0}`: use lower-case letters, digits and `-`")]
+    InvalidOrgName(String),
+    #[error("invalid node name or user id `{0}`: use letters, digits, `.`, `_` and `-`")]
+    InvalidLeafName(String),
+    #[error("certificate error: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("invalid certificate `{path}`: {reason}")]
+    BadCert { path: PathBuf, reason: String },
+    #[error("invalid signing request `{path}`: {reason}")]
+    BadCsr { path: PathBuf, reason: String },
+    #[error("organisation `{0}` is already a member; revoke its CA first")]
+    AlreadyMember(String),
+    #[error("membership: {0}")]
+    Membership(#[from] MembershipError),
+    #[error("validity must be between 1 and {max} days, got {got}")]
+    BadValidity { got: i64, max: i64 },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
+    std::fs::read(path).map_err(|source| PkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_string(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file with mode 0600, refusing to overwrite an existing one.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let werr = |source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(werr)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                PkiError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                werr(e)
+            }
+        })?;
+    f.write_all(bytes).map_err(werr)?;
+    f.sync_all().map_err(werr)
+}
+
+/// Writes a public file atomically (temp file + rename), mode 0644.
+pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    let werr = |source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(werr)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
+    tmp.write_all(bytes).map_err(werr)?;
+    tmp.as_file().sync_all().map_err(werr)?;
+    tmp.persist(path).map_err(|e| werr(e.error))?;
+    Ok(())
+}
+
+fn new_key() -> Result<KeyPair, PkiError> {
+    Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?)
+}
+
+fn load_key(path: &Path) -> Result<KeyPair, PkiError> {
+    let pem = read_string(path)?;
+    KeyPair::from_pem(&pem).map_err(|e| PkiError::BadCert {
+        path: path.to_path_buf(),
+        reason: format!("not a private key: {e}"),
+    })
+}
+
+fn validity(now_unix: i64, days: i64, max: i64) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+    if !(1..=max).contains(&days) {
+        return Err(PkiError::BadValidity { got: days, max });
+    }
+    let now = OffsetDateTime::from_unix_timestamp(now_unix).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    // Small back-dating tolerates clock skew between nodes.
+    Ok((now - Duration::minutes(5), now + Duration::days(days)))
+}
+
+/// Facts read from a certificate.
+#[derive(Debug, Clone)]
+pub struct CertFacts {
+    pub der: Vec<u8>,
+    pub sha256: String,
+    pub spki_sha256: String,
+    pub uris: Vec<String>,
+    pub public_key: Vec<u8>,
+    pub not_after: i64,
+    pub org_units: Vec<String>,
+}
+
+/// Parses the first certificate of a PEM file.
+pub fn cert_facts_from_pem(path: &Path, pem: &str) -> Result<CertFacts, PkiError> {
+    let bad = |reason: String| PkiError::BadCert {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| bad(format!("not PEM: {e}")))?;
+    cert_facts(&p.contents).map_err(bad)
+}
+
+/// Parses a DER certificate.
+pub fn cert_facts(der: &[u8]) -> Result<CertFacts, String> {
+    use x509_parser::prelude::*;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| format!("not X.509: {e}"))?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after certificate".into());
+    }
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::URI(u) = n {
+                uris.push((*u).to_owned());
+            }
+        }
+    }
+    let org_units = cert
+        .subject()
+        .iter_organizational_unit()
+        .filter_map(|a| a.as_str().ok().map(str::to_owned))
+        .collect();
+    Ok(CertFacts {
+        der: der.to_vec(),
+        sha256: sha256_hex(der),
+        spki_sha256: sha256_hex(cert.public_key().raw),
+        uris,
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+        not_after: cert.validity().not_after.timestamp(),
+        org_units,
+    })
+}
+
+/// Paths of a federation (city) directory.
+#[derive(Debug, Clone)]
+pub struct FederationDir(pub PathBuf);
+
+impl FederationDir {
+    pub fn root_key(&self) -> PathBuf {
+        self.0.join(ROOT_KEY)
+    }
+    pub fn root_cert(&self) -> PathBuf {
+        self.0.join(ROOT_CERT)
+    }
+    pub fn membership(&self) -> PathBuf {
+        self.0.join(MEMBERSHIP)
+    }
+
+    /// Reads and verifies the current membership.
+    pub fn load_membership(&self) -> Result<MembershipDoc, PkiError> {
+        let root = cert_facts_from_pem(&self.root_cert(), &read_string(&self.root_cert())?)?;
+        let signed = SignedMembership::from_json(&read(&self.membership())?)?;
+        Ok(signed.verify(&root.public_key)?)
+    }
+
+    fn store_membership(&self, doc: &MembershipDoc) -> Result<(), PkiError> {
+        let key = load_key(&self.root_key())?;
+        let signed = doc.sign(&key.serialize_der())?;
+        write_public(&self.membership(), &signed.to_json())
+    }
+}
+
+/// `allmende pki init-federation`: creates the root CA and an empty membership.
+pub fn init_federation(dir: &Path, federation: &str, now_unix: i64) -> Result<FederationDir, PkiError> {
+    if !valid_org_name(federation) {
+        return Err(PkiError::InvalidOrgName(federation.into()));
+    }
+    let fed = FederationDir(dir.to_path_buf());
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("Allmende federation root {federation}"));
+    dn.push(DnType::OrganizationName, federation);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![SanType::URI(format!("allmende://{federation}").try_into()?)];
+    let (nb, na) = validity(now_unix, ROOT_DAYS, ROOT_DAYS)?;
+    params.not_before = nb;
+    params.not_after = na;
+    let cert = params.self_signed(&key)?;
+    write_secret(&fed.root_key(), key.serialize_pem().as_bytes())?;
+    write_public(&fed.root_cert(), cert.pem().as_bytes())?;
+    let doc = MembershipDoc {
+        format: MEMBERSHIP_FORMAT,
+        federation: federation.to_owned(),
+        version: 1,
+        issued_at: now_unix,
+        root_ca_sha256: sha256_hex(cert.der()),
+        members: vec![],
+        denied: vec![],
+    };
+    fed.store_membership(&doc)?;
+    Ok(fed)
+}
+
+/// `allmende pki org-request`: the organisation's CA key and signing request.
+pub fn org_request(dir: &Path, federation: &str, org: &str) -> Result<PathBuf, PkiError> {
+    for n in [federation, org] {
+        if !valid_org_name(n) {
+            return Err(PkiError::InvalidOrgName(n.into()));
+        }
+    }
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("Allmende organisation CA {org}"));
+    dn.push(DnType::OrganizationName, org);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(org_uri(federation, org).try_into()?)];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let csr = params.serialize_request(&key)?;
+    write_secret(&dir.join(ORG_KEY), key.serialize_pem().as_bytes())?;
+    let csr_path = dir.join(ORG_CSR);
+    write_public(&csr_path, csr.pem()?.as_bytes())?;
+    Ok(csr_path)
+}
+
+/// `allmende pki org-sign`: the city signs an organisation's request and adds
+/// the organisation, with its kind, to the signed membership.
+pub fn org_sign(
+    fed: &FederationDir,
+    csr_path: &Path,
+    kind: OrgKind,
+    display_name: &str,
+    out_cert: &Path,
+    now_unix: i64,
+) -> Result<Member, PkiError> {
+    let bad = |reason: String| PkiError::BadCsr {
+        path: csr_path.to_path_buf(),
+        reason,
+    };
+    let csr = CertificateSigningRequestParams::from_pem(&read_string(csr_path)?)
+        .map_err(|e| bad(e.to_string()))?;
+    let uri = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .find_map(|s| match s {
+            SanType::URI(u) => Some(u.as_str().to_owned()),
+            _ => None,
+        })
+        .ok_or_else(|| bad("no `allmende://<federation>/<org>` URI".into()))?;
+    let (federation, org) = parse_org_uri(&uri).map_err(|e| bad(e.to_string()))?;
+    let mut doc = fed.load_membership()?;
+    if federation != doc.federation {
+        return Err(bad(format!(
+            "requests membership of federation `{federation}`, this is `{}`",
+            doc.federation
+        )));
+    }
+    if doc.member(&org).is_some() {
+        return Err(PkiError::AlreadyMember(org));
+    }
+    // The city decides the certificate's content; only the public key and
+    // the organisation name come from the request.
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("Allmende organisation CA {org}"));
+    dn.push(DnType::OrganizationName, org.as_str());
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(uri.clone().try_into()?)];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.use_authority_key_identifier_extension = true;
+    let (nb, na) = validity(now_unix, ORG_DAYS, ORG_DAYS)?;
+    params.not_before = nb;
+    params.not_after = na;
+    let root_pem = read_string(&fed.root_cert())?;
+    let issuer = Issuer::from_ca_cert_pem(&root_pem, load_key(&fed.root_key())?)?;
+    let cert = params.signed_by(&csr.public_key, &issuer)?;
+    let facts = cert_facts(cert.der()).map_err(bad)?;
+    write_public(out_cert, cert.pem().as_bytes())?;
+    let member = Member {
+        org,
+        kind,
+        display_name: display_name.to_owned(),
+        ca_cert_pem: cert.pem(),
+        ca_spki_sha256: facts.spki_sha256,
+        ca_cert_sha256: facts.sha256,
+        added_at: now_unix,
+    };
+    doc.members.push(member.clone());
+    doc.version += 1;
+    doc.issued_at = now_unix;
+    fed.store_membership(&doc)?;
+    Ok(member)
+}
+
+/// An organisation directory (`org-ca.key`, `org-ca.crt`).
+#[derive(Debug)]
+pub struct OrgCa {
+    pub federation: String,
+    pub org: String,
+    cert_pem: String,
+    key: KeyPair,
+}
+
+impl OrgCa {
+    /// Loads an organisation CA from its directory.
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join(ORG_CERT);
+        let cert_pem = read_string(&cert_path)?;
+        let facts = cert_facts_from_pem(&cert_path, &cert_pem)?;
+        let uri = facts.uris.first().ok_or_else(|| PkiError::BadCert {
+            path: cert_path.clone(),
+            reason: "no organisation URI".into(),
+        })?;
+        let (federation, org) = parse_org_uri(uri).map_err(|e| PkiError::BadCert {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            federation,
+            org,
+            cert_pem,
+            key: load_key(&dir.join(ORG_KEY))?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one private constructor for both leaf kinds")]
+    fn issue(
+        &self,
+        subject: Subject,
+        role: Option<Role>,
+        dns: &[String],
+        ips: &[IpAddr],
+        days: i64,
+        max_days: i64,
+        now_unix: i64,
+    ) -> Result<(KeyPair, String), PkiError> {
+        if !valid_leaf_name(subject.name()) {
+            return Err(PkiError::InvalidLeafName(subject.name().into()));
+        }
+        let id = LeafIdentity {
+            federation: self.federation.clone(),
+            organisation: self.org.clone(),
+            subject: subject.clone(),
+        };
+        let key = new_key()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, subject.name());
+        dn.push(DnType::OrganizationName, self.org.as_str());
+        if let Some(r) = role {
+            dn.push(DnType::OrganizationalUnitName, r.as_str());
+        }
+        params.distinguished_name = dn;
+        let mut sans = vec![SanType::URI(id.uri().try_into()?)];
+        for d in dns {
+            sans.push(SanType::DnsName(d.clone().try_into()?));
+        }
+        for ip in ips {
+            sans.push(SanType::IpAddress(*ip));
+        }
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = match subject {
+            Subject::Node(_) => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Subject::User(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        params.use_authority_key_identifier_extension = true;
+        let (nb, na) = validity(now_unix, days, max_days)?;
+        params.not_before = nb;
+        params.not_after = na;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
+        let cert = params.signed_by(&key, &issuer)?;
+        // The chain a client presents: leaf, then the organisation CA.
+        let chain = format!("{}{}", cert.pem(), self.cert_pem);
+        Ok((key, chain))
+    }
+
+    /// `allmende pki issue-node`: writes `<out>/node.key` and `<out>/node.crt`.
+    pub fn issue_node(
+        &self,
+        name: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+        days: i64,
+        out: &Path,
+        now_unix: i64,
+    ) -> Result<LeafFiles, PkiError> {
+        let (key, chain) = self.issue(
+            Subject::Node(name.into()),
+            None,
+            dns,
+            ips,
+            days,
+            ORG_DAYS,
+            now_unix,
+        )?;
+        LeafFiles::write(out, "node", &key, &chain)
+    }
+
+    /// `allmende pki issue-user`: writes `<out>/<id>.key` and `<out>/<id>.crt`.
+    pub fn issue_user(
+        &self,
+        id: &str,
+        role: Role,
+        days: i64,
+        out: &Path,
+        now_unix: i64,
+    ) -> Result<LeafFiles, PkiError> {
+        let (key, chain) = self.issue(
+            Subject::User(id.into()),
+            Some(role),
+            &[],
+            &[],
+            days,
+            366,
+            now_unix,
+        )?;
+        LeafFiles::write(out, id, &key, &chain)
+    }
+
+    /// `allmende pki renew-user`: a new key and certificate with the identity
+    /// and role of an existing user certificate of this organisation.
+    pub fn renew_user(
+        &self,
+        old_cert: &Path,
+        days: i64,
+        out: &Path,
+        now_unix: i64,
+    ) -> Result<LeafFiles, PkiError> {
+        let facts = cert_facts_from_pem(old_cert, &read_string(old_cert)?)?;
+        let bad = |reason: String| PkiError::BadCert {
+            path: old_cert.to_path_buf(),
+            reason,
+        };
+        let uri = facts.uris.first().ok_or_else(|| bad("no identity URI".into()))?;
+        let id: LeafIdentity = uri.parse().map_err(|e: super::identity::IdentityError| bad(e.to_string()))?;
+        if id.organisation != self.org || id.federation != self.federation {
+            return Err(bad(format!("belongs to `{}`, not to this organisation", id.organisation)));
+        }
+        let Subject::User(user) = id.subject else {
+            return Err(bad("not a user certificate".into()));
+        };
+        let role: Role = facts
+            .org_units
+            .first()
+            .ok_or_else(|| bad("no role".into()))?
+            .parse()
+            .map_err(bad)?;
+        self.issue_user(&user, role, days, out, now_unix)
+    }
+}
+
+/// Where a leaf's key and chain were written.
+#[derive(Debug, Clone)]
+pub struct LeafFiles {
+    pub key: PathBuf,
+    pub chain: PathBuf,
+}
+
+impl LeafFiles {
+    fn write(out: &Path, stem: &str, key: &KeyPair, chain: &str) -> Result<Self, PkiError> {
+        let files = Self {
+            key: out.join(format!("{stem}.key")),
+            chain: out.join(format!("{stem}.crt")),
+        };
+        write_secret(&files.key, key.serialize_pem().as_bytes())?;
+        write_public(&files.chain, chain.as_bytes())?;
+        Ok(files)
+    }
+}
+
+/// `allmende pki revoke`: adds a certificate (leaf or organisation CA) to
+/// the federation's deny list and re-signs the membership.
+pub fn revoke(
+    fed: &FederationDir,
+    cert_path: &Path,
+    reason: &str,
+    now_unix: i64,
+) -> Result<Denied, PkiError> {
+    let facts = cert_facts_from_pem(cert_path, &read_string(cert_path)?)?;
+    let mut doc = fed.load_membership()?;
+    let denied = Denied {
+        cert_sha256: facts.sha256.clone(),
+        subject: facts.uris.first().cloned().unwrap_or_default(),
+        reason: reason.to_owned(),
+        at: now_unix,
+    };
+    if !doc.denied.iter().any(|d| d.cert_sha256 == facts.sha256) {
+        doc.denied.push(denied.clone());
+        doc.version += 1;
+        doc.issued_at = now_unix;
+        fed.store_membership(&doc)?;
+    }
+    Ok(denied)
+}

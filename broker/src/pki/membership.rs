@@ -1,0 +1,216 @@
+//! The federation membership: which organisation CAs belong to the
+//! federation, each organisation's kind, and the deny list. Signed by the
+//! federation root key; nodes accept only a document whose signature verifies
+//! against the root certificate they were configured with, and never an older
+//! version than the one they already trust.
+//!
+//! On disk (`membership.json`) it is a JSON envelope
+//! `{"payload": base64(JSON document), "signature": base64(ECDSA P-256 SHA-256 ASN.1)}`
+//! so the signed bytes are exactly the payload bytes (no canonicalisation).
+
+use super::identity::{OrgKind, valid_org_name};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ring::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// Current document format.
+pub const MEMBERSHIP_FORMAT: u32 = 1;
+
+/// One member organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub org: String,
+    pub kind: OrgKind,
+    pub display_name: String,
+    /// The organisation CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// Lower-case hex SHA-256 of the CA's SubjectPublicKeyInfo (DER).
+    pub ca_spki_sha256: String,
+    /// Lower-case hex SHA-256 of the CA certificate (DER).
+    pub ca_cert_sha256: String,
+    pub added_at: i64,
+}
+
+/// A deny-list entry: a certificate (leaf or organisation CA) by fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Denied {
+    /// Lower-case hex SHA-256 of the certificate (DER).
+    pub cert_sha256: String,
+    /// The identity URI, when known (informational).
+    pub subject: String,
+    pub reason: String,
+    pub at: i64,
+}
+
+/// The signed document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipDoc {
+    pub format: u32,
+    pub federation: String,
+    /// Strictly increasing with every change.
+    pub version: u64,
+    pub issued_at: i64,
+    /// Lower-case hex SHA-256 of the root CA certificate (DER).
+    pub root_ca_sha256: String,
+    pub members: Vec<Member>,
+    pub denied: Vec<Denied>,
+}
+
+/// The envelope as stored in `membership.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedMembership {
+    pub payload: String,
+    pub signature: String,
+}
+
+/// Why a membership document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("membership file is not a signed envelope: {0}")]
+    Envelope(String),
+    #[error("membership signature does not verify against the federation root")]
+    BadSignature,
+    #[error("membership document is malformed: {0}")]
+    Document(String),
+    #[error("membership is for federation `{found}`, expected `{expected}`")]
+    WrongFederation { found: String, expected: String },
+    #[error("membership names root `{found}`, this node trusts root `{expected}`")]
+    WrongRoot { found: String, expected: String },
+    #[error("membership version {offered} is older than the trusted version {current}")]
+    Rollback { offered: u64, current: u64 },
+    #[error("cannot sign membership: {0}")]
+    Sign(String),
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl MembershipDoc {
+    /// Signs the document with the root key (PKCS#8 DER, ECDSA P-256).
+    pub fn sign(&self, root_key_pkcs8: &[u8]) -> Result<SignedMembership, MembershipError> {
+        let payload =
+            serde_json::to_vec(self).map_err(|e| MembershipError::Sign(e.to_string()))?;
+        let rng = ring::rand::SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, root_key_pkcs8, &rng)
+            .map_err(|e| MembershipError::Sign(e.to_string()))?;
+        let sig = key
+            .sign(&rng, &payload)
+            .map_err(|e| MembershipError::Sign(e.to_string()))?;
+        Ok(SignedMembership {
+            payload: B64.encode(&payload),
+            signature: B64.encode(sig.as_ref()),
+        })
+    }
+
+    fn validate(&self) -> Result<(), MembershipError> {
+        let bad = |m: String| Err(MembershipError::Document(m));
+        if self.format != MEMBERSHIP_FORMAT {
+            return bad(format!("unsupported format `{}`", self.format));
+        }
+        if !valid_org_name(&self.federation) {
+            return bad(format!("invalid federation name `{}`", self.federation));
+        }
+        let mut seen = HashMap::new();
+        for m in &self.members {
+            if !valid_org_name(&m.org) {
+                return bad(format!("invalid organisation name `{}`", m.org));
+            }
+            if seen.insert(m.org.as_str(), ()).is_some() {
+                return bad(format!("organisation `{}` listed twice", m.org));
+            }
+        }
+        Ok(())
+    }
+
+    /// The member with this organisation name.
+    pub fn member(&self, org: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.org == org)
+    }
+}
+
+impl SignedMembership {
+    /// Parses the on-disk JSON envelope.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, MembershipError> {
+        serde_json::from_slice(bytes).map_err(|e| MembershipError::Envelope(e.to_string()))
+    }
+
+    /// The on-disk JSON envelope.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Verifies the signature with the root public key (uncompressed P-256
+    /// point from the root certificate) and returns the document.
+    pub fn verify(&self, root_public_key: &[u8]) -> Result<MembershipDoc, MembershipError> {
+        let payload = B64
+            .decode(&self.payload)
+            .map_err(|e| MembershipError::Envelope(format!("payload: {e}")))?;
+        let sig = B64
+            .decode(&self.signature)
+            .map_err(|e| MembershipError::Envelope(format!("signature: {e}")))?;
+        ring::signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, root_public_key)
+            .verify(&payload, &sig)
+            .map_err(|_| MembershipError::BadSignature)?;
+        let doc: MembershipDoc = serde_json::from_slice(&payload)
+            .map_err(|e| MembershipError::Document(e.to_string()))?;
+        doc.validate()?;
+        Ok(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+    use super::*;
+
+    fn doc() -> MembershipDoc {
+        MembershipDoc {
+            format: MEMBERSHIP_FORMAT,
+            federation: "munich".into(),
+            version: 1,
+            issued_at: 0,
+            root_ca_sha256: "00".into(),
+            members: vec![],
+            denied: vec![],
+        }
+    }
+
+    #[test]
+    fn signature_binds_every_byte() {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let signed = doc().sign(&kp.serialize_der()).unwrap();
+        assert_eq!(signed.verify(kp.public_key_raw()).unwrap(), doc());
+        let mut forged = doc();
+        forged.version = 2;
+        let mut tampered = signed.clone();
+        tampered.payload = B64.encode(serde_json::to_vec(&forged).unwrap());
+        assert!(matches!(
+            tampered.verify(kp.public_key_raw()),
+            Err(MembershipError::BadSignature)
+        ));
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(signed.verify(other.public_key_raw()).is_err());
+    }
+
+    #[test]
+    fn malformed_envelopes_are_refused() {
+        assert!(SignedMembership::from_json(b"{").is_err());
+        assert!(SignedMembership::from_json(br#"{"payload":"","signature":"","x":1}"#).is_err());
+        let s = SignedMembership {
+            payload: "!!".into(),
+            signature: "AA==".into(),
+        };
+        assert!(s.verify(&[4; 65]).is_err());
+    }
+}

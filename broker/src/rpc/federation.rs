@@ -1,0 +1,110 @@
+//! `allmende.v1.Federation`.
+
+use super::principal;
+use crate::error::ApiError;
+use crate::peers::Peers;
+use crate::pki::Trust;
+use allmende_proto::v1 as pb;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Facts about the serving node.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    pub federation: String,
+    pub organisation: String,
+    pub node: String,
+}
+
+#[derive(Debug)]
+pub struct FederationService {
+    pub trust: Arc<Trust>,
+    pub peers: Arc<Peers>,
+    pub facts: ServerFacts,
+}
+
+impl FederationService {
+    fn node_info(&self) -> pb::NodeInfo {
+        pb::NodeInfo {
+            federation: self.facts.federation.clone(),
+            organisation: self.facts.organisation.clone(),
+            node: self.facts.node.clone(),
+            software_version: crate::VERSION.to_owned(),
+            membership_version: self.trust.snapshot().doc.version,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::federation_server::Federation for FederationService {
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let p = principal(&req)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            principal: Some(pb::Principal::from(p.as_ref())),
+            server: Some(self.node_info()),
+        }))
+    }
+
+    async fn hello(
+        &self,
+        req: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let p = principal(&req)?;
+        let body = req.into_inner();
+        if !p.is_node() {
+            return Err(ApiError::PermissionDenied(
+                "only broker nodes introduce themselves with `Hello`".into(),
+            )
+            .into());
+        }
+        // Identity comes from the certificate; a body that claims otherwise
+        // is noted and ignored.
+        if (!body.claimed_organisation.is_empty() && body.claimed_organisation != p.organisation)
+            || (!body.claimed_node.is_empty() && body.claimed_node != p.subject.name())
+        {
+            tracing::warn!(
+                cert_org = %p.organisation,
+                cert_node = %p.subject.name(),
+                claimed_org = %body.claimed_organisation.chars().take(64).collect::<String>(),
+                "hello claims another identity than its certificate; using the certificate"
+            );
+        }
+        let rec = self
+            .peers
+            .record_hello(&p, &body.software_version)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::Internal("node principal without node name".into()))?;
+        Ok(Response::new(pb::HelloResponse {
+            you: Some(pb::Principal::from(p.as_ref())),
+            server: Some(self.node_info()),
+            hellos_recorded: rec.hellos,
+        }))
+    }
+
+    async fn list_peers(
+        &self,
+        req: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        let _p = principal(&req)?;
+        let peers = self.peers.list().map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListPeersResponse {
+            peers: peers.iter().map(pb::Peer::from).collect(),
+        }))
+    }
+
+    async fn get_membership(
+        &self,
+        req: Request<pb::GetMembershipRequest>,
+    ) -> Result<Response<pb::GetMembershipResponse>, Status> {
+        let _p = principal(&req)?;
+        let snap = self.trust.snapshot();
+        Ok(Response::new(pb::GetMembershipResponse {
+            signed_membership: snap.signed_json.clone(),
+            version: snap.doc.version,
+        }))
+    }
+}

@@ -1,0 +1,138 @@
+//! The gRPC layer: the authentication layer in front of every service, the
+//! service implementations, health and reflection.
+//!
+//! Architecture invariant: only this module (and `tls`) knows tonic; it turns
+//! requests into calls on domain types and domain errors into status via
+//! `error::ApiError`.
+
+pub mod convert;
+mod federation;
+
+pub use federation::FederationService;
+
+use crate::metrics::{NodeMetrics, RpcLabels};
+use crate::pki::{Principal, Trust};
+use crate::tls::PeerInfo;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tracing::Instrument;
+
+/// The caller of a request, as bound by [`AuthLayer`].
+pub fn principal<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, tonic::Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.principal.clone())
+        .ok_or_else(|| {
+            tonic::Status::from(crate::error::ApiError::Unauthenticated(
+                "no authenticated peer".into(),
+            ))
+        })
+}
+
+/// Tower layer run for every request: re-checks the connection's principal
+/// against the current deny list and clock, opens the request span (org,
+/// user, and empty `dataset`/`purpose` fields that handlers record), and
+/// counts the request.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    pub trust: Arc<Trust>,
+    pub metrics: Arc<NodeMetrics>,
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+type BoxFut<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFut<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let peer = req.extensions().get::<PeerInfo>().cloned();
+        let layer = self.layer.clone();
+        // Take the service that was driven to readiness.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let refusal = match &peer {
+                None => Some(tonic::Status::unauthenticated("no authenticated peer")),
+                Some(p) => layer.trust.recheck(&p.principal).err().map(|e| {
+                    layer.metrics.refuse(e.label());
+                    tonic::Status::unauthenticated(e.to_string())
+                }),
+            };
+            if let Some(status) = refusal {
+                count(&layer.metrics, &method, status.code());
+                return Ok(status.into_http());
+            }
+            let (org, user) = peer
+                .as_ref()
+                .map(|p| (p.principal.organisation.clone(), p.principal.subject.name().to_owned()))
+                .unwrap_or_default();
+            let span = tracing::info_span!(
+                "rpc",
+                %method,
+                org = %org,
+                user = %user,
+                dataset = tracing::field::Empty,
+                purpose = tracing::field::Empty,
+            );
+            let resp = inner.call(req).instrument(span).await?;
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+            count(&layer.metrics, &method, code);
+            Ok(resp)
+        })
+    }
+}
+
+fn count(metrics: &NodeMetrics, method: &str, code: tonic::Code) {
+    metrics
+        .rpc_requests
+        .get_or_create(&RpcLabels {
+            method: method.to_owned(),
+            code: format!("{code:?}"),
+        })
+        .inc();
+}
+
+/// The facts a node states about itself, from its own bound identity.
+pub fn federation_facts(own: &Principal) -> federation::ServerFacts {
+    federation::ServerFacts {
+        federation: own.federation.clone(),
+        organisation: own.organisation.clone(),
+        node: own.subject.name().to_owned(),
+    }
+}

@@ -1,0 +1,324 @@
+//! An in-process federation: N real nodes on loopback ports in one process,
+//! onboarded through the real PKI flow into a fresh directory. Used by the
+//! demo and by every end-to-end test.
+//!
+//! Layout under the sandbox root:
+//! ```text
+//! federation/                 root-ca.key, root-ca.crt, membership.json (the city's)
+//! <org>/ca/                   org-ca.key, org-ca.csr, org-ca.crt
+//! <org>/nodes/<node>/         node.key, node.crt, root-ca.crt, membership.json, node.toml, data/
+//! <org>/users/<id>.{key,crt,profile.toml}
+//! ```
+
+use crate::client::ClientProfile;
+use crate::clock::SharedClock;
+use crate::config::{NodeConfig, PeerConfig};
+use crate::node::{self, NodeError, NodeHandle};
+use crate::pki::ca::{self, FederationDir, OrgCa, PkiError};
+use crate::pki::{OrgKind, Role};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// One organisation of a sandbox federation.
+#[derive(Debug, Clone)]
+pub struct OrgSpec {
+    pub name: String,
+    pub kind: OrgKind,
+    pub display_name: String,
+    pub nodes: Vec<String>,
+    pub users: Vec<(String, Role)>,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub federation: String,
+    pub orgs: Vec<OrgSpec>,
+    /// Fixed ports from here (node i: grpc base+i, admin base+100+i), with
+    /// peers configured; `None` picks free ports and leaves peers empty.
+    pub base_port: Option<u16>,
+    /// Start admin listeners.
+    pub admin: bool,
+}
+
+fn org(name: &str, kind: OrgKind, display: &str, users: &[(&str, Role)]) -> OrgSpec {
+    OrgSpec {
+        name: name.into(),
+        kind,
+        display_name: display.into(),
+        nodes: vec![format!("{name}-1")],
+        users: users.iter().map(|(u, r)| ((*u).to_owned(), *r)).collect(),
+    }
+}
+
+impl SandboxSpec {
+    /// The Munich federation of the brief.
+    pub fn munich() -> Self {
+        Self {
+            federation: "munich".into(),
+            orgs: vec![
+                org(
+                    "stadt",
+                    OrgKind::City,
+                    "Landeshauptstadt München",
+                    &[("dpo", Role::Dpo), ("operator", Role::Operator), ("steward", Role::Steward)],
+                ),
+                org(
+                    "swm",
+                    OrgKind::Utility,
+                    "Stadtwerke München",
+                    &[("steward", Role::Steward), ("dpo", Role::Dpo), ("household-0001", Role::Citizen)],
+                ),
+                org(
+                    "tum",
+                    OrgKind::University,
+                    "Technische Universität München",
+                    &[("alice", Role::Researcher)],
+                ),
+                org(
+                    "scooter-co",
+                    OrgKind::Company,
+                    "Scooter Co. GmbH",
+                    &[("operator", Role::Operator)],
+                ),
+                org(
+                    "versicherung-ag",
+                    OrgKind::Company,
+                    "Versicherung AG",
+                    &[("analyst", Role::Researcher)],
+                ),
+            ],
+            base_port: None,
+            admin: true,
+        }
+    }
+}
+
+/// Errors starting a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("sandbox i/o at `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A running sandbox federation.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub root: PathBuf,
+    pub federation: FederationDir,
+    pub spec: SandboxSpec,
+    pub nodes: Vec<NodeHandle>,
+    pub clock: SharedClock,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl Sandbox {
+    /// Onboards the federation into `dir` (a fresh temporary directory when
+    /// `None`) and starts every node.
+    pub async fn start(
+        spec: SandboxSpec,
+        dir: Option<PathBuf>,
+        clock: SharedClock,
+    ) -> Result<Self, SandboxError> {
+        let (root, tempdir) = match dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("allmende-sandbox-")
+                    .tempdir()
+                    .map_err(io_err(Path::new("/tmp")))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let now = clock.now_unix_secs();
+        let fed = ca::init_federation(&root.join("federation"), &spec.federation, now)?;
+
+        // Ports.
+        let mut addrs = Vec::new();
+        let total: usize = spec.orgs.iter().map(|o| o.nodes.len()).sum();
+        for i in 0..total {
+            let (g, a) = match spec.base_port {
+                Some(b) => {
+                    let i = u16::try_from(i).unwrap_or(u16::MAX);
+                    (b.saturating_add(i), b.saturating_add(100).saturating_add(i))
+                }
+                None => (0, 0),
+            };
+            addrs.push((
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), g),
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), a),
+            ));
+        }
+        let all_nodes: Vec<String> = spec.orgs.iter().flat_map(|o| o.nodes.clone()).collect();
+
+        // Onboarding: each organisation makes its key and request locally;
+        // the city signs; keys never leave their directory.
+        let mut configs = Vec::new();
+        let mut idx = 0;
+        for o in &spec.orgs {
+            let org_dir = root.join(&o.name).join("ca");
+            let csr = ca::org_request(&org_dir, &spec.federation, &o.name)?;
+            ca::org_sign(&fed, &csr, o.kind, &o.display_name, &org_dir.join(ca::ORG_CERT), now)?;
+        }
+        for o in &spec.orgs {
+            let org_ca = OrgCa::load(&root.join(&o.name).join("ca"))?;
+            for n in &o.nodes {
+                let nd = root.join(&o.name).join("nodes").join(n);
+                org_ca.issue_node(
+                    n,
+                    &["localhost".to_owned()],
+                    &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                    ca::NODE_DAYS,
+                    &nd,
+                    now,
+                )?;
+                let (grpc, admin) = addrs[idx];
+                let peers: Vec<PeerConfig> = if spec.base_port.is_some() {
+                    all_nodes
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != idx)
+                        .map(|(j, name)| PeerConfig {
+                            name: name.clone(),
+                            endpoint: format!("https://{}", addrs[j].0),
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let text = NodeConfig::render(
+                    n,
+                    &nd.join("data"),
+                    grpc,
+                    spec.admin.then_some(admin),
+                    &nd,
+                    &peers,
+                );
+                let cfg_path = nd.join("node.toml");
+                std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
+                configs.push(cfg_path);
+                idx += 1;
+            }
+            for (id, role) in &o.users {
+                org_ca.issue_user(id, *role, ca::USER_DAYS, &root.join(&o.name).join("users"), now)?;
+            }
+        }
+        let mut sandbox = Self {
+            root: root.clone(),
+            federation: fed,
+            spec,
+            nodes: Vec::new(),
+            clock: clock.clone(),
+            _tempdir: tempdir,
+        };
+        // Every node gets the root certificate and the final membership.
+        sandbox.publish_membership()?;
+        for cfg in configs {
+            let c = NodeConfig::load(&cfg)?;
+            sandbox.nodes.push(node::start(c, clock.clone()).await?);
+        }
+        // User profiles point at their organisation's first node.
+        for o in &sandbox.spec.orgs {
+            let Some(first) = o.nodes.first() else { continue };
+            let Some(endpoint) = sandbox.node(first).map(NodeHandle::grpc_endpoint) else {
+                continue;
+            };
+            for (id, _) in &o.users {
+                let udir = root.join(&o.name).join("users");
+                let p = ClientProfile {
+                    endpoint: endpoint.clone(),
+                    root_ca: sandbox.federation.root_cert(),
+                    cert: udir.join(format!("{id}.crt")),
+                    key: udir.join(format!("{id}.key")),
+                };
+                let path = udir.join(format!("{id}.profile.toml"));
+                std::fs::write(&path, p.to_toml()).map_err(io_err(&path))?;
+            }
+        }
+        Ok(sandbox)
+    }
+
+    /// Copies the city's current membership (and root) to every node
+    /// directory, as an operator's distribution would, and installs it in
+    /// running nodes right away.
+    pub fn publish_membership(&self) -> Result<(), SandboxError> {
+        let bytes = std::fs::read(self.federation.membership())
+            .map_err(io_err(&self.federation.membership()))?;
+        let root = std::fs::read(self.federation.root_cert())
+            .map_err(io_err(&self.federation.root_cert()))?;
+        for o in &self.spec.orgs {
+            for n in &o.nodes {
+                let nd = self.root.join(&o.name).join("nodes").join(n);
+                ca::write_public(&nd.join(ca::MEMBERSHIP), &bytes)?;
+                ca::write_public(&nd.join(ca::ROOT_CERT), &root)?;
+            }
+        }
+        for n in &self.nodes {
+            if let Err(e) = n.trust.install_membership(&bytes) {
+                tracing::warn!(node = %n.name, error = %e, "membership not installed");
+            }
+        }
+        Ok(())
+    }
+
+    /// A running node by name.
+    pub fn node(&self, name: &str) -> Option<&NodeHandle> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The directory of an organisation's CA.
+    pub fn org_dir(&self, org: &str) -> PathBuf {
+        self.root.join(org).join("ca")
+    }
+
+    /// The profile of a sandbox user (`<org>/users/<id>.profile.toml`).
+    pub fn profile(&self, org: &str, user: &str) -> Result<ClientProfile, crate::client::ProfileError> {
+        ClientProfile::load(
+            &self
+                .root
+                .join(org)
+                .join("users")
+                .join(format!("{user}.profile.toml")),
+        )
+    }
+
+    /// A node's own identity as a client profile aimed at `endpoint` (for
+    /// node-to-node calls).
+    pub fn node_profile(&self, org: &str, node: &str, endpoint: &str) -> ClientProfile {
+        let nd = self.root.join(org).join("nodes").join(node);
+        ClientProfile {
+            endpoint: endpoint.to_owned(),
+            root_ca: nd.join(ca::ROOT_CERT),
+            cert: nd.join("node.crt"),
+            key: nd.join("node.key"),
+        }
+    }
+
+    /// Stops every node (drain, flush).
+    pub async fn shutdown(self) -> Result<(), SandboxError> {
+        let mut first = None;
+        for n in self.nodes {
+            if let Err(e) = n.shutdown().await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), |e| Err(e.into()))
+    }
+}

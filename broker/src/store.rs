@@ -1,0 +1,534 @@
+//! The node's embedded store: the only module that touches sled.
+//!
+//! - Named trees ([`TableName`]) with typed keys ([`Key`]) and serde values.
+//! - A [`WriteBatch`] spanning several trees, committed atomically in one sled
+//!   transaction. [`Store::commit_durable`] flushes (`flush_async`) before it
+//!   returns: callers acknowledge a write to anyone only after it returned.
+//! - A storage format version under `meta/format_version`, checked at open,
+//!   with a migration path from every older version ([`MIGRATIONS`]).
+//!
+//! Architecture invariant: nothing outside this module names a sled type.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+/// The storage format this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+const FORMAT_KEY: &[u8] = b"format_version";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store at `{path}`: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store at `{path}` has format version {found}, newer than this build's {supported}; upgrade allmende")]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("store migration from format {from} failed: {reason}")]
+    Migration { from: u32, reason: String },
+    #[error("store i/o error: {0}")]
+    Io(#[from] sled::Error),
+    #[error("corrupt value in table `{table}`: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+    #[error("cannot encode value for table `{table}`: {reason}")]
+    Encode { table: &'static str, reason: String },
+}
+
+/// The named trees of a node's store. Later features add their own names here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableName {
+    /// Store metadata: format version, node facts.
+    Meta,
+    /// Peers this node has met (`Federation.Hello`).
+    Peers,
+    /// The last signed membership document this node accepted.
+    Membership,
+}
+
+impl TableName {
+    /// Every table, in a fixed order.
+    pub const ALL: [TableName; 3] = [TableName::Meta, TableName::Peers, TableName::Membership];
+
+    /// The sled tree name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableName::Meta => "meta",
+            TableName::Peers => "peers",
+            TableName::Membership => "membership",
+        }
+    }
+}
+
+/// A key with a stable byte encoding whose byte order is the key order.
+pub trait Key: Sized {
+    /// Encodes the key.
+    fn encode(&self) -> Vec<u8>;
+    /// Decodes a key written by [`Key::encode`].
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+impl Key for String {
+    fn encode(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+impl Key for u64 {
+    fn encode(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+}
+
+/// Two string parts, ordered by the first, then the second (0x00-separated;
+/// the parts must not contain NUL, which identifiers in Allmende never do).
+impl Key for (String, String) {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.0.len() + self.1.len() + 1);
+        v.extend_from_slice(self.0.as_bytes());
+        v.push(0);
+        v.extend_from_slice(self.1.as_bytes());
+        v
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let pos = bytes.iter().position(|b| *b == 0)?;
+        Some((
+            String::from_utf8(bytes[..pos].to_vec()).ok()?,
+            String::from_utf8(bytes[pos + 1..].to_vec()).ok()?,
+        ))
+    }
+}
+
+/// A typed view of one named tree.
+#[derive(Debug, Clone)]
+pub struct Table<K, V> {
+    name: TableName,
+    tree: sled::Tree,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
+    /// Reads one value.
+    pub fn get(&self, key: &K) -> Result<Option<V>, StoreError> {
+        match self.tree.get(key.encode())? {
+            None => Ok(None),
+            Some(bytes) => decode_value(self.name, &bytes).map(Some),
+        }
+    }
+
+    /// Every entry in key order. A corrupt entry is an error, never skipped.
+    pub fn entries(&self) -> Result<Vec<(K, V)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
+                table: self.name.as_str(),
+                reason: "undecodable key".into(),
+            })?;
+            out.push((key, decode_value(self.name, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// True when the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> TableName {
+        self.name
+    }
+}
+
+fn decode_value<V: DeserializeOwned>(table: TableName, bytes: &[u8]) -> Result<V, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table: table.as_str(),
+        reason: e.to_string(),
+    })
+}
+
+#[derive(Debug)]
+enum Op {
+    Put(TableName, Vec<u8>, Vec<u8>),
+    Remove(TableName, Vec<u8>),
+}
+
+/// Writes to one or more tables, applied atomically by [`Store::commit_durable`].
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put<K: Key, V: Serialize + DeserializeOwned>(
+        &mut self,
+        table: &Table<K, V>,
+        key: &K,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+            table: table.name.as_str(),
+            reason: e.to_string(),
+        })?;
+        self.ops.push(Op::Put(table.name, key.encode(), bytes));
+        Ok(())
+    }
+
+    /// Adds a removal.
+    pub fn remove<K: Key, V>(&mut self, table: &Table<K, V>, key: &K) {
+        self.ops.push(Op::Remove(table.name, key.encode()));
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache in bytes (sled's own default of 1 GiB is too much when
+    /// several nodes share a machine).
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A migration from format `from` to `from + 1`.
+type Migration = fn(&sled::Db) -> Result<(), String>;
+
+/// Migrations, indexed by the version they start from.
+///
+/// Format 0 is what pre-release builds wrote: the same trees without a
+/// `meta/format_version` key. Migrating stamps the version and creates the
+/// trees a format-1 store is expected to have.
+pub const MIGRATIONS: &[(u32, Migration)] = &[(0, migrate_0_to_1)];
+
+fn migrate_0_to_1(db: &sled::Db) -> Result<(), String> {
+    for t in TableName::ALL {
+        db.open_tree(t.as_str()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The node's store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, migrating older formats.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_bytes)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn meta(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(TableName::Meta.as_str())?)
+    }
+
+    /// The format version on disk.
+    pub fn format_version(&self) -> Result<u32, StoreError> {
+        let meta = self.meta()?;
+        match meta.get(FORMAT_KEY)? {
+            Some(v) => {
+                let b: [u8; 4] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    table: "meta",
+                    reason: "format version is not 4 bytes".into(),
+                })?;
+                Ok(u32::from_be_bytes(b))
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn is_fresh(&self) -> Result<bool, StoreError> {
+        for name in self.db.tree_names() {
+            if name.as_ref() == b"__sled__default" {
+                if !self.db.is_empty() {
+                    return Ok(false);
+                }
+                continue;
+            }
+            if !self.db.open_tree(&name)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        let mut version = self.format_version()?;
+        if version == 0 && self.is_fresh()? {
+            version = FORMAT_VERSION;
+            migrate_0_to_1(&self.db).map_err(|reason| StoreError::Migration { from: 0, reason })?;
+            self.set_format(version)?;
+        }
+        if version > FORMAT_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        while version < FORMAT_VERSION {
+            let (_, step) = MIGRATIONS
+                .iter()
+                .find(|(from, _)| *from == version)
+                .ok_or_else(|| StoreError::Migration {
+                    from: version,
+                    reason: "no migration known".into(),
+                })?;
+            step(&self.db).map_err(|reason| StoreError::Migration {
+                from: version,
+                reason,
+            })?;
+            version += 1;
+            self.set_format(version)?;
+            tracing::info!(version, path = %self.path.display(), "store migrated");
+        }
+        Ok(())
+    }
+
+    fn set_format(&self, version: u32) -> Result<(), StoreError> {
+        self.meta()?.insert(FORMAT_KEY, &version.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A typed view of a table.
+    pub fn table<K: Key, V: Serialize + DeserializeOwned>(
+        &self,
+        name: TableName,
+    ) -> Result<Table<K, V>, StoreError> {
+        Ok(Table {
+            name,
+            tree: self.db.open_tree(name.as_str())?,
+            _types: PhantomData,
+        })
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<TableName> = Vec::new();
+        for op in &batch.ops {
+            let n = match op {
+                Op::Put(n, ..) | Op::Remove(n, _) => *n,
+            };
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        let trees = names
+            .iter()
+            .map(|n| self.db.open_tree(n.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tree_refs: Vec<&sled::Tree> = trees.iter().collect();
+        let result: Result<(), TransactionError<()>> =
+            tree_refs.as_slice().transaction(|txs| {
+                for op in &batch.ops {
+                    match op {
+                        Op::Put(n, k, v) => {
+                            let i = names.iter().position(|x| x == n).unwrap_or(0);
+                            txs[i].insert(k.as_slice(), v.as_slice())?;
+                        }
+                        Op::Remove(n, k) => {
+                            let i = names.iter().position(|x| x == n).unwrap_or(0);
+                            txs[i].remove(k.as_slice())?;
+                        }
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Io(e)),
+            Err(TransactionError::Abort(())) => Err(StoreError::Corrupt {
+                table: "transaction",
+                reason: "aborted".into(),
+            }),
+        }
+    }
+
+    /// Applies the batch atomically and waits until it is on disk
+    /// (`flush_async`). Only after this returns may a write be acknowledged.
+    pub async fn commit_durable(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.apply(batch)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Applies the batch atomically without waiting for disk; for state that
+    /// can be rebuilt (caches, derived indexes).
+    pub fn commit_volatile(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.apply(batch)
+    }
+
+    /// Flushes everything written so far.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    #[cfg(test)]
+    fn raw_db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Thing {
+        n: u64,
+    }
+
+    fn opts() -> StoreOptions {
+        StoreOptions {
+            cache_bytes: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn batch_spans_tables_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), &opts()).unwrap();
+            let peers: Table<(String, String), Thing> = s.table(TableName::Peers).unwrap();
+            let meta: Table<String, Thing> = s.table(TableName::Meta).unwrap();
+            let mut b = WriteBatch::new();
+            b.put(&peers, &("swm".into(), "swm-1".into()), &Thing { n: 1 })
+                .unwrap();
+            b.put(&meta, &"x".to_string(), &Thing { n: 2 }).unwrap();
+            assert_eq!(b.len(), 2);
+            s.commit_durable(b).await.unwrap();
+        }
+        let s = Store::open(dir.path(), &opts()).unwrap();
+        let peers: Table<(String, String), Thing> = s.table(TableName::Peers).unwrap();
+        assert_eq!(
+            peers.entries().unwrap(),
+            vec![(("swm".into(), "swm-1".into()), Thing { n: 1 })]
+        );
+        assert_eq!(s.format_version().unwrap(), FORMAT_VERSION);
+    }
+
+    #[test]
+    fn format_zero_store_is_migrated_and_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What a pre-release build left behind: data, no format key.
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            db.open_tree("peers")
+                .unwrap()
+                .insert(b"swm\0swm-1", br#"{"n":7}"#.to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(dir.path(), &opts()).unwrap();
+        assert_eq!(s.format_version().unwrap(), 1);
+        let peers: Table<(String, String), Thing> = s.table(TableName::Peers).unwrap();
+        assert_eq!(
+            peers.get(&("swm".into(), "swm-1".into())).unwrap(),
+            Some(Thing { n: 7 })
+        );
+        assert!(s.raw_db().tree_names().iter().any(|n| n.as_ref() == b"membership"));
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), &opts()).unwrap();
+            s.set_format(FORMAT_VERSION + 1).unwrap();
+        }
+        let err = Store::open(dir.path(), &opts()).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found, .. } if found == FORMAT_VERSION + 1));
+        assert!(err.to_string().contains("newer than this build"));
+    }
+
+    #[test]
+    fn corrupt_value_is_an_error_not_a_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), &opts()).unwrap();
+        s.raw_db()
+            .open_tree("peers")
+            .unwrap()
+            .insert(b"a\0b", b"not json".to_vec())
+            .unwrap();
+        let peers: Table<(String, String), Thing> = s.table(TableName::Peers).unwrap();
+        assert!(matches!(peers.entries(), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn keys_order_like_their_values() {
+        assert!(1u64.encode() < 256u64.encode());
+        let k = ("a".to_string(), "b".to_string());
+        assert_eq!(<(String, String)>::decode(&k.encode()), Some(k));
+        assert_eq!(<u64>::decode(&[1, 2]), None);
+    }
+}

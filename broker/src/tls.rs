@@ -1,0 +1,299 @@
+//! mTLS plumbing: our own rustls `ServerConfig` with the federation client
+//! verifier, a tokio-rustls accept loop that binds each connection to a
+//! [`Principal`], and client channels for the CLI and node-to-node calls.
+//!
+//! Architecture invariant: a connection reaches a gRPC handler only after its
+//! handshake passed [`FederationClientVerifier`] and its chain was bound to a
+//! principal; the principal travels as [`PeerInfo`] in request extensions.
+
+use crate::metrics::NodeMetrics;
+use crate::pki::Principal;
+use crate::pki::verifier::{AuthError, FederationClientVerifier, Trust};
+use futures::Stream;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors loading TLS material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` holds no usable {what}")]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("tls configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A node's or user's certificate chain and key, PEM.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub root_pem: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("TlsMaterial").finish_non_exhaustive()
+    }
+}
+
+fn read_to_string(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl TlsMaterial {
+    /// Reads chain, key and root certificate files.
+    pub fn load(chain: &Path, key: &Path, root: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            chain_pem: read_to_string(chain)?,
+            key_pem: read_to_string(key)?,
+            root_pem: read_to_string(root)?,
+        })
+    }
+
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    fn key(&self) -> Option<PrivateKeyDer<'static>> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).ok()
+    }
+
+    /// The root certificate, DER.
+    pub fn root_der(&self, path: &Path) -> Result<Vec<u8>, TlsError> {
+        CertificateDer::pem_slice_iter(self.root_pem.as_bytes())
+            .filter_map(Result::ok)
+            .next()
+            .map(|c| c.to_vec())
+            .ok_or_else(|| TlsError::Empty {
+                path: path.to_path_buf(),
+                what: "certificate",
+            })
+    }
+}
+
+/// The server side: our verifier, HTTP/2 only, TLS 1.2+ with ring.
+pub fn server_config(
+    trust: Arc<Trust>,
+    material: &TlsMaterial,
+    metrics: Arc<NodeMetrics>,
+    cert_path: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = material.chain();
+    if chain.is_empty() {
+        return Err(TlsError::Empty {
+            path: cert_path.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    let key = material.key().ok_or_else(|| TlsError::Empty {
+        path: cert_path.with_extension("key"),
+        what: "private key",
+    })?;
+    let verifier = Arc::new(FederationClientVerifier::new(trust, metrics));
+    let mut cfg =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// What a handler learns about the connection it is served on.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub principal: Arc<Principal>,
+    pub remote: SocketAddr,
+}
+
+/// A TLS connection bound to a principal.
+pub struct AuthedStream {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl std::fmt::Debug for AuthedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthedStream")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for AuthedStream {
+    fn drop(&mut self) {
+        self.metrics.connections_open.dec();
+    }
+}
+
+impl Connected for AuthedStream {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for AuthedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AuthedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections, completes mTLS handshakes concurrently (each
+/// bounded by [`HANDSHAKE_TIMEOUT`]) and yields the authenticated streams.
+/// Refused handshakes are counted by reason, never written one by one.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    trust: Arc<Trust>,
+    metrics: Arc<NodeMetrics>,
+) -> impl Stream<Item = Result<AuthedStream, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<AuthedStream, std::io::Error>>(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let trust = trust.clone();
+            let metrics = metrics.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        // The verifier already counted certificate refusals;
+                        // count handshakes that never presented one.
+                        if e.to_string().contains("peer sent no certificates") {
+                            metrics.refuse(AuthError::NoCertificate.label());
+                        } else if !e.to_string().contains("invalid peer certificate") {
+                            metrics.refuse("handshake_failed");
+                        }
+                        tracing::debug!(%remote, error = %e, "tls handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.refuse("handshake_timeout");
+                        return;
+                    }
+                };
+                let principal = {
+                    let (_, conn) = tls.get_ref();
+                    match conn.peer_certificates() {
+                        Some([leaf, rest @ ..]) => trust.authenticate(leaf, rest),
+                        _ => Err(AuthError::NoCertificate),
+                    }
+                };
+                match principal {
+                    Ok(p) => {
+                        metrics.handshakes_accepted.inc();
+                        metrics.connections_open.inc();
+                        let stream = AuthedStream {
+                            inner: tls,
+                            info: PeerInfo {
+                                principal: Arc::new(p),
+                                remote,
+                            },
+                            metrics,
+                        };
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Err(e) => metrics.refuse(e.label()),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// What a client needs to talk to a node: root, own chain and key.
+pub type ClientIdentity = TlsMaterial;
+
+/// Opens an mTLS channel to `endpoint` (`https://host:port`).
+pub async fn connect(
+    endpoint: &str,
+    identity: &ClientIdentity,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&identity.root_pem))
+        .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem));
+    Endpoint::from_shared(endpoint.to_owned())?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+}

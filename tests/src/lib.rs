@@ -1,0 +1,37 @@
+//! Helpers for Allmende's in-process multi-node end-to-end tests (the tests
+//! themselves live in `tests/tests/`).
+
+use allmende::client::ClientProfile;
+use allmende::clock::SystemClock;
+use allmende::sandbox::{Sandbox, SandboxSpec};
+use allmende::tls::TlsMaterial;
+use std::sync::Arc;
+
+/// Starts the Munich federation on free loopback ports in a temp dir.
+pub async fn munich() -> Sandbox {
+    match Sandbox::start(SandboxSpec::munich(), None, Arc::new(SystemClock)).await {
+        Ok(s) => s,
+        Err(e) => unreachable_start(&e),
+    }
+}
+
+#[allow(clippy::panic, reason = "test helper: a sandbox that cannot start fails the test")]
+fn unreachable_start(e: &dyn std::error::Error) -> ! {
+    panic!("sandbox did not start: {}", allmende::client::error_chain(e))
+}
+
+/// Connects with explicit material (which may be deliberately bad).
+pub async fn connect_with(
+    endpoint: &str,
+    material: &TlsMaterial,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    allmende::tls::connect(endpoint, material).await
+}
+
+/// The material of a profile.
+pub fn material(p: &ClientProfile) -> TlsMaterial {
+    match p.identity() {
+        Ok(m) => m,
+        Err(e) => unreachable_start(&e),
+    }
+}
