@@ -98,15 +98,24 @@ impl From<ProfileError> for Failure {
     }
 }
 
-/// Maps a gRPC status from a node to an exit code.
+/// Maps a gRPC status from a node to an exit code. A status without a code
+/// from the node (a transport failure) is "unreachable", unless TLS says the
+/// node refused our certificate.
 pub fn status_failure(s: &tonic::Status) -> Failure {
+    let chain = error_chain(s);
+    let lower = chain.to_lowercase();
+    let cert_refused = lower.contains("certificate") || lower.contains("handshake");
     let code = match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => 5,
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => 4,
+        tonic::Code::Unknown if cert_refused => 5,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => 4,
         tonic::Code::InvalidArgument | tonic::Code::NotFound => 3,
         _ => 1,
     };
-    Failure::new(code, format!("{:?}: {}", s.code(), s.message()))
+    if code == 5 && s.code() == tonic::Code::Unknown {
+        return Failure::new(code, format!("the node refused the connection: {chain}"));
+    }
+    Failure::new(code, format!("{:?}: {chain}", s.code()))
 }
 
 /// Entry point of the binary.

@@ -1,0 +1,257 @@
+//! Tests that spawn the real `allmende` binary: the demo, the PKI onboarding
+//! flow on the command line, `node run` with signals and `kill -9`, config
+//! errors and exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test")]
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let base = free_base_port().to_string();
+    let (mut child, lines) = spawn_until(
+        &["demo", "--dir", demo_dir.to_str().unwrap(), "--base-port", &base],
+        "Press Ctrl-C",
+        &[],
+    );
+    let banner = lines.join("\n");
+    for org in ["stadt", "swm", "tum", "scooter-co", "versicherung-ag"] {
+        assert!(banner.contains(&format!("{org}-1")), "{banner}");
+    }
+    // Health of each node through the CLI, each with a user of that organisation.
+    for (org, user) in [
+        ("stadt", "dpo"),
+        ("swm", "steward"),
+        ("tum", "alice"),
+        ("scooter-co", "operator"),
+        ("versicherung-ag", "analyst"),
+    ] {
+        let profile = demo_dir.join(org).join("users").join(format!("{user}.profile.toml"));
+        let out = run(&["health", "--profile", profile.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{org}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["serving"], true);
+        assert_eq!(v["node"], format!("{org}-1"));
+        assert_eq!(v["you"]["organisation"], org);
+        assert_eq!(v["you"]["name"], user);
+    }
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, 30);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn stories_not_built_exit_2_and_unknown_story_is_a_usage_error() {
+    let out = run(&["demo", "--story", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+    let out = run(&["demo", "--story", "11"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("story 11 does not exist"));
+}
+
+/// The onboarding flow exactly as an operator types it; returns the node config.
+fn onboard(dir: &Path, grpc: u16, admin: u16) -> std::path::PathBuf {
+    let d = |p: &str| dir.join(p).to_str().unwrap().to_owned();
+    let ok = |args: &[&str]| {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["pki", "init-federation", "--federation", "munich", "--dir", &d("city")]);
+    ok(&["pki", "org-request", "--federation", "munich", "--org", "swm", "--dir", &d("swm")]);
+    ok(&[
+        "pki", "org-sign", "--federation-dir", &d("city"), "--csr", &d("swm/org-ca.csr"),
+        "--kind", "utility", "--display-name", "Stadtwerke München", "--out", &d("swm/org-ca.crt"),
+    ]);
+    for n in ["swm-1", "swm-2"] {
+        ok(&["pki", "issue-node", "--org-dir", &d("swm"), "--name", n, "--out", &d(&format!("nodes/{n}"))]);
+    }
+    ok(&["pki", "issue-user", "--org-dir", &d("swm"), "--id", "steward", "--role", "steward", "--out", &d("users")]);
+    // Keys are private, certificates public.
+    for key in ["city/root-ca.key", "swm/org-ca.key", "nodes/swm-1/node.key", "users/steward.key"] {
+        assert_eq!(mode(&dir.join(key)), 0o600, "{key}");
+    }
+    // The membership says what kind swm is.
+    let o = ok(&["--json", "pki", "membership", "--federation-dir", &d("city")]);
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["members"][0]["org"], "swm");
+    assert_eq!(m["members"][0]["kind"], "utility");
+    // Re-running a step never overwrites key material.
+    let o = run(&["pki", "org-request", "--federation", "munich", "--org", "swm", "--dir", &d("swm")]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("refusing to overwrite"), "{}", stderr(&o));
+
+    let cfg = dir.join("nodes/swm-1/node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nname = \"swm-1\"\ndata_dir = \"data\"\n[listen]\ngrpc = \"127.0.0.1:{grpc}\"\nadmin = \"127.0.0.1:{admin}\"\n[tls]\nroot_ca = \"../../city/root-ca.crt\"\ncert = \"node.crt\"\nkey = \"node.key\"\nmembership = \"../../city/membership.json\"\n[store]\ncache_mb = 8\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn profile_for(dir: &Path, who: &str, grpc: u16) -> std::path::PathBuf {
+    let (cert, key) = match who {
+        "swm-2" => ("nodes/swm-2/node.crt", "nodes/swm-2/node.key"),
+        _ => ("users/steward.crt", "users/steward.key"),
+    };
+    let p = dir.join(format!("{who}.profile.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "endpoint = \"https://127.0.0.1:{grpc}\"\nroot_ca = \"city/root-ca.crt\"\ncert = \"{cert}\"\nkey = \"{key}\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn onboarding_on_the_command_line_then_node_run_health_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let cfg = onboard(dir.path(), base, base + 100);
+    let (mut child, _) = spawn_until(&["node", "run", "--config", cfg.to_str().unwrap()], "listening", &[]);
+    let profile = profile_for(dir.path(), "steward", base);
+    let out = run(&["health", "--profile", profile.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SERVING") && text.contains("swm-1") && text.contains("steward"), "{text}");
+    // Revocation on the command line reaches the running node through its
+    // membership file, without restart.
+    let o = run(&[
+        "pki", "revoke", "--federation-dir", dir.path().join("city").to_str().unwrap(),
+        "--cert", dir.path().join("users/steward.crt").to_str().unwrap(), "--reason", "test",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut refused = None;
+    for _ in 0..50 {
+        let out = run(&["health", "--profile", profile.to_str().unwrap()]);
+        if !out.status.success() {
+            eprintln!("refused: {}", stderr(&out));
+            refused = out.status.code();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(matches!(refused, Some(4) | Some(5)), "revoked user still served: {refused:?}");
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+}
+
+#[test]
+fn config_errors_name_file_and_key_and_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, "version = 1\n[node]\nname = \"n\"\ndata_dir = \"d\"\ncolour = \"red\"\n").unwrap();
+    let out = run(&["node", "run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let e = stderr(&out);
+    assert!(e.contains("node.toml") && e.contains("unknown field `colour`"), "{e}");
+    let out = run(&["node", "run", "--config", dir.path().join("missing.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("missing.toml"));
+    // A usable file with missing TLS material names the file.
+    let base = free_base_port();
+    let cfg = onboard(dir.path(), base, base + 100);
+    std::fs::remove_file(dir.path().join("nodes/swm-1/node.key")).unwrap();
+    let out = run(&["node", "run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("node.key"), "{}", stderr(&out));
+    // Environment overrides are validated too.
+    let out = bin()
+        .args(["node", "run", "--config", cfg.to_str().unwrap()])
+        .env("ALLMENDE_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("log.format"), "{}", stderr(&out));
+}
+
+#[test]
+fn missing_profile_is_a_clear_error() {
+    let out = bin()
+        .args(["health"])
+        .env_remove("ALLMENDE_PROFILE")
+        .env_remove("ALLMENDE_ENDPOINT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("no client profile"));
+    let out = bin().args(["health", "--profile", "/nonexistent.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    use allmende_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let cfg = onboard(dir.path(), base, base + 100);
+    let peer = profile_for(dir.path(), "swm-2", base);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p = allmende::client::ClientProfile::load(&peer).unwrap();
+    for round in 0..2 {
+        let (mut child, _) = spawn_until(&["node", "run", "--config", cfg.to_str().unwrap()], "listening", &[]);
+        // Four concurrent writers say hello as fast as they can; every
+        // acknowledged count is durable by contract.
+        let acked = rt.block_on(async {
+            let ch = p.connect().await.unwrap();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let max = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..4 {
+                let mut c = pb::federation_client::FederationClient::new(ch.clone());
+                let (stop, max) = (stop.clone(), max.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        match c.hello(pb::HelloRequest::default()).await {
+                            Ok(r) => {
+                                max.fetch_max(r.into_inner().hellos_recorded, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(400 + round * 300)).await;
+            signal(&child, "-KILL");
+            let acked = max.load(std::sync::atomic::Ordering::SeqCst);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            for t in tasks {
+                let _ = t.await;
+            }
+            acked
+        });
+        let status = wait_exit(&mut child, 10);
+        assert_eq!(status.code(), None, "killed by signal");
+        assert!(acked > 0, "no write was acknowledged before the kill");
+        // Restart and read back.
+        let (mut child, _) = spawn_until(&["node", "run", "--config", cfg.to_str().unwrap()], "listening", &[]);
+        let recorded = rt.block_on(async {
+            let ch = p.connect().await.unwrap();
+            let peers = pb::federation_client::FederationClient::new(ch)
+                .list_peers(pb::ListPeersRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .peers;
+            peers.iter().find(|x| x.node == "swm-2").map(|x| x.hellos).unwrap_or(0)
+        });
+        assert!(recorded >= acked, "round {round}: acknowledged {acked} hellos, only {recorded} survived");
+        signal(&child, "-TERM");
+        assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+    }
+}

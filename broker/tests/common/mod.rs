@@ -1,0 +1,107 @@
+//! Helpers for tests that spawn the real `allmende` binary.
+
+#![allow(dead_code, reason = "each test binary uses a subset")]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_allmende"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("spawn allmende")
+}
+
+/// A base port such that base..base+5 and base+100..base+105 are free now.
+pub fn free_base_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = (std::process::id() as u16)
+        .wrapping_mul(7)
+        .wrapping_add(NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst).wrapping_mul(1009));
+    for i in 0..400u16 {
+        let base = 20_000 + (seed.wrapping_add(i.wrapping_mul(211)) % 30_000);
+        let ok = (0..5).chain(100..105).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        if ok {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+/// Spawns the binary and waits until a stdout line contains `ready`;
+/// returns the child and every stdout line read so far.
+pub fn spawn_until(args: &[&str], ready: &str, env: &[(&str, &str)]) -> (Child, Vec<String>) {
+    let mut cmd = bin();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn allmende");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let done = l.contains(ready);
+                lines.push(l);
+                if done {
+                    // Keep draining in the background so the child never blocks on stdout.
+                    std::thread::spawn(move || while rx.recv().is_ok() {});
+                    return (child, lines);
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("wait");
+                panic!(
+                    "allmende {args:?} never printed `{ready}`; stdout so far: {lines:?}; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for the child to exit, up to `secs`.
+pub fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("allmende did not exit within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
