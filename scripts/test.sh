@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole Allmende test suite, on a fresh machine.
+#
+# Installs what the tests need when it is missing, then runs every test of
+# the workspace with cargo nextest. `.ci/run` calls this after its lint steps.
+#
+#   scripts/test.sh            install what is missing, run all tests
+#   scripts/test.sh --no-install   only run the tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+install=1
+[ "${1:-}" = "--no-install" ] && install=0
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ "$install" = 1 ]; then
+  # Debian packages the tests need. (PostgreSQL and mosquitto join this list
+  # with the connectors that use them.) mold is optional: a faster linker.
+  missing=()
+  command -v mold >/dev/null || missing+=(mold)
+  if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${missing[*]}"
+    (as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
+      || echo "warning: could not install ${missing[*]}; continuing without"
+  fi
+  # Python grpcio: the standard-client test (reflection v1alpha/v1, health).
+  if ! python3 -c 'import grpc, grpc_reflection, grpc_health' >/dev/null 2>&1; then
+    echo "== installing python grpcio"
+    python3 -m pip install -q --disable-pip-version-check \
+      grpcio grpcio-reflection grpcio-health-checking
+  fi
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "== installing cargo-nextest"
+    cargo install cargo-nextest --locked
+  fi
+fi
+
+if command -v mold >/dev/null && [ -z "${RUSTFLAGS:-}" ]; then
+  export RUSTFLAGS="-C link-arg=-fuse-ld=mold"
+fi
+
+echo "== cargo nextest run --workspace"
+cargo nextest run --workspace --no-fail-fast
