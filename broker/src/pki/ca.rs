@@ -570,3 +570,139 @@ pub fn revoke(
     }
     Ok(denied)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::pki::verifier::Trust;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn setup(dir: &Path) -> FederationDir {
+        let fed = init_federation(&dir.join("city"), "munich", NOW).unwrap();
+        for (org, kind) in [("swm", OrgKind::Utility), ("tum", OrgKind::University)] {
+            let csr = org_request(&dir.join(org), "munich", org).unwrap();
+            org_sign(&fed, &csr, kind, org, &dir.join(org).join(ORG_CERT), NOW).unwrap();
+        }
+        fed
+    }
+
+    fn trust(fed: &FederationDir, at: i64) -> std::sync::Arc<Trust> {
+        let root = CertificateDer::from_pem_file(fed.root_cert()).unwrap();
+        Trust::new(
+            root.to_vec(),
+            &std::fs::read(fed.membership()).unwrap(),
+            ManualClock::at_unix_ms(at * 1000),
+        )
+        .unwrap()
+    }
+
+    fn chain(path: &Path) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(path)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn issued_user_authenticates_with_kind_and_role_until_expiry() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let tum = OrgCa::load(&d.path().join("tum")).unwrap();
+        let f = tum
+            .issue_user("alice", Role::Researcher, USER_DAYS, &d.path().join("u"), NOW)
+            .unwrap();
+        let c = chain(&f.chain);
+        let p = trust(&fed, NOW + 60).authenticate(&c[0], &c[1..]).unwrap();
+        assert_eq!(p.organisation, "tum");
+        assert_eq!(p.organisation_kind, OrgKind::University);
+        assert_eq!(p.role, Some(Role::Researcher));
+        // 30 days later the certificate is expired: the node clock decides.
+        let later = NOW + (USER_DAYS + 1) * 86_400;
+        assert_eq!(
+            trust(&fed, later).authenticate(&c[0], &c[1..]),
+            Err(crate::pki::AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn renewal_keeps_identity_and_role_with_a_new_key() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let swm = OrgCa::load(&d.path().join("swm")).unwrap();
+        let old = swm
+            .issue_user("dpo", Role::Dpo, 30, &d.path().join("old"), NOW)
+            .unwrap();
+        let later = NOW + 25 * 86_400;
+        let new = swm.renew_user(&old.chain, 30, &d.path().join("new"), later).unwrap();
+        assert_ne!(
+            std::fs::read(&old.key).unwrap(),
+            std::fs::read(&new.key).unwrap()
+        );
+        let c = chain(&new.chain);
+        let p = trust(&fed, NOW + 40 * 86_400)
+            .authenticate(&c[0], &c[1..])
+            .unwrap();
+        assert_eq!((p.subject.name(), p.role), ("dpo", Some(Role::Dpo)));
+        // Another organisation's CA does not renew swm's users.
+        let tum = OrgCa::load(&d.path().join("tum")).unwrap();
+        assert!(tum.renew_user(&old.chain, 30, &d.path().join("x"), later).is_err());
+    }
+
+    #[test]
+    fn org_sign_refuses_foreign_federation_duplicates_and_garbage() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let csr = org_request(&d.path().join("b"), "berlin", "bvg").unwrap();
+        let e = org_sign(&fed, &csr, OrgKind::Company, "x", &d.path().join("b.crt"), NOW).unwrap_err();
+        assert!(e.to_string().contains("federation `berlin`"), "{e}");
+        let csr = org_request(&d.path().join("swm2"), "munich", "swm").unwrap();
+        let e = org_sign(&fed, &csr, OrgKind::Company, "x", &d.path().join("s.crt"), NOW).unwrap_err();
+        assert!(matches!(e, PkiError::AlreadyMember(_)));
+        let junk = d.path().join("junk.csr");
+        std::fs::write(&junk, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n").unwrap();
+        assert!(matches!(
+            org_sign(&fed, &junk, OrgKind::Company, "x", &d.path().join("j.crt"), NOW),
+            Err(PkiError::BadCsr { .. })
+        ));
+        assert!(matches!(
+            org_request(&d.path().join("c"), "munich", "Bad Name"),
+            Err(PkiError::InvalidOrgName(_))
+        ));
+        // Membership now lists two organisations, version 3 (init + 2 signs).
+        let doc = fed.load_membership().unwrap();
+        assert_eq!(doc.version, 3);
+        assert_eq!(doc.members.len(), 2);
+    }
+
+    #[test]
+    fn keys_are_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        setup(d.path());
+        for k in ["city/root-ca.key", "swm/org-ca.key"] {
+            let mode = std::fs::metadata(d.path().join(k)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{k}");
+        }
+        assert!(matches!(
+            org_request(&d.path().join("swm"), "munich", "swm"),
+            Err(PkiError::Exists { .. })
+        ));
+    }
+
+    #[test]
+    fn revoking_twice_bumps_the_version_once() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let swm = OrgCa::load(&d.path().join("swm")).unwrap();
+        let f = swm.issue_user("a", Role::Citizen, 30, &d.path().join("u"), NOW).unwrap();
+        revoke(&fed, &f.chain, "lost", NOW).unwrap();
+        revoke(&fed, &f.chain, "lost", NOW).unwrap();
+        let doc = fed.load_membership().unwrap();
+        assert_eq!((doc.version, doc.denied.len()), (4, 1));
+    }
+}
