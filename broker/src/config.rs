@@ -226,26 +226,33 @@ impl NodeConfig {
             ));
         }
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
 
         let grpc = env("ALLMENDE_GRPC_LISTEN").unwrap_or(raw.listen.grpc);
         let grpc_listen: SocketAddr = grpc
             .parse()
             .map_err(|_| invalid("listen.grpc", format!("`{grpc}` is not a socket address")))?;
         let admin = env("ALLMENDE_ADMIN_LISTEN").or(raw.listen.admin);
-        let admin_listen = match admin.as_deref() {
-            None | Some("") | Some("off") => None,
-            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
-                invalid("listen.admin", format!("`{a}` is not a socket address"))
-            })?),
-        };
+        let admin_listen =
+            match admin.as_deref() {
+                None | Some("") | Some("off") => None,
+                Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                    invalid("listen.admin", format!("`{a}` is not a socket address"))
+                })?),
+            };
         let data_dir = env("ALLMENDE_DATA_DIR")
             .map(PathBuf::from)
             .unwrap_or(raw.node.data_dir);
         let cache_mb = match env("ALLMENDE_STORE_CACHE_MB") {
-            Some(v) => v.parse::<u64>().map_err(|_| {
-                invalid("store.cache_mb", format!("`{v}` is not a whole number"))
-            })?,
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| invalid("store.cache_mb", format!("`{v}` is not a whole number")))?,
             None => raw.store.cache_mb,
         };
         if !(1..=65_536).contains(&cache_mb) {
@@ -382,9 +389,11 @@ membership = "membership.json"
             .unwrap_err()
             .to_string();
         assert!(err.contains("key `version`"), "{err}");
-        let err = parse(&format!("{GOOD}\n[[peers]]\nname = \"a\"\nendpoint = \"http://x\"\n"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!(
+            "{GOOD}\n[[peers]]\nname = \"a\"\nendpoint = \"http://x\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("peers[0].endpoint"), "{err}");
     }
 

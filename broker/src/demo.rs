@@ -12,16 +12,56 @@ pub const DEMO_MARKER: &str = ".allmende-demo";
 
 /// The acceptance stories of the brief and where they are built.
 pub const STORIES: [(u8, &str, Option<&str>); 10] = [
-    (1, "SWM registers a smart-meter connector; the dataset appears in every catalog", Some("#5 (data path)")),
-    (2, "a TUM researcher gets DPO-approved research access and fetches consented, pseudonymised rows", None),
-    (3, "wrong purpose, expired grant or other dataset: denied with reasons", None),
-    (4, "a household withdraws consent and lists every access to its data", None),
-    (5, "public tier: air quality open, scooter trips only as k-anonymous aggregate", None),
-    (6, "an insurer asking for smart-meter data for underwriting is refused", None),
-    (7, "scooter-co delivers MDS batches; a missed delivery is non-compliant", None),
-    (8, "the DPO queries, exports and verifies the audit log offline", Some("#4 (audit log)")),
-    (9, "a removed node is refused and cannot decrypt later traffic", None),
-    (10, "the city hub relays SWM to TUM data without being able to read it", None),
+    (
+        1,
+        "SWM registers a smart-meter connector; the dataset appears in every catalog",
+        Some("#5 (data path)"),
+    ),
+    (
+        2,
+        "a TUM researcher gets DPO-approved research access and fetches consented, pseudonymised rows",
+        None,
+    ),
+    (
+        3,
+        "wrong purpose, expired grant or other dataset: denied with reasons",
+        None,
+    ),
+    (
+        4,
+        "a household withdraws consent and lists every access to its data",
+        None,
+    ),
+    (
+        5,
+        "public tier: air quality open, scooter trips only as k-anonymous aggregate",
+        None,
+    ),
+    (
+        6,
+        "an insurer asking for smart-meter data for underwriting is refused",
+        None,
+    ),
+    (
+        7,
+        "scooter-co delivers MDS batches; a missed delivery is non-compliant",
+        None,
+    ),
+    (
+        8,
+        "the DPO queries, exports and verifies the audit log offline",
+        Some("#4 (audit log)"),
+    ),
+    (
+        9,
+        "a removed node is refused and cannot decrypt later traffic",
+        None,
+    ),
+    (
+        10,
+        "the city hub relays SWM to TUM data without being able to read it",
+        None,
+    ),
 ];
 
 /// Errors of the demo.
@@ -57,8 +97,11 @@ pub fn fresh_dir(dir: &Path) -> Result<(), DemoError> {
         std::fs::remove_dir_all(dir).map_err(io)?;
     }
     std::fs::create_dir_all(dir).map_err(io)?;
-    std::fs::write(dir.join(DEMO_MARKER), "created by `allmende demo`; safe to delete\n")
-        .map_err(io)?;
+    std::fs::write(
+        dir.join(DEMO_MARKER),
+        "created by `allmende demo`; safe to delete\n",
+    )
+    .map_err(io)?;
     Ok(())
 }
 
@@ -103,7 +146,10 @@ pub fn banner(sb: &Sandbox) -> String {
         ));
     }
     let tum_profile = sb.root.join("tum/users/alice.profile.toml");
-    let tum = sb.node("tum-1").map(|n| n.grpc_addr.to_string()).unwrap_or_default();
+    let tum = sb
+        .node("tum-1")
+        .map(|n| n.grpc_addr.to_string())
+        .unwrap_or_default();
     s.push_str(&format!(
         "\nTalk to a node as a user (profiles in <dir>/<org>/users/*.profile.toml):\n\
          \x20 allmende health --profile {p}\n\

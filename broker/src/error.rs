@@ -56,7 +56,10 @@ impl From<ApiError> for tonic::Status {
             }
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
-                (Code::Internal, "internal error; see the node log".to_owned())
+                (
+                    Code::Internal,
+                    "internal error; see the node log".to_owned(),
+                )
             }
         };
         tonic::Status::new(code, msg)
@@ -72,10 +75,8 @@ mod tests {
         let s: tonic::Status = ApiError::Internal("secret path /x".into()).into();
         assert_eq!(s.code(), tonic::Code::Internal);
         assert!(!s.message().contains("secret"));
-        let s: tonic::Status = ApiError::from(StoreError::Io(sled::Error::Unsupported(
-            "x".into(),
-        )))
-        .into();
+        let s: tonic::Status =
+            ApiError::from(StoreError::Io(sled::Error::Unsupported("x".into()))).into();
         assert_eq!(s.code(), tonic::Code::Unavailable);
     }
 }

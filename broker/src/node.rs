@@ -89,12 +89,11 @@ impl NodeHandle {
 pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle, NodeError> {
     let material = TlsMaterial::load(&config.cert, &config.key, &config.root_ca)?;
     let root_der = material.root_der(&config.root_ca)?;
-    let membership_file = std::fs::read(&config.membership).map_err(|source| {
-        tls::TlsError::Read {
+    let membership_file =
+        std::fs::read(&config.membership).map_err(|source| tls::TlsError::Read {
             path: config.membership.clone(),
             source,
-        }
-    })?;
+        })?;
     let trust = Trust::new(root_der, &membership_file, clock.clone())?;
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Migration {
@@ -172,7 +171,9 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| NodeError::Bind { addr, source })?;
-            let bound = l.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
             let app = admin::router(AdminState {
                 metrics: metrics.clone(),
                 ready: ready.clone(),

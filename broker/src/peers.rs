@@ -61,7 +61,8 @@ impl Peers {
             hellos: 0,
             software_version: String::new(),
         });
-        if !rec.certificate_sha256.is_empty() && rec.certificate_sha256 != caller.certificate_sha256 {
+        if !rec.certificate_sha256.is_empty() && rec.certificate_sha256 != caller.certificate_sha256
+        {
             tracing::info!(org = %caller.organisation, node = %node, "peer presents a new certificate");
         }
         rec.certificate_sha256 = caller.certificate_sha256.clone();

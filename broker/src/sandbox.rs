@@ -61,13 +61,21 @@ impl SandboxSpec {
                     "stadt",
                     OrgKind::City,
                     "Landeshauptstadt München",
-                    &[("dpo", Role::Dpo), ("operator", Role::Operator), ("steward", Role::Steward)],
+                    &[
+                        ("dpo", Role::Dpo),
+                        ("operator", Role::Operator),
+                        ("steward", Role::Steward),
+                    ],
                 ),
                 org(
                     "swm",
                     OrgKind::Utility,
                     "Stadtwerke München",
-                    &[("steward", Role::Steward), ("dpo", Role::Dpo), ("household-0001", Role::Citizen)],
+                    &[
+                        ("steward", Role::Steward),
+                        ("dpo", Role::Dpo),
+                        ("household-0001", Role::Citizen),
+                    ],
                 ),
                 org(
                     "tum",
@@ -175,7 +183,14 @@ impl Sandbox {
         for o in &spec.orgs {
             let org_dir = root.join(&o.name).join("ca");
             let csr = ca::org_request(&org_dir, &spec.federation, &o.name)?;
-            ca::org_sign(&fed, &csr, o.kind, &o.display_name, &org_dir.join(ca::ORG_CERT), now)?;
+            ca::org_sign(
+                &fed,
+                &csr,
+                o.kind,
+                &o.display_name,
+                &org_dir.join(ca::ORG_CERT),
+                now,
+            )?;
         }
         for o in &spec.orgs {
             let org_ca = OrgCa::load(&root.join(&o.name).join("ca"))?;
@@ -217,7 +232,13 @@ impl Sandbox {
                 idx += 1;
             }
             for (id, role) in &o.users {
-                org_ca.issue_user(id, *role, ca::USER_DAYS, &root.join(&o.name).join("users"), now)?;
+                org_ca.issue_user(
+                    id,
+                    *role,
+                    ca::USER_DAYS,
+                    &root.join(&o.name).join("users"),
+                    now,
+                )?;
             }
         }
         let mut sandbox = Self {
@@ -236,7 +257,9 @@ impl Sandbox {
         }
         // User profiles point at their organisation's first node.
         for o in &sandbox.spec.orgs {
-            let Some(first) = o.nodes.first() else { continue };
+            let Some(first) = o.nodes.first() else {
+                continue;
+            };
             let Some(endpoint) = sandbox.node(first).map(NodeHandle::grpc_endpoint) else {
                 continue;
             };
@@ -289,7 +312,11 @@ impl Sandbox {
     }
 
     /// The profile of a sandbox user (`<org>/users/<id>.profile.toml`).
-    pub fn profile(&self, org: &str, user: &str) -> Result<ClientProfile, crate::client::ProfileError> {
+    pub fn profile(
+        &self,
+        org: &str,
+        user: &str,
+    ) -> Result<ClientProfile, crate::client::ProfileError> {
         ClientProfile::load(
             &self
                 .root

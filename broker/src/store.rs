@@ -29,7 +29,9 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
-    #[error("store at `{path}` has format version {found}, newer than this build's {supported}; upgrade allmende")]
+    #[error(
+        "store at `{path}` has format version {found}, newer than this build's {supported}; upgrade allmende"
+    )]
     TooNew {
         path: PathBuf,
         found: u32,
@@ -380,22 +382,21 @@ impl Store {
             .map(|n| self.db.open_tree(n.as_str()))
             .collect::<Result<Vec<_>, _>>()?;
         let tree_refs: Vec<&sled::Tree> = trees.iter().collect();
-        let result: Result<(), TransactionError<()>> =
-            tree_refs.as_slice().transaction(|txs| {
-                for op in &batch.ops {
-                    match op {
-                        Op::Put(n, k, v) => {
-                            let i = names.iter().position(|x| x == n).unwrap_or(0);
-                            txs[i].insert(k.as_slice(), v.as_slice())?;
-                        }
-                        Op::Remove(n, k) => {
-                            let i = names.iter().position(|x| x == n).unwrap_or(0);
-                            txs[i].remove(k.as_slice())?;
-                        }
+        let result: Result<(), TransactionError<()>> = tree_refs.as_slice().transaction(|txs| {
+            for op in &batch.ops {
+                match op {
+                    Op::Put(n, k, v) => {
+                        let i = names.iter().position(|x| x == n).unwrap_or(0);
+                        txs[i].insert(k.as_slice(), v.as_slice())?;
+                    }
+                    Op::Remove(n, k) => {
+                        let i = names.iter().position(|x| x == n).unwrap_or(0);
+                        txs[i].remove(k.as_slice())?;
                     }
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(StoreError::Io(e)),
@@ -496,7 +497,12 @@ mod tests {
             peers.get(&("swm".into(), "swm-1".into())).unwrap(),
             Some(Thing { n: 7 })
         );
-        assert!(s.raw_db().tree_names().iter().any(|n| n.as_ref() == b"membership"));
+        assert!(
+            s.raw_db()
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"membership")
+        );
     }
 
     #[test]

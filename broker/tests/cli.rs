@@ -2,7 +2,12 @@
 //! flow on the command line, `node run` with signals and `kill -9`, config
 //! errors and exit codes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test"
+)]
 
 mod common;
 
@@ -19,7 +24,13 @@ fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
     let demo_dir = dir.path().join("demo");
     let base = free_base_port().to_string();
     let (mut child, lines) = spawn_until(
-        &["demo", "--dir", demo_dir.to_str().unwrap(), "--base-port", &base],
+        &[
+            "demo",
+            "--dir",
+            demo_dir.to_str().unwrap(),
+            "--base-port",
+            &base,
+        ],
         "Press Ctrl-C",
         &[],
     );
@@ -35,7 +46,10 @@ fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
         ("scooter-co", "operator"),
         ("versicherung-ag", "analyst"),
     ] {
-        let profile = demo_dir.join(org).join("users").join(format!("{user}.profile.toml"));
+        let profile = demo_dir
+            .join(org)
+            .join("users")
+            .join(format!("{user}.profile.toml"));
         let out = run(&["health", "--profile", profile.to_str().unwrap(), "--json"]);
         assert!(out.status.success(), "{org}: {}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -67,29 +81,99 @@ fn onboard(dir: &Path, grpc: u16, admin: u16) -> std::path::PathBuf {
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         o
     };
-    ok(&["pki", "init-federation", "--federation", "munich", "--dir", &d("city")]);
-    ok(&["pki", "org-request", "--federation", "munich", "--org", "swm", "--dir", &d("swm")]);
     ok(&[
-        "pki", "org-sign", "--federation-dir", &d("city"), "--csr", &d("swm/org-ca.csr"),
-        "--kind", "utility", "--display-name", "Stadtwerke München", "--out", &d("swm/org-ca.crt"),
+        "pki",
+        "init-federation",
+        "--federation",
+        "munich",
+        "--dir",
+        &d("city"),
+    ]);
+    ok(&[
+        "pki",
+        "org-request",
+        "--federation",
+        "munich",
+        "--org",
+        "swm",
+        "--dir",
+        &d("swm"),
+    ]);
+    ok(&[
+        "pki",
+        "org-sign",
+        "--federation-dir",
+        &d("city"),
+        "--csr",
+        &d("swm/org-ca.csr"),
+        "--kind",
+        "utility",
+        "--display-name",
+        "Stadtwerke München",
+        "--out",
+        &d("swm/org-ca.crt"),
     ]);
     for n in ["swm-1", "swm-2"] {
-        ok(&["pki", "issue-node", "--org-dir", &d("swm"), "--name", n, "--out", &d(&format!("nodes/{n}"))]);
+        ok(&[
+            "pki",
+            "issue-node",
+            "--org-dir",
+            &d("swm"),
+            "--name",
+            n,
+            "--out",
+            &d(&format!("nodes/{n}")),
+        ]);
     }
-    ok(&["pki", "issue-user", "--org-dir", &d("swm"), "--id", "steward", "--role", "steward", "--out", &d("users")]);
+    ok(&[
+        "pki",
+        "issue-user",
+        "--org-dir",
+        &d("swm"),
+        "--id",
+        "steward",
+        "--role",
+        "steward",
+        "--out",
+        &d("users"),
+    ]);
     // Keys are private, certificates public.
-    for key in ["city/root-ca.key", "swm/org-ca.key", "nodes/swm-1/node.key", "users/steward.key"] {
+    for key in [
+        "city/root-ca.key",
+        "swm/org-ca.key",
+        "nodes/swm-1/node.key",
+        "users/steward.key",
+    ] {
         assert_eq!(mode(&dir.join(key)), 0o600, "{key}");
     }
     // The membership says what kind swm is.
-    let o = ok(&["--json", "pki", "membership", "--federation-dir", &d("city")]);
+    let o = ok(&[
+        "--json",
+        "pki",
+        "membership",
+        "--federation-dir",
+        &d("city"),
+    ]);
     let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(m["members"][0]["org"], "swm");
     assert_eq!(m["members"][0]["kind"], "utility");
     // Re-running a step never overwrites key material.
-    let o = run(&["pki", "org-request", "--federation", "munich", "--org", "swm", "--dir", &d("swm")]);
+    let o = run(&[
+        "pki",
+        "org-request",
+        "--federation",
+        "munich",
+        "--org",
+        "swm",
+        "--dir",
+        &d("swm"),
+    ]);
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).contains("refusing to overwrite"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("refusing to overwrite"),
+        "{}",
+        stderr(&o)
+    );
 
     let cfg = dir.join("nodes/swm-1/node.toml");
     std::fs::write(
@@ -123,17 +207,30 @@ fn onboarding_on_the_command_line_then_node_run_health_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port();
     let cfg = onboard(dir.path(), base, base + 100);
-    let (mut child, _) = spawn_until(&["node", "run", "--config", cfg.to_str().unwrap()], "listening", &[]);
+    let (mut child, _) = spawn_until(
+        &["node", "run", "--config", cfg.to_str().unwrap()],
+        "listening",
+        &[],
+    );
     let profile = profile_for(dir.path(), "steward", base);
     let out = run(&["health", "--profile", profile.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("SERVING") && text.contains("swm-1") && text.contains("steward"), "{text}");
+    assert!(
+        text.contains("SERVING") && text.contains("swm-1") && text.contains("steward"),
+        "{text}"
+    );
     // Revocation on the command line reaches the running node through its
     // membership file, without restart.
     let o = run(&[
-        "pki", "revoke", "--federation-dir", dir.path().join("city").to_str().unwrap(),
-        "--cert", dir.path().join("users/steward.crt").to_str().unwrap(), "--reason", "test",
+        "pki",
+        "revoke",
+        "--federation-dir",
+        dir.path().join("city").to_str().unwrap(),
+        "--cert",
+        dir.path().join("users/steward.crt").to_str().unwrap(),
+        "--reason",
+        "test",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut refused = None;
@@ -146,7 +243,10 @@ fn onboarding_on_the_command_line_then_node_run_health_and_sigterm() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(matches!(refused, Some(4) | Some(5)), "revoked user still served: {refused:?}");
+    assert!(
+        matches!(refused, Some(4) | Some(5)),
+        "revoked user still served: {refused:?}"
+    );
     signal(&child, "-TERM");
     assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
 }
@@ -155,12 +255,24 @@ fn onboarding_on_the_command_line_then_node_run_health_and_sigterm() {
 fn config_errors_name_file_and_key_and_exit_3() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.toml");
-    std::fs::write(&cfg, "version = 1\n[node]\nname = \"n\"\ndata_dir = \"d\"\ncolour = \"red\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "version = 1\n[node]\nname = \"n\"\ndata_dir = \"d\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
     let out = run(&["node", "run", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3));
     let e = stderr(&out);
-    assert!(e.contains("node.toml") && e.contains("unknown field `colour`"), "{e}");
-    let out = run(&["node", "run", "--config", dir.path().join("missing.toml").to_str().unwrap()]);
+    assert!(
+        e.contains("node.toml") && e.contains("unknown field `colour`"),
+        "{e}"
+    );
+    let out = run(&[
+        "node",
+        "run",
+        "--config",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("missing.toml"));
     // A usable file with missing TLS material names the file.
@@ -190,7 +302,10 @@ fn missing_profile_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("no client profile"));
-    let out = bin().args(["health", "--profile", "/nonexistent.toml"]).output().unwrap();
+    let out = bin()
+        .args(["health", "--profile", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
 }
 
@@ -204,7 +319,11 @@ fn acknowledged_writes_survive_kill_9() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let p = allmende::client::ClientProfile::load(&peer).unwrap();
     for round in 0..2 {
-        let (mut child, _) = spawn_until(&["node", "run", "--config", cfg.to_str().unwrap()], "listening", &[]);
+        let (mut child, _) = spawn_until(
+            &["node", "run", "--config", cfg.to_str().unwrap()],
+            "listening",
+            &[],
+        );
         // Four concurrent writers say hello as fast as they can; every
         // acknowledged count is durable by contract.
         let acked = rt.block_on(async {
@@ -219,7 +338,10 @@ fn acknowledged_writes_survive_kill_9() {
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                         match c.hello(pb::HelloRequest::default()).await {
                             Ok(r) => {
-                                max.fetch_max(r.into_inner().hellos_recorded, std::sync::atomic::Ordering::SeqCst);
+                                max.fetch_max(
+                                    r.into_inner().hellos_recorded,
+                                    std::sync::atomic::Ordering::SeqCst,
+                                );
                             }
                             Err(_) => break,
                         }
@@ -239,7 +361,11 @@ fn acknowledged_writes_survive_kill_9() {
         assert_eq!(status.code(), None, "killed by signal");
         assert!(acked > 0, "no write was acknowledged before the kill");
         // Restart and read back.
-        let (mut child, _) = spawn_until(&["node", "run", "--config", cfg.to_str().unwrap()], "listening", &[]);
+        let (mut child, _) = spawn_until(
+            &["node", "run", "--config", cfg.to_str().unwrap()],
+            "listening",
+            &[],
+        );
         let recorded = rt.block_on(async {
             let ch = p.connect().await.unwrap();
             let peers = pb::federation_client::FederationClient::new(ch)
@@ -248,9 +374,16 @@ fn acknowledged_writes_survive_kill_9() {
                 .unwrap()
                 .into_inner()
                 .peers;
-            peers.iter().find(|x| x.node == "swm-2").map(|x| x.hellos).unwrap_or(0)
+            peers
+                .iter()
+                .find(|x| x.node == "swm-2")
+                .map(|x| x.hellos)
+                .unwrap_or(0)
         });
-        assert!(recorded >= acked, "round {round}: acknowledged {acked} hellos, only {recorded} survived");
+        assert!(
+            recorded >= acked,
+            "round {round}: acknowledged {acked} hellos, only {recorded} survived"
+        );
         signal(&child, "-TERM");
         assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
     }

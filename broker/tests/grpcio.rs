@@ -3,7 +3,12 @@
 //! standard health service over mTLS with a federation user certificate.
 //! `scripts/test.sh` installs grpcio; without it this test fails, by design.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test"
+)]
 
 use allmende::clock::SystemClock;
 use allmende::sandbox::{Sandbox, SandboxSpec};
@@ -36,7 +41,9 @@ print('health', health_pb2.HealthCheckResponse.ServingStatus.Name(st.status))
 async fn grpcio_uses_reflection_and_health_over_mtls() {
     let mut spec = SandboxSpec::munich();
     spec.orgs.truncate(3);
-    let sb = Sandbox::start(spec, None, Arc::new(SystemClock)).await.unwrap();
+    let sb = Sandbox::start(spec, None, Arc::new(SystemClock))
+        .await
+        .unwrap();
     let node = sb.node("tum-1").unwrap();
     let target = format!("localhost:{}", node.grpc_addr.port());
     let p = sb.profile("tum", "alice").unwrap();
@@ -63,7 +70,10 @@ async fn grpcio_uses_reflection_and_health_over_mtls() {
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ] {
-            assert!(stdout.contains(s), "v1alpha={alpha}: {s} missing from {stdout}");
+            assert!(
+                stdout.contains(s),
+                "v1alpha={alpha}: {s} missing from {stdout}"
+            );
         }
         // Services without methods yet are not advertised.
         assert!(!stdout.contains("allmende.v1.Access"), "{stdout}");

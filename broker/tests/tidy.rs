@@ -2,12 +2,19 @@
 //! `//!` doc comment, and no `todo!()`/`unimplemented!()` is left in
 //! shipped code.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test"
+)]
 
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -25,7 +32,14 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_module_starts_with_a_doc_comment_and_nothing_is_left_undone() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files = Vec::new();
-    for krate in ["proto", "broker", "connectors", "policies", "audit", "tests"] {
+    for krate in [
+        "proto",
+        "broker",
+        "connectors",
+        "policies",
+        "audit",
+        "tests",
+    ] {
         for sub in ["src", "tests", "benches"] {
             rust_files(&root.join(krate).join(sub), &mut files);
         }

@@ -6,7 +6,12 @@
 //! retyped field, a removed enum value or a changed rpc. Additions are allowed;
 //! record them with `ALLMENDE_UPDATE_CONTRACT=1 cargo test -p allmende-proto`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test"
+)]
 
 use prost::Message;
 use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorSet};
@@ -82,9 +87,8 @@ fn wire_contract_has_no_breaking_change() {
         let mut all: BTreeSet<String> = released.union(&current).cloned().collect();
         // Lines that vanished are breaking changes and stay visible.
         all.retain(|l| current.contains(l));
-        let mut text = String::from(
-            "# allmende.v1 wire contract snapshot; see tests/wire_contract.rs\n",
-        );
+        let mut text =
+            String::from("# allmende.v1 wire contract snapshot; see tests/wire_contract.rs\n");
         for l in &all {
             text.push_str(l);
             text.push('\n');
@@ -101,8 +105,10 @@ fn wire_contract_has_no_breaking_change() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(!released.is_empty() || std::env::var_os("ALLMENDE_UPDATE_CONTRACT").is_some(),
-        "contract.snapshot is missing or empty");
+    assert!(
+        !released.is_empty() || std::env::var_os("ALLMENDE_UPDATE_CONTRACT").is_some(),
+        "contract.snapshot is missing or empty"
+    );
 }
 
 #[test]

@@ -15,9 +15,15 @@ pub async fn munich() -> Sandbox {
     }
 }
 
-#[allow(clippy::panic, reason = "test helper: a sandbox that cannot start fails the test")]
+#[allow(
+    clippy::panic,
+    reason = "test helper: a sandbox that cannot start fails the test"
+)]
 fn unreachable_start(e: &dyn std::error::Error) -> ! {
-    panic!("sandbox did not start: {}", allmende::client::error_chain(e))
+    panic!(
+        "sandbox did not start: {}",
+        allmende::client::error_chain(e)
+    )
 }
 
 /// Connects with explicit material (which may be deliberately bad).

@@ -1,7 +1,12 @@
 //! mTLS identity binding across real nodes on loopback: who gets in, who is
 //! refused, and what identity reaches the handler.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test"
+)]
 
 use allmende::pki::ca::{self, OrgCa};
 use allmende::pki::{OrgKind, Role};
@@ -9,13 +14,17 @@ use allmende::tls::TlsMaterial;
 use allmende_e2e::{connect_with, material, munich};
 use allmende_proto::v1 as pb;
 use pb::federation_client::FederationClient;
-use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType,
+};
 use std::time::Duration;
 use tonic_health::pb::health_client::HealthClient;
 
 /// Tries a WhoAmI with the given material; Err(()) when refused at any stage.
 async fn who_am_i(endpoint: &str, m: &TlsMaterial) -> Result<pb::WhoAmIResponse, String> {
-    let ch = connect_with(endpoint, m).await.map_err(|e| format!("connect: {e:?}"))?;
+    let ch = connect_with(endpoint, m)
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
     FederationClient::new(ch)
         .who_am_i(pb::WhoAmIRequest {})
         .await
@@ -72,7 +81,10 @@ async fn two_nodes_handshake_and_health_and_hello() {
         .into_inner()
         .peers;
     assert_eq!(peers.len(), 1);
-    assert_eq!((peers[0].organisation.as_str(), peers[0].node.as_str()), ("swm", "swm-1"));
+    assert_eq!(
+        (peers[0].organisation.as_str(), peers[0].node.as_str()),
+        ("swm", "swm-1")
+    );
     sb.shutdown().await.unwrap();
 }
 
@@ -80,8 +92,18 @@ async fn two_nodes_handshake_and_health_and_hello() {
 async fn principal_carries_org_kind_from_membership_and_role_from_cert() {
     let sb = munich().await;
     let cases = [
-        ("tum", "alice", pb::OrgKind::University, pb::Role::Researcher),
-        ("versicherung-ag", "analyst", pb::OrgKind::Company, pb::Role::Researcher),
+        (
+            "tum",
+            "alice",
+            pb::OrgKind::University,
+            pb::Role::Researcher,
+        ),
+        (
+            "versicherung-ag",
+            "analyst",
+            pb::OrgKind::Company,
+            pb::Role::Researcher,
+        ),
         ("swm", "dpo", pb::OrgKind::Utility, pb::Role::Dpo),
         ("stadt", "operator", pb::OrgKind::City, pb::Role::Operator),
     ];
@@ -109,9 +131,16 @@ async fn principal_carries_org_kind_from_membership_and_role_from_cert() {
 }
 
 /// Signs a leaf with an organisation's CA key directly, to build hostile certificates.
-fn forge_leaf(org_ca_dir: &std::path::Path, uri: &str, ou: Option<&str>, not_before: i64, not_after: i64) -> (String, String) {
+fn forge_leaf(
+    org_ca_dir: &std::path::Path,
+    uri: &str,
+    ou: Option<&str>,
+    not_before: i64,
+    not_after: i64,
+) -> (String, String) {
     let ca_pem = std::fs::read_to_string(org_ca_dir.join(ca::ORG_CERT)).unwrap();
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(org_ca_dir.join(ca::ORG_KEY)).unwrap()).unwrap();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(org_ca_dir.join(ca::ORG_KEY)).unwrap()).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = CertificateParams::default();
@@ -149,7 +178,15 @@ async fn hostile_certificates_are_refused() {
     let other = tempfile::tempdir().unwrap();
     let fed = ca::init_federation(&other.path().join("fed"), "munich", t).unwrap();
     let csr = ca::org_request(&other.path().join("swm"), "munich", "swm").unwrap();
-    ca::org_sign(&fed, &csr, OrgKind::Utility, "fake swm", &other.path().join("swm").join(ca::ORG_CERT), t).unwrap();
+    ca::org_sign(
+        &fed,
+        &csr,
+        OrgKind::Utility,
+        "fake swm",
+        &other.path().join("swm").join(ca::ORG_CERT),
+        t,
+    )
+    .unwrap();
     let f = OrgCa::load(&other.path().join("swm"))
         .unwrap()
         .issue_user("steward", Role::Steward, 30, &other.path().join("u"), t)
@@ -160,32 +197,68 @@ async fn hostile_certificates_are_refused() {
         ("foreign ca", foreign, "unknown_issuer"),
         (
             "expired",
-            mat(forge_leaf(&swm_ca, "allmende://munich/swm/user/old", Some("steward"), t - 40 * 86400, t - 86400)),
+            mat(forge_leaf(
+                &swm_ca,
+                "allmende://munich/swm/user/old",
+                Some("steward"),
+                t - 40 * 86400,
+                t - 86400,
+            )),
             "expired",
         ),
         (
             "not yet valid",
-            mat(forge_leaf(&swm_ca, "allmende://munich/swm/user/future", Some("steward"), t + 86400, t + 40 * 86400)),
+            mat(forge_leaf(
+                &swm_ca,
+                "allmende://munich/swm/user/future",
+                Some("steward"),
+                t + 86400,
+                t + 40 * 86400,
+            )),
             "not_yet_valid",
         ),
         (
             "san names another org than its issuer",
-            mat(forge_leaf(&swm_ca, "allmende://munich/stadt/user/mallory", Some("dpo"), t - 60, t + 86400)),
+            mat(forge_leaf(
+                &swm_ca,
+                "allmende://munich/stadt/user/mallory",
+                Some("dpo"),
+                t - 60,
+                t + 86400,
+            )),
             "org_mismatch",
         ),
         (
             "unparsable identity",
-            mat(forge_leaf(&swm_ca, "https://swm.example/mallory", Some("dpo"), t - 60, t + 86400)),
+            mat(forge_leaf(
+                &swm_ca,
+                "https://swm.example/mallory",
+                Some("dpo"),
+                t - 60,
+                t + 86400,
+            )),
             "bad_identity",
         ),
         (
             "unknown role",
-            mat(forge_leaf(&swm_ca, "allmende://munich/swm/user/mallory", Some("admin"), t - 60, t + 86400)),
+            mat(forge_leaf(
+                &swm_ca,
+                "allmende://munich/swm/user/mallory",
+                Some("admin"),
+                t - 60,
+                t + 86400,
+            )),
             "bad_identity",
         ),
         (
             "other federation name",
-            mat(forge_leaf(&swm_ca, "allmende://berlin/swm/user/mallory", Some("dpo"), t - 60, t + 86400)),
+            mat(forge_leaf(
+                &swm_ca,
+                "allmende://berlin/swm/user/mallory",
+                Some("dpo"),
+                t - 60,
+                t + 86400,
+            )),
             "wrong_federation",
         ),
     ];
@@ -202,13 +275,19 @@ async fn hostile_certificates_are_refused() {
     // No client certificate at all.
     let no_cert = tonic::transport::Endpoint::from_shared(endpoint.clone())
         .unwrap()
-        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&root_pem)))
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&root_pem)),
+        )
         .unwrap()
         .connect()
         .await;
     let refused = match no_cert {
         Err(_) => true,
-        Ok(ch) => FederationClient::new(ch).who_am_i(pb::WhoAmIRequest {}).await.is_err(),
+        Ok(ch) => FederationClient::new(ch)
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .is_err(),
     };
     assert!(refused, "a client without certificate got an answer");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -246,7 +325,13 @@ async fn revoking_an_org_ca_refuses_all_its_leaves_and_nodes_pick_up_the_file() 
     let endpoint = sb.node("stadt-1").unwrap().grpc_endpoint();
     let p = sb.profile("versicherung-ag", "analyst").unwrap();
     assert!(who_am_i(&endpoint, &material(&p)).await.is_ok());
-    ca::revoke(&sb.federation, &sb.org_dir("versicherung-ag").join(ca::ORG_CERT), "left the federation", now()).unwrap();
+    ca::revoke(
+        &sb.federation,
+        &sb.org_dir("versicherung-ag").join(ca::ORG_CERT),
+        "left the federation",
+        now(),
+    )
+    .unwrap();
     // Distribute only the file; the node's watcher installs it.
     let bytes = std::fs::read(sb.federation.membership()).unwrap();
     let node_dir = sb.root.join("stadt/nodes/stadt-1");
@@ -269,7 +354,13 @@ async fn membership_rollback_and_forgery_are_refused() {
     let node = sb.node("tum-1").unwrap();
     let v = node.trust.snapshot().doc.version;
     let old = std::fs::read(sb.federation.membership()).unwrap();
-    ca::revoke(&sb.federation, &sb.profile("tum", "alice").unwrap().cert, "test", now()).unwrap();
+    ca::revoke(
+        &sb.federation,
+        &sb.profile("tum", "alice").unwrap().cert,
+        "test",
+        now(),
+    )
+    .unwrap();
     sb.publish_membership().unwrap();
     assert_eq!(node.trust.snapshot().doc.version, v + 1);
     // Re-installing the older (validly signed) document is a rollback.
@@ -277,7 +368,11 @@ async fn membership_rollback_and_forgery_are_refused() {
     // A document signed by another key is refused.
     let mut forged: serde_json::Value = serde_json::from_slice(&old).unwrap();
     forged["payload"] = serde_json::Value::String("eyJ4IjoxfQ==".into());
-    assert!(node.trust.install_membership(forged.to_string().as_bytes()).is_err());
+    assert!(
+        node.trust
+            .install_membership(forged.to_string().as_bytes())
+            .is_err()
+    );
     assert_eq!(node.trust.snapshot().doc.version, v + 1);
     sb.shutdown().await.unwrap();
 }

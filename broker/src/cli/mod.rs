@@ -121,7 +121,10 @@ pub fn status_failure(s: &tonic::Status) -> Failure {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -176,14 +179,21 @@ pub async fn shutdown_signal() {
 }
 
 async fn node_run(config: PathBuf) -> Result<(), Failure> {
-    let cfg = crate::config::NodeConfig::load(&config).map_err(|e| Failure::new(3, e.to_string()))?;
+    let cfg =
+        crate::config::NodeConfig::load(&config).map_err(|e| Failure::new(3, e.to_string()))?;
     crate::telemetry::init(cfg.log_format, &cfg.log_level);
     let handle = crate::node::start(cfg, Arc::new(SystemClock))
         .await
         .map_err(|e| Failure::new(3, error_chain(&e)))?;
     // Scripts and tests wait for this line.
-    println!("listening grpc={} admin={}", handle.grpc_endpoint(),
-        handle.admin_addr.map(|a| format!("http://{a}")).unwrap_or_else(|| "-".into()));
+    println!(
+        "listening grpc={} admin={}",
+        handle.grpc_endpoint(),
+        handle
+            .admin_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_else(|| "-".into())
+    );
     shutdown_signal().await;
     tracing::info!("shutdown requested");
     handle
@@ -201,7 +211,9 @@ async fn demo(story: Option<u8>, dir: PathBuf, base_port: u16) -> Result<(), Fai
                 println!("story {n}: every step behaved as the story says");
                 Ok(())
             }
-            Ok(StoryOutcome::Failed(why)) => Err(Failure::new(1, format!("story {n} failed: {why}"))),
+            Ok(StoryOutcome::Failed(why)) => {
+                Err(Failure::new(1, format!("story {n} failed: {why}")))
+            }
             Ok(StoryOutcome::NotBuilt { arrives_with }) => Err(Failure::new(
                 2,
                 format!(
@@ -284,6 +296,9 @@ async fn health(profile: Option<PathBuf>, json: bool) -> Result<(), Failure> {
     if serving {
         Ok(())
     } else {
-        Err(Failure::new(4, format!("node at `{}` is not serving", p.endpoint)))
+        Err(Failure::new(
+            4,
+            format!("node at `{}` is not serving", p.endpoint),
+        ))
     }
 }

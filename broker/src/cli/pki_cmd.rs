@@ -136,7 +136,11 @@ pub fn run(cmd: PkiCmd, json: bool, now: i64) -> Result<(), Failure> {
                 ),
             );
         }
-        PkiCmd::OrgRequest { federation, org, dir } => {
+        PkiCmd::OrgRequest {
+            federation,
+            org,
+            dir,
+        } => {
             let csr = ca::org_request(&dir, &federation, &org).map_err(fail)?;
             out(
                 serde_json::json!({"csr": csr}),
@@ -187,7 +191,12 @@ pub fn run(cmd: PkiCmd, json: bool, now: i64) -> Result<(), Failure> {
                 .map_err(fail)?;
             out(
                 serde_json::json!({"key": f.key, "cert": f.chain}),
-                format!("node `{name}` of `{}`: {} and {}", o.org, f.chain.display(), f.key.display()),
+                format!(
+                    "node `{name}` of `{}`: {} and {}",
+                    o.org,
+                    f.chain.display(),
+                    f.key.display()
+                ),
             );
         }
         PkiCmd::IssueUser {
@@ -226,7 +235,8 @@ pub fn run(cmd: PkiCmd, json: bool, now: i64) -> Result<(), Failure> {
             cert,
             reason,
         } => {
-            let d = ca::revoke(&FederationDir(federation_dir), &cert, &reason, now).map_err(fail)?;
+            let d =
+                ca::revoke(&FederationDir(federation_dir), &cert, &reason, now).map_err(fail)?;
             out(
                 serde_json::json!({"cert_sha256": d.cert_sha256, "subject": d.subject}),
                 format!(
@@ -242,7 +252,10 @@ pub fn run(cmd: PkiCmd, json: bool, now: i64) -> Result<(), Failure> {
             if json {
                 println!("{}", serde_json::to_string(&doc).unwrap_or_default());
             } else {
-                println!("federation `{}` membership version {}", doc.federation, doc.version);
+                println!(
+                    "federation `{}` membership version {}",
+                    doc.federation, doc.version
+                );
                 println!("{:<18} {:<11} NAME", "ORGANISATION", "KIND");
                 for m in &doc.members {
                     println!("{:<18} {:<11} {}", m.org, m.kind, m.display_name);

@@ -12,12 +12,10 @@
 //! | `revoke` | city | federation dir, a certificate | new `membership.json` |
 
 use super::identity::{
-    LeafIdentity, OrgKind, Role, Subject, org_uri, parse_org_uri, valid_leaf_name,
-    valid_org_name,
+    LeafIdentity, OrgKind, Role, Subject, org_uri, parse_org_uri, valid_leaf_name, valid_org_name,
 };
 use super::membership::{
-    Denied, MEMBERSHIP_FORMAT, Member, MembershipDoc, MembershipError, SignedMembership,
-    sha256_hex,
+    Denied, MEMBERSHIP_FORMAT, Member, MembershipDoc, MembershipError, SignedMembership, sha256_hex,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -147,7 +145,11 @@ fn load_key(path: &Path) -> Result<KeyPair, PkiError> {
     })
 }
 
-fn validity(now_unix: i64, days: i64, max: i64) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+fn validity(
+    now_unix: i64,
+    days: i64,
+    max: i64,
+) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
     if !(1..=max).contains(&days) {
         return Err(PkiError::BadValidity { got: days, max });
     }
@@ -240,7 +242,11 @@ impl FederationDir {
 }
 
 /// `allmende pki init-federation`: creates the root CA and an empty membership.
-pub fn init_federation(dir: &Path, federation: &str, now_unix: i64) -> Result<FederationDir, PkiError> {
+pub fn init_federation(
+    dir: &Path,
+    federation: &str,
+    now_unix: i64,
+) -> Result<FederationDir, PkiError> {
     if !valid_org_name(federation) {
         return Err(PkiError::InvalidOrgName(federation.into()));
     }
@@ -248,7 +254,10 @@ pub fn init_federation(dir: &Path, federation: &str, now_unix: i64) -> Result<Fe
     let key = new_key()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("Allmende federation root {federation}"));
+    dn.push(
+        DnType::CommonName,
+        format!("Allmende federation root {federation}"),
+    );
     dn.push(DnType::OrganizationName, federation);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
@@ -283,7 +292,10 @@ pub fn org_request(dir: &Path, federation: &str, org: &str) -> Result<PathBuf, P
     let key = new_key()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("Allmende organisation CA {org}"));
+    dn.push(
+        DnType::CommonName,
+        format!("Allmende organisation CA {org}"),
+    );
     dn.push(DnType::OrganizationName, org);
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::URI(org_uri(federation, org).try_into()?)];
@@ -335,7 +347,10 @@ pub fn org_sign(
     // the organisation name come from the request.
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("Allmende organisation CA {org}"));
+    dn.push(
+        DnType::CommonName,
+        format!("Allmende organisation CA {org}"),
+    );
     dn.push(DnType::OrganizationName, org.as_str());
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::URI(uri.clone().try_into()?)];
@@ -397,7 +412,10 @@ impl OrgCa {
         })
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one private constructor for both leaf kinds")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private constructor for both leaf kinds"
+    )]
     fn issue(
         &self,
         subject: Subject,
@@ -509,10 +527,18 @@ impl OrgCa {
             path: old_cert.to_path_buf(),
             reason,
         };
-        let uri = facts.uris.first().ok_or_else(|| bad("no identity URI".into()))?;
-        let id: LeafIdentity = uri.parse().map_err(|e: super::identity::IdentityError| bad(e.to_string()))?;
+        let uri = facts
+            .uris
+            .first()
+            .ok_or_else(|| bad("no identity URI".into()))?;
+        let id: LeafIdentity = uri
+            .parse()
+            .map_err(|e: super::identity::IdentityError| bad(e.to_string()))?;
         if id.organisation != self.org || id.federation != self.federation {
-            return Err(bad(format!("belongs to `{}`, not to this organisation", id.organisation)));
+            return Err(bad(format!(
+                "belongs to `{}`, not to this organisation",
+                id.organisation
+            )));
         }
         let Subject::User(user) = id.subject else {
             return Err(bad("not a user certificate".into()));
@@ -614,7 +640,13 @@ mod tests {
         let fed = setup(d.path());
         let tum = OrgCa::load(&d.path().join("tum")).unwrap();
         let f = tum
-            .issue_user("alice", Role::Researcher, USER_DAYS, &d.path().join("u"), NOW)
+            .issue_user(
+                "alice",
+                Role::Researcher,
+                USER_DAYS,
+                &d.path().join("u"),
+                NOW,
+            )
             .unwrap();
         let c = chain(&f.chain);
         let p = trust(&fed, NOW + 60).authenticate(&c[0], &c[1..]).unwrap();
@@ -638,7 +670,9 @@ mod tests {
             .issue_user("dpo", Role::Dpo, 30, &d.path().join("old"), NOW)
             .unwrap();
         let later = NOW + 25 * 86_400;
-        let new = swm.renew_user(&old.chain, 30, &d.path().join("new"), later).unwrap();
+        let new = swm
+            .renew_user(&old.chain, 30, &d.path().join("new"), later)
+            .unwrap();
         assert_ne!(
             std::fs::read(&old.key).unwrap(),
             std::fs::read(&new.key).unwrap()
@@ -650,7 +684,10 @@ mod tests {
         assert_eq!((p.subject.name(), p.role), ("dpo", Some(Role::Dpo)));
         // Another organisation's CA does not renew swm's users.
         let tum = OrgCa::load(&d.path().join("tum")).unwrap();
-        assert!(tum.renew_user(&old.chain, 30, &d.path().join("x"), later).is_err());
+        assert!(
+            tum.renew_user(&old.chain, 30, &d.path().join("x"), later)
+                .is_err()
+        );
     }
 
     #[test]
@@ -658,15 +695,42 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let fed = setup(d.path());
         let csr = org_request(&d.path().join("b"), "berlin", "bvg").unwrap();
-        let e = org_sign(&fed, &csr, OrgKind::Company, "x", &d.path().join("b.crt"), NOW).unwrap_err();
+        let e = org_sign(
+            &fed,
+            &csr,
+            OrgKind::Company,
+            "x",
+            &d.path().join("b.crt"),
+            NOW,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("federation `berlin`"), "{e}");
         let csr = org_request(&d.path().join("swm2"), "munich", "swm").unwrap();
-        let e = org_sign(&fed, &csr, OrgKind::Company, "x", &d.path().join("s.crt"), NOW).unwrap_err();
+        let e = org_sign(
+            &fed,
+            &csr,
+            OrgKind::Company,
+            "x",
+            &d.path().join("s.crt"),
+            NOW,
+        )
+        .unwrap_err();
         assert!(matches!(e, PkiError::AlreadyMember(_)));
         let junk = d.path().join("junk.csr");
-        std::fs::write(&junk, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n").unwrap();
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        )
+        .unwrap();
         assert!(matches!(
-            org_sign(&fed, &junk, OrgKind::Company, "x", &d.path().join("j.crt"), NOW),
+            org_sign(
+                &fed,
+                &junk,
+                OrgKind::Company,
+                "x",
+                &d.path().join("j.crt"),
+                NOW
+            ),
             Err(PkiError::BadCsr { .. })
         ));
         assert!(matches!(
@@ -685,7 +749,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         setup(d.path());
         for k in ["city/root-ca.key", "swm/org-ca.key"] {
-            let mode = std::fs::metadata(d.path().join(k)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(d.path().join(k))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{k}");
         }
         assert!(matches!(
@@ -699,7 +766,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let fed = setup(d.path());
         let swm = OrgCa::load(&d.path().join("swm")).unwrap();
-        let f = swm.issue_user("a", Role::Citizen, 30, &d.path().join("u"), NOW).unwrap();
+        let f = swm
+            .issue_user("a", Role::Citizen, 30, &d.path().join("u"), NOW)
+            .unwrap();
         revoke(&fed, &f.chain, "lost", NOW).unwrap();
         revoke(&fed, &f.chain, "lost", NOW).unwrap();
         let doc = fed.load_membership().unwrap();

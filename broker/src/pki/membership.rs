@@ -97,8 +97,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl MembershipDoc {
     /// Signs the document with the root key (PKCS#8 DER, ECDSA P-256).
     pub fn sign(&self, root_key_pkcs8: &[u8]) -> Result<SignedMembership, MembershipError> {
-        let payload =
-            serde_json::to_vec(self).map_err(|e| MembershipError::Sign(e.to_string()))?;
+        let payload = serde_json::to_vec(self).map_err(|e| MembershipError::Sign(e.to_string()))?;
         let rng = ring::rand::SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, root_key_pkcs8, &rng)
             .map_err(|e| MembershipError::Sign(e.to_string()))?;

@@ -268,7 +268,9 @@ impl Trust {
             Subject::Node(_) => None,
             Subject::User(_) => {
                 let [ou] = facts.org_units.as_slice() else {
-                    return Err(AuthError::BadIdentity("user certificate without one role".into()));
+                    return Err(AuthError::BadIdentity(
+                        "user certificate without one role".into(),
+                    ));
                 };
                 Some(ou.parse::<Role>().map_err(AuthError::BadIdentity)?)
             }

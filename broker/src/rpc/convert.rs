@@ -3,8 +3,8 @@
 //! Architecture invariant: the only module that maps broker domain types
 //! to and from generated protobuf types.
 
-use crate::pki::{OrgKind, Principal, Role, Subject};
 use crate::peers::PeerRecord;
+use crate::pki::{OrgKind, Principal, Role, Subject};
 use allmende_proto::v1 as pb;
 
 impl From<OrgKind> for pb::OrgKind {

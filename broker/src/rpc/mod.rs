@@ -95,7 +95,12 @@ where
             }
             let (org, user) = peer
                 .as_ref()
-                .map(|p| (p.principal.organisation.clone(), p.principal.subject.name().to_owned()))
+                .map(|p| {
+                    (
+                        p.principal.organisation.clone(),
+                        p.principal.subject.name().to_owned(),
+                    )
+                })
                 .unwrap_or_default();
             let span = tracing::info_span!(
                 "rpc",

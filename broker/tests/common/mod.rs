@@ -20,12 +20,15 @@ pub fn run(args: &[&str]) -> Output {
 /// A base port such that base..base+5 and base+100..base+105 are free now.
 pub fn free_base_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let seed = (std::process::id() as u16)
-        .wrapping_mul(7)
-        .wrapping_add(NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst).wrapping_mul(1009));
+    let seed = (std::process::id() as u16).wrapping_mul(7).wrapping_add(
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .wrapping_mul(1009),
+    );
     for i in 0..400u16 {
         let base = 20_000 + (seed.wrapping_add(i.wrapping_mul(211)) % 30_000);
-        let ok = (0..5).chain(100..105).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        let ok = (0..5)
+            .chain(100..105)
+            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
         if ok {
             return base;
         }
@@ -103,5 +106,9 @@ pub fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
 
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
 }
