@@ -1,0 +1,28 @@
+//! Allmende data-source connectors.
+//!
+//! A [`Connector`] describes its schema (with the data-subject column and other identifier
+//! columns), streams rows as Arrow record batches with a resume cursor, reports broken rows
+//! instead of dropping them, and checks its health. [`FileConnector`] reads CSV, JSON lines,
+//! GeoJSON and Parquet. The `conformance` feature exposes the suite every connector must pass;
+//! [`sample`] generates the Munich demo data. See `README.md` for the semantics.
+
+pub mod connector;
+pub mod error;
+pub mod files;
+pub mod sample;
+pub mod schema;
+pub mod write;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use connector::{
+    BrokenRow, Cancelled, CollectedRead, Connector, ConnectorDescription, Cursor, CursorValue,
+    DEFAULT_BATCH_SIZE, HealthReport, MAX_BATCH_SIZE, READ_QUEUE_CAPACITY, ReadItem, ReadProgress,
+    ReadRequest, ReadSink, ReadStream, ReadSummary, spawn_reader,
+};
+pub use error::ConnectorError;
+pub use files::{
+    CsvOptions, FileConnector, FileConnectorConfig, FileFormat, GeoJsonOptions, GeometryEncoding,
+};
+pub use schema::{FieldSpec, FieldType};
