@@ -56,11 +56,42 @@ pub enum TableName {
     Peers,
     /// The last signed membership document this node accepted.
     Membership,
+    /// Audit log entry bodies by sequence (canonical encoding, raw bytes).
+    AuditEntries,
+    /// Audit Merkle tree: complete subtree hashes by (level, index).
+    AuditTree,
+    /// Audit log state: tree size, signing key, latest checkpoint.
+    AuditState,
+    /// Signed checkpoints by tree size, with the cosignatures received.
+    AuditCheckpoints,
+    /// Derived audit query indexes (rebuildable from the log).
+    AuditIndex,
+    /// What this node, as a witness, last cosigned for each peer log.
+    WitnessState,
+    /// Local and replicated catalog entries.
+    Catalog,
+    /// Registered connectors.
+    Connectors,
+    /// Consent records.
+    Consent,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 3] = [TableName::Meta, TableName::Peers, TableName::Membership];
+    pub const ALL: [TableName; 12] = [
+        TableName::Meta,
+        TableName::Peers,
+        TableName::Membership,
+        TableName::AuditEntries,
+        TableName::AuditTree,
+        TableName::AuditState,
+        TableName::AuditCheckpoints,
+        TableName::AuditIndex,
+        TableName::WitnessState,
+        TableName::Catalog,
+        TableName::Connectors,
+        TableName::Consent,
+    ];
 
     /// The sled tree name.
     pub fn as_str(self) -> &'static str {
@@ -68,6 +99,15 @@ impl TableName {
             TableName::Meta => "meta",
             TableName::Peers => "peers",
             TableName::Membership => "membership",
+            TableName::AuditEntries => "audit_entries",
+            TableName::AuditTree => "audit_tree",
+            TableName::AuditState => "audit_state",
+            TableName::AuditCheckpoints => "audit_checkpoints",
+            TableName::AuditIndex => "audit_index",
+            TableName::WitnessState => "witness_state",
+            TableName::Catalog => "catalog",
+            TableName::Connectors => "connectors",
+            TableName::Consent => "consent",
         }
     }
 }
@@ -86,6 +126,15 @@ impl Key for String {
     }
     fn decode(bytes: &[u8]) -> Option<Self> {
         String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+impl Key for Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
+        self.clone()
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        Some(bytes.to_vec())
     }
 }
 
@@ -164,6 +213,79 @@ impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
     }
 }
 
+/// A view of one named tree whose values are raw bytes (for canonical
+/// encodings that must be stored byte for byte, such as audit entries).
+#[derive(Debug, Clone)]
+pub struct RawTable<K> {
+    name: TableName,
+    tree: sled::Tree,
+    _types: PhantomData<fn() -> K>,
+}
+
+impl<K: Key> RawTable<K> {
+    /// Reads one value.
+    pub fn get(&self, key: &K) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key.encode())?.map(|v| v.to_vec()))
+    }
+
+    /// Entries with keys in `[from, to)`, in key order.
+    pub fn range(&self, from: &K, to: &K) -> Result<Vec<(K, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.range(from.encode()..to.encode()) {
+            let (k, v) = item?;
+            let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
+                table: self.name.as_str(),
+                reason: "undecodable key".into(),
+            })?;
+            out.push((key, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Entries whose key starts with `prefix` (raw key bytes), in key order.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(K, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, v) = item?;
+            let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
+                table: self.name.as_str(),
+                reason: "undecodable key".into(),
+            })?;
+            out.push((key, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The entry with the greatest key.
+    pub fn last(&self) -> Result<Option<(K, Vec<u8>)>, StoreError> {
+        match self.tree.last()? {
+            None => Ok(None),
+            Some((k, v)) => Ok(Some((
+                K::decode(&k).ok_or_else(|| StoreError::Corrupt {
+                    table: self.name.as_str(),
+                    reason: "undecodable key".into(),
+                })?,
+                v.to_vec(),
+            ))),
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// True when the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> TableName {
+        self.name
+    }
+}
+
 fn decode_value<V: DeserializeOwned>(table: TableName, bytes: &[u8]) -> Result<V, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table: table.as_str(),
@@ -206,6 +328,16 @@ impl WriteBatch {
 
     /// Adds a removal.
     pub fn remove<K: Key, V>(&mut self, table: &Table<K, V>, key: &K) {
+        self.ops.push(Op::Remove(table.name, key.encode()));
+    }
+
+    /// Adds a put of raw bytes.
+    pub fn put_raw<K: Key>(&mut self, table: &RawTable<K>, key: &K, value: Vec<u8>) {
+        self.ops.push(Op::Put(table.name, key.encode(), value));
+    }
+
+    /// Adds a removal from a raw table.
+    pub fn remove_raw<K: Key>(&mut self, table: &RawTable<K>, key: &K) {
         self.ops.push(Op::Remove(table.name, key.encode()));
     }
 
@@ -358,6 +490,15 @@ impl Store {
         name: TableName,
     ) -> Result<Table<K, V>, StoreError> {
         Ok(Table {
+            name,
+            tree: self.db.open_tree(name.as_str())?,
+            _types: PhantomData,
+        })
+    }
+
+    /// A raw-bytes view of a table.
+    pub fn raw_table<K: Key>(&self, name: TableName) -> Result<RawTable<K>, StoreError> {
+        Ok(RawTable {
             name,
             tree: self.db.open_tree(name.as_str())?,
             _types: PhantomData,
