@@ -5,6 +5,25 @@
 
 use crate::store::StoreError;
 
+/// A policy that decided a denied request, with its plain-language texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecidingPolicy {
+    pub id: String,
+    pub title: String,
+    pub reason_de: String,
+    pub reason_en: String,
+}
+
+/// What a denied caller learns: the deciding policies and their reasons,
+/// evaluation errors, and the policy set's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyDetails {
+    pub allowed: bool,
+    pub policies: Vec<DecidingPolicy>,
+    pub errors: Vec<String>,
+    pub policy_set_hash: String,
+}
+
 /// Why a request failed, in domain terms.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -12,6 +31,9 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// Denied by the policies; carries the deciding policies and reasons.
+    #[error("denied: {}", .0.policies.iter().map(|p| p.reason_en.as_str()).collect::<Vec<_>>().join("; "))]
+    Denied(Box<DenyDetails>),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -43,9 +65,17 @@ impl From<StoreError> for ApiError {
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         use tonic::Code;
+        if let ApiError::Denied(d) = &e {
+            // The reasons in the message for humans, the structured decision
+            // (`allmende.v1.DecisionDetails`) in the status details.
+            let msg = e.to_string();
+            let details = crate::rpc::convert::decision_details_bytes(d);
+            return tonic::Status::with_details(Code::PermissionDenied, msg, details.into());
+        }
         let (code, msg) = match e {
             ApiError::Unauthenticated(m) => (Code::Unauthenticated, m),
             ApiError::PermissionDenied(m) => (Code::PermissionDenied, m),
+            ApiError::Denied(_) => (Code::PermissionDenied, "denied".to_owned()),
             ApiError::InvalidArgument(m) => (Code::InvalidArgument, m),
             ApiError::NotFound(m) => (Code::NotFound, m),
             ApiError::FailedPrecondition(m) => (Code::FailedPrecondition, m),

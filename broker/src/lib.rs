@@ -4,6 +4,7 @@
 //! invariants the modules keep.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod pki;
+pub mod policy;
 pub mod rpc;
 pub mod sandbox;
 pub mod store;

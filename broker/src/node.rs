@@ -2,11 +2,16 @@
 //! membership watcher, and graceful shutdown.
 
 use crate::admin::{self, AdminState};
+use crate::audit::AuditLog;
+use crate::audit::witness::SharedPeers;
 use crate::clock::SharedClock;
 use crate::config::NodeConfig;
 use crate::metrics::NodeMetrics;
 use crate::peers::Peers;
 use crate::pki::{Subject, Trust};
+use crate::policy::{PolicyOrigin, PolicyPoint};
+use crate::rpc::ctx::NodeCtx;
+use crate::rpc::{AuditService, PolicyService};
 use crate::rpc::{AuthLayer, FederationService};
 use crate::store::{Store, StoreError, StoreOptions, Table, TableName, WriteBatch};
 use crate::tls::{self, TlsMaterial};
@@ -39,6 +44,10 @@ pub enum NodeError {
     Serve(String),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("policies refused: {0}")]
+    Policy(String),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 const MEMBERSHIP_KEY: &str = "current";
@@ -54,6 +63,10 @@ pub struct NodeHandle {
     pub trust: Arc<Trust>,
     pub metrics: Arc<NodeMetrics>,
     pub store: Store,
+    pub audit: AuditLog,
+    pub policy: Arc<PolicyPoint>,
+    pub ctx: NodeCtx,
+    peers: SharedPeers,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
 }
@@ -62,6 +75,31 @@ impl NodeHandle {
     /// `https://<addr>` of the gRPC listener.
     pub fn grpc_endpoint(&self) -> String {
         format!("https://{}", self.grpc_addr)
+    }
+
+    /// Replaces the peers this node talks to (witnessing, replication).
+    pub fn set_peers(&self, peers: Vec<crate::config::PeerConfig>) {
+        if let Ok(mut p) = self.peers.write() {
+            *p = peers;
+        }
+    }
+
+    /// The peers this node talks to.
+    pub fn peers(&self) -> Vec<crate::config::PeerConfig> {
+        self.peers.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Re-reads the policies (SIGHUP); a bad set is refused and the old one
+    /// keeps serving. The change is audited.
+    pub async fn reload_policies(&self) -> Result<String, NodeError> {
+        let report = self
+            .policy
+            .reload()
+            .map_err(|e| NodeError::Policy(e.to_string()))?;
+        crate::rpc::record_reload(&self.ctx, &self.organisation, &report.hash)
+            .await
+            .map_err(|e| NodeError::Policy(e.to_string()))?;
+        Ok(report.hash)
     }
 
     /// Stops accepting, drains in-flight requests, flushes the store.
@@ -79,6 +117,7 @@ impl NodeHandle {
                 }
             }
         }
+        self.audit.closed().await;
         self.store.flush().await?;
         tracing::info!(node = %self.name, "node stopped");
         first_err.map_or(Ok(()), Err)
@@ -145,6 +184,43 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         });
     }
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let audit = AuditLog::open(
+        store.clone(),
+        &own.federation,
+        &own.organisation,
+        &config.name,
+        clock.clone(),
+        shutdown_rx.clone(),
+    )
+    .await?;
+    let origin = match &config.policy_dir {
+        Some(d) => PolicyOrigin::Dir(d.clone()),
+        None => PolicyOrigin::Bundled,
+    };
+    let policy = Arc::new(
+        PolicyPoint::load(
+            origin,
+            clock.clone(),
+            &own.federation,
+            &own.organisation,
+            &config.name,
+        )
+        .map_err(|e| NodeError::Policy(e.to_string()))?,
+    );
+    policy.sync_membership(&trust.snapshot().doc);
+    let ctx = NodeCtx {
+        trust: trust.clone(),
+        audit: audit.clone(),
+        policy: policy.clone(),
+        clock: clock.clone(),
+        store: store.clone(),
+        federation: own.federation.clone(),
+        organisation: own.organisation.clone(),
+        node: config.name.clone(),
+    };
+    let peer_list: SharedPeers = Arc::new(std::sync::RwLock::new(config.peers.clone()));
+
     let metrics = NodeMetrics::new(&config.name);
     metrics
         .membership_version
@@ -160,7 +236,6 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         addr: config.grpc_listen,
         source,
     })?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
 
@@ -202,12 +277,20 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     health_reporter
         .set_serving::<pb::federation_server::FederationServer<FederationService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::policy_server::PolicyServer<PolicyService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::audit_server::AuditServer<AuditService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(allmende_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // Advertise what is served, not every service in the contract.
             .with_service_name("allmende.v1.Federation")
+            .with_service_name("allmende.v1.Policy")
+            .with_service_name("allmende.v1.Audit")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -227,7 +310,13 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::federation_server::FederationServer::new(federation));
+        .add_service(pb::federation_server::FederationServer::new(federation))
+        .add_service(pb::policy_server::PolicyServer::new(PolicyService {
+            ctx: ctx.clone(),
+        }))
+        .add_service(pb::audit_server::AuditServer::new(AuditService {
+            ctx: ctx.clone(),
+        }));
     let mut rx = shutdown_rx.clone();
     let hr = health_reporter.clone();
     tasks.push(tokio::spawn(async move {
@@ -241,9 +330,22 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             .map_err(|e| NodeError::Serve(e.to_string()))
     }));
 
+    // Witnessing of peers' audit logs.
+    tasks.push(tokio::spawn({
+        let ctx = ctx.clone();
+        let peers = peer_list.clone();
+        let material = material.clone();
+        let rx = shutdown_rx.clone();
+        async move {
+            crate::audit::witness::run(ctx, peers, material, rx).await;
+            Ok(())
+        }
+    }));
+
     // Membership watcher: picks up a re-signed membership (e.g. a revocation)
     // without restart.
     {
+        let policy = policy.clone();
         let trust = trust.clone();
         let metrics = metrics.clone();
         let store = store.clone();
@@ -266,6 +368,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
                 last = bytes.clone();
                 match trust.install_membership(&bytes) {
                     Ok(v) => {
+                        policy.sync_membership(&trust.snapshot().doc);
                         metrics.membership_version.set(i64::try_from(v).unwrap_or(i64::MAX));
                         if let Ok(t) = store.table::<String, String>(TableName::Membership)
                             && let Err(e) = persist_membership(&store, &t, &trust).await
@@ -296,6 +399,10 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         trust,
         metrics,
         store,
+        audit,
+        policy,
+        ctx,
+        peers: peer_list,
         shutdown: shutdown_tx,
         tasks,
     })

@@ -255,6 +255,21 @@ impl Sandbox {
             let c = NodeConfig::load(&cfg)?;
             sandbox.nodes.push(node::start(c, clock.clone()).await?);
         }
+        // With free ports, peers are known only now: tell every node.
+        if sandbox.spec.base_port.is_none() {
+            for n in &sandbox.nodes {
+                let peers = sandbox
+                    .nodes
+                    .iter()
+                    .filter(|m| m.name != n.name)
+                    .map(|m| PeerConfig {
+                        name: m.name.clone(),
+                        endpoint: m.grpc_endpoint(),
+                    })
+                    .collect();
+                n.set_peers(peers);
+            }
+        }
         // User profiles point at their organisation's first node.
         for o in &sandbox.spec.orgs {
             let Some(first) = o.nodes.first() else {

@@ -390,22 +390,39 @@ fn migrate_0_to_1(db: &sled::Db) -> Result<(), String> {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    // Fault injection for fail-closed tests (`test-util` feature only).
+    fail_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
     /// Opens (or creates) the store at `path`, migrating older formats.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_bytes)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        // sled releases its file lock only when its background flusher has
+        // stopped; a restart right after a stop may briefly find it held.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(options.cache_bytes)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if attempts < 40 && e.to_string().contains("could not acquire lock") => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
+            }
+        };
         let store = Self {
             db,
             path: path.to_path_buf(),
+            fail_writes: Default::default(),
         };
         store.check_format()?;
         Ok(store)
@@ -505,9 +522,22 @@ impl Store {
         })
     }
 
+    /// Makes every later write fail as if the disk refused it (tests of
+    /// fail-closed behaviour).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn fail_writes(&self, on: bool) {
+        self.fail_writes
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if batch.ops.is_empty() {
             return Ok(());
+        }
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io(sled::Error::Io(std::io::Error::other(
+                "writes disabled by fault injection",
+            ))));
         }
         let mut names: Vec<TableName> = Vec::new();
         for op in &batch.ops {

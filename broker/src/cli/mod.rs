@@ -6,7 +6,9 @@
 //! 4 node unreachable or unavailable · 5 refused (unauthenticated or
 //! permission denied).
 
+mod audit_cmd;
 mod pki_cmd;
+mod policy_cmd;
 
 use crate::client::{ClientProfile, ProfileError, error_chain};
 use crate::clock::{Clock, SystemClock};
@@ -58,6 +60,12 @@ enum Command {
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
     },
+    /// Cedar policies: validate offline, explain, reload, list.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
+    /// The tamper-evident audit log: query, export, verify.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
     /// Print the version.
     Version,
 }
@@ -159,6 +167,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             base_port,
         } => demo(story, dir, base_port).await,
         Command::Health { profile } => health(profile, json).await,
+        Command::Policy(cmd) => policy_cmd::run(cmd, json).await,
+        Command::Audit(cmd) => audit_cmd::run(cmd, json).await,
     }
 }
 
@@ -194,7 +204,19 @@ async fn node_run(config: PathBuf) -> Result<(), Failure> {
             .map(|a| format!("http://{a}"))
             .unwrap_or_else(|| "-".into())
     );
-    shutdown_signal().await;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Failure::new(1, format!("cannot listen for SIGHUP: {e}")))?;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = hup.recv() => match handle.reload_policies().await {
+                Ok(hash) => tracing::info!(policy_set = %hash, "policies reloaded"),
+                Err(e) => tracing::error!(error = %e, "policy reload refused; the old set keeps serving"),
+            },
+        }
+    }
     tracing::info!("shutdown requested");
     handle
         .shutdown()

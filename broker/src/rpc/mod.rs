@@ -5,10 +5,15 @@
 //! requests into calls on domain types and domain errors into status via
 //! `error::ApiError`.
 
+mod audit;
 pub mod convert;
+pub mod ctx;
 mod federation;
+mod policy;
 
+pub use audit::AuditService;
 pub use federation::FederationService;
+pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource, record_reload};
 
 use crate::metrics::{NodeMetrics, RpcLabels};
 use crate::pki::{Principal, Trust};

@@ -1,0 +1,1190 @@
+//! The append path (group commit), checkpoints, indexes and queries.
+
+use crate::clock::SharedClock;
+use crate::store::{RawTable, Store, StoreError, Table, TableName, WriteBatch};
+use allmende_audit::{
+    Checkpoint, Decision, Ed25519Signer, Entry, EntryKind, Frontier, Hash, HashStore,
+    ReleaseOutcome, SignatureType, SubjectHash, SubjectHasher, TreeHead, leaf_hash,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How many pending appends one group commit takes at most.
+const MAX_GROUP: usize = 4096;
+/// How often the checkpointer looks for new entries (≤ 1 s to provable).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why an audit operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The log could not be written; nothing that depends on it may happen.
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
+    #[error("audit log corrupt: {0}")]
+    Corrupt(String),
+    #[error("audit entry rejected: {0}")]
+    Invalid(String),
+}
+
+impl From<StoreError> for AuditError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } => AuditError::Corrupt(e.to_string()),
+            other => AuditError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<AuditError> for crate::error::ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Unavailable(m) => crate::error::ApiError::Unavailable(m),
+            AuditError::Corrupt(m) => crate::error::ApiError::Internal(m),
+            AuditError::Invalid(m) => crate::error::ApiError::InvalidArgument(m),
+        }
+    }
+}
+
+/// An entry before the log assigns its sequence number, time and node.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub org: String,
+    /// Clear user id; the log stores only its keyed hash.
+    pub user: Option<String>,
+    pub action: String,
+    pub resource: String,
+    pub purpose: Option<String>,
+    pub decision: Option<Decision>,
+    pub policy_ids: Vec<String>,
+    pub policy_set_hash: Option<Hash>,
+    pub grant_id: Option<String>,
+    pub request_id: Option<String>,
+    pub peer_node: Option<String>,
+    pub kind: EntryKind,
+    /// Clear data-subject ids; the log stores only their keyed hashes.
+    pub subjects: Vec<String>,
+}
+
+impl Draft {
+    /// A draft of `kind` by `org`.
+    pub fn new(org: &str, action: &str, resource: &str, kind: EntryKind) -> Self {
+        Self {
+            org: org.to_owned(),
+            user: None,
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            purpose: None,
+            decision: None,
+            policy_ids: Vec::new(),
+            policy_set_hash: None,
+            grant_id: None,
+            request_id: None,
+            peer_node: None,
+            kind,
+            subjects: Vec::new(),
+        }
+    }
+}
+
+struct Pending {
+    draft: Draft,
+    reply: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+/// A stored checkpoint with the cosignatures received for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub size: u64,
+    pub root_hex: String,
+    /// The signed note (log signature only).
+    pub note: String,
+    /// Cosignature lines received from witnesses (`— name base64`).
+    pub cosignatures: Vec<String>,
+    pub signed_at_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Keys {
+    log_pkcs8_b64: String,
+    witness_pkcs8_b64: String,
+    subject_secret_b64: String,
+}
+
+/// Log health for the DPO and the operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditStatus {
+    pub size: u64,
+    pub checkpoint_size: u64,
+    pub indexed: u64,
+    pub log_vkey: String,
+    pub witness_vkey: String,
+    pub origin: String,
+}
+
+/// The Merkle tree's stored hashes, read through the store.
+#[derive(Debug, Clone)]
+pub struct SledHashStore {
+    tree: RawTable<Vec<u8>>,
+}
+
+impl HashStore for SledHashStore {
+    type Error = StoreError;
+    fn node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
+        let key = allmende_audit::NodeKey { level, index }.to_bytes().to_vec();
+        match self.tree.get(&key)? {
+            None => Ok(None),
+            Some(b) => Hash::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    table: "audit_tree",
+                    reason: e.to_string(),
+                }),
+        }
+    }
+}
+
+struct Inner {
+    store: Store,
+    entries: RawTable<u64>,
+    hashes: SledHashStore,
+    checkpoints: Table<u64, CheckpointRecord>,
+    state: Table<String, u64>,
+    index: RawTable<Vec<u8>>,
+    tx: mpsc::Sender<Pending>,
+    log_signer: Ed25519Signer,
+    witness_signer: Ed25519Signer,
+    subjects: SubjectHasher,
+    node: String,
+    origin: String,
+    clock: SharedClock,
+    committed: watch::Receiver<u64>,
+    checkpoint_size: AtomicU64,
+    indexed: AtomicU64,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    findings: std::sync::Mutex<Vec<String>>,
+}
+
+/// The audit log of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("origin", &self.inner.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+const SIZE_KEY: &str = "size";
+const KEYS_KEY: &str = "keys";
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+impl AuditLog {
+    /// Opens the log of node `node` (of `federation`/`org`) and starts its
+    /// writer, checkpointer and indexer tasks; they stop when `shutdown` is set.
+    pub async fn open(
+        store: Store,
+        federation: &str,
+        org: &str,
+        node: &str,
+        clock: SharedClock,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, AuditError> {
+        use base64::Engine;
+        let entries: RawTable<u64> = store.raw_table(TableName::AuditEntries)?;
+        let hashes = SledHashStore {
+            tree: store.raw_table(TableName::AuditTree)?,
+        };
+        let state: Table<String, u64> = store.table(TableName::AuditState)?;
+        let keys_table: Table<String, Keys> = store.table(TableName::AuditState)?;
+        let checkpoints: Table<u64, CheckpointRecord> = store.table(TableName::AuditCheckpoints)?;
+        let index: RawTable<Vec<u8>> = store.raw_table(TableName::AuditIndex)?;
+
+        // Keys: created once, kept in the node's store.
+        let keys = match keys_table.get(&KEYS_KEY.to_owned())? {
+            Some(k) => k,
+            None => {
+                let new_key = || {
+                    allmende_audit::generate_pkcs8()
+                        .map_err(|e| AuditError::Unavailable(format!("key generation: {e}")))
+                };
+                let mut secret = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                    .map_err(|_| AuditError::Unavailable("no randomness".into()))?;
+                let k = Keys {
+                    log_pkcs8_b64: b64().encode(new_key()?),
+                    witness_pkcs8_b64: b64().encode(new_key()?),
+                    subject_secret_b64: b64().encode(secret),
+                };
+                let mut b = WriteBatch::new();
+                b.put(&keys_table, &KEYS_KEY.to_owned(), &k)?;
+                store.commit_durable(b).await?;
+                k
+            }
+        };
+        let dec = |s: &str| {
+            b64()
+                .decode(s)
+                .map_err(|e| AuditError::Corrupt(format!("stored audit key: {e}")))
+        };
+        let origin = format!("allmende.{federation}.{org}.{node}");
+        let log_signer =
+            Ed25519Signer::from_pkcs8(&origin, SignatureType::Ed25519, &dec(&keys.log_pkcs8_b64)?)
+                .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        let witness_signer = Ed25519Signer::from_pkcs8(
+            &format!("{origin}.witness"),
+            SignatureType::CosignatureV1,
+            &dec(&keys.witness_pkcs8_b64)?,
+        )
+        .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        let subjects = SubjectHasher::new(&dec(&keys.subject_secret_b64)?)
+            .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+
+        let size = state.get(&SIZE_KEY.to_owned())?.unwrap_or(0);
+        let frontier = Frontier::load(&hashes, size)
+            .map_err(|e| AuditError::Corrupt(format!("cannot load tree frontier: {e}")))?;
+        let last_time = match entries.last()? {
+            Some((_, bytes)) => Entry::decode(&bytes).map(|e| e.time_ms).unwrap_or(0),
+            None => 0,
+        };
+        let checkpoint_size = checkpoints.entries()?.last().map(|(s, _)| *s).unwrap_or(0);
+        let indexed = state.get(&"indexed".to_owned())?.unwrap_or(0);
+
+        let (tx, rx) = mpsc::channel::<Pending>(65_536);
+        let (committed_tx, committed_rx) = watch::channel(size);
+        let inner = Arc::new(Inner {
+            store,
+            entries,
+            hashes,
+            checkpoints,
+            state,
+            index,
+            tx,
+            log_signer,
+            witness_signer,
+            subjects,
+            node: node.to_owned(),
+            origin,
+            clock,
+            committed: committed_rx,
+            checkpoint_size: AtomicU64::new(checkpoint_size),
+            indexed: AtomicU64::new(indexed),
+            tasks: std::sync::Mutex::new(Vec::new()),
+            findings: std::sync::Mutex::new(Vec::new()),
+        });
+        let handles = vec![
+            tokio::spawn(writer(
+                inner.clone(),
+                rx,
+                frontier,
+                last_time,
+                committed_tx,
+                shutdown.clone(),
+            )),
+            tokio::spawn(checkpointer(inner.clone(), shutdown.clone())),
+            tokio::spawn(indexer(inner.clone(), shutdown)),
+        ];
+        if let Ok(mut t) = inner.tasks.lock() {
+            t.extend(handles);
+        }
+        Ok(Self { inner })
+    }
+
+    /// Waits for the log's tasks after the shutdown signal: pending appends
+    /// are committed (or failed), a last checkpoint is signed.
+    pub async fn closed(&self) {
+        let handles: Vec<_> = match self.inner.tasks.lock() {
+            Ok(mut t) => t.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    /// Appends an entry; returns its sequence number once it is durable.
+    pub async fn append(&self, draft: Draft) -> Result<u64, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Pending { draft, reply })
+            .await
+            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?;
+        rx.await
+            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?
+    }
+
+    /// Writes the durable intent entry of a release and returns the guard
+    /// that data-releasing code must hold. Fails (and nothing may be sent)
+    /// when the log cannot be written.
+    pub async fn begin_release(&self, mut draft: Draft) -> Result<ReleaseGuard, AuditError> {
+        draft.kind = EntryKind::ReleaseIntent;
+        let template = draft.clone();
+        let seq = self.append(draft).await?;
+        Ok(ReleaseGuard {
+            log: self.clone(),
+            intent_sequence: seq,
+            template: Some(template),
+        })
+    }
+
+    /// The keyed hash of a data subject or user id (never stored in clear).
+    pub fn subject_hash(&self, id: &str) -> SubjectHash {
+        self.inner.subjects.hash(id)
+    }
+
+    /// The pseudonymous form of a user id as it appears in entries.
+    pub fn pseudonym(&self, org: &str, user: &str) -> String {
+        let h = self.inner.subjects.hash(&format!("user:{org}/{user}"));
+        format!("u-{}", &h.to_hex()[..24])
+    }
+
+    /// Number of durable entries.
+    pub fn size(&self) -> u64 {
+        *self.inner.committed.borrow()
+    }
+
+    /// The log's checkpoint origin (also its key name).
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// The log's verifier key (`name+keyid+base64`).
+    pub fn log_vkey(&self) -> String {
+        self.inner.log_signer.verifier_key().to_vkey()
+    }
+
+    /// This node's witness verifier key.
+    pub fn witness_vkey(&self) -> String {
+        self.inner.witness_signer.verifier_key().to_vkey()
+    }
+
+    /// The witness signer (for cosigning peers' checkpoints).
+    pub fn witness_signer(&self) -> &Ed25519Signer {
+        &self.inner.witness_signer
+    }
+
+    /// The Merkle tree's stored hashes.
+    pub fn hash_store(&self) -> &SledHashStore {
+        &self.inner.hashes
+    }
+
+    /// One stored entry body (raw canonical bytes).
+    pub fn entry_bytes(&self, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        Ok(self.inner.entries.get(&seq)?)
+    }
+
+    /// Entry bodies in `[from, to)`.
+    pub fn entry_range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        Ok(self.inner.entries.range(&from, &to)?)
+    }
+
+    /// The latest checkpoint, if one was signed.
+    pub fn latest_checkpoint(&self) -> Result<Option<CheckpointRecord>, AuditError> {
+        let size = self.inner.checkpoint_size.load(Ordering::SeqCst);
+        if size == 0 {
+            return Ok(None);
+        }
+        Ok(self.inner.checkpoints.get(&size)?)
+    }
+
+    /// Every stored checkpoint (oldest first).
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointRecord>, AuditError> {
+        Ok(self
+            .inner
+            .checkpoints
+            .entries()?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Signs a checkpoint for the current size now (normally the
+    /// checkpointer does this within [`CHECKPOINT_INTERVAL`]).
+    pub async fn checkpoint_now(&self) -> Result<Option<CheckpointRecord>, AuditError> {
+        sign_checkpoint(&self.inner).await
+    }
+
+    /// Waits until a checkpoint covers `seq` (or the timeout passes).
+    pub async fn wait_provable(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.inner.checkpoint_size.load(Ordering::SeqCst) > seq {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Waits (bounded) until the checkpoint of `size` carries at least `min`
+    /// cosignatures; returns it as it is then.
+    pub async fn wait_cosigned(
+        &self,
+        size: u64,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<Option<CheckpointRecord>, AuditError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let rec = self.inner.checkpoints.get(&size)?;
+            let enough = rec.as_ref().is_some_and(|r| r.cosignatures.len() >= min);
+            if enough || tokio::time::Instant::now() >= deadline {
+                return Ok(rec);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stores a verified cosignature line for the checkpoint of `size`.
+    pub async fn add_cosignature(&self, size: u64, line: String) -> Result<bool, AuditError> {
+        let Some(mut rec) = self.inner.checkpoints.get(&size)? else {
+            return Ok(false);
+        };
+        if rec.cosignatures.contains(&line) {
+            return Ok(true);
+        }
+        rec.cosignatures.push(line);
+        let mut b = WriteBatch::new();
+        b.put(&self.inner.checkpoints, &size, &rec)?;
+        self.inner.store.commit_durable(b).await?;
+        Ok(true)
+    }
+
+    /// Records a witness finding (split view of a peer, rollback of this
+    /// node's own log, …); shown by `Audit.Status`.
+    pub fn report_finding(&self, finding: String) {
+        if let Ok(mut f) = self.inner.findings.lock()
+            && !f.contains(&finding)
+        {
+            tracing::error!(finding = %finding, "audit finding");
+            f.push(finding);
+        }
+    }
+
+    /// Findings so far.
+    pub fn findings(&self) -> Vec<String> {
+        self.inner
+            .findings
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default()
+    }
+
+    /// The store the log lives in.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Status for operators and the DPO.
+    pub fn status(&self) -> AuditStatus {
+        AuditStatus {
+            size: self.size(),
+            checkpoint_size: self.inner.checkpoint_size.load(Ordering::SeqCst),
+            indexed: self.inner.indexed.load(Ordering::SeqCst),
+            log_vkey: self.log_vkey(),
+            witness_vkey: self.witness_vkey(),
+            origin: self.inner.origin.clone(),
+        }
+    }
+
+    /// Recomputes every leaf from the stored bodies and checks the stored
+    /// tree and the signed checkpoints; names every mismatching entry.
+    pub fn verify_store(&self) -> Result<allmende_audit::StoreReport, AuditError> {
+        let size = self.size();
+        let heads: Vec<TreeHead> = self
+            .checkpoints()?
+            .iter()
+            .filter_map(|c| {
+                Some(TreeHead {
+                    size: c.size,
+                    root: Hash::from_hex(&c.root_hex).ok()?,
+                })
+            })
+            .collect();
+        let mut audit = allmende_audit::StoreAudit::new(&self.inner.hashes, size, &heads);
+        let mut from = 0u64;
+        while from < size {
+            let to = size.min(from + 4096);
+            for (seq, body) in self.entry_range(from, to)? {
+                audit
+                    .feed(seq, Some(&body))
+                    .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+            }
+            from = to;
+        }
+        audit
+            .finish()
+            .map_err(|e| AuditError::Corrupt(e.to_string()))
+    }
+
+    /// Runs a query over the log (DPO tools). Uses the most selective index
+    /// and filters the rest on decoded entries; pages by sequence.
+    pub fn query(&self, filter: &QueryFilter) -> Result<QueryPage, AuditError> {
+        let limit = filter.limit.clamp(1, 1000);
+        let start = filter.after.map_or(0, |a| a.saturating_add(1));
+        let size = self.size();
+        // Candidate sequences from an index, when the filter names one.
+        let user_key = filter.user.as_ref().map(|(org, u)| self.pseudonym(org, u));
+        let subject_key = filter
+            .subject
+            .as_ref()
+            .map(|s| self.subject_hash(s).to_hex());
+        let index_prefix = if let Some(s) = &subject_key {
+            Some(index_key("s", s, None))
+        } else if let Some(d) = &filter.dataset {
+            Some(index_key("d", d, None))
+        } else if let Some(u) = &user_key {
+            Some(index_key("u", u, None))
+        } else {
+            filter.org.as_ref().map(|o| index_key("o", o, None))
+        };
+        let indexed = self.inner.indexed.load(Ordering::SeqCst);
+        let mut out = Vec::new();
+        let mut next_after = None;
+        let mut consider = |seq: u64, bytes: &[u8]| -> Result<bool, AuditError> {
+            let e = Entry::decode(bytes)
+                .map_err(|err| AuditError::Corrupt(format!("entry {seq}: {err}")))?;
+            if filter.matches(&e, user_key.as_deref(), subject_key.as_deref()) {
+                out.push(e);
+            }
+            next_after = Some(seq);
+            Ok(out.len() >= limit)
+        };
+        match index_prefix {
+            Some(prefix) if indexed > start => {
+                // Indexed part first, then the unindexed tail by scan.
+                let hits = self.inner.index.scan_prefix(&prefix)?;
+                let mut done = false;
+                for (k, _) in hits {
+                    let Some(seq) = k
+                        .get(k.len().saturating_sub(8)..)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes))
+                    else {
+                        continue;
+                    };
+                    if seq < start || seq >= indexed {
+                        continue;
+                    }
+                    if let Some(bytes) = self.inner.entries.get(&seq)?
+                        && consider(seq, &bytes)?
+                    {
+                        done = true;
+                        break;
+                    }
+                }
+                if !done {
+                    for (seq, bytes) in self.entry_range(indexed.max(start), size)? {
+                        if consider(seq, &bytes)? {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ => {
+                let mut from = start;
+                'scan: while from < size {
+                    let to = size.min(from + 1024);
+                    for (seq, bytes) in self.entry_range(from, to)? {
+                        if consider(seq, &bytes)? {
+                            break 'scan;
+                        }
+                    }
+                    from = to;
+                }
+            }
+        }
+        let more = out.len() >= limit;
+        Ok(QueryPage {
+            entries: out,
+            next_after: if more { next_after } else { None },
+        })
+    }
+}
+
+/// Filters of an audit query. `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct QueryFilter {
+    pub dataset: Option<String>,
+    pub org: Option<String>,
+    /// (organisation, user id) in clear; matched through its pseudonym.
+    pub user: Option<(String, String)>,
+    pub purpose: Option<String>,
+    pub decision: Option<Decision>,
+    /// Data subject in clear; matched through its keyed hash.
+    pub subject: Option<String>,
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    /// Page after this sequence number.
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
+impl QueryFilter {
+    fn matches(&self, e: &Entry, user_key: Option<&str>, subject_key: Option<&str>) -> bool {
+        self.dataset.as_ref().is_none_or(|d| &e.resource == d)
+            && self.org.as_ref().is_none_or(|o| &e.principal.org == o)
+            && user_key.is_none_or(|u| e.principal.user.as_deref() == Some(u))
+            && self
+                .purpose
+                .as_ref()
+                .is_none_or(|p| e.purpose.as_deref() == Some(p.as_str()))
+            && self.decision.is_none_or(|d| e.decision == Some(d))
+            && subject_key.is_none_or(|s| e.subjects.iter().any(|h| h.to_hex() == s))
+            && self.from_ms.is_none_or(|f| e.time_ms >= f)
+            && self.to_ms.is_none_or(|t| e.time_ms < t)
+    }
+}
+
+/// One page of query results.
+#[derive(Debug, Clone)]
+pub struct QueryPage {
+    pub entries: Vec<Entry>,
+    /// Pass as `after` for the next page; `None` when this was the last.
+    pub next_after: Option<u64>,
+}
+
+fn index_key(kind: &str, value: &str, seq: Option<u64>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(kind.len() + value.len() + 10);
+    k.extend_from_slice(kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    if let Some(s) = seq {
+        k.extend_from_slice(&s.to_be_bytes());
+    }
+    k
+}
+
+/// Statistics of a finished release.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleaseStats {
+    pub rows_released: u64,
+    pub rows_filtered: u64,
+    pub bytes: u64,
+}
+
+/// Proof that a release's intent entry is durable. Complete it with the
+/// release's statistics; dropping it unfinished records an aborted release.
+#[derive(Debug)]
+pub struct ReleaseGuard {
+    log: AuditLog,
+    intent_sequence: u64,
+    template: Option<Draft>,
+}
+
+impl ReleaseGuard {
+    /// The intent entry's sequence number.
+    pub fn intent_sequence(&self) -> u64 {
+        self.intent_sequence
+    }
+
+    /// Writes the completion entry.
+    pub async fn complete(
+        mut self,
+        stats: ReleaseStats,
+        outcome: ReleaseOutcome,
+    ) -> Result<u64, AuditError> {
+        let Some(mut d) = self.template.take() else {
+            return Err(AuditError::Invalid("release already completed".into()));
+        };
+        d.kind = EntryKind::ReleaseCompletion {
+            intent_sequence: self.intent_sequence,
+            rows_released: stats.rows_released,
+            rows_filtered: stats.rows_filtered,
+            bytes: stats.bytes,
+            outcome,
+        };
+        self.log.append(d).await
+    }
+}
+
+impl Drop for ReleaseGuard {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.template.take() {
+            d.kind = EntryKind::ReleaseCompletion {
+                intent_sequence: self.intent_sequence,
+                rows_released: 0,
+                rows_filtered: 0,
+                bytes: 0,
+                outcome: ReleaseOutcome::Aborted,
+            };
+            let log = self.log.clone();
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(async move {
+                    if let Err(e) = log.append(d).await {
+                        tracing::warn!(error = %e, "aborted release not recorded; the intent stays open");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn writer(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<Pending>,
+    mut frontier: Frontier,
+    mut last_time: u64,
+    committed: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut closing = false;
+    loop {
+        let first = if closing {
+            match rx.try_recv() {
+                Ok(p) => p,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                _ = shutdown.wait_for(|s| *s) => {
+                    // Take no new appends; commit what is queued, then stop.
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
+            }
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut next = frontier.clone();
+        let mut batch = WriteBatch::new();
+        let mut writes = Vec::new();
+        let mut accepted: Vec<(oneshot::Sender<Result<u64, AuditError>>, u64)> = Vec::new();
+        let now = u64::try_from(inner.clock.now_unix_ms()).unwrap_or(0);
+        let time_ms = now.max(last_time);
+        for p in group {
+            let seq = next.size();
+            let d = p.draft;
+            let entry = Entry {
+                sequence: seq,
+                time_ms,
+                node: inner.node.clone(),
+                principal: allmende_audit::Principal {
+                    org: d.org.clone(),
+                    user: d.user.as_ref().map(|u| {
+                        let h = inner.subjects.hash(&format!("user:{}/{u}", d.org));
+                        format!("u-{}", &h.to_hex()[..24])
+                    }),
+                },
+                action: d.action,
+                resource: d.resource,
+                purpose: d.purpose,
+                decision: d.decision,
+                policy_ids: d.policy_ids,
+                policy_set_hash: d.policy_set_hash,
+                grant_id: d.grant_id,
+                request_id: d.request_id,
+                peer_node: d.peer_node,
+                kind: d.kind,
+                subjects: d.subjects.iter().map(|s| inner.subjects.hash(s)).collect(),
+            };
+            let bytes = match entry.encode() {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = p.reply.send(Err(AuditError::Invalid(e.to_string())));
+                    continue;
+                }
+            };
+            if let Err(e) = next.append(leaf_hash(&bytes), &mut writes) {
+                let _ = p.reply.send(Err(AuditError::Corrupt(e.to_string())));
+                continue;
+            }
+            batch.put_raw(&inner.entries, &seq, bytes);
+            accepted.push((p.reply, seq));
+        }
+        if accepted.is_empty() {
+            continue;
+        }
+        for w in &writes {
+            batch.put_raw(
+                &inner.hashes.tree,
+                &w.key.to_bytes().to_vec(),
+                w.hash.0.to_vec(),
+            );
+        }
+        let size = next.size();
+        if let Err(e) = batch.put(&inner.state, &SIZE_KEY.to_owned(), &size) {
+            for (r, _) in accepted {
+                let _ = r.send(Err(AuditError::Unavailable(e.to_string())));
+            }
+            continue;
+        }
+        match inner.store.commit_durable(batch).await {
+            Ok(()) => {
+                frontier = next;
+                last_time = time_ms;
+                let _ = committed.send(size);
+                for (r, seq) in accepted {
+                    let _ = r.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit append failed; requests that need it fail closed");
+                for (r, _) in accepted {
+                    let _ = r.send(Err(AuditError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+async fn sign_checkpoint(inner: &Inner) -> Result<Option<CheckpointRecord>, AuditError> {
+    let size = *inner.committed.borrow();
+    if size == 0 || size <= inner.checkpoint_size.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let root = allmende_audit::root_at(&inner.hashes, size)
+        .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+    let cp = Checkpoint::new(&inner.origin, size, root)
+        .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+    let note = allmende_audit::sign_checkpoint(&inner.log_signer, &cp)
+        .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+    let rec = CheckpointRecord {
+        size,
+        root_hex: root.to_hex(),
+        note,
+        cosignatures: Vec::new(),
+        signed_at_ms: inner.clock.now_unix_ms(),
+    };
+    let mut b = WriteBatch::new();
+    b.put(&inner.checkpoints, &size, &rec)?;
+    inner.store.commit_durable(b).await?;
+    inner.checkpoint_size.fetch_max(size, Ordering::SeqCst);
+    Ok(Some(rec))
+}
+
+async fn checkpointer(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.wait_for(|s| *s) => true,
+        };
+        if stop {
+            // Let the writer finish its queue, then cover it with a checkpoint.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Err(e) = sign_checkpoint(&inner).await {
+                tracing::warn!(error = %e, "final checkpoint not signed");
+            }
+            return;
+        }
+        if let Err(e) = sign_checkpoint(&inner).await {
+            tracing::warn!(error = %e, "checkpoint not signed");
+        }
+    }
+}
+
+/// Derives the query indexes from the log, behind the durable append.
+async fn indexer(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let mut committed = inner.committed.clone();
+    loop {
+        let size = *committed.borrow_and_update();
+        let mut from = inner.indexed.load(Ordering::SeqCst);
+        while from < size {
+            let to = size.min(from + 4096);
+            match index_range(&inner, from, to) {
+                Ok(()) => {
+                    inner.indexed.store(to, Ordering::SeqCst);
+                    from = to;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit index lags");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            r = committed.changed() => if r.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn index_range(inner: &Inner, from: u64, to: u64) -> Result<(), AuditError> {
+    let mut b = WriteBatch::new();
+    for (seq, bytes) in inner.entries.range(&from, &to)? {
+        let Ok(e) = Entry::decode(&bytes) else {
+            continue;
+        };
+        b.put_raw(
+            &inner.index,
+            &index_key("d", &e.resource, Some(seq)),
+            Vec::new(),
+        );
+        b.put_raw(
+            &inner.index,
+            &index_key("o", &e.principal.org, Some(seq)),
+            Vec::new(),
+        );
+        if let Some(u) = &e.principal.user {
+            b.put_raw(&inner.index, &index_key("u", u, Some(seq)), Vec::new());
+        }
+        for s in &e.subjects {
+            b.put_raw(
+                &inner.index,
+                &index_key("s", &s.to_hex(), Some(seq)),
+                Vec::new(),
+            );
+        }
+    }
+    b.put(&inner.state, &"indexed".to_owned(), &to)?;
+    inner.store.commit_volatile(b)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::StoreOptions;
+
+    async fn open(dir: &std::path::Path) -> (AuditLog, Store, watch::Sender<bool>) {
+        let store = Store::open(
+            dir,
+            &StoreOptions {
+                cache_bytes: 1 << 22,
+            },
+        )
+        .unwrap();
+        let (tx, rx) = watch::channel(false);
+        let log = AuditLog::open(
+            store.clone(),
+            "munich",
+            "swm",
+            "swm-1",
+            ManualClock::at_unix_ms(1_800_000_000_000),
+            rx,
+        )
+        .await
+        .unwrap();
+        (log, store, tx)
+    }
+
+    fn draft(dataset: &str, user: &str, subject: &str) -> Draft {
+        let mut d = Draft::new("tum", "read", dataset, EntryKind::Decision);
+        d.user = Some(user.into());
+        d.purpose = Some("AcademicResearch".into());
+        d.decision = Some(Decision::Allow);
+        d.policy_ids = vec!["research-read".into()];
+        d.subjects = vec![subject.into()];
+        d
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_get_distinct_sequences_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, store, stop) = open(dir.path()).await;
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                log.append(draft(
+                    "smart-meter-readings",
+                    "alice",
+                    &format!("HH-{i:06}"),
+                ))
+                .await
+                .unwrap()
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+        assert!(
+            log.wait_provable(199, Duration::from_secs(2)).await,
+            "no checkpoint within 2 s"
+        );
+        let report = log.verify_store().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        stop.send(true).unwrap();
+        log.closed().await;
+        drop(log);
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (log, _store, _stop) = open(dir.path()).await;
+        assert_eq!(log.size(), 200);
+        assert_eq!(log.append(draft("x", "bob", "HH-1")).await.unwrap(), 200);
+        assert!(log.verify_store().unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn no_personal_identifier_is_stored_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _s, _stop) = open(dir.path()).await;
+        let seq = log
+            .append(draft("ds", "alice.researcher", "HH-SECRET-42"))
+            .await
+            .unwrap();
+        let bytes = log.entry_bytes(seq).unwrap().unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("alice.researcher"));
+        assert!(!text.contains("HH-SECRET-42"));
+        // But the DPO and the citizen can still find it by keyed hash.
+        let page = log
+            .query(&QueryFilter {
+                subject: Some("HH-SECRET-42".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.entries.len(), 1);
+        let page = log
+            .query(&QueryFilter {
+                user: Some(("tum".into(), "alice.researcher".into())),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn release_guard_fails_closed_when_the_log_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, store, _stop) = open(dir.path()).await;
+        store.fail_writes(true);
+        let err = log
+            .begin_release(draft("smart-meter-readings", "alice", "HH-1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Unavailable(_)), "{err}");
+        let status: tonic::Status = crate::error::ApiError::from(err).into();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(log.size(), 0);
+        store.fail_writes(false);
+        let guard = log
+            .begin_release(draft("smart-meter-readings", "alice", "HH-1"))
+            .await
+            .unwrap();
+        assert_eq!(guard.intent_sequence(), 0);
+        let done = guard
+            .complete(
+                ReleaseStats {
+                    rows_released: 10,
+                    rows_filtered: 3,
+                    bytes: 999,
+                },
+                ReleaseOutcome::Completed,
+            )
+            .await
+            .unwrap();
+        let e = Entry::decode(&log.entry_bytes(done).unwrap().unwrap()).unwrap();
+        assert!(matches!(
+            e.kind,
+            EntryKind::ReleaseCompletion {
+                intent_sequence: 0,
+                rows_released: 10,
+                rows_filtered: 3,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_guard_records_an_aborted_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _s, _stop) = open(dir.path()).await;
+        drop(log.begin_release(draft("ds", "a", "s")).await.unwrap());
+        for _ in 0..100 {
+            if log.size() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let e = Entry::decode(&log.entry_bytes(1).unwrap().unwrap()).unwrap();
+        assert!(matches!(
+            e.kind,
+            EntryKind::ReleaseCompletion {
+                outcome: ReleaseOutcome::Aborted,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_edited_entry_in_the_store_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, store, _stop) = open(dir.path()).await;
+        for i in 0..10 {
+            log.append(draft("ds", "a", &format!("s{i}")))
+                .await
+                .unwrap();
+        }
+        log.checkpoint_now().await.unwrap();
+        let mut bytes = log.entry_bytes(6).unwrap().unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        let t: RawTable<u64> = store.raw_table(TableName::AuditEntries).unwrap();
+        let mut b = WriteBatch::new();
+        b.put_raw(&t, &6, bytes);
+        store.commit_durable(b).await.unwrap();
+        let report = log.verify_store().unwrap();
+        assert!(!report.is_ok());
+        let text = format!("{report:?}");
+        assert!(text.contains("sequence: 6"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn queries_filter_and_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _s, _stop) = open(dir.path()).await;
+        for i in 0..30 {
+            let ds = if i % 3 == 0 {
+                "air-quality"
+            } else {
+                "smart-meter-readings"
+            };
+            log.append(draft(ds, "alice", "s")).await.unwrap();
+        }
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = log
+                .query(&QueryFilter {
+                    dataset: Some("air-quality".into()),
+                    after,
+                    limit: 4,
+                    ..Default::default()
+                })
+                .unwrap();
+            all.extend(page.entries.iter().map(|e| e.sequence));
+            match page.next_after {
+                Some(a) => after = Some(a),
+                None => break,
+            }
+        }
+        assert_eq!(all, (0..30).step_by(3).collect::<Vec<_>>());
+        let none = log
+            .query(&QueryFilter {
+                decision: Some(Decision::Deny),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(none.entries.is_empty());
+    }
+}

@@ -1,0 +1,16 @@
+//! The node's tamper-evident audit log, on top of the I/O-free
+//! `allmende-audit` core: durable appends with group commit, the fail-closed
+//! release guard, signed checkpoints within a second, derived query indexes,
+//! store verification, witnessing of peers' logs.
+//!
+//! Architecture invariant: data-releasing code cannot obtain a
+//! [`ReleaseGuard`] without a durable intent entry; if the log cannot be
+//! written, [`AuditLog::begin_release`] fails and nothing may be sent.
+
+mod log;
+pub mod witness;
+
+pub use log::{
+    AuditError, AuditLog, AuditStatus, CheckpointRecord, Draft, QueryFilter, QueryPage,
+    ReleaseGuard, ReleaseStats, SledHashStore,
+};

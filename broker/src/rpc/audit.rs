@@ -1,0 +1,423 @@
+//! `allmende.v1.Audit`: DPO queries and exports, citizens' own accesses,
+//! log verification, and the witness protocol between nodes.
+
+use super::ctx::NodeCtx;
+use super::principal;
+use crate::audit::QueryFilter;
+use crate::error::ApiError;
+use crate::pki::{Principal, Subject};
+use crate::policy::{Action, Resource};
+use allmende_audit::{BundleSlot, Decision, Entry, NoteSignature, SignedNote, VerifierKey};
+use allmende_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+#[derive(Debug)]
+pub struct AuditService {
+    pub ctx: NodeCtx,
+}
+
+impl AuditService {
+    async fn authorize_log(&self, p: &Principal, action: Action) -> Result<(), ApiError> {
+        let ctx = &self.ctx;
+        let id = ctx.policy.audit_log_id().to_owned();
+        let request = ctx
+            .policy
+            .request(p, action, Resource::AuditLog(id.clone()), None);
+        ctx.policy
+            .authorize(&ctx.audit, p, request, &format!("audit-log/{id}"))
+            .await
+            .map(|_| ())
+    }
+
+    /// Witness protocol calls are decided on every call but, when allowed,
+    /// not written one by one: each entry would need a new checkpoint to be
+    /// witnessed, and the log would never come to rest. Denials are audited.
+    fn authorize_witness(&self, p: &Principal, action: Action) -> Result<(), ApiError> {
+        let ctx = &self.ctx;
+        let id = ctx.policy.audit_log_id().to_owned();
+        let request = ctx
+            .policy
+            .request(p, action, Resource::AuditLog(id.clone()), None);
+        let d = ctx.policy.decide(&request);
+        if d.allowed {
+            return Ok(());
+        }
+        let audit = ctx.audit.clone();
+        let policy = ctx.policy.clone();
+        let p = p.clone();
+        tokio::spawn(async move {
+            let _ = policy
+                .authorize(&audit, &p, request, &format!("audit-log/{id}"))
+                .await;
+        });
+        Err(ApiError::Denied(Box::new(crate::error::DenyDetails::from(
+            &d,
+        ))))
+    }
+}
+
+fn page(limit: u32) -> usize {
+    if limit == 0 {
+        100
+    } else {
+        limit.min(1000) as usize
+    }
+}
+
+fn entries_response(page: crate::audit::QueryPage) -> pb::AuditQueryResponse {
+    pb::AuditQueryResponse {
+        entries: page
+            .entries
+            .iter()
+            .map(super::convert::audit_entry)
+            .collect(),
+        next_page_after: page.next_after,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::audit_server::Audit for AuditService {
+    async fn query(
+        &self,
+        req: Request<pb::AuditQueryRequest>,
+    ) -> Result<Response<pb::AuditQueryResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let decision = match r.decision.as_str() {
+            "" => None,
+            "allow" => Some(Decision::Allow),
+            "deny" => Some(Decision::Deny),
+            other => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "decision `{other}` is not `allow` or `deny`"
+                ))
+                .into());
+            }
+        };
+        let user = if r.user.is_empty() {
+            None
+        } else {
+            let (org, u) = r.user.split_once('/').ok_or_else(|| {
+                ApiError::InvalidArgument(format!("user `{}` is not `<org>/<user>`", r.user))
+            })?;
+            Some((org.to_owned(), u.to_owned()))
+        };
+        if !r.purpose.is_empty() {
+            super::policy::parse_purpose(&r.purpose)?;
+        }
+        self.authorize_log(&p, Action::ReadAudit).await?;
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let filter = QueryFilter {
+            dataset: nonempty(r.dataset),
+            org: nonempty(r.organisation),
+            user,
+            purpose: nonempty(r.purpose),
+            decision,
+            subject: None,
+            from_ms: (r.from_ms > 0).then_some(r.from_ms),
+            to_ms: (r.to_ms > 0).then_some(r.to_ms),
+            after: r.page_after,
+            limit: page(r.limit),
+        };
+        let result = self.ctx.audit.query(&filter).map_err(ApiError::from)?;
+        Ok(Response::new(entries_response(result)))
+    }
+
+    async fn my_accesses(
+        &self,
+        req: Request<pb::MyAccessesRequest>,
+    ) -> Result<Response<pb::AuditQueryResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let Subject::User(user) = &p.subject else {
+            return Err(
+                ApiError::PermissionDenied("only people have an access history".into()).into(),
+            );
+        };
+        // A citizen's user id, issued by their controller's CA, is their
+        // data-subject id at that controller.
+        let subject_id = crate::policy::user_entity_id(&p.organisation, user);
+        let account = subject_id.clone();
+        let org = p.organisation.clone();
+        self.ctx.policy.with_entities(|e| {
+            if e.subject(&subject_id).is_none() {
+                e.upsert_subject(allmende_policies::DataSubject {
+                    id: subject_id.clone(),
+                    account,
+                    controller: org,
+                });
+            }
+        });
+        let ctx = &self.ctx;
+        let request = ctx.policy.request(
+            &p,
+            Action::ReadAudit,
+            Resource::DataSubject(subject_id.clone()),
+            None,
+        );
+        ctx.policy
+            .authorize(
+                &ctx.audit,
+                &p,
+                request,
+                &format!(
+                    "data-subject/{}",
+                    ctx.audit.pseudonym(&p.organisation, user)
+                ),
+            )
+            .await?;
+        let filter = QueryFilter {
+            subject: Some(user.clone()),
+            after: r.page_after,
+            limit: page(r.limit),
+            ..Default::default()
+        };
+        let result = ctx.audit.query(&filter).map_err(ApiError::from)?;
+        Ok(Response::new(entries_response(result)))
+    }
+
+    async fn export(
+        &self,
+        req: Request<pb::AuditExportRequest>,
+    ) -> Result<Response<pb::AuditExportResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        if r.to_ms != 0 && r.to_ms <= r.from_ms {
+            return Err(ApiError::InvalidArgument("`to` must be after `from`".into()).into());
+        }
+        self.authorize_log(&p, Action::ExportAudit).await?;
+        let log = &self.ctx.audit;
+        // Cover everything written so far, including this export's decision.
+        // The witnesses that cosigned before are expected to cosign again.
+        let expected = log
+            .latest_checkpoint()
+            .map_err(ApiError::from)?
+            .map_or(0, |c| c.cosignatures.len());
+        let fresh = log.checkpoint_now().await.map_err(ApiError::from)?;
+        let cp = match fresh {
+            Some(c) => log
+                .wait_cosigned(c.size, expected, std::time::Duration::from_secs(3))
+                .await
+                .map_err(ApiError::from)?
+                .unwrap_or(c),
+            None => log
+                .latest_checkpoint()
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::FailedPrecondition("no checkpoint yet".into()))?,
+        };
+        let size = cp.size;
+        let mut first = None;
+        let mut slots_from = 0;
+        let mut slots = Vec::new();
+        let mut from = 0u64;
+        while from < size {
+            let to = size.min(from + 4096);
+            for (seq, bytes) in log.entry_range(from, to).map_err(ApiError::from)? {
+                let t = Entry::decode(&bytes).map(|e| e.time_ms).unwrap_or(0);
+                let inside = t >= r.from_ms && (r.to_ms == 0 || t < r.to_ms);
+                if inside {
+                    if first.is_none() {
+                        first = Some(seq);
+                        slots_from = seq;
+                    }
+                    slots.push((seq, BundleSlot::Entry(bytes)));
+                } else if first.is_some() {
+                    slots.push((seq, BundleSlot::Omitted));
+                }
+            }
+            from = to;
+        }
+        // Trailing entries outside the range are not part of the bundle.
+        while matches!(slots.last(), Some((_, BundleSlot::Omitted))) {
+            slots.pop();
+        }
+        let count = slots
+            .iter()
+            .filter(|(_, s)| matches!(s, BundleSlot::Entry(_)))
+            .count();
+        let slots: Vec<BundleSlot> = slots.into_iter().map(|(_, s)| s).collect();
+        let mut note = SignedNote::parse(cp.note.as_bytes())
+            .map_err(|e| ApiError::Internal(format!("stored checkpoint: {e}")))?;
+        for line in &cp.cosignatures {
+            if let Some(sig) = parse_sig_line(line) {
+                let _ = note.add_signature(sig);
+            }
+        }
+        let bundle =
+            allmende_audit::build_bundle(log.hash_store(), &note.encode(), slots_from, slots, None)
+                .map_err(|e| ApiError::Internal(format!("bundle: {e}")))?;
+        let bytes = bundle
+            .encode()
+            .map_err(|e| ApiError::Internal(format!("bundle: {e}")))?;
+        Ok(Response::new(pb::AuditExportResponse {
+            bundle: bytes,
+            entries: count as u64,
+            first_sequence: first.unwrap_or(0),
+            checkpoint_size: size,
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::AuditStatusRequest>,
+    ) -> Result<Response<pb::AuditStatusResponse>, Status> {
+        let p = principal(&req)?;
+        if p.is_node() {
+            self.authorize_witness(&p, Action::VerifyAudit)?;
+        } else {
+            self.authorize_log(&p, Action::VerifyAudit).await?;
+        }
+        let s = self.ctx.audit.status();
+        let cosigs = self
+            .ctx
+            .audit
+            .latest_checkpoint()
+            .map_err(ApiError::from)?
+            .map_or(0, |c| c.cosignatures.len());
+        Ok(Response::new(pb::AuditStatusResponse {
+            size: s.size,
+            checkpoint_size: s.checkpoint_size,
+            indexed: s.indexed,
+            origin: s.origin,
+            log_vkey: s.log_vkey,
+            witness_vkey: s.witness_vkey,
+            cosignatures_on_latest: u32::try_from(cosigs).unwrap_or(u32::MAX),
+            findings: crate::audit::witness::findings(&self.ctx.audit),
+        }))
+    }
+
+    async fn verify_log(
+        &self,
+        req: Request<pb::VerifyLogRequest>,
+    ) -> Result<Response<pb::VerifyLogResponse>, Status> {
+        let p = principal(&req)?;
+        self.authorize_log(&p, Action::VerifyAudit).await?;
+        let report = self.ctx.audit.verify_store().map_err(ApiError::from)?;
+        use allmende_audit::StoreFinding as F;
+        let mut failed: Vec<u64> = report
+            .findings
+            .iter()
+            .filter_map(|f| match f {
+                F::EntryModified { sequence }
+                | F::EntryUndecodable { sequence, .. }
+                | F::EntryMissing { sequence } => Some(*sequence),
+                F::EntrySequenceMismatch { index, .. } | F::EntryOutOfOrder { index, .. } => {
+                    Some(*index)
+                }
+                _ => None,
+            })
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
+        Ok(Response::new(pb::VerifyLogResponse {
+            ok: report.is_ok(),
+            entries_checked: report.entries_checked,
+            findings: report.findings.iter().map(|f| f.to_string()).collect(),
+            failed_sequences: failed,
+        }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
+        let p = principal(&req)?;
+        self.authorize_witness(&p, Action::VerifyAudit)?;
+        let since = req.into_inner().since_size;
+        let log = &self.ctx.audit;
+        let cp = log
+            .latest_checkpoint()
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound("no checkpoint yet".into()))?;
+        if since > cp.size {
+            return Err(ApiError::FailedPrecondition(format!(
+                "you saw size {since}, the latest checkpoint has {}",
+                cp.size
+            ))
+            .into());
+        }
+        let proof = if since == 0 || since == cp.size {
+            Vec::new()
+        } else {
+            allmende_audit::consistency_proof(log.hash_store(), since, cp.size)
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+        };
+        Ok(Response::new(pb::GetCheckpointResponse {
+            note: cp.note,
+            size: cp.size,
+            consistency_proof: proof.iter().map(|h| h.0.to_vec()).collect(),
+            log_vkey: log.log_vkey(),
+        }))
+    }
+
+    async fn add_cosignature(
+        &self,
+        req: Request<pb::AddCosignatureRequest>,
+    ) -> Result<Response<pb::AddCosignatureResponse>, Status> {
+        let p = principal(&req)?;
+        self.authorize_witness(&p, Action::CosignCheckpoint)?;
+        let r = req.into_inner();
+        let key = VerifierKey::parse(&r.witness_vkey)
+            .map_err(|e| ApiError::InvalidArgument(format!("witness key: {e}")))?;
+        // The witness key is pinned to the calling node on first use.
+        crate::audit::witness::pin_witness_key(&self.ctx, &p, &key).await?;
+        let sig = parse_sig_line(&r.cosignature_line)
+            .ok_or_else(|| ApiError::InvalidArgument("malformed cosignature line".into()))?;
+        let cp = self
+            .ctx
+            .audit
+            .checkpoints()
+            .map_err(ApiError::from)?
+            .into_iter()
+            .find(|c| c.size == r.size)
+            .ok_or_else(|| ApiError::NotFound(format!("no checkpoint of size {}", r.size)))?;
+        let text = SignedNote::parse(cp.note.as_bytes())
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .text()
+            .to_owned();
+        if allmende_audit::verify_cosignature(&key, &text, &sig).is_none() {
+            return Err(ApiError::InvalidArgument("cosignature does not verify".into()).into());
+        }
+        let stored = self
+            .ctx
+            .audit
+            .add_cosignature(r.size, sig.to_line())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::AddCosignatureResponse { stored }))
+    }
+
+    async fn get_witnessed(
+        &self,
+        req: Request<pb::GetWitnessedRequest>,
+    ) -> Result<Response<pb::GetWitnessedResponse>, Status> {
+        let p = principal(&req)?;
+        self.authorize_witness(&p, Action::VerifyAudit)?;
+        let origin = req.into_inner().origin;
+        let Subject::Node(n) = &p.subject else {
+            return Err(ApiError::PermissionDenied("nodes only".into()).into());
+        };
+        if origin != format!("allmende.{}.{}.{n}", p.federation, p.organisation) {
+            return Err(
+                ApiError::PermissionDenied("a node may ask only about its own log".into()).into(),
+            );
+        }
+        let state = crate::audit::witness::witnessed(&self.ctx, &origin).map_err(ApiError::from)?;
+        Ok(Response::new(match state {
+            None => pb::GetWitnessedResponse::default(),
+            Some(s) => pb::GetWitnessedResponse {
+                known: true,
+                size: s.size,
+                root_hex: s.root_hex,
+                note: s.note,
+            },
+        }))
+    }
+}
+
+/// Parses `— name base64` into a note signature.
+pub fn parse_sig_line(line: &str) -> Option<NoteSignature> {
+    let text = format!("x\n\n{}\n", line.trim_end());
+    let note = SignedNote::parse(text.as_bytes()).ok()?;
+    note.signatures().first().cloned()
+}

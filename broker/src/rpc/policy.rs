@@ -1,0 +1,152 @@
+//! `allmende.v1.Policy`: explain decisions, reload, list the policies.
+
+use super::ctx::NodeCtx;
+use super::principal;
+use crate::error::ApiError;
+use crate::policy::{Action, Purpose, Resource};
+use allmende_audit::{EntryKind, PolicyOp};
+use allmende_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+#[derive(Debug)]
+pub struct PolicyService {
+    pub ctx: NodeCtx,
+}
+
+/// Parses a resource named on the wire.
+pub fn parse_resource(kind: &str, id: &str) -> Result<Resource, ApiError> {
+    if id.is_empty() && kind != "federation" {
+        return Err(ApiError::InvalidArgument("`resource_id` is empty".into()));
+    }
+    Ok(match kind {
+        "dataset" => Resource::Dataset(id.into()),
+        "grant" => Resource::Grant(id.into()),
+        "access_request" => Resource::AccessRequest(id.into()),
+        "data_subject" => Resource::DataSubject(id.into()),
+        "obligation" => Resource::Obligation(id.into()),
+        "audit_log" => Resource::AuditLog(id.into()),
+        "federation" => Resource::Federation(id.into()),
+        other => {
+            return Err(ApiError::InvalidArgument(format!(
+                "unknown resource type `{other}`, expected one of dataset, grant, access_request, data_subject, obligation, audit_log, federation"
+            )));
+        }
+    })
+}
+
+/// Parses a declared purpose strictly (no case or spelling variants).
+pub fn parse_purpose(s: &str) -> Result<Option<Purpose>, ApiError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse::<Purpose>()
+        .map(Some)
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// Parses an action name strictly.
+pub fn parse_action(s: &str) -> Result<Action, ApiError> {
+    s.parse::<Action>()
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::policy_server::Policy for PolicyService {
+    async fn explain(
+        &self,
+        req: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let action = parse_action(&r.action)?;
+        let mut resource_id = r.resource_id.clone();
+        if r.resource_type == "federation" && resource_id.is_empty() {
+            resource_id = self.ctx.federation.clone();
+        }
+        let resource = parse_resource(&r.resource_type, &resource_id)?;
+        let purpose = parse_purpose(&r.purpose)?;
+        let mut request = self.ctx.policy.request(&p, action, resource, purpose);
+        if !r.grant_id.is_empty() {
+            request.grant = Some(r.grant_id);
+        }
+        let d = self.ctx.policy.decide(&request);
+        Ok(Response::new(pb::ExplainResponse {
+            decision: Some(super::convert::decision_details(&d)),
+            text: d.to_string(),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        req: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let p = principal(&req)?;
+        let ctx = &self.ctx;
+        let request = ctx.policy.request(
+            &p,
+            Action::ManageFederation,
+            Resource::Federation(ctx.federation.clone()),
+            None,
+        );
+        ctx.policy
+            .authorize(
+                &ctx.audit,
+                &p,
+                request,
+                &format!("federation/{}", ctx.federation),
+            )
+            .await?;
+        let report = ctx.policy.reload().map_err(|e| {
+            ApiError::FailedPrecondition(format!(
+                "policy set refused, the old one keeps serving: {e}"
+            ))
+        })?;
+        record_reload(ctx, &p.organisation, &report.hash).await?;
+        Ok(Response::new(pb::ReloadResponse {
+            previous_hash: report.previous_hash,
+            policy_set_hash: report.hash,
+            policies: u32::try_from(report.policies).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn get_policy_set(
+        &self,
+        req: Request<pb::GetPolicySetRequest>,
+    ) -> Result<Response<pb::GetPolicySetResponse>, Status> {
+        let _p = principal(&req)?;
+        let bundle = self.ctx.policy.bundle();
+        Ok(Response::new(pb::GetPolicySetResponse {
+            policy_set_hash: bundle.hash().to_owned(),
+            policies: bundle
+                .policies()
+                .iter()
+                .map(|i| pb::PolicyInfo {
+                    id: i.id.clone(),
+                    title: i.title.clone(),
+                    effect: format!("{:?}", i.effect).to_lowercase(),
+                    file: i.file.clone(),
+                    line: u32::try_from(i.line).unwrap_or(0),
+                })
+                .collect(),
+            source: match self.ctx.policy.origin() {
+                crate::policy::PolicyOrigin::Bundled => "bundled".into(),
+                crate::policy::PolicyOrigin::Dir(d) => d.display().to_string(),
+            },
+        }))
+    }
+}
+
+/// Writes a policy change to the audit log.
+pub async fn record_reload(ctx: &NodeCtx, org: &str, new_hash: &str) -> Result<(), ApiError> {
+    let mut d = crate::audit::Draft::new(
+        org,
+        "reload_policies",
+        &format!("policy-set/{new_hash}"),
+        EntryKind::PolicyChange {
+            op: PolicyOp::Updated,
+        },
+    );
+    d.policy_set_hash = allmende_audit::Hash::from_hex(new_hash).ok();
+    ctx.audit.append(d).await?;
+    Ok(())
+}
