@@ -74,7 +74,7 @@ impl SandboxSpec {
                     &[
                         ("steward", Role::Steward),
                         ("dpo", Role::Dpo),
-                        ("household-0001", Role::Citizen),
+                        ("HH-000001", Role::Citizen),
                     ],
                 ),
                 org(
@@ -314,6 +314,61 @@ impl Sandbox {
             }
         }
         Ok(())
+    }
+
+    /// The config file of a node.
+    pub fn node_config_path(&self, name: &str) -> Option<PathBuf> {
+        self.spec.orgs.iter().find_map(|o| {
+            o.nodes.iter().any(|n| n == name).then(|| {
+                self.root
+                    .join(&o.name)
+                    .join("nodes")
+                    .join(name)
+                    .join("node.toml")
+            })
+        })
+    }
+
+    /// Stops one node (drain, flush); it can be started again with
+    /// [`Sandbox::start_node`].
+    pub async fn stop_node(&mut self, name: &str) -> Result<(), SandboxError> {
+        if let Some(i) = self.nodes.iter().position(|n| n.name == name) {
+            let n = self.nodes.remove(i);
+            n.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped node again from its config (same ports if fixed,
+    /// a fresh port otherwise); peers are told its new endpoint.
+    pub async fn start_node(&mut self, name: &str) -> Result<&NodeHandle, SandboxError> {
+        let path = self
+            .node_config_path(name)
+            .ok_or_else(|| SandboxError::Io {
+                path: PathBuf::from(name),
+                source: std::io::Error::other("no such node in the sandbox"),
+            })?;
+        let cfg = NodeConfig::load(&path)?;
+        let handle = node::start(cfg, self.clock.clone()).await?;
+        self.nodes.push(handle);
+        if self.spec.base_port.is_none() {
+            for n in &self.nodes {
+                let peers = self
+                    .nodes
+                    .iter()
+                    .filter(|m| m.name != n.name)
+                    .map(|m| PeerConfig {
+                        name: m.name.clone(),
+                        endpoint: m.grpc_endpoint(),
+                    })
+                    .collect();
+                n.set_peers(peers);
+            }
+        }
+        self.nodes.last().ok_or_else(|| SandboxError::Io {
+            path: PathBuf::from(name),
+            source: std::io::Error::other("node vanished"),
+        })
     }
 
     /// A running node by name.

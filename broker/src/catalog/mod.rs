@@ -507,9 +507,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// This node's own changes after `since`, at most `max` of them, oldest
-    /// first: what `Catalog.List` serves.
+    /// This node's own changes after `since`, oldest first, at most `max`
+    /// of them: what `Catalog.List` serves.
     pub fn list_since(&self, since: u64, max: usize) -> PeerListing {
+        self.list_page(since, max, usize::MAX)
+    }
+
+    /// Like [`Catalog::list_since`], also stopping before the records pass
+    /// `max_bytes` (at least one record is always listed).
+    pub fn list_page(&self, since: u64, max: usize, max_bytes: usize) -> PeerListing {
         let st = read(&self.state);
         let mut own: Vec<&Held> = st
             .held
@@ -517,9 +523,17 @@ impl Catalog {
             .filter(|h| self.is_local(&h.payload) && h.payload.version() > since)
             .collect();
         own.sort_by_key(|h| h.payload.version());
-        let max = max.max(1);
-        let more = own.len() > max;
-        own.truncate(max);
+        let mut take = 0;
+        let mut bytes = 0usize;
+        for h in &own {
+            bytes = bytes.saturating_add(h.record.payload.len() + h.record.signature.len());
+            if take >= max.max(1) || (take > 0 && bytes > max_bytes) {
+                break;
+            }
+            take += 1;
+        }
+        let more = own.len() > take;
+        own.truncate(take);
         let catalog_version = if more {
             own.last().map_or(since, |h| h.payload.version())
         } else {
@@ -894,6 +908,9 @@ mod tests {
         let p = listing.records[0].verify(&key).unwrap();
         assert_eq!(p.version(), 2);
         assert!(c.list_since(2, 100).records.is_empty());
+        // A byte budget still lists one record.
+        let page = c.list_page(0, 100, 1);
+        assert_eq!((page.records.len(), page.more), (1, false));
     }
 
     #[tokio::test]

@@ -78,6 +78,22 @@ enum NodeCmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Copy a stopped node's store (audit log, state) to a backup file.
+    Backup {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a stopped node's store from a backup (the data dir's store
+    /// must not exist). On its next start the node checks its log against
+    /// what its witnesses cosigned and reports a rollback.
+    Restore {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 /// A CLI failure with its exit code.
@@ -160,6 +176,36 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Node(NodeCmd::Run { config }) => node_run(config).await,
+        Command::Node(NodeCmd::Backup { config, out }) => {
+            let cfg = crate::config::NodeConfig::load(&config)
+                .map_err(|e| Failure::new(3, e.to_string()))?;
+            let store = crate::store::Store::open(
+                &cfg.data_dir.join("store"),
+                &crate::store::StoreOptions {
+                    cache_bytes: cfg.store_cache_bytes,
+                },
+            )
+            .map_err(|e| Failure::new(1, format!("{e} (is the node still running?)")))?;
+            let n = store
+                .backup_to(&out)
+                .map_err(|e| Failure::new(1, e.to_string()))?;
+            println!("backed up {n} records to {}", out.display());
+            Ok(())
+        }
+        Command::Node(NodeCmd::Restore { config, from }) => {
+            let cfg = crate::config::NodeConfig::load(&config)
+                .map_err(|e| Failure::new(3, e.to_string()))?;
+            let n = crate::store::Store::restore_from(
+                &from,
+                &cfg.data_dir.join("store"),
+                &crate::store::StoreOptions {
+                    cache_bytes: cfg.store_cache_bytes,
+                },
+            )
+            .map_err(|e| Failure::new(1, e.to_string()))?;
+            println!("restored {n} records into {}", cfg.data_dir.display());
+            Ok(())
+        }
         Command::Pki(cmd) => pki_cmd::run(cmd, json, SystemClock.now_unix_secs()),
         Command::Demo {
             story,

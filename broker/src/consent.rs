@@ -1,0 +1,914 @@
+//! The consent store: consent records per data subject, dataset and purpose,
+//! kept at the controller's own node, and the queries the release pipeline
+//! asks before any row leaves.
+//!
+//! - Records are keyed by (dataset, subject id). The subject id is stored as
+//!   the controller knows it (the owner's connector filters rows by it); only
+//!   the audit log uses keyed hashes of it.
+//! - Purposes parse strictly as [`allmende_policies::Purpose`].
+//! - [`ConsentStore::import_csv`] takes a utility's CSV (the format
+//!   `allmende_connectors::sample` writes). Every bad row is reported with its
+//!   line number; with one bad row nothing is stored. A row never overrides a
+//!   newer decision already held (a re-imported old file cannot undo a
+//!   withdrawal).
+//! - [`ConsentStore::withdraw`] is durable before it returns, and the very
+//!   next query sees it.
+//!
+//! Times are Unix seconds, like the policy model's. See `docs/consent.md`.
+
+use crate::clock::SharedClock;
+use crate::error::ApiError;
+use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
+use allmende_policies::{ConsentCoverage, Purpose};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The CSV columns, in the order the sample data writes them.
+pub const CSV_COLUMNS: [&str; 8] = [
+    "subject_id",
+    "controller",
+    "dataset",
+    "purposes",
+    "status",
+    "given_at",
+    "withdrawn_at",
+    "expires_at",
+];
+
+/// The most rows one import takes.
+pub const MAX_IMPORT_ROWS: usize = 1_000_000;
+
+/// How far in the future a `given_at` may lie (clock skew between the
+/// utility's systems and the node), in seconds.
+pub const GIVEN_AT_SKEW_SECS: i64 = 300;
+
+/// A subject's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentStatus {
+    Given,
+    Refused,
+    Withdrawn,
+}
+
+impl ConsentStatus {
+    /// Lower-case name as in the CSV.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentStatus::Given => "given",
+            ConsentStatus::Refused => "refused",
+            ConsentStatus::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+impl fmt::Display for ConsentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ConsentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "given" => Ok(ConsentStatus::Given),
+            "refused" => Ok(ConsentStatus::Refused),
+            "withdrawn" => Ok(ConsentStatus::Withdrawn),
+            _ => Err(format!(
+                "unknown status `{}` (expected one of: given, refused, withdrawn)",
+                s.chars().take(50).collect::<String>()
+            )),
+        }
+    }
+}
+
+/// One subject's consent decision for one dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRecord {
+    pub subject_id: String,
+    /// The controller organisation (this node's organisation).
+    pub controller: String,
+    pub dataset: String,
+    /// Purposes consented to (or refused, for a refusal). Purposes withdrawn
+    /// one by one are moved to `withdrawn_purposes`.
+    pub purposes: BTreeSet<Purpose>,
+    pub status: ConsentStatus,
+    /// When the decision was made.
+    pub given_at: i64,
+    pub withdrawn_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    /// Purposes withdrawn individually while others stay given, with when.
+    #[serde(default)]
+    pub withdrawn_purposes: BTreeMap<Purpose, i64>,
+    /// When this node stored this state (ms since the epoch).
+    pub stored_at_ms: i64,
+    /// `import` or `withdraw by <principal>`.
+    pub source: String,
+}
+
+impl ConsentRecord {
+    /// Whether rows of this subject may be released for `purpose` at `now`.
+    pub fn permits(&self, purpose: Purpose, now: i64) -> bool {
+        self.status == ConsentStatus::Given
+            && self.purposes.contains(&purpose)
+            && self.given_at <= now
+            && self.expires_at.is_none_or(|e| now < e)
+    }
+
+    /// The time of the latest decision this record reflects.
+    pub fn decided_at(&self) -> i64 {
+        let mut t = self.given_at;
+        if let Some(w) = self.withdrawn_at {
+            t = t.max(w);
+        }
+        if let Some(w) = self.withdrawn_purposes.values().max() {
+            t = t.max(*w);
+        }
+        t
+    }
+
+    fn same_decision(&self, other: &ConsentRecord) -> bool {
+        self.subject_id == other.subject_id
+            && self.controller == other.controller
+            && self.dataset == other.dataset
+            && self.purposes == other.purposes
+            && self.status == other.status
+            && self.given_at == other.given_at
+            && self.withdrawn_at == other.withdrawn_at
+            && self.expires_at == other.expires_at
+            && self.withdrawn_purposes == other.withdrawn_purposes
+    }
+}
+
+/// A bad CSV row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    /// 1-based line in the file (the header is line 1).
+    pub line: u64,
+    pub message: String,
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Errors of the consent store.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error("consent import refused, nothing was stored: {} bad row(s):\n{}", .0.len(), join_rows(.0, usize::MAX))]
+    Rows(Vec<RowError>),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn join_rows(rows: &[RowError], max: usize) -> String {
+    let mut s: Vec<String> = rows.iter().take(max).map(|r| format!("  {r}")).collect();
+    if rows.len() > max {
+        s.push(format!("  … and {} more bad row(s)", rows.len() - max));
+    }
+    s.join("\n")
+}
+
+impl ConsentError {
+    /// The message with at most `max_rows` bad rows spelled out (for
+    /// transports with a size limit).
+    pub fn summary(&self, max_rows: usize) -> String {
+        match self {
+            ConsentError::Rows(rows) => format!(
+                "consent import refused, nothing was stored: {} bad row(s):\n{}",
+                rows.len(),
+                join_rows(rows, max_rows)
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<ConsentError> for ApiError {
+    fn from(e: ConsentError) -> Self {
+        match e {
+            ConsentError::Rows(_) => ApiError::InvalidArgument(e.summary(40)),
+            ConsentError::Invalid(m) => ApiError::InvalidArgument(m),
+            ConsentError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Rows in the file.
+    pub rows: usize,
+    /// Records stored (new or changed).
+    pub stored: usize,
+    /// Rows equal to what was held.
+    pub unchanged: usize,
+    /// Rows older than a decision already held (kept the newer one).
+    pub superseded: usize,
+}
+
+/// What a withdrawal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithdrawReport {
+    /// Records changed.
+    pub changed: usize,
+    /// When it took effect (Unix seconds).
+    pub withdrawn_at: i64,
+}
+
+type Records = HashMap<String, HashMap<String, ConsentRecord>>;
+
+/// The node's consent store.
+#[derive(Debug)]
+pub struct ConsentStore {
+    store: Store,
+    table: Table<(String, String), ConsentRecord>,
+    clock: SharedClock,
+    controller: String,
+    /// Serialises writers (each awaits a durable commit).
+    write: tokio::sync::Mutex<()>,
+    /// dataset → subject → record.
+    records: RwLock<Records>,
+}
+
+fn read(l: &RwLock<Records>) -> RwLockReadGuard<'_, Records> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write(l: &RwLock<Records>) -> RwLockWriteGuard<'_, Records> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| format!("`{}` is not an RFC 3339 time", s.chars().take(60).collect::<String>()))
+}
+
+/// Formats Unix seconds as RFC 3339.
+pub fn format_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Checks a subject id. Subject ids double as the user id of the subject's
+/// citizen certificate, so they follow the same rule: `[A-Za-z0-9._-]{1,64}`,
+/// not starting with a dot.
+pub fn valid_subject_id(s: &str) -> bool {
+    crate::pki::identity::valid_leaf_name(s)
+}
+
+impl ConsentStore {
+    /// Opens the store of `controller` (this node's organisation).
+    pub fn open(store: Store, clock: SharedClock, controller: &str) -> Result<Self, ConsentError> {
+        let table: Table<(String, String), ConsentRecord> = store.table(TableName::Consent)?;
+        let mut records: Records = HashMap::new();
+        for ((dataset, subject), rec) in table.entries()? {
+            records.entry(dataset).or_default().insert(subject, rec);
+        }
+        Ok(Self {
+            store,
+            table,
+            clock,
+            controller: controller.to_owned(),
+            write: tokio::sync::Mutex::new(()),
+            records: RwLock::new(records),
+        })
+    }
+
+    /// The controller organisation.
+    pub fn controller(&self) -> &str {
+        &self.controller
+    }
+
+    /// Subjects whose rows of `dataset` may be released for `purpose` at
+    /// `now` (Unix seconds): consent given for that purpose, not withdrawn,
+    /// not expired.
+    pub fn permitted_subjects(&self, dataset: &str, purpose: Purpose, now: i64) -> HashSet<String> {
+        read(&self.records)
+            .get(dataset)
+            .map(|m| {
+                m.values()
+                    .filter(|r| r.permits(purpose, now))
+                    .map(|r| r.subject_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether one subject's rows of `dataset` may be released for `purpose`.
+    pub fn is_permitted(&self, dataset: &str, subject: &str, purpose: Purpose, now: i64) -> bool {
+        read(&self.records)
+            .get(dataset)
+            .and_then(|m| m.get(subject))
+            .is_some_and(|r| r.permits(purpose, now))
+    }
+
+    /// The consent facts the policy engine takes.
+    pub fn coverage(&self, dataset: &str, purpose: Purpose, now: i64) -> ConsentCoverage {
+        let n = read(&self.records)
+            .get(dataset)
+            .map_or(0, |m| m.values().filter(|r| r.permits(purpose, now)).count());
+        ConsentCoverage {
+            purpose_covered: n > 0,
+            consenting_subjects: i64::try_from(n).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// One record.
+    pub fn record(&self, dataset: &str, subject: &str) -> Option<ConsentRecord> {
+        read(&self.records)
+            .get(dataset)
+            .and_then(|m| m.get(subject))
+            .cloned()
+    }
+
+    /// Every record of a subject, by dataset.
+    pub fn records_of(&self, subject: &str) -> Vec<ConsentRecord> {
+        let mut v: Vec<ConsentRecord> = read(&self.records)
+            .values()
+            .filter_map(|m| m.get(subject).cloned())
+            .collect();
+        v.sort_by(|a, b| a.dataset.cmp(&b.dataset));
+        v
+    }
+
+    /// Number of records for `dataset`.
+    pub fn count(&self, dataset: &str) -> usize {
+        read(&self.records).get(dataset).map_or(0, HashMap::len)
+    }
+
+    /// Validates a CSV of consent records for `dataset` (every row must name
+    /// it and this node's organisation as controller).
+    pub fn parse_csv(
+        &self,
+        dataset: &str,
+        csv: &[u8],
+        now: i64,
+    ) -> Result<Vec<(u64, ConsentRecord)>, ConsentError> {
+        if !crate::catalog::entry::valid_dataset_id(dataset) {
+            return Err(ConsentError::Invalid(format!(
+                "dataset id `{}` must match [a-z0-9][a-z0-9-]{{0,62}}",
+                dataset.chars().take(100).collect::<String>()
+            )));
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(csv);
+        let header = reader.byte_headers().map_err(|e| {
+            ConsentError::Rows(vec![RowError {
+                line: 1,
+                message: format!("unreadable header: {e}"),
+            }])
+        })?;
+        let mut cols: HashMap<&str, usize> = HashMap::new();
+        let mut header_errors = Vec::new();
+        for (i, name) in header.iter().enumerate() {
+            let name = String::from_utf8_lossy(name).trim_start_matches('\u{feff}').to_owned();
+            match CSV_COLUMNS.iter().find(|c| **c == name) {
+                Some(c) => {
+                    if cols.insert(c, i).is_some() {
+                        header_errors.push(format!("column `{name}` appears twice"));
+                    }
+                }
+                None => header_errors.push(format!(
+                    "unknown column `{}`",
+                    name.chars().take(60).collect::<String>()
+                )),
+            }
+        }
+        for c in CSV_COLUMNS {
+            if !cols.contains_key(c) {
+                header_errors.push(format!("column `{c}` is missing"));
+            }
+        }
+        if !header_errors.is_empty() {
+            return Err(ConsentError::Rows(vec![RowError {
+                line: 1,
+                message: format!(
+                    "header: {} (expected columns: {})",
+                    header_errors.join("; "),
+                    CSV_COLUMNS.join(", ")
+                ),
+            }]));
+        }
+        let width = header.len();
+        let col = |c: &str| cols.get(c).copied().unwrap_or(0);
+        let (c_subject, c_controller, c_dataset, c_purposes, c_status, c_given, c_withdrawn, c_expires) = (
+            col("subject_id"),
+            col("controller"),
+            col("dataset"),
+            col("purposes"),
+            col("status"),
+            col("given_at"),
+            col("withdrawn_at"),
+            col("expires_at"),
+        );
+
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let stored_at_ms = self.clock.now_unix_ms();
+        let mut record = csv::ByteRecord::new();
+        let mut rows = 0usize;
+        loop {
+            let line_hint = reader.position().line();
+            match reader.read_byte_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    let line = e.position().map_or(line_hint, csv::Position::line);
+                    errors.push(RowError {
+                        line,
+                        message: format!("unreadable record: {e}"),
+                    });
+                    // The reader cannot resynchronise reliably after this.
+                    break;
+                }
+            }
+            rows += 1;
+            if rows > MAX_IMPORT_ROWS {
+                return Err(ConsentError::Invalid(format!(
+                    "more than {MAX_IMPORT_ROWS} rows in one import; split the file"
+                )));
+            }
+            let line = record.position().map_or(line_hint, csv::Position::line);
+            let mut problems: Vec<String> = Vec::new();
+            if record.len() != width {
+                errors.push(RowError {
+                    line,
+                    message: format!("expected {width} fields, found {}", record.len()),
+                });
+                continue;
+            }
+            let mut field = |i: usize, name: &str| -> Option<String> {
+                match std::str::from_utf8(record.get(i).unwrap_or_default()) {
+                    Ok(s) => Some(s.to_owned()),
+                    Err(_) => {
+                        problems.push(format!("`{name}` is not valid UTF-8"));
+                        None
+                    }
+                }
+            };
+            let subject = field(c_subject, "subject_id").unwrap_or_default();
+            let controller = field(c_controller, "controller").unwrap_or_default();
+            let row_dataset = field(c_dataset, "dataset").unwrap_or_default();
+            let purposes_text = field(c_purposes, "purposes").unwrap_or_default();
+            let status_text = field(c_status, "status").unwrap_or_default();
+            let given_text = field(c_given, "given_at").unwrap_or_default();
+            let withdrawn_text = field(c_withdrawn, "withdrawn_at").unwrap_or_default();
+            let expires_text = field(c_expires, "expires_at").unwrap_or_default();
+
+            if !valid_subject_id(&subject) {
+                problems.push(format!(
+                    "subject_id `{}` must match [A-Za-z0-9._-]{{1,64}}",
+                    subject.chars().take(80).collect::<String>()
+                ));
+            }
+            if controller != self.controller {
+                problems.push(format!(
+                    "controller `{}` is not this node's organisation `{}`",
+                    controller.chars().take(80).collect::<String>(),
+                    self.controller
+                ));
+            }
+            if row_dataset != dataset {
+                problems.push(format!(
+                    "dataset `{}` is not the imported dataset `{dataset}`",
+                    row_dataset.chars().take(80).collect::<String>()
+                ));
+            }
+            let mut purposes = BTreeSet::new();
+            if purposes_text.is_empty() {
+                problems.push("purposes is empty".into());
+            }
+            for p in purposes_text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                match p.parse::<Purpose>() {
+                    Ok(p) => {
+                        if !purposes.insert(p) {
+                            problems.push(format!("purpose `{p}` is repeated"));
+                        }
+                    }
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+            let status = status_text
+                .parse::<ConsentStatus>()
+                .map_err(|e| problems.push(e))
+                .ok();
+            let given_at = if given_text.is_empty() {
+                problems.push("given_at is empty".into());
+                None
+            } else {
+                parse_time(&given_text)
+                    .map_err(|e| problems.push(format!("given_at: {e}")))
+                    .ok()
+            };
+            let opt_time = |text: &str, name: &str, problems: &mut Vec<String>| {
+                if text.is_empty() {
+                    None
+                } else {
+                    parse_time(text)
+                        .map_err(|e| problems.push(format!("{name}: {e}")))
+                        .ok()
+                }
+            };
+            let withdrawn_at = opt_time(&withdrawn_text, "withdrawn_at", &mut problems);
+            let expires_at = opt_time(&expires_text, "expires_at", &mut problems);
+            if let Some(g) = given_at {
+                if g > now + GIVEN_AT_SKEW_SECS {
+                    problems.push(format!("given_at `{given_text}` lies in the future"));
+                }
+                if let Some(w) = withdrawn_at
+                    && w < g
+                {
+                    problems.push(format!("withdrawn_at `{withdrawn_text}` lies before given_at"));
+                }
+                if let Some(e) = expires_at
+                    && e <= g
+                {
+                    problems.push(format!("expires_at `{expires_text}` is not after given_at"));
+                }
+            }
+            match (status, withdrawn_text.is_empty()) {
+                (Some(ConsentStatus::Withdrawn), true) => {
+                    problems.push("status `withdrawn` needs withdrawn_at".into());
+                }
+                (Some(s @ (ConsentStatus::Given | ConsentStatus::Refused)), false) => {
+                    problems.push(format!("status `{s}` must not have withdrawn_at"));
+                }
+                _ => {}
+            }
+            if valid_subject_id(&subject) {
+                if let Some(first) = seen.get(&subject) {
+                    problems.push(format!(
+                        "subject `{subject}` already appears on line {first}"
+                    ));
+                } else {
+                    seen.insert(subject.clone(), line);
+                }
+            }
+            match (problems.is_empty(), status, given_at) {
+                (true, Some(status), Some(given_at)) => out.push((
+                    line,
+                    ConsentRecord {
+                        subject_id: subject,
+                        controller,
+                        dataset: row_dataset,
+                        purposes,
+                        status,
+                        given_at,
+                        withdrawn_at,
+                        expires_at,
+                        withdrawn_purposes: BTreeMap::new(),
+                        stored_at_ms,
+                        source: "import".into(),
+                    },
+                )),
+                _ => errors.push(RowError {
+                    line,
+                    message: problems.join("; "),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConsentError::Rows(errors));
+        }
+        if out.is_empty() {
+            return Err(ConsentError::Invalid(
+                "the file holds no consent records".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Imports a CSV of consent records for `dataset`: all rows or none,
+    /// durable before it returns.
+    pub async fn import_csv(&self, dataset: &str, csv: &[u8]) -> Result<ImportReport, ConsentError> {
+        let now = self.clock.now_unix_secs();
+        let rows = self.parse_csv(dataset, csv, now)?;
+        let _w = self.write.lock().await;
+        let mut report = ImportReport {
+            rows: rows.len(),
+            ..ImportReport::default()
+        };
+        let mut batch = WriteBatch::new();
+        let mut changed = Vec::new();
+        {
+            let held = read(&self.records);
+            let current = held.get(dataset);
+            for (_, rec) in rows {
+                match current.and_then(|m| m.get(&rec.subject_id)) {
+                    Some(old) if old.same_decision(&rec) => {
+                        report.unchanged += 1;
+                        continue;
+                    }
+                    Some(old) if old.decided_at() > rec.decided_at() => {
+                        report.superseded += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
+                batch.put(
+                    &self.table,
+                    &(rec.dataset.clone(), rec.subject_id.clone()),
+                    &rec,
+                )?;
+                changed.push(rec);
+            }
+        }
+        report.stored = changed.len();
+        self.store.commit_durable(batch).await?;
+        {
+            let mut held = write(&self.records);
+            let m = held.entry(dataset.to_owned()).or_default();
+            for rec in changed {
+                m.insert(rec.subject_id.clone(), rec);
+            }
+        }
+        tracing::info!(
+            dataset = %dataset,
+            rows = report.rows,
+            stored = report.stored,
+            unchanged = report.unchanged,
+            superseded = report.superseded,
+            "consent records imported"
+        );
+        Ok(report)
+    }
+
+    /// Withdraws a subject's consent: for one dataset or all, for one
+    /// purpose or all. Durable before it returns; the next query sees it.
+    pub async fn withdraw(
+        &self,
+        subject: &str,
+        dataset: Option<&str>,
+        purpose: Option<Purpose>,
+        by: &str,
+    ) -> Result<WithdrawReport, ConsentError> {
+        if !valid_subject_id(subject) {
+            return Err(ConsentError::Invalid(format!(
+                "subject id `{}` must match [A-Za-z0-9._-]{{1,64}}",
+                subject.chars().take(80).collect::<String>()
+            )));
+        }
+        let _w = self.write.lock().await;
+        let now = self.clock.now_unix_secs();
+        let stored_at_ms = self.clock.now_unix_ms();
+        let mut batch = WriteBatch::new();
+        let mut changed = Vec::new();
+        {
+            let held = read(&self.records);
+            for (ds, m) in held.iter() {
+                if dataset.is_some_and(|d| d != ds) {
+                    continue;
+                }
+                let Some(old) = m.get(subject) else {
+                    continue;
+                };
+                if old.status != ConsentStatus::Given {
+                    continue;
+                }
+                let mut rec = old.clone();
+                match purpose {
+                    Some(p) => {
+                        if !rec.purposes.remove(&p) {
+                            continue;
+                        }
+                        rec.withdrawn_purposes.insert(p, now);
+                        if rec.purposes.is_empty() {
+                            rec.status = ConsentStatus::Withdrawn;
+                            rec.withdrawn_at = Some(now);
+                        }
+                    }
+                    None => {
+                        rec.status = ConsentStatus::Withdrawn;
+                        rec.withdrawn_at = Some(now);
+                    }
+                }
+                rec.stored_at_ms = stored_at_ms;
+                rec.source = format!("withdraw by {}", by.chars().take(200).collect::<String>());
+                batch.put(&self.table, &(ds.clone(), subject.to_owned()), &rec)?;
+                changed.push(rec);
+            }
+        }
+        let report = WithdrawReport {
+            changed: changed.len(),
+            withdrawn_at: now,
+        };
+        if changed.is_empty() {
+            return Ok(report);
+        }
+        self.store.commit_durable(batch).await?;
+        {
+            let mut held = write(&self.records);
+            for rec in changed {
+                held.entry(rec.dataset.clone())
+                    .or_default()
+                    .insert(rec.subject_id.clone(), rec);
+            }
+        }
+        tracing::info!(
+            dataset = ?dataset,
+            purpose = ?purpose.map(Purpose::as_str),
+            changed = report.changed,
+            "consent withdrawn"
+        );
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        reason = "test"
+    )]
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::StoreOptions;
+    use std::sync::Arc;
+
+    const DS: &str = "smart-meter-readings";
+    // 2025-03-03T00:00:00Z
+    const NOW: i64 = 1_740_960_000;
+
+    fn open(dir: &std::path::Path, clock: Arc<ManualClock>) -> ConsentStore {
+        let store = Store::open(
+            dir,
+            &StoreOptions {
+                cache_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        ConsentStore::open(store, clock, "swm").unwrap()
+    }
+
+    const HEADER: &str =
+        "subject_id,controller,dataset,purposes,status,given_at,withdrawn_at,expires_at\n";
+
+    fn good_csv() -> String {
+        format!(
+            "{HEADER}\
+HH-000001,swm,{DS},AcademicResearch;ServiceProvision,given,2024-05-01T10:00:00+00:00,,\n\
+HH-000002,swm,{DS},AcademicResearch,refused,2024-05-01T10:00:00+00:00,,\n\
+HH-000003,swm,{DS},AcademicResearch,withdrawn,2024-05-01T10:00:00+00:00,2024-09-01T10:00:00+00:00,\n\
+HH-000005,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,2025-01-01T00:00:00Z\n\
+HH-000006,swm,{DS},ServiceProvision,given,2024-05-01T10:00:00Z,,\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn import_and_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(NOW * 1000);
+        let c = open(dir.path(), clock.clone());
+        let r = c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
+        assert_eq!((r.rows, r.stored), (5, 5));
+        let research = c.permitted_subjects(DS, Purpose::AcademicResearch, NOW);
+        // HH-000005 expired on 2025-01-01.
+        assert_eq!(research, HashSet::from(["HH-000001".to_owned()]));
+        assert!(c.is_permitted(DS, "HH-000006", Purpose::ServiceProvision, NOW));
+        assert!(!c.is_permitted(DS, "HH-000004", Purpose::AcademicResearch, NOW));
+        assert!(!c.is_permitted("other", "HH-000001", Purpose::AcademicResearch, NOW));
+        // Before expiry HH-000005 counted.
+        let before = 1_735_000_000;
+        assert_eq!(c.permitted_subjects(DS, Purpose::AcademicResearch, before).len(), 2);
+        // Before the decision, nothing.
+        assert!(c.permitted_subjects(DS, Purpose::AcademicResearch, 1_700_000_000).is_empty());
+        let cov = c.coverage(DS, Purpose::ServiceProvision, NOW);
+        assert_eq!((cov.purpose_covered, cov.consenting_subjects), (true, 2));
+        // The same file again changes nothing.
+        let r = c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
+        assert_eq!((r.stored, r.unchanged), (0, 5));
+        // Durable across reopen.
+        drop(c);
+        let c = open(dir.path(), clock);
+        assert_eq!(c.count(DS), 5);
+        assert_eq!(c.records_of("HH-000003")[0].status, ConsentStatus::Withdrawn);
+    }
+
+    #[tokio::test]
+    async fn bad_rows_are_all_reported_with_lines_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), ManualClock::at_unix_ms(NOW * 1000));
+        let csv = format!(
+            "{HEADER}\
+HH-000001,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n\
+HH-000002,swm,{DS},GridOperations,given,2024-05-01T10:00:00Z,,\n\
+HH-000003,stadt,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n\
+HH-000004,swm,{DS},AcademicResearch,maybe,yesterday,,\n\
+HH-000005,swm,{DS},AcademicResearch,given\n\
+HH-000001,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n\
+\"HH 7\",swm,other,AcademicResearch,withdrawn,2024-05-01T10:00:00Z,,\n\
+HH-000008,swm,{DS},academicresearch,given,2030-01-01T00:00:00Z,,2020-01-01T00:00:00Z\n\
+HH-000009,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n"
+        );
+        let err = c.import_csv(DS, csv.as_bytes()).await.unwrap_err();
+        let ConsentError::Rows(rows) = &err else {
+            panic!("{err}");
+        };
+        let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
+        assert_eq!(lines, [3, 4, 5, 6, 7, 8, 9]);
+        let text = err.to_string();
+        for needle in [
+            "line 3: unknown purpose `GridOperations`",
+            "line 4: controller `stadt` is not this node's organisation `swm`",
+            "line 5: unknown status `maybe`",
+            "given_at: `yesterday` is not an RFC 3339 time",
+            "line 6: expected 8 fields, found 5",
+            "line 7: subject `HH-000001` already appears on line 2",
+            "line 8: subject_id `HH 7`",
+            "dataset `other` is not the imported dataset",
+            "status `withdrawn` needs withdrawn_at",
+            "line 9: unknown purpose `academicresearch`",
+            "lies in the future",
+            "is not after given_at",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+        assert_eq!(c.count(DS), 0, "nothing half-imported");
+        assert!(err.summary(2).contains("… and 5 more bad row(s)"));
+    }
+
+    #[tokio::test]
+    async fn header_problems_are_line_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), ManualClock::at_unix_ms(NOW * 1000));
+        let err = c
+            .import_csv(DS, b"subject_id,controller,dataset,purposes,status,given_at,nope\n")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1: header: unknown column `nope`"), "{err}");
+        assert!(err.contains("column `withdrawn_at` is missing"), "{err}");
+        let err = c.import_csv(DS, HEADER.as_bytes()).await.unwrap_err().to_string();
+        assert!(err.contains("no consent records"), "{err}");
+        let err = c.import_csv("Bad Id", HEADER.as_bytes()).await.unwrap_err().to_string();
+        assert!(err.contains("dataset id `Bad Id`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn withdrawal_is_immediate_and_an_old_file_cannot_undo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(NOW * 1000);
+        let c = open(dir.path(), clock.clone());
+        c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
+        // One purpose of two.
+        let r = c
+            .withdraw("HH-000001", Some(DS), Some(Purpose::ServiceProvision), "swm/dpo")
+            .await
+            .unwrap();
+        assert_eq!(r.changed, 1);
+        assert!(c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW));
+        assert!(!c.is_permitted(DS, "HH-000001", Purpose::ServiceProvision, NOW));
+        // Everything.
+        clock.advance(std::time::Duration::from_secs(60));
+        let r = c.withdraw("HH-000001", None, None, "swm/HH-000001").await.unwrap();
+        assert_eq!(r.changed, 1);
+        assert!(!c.permitted_subjects(DS, Purpose::AcademicResearch, NOW + 60).contains("HH-000001"));
+        let rec = c.record(DS, "HH-000001").unwrap();
+        assert_eq!(rec.status, ConsentStatus::Withdrawn);
+        assert_eq!(rec.withdrawn_at, Some(NOW + 60));
+        assert!(rec.source.contains("HH-000001"));
+        // Nothing left to withdraw.
+        assert_eq!(c.withdraw("HH-000001", None, None, "x").await.unwrap().changed, 0);
+        assert_eq!(c.withdraw("HH-000002", None, None, "x").await.unwrap().changed, 0);
+        // Re-importing the old file keeps the newer withdrawal.
+        let r = c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
+        assert_eq!((r.superseded, r.unchanged), (1, 4));
+        assert!(!c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW + 60));
+        // Durable.
+        drop(c);
+        let c = open(dir.path(), clock);
+        assert_eq!(c.record(DS, "HH-000001").unwrap().status, ConsentStatus::Withdrawn);
+        assert!(c.withdraw("bad id", None, None, "x").await.is_err());
+    }
+
+    #[test]
+    fn the_sample_header_and_time_format_are_accepted() {
+        let names: Vec<String> = allmende_connectors::sample::consent_fields()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, CSV_COLUMNS);
+        // The sample writer's time format.
+        assert_eq!(parse_time("2025-03-03T08:15:00+00:00").unwrap(), NOW + 8 * 3600 + 900);
+        assert_eq!(format_time(NOW), "2025-03-03T00:00:00Z");
+    }
+}
