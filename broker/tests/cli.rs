@@ -137,6 +137,18 @@ fn onboard(dir: &Path, grpc: u16, admin: u16) -> std::path::PathBuf {
         "--out",
         &d("users"),
     ]);
+    ok(&[
+        "pki",
+        "issue-user",
+        "--org-dir",
+        &d("swm"),
+        "--id",
+        "dpo",
+        "--role",
+        "dpo",
+        "--out",
+        &d("users"),
+    ]);
     // Keys are private, certificates public.
     for key in [
         "city/root-ca.key",
@@ -189,6 +201,7 @@ fn onboard(dir: &Path, grpc: u16, admin: u16) -> std::path::PathBuf {
 fn profile_for(dir: &Path, who: &str, grpc: u16) -> std::path::PathBuf {
     let (cert, key) = match who {
         "swm-2" => ("nodes/swm-2/node.crt", "nodes/swm-2/node.key"),
+        "dpo" => ("users/dpo.crt", "users/dpo.key"),
         _ => ("users/steward.crt", "users/steward.key"),
     };
     let p = dir.join(format!("{who}.profile.toml"));
@@ -387,4 +400,96 @@ fn acknowledged_writes_survive_kill_9() {
         signal(&child, "-TERM");
         assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
     }
+}
+
+#[test]
+fn story_8_passes_in_the_demo_harness() {
+    let out = run(&["demo", "--story", "8"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("story 8 passed"), "{text}");
+    assert!(text.contains("names entry #1 as modified"), "{text}");
+}
+
+#[test]
+fn audit_entries_acknowledged_before_kill_9_survive_and_the_tree_verifies() {
+    use allmende_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let cfg = onboard(dir.path(), base, base + 100);
+    let dpo = profile_for(dir.path(), "dpo", base);
+    let p = allmende::client::ClientProfile::load(&dpo).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (child, _) = spawn_until(
+        &["node", "run", "--config", cfg.to_str().unwrap()],
+        "listening",
+        &[],
+    );
+    // Every answered audit query has its own decision entry durably in the
+    // log (fail closed): count the answers of 16 concurrent DPO clients.
+    let acked = rt.block_on(async {
+        let ch = p.connect().await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let mut c = pb::audit_client::AuditClient::new(ch.clone());
+            let (stop, count) = (stop.clone(), count.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match c
+                        .query(pb::AuditQueryRequest {
+                            limit: 1,
+                            ..Default::default()
+                        })
+                        .await
+                    {
+                        Ok(_) => {
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        signal(&child, "-KILL");
+        let acked = count.load(std::sync::atomic::Ordering::SeqCst);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in tasks {
+            let _ = t.await;
+        }
+        acked
+    });
+    let mut child = child;
+    assert_eq!(wait_exit(&mut child, 10).code(), None);
+    assert!(acked > 10, "only {acked} queries answered before the kill");
+    let (mut child, _) = spawn_until(
+        &["node", "run", "--config", cfg.to_str().unwrap()],
+        "listening",
+        &[],
+    );
+    let out = run(&[
+        "--json",
+        "audit",
+        "status",
+        "--profile",
+        dpo.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let size = v["size"].as_u64().unwrap();
+    assert!(
+        size >= acked,
+        "acknowledged {acked} audited reads, only {size} entries survived"
+    );
+    let out = run(&["audit", "verify-log", "--profile", dpo.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
 }
