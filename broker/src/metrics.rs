@@ -20,9 +20,19 @@ pub struct RpcLabels {
     pub code: String,
 }
 
+/// Refused authentications per source, between two drains (written to the
+/// audit log in aggregate, never one entry per handshake).
+#[derive(Debug, Default)]
+pub struct RefusalAggregate {
+    /// source → (count, first ms, last ms, reasons)
+    pub by_source:
+        std::collections::BTreeMap<String, (u64, i64, i64, std::collections::BTreeSet<String>)>,
+}
+
 /// The metrics of one node.
 #[derive(Debug)]
 pub struct NodeMetrics {
+    refusals: std::sync::Mutex<RefusalAggregate>,
     registry: Registry,
     pub handshakes_accepted: Counter,
     pub handshakes_refused: Family<ReasonLabel, Counter>,
@@ -73,6 +83,7 @@ impl NodeMetrics {
             membership_version.clone(),
         );
         Arc::new(Self {
+            refusals: std::sync::Mutex::new(RefusalAggregate::default()),
             registry,
             handshakes_accepted,
             handshakes_refused,
@@ -89,6 +100,33 @@ impl NodeMetrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Notes a refused authentication from `source` at `now_ms`.
+    pub fn note_refusal(&self, source: &str, reason: &str, now_ms: i64) {
+        if let Ok(mut a) = self.refusals.lock() {
+            // Bound the table: a flood from many sources is folded into one.
+            let key = if a.by_source.len() >= 1024 && !a.by_source.contains_key(source) {
+                "other".to_owned()
+            } else {
+                source.to_owned()
+            };
+            let e = a
+                .by_source
+                .entry(key)
+                .or_insert((0, now_ms, now_ms, Default::default()));
+            e.0 += 1;
+            e.2 = now_ms;
+            e.3.insert(reason.to_owned());
+        }
+    }
+
+    /// Takes the refusals noted since the last drain.
+    pub fn drain_refusals(&self) -> RefusalAggregate {
+        self.refusals
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default()
     }
 
     /// Text exposition format.

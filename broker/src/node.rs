@@ -48,9 +48,39 @@ pub enum NodeError {
     Policy(String),
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("consent store: {0}")]
+    Consent(#[from] crate::consent::ConsentError),
 }
 
 const MEMBERSHIP_KEY: &str = "current";
+
+/// Writes the refused authentications noted since `since` to the audit log,
+/// one entry per source.
+async fn write_refusals(metrics: &NodeMetrics, audit: &AuditLog, node: &str, since: i64, now: i64) {
+    let agg = metrics.drain_refusals();
+    for (source, (count, first, last, reasons)) in agg.by_source {
+        let reasons: Vec<String> = reasons.into_iter().collect();
+        let d = crate::audit::Draft::new(
+            "unauthenticated",
+            "authenticate",
+            &format!("node/{node}"),
+            allmende_audit::EntryKind::RefusedAuthentication {
+                source: format!("{source} ({})", reasons.join(",")),
+                interval_start_ms: u64::try_from(first.min(since)).unwrap_or(0),
+                interval_end_ms: u64::try_from(last.max(now)).unwrap_or(0),
+                count,
+            },
+        );
+        if let Err(e) = audit.append(d).await {
+            tracing::warn!(error = %e, "refused authentications not audited");
+        }
+    }
+}
+
+/// How often refused authentications are written to the audit log.
+pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running node.
 #[derive(Debug)]
@@ -66,6 +96,10 @@ pub struct NodeHandle {
     pub audit: AuditLog,
     pub policy: Arc<PolicyPoint>,
     pub ctx: NodeCtx,
+    /// The federated catalog (issue 5): own entries and the peers' replica.
+    pub catalog: Arc<crate::catalog::Catalog>,
+    /// The consent store (issue 5).
+    pub consent: Arc<crate::consent::ConsentStore>,
     peers: SharedPeers,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
@@ -87,6 +121,13 @@ impl NodeHandle {
     /// The peers this node talks to.
     pub fn peers(&self) -> Vec<crate::config::PeerConfig> {
         self.peers.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Writes the refused authentications noted so far to the audit log now
+    /// (the node does this every [`REFUSAL_INTERVAL`]).
+    pub async fn audit_refusals_now(&self) {
+        let now = self.ctx.clock.now_unix_ms();
+        write_refusals(&self.metrics, &self.audit, &self.name, now, now).await;
     }
 
     /// Re-reads the policies (SIGHUP); a bad set is refused and the old one
@@ -221,6 +262,39 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     };
     let peer_list: SharedPeers = Arc::new(std::sync::RwLock::new(config.peers.clone()));
 
+    // Federated catalog and consent store (issue 5; docs/catalog.md,
+    // docs/consent.md). The replicator pulls peers' catalogs over connections
+    // whose server certificate the trust authenticates.
+    let catalog = Arc::new(
+        crate::catalog::Catalog::open(
+            store.clone(),
+            clock.clone(),
+            crate::catalog::CatalogIdentity {
+                organisation: own.organisation.clone(),
+                node: config.name.clone(),
+                publisher_name: trust
+                    .snapshot()
+                    .doc
+                    .member(&own.organisation)
+                    .map_or_else(|| own.organisation.clone(), |m| m.display_name.clone()),
+            },
+        )
+        .await?,
+    );
+    let consent = Arc::new(crate::consent::ConsentStore::open(
+        store.clone(),
+        clock.clone(),
+        &own.organisation,
+    )?);
+    let replicator = crate::rpc::CatalogReplicator::new(
+        catalog.clone(),
+        trust.clone(),
+        &material,
+        &config.cert,
+        peer_list.clone(),
+        crate::rpc::catalog::PULL_INTERVAL,
+    )?;
+
     let metrics = NodeMetrics::new(&config.name);
     metrics
         .membership_version
@@ -283,6 +357,12 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     health_reporter
         .set_serving::<pb::audit_server::AuditServer<AuditService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::catalog_server::CatalogServer<crate::rpc::CatalogService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::consent_server::ConsentServer<crate::rpc::ConsentService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(allmende_proto::FILE_DESCRIPTOR_SET)
@@ -291,6 +371,8 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             .with_service_name("allmende.v1.Federation")
             .with_service_name("allmende.v1.Policy")
             .with_service_name("allmende.v1.Audit")
+            .with_service_name("allmende.v1.Catalog")
+            .with_service_name("allmende.v1.Consent")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -316,7 +398,20 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         }))
         .add_service(pb::audit_server::AuditServer::new(AuditService {
             ctx: ctx.clone(),
-        }));
+        }))
+        .add_service(pb::catalog_server::CatalogServer::new(
+            crate::rpc::CatalogService {
+                catalog: catalog.clone(),
+                trigger: replicator.trigger(),
+                federation: own.federation.clone(),
+            },
+        ))
+        .add_service(
+            crate::rpc::ConsentService {
+                consent: consent.clone(),
+            }
+            .server(),
+        );
     let mut rx = shutdown_rx.clone();
     let hr = health_reporter.clone();
     tasks.push(tokio::spawn(async move {
@@ -328,6 +423,42 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             })
             .await
             .map_err(|e| NodeError::Serve(e.to_string()))
+    }));
+
+    // Catalog replication: pull peers on a schedule and on notification,
+    // notify peers of local changes.
+    tasks.push(tokio::spawn({
+        let rx = shutdown_rx.clone();
+        async move {
+            replicator.run(rx).await;
+            Ok(())
+        }
+    }));
+
+    // Refused authentications go to the audit log in aggregate: one entry
+    // per source and interval, never one durable write per handshake.
+    tasks.push(tokio::spawn({
+        let metrics = metrics.clone();
+        let audit = audit.clone();
+        let node = config.name.clone();
+        let clock = clock.clone();
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let mut tick = tokio::time::interval(REFUSAL_INTERVAL);
+            let mut since = clock.now_unix_ms();
+            loop {
+                let stop = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = rx.wait_for(|s| *s) => true,
+                };
+                let now = clock.now_unix_ms();
+                write_refusals(&metrics, &audit, &node, since, now).await;
+                since = now;
+                if stop {
+                    return Ok(());
+                }
+            }
+        }
     }));
 
     // Witnessing of peers' audit logs.
@@ -402,6 +533,8 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         audit,
         policy,
         ctx,
+        catalog,
+        consent,
         peers: peer_list,
         shutdown: shutdown_tx,
         tasks,

@@ -233,16 +233,27 @@ pub fn incoming(
                     Ok(Err(e)) => {
                         // The verifier already counted certificate refusals;
                         // count handshakes that never presented one.
-                        if e.to_string().contains("peer sent no certificates") {
+                        let text = e.to_string();
+                        let reason = if text.contains("peer sent no certificates") {
                             metrics.refuse(AuthError::NoCertificate.label());
-                        } else if !e.to_string().contains("invalid peer certificate") {
+                            AuthError::NoCertificate.label()
+                        } else if text.contains("invalid peer certificate") {
+                            "invalid_certificate"
+                        } else {
                             metrics.refuse("handshake_failed");
-                        }
+                            "handshake_failed"
+                        };
+                        metrics.note_refusal(&remote.ip().to_string(), reason, now_ms());
                         tracing::debug!(%remote, error = %e, "tls handshake refused");
                         return;
                     }
                     Err(_) => {
                         metrics.refuse("handshake_timeout");
+                        metrics.note_refusal(
+                            &remote.ip().to_string(),
+                            "handshake_timeout",
+                            now_ms(),
+                        );
                         return;
                     }
                 };
@@ -273,6 +284,11 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+fn now_ms() -> i64 {
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_unix_ms()
 }
 
 /// What a client needs to talk to a node: root, own chain and key.

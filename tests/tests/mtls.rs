@@ -292,6 +292,19 @@ async fn hostile_certificates_are_refused() {
     assert!(refused, "a client without certificate got an answer");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(node.metrics.encode().contains("reason=\"no_certificate\""));
+    // In the audit log: one aggregated entry for the source, not one per handshake.
+    let before = node.audit.size();
+    node.audit_refusals_now().await;
+    assert_eq!(node.audit.size(), before + 1, "one entry for 127.0.0.1");
+    let e =
+        allmende_audit::Entry::decode(&node.audit.entry_bytes(before).unwrap().unwrap()).unwrap();
+    match e.kind {
+        allmende_audit::EntryKind::RefusedAuthentication { source, count, .. } => {
+            assert!(source.starts_with("127.0.0.1"), "{source}");
+            assert!(count >= 8, "{count} refusals counted");
+        }
+        other => panic!("unexpected entry {other:?}"),
+    }
     sb.shutdown().await.unwrap();
 }
 

@@ -1,0 +1,258 @@
+//! Audit log load generator (`cargo bench -p allmende --bench audit_append`).
+//!
+//! Measures, in one run on one machine:
+//! - durable appends/s through `AuditLog::append` (group commit: one sled
+//!   batch + one `flush_async` per group) with 1, 16 and 256 concurrent
+//!   writers, against a baseline of raw sled writing the same number of
+//!   entries of the same size with the same batch sizes and one flush per
+//!   batch;
+//! - time from append to a signed checkpoint covering it (provable);
+//! - how far the query indexes lag behind the durable log after a burst;
+//! - proof generation and resident memory with 1M entries in the log.
+//!
+//! Set `AUDIT_BENCH_SECS` (default 5) and `AUDIT_BENCH_MILLION=0` to skip
+//! the 1M-entry part.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmark"
+)]
+
+use allmende::audit::{AuditLog, Draft};
+use allmende::clock::SystemClock;
+use allmende::store::{Store, StoreOptions};
+use allmende_audit::{Decision, EntryKind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn draft(i: u64) -> Draft {
+    let mut d = Draft::new("tum", "read", "smart-meter-readings", EntryKind::Decision);
+    d.user = Some("alice".into());
+    d.purpose = Some("AcademicResearch".into());
+    d.decision = Some(Decision::Allow);
+    d.policy_ids = vec![
+        "research-read-with-grant".into(),
+        "consent-covers-purpose".into(),
+    ];
+    d.grant_id = Some(format!("grant-{}", i % 17));
+    d.subjects = vec![format!("HH-{:06}", i % 5000)];
+    d
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn open(dir: &std::path::Path) -> (AuditLog, Store, tokio::sync::watch::Sender<bool>) {
+    let store = Store::open(
+        dir,
+        &StoreOptions {
+            cache_bytes: 256 << 20,
+        },
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let log = AuditLog::open(
+        store.clone(),
+        "munich",
+        "swm",
+        "swm-1",
+        Arc::new(SystemClock),
+        rx,
+    )
+    .await
+    .unwrap();
+    (log, store, tx)
+}
+
+/// Runs `writers` concurrent appenders for `secs`; returns (entries, seconds, mean group size).
+async fn run_log(writers: usize, secs: f64) -> (u64, f64, f64, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _store, stop_log) = open(dir.path()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (log, stop, done) = (log.clone(), stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w as u64;
+            while !stop.load(Ordering::Relaxed) {
+                log.append(draft(i)).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+                i += writers as u64;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::SeqCst);
+    let entry_len = log.entry_bytes(0).unwrap().map_or(0, |b| b.len());
+    // Index lag: how long until the indexes cover everything written.
+    let t = Instant::now();
+    while log.status().indexed < log.size() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let lag = t.elapsed().as_secs_f64();
+    let _ = stop_log.send(true);
+    log.closed().await;
+    (n, elapsed, lag, entry_len)
+}
+
+/// Raw sled: the same number of entries of the same size, in batches of
+/// `batch` with one flush each, written by one thread.
+fn run_sled(entries: u64, entry_len: usize, batch: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path())
+        .cache_capacity(256 << 20)
+        .open()
+        .unwrap();
+    let tree = db.open_tree("entries").unwrap();
+    let hashes = db.open_tree("hashes").unwrap();
+    let value = vec![0x5au8; entry_len];
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while seq < entries {
+        let mut b = sled::Batch::default();
+        let mut h = sled::Batch::default();
+        for _ in 0..batch.max(1) {
+            b.insert(&seq.to_be_bytes(), value.clone());
+            // about two tree-hash writes per entry, as the Merkle tree does
+            h.insert([&[0u8][..], &seq.to_be_bytes()].concat(), vec![0u8; 32]);
+            h.insert([&[1u8][..], &seq.to_be_bytes()].concat(), vec![0u8; 32]);
+            seq += 1;
+        }
+        (&tree, &hashes)
+            .transaction(|(t, hs)| {
+                t.apply_batch(&b)?;
+                hs.apply_batch(&h)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .unwrap();
+        db.flush().unwrap();
+    }
+    entries as f64 / start.elapsed().as_secs_f64()
+}
+
+use sled::Transactional;
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let secs: f64 = std::env::var("AUDIT_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let million = std::env::var("AUDIT_BENCH_MILLION").map_or(true, |v| v != "0");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "audit append benchmark ({secs} s per point, {} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "| writers | durable entries/s (AuditLog) | mean group | raw sled, same batches + 1 flush each | ratio | index lag after burst |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for writers in [1usize, 16, 256] {
+        let (n, elapsed, lag, entry_len) = rt.block_on(run_log(writers, secs));
+        let rate = n as f64 / elapsed;
+        // The writer groups whatever is pending; with W writers each group
+        // holds about W entries (bounded by 4096).
+        let group = (writers as u64).clamp(1, 4096);
+        let sled_rate = run_sled(n.min(200_000).max(group * 20), entry_len, group);
+        println!(
+            "| {writers} | {rate:.0} | ~{group} | {sled_rate:.0} | {:.2} | {:.0} ms |",
+            rate / sled_rate,
+            lag * 1000.0
+        );
+    }
+
+    // Time from append to a signed checkpoint covering it.
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _s, stop) = open(dir.path()).await;
+        let mut samples = Vec::new();
+        for i in 0..20 {
+            let t = Instant::now();
+            let seq = log.append(draft(i)).await.unwrap();
+            assert!(log.wait_provable(seq, Duration::from_secs(5)).await);
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            tokio::time::sleep(Duration::from_millis(37)).await;
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "\ntime to provable (append -> signed checkpoint): p50 {:.0} ms, max {:.0} ms (20 samples)",
+            samples[10],
+            samples[19]
+        );
+        let _ = stop.send(true);
+        log.closed().await;
+    });
+
+    if million {
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, _s, stop) = open(dir.path()).await;
+            let rss0 = rss_mib();
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..256u64 {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut i = w;
+                    while i < 1_000_000 {
+                        log.append(draft(i)).await.unwrap();
+                        i += 256;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let fill = t.elapsed().as_secs_f64();
+            let size = log.size();
+            let mut inc = Vec::new();
+            for k in 0..200u64 {
+                let idx = (k * 4999) % size;
+                let t = Instant::now();
+                let p = allmende_audit::inclusion_proof(log.hash_store(), idx, size).unwrap();
+                inc.push(t.elapsed().as_secs_f64() * 1e6);
+                assert!(!p.is_empty());
+            }
+            inc.sort_by(|a, b| a.total_cmp(b));
+            let t = Instant::now();
+            let c = allmende_audit::consistency_proof(log.hash_store(), size / 3, size).unwrap();
+            let cons = t.elapsed().as_secs_f64() * 1e6;
+            assert!(!c.is_empty());
+            println!(
+                "\n1M entries: filled in {fill:.1} s ({:.0}/s, 256 writers); inclusion proof p50 {:.0} us (from the store), consistency proof {:.0} us; process RSS {:.0} MiB (was {:.0} MiB before the fill; sled cache 256 MiB)",
+                size as f64 / fill,
+                inc[100],
+                cons,
+                rss_mib(),
+                rss0
+            );
+            let _ = stop.send(true);
+            log.closed().await;
+        });
+    }
+}
