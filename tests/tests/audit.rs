@@ -53,10 +53,11 @@ fn trust_file(sb: &allmende::sandbox::Sandbox, log_node: &str) -> String {
 async fn wait_cosigned(sb: &allmende::sandbox::Sandbox, node: &str, min: usize) {
     let n = sb.node(node).unwrap();
     for _ in 0..100 {
-        if let Ok(Some(c)) = n.audit.latest_checkpoint() {
-            if c.cosignatures.len() >= min && c.size == n.audit.size() {
-                return;
-            }
+        if let Ok(Some(c)) = n.audit.latest_checkpoint()
+            && c.cosignatures.len() >= min
+            && c.size == n.audit.size()
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
