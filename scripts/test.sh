@@ -24,11 +24,12 @@ if [ "$install" = 1 ]; then
     (as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
       || echo "warning: could not install ${missing[*]}; continuing without"
   fi
-  # Python grpcio: the standard-client test (reflection v1alpha/v1, health).
-  if ! python3 -c 'import grpc, grpc_reflection, grpc_health' >/dev/null 2>&1; then
-    echo "== installing python grpcio"
+  # Python grpcio: the standard-client test (reflection v1alpha/v1, health);
+  # pyshacl: the DCAT-AP.de export test (tests/tests/catalog.rs).
+  if ! python3 -c 'import grpc, grpc_reflection, grpc_health, pyshacl' >/dev/null 2>&1; then
+    echo "== installing python grpcio, pyshacl"
     python3 -m pip install -q --disable-pip-version-check \
-      grpcio grpcio-reflection grpcio-health-checking
+      grpcio grpcio-reflection grpcio-health-checking pyshacl
   fi
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"

@@ -251,14 +251,22 @@ fn write(l: &RwLock<Records>) -> RwLockWriteGuard<'_, Records> {
 fn parse_time(s: &str) -> Result<i64, String> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|_| format!("`{}` is not an RFC 3339 time", s.chars().take(60).collect::<String>()))
+        .map_err(|_| {
+            format!(
+                "`{}` is not an RFC 3339 time",
+                s.chars().take(60).collect::<String>()
+            )
+        })
 }
 
 /// Formats Unix seconds as RFC 3339.
 pub fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -317,9 +325,9 @@ impl ConsentStore {
 
     /// The consent facts the policy engine takes.
     pub fn coverage(&self, dataset: &str, purpose: Purpose, now: i64) -> ConsentCoverage {
-        let n = read(&self.records)
-            .get(dataset)
-            .map_or(0, |m| m.values().filter(|r| r.permits(purpose, now)).count());
+        let n = read(&self.records).get(dataset).map_or(0, |m| {
+            m.values().filter(|r| r.permits(purpose, now)).count()
+        });
         ConsentCoverage {
             purpose_covered: n > 0,
             consenting_subjects: i64::try_from(n).unwrap_or(i64::MAX),
@@ -377,7 +385,9 @@ impl ConsentStore {
         let mut cols: HashMap<&str, usize> = HashMap::new();
         let mut header_errors = Vec::new();
         for (i, name) in header.iter().enumerate() {
-            let name = String::from_utf8_lossy(name).trim_start_matches('\u{feff}').to_owned();
+            let name = String::from_utf8_lossy(name)
+                .trim_start_matches('\u{feff}')
+                .to_owned();
             match CSV_COLUMNS.iter().find(|c| **c == name) {
                 Some(c) => {
                     if cols.insert(c, i).is_some() {
@@ -407,7 +417,16 @@ impl ConsentStore {
         }
         let width = header.len();
         let col = |c: &str| cols.get(c).copied().unwrap_or(0);
-        let (c_subject, c_controller, c_dataset, c_purposes, c_status, c_given, c_withdrawn, c_expires) = (
+        let (
+            c_subject,
+            c_controller,
+            c_dataset,
+            c_purposes,
+            c_status,
+            c_given,
+            c_withdrawn,
+            c_expires,
+        ) = (
             col("subject_id"),
             col("controller"),
             col("dataset"),
@@ -495,7 +514,11 @@ impl ConsentStore {
             if purposes_text.is_empty() {
                 problems.push("purposes is empty".into());
             }
-            for p in purposes_text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            for p in purposes_text
+                .split(';')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
                 match p.parse::<Purpose>() {
                     Ok(p) => {
                         if !purposes.insert(p) {
@@ -535,7 +558,9 @@ impl ConsentStore {
                 if let Some(w) = withdrawn_at
                     && w < g
                 {
-                    problems.push(format!("withdrawn_at `{withdrawn_text}` lies before given_at"));
+                    problems.push(format!(
+                        "withdrawn_at `{withdrawn_text}` lies before given_at"
+                    ));
                 }
                 if let Some(e) = expires_at
                     && e <= g
@@ -597,7 +622,11 @@ impl ConsentStore {
 
     /// Imports a CSV of consent records for `dataset`: all rows or none,
     /// durable before it returns.
-    pub async fn import_csv(&self, dataset: &str, csv: &[u8]) -> Result<ImportReport, ConsentError> {
+    pub async fn import_csv(
+        &self,
+        dataset: &str,
+        csv: &[u8],
+    ) -> Result<ImportReport, ConsentError> {
         let now = self.clock.now_unix_secs();
         let rows = self.parse_csv(dataset, csv, now)?;
         let _w = self.write.lock().await;
@@ -788,9 +817,16 @@ HH-000006,swm,{DS},ServiceProvision,given,2024-05-01T10:00:00Z,,\n"
         assert!(!c.is_permitted("other", "HH-000001", Purpose::AcademicResearch, NOW));
         // Before expiry HH-000005 counted.
         let before = 1_735_000_000;
-        assert_eq!(c.permitted_subjects(DS, Purpose::AcademicResearch, before).len(), 2);
+        assert_eq!(
+            c.permitted_subjects(DS, Purpose::AcademicResearch, before)
+                .len(),
+            2
+        );
         // Before the decision, nothing.
-        assert!(c.permitted_subjects(DS, Purpose::AcademicResearch, 1_700_000_000).is_empty());
+        assert!(
+            c.permitted_subjects(DS, Purpose::AcademicResearch, 1_700_000_000)
+                .is_empty()
+        );
         let cov = c.coverage(DS, Purpose::ServiceProvision, NOW);
         assert_eq!((cov.purpose_covered, cov.consenting_subjects), (true, 2));
         // The same file again changes nothing.
@@ -800,7 +836,10 @@ HH-000006,swm,{DS},ServiceProvision,given,2024-05-01T10:00:00Z,,\n"
         drop(c);
         let c = open(dir.path(), clock);
         assert_eq!(c.count(DS), 5);
-        assert_eq!(c.records_of("HH-000003")[0].status, ConsentStatus::Withdrawn);
+        assert_eq!(
+            c.records_of("HH-000003")[0].status,
+            ConsentStatus::Withdrawn
+        );
     }
 
     #[tokio::test]
@@ -851,15 +890,29 @@ HH-000009,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n"
         let dir = tempfile::tempdir().unwrap();
         let c = open(dir.path(), ManualClock::at_unix_ms(NOW * 1000));
         let err = c
-            .import_csv(DS, b"subject_id,controller,dataset,purposes,status,given_at,nope\n")
+            .import_csv(
+                DS,
+                b"subject_id,controller,dataset,purposes,status,given_at,nope\n",
+            )
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 1: header: unknown column `nope`"), "{err}");
+        assert!(
+            err.contains("line 1: header: unknown column `nope`"),
+            "{err}"
+        );
         assert!(err.contains("column `withdrawn_at` is missing"), "{err}");
-        let err = c.import_csv(DS, HEADER.as_bytes()).await.unwrap_err().to_string();
+        let err = c
+            .import_csv(DS, HEADER.as_bytes())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no consent records"), "{err}");
-        let err = c.import_csv("Bad Id", HEADER.as_bytes()).await.unwrap_err().to_string();
+        let err = c
+            .import_csv("Bad Id", HEADER.as_bytes())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dataset id `Bad Id`"), "{err}");
     }
 
@@ -871,7 +924,12 @@ HH-000009,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n"
         c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
         // One purpose of two.
         let r = c
-            .withdraw("HH-000001", Some(DS), Some(Purpose::ServiceProvision), "swm/dpo")
+            .withdraw(
+                "HH-000001",
+                Some(DS),
+                Some(Purpose::ServiceProvision),
+                "swm/dpo",
+            )
             .await
             .unwrap();
         assert_eq!(r.changed, 1);
@@ -879,16 +937,34 @@ HH-000009,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n"
         assert!(!c.is_permitted(DS, "HH-000001", Purpose::ServiceProvision, NOW));
         // Everything.
         clock.advance(std::time::Duration::from_secs(60));
-        let r = c.withdraw("HH-000001", None, None, "swm/HH-000001").await.unwrap();
+        let r = c
+            .withdraw("HH-000001", None, None, "swm/HH-000001")
+            .await
+            .unwrap();
         assert_eq!(r.changed, 1);
-        assert!(!c.permitted_subjects(DS, Purpose::AcademicResearch, NOW + 60).contains("HH-000001"));
+        assert!(
+            !c.permitted_subjects(DS, Purpose::AcademicResearch, NOW + 60)
+                .contains("HH-000001")
+        );
         let rec = c.record(DS, "HH-000001").unwrap();
         assert_eq!(rec.status, ConsentStatus::Withdrawn);
         assert_eq!(rec.withdrawn_at, Some(NOW + 60));
         assert!(rec.source.contains("HH-000001"));
         // Nothing left to withdraw.
-        assert_eq!(c.withdraw("HH-000001", None, None, "x").await.unwrap().changed, 0);
-        assert_eq!(c.withdraw("HH-000002", None, None, "x").await.unwrap().changed, 0);
+        assert_eq!(
+            c.withdraw("HH-000001", None, None, "x")
+                .await
+                .unwrap()
+                .changed,
+            0
+        );
+        assert_eq!(
+            c.withdraw("HH-000002", None, None, "x")
+                .await
+                .unwrap()
+                .changed,
+            0
+        );
         // Re-importing the old file keeps the newer withdrawal.
         let r = c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
         assert_eq!((r.superseded, r.unchanged), (1, 4));
@@ -896,7 +972,10 @@ HH-000009,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n"
         // Durable.
         drop(c);
         let c = open(dir.path(), clock);
-        assert_eq!(c.record(DS, "HH-000001").unwrap().status, ConsentStatus::Withdrawn);
+        assert_eq!(
+            c.record(DS, "HH-000001").unwrap().status,
+            ConsentStatus::Withdrawn
+        );
         assert!(c.withdraw("bad id", None, None, "x").await.is_err());
     }
 
@@ -908,7 +987,10 @@ HH-000009,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n"
             .collect();
         assert_eq!(names, CSV_COLUMNS);
         // The sample writer's time format.
-        assert_eq!(parse_time("2025-03-03T08:15:00+00:00").unwrap(), NOW + 8 * 3600 + 900);
+        assert_eq!(
+            parse_time("2025-03-03T08:15:00+00:00").unwrap(),
+            NOW + 8 * 3600 + 900
+        );
         assert_eq!(format_time(NOW), "2025-03-03T00:00:00Z");
     }
 }

@@ -110,7 +110,9 @@ pub async fn start_munich(dir: &Path, base_port: u16) -> Result<Sandbox, DemoErr
     fresh_dir(dir)?;
     let mut spec = SandboxSpec::munich();
     spec.base_port = Some(base_port);
-    Ok(Sandbox::start(spec, Some(dir.to_path_buf()), Arc::new(SystemClock)).await?)
+    let sb = Sandbox::start(spec, Some(dir.to_path_buf()), Arc::new(SystemClock)).await?;
+    sb.register_demo_datasets().await?;
+    Ok(sb)
 }
 
 /// What to print after start: nodes and how to talk to them.
@@ -180,6 +182,7 @@ pub async fn run_story(n: u8) -> Result<StoryOutcome, DemoError> {
         return Err(DemoError::NoSuchStory(n));
     };
     match n {
+        1 => story_1().await,
         8 => story_8().await,
         // Not built yet: say so instead of faking success.
         _ => Ok(StoryOutcome::NotBuilt {
@@ -199,6 +202,126 @@ fn check(ok: bool, what: &str) -> Result<(), String> {
     } else {
         Err(what.to_owned())
     }
+}
+
+async fn story_1() -> Result<StoryOutcome, DemoError> {
+    println!(
+        "story 1: SWM registers a connector for `smart-meter-readings`; the dataset appears in every node's federated catalog as metadata; the rows stay at SWM\n"
+    );
+    let sb = Sandbox::start(SandboxSpec::munich(), None, Arc::new(SystemClock)).await?;
+    let result = story_1_steps(&sb).await;
+    let _ = sb.shutdown().await;
+    Ok(match result {
+        Ok(()) => StoryOutcome::Passed,
+        Err(e) => StoryOutcome::Failed(e),
+    })
+}
+
+async fn story_1_steps(sb: &Sandbox) -> Result<(), String> {
+    use allmende_proto::v1 as pb;
+    let fail = |e: &dyn std::fmt::Display| e.to_string();
+    step(
+        1,
+        "SWM's data steward registers the smart-meter connector at the SWM node",
+    );
+    let files = allmende_connectors::sample::write_demo_data(
+        &sb.root.join("sample-data"),
+        &allmende_connectors::sample::SampleSpec::default(),
+    )
+    .map_err(|e| fail(&e))?;
+    let sample = files
+        .datasets
+        .iter()
+        .find(|d| d.name == "smart-meter-readings")
+        .ok_or("no sample smart-meter data")?;
+    let desc = crate::catalog::munich::smart_meter_readings();
+    // Someone of another organisation may not register a source for SWM's node.
+    {
+        let mut p = sb.profile("tum", "alice").map_err(|e| fail(&e))?;
+        p.endpoint = sb.node("swm-1").ok_or("swm-1 missing")?.grpc_endpoint();
+        let ch = p.connect().await.map_err(|e| fail(&e))?;
+        let r = pb::connectors_client::ConnectorsClient::new(ch)
+            .register(pb::RegisterConnectorRequest {
+                dataset_json: serde_json::to_string(&desc).map_err(|e| fail(&e))?,
+                kind: "files".into(),
+                config_json: serde_json::to_string(&sample.config).map_err(|e| fail(&e))?,
+            })
+            .await;
+        check(
+            r.as_ref()
+                .is_err_and(|e| e.code() == tonic::Code::PermissionDenied),
+            "a TUM researcher cannot register a connector at the SWM node",
+        )?;
+    }
+    sb.register_dataset("swm", "steward", &desc, &sample.config)
+        .await
+        .map_err(|e| fail(&e))?;
+    check(
+        true,
+        &format!("registered; the source has {} rows at SWM", sample.rows),
+    )?;
+
+    step(
+        2,
+        "every node's federated catalog lists the dataset as metadata",
+    );
+    for n in &sb.nodes {
+        let mut entry = None;
+        for _ in 0..100 {
+            if let Ok(e) = n.catalog.get(Some("swm"), "smart-meter-readings") {
+                entry = Some(e);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let e = entry.ok_or_else(|| format!("{} never listed the dataset", n.name))?;
+        check(
+            e.owner == "swm" && e.owner_node == "swm-1",
+            &format!(
+                "{}: \"{}\" owned by {} at {}",
+                n.name, e.dataset.title, e.owner, e.owner_node
+            ),
+        )?;
+    }
+
+    step(
+        3,
+        "the rows stay at SWM: other nodes neither serve nor store them",
+    );
+    for n in sb.nodes.iter().filter(|n| n.name != "swm-1") {
+        let p = sb.profile("tum", "alice").map_err(|e| fail(&e))?;
+        let mut p = p;
+        p.endpoint = n.grpc_endpoint();
+        let ch = p.connect().await.map_err(|e| fail(&e))?;
+        let r = pb::access_client::AccessClient::new(ch)
+            .fetch(pb::FetchRequest {
+                dataset: "smart-meter-readings".into(),
+                purpose: "AcademicResearch".into(),
+                ..Default::default()
+            })
+            .await;
+        let code = match r {
+            Err(e) => e.code(),
+            Ok(_) => tonic::Code::Ok,
+        };
+        let mut stored = false;
+        if let Ok(rd) = std::fs::read_dir(n.store.path()) {
+            for e in rd.flatten() {
+                if let Ok(b) = std::fs::read(e.path()) {
+                    stored |= b.windows(9).any(|w| w == b"HH-000001");
+                }
+            }
+        }
+        check(
+            code == tonic::Code::NotFound && !stored,
+            &format!(
+                "{}: fetch answered {code:?}, no household id in its store",
+                n.name
+            ),
+        )?;
+    }
+    println!("\nstory 1 passed");
+    Ok(())
 }
 
 async fn story_8() -> Result<StoryOutcome, DemoError> {

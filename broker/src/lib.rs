@@ -3,12 +3,15 @@
 //! See `ARCHITECTURE.md` at the repository root for the code map and the
 //! invariants the modules keep.
 
+pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod consent;
 pub mod demo;
 pub mod error;
 pub mod metrics;
@@ -16,6 +19,7 @@ pub mod node;
 pub mod peers;
 pub mod pki;
 pub mod policy;
+pub mod registry;
 pub mod rpc;
 pub mod sandbox;
 pub mod store;

@@ -79,6 +79,10 @@ async fn write_refusals(metrics: &NodeMetrics, audit: &AuditLog, node: &str, sin
     }
 }
 
+/// Largest request message a node decodes (data requests are small; rows
+/// only flow out). Larger ones are refused by tonic with `OUT_OF_RANGE`.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
 /// How often refused authentications are written to the audit log.
 pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -100,6 +104,10 @@ pub struct NodeHandle {
     pub catalog: Arc<crate::catalog::Catalog>,
     /// The consent store (issue 5).
     pub consent: Arc<crate::consent::ConsentStore>,
+    /// Registered connectors (issue 5).
+    pub registry: Arc<crate::registry::Registry>,
+    /// The release pipeline (issue 5).
+    pub fetcher: Arc<crate::access::Fetcher>,
     peers: SharedPeers,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
@@ -286,6 +294,25 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         clock.clone(),
         &own.organisation,
     )?);
+    // Registered connectors and the release pipeline (issue 5; docs/access.md).
+    let registry = Arc::new(
+        crate::registry::Registry::open(
+            store.clone(),
+            catalog.clone(),
+            policy.clone(),
+            clock.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Policy(format!("connector registry: {e}")))?,
+    );
+    let fetcher = Arc::new(crate::access::Fetcher::new(
+        policy.clone(),
+        audit.clone(),
+        consent.clone(),
+        registry.clone(),
+        clock.clone(),
+        crate::access::FetchLimits::default(),
+    ));
     let replicator = crate::rpc::CatalogReplicator::new(
         catalog.clone(),
         trust.clone(),
@@ -358,6 +385,12 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .set_serving::<pb::audit_server::AuditServer<AuditService>>()
         .await;
     health_reporter
+        .set_serving::<pb::access_server::AccessServer<crate::rpc::AccessService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::connectors_server::ConnectorsServer<crate::rpc::ConnectorsService>>()
+        .await;
+    health_reporter
         .set_serving::<pb::catalog_server::CatalogServer<crate::rpc::CatalogService>>()
         .await;
     health_reporter
@@ -371,6 +404,8 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             .with_service_name("allmende.v1.Federation")
             .with_service_name("allmende.v1.Policy")
             .with_service_name("allmende.v1.Audit")
+            .with_service_name("allmende.v1.Access")
+            .with_service_name("allmende.v1.Connectors")
             .with_service_name("allmende.v1.Catalog")
             .with_service_name("allmende.v1.Consent")
             .with_service_name("grpc.health.v1.Health")
@@ -399,6 +434,19 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .add_service(pb::audit_server::AuditServer::new(AuditService {
             ctx: ctx.clone(),
         }))
+        .add_service(
+            pb::access_server::AccessServer::new(crate::rpc::AccessService {
+                fetcher: fetcher.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::connectors_server::ConnectorsServer::new(crate::rpc::ConnectorsService {
+                ctx: ctx.clone(),
+                registry: registry.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(pb::catalog_server::CatalogServer::new(
             crate::rpc::CatalogService {
                 catalog: catalog.clone(),
@@ -535,6 +583,8 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         ctx,
         catalog,
         consent,
+        registry,
+        fetcher,
         peers: peer_list,
         shutdown: shutdown_tx,
         tasks,

@@ -77,6 +77,11 @@ impl PolicyPoint {
         })
     }
 
+    /// This node's organisation.
+    pub fn own_org(&self) -> &str {
+        &self.own_org
+    }
+
     /// The id of this node's audit log entity.
     pub fn audit_log_id(&self) -> &str {
         &self.audit_log_id

@@ -111,6 +111,8 @@ pub enum SandboxError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("demo data: {0}")]
+    Demo(String),
     #[error("sandbox i/o at `{path}`: {source}")]
     Io {
         path: PathBuf,
@@ -314,6 +316,91 @@ impl Sandbox {
             }
         }
         Ok(())
+    }
+
+    /// Writes the bundled sample data (generated, no network) and registers
+    /// the brief's datasets through the real flow: each owner's steward (or
+    /// operator) registers the connector over mTLS at its own node, decided by
+    /// Cedar and audited; SWM imports its households' consent records.
+    pub async fn register_demo_datasets(&self) -> Result<Vec<String>, SandboxError> {
+        use allmende_proto::v1 as pb;
+        let data_dir = self.root.join("sample-data");
+        let files = allmende_connectors::sample::write_demo_data(
+            &data_dir,
+            &allmende_connectors::sample::SampleSpec::default(),
+        )
+        .map_err(|e| SandboxError::Demo(format!("sample data: {e}")))?;
+        let mut registered = Vec::new();
+        for (org, desc) in crate::catalog::munich::datasets() {
+            if !self.spec.orgs.iter().any(|o| o.name == org) {
+                continue;
+            }
+            let sample = files
+                .datasets
+                .iter()
+                .find(|d| d.name == desc.id)
+                .ok_or_else(|| SandboxError::Demo(format!("no sample data for `{}`", desc.id)))?;
+            let user = self
+                .spec
+                .orgs
+                .iter()
+                .find(|o| o.name == org)
+                .and_then(|o| {
+                    o.users
+                        .iter()
+                        .find(|(_, r)| matches!(r, Role::Steward | Role::Operator))
+                })
+                .map(|(u, _)| u.clone())
+                .ok_or_else(|| SandboxError::Demo(format!("`{org}` has no steward")))?;
+            let ch = self
+                .register_dataset(org, &user, &desc, &sample.config)
+                .await?;
+            if desc.id == "smart-meter-readings" {
+                let csv = std::fs::read(&files.consent_csv).map_err(io_err(&files.consent_csv))?;
+                pb::consent_client::ConsentClient::new(ch)
+                    .import(pb::ImportConsentRequest {
+                        dataset: desc.id.clone(),
+                        csv,
+                    })
+                    .await
+                    .map_err(|e| SandboxError::Demo(format!("consent import: {}", e.message())))?;
+            }
+            registered.push(desc.id.clone());
+        }
+        Ok(registered)
+    }
+
+    /// Registers one dataset's connector as `org`/`user` at the
+    /// organisation's first node (over mTLS, decided and audited there).
+    /// Returns the channel for further calls.
+    pub async fn register_dataset(
+        &self,
+        org: &str,
+        user: &str,
+        desc: &crate::catalog::DatasetDescription,
+        config: &allmende_connectors::FileConnectorConfig,
+    ) -> Result<tonic::transport::Channel, SandboxError> {
+        use allmende_proto::v1 as pb;
+        let p = self
+            .profile(org, user)
+            .map_err(|e| SandboxError::Demo(e.to_string()))?;
+        let ch = p
+            .connect()
+            .await
+            .map_err(|e| SandboxError::Demo(e.to_string()))?;
+        let dataset_json =
+            serde_json::to_string(desc).map_err(|e| SandboxError::Demo(e.to_string()))?;
+        let config_json =
+            serde_json::to_string(config).map_err(|e| SandboxError::Demo(e.to_string()))?;
+        pb::connectors_client::ConnectorsClient::new(ch.clone())
+            .register(pb::RegisterConnectorRequest {
+                dataset_json,
+                kind: "files".into(),
+                config_json,
+            })
+            .await
+            .map_err(|e| SandboxError::Demo(format!("register `{}`: {}", desc.id, e.message())))?;
+        Ok(ch)
     }
 
     /// The config file of a node.

@@ -493,3 +493,11 @@ fn audit_entries_acknowledged_before_kill_9_survive_and_the_tree_verifies() {
     signal(&child, "-TERM");
     assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
 }
+
+#[test]
+fn story_1_passes_in_the_demo_harness() {
+    let out = run(&["demo", "--story", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("story 1 passed"), "{text}");
+}

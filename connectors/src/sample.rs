@@ -561,7 +561,7 @@ pub fn consent_fields() -> Vec<FieldSpec> {
 }
 
 /// Consent records of the smart-meter households: about 55 % consent to `AcademicResearch`,
-/// 10 % only to `GridOperations`, 20 % refused, 10 % withdrew, 5 % have no record (plus the
+/// 10 % only to `ServiceProvision`, 20 % refused, 10 % withdrew, 5 % have no record (plus the
 /// fixed households `HH-000001`..`HH-000004`, see the module docs).
 pub fn consent_records(spec: &SampleSpec) -> Result<RecordBatch, ConnectorError> {
     let schema = schema_of(&consent_fields(), Some("subject_id"), &[])?;
@@ -588,12 +588,12 @@ pub fn consent_records(spec: &SampleSpec) -> Result<RecordBatch, ConnectorError>
         };
         let (p, s) = if kind < 0.55 {
             if extra {
-                ("AcademicResearch;EnergyEfficiencyAdvice", "given")
+                ("AcademicResearch;ServiceProvision", "given")
             } else {
                 ("AcademicResearch", "given")
             }
         } else if kind < 0.65 {
-            ("GridOperations", "given")
+            ("ServiceProvision", "given")
         } else if kind < 0.85 {
             ("AcademicResearch", "refused")
         } else if kind < 0.95 {

@@ -342,6 +342,13 @@ impl AuditLog {
         self.inner.subjects.hash(id)
     }
 
+    /// A 32-byte key derived from the node secret for `label` (e.g. the
+    /// pseudonymisation key of one grant).
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        let h = self.inner.subjects.hash(&format!("derive:{label}"));
+        h.0
+    }
+
     /// The pseudonymous form of a user id as it appears in entries.
     pub fn pseudonym(&self, org: &str, user: &str) -> String {
         let h = self.inner.subjects.hash(&format!("user:{org}/{user}"));
@@ -690,13 +697,27 @@ impl ReleaseGuard {
 
     /// Writes the completion entry.
     pub async fn complete(
+        self,
+        stats: ReleaseStats,
+        outcome: ReleaseOutcome,
+    ) -> Result<u64, AuditError> {
+        self.complete_with_subjects(stats, outcome, Vec::new())
+            .await
+    }
+
+    /// Writes the completion entry naming the data subjects whose rows were
+    /// released (stored as keyed hashes), so that each can later list the
+    /// accesses that included their data.
+    pub async fn complete_with_subjects(
         mut self,
         stats: ReleaseStats,
         outcome: ReleaseOutcome,
+        subjects: Vec<String>,
     ) -> Result<u64, AuditError> {
         let Some(mut d) = self.template.take() else {
             return Err(AuditError::Invalid("release already completed".into()));
         };
+        d.subjects = subjects;
         d.kind = EntryKind::ReleaseCompletion {
             intent_sequence: self.intent_sequence,
             rows_released: stats.rows_released,

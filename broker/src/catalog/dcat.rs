@@ -113,7 +113,10 @@ pub fn to_turtle(entry: &CatalogEntry, federation: &str) -> String {
         format!("dct:title {}", text(&d.title, lang)),
         format!("dct:description {}", text(&d.description, lang)),
         format!("dct:publisher {}", iri(&publisher)),
-        format!("dct:modified {}^^xsd:dateTime", lit(&rfc3339_ms(entry.updated_at_ms))),
+        format!(
+            "dct:modified {}^^xsd:dateTime",
+            lit(&rfc3339_ms(entry.updated_at_ms))
+        ),
         format!("dcat:distribution {}", iri(&dist)),
         format!("dct:accessRights {}", iri(&d.access_rights.iri())),
         format!("dct:accrualPeriodicity {}", iri(&d.update_frequency.iri())),
@@ -205,7 +208,10 @@ pub fn to_turtle(entry: &CatalogEntry, federation: &str) -> String {
     // The distribution.
     let mut dp = vec![
         "a dcat:Distribution".to_owned(),
-        format!("dct:title {}", text(&format!("{} (Allmende)", d.title), lang)),
+        format!(
+            "dct:title {}",
+            text(&format!("{} (Allmende)", d.title), lang)
+        ),
         format!("dcat:accessURL {}", iri(&entry.access_url(federation))),
     ];
     if let Some(l) = Licence::find(&d.licence) {

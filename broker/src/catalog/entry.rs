@@ -416,9 +416,8 @@ fn valid_email(s: &str) -> bool {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && s.len() <= 254
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '@' | '%')
-        })
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '@' | '%'))
         && s.matches('@').count() == 1
 }
 
@@ -567,7 +566,9 @@ impl DatasetDescription {
         }
         let mut names = HashSet::new();
         for f in &s.fields {
-            if f.name.trim().is_empty() || f.name.len() > 200 || f.name.chars().any(char::is_control)
+            if f.name.trim().is_empty()
+                || f.name.len() > 200
+                || f.name.chars().any(char::is_control)
             {
                 p.push(format!(
                     "schema field name `{}` is empty, too long or has control characters",
@@ -584,9 +585,12 @@ impl DatasetDescription {
             .find(|f| f.name == name)
         {
             None => p.push(format!("{role} column `{name}` is not in the schema")),
-            Some(f) if !matches!(f.field_type, FieldType::String | FieldType::Int64) => p.push(
-                format!("{role} column `{name}` must be string or int64, not {}", f.field_type),
-            ),
+            Some(f) if !matches!(f.field_type, FieldType::String | FieldType::Int64) => {
+                p.push(format!(
+                    "{role} column `{name}` must be string or int64, not {}",
+                    f.field_type
+                ))
+            }
             Some(_) => {}
         };
         if let Some(subject) = &s.subject_column {
@@ -604,9 +608,9 @@ impl DatasetDescription {
                 p.push(format!("identifier column `{id}` is listed twice"));
             }
         }
-        if self.contains_personal_data && s.subject_column.is_none() {
+        if self.legal_basis == LegalBasis::Consent && s.subject_column.is_none() {
             p.push(
-                "personal data needs a data-subject column (consent is enforced per subject)"
+                "legal basis `Consent` needs a data-subject column (consent is enforced per subject)"
                     .into(),
             );
         }
@@ -627,7 +631,11 @@ pub(crate) mod tests {
             language: "de".into(),
             licence: "other-closed".into(),
             themes: [Theme::Energy].into(),
-            keywords: vec!["Strom".into(), "Smart Meter".into(), "Energieverbrauch".into()],
+            keywords: vec![
+                "Strom".into(),
+                "Smart Meter".into(),
+                "Energieverbrauch".into(),
+            ],
             spatial: Some(Spatial {
                 label: "München".into(),
                 iri: Some(
@@ -714,7 +722,10 @@ pub(crate) mod tests {
             "http://dcat-ap.de/def/licenses/dl-by-de/2.0"
         );
         let err = "weekly-ish".parse::<Frequency>().unwrap_err().to_string();
-        assert!(err.starts_with("unknown update frequency `weekly-ish`"), "{err}");
+        assert!(
+            err.starts_with("unknown update frequency `weekly-ish`"),
+            "{err}"
+        );
         // Serde uses the same strict spelling.
         assert!(serde_json::from_str::<Theme>("\"TRAN\"").is_ok());
         assert!(serde_json::from_str::<Theme>("\"tran\"").is_err());
@@ -724,7 +735,14 @@ pub(crate) mod tests {
     fn iris_and_emails_are_checked() {
         assert!(valid_iri("https://example.org/a?b=c"));
         assert!(valid_iri("allmende://munich/swm/node/swm-1"));
-        for bad in ["", "no-scheme", "http://a b", "1http://x", "http://x>", "x:"] {
+        for bad in [
+            "",
+            "no-scheme",
+            "http://a b",
+            "1http://x",
+            "http://x>",
+            "x:",
+        ] {
             assert!(!valid_iri(bad), "{bad}");
         }
         assert!(valid_email("a.b@swm.example"));

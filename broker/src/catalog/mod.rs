@@ -18,9 +18,13 @@
 
 pub mod dcat;
 pub mod entry;
+pub mod munich;
 pub mod search;
 pub mod signing;
 
+/// Types the catalog's API is made of, re-exported for its callers.
+pub use allmende_connectors::{FieldSpec, FieldType};
+pub use allmende_policies::{Classification, LegalBasis, Purpose};
 pub use entry::{
     AccessRights, CatalogEntry, ContactPoint, DatasetDescription, DatasetSchema, Frequency,
     LICENCES, Licence, Spatial, Temporal, Theme, UnknownTerm,
@@ -147,7 +151,9 @@ pub enum Refusal {
     KeyChanged { pinned: String, presented: String },
     #[error("record {index}: {error}")]
     Unverified { index: usize, error: VerifyError },
-    #[error("record {index}: dataset `{dataset}` is owned by `{found}`, not by the serving organisation")]
+    #[error(
+        "record {index}: dataset `{dataset}` is owned by `{found}`, not by the serving organisation"
+    )]
     WrongOwner {
         index: usize,
         dataset: String,
@@ -297,20 +303,23 @@ impl Catalog {
         for (k, v) in table.entries()? {
             match (k, v) {
                 (CatalogKey::Meta(_), CatalogRecord::SigningKey { pkcs8_hex }) => {
-                    pkcs8 = Some(hex::decode(&pkcs8_hex).map_err(|_| {
-                        KeyError("stored catalog key is not hex".into())
-                    })?);
+                    pkcs8 = Some(
+                        hex::decode(&pkcs8_hex)
+                            .map_err(|_| KeyError("stored catalog key is not hex".into()))?,
+                    );
                 }
                 (CatalogKey::Meta(_), CatalogRecord::LocalVersion { version }) => {
                     state.local_version = version;
                 }
                 (CatalogKey::Entry(owner, dataset), CatalogRecord::Entry(stored)) => {
-                    let payload = stored.record.payload_unverified().map_err(|e| {
-                        StoreError::Corrupt {
-                            table: TableName::Catalog.as_str(),
-                            reason: format!("entry `{owner}/{dataset}`: {e}"),
-                        }
-                    })?;
+                    let payload =
+                        stored
+                            .record
+                            .payload_unverified()
+                            .map_err(|e| StoreError::Corrupt {
+                                table: TableName::Catalog.as_str(),
+                                reason: format!("entry `{owner}/{dataset}`: {e}"),
+                            })?;
                     state.held.insert(
                         (owner, dataset),
                         Held {
@@ -438,7 +447,8 @@ impl Catalog {
             updated_at_ms: self.clock.now_unix_ms(),
             dataset,
         };
-        self.commit_local(SignedPayload::Entry(entry.clone())).await?;
+        self.commit_local(SignedPayload::Entry(Box::new(entry.clone())))
+            .await?;
         tracing::info!(dataset = %entry.dataset.id, version, "catalog entry published");
         Ok(entry)
     }
@@ -951,7 +961,10 @@ mod tests {
         assert_eq!(hits.total, 4);
         // Re-applying an old page is harmless.
         let old = swm.list_since(0, 100);
-        let r = stadt.apply_peer_listing("swm", "swm-1", &old).await.unwrap();
+        let r = stadt
+            .apply_peer_listing("swm", "swm-1", &old)
+            .await
+            .unwrap();
         assert_eq!((r.updated, r.stale), (0, 5));
         // The replica survives a restart.
         drop(stadt);
@@ -991,14 +1004,14 @@ mod tests {
         // A node signing an entry that names another owner: its own key,
         // its own connection, the wrong organisation in the entry.
         let tum = open_at(dir.path(), "tum", "tum-1").await;
-        let forged_payload = SignedPayload::Entry(CatalogEntry {
+        let forged_payload = SignedPayload::Entry(Box::new(CatalogEntry {
             owner: "swm".into(),
             owner_node: "tum-1".into(),
             publisher_name: "x".into(),
             version: 1,
             updated_at_ms: 0,
             dataset: air_quality(),
-        });
+        }));
         let forged = PeerListing {
             records: vec![tum.signer.sign(&forged_payload).unwrap()],
             catalog_version: 1,
@@ -1010,7 +1023,10 @@ mod tests {
                 .await
                 .unwrap_err(),
         );
-        assert!(matches!(r, Refusal::WrongOwner { ref found, .. } if found == "swm"), "{r}");
+        assert!(
+            matches!(r, Refusal::WrongOwner { ref found, .. } if found == "swm"),
+            "{r}"
+        );
         // Tampered bytes.
         let mut tampered = good.clone();
         tampered.records[0].payload = tampered.records[0]
@@ -1038,14 +1054,23 @@ mod tests {
 
         // The genuine listing pins the key; a later listing with another key
         // (signed consistently, e.g. by a node that lost its store) is refused.
-        stadt.apply_peer_listing("swm", "swm-1", &good).await.unwrap();
+        stadt
+            .apply_peer_listing("swm", "swm-1", &good)
+            .await
+            .unwrap();
         assert_eq!(stadt.entries().len(), 1);
         let dir2 = tempfile::tempdir().unwrap();
         let swm_again = open_at(dir2.path(), "swm", "swm-1").await;
         let mut d = smart_meter();
         d.title = "Übernommen".into();
         swm_again.upsert_local(d.clone()).await.unwrap();
-        swm_again.upsert_local(DatasetDescription { id: "x".into(), ..d }).await.unwrap();
+        swm_again
+            .upsert_local(DatasetDescription {
+                id: "x".into(),
+                ..d
+            })
+            .await
+            .unwrap();
         let r = reason(
             stadt
                 .apply_peer_listing("swm", "swm-1", &swm_again.list_since(0, 10))
@@ -1053,8 +1078,14 @@ mod tests {
                 .unwrap_err(),
         );
         assert!(matches!(r, Refusal::KeyChanged { .. }), "{r}");
-        assert_eq!(stadt.get(Some("swm"), "smart-meter-readings").unwrap().dataset.title,
-            smart_meter().title);
+        assert_eq!(
+            stadt
+                .get(Some("swm"), "smart-meter-readings")
+                .unwrap()
+                .dataset
+                .title,
+            smart_meter().title
+        );
         // Own listing.
         let r = reason(
             swm.apply_peer_listing("swm", "swm-1", &good)
@@ -1071,14 +1102,14 @@ mod tests {
         let stadt = open_at(dir.path(), "stadt", "stadt-1").await;
         let mut bad = smart_meter();
         bad.licence = "beerware".into();
-        let payload = SignedPayload::Entry(CatalogEntry {
+        let payload = SignedPayload::Entry(Box::new(CatalogEntry {
             owner: "swm".into(),
             owner_node: "swm-1".into(),
             publisher_name: "x".into(),
             version: 1,
             updated_at_ms: 0,
             dataset: bad,
-        });
+        }));
         let listing = PeerListing {
             records: vec![swm.signer.sign(&payload).unwrap()],
             catalog_version: 1,
@@ -1088,17 +1119,28 @@ mod tests {
             .apply_peer_listing("swm", "swm-1", &listing)
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("licence `beerware` is unknown"), "{err}");
+        assert!(
+            err.to_string().contains("licence `beerware` is unknown"),
+            "{err}"
+        );
         // Versions beyond what the listing claims are refused too.
         let listing = PeerListing {
             catalog_version: 0,
             ..swm.list_since(0, 1)
         };
-        assert!(stadt.apply_peer_listing("swm", "swm-1", &listing).await.is_ok());
+        assert!(
+            stadt
+                .apply_peer_listing("swm", "swm-1", &listing)
+                .await
+                .is_ok()
+        );
         swm.upsert_local(smart_meter()).await.unwrap();
         let mut l = swm.list_since(0, 1);
         l.catalog_version = 0;
-        let err = stadt.apply_peer_listing("swm", "swm-1", &l).await.unwrap_err();
+        let err = stadt
+            .apply_peer_listing("swm", "swm-1", &l)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("outside"), "{err}");
     }
 
@@ -1115,7 +1157,8 @@ mod tests {
             .unwrap();
         let err = stadt.get(None, "air-quality").unwrap_err();
         assert!(
-            err.to_string().contains("several organisations (stadt, swm)"),
+            err.to_string()
+                .contains("several organisations (stadt, swm)"),
             "{err}"
         );
         assert_eq!(stadt.get(Some("swm"), "air-quality").unwrap().owner, "swm");

@@ -293,7 +293,8 @@ impl SearchIndex {
             .collect();
         let total = hits.len();
         let limit = q.effective_limit();
-        let order = |a: &(u32, &Doc), b: &(u32, &Doc)| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key));
+        let order =
+            |a: &(u32, &Doc), b: &(u32, &Doc)| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key));
         if hits.len() > limit {
             hits.select_nth_unstable_by(limit - 1, order);
             hits.truncate(limit);
@@ -338,7 +339,9 @@ pub fn naive_search<'a>(
                 text.extend(words(k));
             }
             text.extend(words(&e.dataset.description));
-            terms.iter().all(|t| text.iter().any(|w| w.contains(t.as_str())))
+            terms
+                .iter()
+                .all(|t| text.iter().any(|w| w.contains(t.as_str())))
         })
         .map(|e| (e.owner.clone(), e.dataset.id.clone()))
         .collect();
@@ -404,8 +407,14 @@ mod tests {
 
     #[test]
     fn folding_spells_out_umlauts() {
-        assert_eq!(fold("München Straße ÄÖÜ Café"), "muenchen strasse aeoeue cafe");
-        assert_eq!(words("Smart-Meter, 15-min!"), ["smart", "meter", "15", "min"]);
+        assert_eq!(
+            fold("München Straße ÄÖÜ Café"),
+            "muenchen strasse aeoeue cafe"
+        );
+        assert_eq!(
+            words("Smart-Meter, 15-min!"),
+            ["smart", "meter", "15", "min"]
+        );
     }
 
     #[test]
@@ -425,7 +434,11 @@ mod tests {
             keys(&idx.search(&SearchQuery::text("strasse fahrzeuge"))),
             ["traffic-counts"]
         );
-        assert!(idx.search(&SearchQuery::text("strasse luft")).hits.is_empty());
+        assert!(
+            idx.search(&SearchQuery::text("strasse luft"))
+                .hits
+                .is_empty()
+        );
         assert_eq!(idx.search(&SearchQuery::text("")).total, 3);
     }
 

@@ -20,7 +20,7 @@ pub const PUBLIC_KEY_LEN: usize = 32;
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SignedPayload {
     /// A new or changed entry.
-    Entry(CatalogEntry),
+    Entry(Box<CatalogEntry>),
     /// The owner removed the dataset from its catalog.
     Removed {
         owner: String,
@@ -75,7 +75,7 @@ impl SignedPayload {
     /// The entry, unless this is a removal.
     pub fn entry(&self) -> Option<&CatalogEntry> {
         match self {
-            SignedPayload::Entry(e) => Some(e),
+            SignedPayload::Entry(e) => Some(e.as_ref()),
             SignedPayload::Removed { .. } => None,
         }
     }

@@ -7,6 +7,9 @@
 //! permission denied).
 
 mod audit_cmd;
+pub mod catalog_cmd;
+pub mod consent_cmd;
+mod data_cmd;
 mod pki_cmd;
 mod policy_cmd;
 
@@ -66,6 +69,17 @@ enum Command {
     /// The tamper-evident audit log: query, export, verify.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// The federated dataset catalog: search, show.
+    #[command(subcommand)]
+    Catalog(catalog_cmd::CatalogCmd),
+    /// Consent records: import a utility's CSV, withdraw, show.
+    #[command(subcommand)]
+    Consent(consent_cmd::ConsentCmd),
+    /// Register and manage your organisation's data sources.
+    #[command(subcommand)]
+    Connector(data_cmd::ConnectorCmd),
+    /// Fetch rows of a dataset from the node that owns it.
+    Fetch(data_cmd::FetchArgs),
     /// Print the version.
     Version,
 }
@@ -215,6 +229,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Health { profile } => health(profile, json).await,
         Command::Policy(cmd) => policy_cmd::run(cmd, json).await,
         Command::Audit(cmd) => audit_cmd::run(cmd, json).await,
+        Command::Connector(cmd) => data_cmd::connector(cmd, json).await,
+        Command::Fetch(args) => data_cmd::fetch(args, json).await,
+        Command::Catalog(cmd) => catalog_cmd::run(cmd, json).await,
+        Command::Consent(cmd) => consent_cmd::run(cmd, json).await,
     }
 }
 

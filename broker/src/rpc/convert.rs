@@ -162,3 +162,251 @@ pub fn audit_entry(e: &allmende_audit::Entry) -> pb::AuditEntry {
 pub fn decision_details(d: &allmende_policies::Decision) -> pb::DecisionDetails {
     pb::DecisionDetails::from(&crate::error::DenyDetails::from(d))
 }
+
+// ---- Catalog and consent (issue 5) ----
+
+/// A catalog entry on the wire; `replica` says whether the serving node
+/// holds it as a copy of a peer's entry.
+pub fn catalog_entry(e: &crate::catalog::CatalogEntry, replica: bool) -> pb::CatalogEntry {
+    let d = &e.dataset;
+    pb::CatalogEntry {
+        dataset: d.id.clone(),
+        owner: e.owner.clone(),
+        owner_node: e.owner_node.clone(),
+        publisher_name: e.publisher_name.clone(),
+        version: e.version,
+        updated_at_unix_ms: e.updated_at_ms,
+        title: d.title.clone(),
+        description: d.description.clone(),
+        language: d.language.clone(),
+        licence: d.licence.clone(),
+        themes: d.themes.iter().map(|t| t.as_str().to_owned()).collect(),
+        keywords: d.keywords.clone(),
+        spatial: d.spatial.as_ref().map(|s| pb::CatalogSpatial {
+            label: s.label.clone(),
+            iri: s.iri.clone().unwrap_or_default(),
+        }),
+        temporal: d.temporal.as_ref().map(|t| pb::CatalogTemporal {
+            start: t.start.clone().unwrap_or_default(),
+            end: t.end.clone().unwrap_or_default(),
+        }),
+        contact_point: d.contact_point.as_ref().map(|c| pb::CatalogContactPoint {
+            name: c.name.clone(),
+            email: c.email.clone().unwrap_or_default(),
+            url: c.url.clone().unwrap_or_default(),
+        }),
+        access_rights: d.access_rights.as_str().to_owned(),
+        legal_basis: d.legal_basis.as_str().to_owned(),
+        classification: d.classification.as_str().to_owned(),
+        contains_personal_data: d.contains_personal_data,
+        public_space_origin: d.public_space_origin,
+        allowed_purposes: d
+            .allowed_purposes
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect(),
+        anonymisation_required: d.anonymisation_required,
+        update_frequency: d.update_frequency.as_str().to_owned(),
+        fields: d
+            .schema
+            .fields
+            .iter()
+            .map(|f| pb::CatalogField {
+                name: f.name.clone(),
+                r#type: f.field_type.name().to_owned(),
+                nullable: f.nullable,
+            })
+            .collect(),
+        subject_column: d.schema.subject_column.clone().unwrap_or_default(),
+        identifier_columns: d.schema.identifier_columns.clone(),
+        access_url: e.dataset.access_url.clone().unwrap_or_default(),
+        replica,
+    }
+}
+
+impl From<&crate::catalog::PeerListing> for pb::ListCatalogResponse {
+    fn from(l: &crate::catalog::PeerListing) -> Self {
+        pb::ListCatalogResponse {
+            organisation: l.organisation.clone(),
+            node: l.node.clone(),
+            catalog_version: l.catalog_version,
+            public_key: l.public_key.clone(),
+            records: l
+                .records
+                .iter()
+                .map(|r| pb::SignedCatalogRecord {
+                    payload: r.payload.as_bytes().to_vec(),
+                    // Stored hex by this node itself; an undecodable value
+                    // sends an empty signature, which every receiver refuses.
+                    signature: hex::decode(&r.signature).unwrap_or_default(),
+                })
+                .collect(),
+            more: l.more,
+        }
+    }
+}
+
+impl TryFrom<pb::ListCatalogResponse> for crate::catalog::PeerListing {
+    type Error = crate::error::ApiError;
+    fn try_from(r: pb::ListCatalogResponse) -> Result<Self, Self::Error> {
+        let records = r
+            .records
+            .into_iter()
+            .enumerate()
+            .map(|(i, rec)| {
+                Ok(crate::catalog::SignedRecord {
+                    payload: String::from_utf8(rec.payload).map_err(|_| {
+                        crate::error::ApiError::InvalidArgument(format!(
+                            "catalog record {i} is not UTF-8"
+                        ))
+                    })?,
+                    signature: hex::encode(rec.signature),
+                })
+            })
+            .collect::<Result<Vec<_>, crate::error::ApiError>>()?;
+        Ok(crate::catalog::PeerListing {
+            organisation: r.organisation,
+            node: r.node,
+            catalog_version: r.catalog_version,
+            public_key: r.public_key,
+            records,
+            more: r.more,
+        })
+    }
+}
+
+impl TryFrom<pb::SearchCatalogRequest> for crate::catalog::SearchQuery {
+    type Error = crate::error::ApiError;
+    fn try_from(r: pb::SearchCatalogRequest) -> Result<Self, Self::Error> {
+        let invalid =
+            |e: &dyn std::fmt::Display| crate::error::ApiError::InvalidArgument(e.to_string());
+        Ok(crate::catalog::SearchQuery {
+            text: r.query.chars().take(1_000).collect(),
+            owner: (!r.owner.is_empty()).then_some(r.owner),
+            theme: match r.theme.as_str() {
+                "" => None,
+                t => Some(t.parse().map_err(|e| invalid(&e))?),
+            },
+            classification: match r.classification.as_str() {
+                "" => None,
+                c => Some(c.parse().map_err(|e| invalid(&e))?),
+            },
+            limit: (r.limit > 0).then(|| usize::try_from(r.limit).unwrap_or(usize::MAX)),
+        })
+    }
+}
+
+impl From<&crate::consent::ConsentRecord> for pb::ConsentRecord {
+    fn from(r: &crate::consent::ConsentRecord) -> Self {
+        pb::ConsentRecord {
+            subject_id: r.subject_id.clone(),
+            controller: r.controller.clone(),
+            dataset: r.dataset.clone(),
+            purposes: r.purposes.iter().map(|p| p.as_str().to_owned()).collect(),
+            status: r.status.as_str().to_owned(),
+            given_at_unix: r.given_at,
+            withdrawn_at_unix: r.withdrawn_at,
+            expires_at_unix: r.expires_at,
+            withdrawn_purposes: r
+                .withdrawn_purposes
+                .iter()
+                .map(|(p, at)| pb::ConsentPurposeWithdrawal {
+                    purpose: p.as_str().to_owned(),
+                    withdrawn_at_unix: *at,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&crate::consent::ImportReport> for pb::ImportConsentResponse {
+    fn from(r: &crate::consent::ImportReport) -> Self {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        pb::ImportConsentResponse {
+            rows: n(r.rows),
+            stored: n(r.stored),
+            unchanged: n(r.unchanged),
+            superseded: n(r.superseded),
+        }
+    }
+}
+
+/// A fetch request from the wire, parsed strictly.
+pub fn fetch_params(
+    r: pb::FetchRequest,
+) -> Result<crate::access::FetchParams, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let filter = match r.filter {
+        None => None,
+        Some(f) => Some(filter(f, 0)?),
+    };
+    if r.dataset.is_empty() {
+        return Err(ApiError::InvalidArgument("`dataset` is empty".into()));
+    }
+    if r.columns.len() > 1000 {
+        return Err(ApiError::InvalidArgument("too many columns".into()));
+    }
+    Ok(crate::access::FetchParams {
+        dataset: r.dataset,
+        purpose: crate::rpc::parse_purpose(&r.purpose)?,
+        columns: r.columns,
+        filter,
+        resume_cursor: (!r.resume_cursor.is_empty()).then_some(r.resume_cursor),
+        max_rows: r.max_rows,
+        grant_id: (!r.grant_id.is_empty()).then_some(r.grant_id),
+        request_id: (!r.request_id.is_empty()).then(|| r.request_id.chars().take(128).collect()),
+    })
+}
+
+fn filter(f: pb::Filter, depth: usize) -> Result<crate::access::Filter, crate::error::ApiError> {
+    use crate::access::{CompareOp, Filter, FilterValue};
+    use crate::error::ApiError;
+    if depth > 16 {
+        return Err(ApiError::InvalidArgument(
+            "filter is nested too deeply".into(),
+        ));
+    }
+    Ok(match f.expr {
+        None => return Err(ApiError::InvalidArgument("empty filter".into())),
+        Some(pb::filter::Expr::All(l)) => Filter::All(
+            l.filters
+                .into_iter()
+                .map(|f| filter(f, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(pb::filter::Expr::Any(l)) => Filter::Any(
+            l.filters
+                .into_iter()
+                .map(|f| filter(f, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(pb::filter::Expr::Comparison(c)) => {
+            let op = match pb::CompareOp::try_from(c.op) {
+                Ok(pb::CompareOp::Eq) => CompareOp::Eq,
+                Ok(pb::CompareOp::Ne) => CompareOp::Ne,
+                Ok(pb::CompareOp::Lt) => CompareOp::Lt,
+                Ok(pb::CompareOp::Le) => CompareOp::Le,
+                Ok(pb::CompareOp::Gt) => CompareOp::Gt,
+                Ok(pb::CompareOp::Ge) => CompareOp::Ge,
+                _ => {
+                    return Err(ApiError::InvalidArgument(
+                        "comparison without operator".into(),
+                    ));
+                }
+            };
+            let value = match c.value.and_then(|v| v.kind) {
+                Some(pb::value::Kind::StringValue(s)) => FilterValue::String(s),
+                Some(pb::value::Kind::IntValue(i)) => FilterValue::Int(i),
+                Some(pb::value::Kind::FloatValue(x)) => FilterValue::Float(x),
+                Some(pb::value::Kind::BoolValue(b)) => FilterValue::Bool(b),
+                Some(pb::value::Kind::TimestampMs(t)) => FilterValue::TimestampMs(t),
+                None => return Err(ApiError::InvalidArgument("comparison without value".into())),
+            };
+            Filter::Compare {
+                column: c.column,
+                op,
+                value,
+            }
+        }
+    })
+}

@@ -5,13 +5,21 @@
 //! requests into calls on domain types and domain errors into status via
 //! `error::ApiError`.
 
+mod access;
 mod audit;
+pub mod catalog;
+mod connectors;
+mod consent;
 pub mod convert;
 pub mod ctx;
 mod federation;
 mod policy;
 
+pub use access::AccessService;
 pub use audit::AuditService;
+pub use catalog::{CatalogReplicator, CatalogService, PullTrigger};
+pub use connectors::ConnectorsService;
+pub use consent::ConsentService;
 pub use federation::FederationService;
 pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource, record_reload};
 

@@ -1,0 +1,365 @@
+//! Registered connectors: which local source serves which dataset of this
+//! node's organisation. Registrations are persisted in the store; on start
+//! the node reopens every enabled connector. Registering validates that the
+//! source is reachable and that its schema agrees with the dataset's declared
+//! schema, publishes the dataset's metadata to the federated catalog, and
+//! mirrors the dataset into the policy entities. The rows never leave the
+//! node through the registry; they leave only through `access`.
+
+use crate::catalog::{Catalog, CatalogEntry, DatasetDescription};
+use crate::clock::SharedClock;
+use crate::policy::PolicyPoint;
+use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
+use allmende_connectors::{Connector, ConnectorError, FileConnector, FileConnectorConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+/// A stored registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub dataset: DatasetDescription,
+    pub kind: String,
+    pub config: FileConnectorConfig,
+    pub enabled: bool,
+    /// `<org>/<user>` or `<org>/node/<name>` of who registered it.
+    pub registered_by: String,
+    pub registered_at_ms: i64,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("unknown connector kind `{0}`, expected `files`")]
+    Kind(String),
+    #[error("invalid connector configuration: {0}")]
+    Config(String),
+    #[error("invalid dataset description: {0}")]
+    Dataset(String),
+    #[error("connector refused: {0}")]
+    Connector(#[from] ConnectorError),
+    #[error("no connector is registered for dataset `{0}`")]
+    Unknown(String),
+    #[error("dataset `{0}` is disabled by its owner")]
+    Disabled(String),
+    #[error("catalog: {0}")]
+    Catalog(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<RegistryError> for crate::error::ApiError {
+    fn from(e: RegistryError) -> Self {
+        use crate::error::ApiError;
+        match e {
+            RegistryError::Kind(_) | RegistryError::Config(_) | RegistryError::Dataset(_) => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            RegistryError::Connector(ref c) => match c {
+                ConnectorError::Unreachable { .. } => ApiError::FailedPrecondition(e.to_string()),
+                ConnectorError::Internal(_) => ApiError::Internal(e.to_string()),
+                _ => ApiError::InvalidArgument(e.to_string()),
+            },
+            RegistryError::Unknown(_) => ApiError::NotFound(e.to_string()),
+            RegistryError::Disabled(_) => ApiError::FailedPrecondition(e.to_string()),
+            RegistryError::Catalog(m) => ApiError::InvalidArgument(m),
+            RegistryError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
+/// A live, enabled dataset: its registration and open connector.
+#[derive(Clone)]
+pub struct Served {
+    pub registration: Registration,
+    pub connector: Arc<dyn Connector>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("dataset", &self.registration.dataset.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The registry of one node.
+#[derive(Debug)]
+pub struct Registry {
+    store: Store,
+    table: Table<String, Registration>,
+    live: RwLock<BTreeMap<String, Served>>,
+    problems: RwLock<BTreeMap<String, String>>,
+    catalog: Arc<Catalog>,
+    policy: Arc<PolicyPoint>,
+    clock: SharedClock,
+    write: tokio::sync::Mutex<()>,
+}
+
+fn parse_dataset(json: &str) -> Result<DatasetDescription, RegistryError> {
+    serde_json::from_str(json).map_err(|e| RegistryError::Dataset(e.to_string()))
+}
+
+/// Parses a `files` connector configuration (JSON).
+pub fn parse_config(json: &str) -> Result<FileConnectorConfig, RegistryError> {
+    serde_json::from_str(json).map_err(|e| RegistryError::Config(e.to_string()))
+}
+
+impl Registry {
+    /// Opens the registry and reopens every enabled connector. A connector
+    /// whose source is gone is kept registered, not served, and reported.
+    pub async fn open(
+        store: Store,
+        catalog: Arc<Catalog>,
+        policy: Arc<PolicyPoint>,
+        clock: SharedClock,
+    ) -> Result<Self, RegistryError> {
+        let table: Table<String, Registration> = store.table(TableName::Connectors)?;
+        let reg = Self {
+            store,
+            table,
+            live: RwLock::new(BTreeMap::new()),
+            problems: RwLock::new(BTreeMap::new()),
+            catalog,
+            policy,
+            clock,
+            write: tokio::sync::Mutex::new(()),
+        };
+        for (id, r) in reg.table.entries()? {
+            reg.mirror_policy(&r);
+            if !r.enabled {
+                continue;
+            }
+            match FileConnector::open_async(r.config.clone()).await {
+                Ok(c) => {
+                    reg.set_live(
+                        &id,
+                        Some(Served {
+                            registration: r,
+                            connector: Arc::new(c),
+                        }),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(dataset = %id, error = %e, "connector not served");
+                    reg.set_problem(&id, Some(e.to_string()));
+                }
+            }
+        }
+        Ok(reg)
+    }
+
+    fn set_live(&self, id: &str, served: Option<Served>) {
+        if let Ok(mut l) = self.live.write() {
+            match served {
+                Some(s) => {
+                    l.insert(id.to_owned(), s);
+                }
+                None => {
+                    l.remove(id);
+                }
+            }
+        }
+    }
+
+    fn set_problem(&self, id: &str, problem: Option<String>) {
+        if let Ok(mut p) = self.problems.write() {
+            match problem {
+                Some(m) => {
+                    p.insert(id.to_owned(), m);
+                }
+                None => {
+                    p.remove(id);
+                }
+            }
+        }
+    }
+
+    fn mirror_policy(&self, r: &Registration) {
+        let owner = self.catalog.identity().organisation.clone();
+        let d = &r.dataset;
+        self.policy.with_entities(|e| {
+            e.upsert_dataset(allmende_policies::Dataset {
+                id: d.id.clone(),
+                owner,
+                classification: d.classification,
+                public_space_origin: d.public_space_origin,
+                contains_personal_data: d.contains_personal_data,
+                legal_basis: d.legal_basis,
+                allowed_purposes: d.allowed_purposes.clone(),
+                anonymisation_required: d.anonymisation_required,
+            });
+        });
+    }
+
+    /// Validates a registration without changing anything: the dataset
+    /// description, the connector kind and config, reachability, and schema
+    /// agreement. Returns the opened connector.
+    pub async fn validate(
+        &self,
+        dataset_json: &str,
+        kind: &str,
+        config_json: &str,
+    ) -> Result<(DatasetDescription, FileConnectorConfig, FileConnector), RegistryError> {
+        if kind != "files" {
+            return Err(RegistryError::Kind(kind.chars().take(40).collect()));
+        }
+        let dataset = parse_dataset(dataset_json)?;
+        let problems = dataset.problems();
+        if !problems.is_empty() {
+            return Err(RegistryError::Dataset(problems.join("; ")));
+        }
+        let mut config = parse_config(config_json)?;
+        // The dataset's declared schema and identifying columns govern.
+        if config.schema.is_none() {
+            config.schema = Some(dataset.schema.fields.clone());
+        }
+        if config.subject_column.is_none() {
+            config.subject_column = dataset.schema.subject_column.clone();
+        }
+        if config.identifier_columns.is_empty() {
+            config.identifier_columns = dataset.schema.identifier_columns.clone();
+        }
+        if config.subject_column != dataset.schema.subject_column {
+            return Err(RegistryError::Config(format!(
+                "connector subject column `{}` differs from the dataset's `{}`",
+                config.subject_column.as_deref().unwrap_or("-"),
+                dataset.schema.subject_column.as_deref().unwrap_or("-")
+            )));
+        }
+        let connector = FileConnector::open_async(config.clone()).await?;
+        allmende_connectors::schema::check_declared_schema(
+            &dataset.schema.fields,
+            &connector.describe().schema,
+        )?;
+        Ok((dataset, config, connector))
+    }
+
+    /// Registers (or replaces) a dataset's connector and publishes its
+    /// metadata. The caller has authorized it.
+    pub async fn register(
+        &self,
+        dataset: DatasetDescription,
+        config: FileConnectorConfig,
+        connector: FileConnector,
+        registered_by: &str,
+    ) -> Result<CatalogEntry, RegistryError> {
+        let _w = self.write.lock().await;
+        let r = Registration {
+            dataset: dataset.clone(),
+            kind: "files".into(),
+            config,
+            enabled: true,
+            registered_by: registered_by.to_owned(),
+            registered_at_ms: self.clock.now_unix_ms(),
+        };
+        let mut b = WriteBatch::new();
+        b.put(&self.table, &dataset.id, &r)?;
+        self.store.commit_durable(b).await?;
+        let entry = self
+            .catalog
+            .upsert_local(dataset.clone())
+            .await
+            .map_err(|e| RegistryError::Catalog(e.to_string()))?;
+        self.mirror_policy(&r);
+        self.set_problem(&dataset.id, None);
+        self.set_live(
+            &dataset.id,
+            Some(Served {
+                registration: r,
+                connector: Arc::new(connector),
+            }),
+        );
+        Ok(entry)
+    }
+
+    /// Enables or disables serving a dataset.
+    pub async fn set_enabled(
+        &self,
+        dataset: &str,
+        enabled: bool,
+    ) -> Result<Registration, RegistryError> {
+        let _w = self.write.lock().await;
+        let mut r = self
+            .table
+            .get(&dataset.to_owned())?
+            .ok_or_else(|| RegistryError::Unknown(dataset.chars().take(100).collect()))?;
+        r.enabled = enabled;
+        let mut b = WriteBatch::new();
+        b.put(&self.table, &r.dataset.id, &r)?;
+        self.store.commit_durable(b).await?;
+        if enabled {
+            let c = FileConnector::open_async(r.config.clone()).await?;
+            self.set_live(
+                dataset,
+                Some(Served {
+                    registration: r.clone(),
+                    connector: Arc::new(c),
+                }),
+            );
+        } else {
+            self.set_live(dataset, None);
+        }
+        Ok(r)
+    }
+
+    /// Removes a registration and its catalog entry.
+    pub async fn remove(&self, dataset: &str) -> Result<bool, RegistryError> {
+        let _w = self.write.lock().await;
+        if self.table.get(&dataset.to_owned())?.is_none() {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::new();
+        b.remove(&self.table, &dataset.to_owned());
+        self.store.commit_durable(b).await?;
+        self.set_live(dataset, None);
+        self.catalog
+            .remove_local(dataset)
+            .await
+            .map_err(|e| RegistryError::Catalog(e.to_string()))?;
+        self.policy.with_entities(|e| {
+            e.remove_dataset(dataset);
+        });
+        Ok(true)
+    }
+
+    /// The stored registration of a dataset.
+    pub fn registration(&self, dataset: &str) -> Result<Option<Registration>, RegistryError> {
+        Ok(self.table.get(&dataset.to_owned())?)
+    }
+
+    /// Every registration with its current problem (if any).
+    pub fn list(&self) -> Result<Vec<(Registration, Option<String>)>, RegistryError> {
+        let problems = self.problems.read().map(|p| p.clone()).unwrap_or_default();
+        Ok(self
+            .table
+            .entries()?
+            .into_iter()
+            .map(|(id, r)| {
+                let p = problems.get(&id).cloned();
+                (r, p)
+            })
+            .collect())
+    }
+
+    /// The live connector of an enabled dataset.
+    pub fn served(&self, dataset: &str) -> Result<Served, RegistryError> {
+        if let Some(s) = self.live.read().ok().and_then(|l| l.get(dataset).cloned()) {
+            return Ok(s);
+        }
+        match self.table.get(&dataset.to_owned())? {
+            Some(r) if !r.enabled => Err(RegistryError::Disabled(r.dataset.id)),
+            Some(r) => Err(RegistryError::Connector(ConnectorError::Unreachable {
+                path: r.dataset.id,
+                reason: self
+                    .problems
+                    .read()
+                    .ok()
+                    .and_then(|p| p.get(dataset).cloned())
+                    .unwrap_or_else(|| "not open".into()),
+            })),
+            None => Err(RegistryError::Unknown(dataset.chars().take(100).collect())),
+        }
+    }
+}

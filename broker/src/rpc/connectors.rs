@@ -1,0 +1,199 @@
+//! `allmende.v1.Connectors`: stewards register their datasets' sources.
+
+use super::principal;
+use crate::error::ApiError;
+use crate::pki::Subject;
+use crate::policy::{Action, Resource};
+use crate::registry::Registry;
+use crate::rpc::ctx::NodeCtx;
+use allmende_proto::v1 as pb;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+#[derive(Debug)]
+pub struct ConnectorsService {
+    pub ctx: NodeCtx,
+    pub registry: Arc<Registry>,
+}
+
+impl ConnectorsService {
+    /// Decides `register_connector` on the dataset (as this node's
+    /// organisation's dataset) and audits it.
+    async fn authorize(
+        &self,
+        p: &crate::pki::Principal,
+        dataset: &allmende_policies::Dataset,
+    ) -> Result<(), ApiError> {
+        let known = self
+            .ctx
+            .policy
+            .with_entities(|e| e.dataset(&dataset.id).is_some())
+            .unwrap_or(false);
+        if !known {
+            // A new dataset: decide on what it would be, then keep it only if allowed.
+            self.ctx
+                .policy
+                .with_entities(|e| e.upsert_dataset(dataset.clone()));
+        }
+        let request = self.ctx.policy.request(
+            p,
+            Action::RegisterConnector,
+            Resource::Dataset(dataset.id.clone()),
+            None,
+        );
+        let r = self
+            .ctx
+            .policy
+            .authorize(&self.ctx.audit, p, request, &dataset.id)
+            .await;
+        if r.is_err() && !known {
+            self.ctx
+                .policy
+                .with_entities(|e| e.remove_dataset(&dataset.id));
+        }
+        r.map(|_| ())
+    }
+
+    fn info(
+        &self,
+        r: &crate::registry::Registration,
+        problem: Option<String>,
+    ) -> pb::ConnectorInfo {
+        pb::ConnectorInfo {
+            dataset: r.dataset.id.clone(),
+            kind: r.kind.clone(),
+            enabled: r.enabled,
+            registered_by: r.registered_by.clone(),
+            registered_at_ms: r.registered_at_ms,
+            problem: problem.unwrap_or_default(),
+            columns: r
+                .dataset
+                .schema
+                .fields
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+        }
+    }
+
+    fn policy_dataset(&self, d: &crate::catalog::DatasetDescription) -> allmende_policies::Dataset {
+        allmende_policies::Dataset {
+            id: d.id.clone(),
+            owner: self.ctx.organisation.clone(),
+            classification: d.classification,
+            public_space_origin: d.public_space_origin,
+            contains_personal_data: d.contains_personal_data,
+            legal_basis: d.legal_basis,
+            allowed_purposes: d.allowed_purposes.clone(),
+            anonymisation_required: d.anonymisation_required,
+        }
+    }
+
+    async fn existing(
+        &self,
+        p: &crate::pki::Principal,
+        dataset: &str,
+    ) -> Result<crate::registry::Registration, ApiError> {
+        let r = self
+            .registry
+            .registration(dataset)
+            .map_err(ApiError::from)?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no connector is registered for `{}`",
+                    dataset.chars().take(100).collect::<String>()
+                ))
+            })?;
+        self.authorize(p, &self.policy_dataset(&r.dataset)).await?;
+        Ok(r)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::connectors_server::Connectors for ConnectorsService {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterConnectorRequest>,
+    ) -> Result<Response<pb::RegisterConnectorResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let dataset: crate::catalog::DatasetDescription = serde_json::from_str(&r.dataset_json)
+            .map_err(|e| ApiError::InvalidArgument(format!("dataset description: {e}")))?;
+        // Decide first: a caller who may not register learns nothing about sources.
+        self.authorize(&p, &self.policy_dataset(&dataset)).await?;
+        let (dataset, config, connector) = self
+            .registry
+            .validate(&r.dataset_json, &r.kind, &r.config_json)
+            .await
+            .map_err(ApiError::from)?;
+        let by = match &p.subject {
+            Subject::User(u) => format!("{}/{u}", p.organisation),
+            Subject::Node(n) => format!("{}/node/{n}", p.organisation),
+        };
+        let entry = self
+            .registry
+            .register(dataset, config, connector, &by)
+            .await
+            .map_err(ApiError::from)?;
+        let reg = self
+            .registry
+            .registration(entry.id())
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::Internal("registration vanished".into()))?;
+        tracing::info!(dataset = %entry.id(), by = %by, "connector registered");
+        Ok(Response::new(pb::RegisterConnectorResponse {
+            connector: Some(self.info(&reg, None)),
+            catalog_version: entry.version,
+        }))
+    }
+
+    async fn set_enabled(
+        &self,
+        req: Request<pb::SetConnectorEnabledRequest>,
+    ) -> Result<Response<pb::ConnectorInfo>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        self.existing(&p, &r.dataset).await?;
+        let reg = self
+            .registry
+            .set_enabled(&r.dataset, r.enabled)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.info(&reg, None)))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveConnectorRequest>,
+    ) -> Result<Response<pb::RemoveConnectorResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        self.existing(&p, &r.dataset).await?;
+        let removed = self
+            .registry
+            .remove(&r.dataset)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RemoveConnectorResponse { removed }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListConnectorsRequest>,
+    ) -> Result<Response<pb::ListConnectorsResponse>, Status> {
+        let p = principal(&req)?;
+        if p.organisation != self.ctx.organisation {
+            return Err(ApiError::PermissionDenied(
+                "connectors are listed only to their own organisation".into(),
+            )
+            .into());
+        }
+        let list = self.registry.list().map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListConnectorsResponse {
+            connectors: list
+                .iter()
+                .map(|(r, prob)| self.info(r, prob.clone()))
+                .collect(),
+        }))
+    }
+}
