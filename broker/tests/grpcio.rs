@@ -75,8 +75,18 @@ async fn grpcio_uses_reflection_and_health_over_mtls() {
                 "v1alpha={alpha}: {s} missing from {stdout}"
             );
         }
-        for s in ["Access", "Audit", "Catalog", "Connectors", "Consent", "Policy"] {
-            assert!(stdout.contains(&format!("allmende.v1.{s}")), "{s} not advertised: {stdout}");
+        for s in [
+            "Access",
+            "Audit",
+            "Catalog",
+            "Connectors",
+            "Consent",
+            "Policy",
+        ] {
+            assert!(
+                stdout.contains(&format!("allmende.v1.{s}")),
+                "{s} not advertised: {stdout}"
+            );
         }
         assert!(stdout.contains("health SERVING"), "{stdout}");
     }
