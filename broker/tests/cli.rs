@@ -501,3 +501,114 @@ fn story_1_passes_in_the_demo_harness() {
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
     assert!(text.contains("story 1 passed"), "{text}");
 }
+
+#[test]
+fn policy_validate_and_offline_explain() {
+    let out = run(&["policy", "validate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A broken copy is refused with file and line.
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    std::fs::copy(
+        src.join("schema.cedarschema"),
+        dir.path().join("schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    for e in std::fs::read_dir(src.join("policies")).unwrap().flatten() {
+        std::fs::copy(e.path(), dir.path().join("policies").join(e.file_name())).unwrap();
+    }
+    let f = dir.path().join("policies/non-use.cedar");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, text.replacen("forbid (", "forbid ((", 1)).unwrap();
+    let out = run(&["policy", "validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let e = stderr(&out);
+    assert!(e.contains("non-use.cedar:"), "{e}");
+    // Story 6 offline: the insurer is refused by the non-use rule even with a grant.
+    let out = run(&[
+        "--json",
+        "policy",
+        "explain",
+        "--principal",
+        "user:vers-analyst",
+        "--action",
+        "read",
+        "--resource",
+        "smart-meter-readings",
+        "--purpose",
+        "InsuranceUnderwriting",
+        "--grant",
+        "g-vers-smart-meter",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allowed"], false);
+    let ids: Vec<&str> = v["deciding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"nonuse-insurance-risk-scoring"), "{ids:?}");
+}
+
+#[test]
+fn sighup_reload_refuses_a_bad_set_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let cfg = onboard(dir.path(), base, base + 100);
+    // Serve policies from a directory the operator edits.
+    let pdir = dir.path().join("policy");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    std::fs::create_dir_all(pdir.join("policies")).unwrap();
+    std::fs::copy(
+        src.join("schema.cedarschema"),
+        pdir.join("schema.cedarschema"),
+    )
+    .unwrap();
+    for e in std::fs::read_dir(src.join("policies")).unwrap().flatten() {
+        std::fs::copy(e.path(), pdir.join("policies").join(e.file_name())).unwrap();
+    }
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("[policy]\ndir = \"{}\"\n", pdir.display()));
+    std::fs::write(&cfg, text).unwrap();
+    let (mut child, _) = spawn_until(
+        &["node", "run", "--config", cfg.to_str().unwrap()],
+        "listening",
+        &[],
+    );
+    let dpo = profile_for(dir.path(), "dpo", base);
+    let hash = |p: &std::path::Path| {
+        let out = run(&["--json", "policy", "list", "--profile", p.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["policy_set_hash"].as_str().unwrap().to_owned()
+    };
+    let before = hash(&dpo);
+    // A broken edit: SIGHUP is refused, the old set keeps serving.
+    let f = pdir.join("policies/consent.cedar");
+    let good = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(
+        &f,
+        format!("{good}\npermit (principal, action, resource) when {{ nonsense }};\n"),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(hash(&dpo), before);
+    // A valid edit (a comment) is taken.
+    std::fs::write(&f, format!("{good}\n// reviewed\n")).unwrap();
+    signal(&child, "-HUP");
+    let mut changed = false;
+    for _ in 0..30 {
+        if hash(&dpo) != before {
+            changed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(changed, "valid policy change not loaded on SIGHUP");
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+}

@@ -85,7 +85,7 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
 }
 
 fn main() {
-    let world = common::World::munich();
+    let world = common::munich();
     let store = world.store();
     let engine = Engine::bundled().unwrap();
     let bundle = engine.current();

@@ -40,6 +40,7 @@ mod engine;
 mod entities;
 mod loader;
 mod model;
+mod world;
 
 pub use engine::{
     DecidingPolicy, Decision, DecisionRequest, Engine, Principal, ReloadReport, Resource,
@@ -57,6 +58,7 @@ pub use model::{
     LegalBasis, MAX_PERSONAL_GRANT_SECONDS, Node, Obligation, OrgKind, Organisation, Purpose,
     RequestState, Role, UnknownValue, User,
 };
+pub use world::{MUNICH_WORLD, World, WorldError, parse_principal, parse_resource};
 
 /// Re-export of the Cedar crate the engine is built on.
 pub use cedar_policy;

@@ -12,7 +12,7 @@ use allmende_policies::{
     Action, ConsentCoverage, DEFAULT_DENY_ID, DecisionRequest, Engine, INVALID_REQUEST_ID, OrgKind,
     PolicyBundle, Principal, Purpose, Resource, decide_with_bundle, load_bundled,
 };
-use common::{World, corpus_dir, parse_principal, parse_resource};
+use common::{corpus_dir, parse_principal, parse_resource};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
@@ -75,7 +75,7 @@ fn load_cases() -> Vec<(String, Case)> {
 
 #[test]
 fn corpus_decides_as_expected_and_covers_every_policy() {
-    let world = World::munich();
+    let world = common::munich();
     let store = world.store();
     let snapshot = store.snapshot().unwrap();
     let full = load_bundled().unwrap();
@@ -212,7 +212,7 @@ fn corpus_decides_as_expected_and_covers_every_policy() {
 /// the broker to explain refusals early). Both must agree on every pair.
 #[test]
 fn purpose_kind_binding_matches_the_rust_table() {
-    let world = World::munich();
+    let world = common::munich();
     let snapshot = world.store().snapshot().unwrap();
     let engine = Engine::bundled().unwrap();
     let member_of_kind = |kind: OrgKind| match kind {

@@ -16,14 +16,13 @@ use allmende_policies::{
     GrantState, LegalBasis, ModelError, OrgKind, Organisation, POLICY_SUBDIR, PolicyEffect,
     PolicySource, Principal, Purpose, Resource, User, decide_with_bundle, load_bundled,
 };
-use common::World;
 
 fn world_request(principal: &str, action: Action, resource: Resource) -> DecisionRequest {
     DecisionRequest::new(
         Principal::User(principal.to_owned()),
         action,
         resource,
-        World::munich().now,
+        common::munich().now,
     )
 }
 
@@ -55,7 +54,7 @@ fn reload_with_a_bad_set_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
     write_bundled(dir.path());
     let engine = Engine::from_dir(dir.path()).unwrap();
-    let snapshot = World::munich().store().snapshot().unwrap();
+    let snapshot = common::munich().store().snapshot().unwrap();
     let public_read = DecisionRequest::new(
         Principal::Public,
         Action::Read,
@@ -102,7 +101,7 @@ fn reload_with_a_bad_set_keeps_the_old_one() {
 /// Cedar would ALLOW through `grant-permits-use`; the engine must deny.
 #[test]
 fn evaluation_error_in_a_forbid_is_a_deny() {
-    let world = World::munich();
+    let world = common::munich();
     let mut store = world.store();
     store.upsert_grant(Grant {
         id: "g-overflow".to_owned(),
@@ -150,7 +149,7 @@ fn evaluation_error_in_a_forbid_is_a_deny() {
 /// and removing it too would let the request through.
 #[test]
 fn story_6_is_denied_by_the_insurance_rule_itself() {
-    let world = World::munich();
+    let world = common::munich();
     let mut store = world.store();
     let mut dataset = store.dataset("smart-meter-readings").unwrap().clone();
     dataset
@@ -275,7 +274,7 @@ fn cedar_refuses_unknown_purpose_values() {
 
 #[test]
 fn snapshots_are_cached_until_the_store_changes() {
-    let mut store = World::munich().store();
+    let mut store = common::munich().store();
     let a = store.snapshot().unwrap();
     let b = store.snapshot().unwrap();
     assert!(Arc::ptr_eq(&a, &b));
@@ -297,7 +296,7 @@ fn snapshots_are_cached_until_the_store_changes() {
 
 #[test]
 fn withdrawn_data_takes_effect_on_the_next_snapshot() {
-    let world = World::munich();
+    let world = common::munich();
     let engine = Engine::bundled().unwrap();
     let mut store = world.store();
     let request = researcher_read("g-tum-smart-meter");
@@ -321,7 +320,7 @@ fn the_model_is_checked_when_building_a_snapshot() {
         "entity `User::\"ghost\"` refers to unknown organisation `nowhere` in field `org`"
     );
 
-    let mut store = World::munich().store();
+    let mut store = common::munich().store();
     let mut d = store.dataset("smart-meter-readings").unwrap().clone();
     d.contains_personal_data = false;
     store.upsert_dataset(d);
@@ -330,7 +329,7 @@ fn the_model_is_checked_when_building_a_snapshot() {
         ModelError::Inconsistent { .. }
     ));
 
-    let mut store = World::munich().store();
+    let mut store = common::munich().store();
     let mut g = store.grant("g-tum-smart-meter").unwrap().clone();
     g.not_after = Some(g.not_before);
     store.upsert_grant(g);
@@ -342,7 +341,7 @@ fn the_model_is_checked_when_building_a_snapshot() {
             .contains("not_after")
     );
 
-    let mut store = World::munich().store();
+    let mut store = common::munich().store();
     store.upsert_organisation(Organisation::new("public", OrgKind::Company));
     assert!(store.snapshot().is_err());
 }
@@ -350,7 +349,7 @@ fn the_model_is_checked_when_building_a_snapshot() {
 #[test]
 fn the_demo_snapshot_conforms_to_the_schema() {
     let engine = Engine::bundled().unwrap();
-    let snapshot = World::munich().store().snapshot().unwrap();
+    let snapshot = common::munich().store().snapshot().unwrap();
     engine.check_snapshot(&snapshot).unwrap();
     let empty = EntityStore::new().snapshot().unwrap();
     engine.check_snapshot(&empty).unwrap();
@@ -359,7 +358,7 @@ fn the_demo_snapshot_conforms_to_the_schema() {
 
 #[test]
 fn accumulation_count_helper_counts_active_personal_grants_at_the_owner() {
-    let world = World::munich();
+    let world = common::munich();
     let store = world.store();
     // tum at swm, now: g-tum-smart-meter, -open, -400d, -revoked(no), -expired(no),
     // -future(no), district-heating (not personal).
@@ -380,7 +379,7 @@ fn accumulation_count_helper_counts_active_personal_grants_at_the_owner() {
 #[test]
 fn requests_outside_the_schema_are_invalid() {
     let engine = Engine::bundled().unwrap();
-    let snapshot = World::munich().store().snapshot().unwrap();
+    let snapshot = common::munich().store().snapshot().unwrap();
     let request = DecisionRequest::new(
         Principal::Public,
         Action::ApproveRequest,
@@ -408,7 +407,7 @@ fn requests_outside_the_schema_are_invalid() {
 #[test]
 fn explain_renders_text_and_json() {
     let engine = Engine::bundled().unwrap();
-    let snapshot = World::munich().store().snapshot().unwrap();
+    let snapshot = common::munich().store().snapshot().unwrap();
     let request = researcher_read("g-tum-smart-meter-expired");
     let decision = engine.decide(&request, &snapshot);
     let text = decision.to_string();
@@ -452,7 +451,7 @@ fn explain_renders_text_and_json() {
 
 #[test]
 fn non_personal_grants_need_an_expiry_but_no_consent() {
-    let world = World::munich();
+    let world = common::munich();
     let mut store = world.store();
     store.upsert_dataset(allmende_policies::Dataset {
         id: "bike-counters".to_owned(),
@@ -496,7 +495,7 @@ fn non_personal_grants_need_an_expiry_but_no_consent() {
 /// give exactly the whole set's decision, reasons and errors.
 #[test]
 fn scoped_policy_sets_decide_exactly_like_the_whole_set() {
-    let world = World::munich();
+    let world = common::munich();
     let snapshot = world.store().snapshot().unwrap();
     let engine = Engine::bundled().unwrap();
     let bundle = engine.current();

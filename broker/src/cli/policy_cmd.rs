@@ -11,10 +11,25 @@ pub enum PolicyCmd {
     /// Validate a policy directory (schema.cedarschema + *.cedar) offline,
     /// strictly; errors name file and line. Without DIR: the bundled set.
     Validate { dir: Option<PathBuf> },
-    /// How a node would decide a request by you (what-if; grants nothing).
+    /// Explain a decision. Online (default): how the profile's node decides a
+    /// request by you. Offline (with `--principal`): how the policies decide
+    /// a request by anyone against a world file, without a node.
     Explain {
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
+        /// Offline: `user:ID`, `node:ID` or `public` (ids as in the world file).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Offline: entity data (TOML, see policies/README.md); default: the
+        /// bundled Munich example world.
+        #[arg(long)]
+        world: Option<PathBuf>,
+        /// Offline: policy directory; default: the bundled policies.
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
+        /// Offline: request time, epoch seconds; default: the world's `now`.
+        #[arg(long)]
+        now: Option<i64>,
         /// Cedar action, e.g. `read`, `read_audit`, `approve_request`.
         #[arg(long)]
         action: String,
@@ -69,12 +84,36 @@ pub async fn run(cmd: PolicyCmd, json: bool) -> Result<(), Failure> {
             }
         }
         PolicyCmd::Explain {
+            principal: Some(principal),
+            world,
+            policy_dir,
+            now,
+            action,
+            resource_type,
+            resource,
+            purpose,
+            grant,
+            ..
+        } => explain_offline(
+            principal,
+            world,
+            policy_dir,
+            now,
+            &action,
+            &resource_type,
+            &resource,
+            &purpose,
+            &grant,
+            json,
+        ),
+        PolicyCmd::Explain {
             profile,
             action,
             resource_type,
             resource,
             purpose,
             grant,
+            ..
         } => {
             let p = ClientProfile::resolve(profile.as_deref())?;
             let r = pb::policy_client::PolicyClient::new(p.connect().await?)
@@ -149,5 +188,69 @@ pub async fn run(cmd: PolicyCmd, json: bool) -> Result<(), Failure> {
             }
             Ok(())
         }
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "one CLI command's flags")]
+fn explain_offline(
+    principal: String,
+    world: Option<PathBuf>,
+    policy_dir: Option<PathBuf>,
+    now: Option<i64>,
+    action: &str,
+    resource_type: &str,
+    resource: &str,
+    purpose: &str,
+    grant: &str,
+    json: bool,
+) -> Result<(), Failure> {
+    use allmende_policies as pol;
+    let w = match &world {
+        Some(p) => pol::World::load(p),
+        None => pol::World::munich(),
+    }
+    .map_err(|e| Failure::new(3, e.to_string()))?;
+    let engine = match &policy_dir {
+        Some(d) => pol::Engine::from_dir(d),
+        None => pol::Engine::bundled(),
+    }
+    .map_err(|e| Failure::new(3, format!("policies refused:\n{e}")))?;
+    let principal = pol::parse_principal(&principal).map_err(|e| Failure::new(2, e))?;
+    let action: pol::Action = action
+        .parse()
+        .map_err(|e: pol::UnknownValue| Failure::new(2, e.to_string()))?;
+    let resource = pol::parse_resource(&format!("{}:{resource}", short_kind(resource_type)))
+        .map_err(|e| Failure::new(2, e))?;
+    let mut request = pol::DecisionRequest::new(principal, action, resource, now.unwrap_or(w.now));
+    if !purpose.is_empty() {
+        request.purpose = Some(
+            purpose
+                .parse()
+                .map_err(|e: pol::UnknownValue| Failure::new(2, e.to_string()))?,
+        );
+    }
+    if !grant.is_empty() {
+        request.grant = Some(grant.to_owned());
+    }
+    let store = w.store();
+    let snapshot = store
+        .snapshot()
+        .map_err(|e| Failure::new(3, format!("world: {e}")))?;
+    let d = engine.decide(&request, &snapshot);
+    if json {
+        println!("{}", serde_json::to_string(&d).unwrap_or_default());
+    } else {
+        print!("{d}");
+    }
+    Ok(())
+}
+
+/// Maps the online resource type names to the offline `KIND:` prefixes.
+fn short_kind(t: &str) -> &str {
+    match t {
+        "access_request" => "request",
+        "data_subject" => "subject",
+        "audit_log" => "audit",
+        other => other,
     }
 }
