@@ -66,6 +66,16 @@ struct RawConfig {
     peers: Vec<PeerConfig>,
     #[serde(default)]
     policy: Option<RawPolicy>,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// Entries older than this many days are summarised and their bodies
+    /// deleted (leaf hashes stay). Absent: keep everything.
+    retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +183,8 @@ pub struct NodeConfig {
     pub log_level: String,
     pub peers: Vec<PeerConfig>,
     pub policy_dir: Option<PathBuf>,
+    /// Audit retention in days (`None`: keep every entry body).
+    pub audit_retention_days: Option<u32>,
 }
 
 /// Environment variables that override config keys.
@@ -183,6 +195,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ALLMENDE_STORE_CACHE_MB", "store.cache_mb"),
     ("ALLMENDE_LOG_FORMAT", "log.format"),
     ("ALLMENDE_LOG_LEVEL", "log.level"),
+    ("ALLMENDE_AUDIT_RETENTION_DAYS", "audit.retention_days"),
 ];
 
 impl NodeConfig {
@@ -287,7 +300,20 @@ impl NodeConfig {
                 ));
             }
         }
+        let audit_retention_days = match env("ALLMENDE_AUDIT_RETENTION_DAYS") {
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                invalid("audit.retention_days", format!("`{v}` is not a whole number of days"))
+            })?),
+            None => raw.audit.and_then(|a| a.retention_days),
+        };
+        if audit_retention_days == Some(0) {
+            return Err(invalid(
+                "audit.retention_days",
+                "`0` would delete every entry body at once; use at least 1".into(),
+            ));
+        }
         Ok(Self {
+            audit_retention_days,
             source: path.to_path_buf(),
             name: raw.node.name,
             data_dir: abs(&data_dir),

@@ -83,6 +83,9 @@ async fn write_refusals(metrics: &NodeMetrics, audit: &AuditLog, node: &str, sin
 /// only flow out). Larger ones are refused by tonic with `OUT_OF_RANGE`.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
+/// How often audit retention runs (when configured).
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// How often refused authentications are written to the audit log.
 pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -508,6 +511,26 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             }
         }
     }));
+
+    // Audit retention (when configured): summarise and prune old entry bodies.
+    if let Some(days) = config.audit_retention_days {
+        let audit = audit.clone();
+        let clock = clock.clone();
+        let mut rx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.wait_for(|s| *s) => return Ok(()),
+                }
+                let cutoff = clock.now_unix_ms() - i64::from(days) * 86_400_000;
+                if let Err(e) = audit.apply_retention(u64::try_from(cutoff).unwrap_or(0)).await {
+                    tracing::warn!(error = %e, "audit retention not applied");
+                }
+            }
+        }));
+    }
 
     // Witnessing of peers' audit logs.
     tasks.push(tokio::spawn({

@@ -75,11 +75,14 @@ pub enum TableName {
     Connectors,
     /// Consent records.
     Consent,
+    /// Retention summaries (canonical encoding) by the sequence of the
+    /// retention entry that covers them.
+    AuditRetention,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 12] = [
+    pub const ALL: [TableName; 13] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -92,6 +95,7 @@ impl TableName {
         TableName::Catalog,
         TableName::Connectors,
         TableName::Consent,
+        TableName::AuditRetention,
     ];
 
     /// The sled tree name.
@@ -109,6 +113,7 @@ impl TableName {
             TableName::Catalog => "catalog",
             TableName::Connectors => "connectors",
             TableName::Consent => "consent",
+            TableName::AuditRetention => "audit_retention",
         }
     }
 }

@@ -158,6 +158,7 @@ struct Inner {
     witness_signer: Ed25519Signer,
     subjects: SubjectHasher,
     node: String,
+    org: String,
     origin: String,
     clock: SharedClock,
     committed: watch::Receiver<u64>,
@@ -273,6 +274,7 @@ impl AuditLog {
             witness_signer,
             subjects,
             node: node.to_owned(),
+            org: org.to_owned(),
             origin,
             clock,
             committed: committed_rx,
@@ -492,6 +494,65 @@ impl AuditLog {
         &self.inner.store
     }
 
+    /// Retention: entries older than `cutoff_ms` are summarised (counts per
+    /// dataset and purpose, kept in the store and bound by hash into a
+    /// retention entry of the log) and their bodies deleted. Leaf and tree
+    /// hashes stay, so the tree, proofs and bundles keep verifying.
+    pub async fn apply_retention(
+        &self,
+        cutoff_ms: u64,
+    ) -> Result<Option<(u64, allmende_audit::RetentionSummary)>, AuditError> {
+        let size = self.size();
+        let mut old = Vec::new();
+        let mut from = 0u64;
+        'scan: while from < size {
+            let to = size.min(from + 4096);
+            for (_, bytes) in self.entry_range(from, to)? {
+                if bytes.is_empty() {
+                    continue;
+                }
+                let e = Entry::decode(&bytes).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+                if e.time_ms >= cutoff_ms {
+                    break 'scan;
+                }
+                old.push(e);
+            }
+            from = to;
+        }
+        // Never prune retention entries themselves.
+        old.retain(|e| !matches!(e.kind, EntryKind::Retention { .. }));
+        let plan = allmende_audit::plan_retention(old.iter(), cutoff_ms);
+        let kind = plan
+            .summary
+            .to_entry_kind()
+            .map_err(|e| AuditError::Invalid(e.to_string()))?;
+        let Some(kind) = kind else {
+            return Ok(None);
+        };
+        let encoded = plan
+            .summary
+            .encode()
+            .map_err(|e| AuditError::Invalid(e.to_string()))?;
+        // First the retention entry (durable), then the deletion.
+        let seq = self
+            .append(Draft::new(
+                &self.inner.org,
+                "retention",
+                "audit-log",
+                kind,
+            ))
+            .await?;
+        let summaries: RawTable<u64> = self.inner.store.raw_table(TableName::AuditRetention)?;
+        let mut b = WriteBatch::new();
+        b.put_raw(&summaries, &seq, encoded);
+        for p in &plan.prunable {
+            b.put_raw(&self.inner.entries, p, Vec::new());
+        }
+        self.inner.store.commit_durable(b).await?;
+        tracing::info!(pruned = plan.prunable.len(), retention_entry = seq, "audit retention applied");
+        Ok(Some((seq, plan.summary)))
+    }
+
     /// Status for operators and the DPO.
     pub fn status(&self) -> AuditStatus {
         AuditStatus {
@@ -523,8 +584,10 @@ impl AuditLog {
         while from < size {
             let to = size.min(from + 4096);
             for (seq, body) in self.entry_range(from, to)? {
+                // An empty body is an entry pruned by retention (hash kept).
+                let body = (!body.is_empty()).then_some(body.as_slice());
                 audit
-                    .feed(seq, Some(&body))
+                    .feed(seq, body)
                     .map_err(|e| AuditError::Corrupt(e.to_string()))?;
             }
             from = to;
@@ -559,6 +622,10 @@ impl AuditLog {
         let mut out = Vec::new();
         let mut next_after = None;
         let mut consider = |seq: u64, bytes: &[u8]| -> Result<bool, AuditError> {
+            if bytes.is_empty() {
+                // Pruned by retention.
+                return Ok(false);
+            }
             let e = Entry::decode(bytes)
                 .map_err(|err| AuditError::Corrupt(format!("entry {seq}: {err}")))?;
             if filter.matches(&e, user_key.as_deref(), subject_key.as_deref()) {
@@ -977,7 +1044,7 @@ fn index_range(inner: &Inner, from: u64, to: u64) -> Result<(), AuditError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
     use crate::store::StoreOptions;
 
     async fn open(dir: &std::path::Path) -> (AuditLog, Store, watch::Sender<bool>) {
@@ -1167,6 +1234,47 @@ mod tests {
         assert!(!report.is_ok());
         let text = format!("{report:?}");
         assert!(text.contains("sequence: 6"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_bodies_keeps_the_tree_and_records_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions { cache_bytes: 1 << 22 }).unwrap();
+        let (_tx, rx) = watch::channel(false);
+        let clock = ManualClock::at_unix_ms(1_800_000_000_000);
+        let log = AuditLog::open(store.clone(), "munich", "swm", "swm-1", clock.clone(), rx)
+            .await
+            .unwrap();
+        for i in 0..10 {
+            log.append(draft("smart-meter-readings", "alice", &format!("s{i}"))).await.unwrap();
+        }
+        clock.advance(Duration::from_secs(40 * 86_400));
+        for i in 0..5 {
+            log.append(draft("air-quality", "bob", &format!("t{i}"))).await.unwrap();
+        }
+        log.checkpoint_now().await.unwrap();
+        let cutoff = u64::try_from(clock.now_unix_ms()).unwrap() - 30 * 86_400_000;
+        let (seq, summary) = log.apply_retention(cutoff).await.unwrap().unwrap();
+        assert_eq!(seq, 15);
+        assert_eq!(summary.pruned, 10);
+        let g = summary
+            .groups
+            .get(&("smart-meter-readings".to_owned(), Some("AcademicResearch".to_owned())))
+            .unwrap();
+        assert_eq!((g.entries, g.allowed), (10, 10));
+        for s in 0..10 {
+            assert_eq!(log.entry_bytes(s).unwrap(), Some(Vec::new()), "body {s} pruned");
+        }
+        // The tree and the signed checkpoints still verify; pruned is not tampered.
+        let report = log.verify_store().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.entries_pruned, 10);
+        // Queries see what is left; the retention entry is itself in the log.
+        let page = log.query(&QueryFilter { limit: 100, ..Default::default() }).unwrap();
+        assert_eq!(page.entries.len(), 6);
+        assert!(matches!(page.entries.last().unwrap().kind, EntryKind::Retention { pruned_count: 10, .. }));
+        // Idempotent: nothing more to prune.
+        assert!(log.apply_retention(cutoff).await.unwrap().is_none());
     }
 
     #[tokio::test]

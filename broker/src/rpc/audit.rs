@@ -213,6 +213,13 @@ impl pb::audit_server::Audit for AuditService {
         while from < size {
             let to = size.min(from + 4096);
             for (seq, bytes) in log.entry_range(from, to).map_err(ApiError::from)? {
+                if bytes.is_empty() {
+                    // Pruned by retention: only its leaf hash remains.
+                    if first.is_some() {
+                        slots.push((seq, BundleSlot::Pruned));
+                    }
+                    continue;
+                }
                 let t = Entry::decode(&bytes).map(|e| e.time_ms).unwrap_or(0);
                 let inside = t >= r.from_ms && (r.to_ms == 0 || t < r.to_ms);
                 if inside {
