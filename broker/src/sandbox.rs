@@ -258,20 +258,7 @@ impl Sandbox {
             sandbox.nodes.push(node::start(c, clock.clone()).await?);
         }
         // With free ports, peers are known only now: tell every node.
-        if sandbox.spec.base_port.is_none() {
-            for n in &sandbox.nodes {
-                let peers = sandbox
-                    .nodes
-                    .iter()
-                    .filter(|m| m.name != n.name)
-                    .map(|m| PeerConfig {
-                        name: m.name.clone(),
-                        endpoint: m.grpc_endpoint(),
-                    })
-                    .collect();
-                n.set_peers(peers);
-            }
-        }
+        sandbox.spread_peers();
         // User profiles point at their organisation's first node.
         for o in &sandbox.spec.orgs {
             let Some(first) = o.nodes.first() else {
@@ -438,24 +425,30 @@ impl Sandbox {
         let cfg = NodeConfig::load(&path)?;
         let handle = node::start(cfg, self.clock.clone()).await?;
         self.nodes.push(handle);
-        if self.spec.base_port.is_none() {
-            for n in &self.nodes {
-                let peers = self
-                    .nodes
-                    .iter()
-                    .filter(|m| m.name != n.name)
-                    .map(|m| PeerConfig {
-                        name: m.name.clone(),
-                        endpoint: m.grpc_endpoint(),
-                    })
-                    .collect();
-                n.set_peers(peers);
-            }
-        }
+        self.spread_peers();
         self.nodes.last().ok_or_else(|| SandboxError::Io {
             path: PathBuf::from(name),
             source: std::io::Error::other("node vanished"),
         })
+    }
+
+    /// With free ports, tells every node the current endpoints of the others.
+    fn spread_peers(&self) {
+        if self.spec.base_port.is_some() {
+            return;
+        }
+        for n in &self.nodes {
+            let peers = self
+                .nodes
+                .iter()
+                .filter(|m| m.name != n.name)
+                .map(|m| PeerConfig {
+                    name: m.name.clone(),
+                    endpoint: m.grpc_endpoint(),
+                })
+                .collect();
+            n.set_peers(peers);
+        }
     }
 
     /// A running node by name.
