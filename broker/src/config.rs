@@ -302,7 +302,10 @@ impl NodeConfig {
         }
         let audit_retention_days = match env("ALLMENDE_AUDIT_RETENTION_DAYS") {
             Some(v) => Some(v.parse::<u32>().map_err(|_| {
-                invalid("audit.retention_days", format!("`{v}` is not a whole number of days"))
+                invalid(
+                    "audit.retention_days",
+                    format!("`{v}` is not a whole number of days"),
+                )
             })?),
             None => raw.audit.and_then(|a| a.retention_days),
         };

@@ -979,6 +979,32 @@ HH-000009,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n"
         assert!(c.withdraw("bad id", None, None, "x").await.is_err());
     }
 
+    #[tokio::test]
+    async fn the_demo_consent_file_imports_whole() {
+        let data = tempfile::tempdir().unwrap();
+        let spec = allmende_connectors::sample::SampleSpec::default();
+        let files = allmende_connectors::sample::write_demo_data(data.path(), &spec).unwrap();
+        let csv = std::fs::read(&files.consent_csv).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), ManualClock::at_unix_ms(spec.start * 1000));
+        let r = c.import_csv(DS, &csv).await.unwrap();
+        assert_eq!((r.rows, r.stored), (files.consent_rows, files.consent_rows));
+        // The fixed households of the stories.
+        let research = c.permitted_subjects(DS, Purpose::AcademicResearch, spec.start);
+        assert!(research.contains("HH-000001"));
+        for (subject, status) in [
+            ("HH-000002", Some(ConsentStatus::Refused)),
+            ("HH-000003", Some(ConsentStatus::Withdrawn)),
+            ("HH-000004", None),
+        ] {
+            assert!(!research.contains(subject), "{subject}");
+            assert_eq!(c.record(DS, subject).map(|r| r.status), status, "{subject}");
+        }
+        // Roughly the documented mix (about 55 % for research).
+        let share = research.len() * 100 / spec.households;
+        assert!((35..=75).contains(&share), "{share} %");
+    }
+
     #[test]
     fn the_sample_header_and_time_format_are_accepted() {
         let names: Vec<String> = allmende_connectors::sample::consent_fields()

@@ -71,6 +71,10 @@ pub enum DemoError {
         "`{0}` exists and is not an allmende demo directory; choose another `--dir` or remove it"
     )]
     Occupied(PathBuf),
+    #[error(
+        "a demo is still running in `{dir}` (pid {pid}); stop it first or choose another `--dir`"
+    )]
+    Running { dir: PathBuf, pid: u32 },
     #[error("demo directory `{path}`: {source}")]
     Io {
         path: PathBuf,
@@ -91,15 +95,32 @@ pub fn fresh_dir(dir: &Path) -> Result<(), DemoError> {
     };
     if dir.exists() {
         let empty = std::fs::read_dir(dir).map_err(io)?.next().is_none();
-        if !empty && !dir.join(DEMO_MARKER).exists() {
+        let marker = dir.join(DEMO_MARKER);
+        if !empty && !marker.exists() {
             return Err(DemoError::Occupied(dir.to_path_buf()));
+        }
+        // Never wipe the directory of a demo that is still running.
+        if let Ok(text) = std::fs::read_to_string(&marker)
+            && let Some(pid) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("pid ")?.trim().parse::<u32>().ok())
+            && pid != std::process::id()
+            && Path::new(&format!("/proc/{pid}")).exists()
+        {
+            return Err(DemoError::Running {
+                dir: dir.to_path_buf(),
+                pid,
+            });
         }
         std::fs::remove_dir_all(dir).map_err(io)?;
     }
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::write(
         dir.join(DEMO_MARKER),
-        "created by `allmende demo`; safe to delete\n",
+        format!(
+            "created by `allmende demo`; safe to delete when it has stopped\npid {}\n",
+            std::process::id()
+        ),
     )
     .map_err(io)?;
     Ok(())

@@ -525,7 +525,10 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
                     _ = rx.wait_for(|s| *s) => return Ok(()),
                 }
                 let cutoff = clock.now_unix_ms() - i64::from(days) * 86_400_000;
-                if let Err(e) = audit.apply_retention(u64::try_from(cutoff).unwrap_or(0)).await {
+                if let Err(e) = audit
+                    .apply_retention(u64::try_from(cutoff).unwrap_or(0))
+                    .await
+                {
                     tracing::warn!(error = %e, "audit retention not applied");
                 }
             }

@@ -535,12 +535,7 @@ impl AuditLog {
             .map_err(|e| AuditError::Invalid(e.to_string()))?;
         // First the retention entry (durable), then the deletion.
         let seq = self
-            .append(Draft::new(
-                &self.inner.org,
-                "retention",
-                "audit-log",
-                kind,
-            ))
+            .append(Draft::new(&self.inner.org, "retention", "audit-log", kind))
             .await?;
         let summaries: RawTable<u64> = self.inner.store.raw_table(TableName::AuditRetention)?;
         let mut b = WriteBatch::new();
@@ -549,7 +544,11 @@ impl AuditLog {
             b.put_raw(&self.inner.entries, p, Vec::new());
         }
         self.inner.store.commit_durable(b).await?;
-        tracing::info!(pruned = plan.prunable.len(), retention_entry = seq, "audit retention applied");
+        tracing::info!(
+            pruned = plan.prunable.len(),
+            retention_entry = seq,
+            "audit retention applied"
+        );
         Ok(Some((seq, plan.summary)))
     }
 
@@ -1239,18 +1238,28 @@ mod tests {
     #[tokio::test]
     async fn retention_prunes_bodies_keeps_the_tree_and_records_a_summary() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions { cache_bytes: 1 << 22 }).unwrap();
+        let store = Store::open(
+            dir.path(),
+            &StoreOptions {
+                cache_bytes: 1 << 22,
+            },
+        )
+        .unwrap();
         let (_tx, rx) = watch::channel(false);
         let clock = ManualClock::at_unix_ms(1_800_000_000_000);
         let log = AuditLog::open(store.clone(), "munich", "swm", "swm-1", clock.clone(), rx)
             .await
             .unwrap();
         for i in 0..10 {
-            log.append(draft("smart-meter-readings", "alice", &format!("s{i}"))).await.unwrap();
+            log.append(draft("smart-meter-readings", "alice", &format!("s{i}")))
+                .await
+                .unwrap();
         }
         clock.advance(Duration::from_secs(40 * 86_400));
         for i in 0..5 {
-            log.append(draft("air-quality", "bob", &format!("t{i}"))).await.unwrap();
+            log.append(draft("air-quality", "bob", &format!("t{i}")))
+                .await
+                .unwrap();
         }
         log.checkpoint_now().await.unwrap();
         let cutoff = u64::try_from(clock.now_unix_ms()).unwrap() - 30 * 86_400_000;
@@ -1259,20 +1268,38 @@ mod tests {
         assert_eq!(summary.pruned, 10);
         let g = summary
             .groups
-            .get(&("smart-meter-readings".to_owned(), Some("AcademicResearch".to_owned())))
+            .get(&(
+                "smart-meter-readings".to_owned(),
+                Some("AcademicResearch".to_owned()),
+            ))
             .unwrap();
         assert_eq!((g.entries, g.allowed), (10, 10));
         for s in 0..10 {
-            assert_eq!(log.entry_bytes(s).unwrap(), Some(Vec::new()), "body {s} pruned");
+            assert_eq!(
+                log.entry_bytes(s).unwrap(),
+                Some(Vec::new()),
+                "body {s} pruned"
+            );
         }
         // The tree and the signed checkpoints still verify; pruned is not tampered.
         let report = log.verify_store().unwrap();
         assert!(report.is_ok(), "{report:?}");
         assert_eq!(report.entries_pruned, 10);
         // Queries see what is left; the retention entry is itself in the log.
-        let page = log.query(&QueryFilter { limit: 100, ..Default::default() }).unwrap();
+        let page = log
+            .query(&QueryFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(page.entries.len(), 6);
-        assert!(matches!(page.entries.last().unwrap().kind, EntryKind::Retention { pruned_count: 10, .. }));
+        assert!(matches!(
+            page.entries.last().unwrap().kind,
+            EntryKind::Retention {
+                pruned_count: 10,
+                ..
+            }
+        ));
         // Idempotent: nothing more to prune.
         assert!(log.apply_retention(cutoff).await.unwrap().is_none());
     }

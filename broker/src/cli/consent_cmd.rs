@@ -36,6 +36,7 @@ pub enum ConsentCmd {
         profile: Option<PathBuf>,
     },
     /// Show a subject's consent records.
+    #[command(alias = "get")]
     Show {
         /// The data subject.
         #[arg(long)]

@@ -36,9 +36,35 @@ pub fn free_base_port() -> u16 {
     panic!("no free port range");
 }
 
+/// A spawned binary that is killed when the test ends, also on a failed
+/// assertion, so no node outlives its test.
+pub struct Spawned(pub Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Spawns the binary and waits until a stdout line contains `ready`;
 /// returns the child and every stdout line read so far.
-pub fn spawn_until(args: &[&str], ready: &str, env: &[(&str, &str)]) -> (Child, Vec<String>) {
+pub fn spawn_until(args: &[&str], ready: &str, env: &[(&str, &str)]) -> (Spawned, Vec<String>) {
     let mut cmd = bin();
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
@@ -66,7 +92,7 @@ pub fn spawn_until(args: &[&str], ready: &str, env: &[(&str, &str)]) -> (Child, 
                 if done {
                     // Keep draining in the background so the child never blocks on stdout.
                     std::thread::spawn(move || while rx.recv().is_ok() {});
-                    return (child, lines);
+                    return (Spawned(child), lines);
                 }
             }
             Err(_) => {
