@@ -146,7 +146,13 @@ pub fn status_failure(s: &tonic::Status) -> Failure {
     let code = match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => 5,
         tonic::Code::Unknown if cert_refused => 5,
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => 4,
+        // A connection the node closed (e.g. after refusing our certificate
+        // once the handshake had completed on our side) arrives as
+        // Unknown or Cancelled without a status from the node.
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Unknown
+        | tonic::Code::Cancelled => 4,
         tonic::Code::InvalidArgument | tonic::Code::NotFound => 3,
         _ => 1,
     };
