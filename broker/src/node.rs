@@ -539,10 +539,10 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     tasks.push(tokio::spawn({
         let ctx = ctx.clone();
         let peers = peer_list.clone();
-        let material = material.clone();
+        let tls = crate::rpc::catalog::peer_client_config(&material, &config.cert)?;
         let rx = shutdown_rx.clone();
         async move {
-            crate::audit::witness::run(ctx, peers, material, rx).await;
+            crate::audit::witness::run(ctx, peers, tls, rx).await;
             Ok(())
         }
     }));

@@ -15,7 +15,6 @@ use crate::error::ApiError;
 use crate::pki::Principal;
 use crate::rpc::ctx::NodeCtx;
 use crate::store::{StoreError, Table, TableName, WriteBatch};
-use crate::tls::TlsMaterial;
 use allmende_audit::{Hash, TreeHead, VerifierKey, WitnessState};
 use allmende_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -85,10 +84,11 @@ pub type SharedPeers = Arc<RwLock<Vec<PeerConfig>>>;
 pub async fn run(
     ctx: NodeCtx,
     peers: SharedPeers,
-    material: TlsMaterial,
+    tls: Arc<rustls::ClientConfig>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut channels: HashMap<String, tonic::transport::Channel> = HashMap::new();
+    // Peers by configured name → (verified identity `<org>/<node>`, channel).
+    let mut channels: HashMap<String, (String, tonic::transport::Channel)> = HashMap::new();
     let mut rollback_checked: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(WITNESS_INTERVAL);
     loop {
@@ -98,26 +98,35 @@ pub async fn run(
         }
         let list = peers.read().map(|p| p.clone()).unwrap_or_default();
         for peer in list {
-            let ch = match channels.get(&peer.name) {
+            let (who, ch) = match channels.get(&peer.name) {
                 Some(c) => c.clone(),
-                None => match crate::tls::connect(&peer.endpoint, &material).await {
-                    Ok(c) => {
-                        channels.insert(peer.name.clone(), c.clone());
-                        c
+                None => {
+                    // The server's certificate must identify a node of a
+                    // member organisation; pins are bound to that identity.
+                    match crate::rpc::catalog::connect_peer(&peer.endpoint, tls.clone(), &ctx.trust)
+                        .await
+                    {
+                        Ok(v) => {
+                            let who = format!("{}/{}", v.organisation, v.node);
+                            if v.organisation == ctx.organisation && v.node == ctx.node {
+                                continue;
+                            }
+                            channels.insert(peer.name.clone(), (who.clone(), v.channel.clone()));
+                            (who, v.channel)
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %peer.name, error = %e, "peer unreachable");
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(peer = %peer.name, error = %e, "peer unreachable");
-                        continue;
-                    }
-                },
+                }
             };
             let mut client = pb::audit_client::AuditClient::new(ch);
-            if !rollback_checked.contains(&peer.name)
-                && check_own_rollback(&ctx, &peer.name, &mut client).await
+            if !rollback_checked.contains(&who) && check_own_rollback(&ctx, &who, &mut client).await
             {
-                rollback_checked.insert(peer.name.clone());
+                rollback_checked.insert(who.clone());
             }
-            if let Err(e) = witness_peer(&ctx, &peer.name, &mut client).await {
+            if let Err(e) = witness_peer(&ctx, &who, &mut client).await {
                 tracing::debug!(peer = %peer.name, error = %e, "witnessing failed");
                 if matches!(e, WitnessFailure::Transport(_)) {
                     channels.remove(&peer.name);

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum PolicyCmd {
     /// Validate a policy directory (schema.cedarschema + *.cedar) offline,
     /// strictly; errors name file and line. Without DIR: the bundled set.
