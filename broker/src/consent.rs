@@ -295,6 +295,11 @@ impl ConsentStore {
         })
     }
 
+    /// The store's clock reading (Unix seconds).
+    pub fn now(&self) -> i64 {
+        self.clock.now_unix_secs()
+    }
+
     /// The controller organisation.
     pub fn controller(&self) -> &str {
         &self.controller

@@ -460,6 +460,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .add_service(
             crate::rpc::ConsentService {
                 consent: consent.clone(),
+                audit: audit.clone(),
             }
             .server(),
         );

@@ -255,6 +255,12 @@ async fn consent_filters_rows_pseudonymises_and_withdrawal_applies_next_fetch() 
         .filter(|e| e.kind == "release_completion")
         .collect();
     assert_eq!(releases.len(), 1, "the first fetch only: {mine:?}");
+    assert!(
+        mine.entries
+            .iter()
+            .any(|e| e.kind == "consent_change" && e.action == "withdraw_consent"),
+        "the withdrawal itself is in the household's view: {mine:?}"
+    );
     assert_eq!(releases[0].organisation, "tum");
     assert_eq!(releases[0].purpose, "AcademicResearch");
     // The audit log has the filtered count; the client never saw it.

@@ -22,6 +22,33 @@ pub const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ConsentService {
     pub consent: Arc<ConsentStore>,
+    /// Every consent change is written to the node's audit log before it
+    /// takes effect; if it cannot be written, nothing changes.
+    pub audit: crate::audit::AuditLog,
+}
+
+impl ConsentService {
+    async fn record(
+        &self,
+        p: &crate::pki::Principal,
+        action: &str,
+        resource: &str,
+        status: allmende_audit::ConsentStatus,
+        subjects: Vec<String>,
+    ) -> Result<(), ApiError> {
+        let mut d = crate::audit::Draft::new(
+            &p.organisation,
+            action,
+            resource,
+            allmende_audit::EntryKind::ConsentChange { status },
+        );
+        if let crate::pki::Subject::User(u) = &p.subject {
+            d.user = Some(u.clone());
+        }
+        d.subjects = subjects;
+        self.audit.append(d).await?;
+        Ok(())
+    }
 }
 
 impl ConsentService {
@@ -91,6 +118,20 @@ impl pb::consent_server::Consent for ConsentService {
             ))
             .into());
         }
+        // Validate the whole file first: a refused file changes nothing and
+        // is not a consent change.
+        let now = self.consent.now();
+        self.consent
+            .parse_csv(&r.dataset, &r.csv, now)
+            .map_err(ApiError::from)?;
+        self.record(
+            &p,
+            "import_consent",
+            &r.dataset,
+            allmende_audit::ConsentStatus::Given,
+            Vec::new(),
+        )
+        .await?;
         let report = self
             .consent
             .import_csv(&r.dataset, &r.csv)
@@ -114,6 +155,14 @@ impl pb::consent_server::Consent for ConsentService {
         if let Some(pp) = purpose {
             tracing::Span::current().record("purpose", tracing::field::display(pp));
         }
+        self.record(
+            &p,
+            "withdraw_consent",
+            dataset.unwrap_or("*"),
+            allmende_audit::ConsentStatus::Withdrawn,
+            vec![r.subject_id.clone()],
+        )
+        .await?;
         let report = self
             .consent
             .withdraw(&r.subject_id, dataset, purpose, &p.uri())
