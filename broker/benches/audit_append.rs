@@ -78,7 +78,7 @@ async fn open(dir: &std::path::Path) -> (AuditLog, Store, tokio::sync::watch::Se
 }
 
 /// Runs `writers` concurrent appenders for `secs`; returns (entries, seconds, mean group size).
-async fn run_log(writers: usize, secs: f64) -> (u64, f64, f64, usize) {
+async fn run_log(writers: usize, secs: f64) -> (u64, f64, f64, usize, f64) {
     let dir = tempfile::tempdir().unwrap();
     let (log, _store, stop_log) = open(dir.path()).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -103,6 +103,8 @@ async fn run_log(writers: usize, secs: f64) -> (u64, f64, f64, usize) {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let n = done.load(Ordering::SeqCst);
+    let (groups, grouped) = log.group_stats();
+    let mean_group = grouped as f64 / groups.max(1) as f64;
     let entry_len = log.entry_bytes(0).unwrap().map_or(0, |b| b.len());
     // Index lag: how long until the indexes cover everything written.
     let t = Instant::now();
@@ -112,7 +114,7 @@ async fn run_log(writers: usize, secs: f64) -> (u64, f64, f64, usize) {
     let lag = t.elapsed().as_secs_f64();
     let _ = stop_log.send(true);
     log.closed().await;
-    (n, elapsed, lag, entry_len)
+    (n, elapsed, lag, entry_len, mean_group)
 }
 
 /// Raw sled: the same number of entries of the same size, in batches of
@@ -173,14 +175,13 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for writers in [1usize, 16, 256] {
-        let (n, elapsed, lag, entry_len) = rt.block_on(run_log(writers, secs));
+        let (n, elapsed, lag, entry_len, mean_group) = rt.block_on(run_log(writers, secs));
         let rate = n as f64 / elapsed;
-        // The writer groups whatever is pending; with W writers each group
-        // holds about W entries (bounded by 4096).
-        let group = (writers as u64).clamp(1, 4096);
+        // The baseline writes batches of the group size the log achieved.
+        let group = (mean_group.round() as u64).max(1);
         let sled_rate = run_sled(n.min(200_000).max(group * 20), entry_len, group);
         println!(
-            "| {writers} | {rate:.0} | ~{group} | {sled_rate:.0} | {:.2} | {:.0} ms |",
+            "| {writers} | {rate:.0} | {mean_group:.1} | {sled_rate:.0} | {:.2} | {:.0} ms |",
             rate / sled_rate,
             lag * 1000.0
         );

@@ -554,6 +554,19 @@ impl Store {
                 names.push(n);
             }
         }
+        if let [only] = names.as_slice() {
+            // One tree: sled applies a batch atomically without the cost of
+            // a multi-tree transaction.
+            let mut b = sled::Batch::default();
+            for op in batch.ops {
+                match op {
+                    Op::Put(_, k, v) => b.insert(k, v),
+                    Op::Remove(_, k) => b.remove(k),
+                }
+            }
+            self.db.open_tree(only.as_str())?.apply_batch(b)?;
+            return Ok(());
+        }
         let trees = names
             .iter()
             .map(|n| self.db.open_tree(n.as_str()))
