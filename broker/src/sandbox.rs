@@ -148,7 +148,9 @@ impl Sandbox {
         clock: SharedClock,
     ) -> Result<Self, SandboxError> {
         let (root, tempdir) = match dir {
-            Some(d) => (d, None),
+            // Config files name absolute paths, so a relative directory
+            // (the demo's default) does not resolve twice.
+            Some(d) => (std::path::absolute(&d).map_err(io_err(&d))?, None),
             None => {
                 let t = tempfile::Builder::new()
                     .prefix("allmende-sandbox-")

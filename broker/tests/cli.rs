@@ -20,20 +20,12 @@ fn stderr(o: &std::process::Output) -> String {
 
 #[test]
 fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
+    // As README runs it: the default, relative directory under the current one.
     let dir = tempfile::tempdir().unwrap();
-    let demo_dir = dir.path().join("demo");
+    let demo_dir = dir.path().join("allmende-demo");
     let base = free_base_port().to_string();
-    let (mut child, lines) = spawn_until(
-        &[
-            "demo",
-            "--dir",
-            demo_dir.to_str().unwrap(),
-            "--base-port",
-            &base,
-        ],
-        "Press Ctrl-C",
-        &[],
-    );
+    let (mut child, lines) =
+        spawn_until_in(dir.path(), &["demo", "--base-port", &base], "Press Ctrl-C");
     let banner = lines.join("\n");
     for org in ["stadt", "swm", "tum", "scooter-co", "versicherung-ag"] {
         assert!(banner.contains(&format!("{org}-1")), "{banner}");

@@ -62,10 +62,27 @@ impl Drop for Spawned {
     }
 }
 
+/// Like [`spawn_until`], in working directory `cwd`.
+pub fn spawn_until_in(cwd: &Path, args: &[&str], ready: &str) -> (Spawned, Vec<String>) {
+    spawn_inner(Some(cwd), args, ready, &[])
+}
+
 /// Spawns the binary and waits until a stdout line contains `ready`;
 /// returns the child and every stdout line read so far.
 pub fn spawn_until(args: &[&str], ready: &str, env: &[(&str, &str)]) -> (Spawned, Vec<String>) {
+    spawn_inner(None, args, ready, env)
+}
+
+fn spawn_inner(
+    cwd: Option<&Path>,
+    args: &[&str],
+    ready: &str,
+    env: &[(&str, &str)],
+) -> (Spawned, Vec<String>) {
     let mut cmd = bin();
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
