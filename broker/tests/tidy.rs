@@ -1,5 +1,5 @@
 //! Tidy checks over the workspace sources: every Rust module starts with a
-//! `//!` doc comment, and no `todo!()`/`unimplemented!()` is left in
+//! `//!` doc comment, and no placeholder macro (`todo`, `unimplemented`) is left in
 //! shipped code.
 
 #![allow(
@@ -53,7 +53,8 @@ fn every_module_starts_with_a_doc_comment_and_nothing_is_left_undone() {
             bad.push(format!("{}: does not start with `//!`", f.display()));
         }
         let shipped = f.components().any(|c| c.as_os_str() == "src");
-        for needle in ["todo!(", "unimplemented!("] {
+        // Spelled in two parts so that this file does not match itself.
+        for needle in [concat!("todo", "!("), concat!("unimplemented", "!(")] {
             if shipped && text.contains(needle) {
                 bad.push(format!("{}: contains {needle}", f.display()));
             }
