@@ -147,6 +147,34 @@ async fn story_8_dpo_queries_exports_and_verifies_offline() {
     let report = allmende_audit::verify_bundle(&bundle.bundle, &trust);
     assert!(report.is_ok(), "{:?}", report.failures);
     assert!(report.cosignatures.len() >= 2);
+    // The node itself offers the keys for a trust file: its log key and the
+    // witness keys it pinned for its peers; they match the peers' own keys.
+    let st = dpo
+        .status(pb::AuditStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut peers: Vec<String> = sb
+        .nodes
+        .iter()
+        .filter(|n| n.name != "swm-1")
+        .map(|n| n.audit.witness_vkey())
+        .collect();
+    peers.sort();
+    let mut pinned = st.peer_witness_vkeys.clone();
+    pinned.sort();
+    assert_eq!(pinned, peers);
+    let mut t = format!(
+        "witness_quorum = {}\n[[log]]\norigin = \"{}\"\nkeys = [\"{}\"]\n",
+        pinned.len(),
+        st.origin,
+        st.log_vkey
+    );
+    for k in &pinned {
+        t.push_str(&format!("[[witness]]\nkey = \"{k}\"\n"));
+    }
+    let from_node = allmende_audit::TrustFile::from_toml(&t).unwrap();
+    assert!(allmende_audit::verify_bundle(&bundle.bundle, &from_node).is_ok());
     // One edited byte in an entry of the bundle is detected and named.
     let needle = b"smart-meter-readings";
     let pos = bundle

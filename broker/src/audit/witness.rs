@@ -48,6 +48,17 @@ pub fn witnessed(ctx: &NodeCtx, origin: &str) -> Result<Option<WitnessRecord>, S
     table(&ctx.store)?.get(&format!("state:{origin}"))
 }
 
+/// Witness keys pinned for the peers that cosign this node's log.
+pub fn pinned_witness_keys(ctx: &NodeCtx) -> Result<Vec<String>, StoreError> {
+    let t = pins(&ctx.store)?;
+    Ok(t.entries()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("pin-witness:"))
+        .map(|(_, v)| v)
+        .collect())
+}
+
 /// Findings of this node's audit log (split views seen, own rollback).
 pub fn findings(log: &AuditLog) -> Vec<String> {
     log.findings()

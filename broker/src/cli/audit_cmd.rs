@@ -340,10 +340,31 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
                 .await
                 .map_err(|s| status_failure(&s))?
                 .into_inner();
-            println!(
-                "[[log]]\norigin = \"{}\"\nkeys = [\"{}\"]\n\n[[witness]]\nkey = \"{}\"",
-                r.origin, r.log_vkey, r.witness_vkey
+            // A trust file for this node's log: its log key and the witness
+            // keys of the peers that cosign it (pinned by the node on first
+            // use — compare them with the peers' operators before trusting).
+            let mut out = format!(
+                "# keys.toml for the audit log of `{}`; check the keys out of band\n",
+                r.origin
             );
+            if !r.peer_witness_vkeys.is_empty() {
+                out.push_str(&format!(
+                    "witness_quorum = {}\n",
+                    r.peer_witness_vkeys.len()
+                ));
+            }
+            out.push_str(&format!(
+                "\n[[log]]\norigin = \"{}\"\nkeys = [\"{}\"]\n",
+                r.origin, r.log_vkey
+            ));
+            for k in &r.peer_witness_vkeys {
+                out.push_str(&format!("\n[[witness]]\nkey = \"{k}\"\n"));
+            }
+            out.push_str(&format!(
+                "\n# this node as a witness of other logs:\n# [[witness]]\n# key = \"{}\"\n",
+                r.witness_vkey
+            ));
+            print!("{out}");
             Ok(())
         }
     }

@@ -290,6 +290,8 @@ impl pb::audit_server::Audit for AuditService {
             witness_vkey: s.witness_vkey,
             cosignatures_on_latest: u32::try_from(cosigs).unwrap_or(u32::MAX),
             findings: crate::audit::witness::findings(&self.ctx.audit),
+            peer_witness_vkeys: crate::audit::witness::pinned_witness_keys(&self.ctx)
+                .map_err(ApiError::from)?,
         }))
     }
 
