@@ -50,13 +50,17 @@ pub fn witnessed(ctx: &NodeCtx, origin: &str) -> Result<Option<WitnessRecord>, S
 
 /// Witness keys pinned for the peers that cosign this node's log.
 pub fn pinned_witness_keys(ctx: &NodeCtx) -> Result<Vec<String>, StoreError> {
-    let t = pins(&ctx.store)?;
-    Ok(t.entries()
-        .unwrap_or_default()
+    // The tree also holds witness states (other value types): scan by prefix.
+    let raw: crate::store::RawTable<Vec<u8>> = ctx.store.raw_table(TableName::WitnessState)?;
+    raw.scan_prefix(b"pin-witness:")?
         .into_iter()
-        .filter(|(k, _)| k.starts_with("pin-witness:"))
-        .map(|(_, v)| v)
-        .collect())
+        .map(|(_, v)| {
+            serde_json::from_slice::<String>(&v).map_err(|e| StoreError::Corrupt {
+                table: "witness_state",
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Findings of this node's audit log (split views seen, own rollback).
