@@ -500,16 +500,7 @@ fn policy_validate_and_offline_explain() {
     assert!(out.status.success(), "{}", stderr(&out));
     // A broken copy is refused with file and line.
     let dir = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    std::fs::copy(
-        src.join("schema.cedarschema"),
-        dir.path().join("schema.cedarschema"),
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    for e in std::fs::read_dir(src.join("policies")).unwrap().flatten() {
-        std::fs::copy(e.path(), dir.path().join("policies").join(e.file_name())).unwrap();
-    }
+    copy_policies(dir.path());
     let f = dir.path().join("policies/non-use.cedar");
     let text = std::fs::read_to_string(&f).unwrap();
     std::fs::write(&f, text.replacen("forbid (", "forbid ((", 1)).unwrap();
@@ -552,16 +543,7 @@ fn sighup_reload_refuses_a_bad_set_and_keeps_serving() {
     let cfg = onboard(dir.path(), base, base + 100);
     // Serve policies from a directory the operator edits.
     let pdir = dir.path().join("policy");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    std::fs::create_dir_all(pdir.join("policies")).unwrap();
-    std::fs::copy(
-        src.join("schema.cedarschema"),
-        pdir.join("schema.cedarschema"),
-    )
-    .unwrap();
-    for e in std::fs::read_dir(src.join("policies")).unwrap().flatten() {
-        std::fs::copy(e.path(), pdir.join("policies").join(e.file_name())).unwrap();
-    }
+    copy_policies(&pdir);
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!("[policy]\ndir = \"{}\"\n", pdir.display()));
     std::fs::write(&cfg, text).unwrap();
@@ -603,4 +585,18 @@ fn sighup_reload_refuses_a_bad_set_and_keeps_serving() {
     assert!(changed, "valid policy change not loaded on SIGHUP");
     signal(&child, "-TERM");
     assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+}
+
+/// Copies the repository's policy directory (schema + `policies/*.cedar`) to `dest`.
+fn copy_policies(dest: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    std::fs::create_dir_all(dest.join("policies")).unwrap();
+    std::fs::copy(
+        src.join("schema.cedarschema"),
+        dest.join("schema.cedarschema"),
+    )
+    .unwrap();
+    for e in std::fs::read_dir(src.join("policies")).unwrap().flatten() {
+        std::fs::copy(e.path(), dest.join("policies").join(e.file_name())).unwrap();
+    }
 }

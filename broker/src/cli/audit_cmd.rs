@@ -149,6 +149,15 @@ async fn client(
         .max_decoding_message_size(256 * 1024 * 1024))
 }
 
+async fn status(profile: Option<PathBuf>) -> Result<pb::AuditStatusResponse, Failure> {
+    Ok(client(profile)
+        .await?
+        .status(pb::AuditStatusRequest {})
+        .await
+        .map_err(|s| status_failure(&s))?
+        .into_inner())
+}
+
 pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
     match cmd {
         AuditCmd::Query {
@@ -304,12 +313,7 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
             }
         }
         AuditCmd::Status { profile } => {
-            let r = client(profile)
-                .await?
-                .status(pb::AuditStatusRequest {})
-                .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+            let r = status(profile).await?;
             if json {
                 println!(
                     "{}",
@@ -334,12 +338,7 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
             Ok(())
         }
         AuditCmd::Keys { profile } => {
-            let r = client(profile)
-                .await?
-                .status(pb::AuditStatusRequest {})
-                .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+            let r = status(profile).await?;
             // A trust file for this node's log: its log key and the witness
             // keys of the peers that cosign it (pinned by the node on first
             // use — compare them with the peers' operators before trusting).
