@@ -1,10 +1,11 @@
 //! Decision latency: [`Engine::decide`] including the cached entity-snapshot
-//! lookup, the requester lookup, context and request construction and the
-//! explanation, against a bare `Authorizer::is_authorized` on the same,
-//! prepared Cedar request, in the same run — once with the whole policy set
-//! (what a plain integration would call) and once with the scope-filtered
-//! subset the engine evaluates (isolating the engine's own overhead). Prints
-//! p50/p90/p99 of single calls and the ratios after the criterion groups.
+//! lookup, the requester lookup, context and request construction, the
+//! request-shape lookup and the explanation, against a bare
+//! `Authorizer::is_authorized` on the same, prepared Cedar request, in the
+//! same run — once with the whole policy set (what a plain integration would
+//! call) and once with the scope-filtered subset. Prints p50/p90/p99 of single
+//! calls and the ratios after the criterion groups, and the cost of the first
+//! request of a shape on a new snapshot (when the engine prunes).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/common/mod.rs"]
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use allmende_policies::cedar_policy::Authorizer;
 use allmende_policies::{
     Action, ConsentCoverage, DecisionRequest, Engine, EntityStore, Principal, Purpose, Resource,
+    evaluated_policies,
 };
 use criterion::Criterion;
 
@@ -138,13 +140,14 @@ fn main() {
         snapshot.len()
     );
     println!(
-        "{:<21} {:>20} {:>20} {:>23} {:>9} {:>9}",
+        "{:<21} {:>20} {:>20} {:>23} {:>9} {:>10} {:>6}",
         "scenario",
         "engine p50/p90/p99",
         "bare whole set",
         "bare scoped set (n)",
         "eng/whole",
-        "eng/scoped"
+        "eng/scoped",
+        "pruned"
     );
     for s in &scenarios {
         let prepared = engine.cedar_request(&s.request, &snapshot).unwrap();
@@ -178,7 +181,7 @@ fn main() {
         let (b50, b90, b99) = percentiles(bare);
         let (s50, s90, s99) = percentiles(bare_scoped);
         println!(
-            "{:<21} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} ({:>2}) {:>8.2}x {:>9.2}x",
+            "{:<21} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} ({:>2}) {:>8.2}x {:>9.2}x {:>6}",
             s.name,
             us(f50),
             us(f90),
@@ -191,7 +194,35 @@ fn main() {
             us(s99),
             scoped.policies().count(),
             us(f50) / us(b50),
-            us(f50) / us(s50)
+            us(f50) / us(s50),
+            evaluated_policies(&bundle, &s.request, &snapshot).len()
+        );
+    }
+
+    // The first request of a shape on a new snapshot: the engine partially
+    // evaluates the scoped set once, then decides. Every sample builds a new
+    // snapshot (untimed) so that no shape is cached.
+    const COLD: usize = 2_000;
+    println!();
+    println!("first request of a shape on a new snapshot, µs, {COLD} samples each");
+    let mut store = world.store();
+    for s in &scenarios {
+        let mut cold = Vec::with_capacity(COLD);
+        for _ in 0..COLD {
+            let d = store.dataset("air-quality").unwrap().clone();
+            store.upsert_dataset(d);
+            let fresh = store.snapshot().unwrap();
+            let t = Instant::now();
+            black_box(engine.decide(black_box(&s.request), &fresh));
+            cold.push(t.elapsed());
+        }
+        let (c50, c90, c99) = percentiles(cold);
+        println!(
+            "{:<21} p50 {:>6.1}  p90 {:>6.1}  p99 {:>6.1}",
+            s.name,
+            c50.as_secs_f64() * 1e6,
+            c90.as_secs_f64() * 1e6,
+            c99.as_secs_f64() * 1e6
         );
     }
 }

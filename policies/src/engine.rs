@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, EntityUid, PolicyId, Request,
+    Authorizer, Context, Decision as CedarDecision, EntityUid, PolicyId, PolicySet, Request,
     RestrictedExpression,
 };
 use serde::Serialize;
@@ -21,6 +21,7 @@ use crate::loader::{
     PolicyEffect, PolicySource,
 };
 use crate::model::{Action, ConsentCoverage, Purpose};
+use crate::prune::{Shape, ShapeKey};
 
 /// Who asks: a user or node (identity from the certificate and the signed
 /// membership) or the anonymous open-data caller.
@@ -360,7 +361,8 @@ impl Engine {
         request: &DecisionRequest,
         snapshot: &EntitySnapshot,
     ) -> Result<Request, String> {
-        build_request(request, snapshot)
+        let resolved = resolve(request, snapshot)?;
+        build_request(request, &resolved, snapshot)
     }
 }
 
@@ -380,20 +382,90 @@ fn decide_with(
     request: &DecisionRequest,
     snapshot: &EntitySnapshot,
 ) -> Decision {
-    let cedar_request =
-        match check_applies(bundle, request).and_then(|()| build_request(request, snapshot)) {
-            Ok(r) => r,
-            Err(error) => {
-                return Decision {
-                    allowed: false,
-                    deciding: vec![DecidingPolicy::invalid_request()],
-                    errors: vec![error],
-                    policy_set_hash: bundle.hash().to_owned(),
-                    request: request.clone(),
-                };
-            }
-        };
-    let policies = bundle.scoped_policy_set(request.action, &request.principal, &request.resource);
+    decide_inner(authorizer, bundle, request, snapshot, true)
+}
+
+/// Decides without request-shape pruning: every policy of the scoped set is
+/// evaluated. For the equivalence tests and the benchmark.
+#[doc(hidden)]
+pub fn decide_unpruned(
+    bundle: &PolicyBundle,
+    request: &DecisionRequest,
+    snapshot: &EntitySnapshot,
+) -> Decision {
+    decide_inner(&Authorizer::new(), bundle, request, snapshot, false)
+}
+
+/// The policies [`Engine::decide`] evaluates for `request` after scope
+/// filtering and request-shape pruning, as (id, Cedar text) sorted by id;
+/// empty when the request is refused before evaluation. For tests and the
+/// benchmark.
+#[doc(hidden)]
+pub fn evaluated_policies(
+    bundle: &PolicyBundle,
+    request: &DecisionRequest,
+    snapshot: &EntitySnapshot,
+) -> Vec<(String, String)> {
+    let Ok(resolved) = check_applies(bundle, request).and_then(|()| resolve(request, snapshot))
+    else {
+        return Vec::new();
+    };
+    let scoped = bundle.scoped_policy_set(request.action, &request.principal, &request.resource);
+    let shape = shape(bundle, request, &resolved, snapshot);
+    let pruned =
+        snapshot
+            .prune
+            .get_or_prune(&Authorizer::new(), scoped, &snapshot.entities, &shape);
+    let set: &PolicySet = pruned.as_deref().unwrap_or(scoped);
+    let mut policies: Vec<(String, String)> = set
+        .policies()
+        .map(|p| (p.id().to_string(), p.to_string()))
+        .collect();
+    policies.sort();
+    policies
+}
+
+fn decide_inner(
+    authorizer: &Authorizer,
+    bundle: &PolicyBundle,
+    request: &DecisionRequest,
+    snapshot: &EntitySnapshot,
+    prune: bool,
+) -> Decision {
+    let resolved = match check_applies(bundle, request).and_then(|()| resolve(request, snapshot)) {
+        Ok(r) => r,
+        Err(error) => {
+            return Decision {
+                allowed: false,
+                deciding: vec![DecidingPolicy::invalid_request()],
+                errors: vec![error],
+                policy_set_hash: bundle.hash().to_owned(),
+                request: request.clone(),
+            };
+        }
+    };
+    let cedar_request = match build_request(request, &resolved, snapshot) {
+        Ok(r) => r,
+        Err(error) => {
+            return Decision {
+                allowed: false,
+                deciding: vec![DecidingPolicy::invalid_request()],
+                errors: vec![error],
+                policy_set_hash: bundle.hash().to_owned(),
+                request: request.clone(),
+            };
+        }
+    };
+    let scoped = bundle.scoped_policy_set(request.action, &request.principal, &request.resource);
+    let pruned = if prune {
+        let shape = shape(bundle, request, &resolved, snapshot);
+        snapshot
+            .prune
+            .get_or_prune(authorizer, scoped, &snapshot.entities, &shape)
+    } else {
+        None
+    };
+    let policies: &PolicySet = pruned.as_deref().unwrap_or(scoped);
     let response = authorizer.is_authorized(&cedar_request, policies, &snapshot.entities);
     let diagnostics = response.diagnostics();
     let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
@@ -499,7 +571,15 @@ fn check_applies(bundle: &PolicyBundle, request: &DecisionRequest) -> Result<(),
     Ok(())
 }
 
-fn build_request(request: &DecisionRequest, s: &EntitySnapshot) -> Result<Request, String> {
+/// The entities a request names, looked up in the snapshot.
+struct Resolved<'s> {
+    principal: &'s PrincipalInfo,
+    resource: EntityUid,
+    grant: Option<&'s EntityUid>,
+    obligation: Option<&'s EntityUid>,
+}
+
+fn resolve<'s>(request: &DecisionRequest, s: &'s EntitySnapshot) -> Result<Resolved<'s>, String> {
     let principal: &PrincipalInfo = match &request.principal {
         Principal::User(id) => s
             .users
@@ -512,8 +592,68 @@ fn build_request(request: &DecisionRequest, s: &EntitySnapshot) -> Result<Reques
         Principal::Public => &s.public,
     };
     let resource = resource_uid(&request.resource, s)?;
-    let names = &s.names;
+    let grant = match &request.grant {
+        Some(g) => Some(
+            s.grants
+                .get(g.as_str())
+                .ok_or_else(|| unknown("grant", g))?,
+        ),
+        None => None,
+    };
+    let obligation = match &request.obligation {
+        Some(o) => Some(
+            s.obligations
+                .get(o.as_str())
+                .ok_or_else(|| unknown("obligation", o))?,
+        ),
+        None => None,
+    };
+    Ok(Resolved {
+        principal,
+        resource,
+        grant,
+        obligation,
+    })
+}
 
+/// The stable part of a request, for [`crate::prune`].
+fn shape<'s>(
+    bundle: &PolicyBundle,
+    request: &DecisionRequest,
+    r: &Resolved<'_>,
+    s: &'s EntitySnapshot,
+) -> Shape<'s> {
+    let names = &s.names;
+    let principal_type = match &request.principal {
+        Principal::User(_) => &names.user,
+        Principal::Node(_) => &names.node,
+        Principal::Public => &names.public,
+    };
+    Shape {
+        key: ShapeKey {
+            bundle: bundle.serial,
+            action: request.action,
+            principal_bit: request.principal.bit(),
+            requester_org: r.principal.org.clone(),
+            resource: r.resource.clone(),
+            purpose: request.purpose,
+            grant: r.grant.cloned(),
+            obligation: r.obligation.cloned(),
+        },
+        principal_type,
+        action_uid: names.action(request.action),
+        purpose_uid: request.purpose.map(|p| names.purpose(p)),
+        kind_uid: names.kind(r.principal.kind),
+    }
+}
+
+fn build_request(
+    request: &DecisionRequest,
+    r: &Resolved<'_>,
+    s: &EntitySnapshot,
+) -> Result<Request, String> {
+    let names = &s.names;
+    let principal = r.principal;
     let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(8);
     if let Some(p) = request.purpose {
         pairs.push((
@@ -533,21 +673,13 @@ fn build_request(request: &DecisionRequest, s: &EntitySnapshot) -> Result<Reques
         "requester_kind".to_owned(),
         RestrictedExpression::new_entity_uid(names.kind(principal.kind).clone()),
     ));
-    if let Some(g) = &request.grant {
-        let uid = s
-            .grants
-            .get(g.as_str())
-            .ok_or_else(|| unknown("grant", g))?;
+    if let Some(uid) = r.grant {
         pairs.push((
             "grant".to_owned(),
             RestrictedExpression::new_entity_uid(uid.clone()),
         ));
     }
-    if let Some(o) = &request.obligation {
-        let uid = s
-            .obligations
-            .get(o.as_str())
-            .ok_or_else(|| unknown("obligation", o))?;
+    if let Some(uid) = r.obligation {
         pairs.push((
             "obligation".to_owned(),
             RestrictedExpression::new_entity_uid(uid.clone()),
@@ -574,7 +706,7 @@ fn build_request(request: &DecisionRequest, s: &EntitySnapshot) -> Result<Reques
     Request::new(
         principal.uid.clone(),
         names.action(request.action).clone(),
-        resource,
+        r.resource.clone(),
         context,
         None,
     )

@@ -16,6 +16,7 @@ use crate::model::{
     GrantState, LegalBasis, Node, Obligation, OrgKind, Organisation, Purpose, RequestState, Role,
     User,
 };
+use crate::prune::PruneCache;
 
 /// Id of the organisation standing for the general public: the anonymous
 /// open-data caller acts on its behalf. Added with kind `public` when the
@@ -54,6 +55,7 @@ pub(crate) struct Names {
     pub(crate) organisation: EntityTypeName,
     pub(crate) user: EntityTypeName,
     pub(crate) node: EntityTypeName,
+    pub(crate) public: EntityTypeName,
     pub(crate) federation: EntityTypeName,
     pub(crate) dataset: EntityTypeName,
     pub(crate) grant: EntityTypeName,
@@ -96,9 +98,10 @@ impl Names {
             user: type_name("Allmende::User")?,
             node: type_name("Allmende::Node")?,
             public_principal: EntityUid::from_type_name_and_id(
-                public,
+                public.clone(),
                 EntityId::new(PUBLIC_PRINCIPAL_ID),
             ),
+            public,
             federation: type_name("Allmende::Federation")?,
             dataset: type_name("Allmende::Dataset")?,
             grant: type_name("Allmende::Grant")?,
@@ -159,6 +162,8 @@ pub struct EntitySnapshot {
     pub(crate) obligations: HashMap<String, EntityUid>,
     pub(crate) audit_logs: HashMap<String, EntityUid>,
     pub(crate) federations: HashMap<String, EntityUid>,
+    /// Pruned policy sets by request shape (see [`crate::prune`]).
+    pub(crate) prune: PruneCache,
 }
 
 impl EntitySnapshot {
@@ -171,6 +176,12 @@ impl EntitySnapshot {
     /// benchmark's bare baseline).
     pub fn entities(&self) -> &Entities {
         &self.entities
+    }
+
+    /// Number of request shapes whose pruned policy sets this snapshot
+    /// remembers.
+    pub fn pruned_shapes(&self) -> usize {
+        self.prune.len()
     }
 
     /// Number of entities in the snapshot.
@@ -666,6 +677,7 @@ impl EntityStore {
             obligations,
             audit_logs,
             federations,
+            prune: PruneCache::default(),
         })
     }
 }

@@ -40,11 +40,12 @@ mod engine;
 mod entities;
 mod loader;
 mod model;
+mod prune;
 mod world;
 
 pub use engine::{
     DecidingPolicy, Decision, DecisionRequest, Engine, Principal, ReloadReport, Resource,
-    decide_with_bundle,
+    decide_unpruned, decide_with_bundle, evaluated_policies,
 };
 pub use entities::{EntitySnapshot, EntityStore, ModelError, PUBLIC_ORG_ID, PUBLIC_PRINCIPAL_ID};
 pub use loader::{

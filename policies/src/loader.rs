@@ -287,6 +287,13 @@ pub struct PolicyBundle {
     /// can match such a request; `None` = use the whole set. See
     /// [`PolicyBundle::scoped_policy_set`].
     pub(crate) scoped: Vec<Option<PolicySet>>,
+    /// Unique per loaded set in this process: keys the engine's caches.
+    pub(crate) serial: u64,
+}
+
+fn next_serial() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 const PRINCIPAL_KINDS: usize = 3;
@@ -643,6 +650,7 @@ impl PolicyBundle {
             infos,
             applies,
             scoped,
+            serial: next_serial(),
         })
     }
 
@@ -724,6 +732,7 @@ impl PolicyBundle {
             infos,
             applies: self.applies.clone(),
             scoped,
+            serial: next_serial(),
         })
     }
 }

@@ -9,69 +9,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use allmende_policies::{
-    Action, ConsentCoverage, DEFAULT_DENY_ID, DecisionRequest, Engine, INVALID_REQUEST_ID, OrgKind,
-    PolicyBundle, Principal, Purpose, Resource, decide_with_bundle, load_bundled,
+    Action, DEFAULT_DENY_ID, DecisionRequest, Engine, INVALID_REQUEST_ID, OrgKind, PolicyBundle,
+    Principal, Purpose, Resource, decide_with_bundle, load_bundled,
 };
-use common::{corpus_dir, parse_principal, parse_resource};
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum Expect {
-    Allow,
-    Deny,
-    /// Refused by the Rust side before any decision (strict parsing).
-    Refused,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    name: String,
-    story: Option<u8>,
-    principal: String,
-    action: String,
-    resource: String,
-    purpose: Option<String>,
-    now: Option<i64>,
-    grant: Option<String>,
-    obligation: Option<String>,
-    consent: Option<ConsentCoverage>,
-    #[serde(default)]
-    raw_personal_grants_at_owner: i64,
-    /// Policies removed from the set for this case.
-    #[serde(default)]
-    without: Vec<String>,
-    expect: Expect,
-    #[serde(default)]
-    deciding: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CaseFile {
-    case: Vec<Case>,
-}
-
-fn load_cases() -> Vec<(String, Case)> {
-    let mut files: Vec<_> = std::fs::read_dir(corpus_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .filter(|p| p.file_name().is_some_and(|n| n != "world.toml"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no corpus case files");
-    let mut out = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let parsed: CaseFile =
-            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        let fname = f.file_name().unwrap().to_string_lossy().into_owned();
-        out.extend(parsed.case.into_iter().map(|c| (fname.clone(), c)));
-    }
-    out
-}
+use common::{Expect, load_cases, parse_principal, parse_resource};
 
 #[test]
 fn corpus_decides_as_expected_and_covers_every_policy() {
