@@ -432,20 +432,11 @@ fn decide_inner(
     snapshot: &EntitySnapshot,
     prune: bool,
 ) -> Decision {
-    let resolved = match check_applies(bundle, request).and_then(|()| resolve(request, snapshot)) {
-        Ok(r) => r,
-        Err(error) => {
-            return Decision {
-                allowed: false,
-                deciding: vec![DecidingPolicy::invalid_request()],
-                errors: vec![error],
-                policy_set_hash: bundle.hash().to_owned(),
-                request: request.clone(),
-            };
-        }
-    };
-    let cedar_request = match build_request(request, &resolved, snapshot) {
-        Ok(r) => r,
+    let prepared = check_applies(bundle, request)
+        .and_then(|()| resolve(request, snapshot))
+        .and_then(|r| build_request(request, &r, snapshot).map(|c| (r, c)));
+    let (resolved, cedar_request) = match prepared {
+        Ok(p) => p,
         Err(error) => {
             return Decision {
                 allowed: false,

@@ -501,51 +501,8 @@ fn scoped_policy_sets_decide_exactly_like_the_whole_set() {
     let bundle = engine.current();
     let authorizer = Authorizer::new();
 
-    let mut principals: Vec<Principal> = world
-        .user
-        .iter()
-        .map(|u| Principal::User(u.id.clone()))
-        .collect();
-    principals.extend(world.node.iter().map(|n| Principal::Node(n.id.clone())));
-    principals.push(Principal::Public);
-    let mut resources: Vec<Resource> = Vec::new();
-    resources.extend(
-        world
-            .dataset
-            .iter()
-            .map(|d| Resource::Dataset(d.id.clone())),
-    );
-    resources.extend(world.grant.iter().map(|g| Resource::Grant(g.id.clone())));
-    resources.extend(
-        world
-            .request
-            .iter()
-            .map(|r| Resource::AccessRequest(r.id.clone())),
-    );
-    resources.extend(
-        world
-            .subject
-            .iter()
-            .map(|s| Resource::DataSubject(s.id.clone())),
-    );
-    resources.extend(
-        world
-            .obligation
-            .iter()
-            .map(|o| Resource::Obligation(o.id.clone())),
-    );
-    resources.extend(
-        world
-            .audit_log
-            .iter()
-            .map(|a| Resource::AuditLog(a.id.clone())),
-    );
-    resources.extend(
-        world
-            .federation
-            .iter()
-            .map(|f| Resource::Federation(f.id.clone())),
-    );
+    let principals = common::world_principals(&world);
+    let resources = common::world_resources(&world);
 
     let (mut compared, mut smaller) = (0usize, 0usize);
     for &action in Action::ALL {

@@ -40,53 +40,9 @@ fn sample_requests(
     n: usize,
     seed: u64,
 ) -> Vec<DecisionRequest> {
-    let mut principals: Vec<Principal> = world
-        .user
-        .iter()
-        .map(|u| Principal::User(u.id.clone()))
-        .collect();
-    principals.extend(world.node.iter().map(|n| Principal::Node(n.id.clone())));
-    principals.push(Principal::Public);
+    let mut principals = common::world_principals(world);
     principals.push(Principal::User("nobody-known".into()));
-
-    let mut resources: Vec<Resource> = Vec::new();
-    resources.extend(
-        world
-            .dataset
-            .iter()
-            .map(|d| Resource::Dataset(d.id.clone())),
-    );
-    resources.extend(world.grant.iter().map(|g| Resource::Grant(g.id.clone())));
-    resources.extend(
-        world
-            .request
-            .iter()
-            .map(|r| Resource::AccessRequest(r.id.clone())),
-    );
-    resources.extend(
-        world
-            .subject
-            .iter()
-            .map(|s| Resource::DataSubject(s.id.clone())),
-    );
-    resources.extend(
-        world
-            .obligation
-            .iter()
-            .map(|o| Resource::Obligation(o.id.clone())),
-    );
-    resources.extend(
-        world
-            .audit_log
-            .iter()
-            .map(|a| Resource::AuditLog(a.id.clone())),
-    );
-    resources.extend(
-        world
-            .federation
-            .iter()
-            .map(|f| Resource::Federation(f.id.clone())),
-    );
+    let mut resources = common::world_resources(world);
     resources.push(Resource::Dataset("no-such-dataset".into()));
 
     let grants: Vec<String> = world.grant.iter().map(|g| g.id.clone()).collect();

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use allmende_policies::{ConsentCoverage, DecisionRequest};
+use allmende_policies::{ConsentCoverage, DecisionRequest, Principal, Resource};
 use serde::Deserialize;
 
 /// The crate's root (holds `schema.cedarschema` and `policies/`).
@@ -109,4 +109,51 @@ pub fn corpus_requests(world: &World) -> Vec<DecisionRequest> {
             r
         })
         .collect()
+}
+
+/// Every principal the world names: its users, its nodes, the public caller.
+pub fn world_principals(world: &World) -> Vec<Principal> {
+    let mut principals: Vec<Principal> = world
+        .user
+        .iter()
+        .map(|u| Principal::User(u.id.clone()))
+        .collect();
+    principals.extend(world.node.iter().map(|n| Principal::Node(n.id.clone())));
+    principals.push(Principal::Public);
+    principals
+}
+
+/// Every resource the world names, of every resource type.
+pub fn world_resources(world: &World) -> Vec<Resource> {
+    let ids = |v: Vec<&String>, f: fn(String) -> Resource| -> Vec<Resource> {
+        v.into_iter().map(|id| f(id.clone())).collect()
+    };
+    [
+        ids(
+            world.dataset.iter().map(|d| &d.id).collect(),
+            Resource::Dataset,
+        ),
+        ids(world.grant.iter().map(|g| &g.id).collect(), Resource::Grant),
+        ids(
+            world.request.iter().map(|r| &r.id).collect(),
+            Resource::AccessRequest,
+        ),
+        ids(
+            world.subject.iter().map(|s| &s.id).collect(),
+            Resource::DataSubject,
+        ),
+        ids(
+            world.obligation.iter().map(|o| &o.id).collect(),
+            Resource::Obligation,
+        ),
+        ids(
+            world.audit_log.iter().map(|a| &a.id).collect(),
+            Resource::AuditLog,
+        ),
+        ids(
+            world.federation.iter().map(|f| &f.id).collect(),
+            Resource::Federation,
+        ),
+    ]
+    .concat()
 }
