@@ -40,7 +40,7 @@ use crate::model::{Action, Purpose};
 const CONTEXT_UNKNOWNS: &[&str] = &["now", "consent", "raw_personal_grants_at_owner"];
 
 /// At most this many request shapes are remembered per snapshot.
-const MAX_SHAPES: usize = 4096;
+const MAX_SHAPES: usize = 1024;
 
 /// The part of a request that is fixed for a snapshot and a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
