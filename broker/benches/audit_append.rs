@@ -3,15 +3,19 @@
 //! Measures, in one run on one machine:
 //! - durable appends/s through `AuditLog::append` (group commit: one sled
 //!   batch + one `flush_async` per group) with 1, 16 and 256 concurrent
-//!   writers, against a baseline of raw sled writing the same number of
-//!   entries of the same size with the same batch sizes and one flush per
-//!   batch;
+//!   writers, against the minimal durable cost of the same data in the same
+//!   run: raw sled writing the log's own entry bytes, one key per entry, in
+//!   batches of the group size the log achieved, one `apply_batch` and one
+//!   flush per batch (no tree hashes, no index); and, for comparison, the
+//!   format-1 layout (two more 32-byte hash keys per entry, in a
+//!   transaction over two trees);
 //! - time from append to a signed checkpoint covering it (provable);
 //! - how far the query indexes lag behind the durable log after a burst;
 //! - proof generation and resident memory with 1M entries in the log.
 //!
-//! Set `AUDIT_BENCH_SECS` (default 5) and `AUDIT_BENCH_MILLION=0` to skip
-//! the 1M-entry part.
+//! Set `AUDIT_BENCH_SECS` (default 5), `AUDIT_BENCH_MILLION=0` to skip
+//! the 1M-entry part, and `AUDIT_BENCH_WRITERS` (e.g. `256`) to run only
+//! some writer counts (profiling).
 
 #![allow(
     clippy::unwrap_used,
@@ -77,8 +81,21 @@ async fn open(dir: &std::path::Path) -> (AuditLog, Store, tokio::sync::watch::Se
     (log, store, tx)
 }
 
-/// Runs `writers` concurrent appenders for `secs`; returns (entries, seconds, mean group size).
-async fn run_log(writers: usize, secs: f64) -> (u64, f64, f64, usize, f64) {
+/// What one run of the log measured.
+struct LogRun {
+    entries: u64,
+    secs: f64,
+    index_lag: f64,
+    mean_group: f64,
+    /// Up to `BASELINE_ENTRIES` of the entries the log wrote (raw bytes).
+    sample: Vec<Vec<u8>>,
+}
+
+/// Entries the baselines write (at least 20 batches).
+const BASELINE_ENTRIES: u64 = 200_000;
+
+/// Runs `writers` concurrent appenders for `secs`.
+async fn run_log(writers: usize, secs: f64) -> LogRun {
     let dir = tempfile::tempdir().unwrap();
     let (log, _store, stop_log) = open(dir.path()).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -105,37 +122,74 @@ async fn run_log(writers: usize, secs: f64) -> (u64, f64, f64, usize, f64) {
     let n = done.load(Ordering::SeqCst);
     let (groups, grouped) = log.group_stats();
     let mean_group = grouped as f64 / groups.max(1) as f64;
-    let entry_len = log.entry_bytes(0).unwrap().map_or(0, |b| b.len());
     // Index lag: how long until the indexes cover everything written.
     let t = Instant::now();
     while log.status().indexed < log.size() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let lag = t.elapsed().as_secs_f64();
+    let sample = log
+        .entry_range(0, n.min(BASELINE_ENTRIES))
+        .unwrap()
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
     let _ = stop_log.send(true);
     log.closed().await;
-    (n, elapsed, lag, entry_len, mean_group)
+    LogRun {
+        entries: n,
+        secs: elapsed,
+        index_lag: lag,
+        mean_group,
+        sample,
+    }
 }
 
-/// Raw sled: the same number of entries of the same size, in batches of
-/// `batch` with one flush each, written by one thread.
-fn run_sled(entries: u64, entry_len: usize, batch: u64) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new()
-        .path(dir.path())
+fn open_sled(dir: &std::path::Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
         .cache_capacity(256 << 20)
         .open()
-        .unwrap();
+        .unwrap()
+}
+
+/// The minimal durable cost of the same data: the log's own entry bytes
+/// (cycled), one key per entry, in batches of `batch`, one `apply_batch`
+/// and one flush per batch, written by one thread.
+fn run_sled_entries(entries: u64, sample: &[Vec<u8>], batch: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_sled(dir.path());
+    let tree = db.open_tree("entries").unwrap();
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while seq < entries {
+        let mut b = sled::Batch::default();
+        for _ in 0..batch.max(1) {
+            let value = &sample[(seq % sample.len() as u64) as usize];
+            b.insert(&seq.to_be_bytes(), value.as_slice());
+            seq += 1;
+        }
+        tree.apply_batch(b).unwrap();
+        db.flush().unwrap();
+    }
+    seq as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The format-1 layout for comparison: the same entries plus two 32-byte
+/// tree-hash keys each, one two-tree transaction and one flush per batch.
+fn run_sled_three_keys(entries: u64, sample: &[Vec<u8>], batch: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_sled(dir.path());
     let tree = db.open_tree("entries").unwrap();
     let hashes = db.open_tree("hashes").unwrap();
-    let value = vec![0x5au8; entry_len];
     let start = Instant::now();
     let mut seq = 0u64;
     while seq < entries {
         let mut b = sled::Batch::default();
         let mut h = sled::Batch::default();
         for _ in 0..batch.max(1) {
-            b.insert(&seq.to_be_bytes(), value.clone());
+            let value = &sample[(seq % sample.len() as u64) as usize];
+            b.insert(&seq.to_be_bytes(), value.as_slice());
             // about two tree-hash writes per entry, as the Merkle tree does
             h.insert([&[0u8][..], &seq.to_be_bytes()].concat(), vec![0u8; 32]);
             h.insert([&[1u8][..], &seq.to_be_bytes()].concat(), vec![0u8; 32]);
@@ -150,7 +204,7 @@ fn run_sled(entries: u64, entry_len: usize, batch: u64) -> f64 {
             .unwrap();
         db.flush().unwrap();
     }
-    entries as f64 / start.elapsed().as_secs_f64()
+    seq as f64 / start.elapsed().as_secs_f64()
 }
 
 use sled::Transactional;
@@ -162,6 +216,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5.0);
     let million = std::env::var("AUDIT_BENCH_MILLION").map_or(true, |v| v != "0");
+    let writer_counts: Vec<usize> = std::env::var("AUDIT_BENCH_WRITERS").map_or_else(
+        |_| vec![1, 16, 256],
+        |v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,19 +229,22 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "| writers | durable entries/s (AuditLog) | mean group | raw sled, same batches + 1 flush each | ratio | index lag after burst |"
+        "| writers | durable entries/s (AuditLog) | mean group | raw sled: same entries, 1 key each, same batches, 1 flush each | ratio | raw sled, format-1 layout (3 keys/entry) | index lag after burst |"
     );
-    println!("|---|---|---|---|---|---|");
-    for writers in [1usize, 16, 256] {
-        let (n, elapsed, lag, entry_len, mean_group) = rt.block_on(run_log(writers, secs));
-        let rate = n as f64 / elapsed;
-        // The baseline writes batches of the group size the log achieved.
-        let group = (mean_group.round() as u64).max(1);
-        let sled_rate = run_sled(n.min(200_000).max(group * 20), entry_len, group);
+    println!("|---|---|---|---|---|---|---|");
+    for writers in writer_counts {
+        let run = rt.block_on(run_log(writers, secs));
+        let rate = run.entries as f64 / run.secs;
+        // The baselines write batches of the group size the log achieved.
+        let group = (run.mean_group.round() as u64).max(1);
+        let n = run.entries.min(BASELINE_ENTRIES).max(group * 20);
+        let sled_rate = run_sled_entries(n, &run.sample, group);
+        let three_keys = run_sled_three_keys(n, &run.sample, group);
         println!(
-            "| {writers} | {rate:.0} | {mean_group:.1} | {sled_rate:.0} | {:.2} | {:.0} ms |",
+            "| {writers} | {rate:.0} | {:.1} | {sled_rate:.0} | {:.2} | {three_keys:.0} | {:.0} ms |",
+            run.mean_group,
             rate / sled_rate,
-            lag * 1000.0
+            run.index_lag * 1000.0
         );
     }
 
@@ -244,6 +305,16 @@ fn main() {
             let c = allmende_audit::consistency_proof(log.hash_store(), size / 3, size).unwrap();
             let cons = t.elapsed().as_secs_f64() * 1e6;
             assert!(!c.is_empty());
+            // Wait for the index, then the node's full store check.
+            let t = Instant::now();
+            while log.status().indexed < size {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let lag = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let report = log.verify_store().unwrap();
+            let check = t.elapsed().as_secs_f64();
+            assert!(report.is_ok());
             println!(
                 "\n1M entries: filled in {fill:.1} s ({:.0}/s, 256 writers); inclusion proof p50 {:.0} us (from the store), consistency proof {:.0} us; process RSS {:.0} MiB (was {:.0} MiB before the fill; sled cache 256 MiB)",
                 size as f64 / fill,
@@ -251,6 +322,10 @@ fn main() {
                 cons,
                 rss_mib(),
                 rss0
+            );
+            println!(
+                "1M entries: index complete {:.0} ms after the proofs; store check (verify_store: every leaf and node) {check:.1} s",
+                lag * 1000.0
             );
             let _ = stop.send(true);
             log.closed().await;

@@ -16,7 +16,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 /// The storage format this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const FORMAT_KEY: &[u8] = b"format_version";
 const BACKUP_MAGIC: &[u8] = b"ALLMENDE-BACKUP 1\n";
@@ -59,7 +59,9 @@ pub enum TableName {
     Membership,
     /// Audit log entry bodies by sequence (canonical encoding, raw bytes).
     AuditEntries,
-    /// Audit Merkle tree: complete subtree hashes by (level, index).
+    /// Audit Merkle tree: the complete subtree hashes written by one group
+    /// commit in one value, keyed by the group's first sequence (format 2;
+    /// tree `audit_tree_v2`).
     AuditTree,
     /// Audit log state: tree size, signing key, latest checkpoint.
     AuditState,
@@ -105,7 +107,7 @@ impl TableName {
             TableName::Peers => "peers",
             TableName::Membership => "membership",
             TableName::AuditEntries => "audit_entries",
-            TableName::AuditTree => "audit_tree",
+            TableName::AuditTree => "audit_tree_v2",
             TableName::AuditState => "audit_state",
             TableName::AuditCheckpoints => "audit_checkpoints",
             TableName::AuditIndex => "audit_index",
@@ -248,6 +250,45 @@ impl<K: Key> RawTable<K> {
         Ok(out)
     }
 
+    /// At most `limit` entries with keys in `[from, to)`, in key order.
+    pub fn range_limit(
+        &self,
+        from: &K,
+        to: &K,
+        limit: usize,
+    ) -> Result<Vec<(K, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.range(from.encode()..to.encode()).take(limit) {
+            let (k, v) = item?;
+            out.push((self.decode_key(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with the entry of the greatest key `<= key` (without
+    /// copying the value) and returns what `f` returns; `None` if there is
+    /// no such entry.
+    pub fn with_last_at_or_before<R>(
+        &self,
+        key: &K,
+        f: impl FnOnce(K, &[u8]) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        match self.tree.range(..=key.encode()).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some(f(self.decode_key(&k)?, &v)))
+            }
+        }
+    }
+
+    fn decode_key(&self, bytes: &[u8]) -> Result<K, StoreError> {
+        K::decode(bytes).ok_or_else(|| StoreError::Corrupt {
+            table: self.name.as_str(),
+            reason: "undecodable key".into(),
+        })
+    }
+
     /// Entries whose key starts with `prefix` (raw key bytes), in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(K, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
@@ -382,12 +423,106 @@ type Migration = fn(&sled::Db) -> Result<(), String>;
 /// Format 0 is what pre-release builds wrote: the same trees without a
 /// `meta/format_version` key. Migrating stamps the version and creates the
 /// trees a format-1 store is expected to have.
-pub const MIGRATIONS: &[(u32, Migration)] = &[(0, migrate_0_to_1)];
+///
+/// Format 1 kept one key per Merkle node in `audit_tree` (9-byte
+/// `level ‖ index`) and one index key per (term, entry); format 2 keeps one
+/// value per group commit in `audit_tree_v2` and posting lists in
+/// `audit_index` (see [`migrate_1_to_2`]).
+pub const MIGRATIONS: &[(u32, Migration)] = &[(0, migrate_0_to_1), (1, migrate_1_to_2)];
 
 fn migrate_0_to_1(db: &sled::Db) -> Result<(), String> {
     for t in TableName::ALL {
         db.open_tree(t.as_str()).map_err(|e| e.to_string())?;
     }
+    Ok(())
+}
+
+/// The format-1 tree of Merkle node hashes (one key per node).
+const AUDIT_TREE_V1: &str = "audit_tree";
+/// Sequences per converted value of the 1 → 2 migration.
+const MIGRATION_CHUNK: u64 = 4096;
+
+/// Format 1 → 2: the per-node keys of `audit_tree` become one value per
+/// chunk of [`MIGRATION_CHUNK`] sequences in `audit_tree_v2` (a node goes to
+/// the chunk of its last leaf, like a group commit writes it with that
+/// leaf); the derived audit index is cleared and rebuilt by the indexer.
+///
+/// Crash-safe without one huge transaction: the new tree is cleared and
+/// written from scratch and flushed before the old tree is dropped, and the
+/// format key is bumped only after this returns, so an interrupted
+/// migration runs again from the start. Once the old tree is gone the
+/// conversion was complete and flushed.
+fn migrate_1_to_2(db: &sled::Db) -> Result<(), String> {
+    let err = |e: sled::Error| e.to_string();
+    let index = db.open_tree(TableName::AuditIndex.as_str()).map_err(err)?;
+    index.clear().map_err(err)?;
+    let has_old = db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == AUDIT_TREE_V1.as_bytes());
+    if has_old {
+        let old = db.open_tree(AUDIT_TREE_V1).map_err(err)?;
+        let new = db.open_tree(TableName::AuditTree.as_str()).map_err(err)?;
+        new.clear().map_err(err)?;
+        let key = |level: u8, index: u64| allmende_audit::NodeKey { level, index }.to_bytes();
+        // The last leaf bounds the chunks.
+        let last_leaf = match old.range(key(0, 0)..key(1, 0)).next_back() {
+            Some(item) => {
+                let (k, _) = item.map_err(err)?;
+                allmende_audit::NodeKey::from_bytes(&k).map(|n| n.index)
+            }
+            None => None,
+        };
+        if let Some(last_leaf) = last_leaf {
+            let mut chunk = 0u64;
+            let mut batch = sled::Batch::default();
+            let mut pending = 0usize;
+            while chunk <= last_leaf {
+                let end = chunk.saturating_add(MIGRATION_CHUNK);
+                let mut writes = Vec::new();
+                // Node (L, i) ends at leaf (i+1)·2^L − 1; in [chunk, end)
+                // exactly for i in [chunk >> L, end >> L).
+                for level in 0..64u8 {
+                    let (lo, hi) = (chunk >> level, end >> level);
+                    if hi == 0 {
+                        break;
+                    }
+                    for item in old.range(key(level, lo)..key(level, hi)) {
+                        let (k, v) = item.map_err(err)?;
+                        let node = allmende_audit::NodeKey::from_bytes(&k);
+                        match (node, allmende_audit::Hash::from_slice(&v)) {
+                            (Some(key), Ok(hash)) => {
+                                writes.push(allmende_audit::NodeWrite { key, hash })
+                            }
+                            _ => tracing::warn!(
+                                key = %hex::encode(&k),
+                                "malformed audit tree node not migrated; the store check reports it missing"
+                            ),
+                        }
+                    }
+                }
+                if !writes.is_empty() {
+                    batch.insert(
+                        &chunk.to_be_bytes(),
+                        crate::audit::encode_node_group(&mut writes),
+                    );
+                    pending += 1;
+                }
+                if pending >= 64 {
+                    new.apply_batch(std::mem::take(&mut batch)).map_err(err)?;
+                    pending = 0;
+                }
+                chunk = end;
+                if end == u64::MAX {
+                    break;
+                }
+            }
+            new.apply_batch(batch).map_err(err)?;
+        }
+        db.flush().map_err(err)?;
+        db.drop_tree(AUDIT_TREE_V1).map_err(err)?;
+    }
+    db.flush().map_err(err)?;
     Ok(())
 }
 
@@ -774,7 +909,8 @@ mod tests {
             db.flush().unwrap();
         }
         let s = Store::open(dir.path(), &opts()).unwrap();
-        assert_eq!(s.format_version().unwrap(), 1);
+        // Migrated step by step (0 → 1 → …) to the current format.
+        assert_eq!(s.format_version().unwrap(), FORMAT_VERSION);
         let peers: Table<(String, String), Thing> = s.table(TableName::Peers).unwrap();
         assert_eq!(
             peers.get(&("swm".into(), "swm-1".into())).unwrap(),
@@ -786,6 +922,196 @@ mod tests {
                 .iter()
                 .any(|n| n.as_ref() == b"membership")
         );
+    }
+
+    /// A format-1 store as the previous build left it: a real log whose
+    /// Merkle hashes are one key per node (`audit_tree`, 9-byte keys) and
+    /// whose index is one key per (term, entry). Opening it with this build
+    /// converts the tree (across more than one migration chunk), clears the
+    /// index for a rebuild, and the log keeps its entries, root, proofs and
+    /// checkpoints and still verifies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn format_one_store_is_migrated_and_the_log_still_verifies() {
+        use crate::audit::{AuditLog, Draft, QueryFilter};
+        use allmende_audit::{EntryKind, Frontier, MemoryTree, leaf_hash};
+        const N: u64 = MIGRATION_CHUNK + 300;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let clock = crate::clock::ManualClock::at_unix_ms(1_800_000_000_000);
+        let open_log = |store: Store| {
+            let clock = clock.clone();
+            async move {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                let log = AuditLog::open(store, "munich", "swm", "swm-1", clock, rx)
+                    .await
+                    .unwrap();
+                (log, tx)
+            }
+        };
+        let draft = |i: u64| {
+            let mut d = Draft::new("tum", "read", "smart-meter-readings", EntryKind::Decision);
+            d.user = Some(format!("user-{}", i % 3));
+            d.subjects = vec![format!("HH-{}", i % 7)];
+            d
+        };
+        // A real log, written by the log itself, with a signed checkpoint.
+        let (entries, root, checkpoint_root) = {
+            let store = Store::open(&path, &opts()).unwrap();
+            let (log, stop) = open_log(store).await;
+            let mut next = 0u64;
+            while next < N {
+                let mut tasks = Vec::new();
+                for i in next..N.min(next + 200) {
+                    let log = log.clone();
+                    tasks.push(tokio::spawn(async move { log.append(draft(i)).await }));
+                }
+                for t in tasks {
+                    t.await.unwrap().unwrap();
+                }
+                next = N.min(next + 200);
+            }
+            let cp = log.checkpoint_now().await.unwrap().unwrap();
+            assert_eq!(cp.size, N);
+            let entries = log.entry_range(0, N).unwrap();
+            let root = allmende_audit::root_at(log.hash_store(), N).unwrap();
+            stop.send(true).unwrap();
+            log.closed().await;
+            (entries, root, cp.root_hex)
+        };
+        assert_eq!(entries.len() as u64, N);
+        assert_eq!(root.to_hex(), checkpoint_root);
+        // Rewrite it by hand as format 1: per-node keys computed from the
+        // entries by the core's frontier, format-1 index keys, version 1,
+        // and a half-written `audit_tree_v2` as an interrupted migration
+        // would leave it.
+        {
+            let db = sled::Config::new().path(&path).open().unwrap();
+            db.drop_tree("audit_tree_v2").unwrap();
+            let mut frontier = Frontier::new();
+            let writes = frontier
+                .append_all(entries.iter().map(|(_, b)| leaf_hash(b)))
+                .unwrap();
+            assert_eq!(frontier.root(), root);
+            let old = db.open_tree("audit_tree").unwrap();
+            for w in &writes {
+                old.insert(w.key.to_bytes(), w.hash.0.to_vec()).unwrap();
+            }
+            let index = db.open_tree("audit_index").unwrap();
+            index.clear().unwrap();
+            for seq in 0..N {
+                let mut k = b"d\0smart-meter-readings\0".to_vec();
+                k.extend_from_slice(&seq.to_be_bytes());
+                index.insert(k, Vec::new()).unwrap();
+            }
+            index.insert(b"\xffindexed", &N.to_be_bytes()).unwrap();
+            db.open_tree("audit_tree_v2")
+                .unwrap()
+                .insert(5u64.to_be_bytes(), b"half-written".to_vec())
+                .unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(FORMAT_KEY, &1u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+
+        let store = Store::open(&path, &opts()).unwrap();
+        assert_eq!(store.format_version().unwrap(), FORMAT_VERSION);
+        let names = store.raw_db().tree_names();
+        assert!(!names.iter().any(|n| n.as_ref() == b"audit_tree"));
+        let index = store.raw_db().open_tree("audit_index").unwrap();
+        assert!(
+            index.is_empty(),
+            "the derived index is cleared for a rebuild"
+        );
+        let tree: RawTable<u64> = store.raw_table(TableName::AuditTree).unwrap();
+        assert_eq!(tree.len() as u64, N.div_ceil(MIGRATION_CHUNK));
+
+        let (log, _stop) = open_log(store.clone()).await;
+        assert_eq!(log.size(), N);
+        assert_eq!(log.entry_range(0, N).unwrap(), entries);
+        let hashes = log.hash_store();
+        assert_eq!(allmende_audit::root_at(hashes, N).unwrap(), root);
+        // Proofs from the migrated store equal those of an in-memory tree
+        // of the same leaves, and verify.
+        let mut mem = MemoryTree::new();
+        for (_, b) in &entries {
+            mem.append(leaf_hash(b)).unwrap();
+        }
+        for &(index, size) in &[
+            (0, N),
+            (4095, N),
+            (4096, N),
+            (N - 1, N),
+            (17, 4097),
+            (300, 301),
+        ] {
+            let got = allmende_audit::inclusion_proof(hashes, index, size).unwrap();
+            let want = allmende_audit::inclusion_proof(mem.store(), index, size).unwrap();
+            assert_eq!(got, want, "inclusion {index} in {size}");
+            let size_root = allmende_audit::root_at(hashes, size).unwrap();
+            allmende_audit::verify_inclusion(
+                &leaf_hash(&entries[index as usize].1),
+                index,
+                size,
+                &got,
+                &size_root,
+            )
+            .unwrap();
+        }
+        for &(old, new) in &[(1, N), (4096, N), (4097, N), (300, N - 1)] {
+            let got = allmende_audit::consistency_proof(hashes, old, new).unwrap();
+            let want = allmende_audit::consistency_proof(mem.store(), old, new).unwrap();
+            assert_eq!(got, want, "consistency {old} -> {new}");
+            allmende_audit::verify_consistency(
+                old,
+                new,
+                &allmende_audit::root_at(hashes, old).unwrap(),
+                &allmende_audit::root_at(hashes, new).unwrap(),
+                &got,
+            )
+            .unwrap();
+        }
+        let report = log.verify_store().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.entries_checked, N);
+
+        // The index is rebuilt from the log; queries answer as before.
+        let query = |log: &AuditLog| {
+            log.query(&QueryFilter {
+                subject: Some("HH-3".into()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>()
+        };
+        let expected: Vec<u64> = entries
+            .iter()
+            .filter(|(_, b)| {
+                let e = allmende_audit::Entry::decode(b).unwrap();
+                e.subjects.contains(&log.subject_hash("HH-3"))
+            })
+            .map(|(s, _)| *s)
+            .take(1000)
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(query(&log), expected);
+        for _ in 0..200 {
+            if log.status().indexed == N {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(log.status().indexed, N);
+        assert_eq!(query(&log), expected);
+
+        // And the log goes on.
+        assert_eq!(log.append(draft(N)).await.unwrap(), N);
+        assert!(log.verify_store().unwrap().is_ok());
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! written, [`AuditLog::begin_release`] fails and nothing may be sent.
 
 mod log;
+mod tree;
 pub mod witness;
 
 pub use log::{
     AuditError, AuditLog, AuditStatus, CheckpointRecord, Draft, QueryFilter, QueryPage,
-    ReleaseGuard, ReleaseStats, SledHashStore,
+    ReleaseGuard, ReleaseStats,
 };
+pub use tree::SledHashStore;
+pub(crate) use tree::encode_node_group;
