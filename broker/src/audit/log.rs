@@ -611,10 +611,42 @@ impl AuditLog {
 
     /// Runs a query over the log (DPO tools). Uses the most selective index
     /// and filters the rest on decoded entries; pages by sequence.
+    /// The first sequence below `end` whose entry's time is `>= time_ms`
+    /// (`end` if none). Entry times never decrease along the log; entries
+    /// pruned by retention (the oldest) count as older than any time.
+    fn first_at_or_after(&self, time_ms: u64, end: u64) -> Result<u64, AuditError> {
+        let (mut lo, mut hi) = (0u64, end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let time = match self.inner.entries.get(&mid)? {
+                Some(bytes) if !bytes.is_empty() => {
+                    Entry::decode(&bytes)
+                        .map_err(|err| AuditError::Corrupt(format!("entry {mid}: {err}")))?
+                        .time_ms
+                }
+                _ => 0,
+            };
+            if time < time_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
     pub fn query(&self, filter: &QueryFilter) -> Result<QueryPage, AuditError> {
         let limit = filter.limit.clamp(1, 1000);
-        let start = filter.after.map_or(0, |a| a.saturating_add(1));
-        let size = self.size();
+        let mut start = filter.after.map_or(0, |a| a.saturating_add(1));
+        let mut end = self.size();
+        // Entry times never decrease along the log: a time range is a
+        // sequence range, found by binary search.
+        if let Some(from) = filter.from_ms {
+            start = start.max(self.first_at_or_after(from, end)?);
+        }
+        if let Some(to) = filter.to_ms {
+            end = end.min(self.first_at_or_after(to, end)?);
+        }
         // Candidate sequences from an index, when the filter names one.
         let user_key = filter.user.as_ref().map(|(org, u)| self.pseudonym(org, u));
         let subject = filter.subject.as_ref().map(|s| self.subject_hash(s));
@@ -625,13 +657,16 @@ impl AuditLog {
             posting_prefix(FIELD_DATASET, d.as_bytes())
         } else if let Some(u) = &user_key {
             posting_prefix(FIELD_USER, u.as_bytes())
+        } else if let Some(o) = &filter.org {
+            posting_prefix(FIELD_ORG, o.as_bytes())
+        } else if let Some(p) = &filter.purpose {
+            posting_prefix(FIELD_PURPOSE, p.as_bytes())
         } else {
             filter
-                .org
-                .as_ref()
-                .and_then(|o| posting_prefix(FIELD_ORG, o.as_bytes()))
+                .decision
+                .and_then(|d| posting_prefix(FIELD_DECISION, decision_term(d)))
         };
-        let indexed = self.inner.indexed.load(Ordering::SeqCst);
+        let indexed = self.inner.indexed.load(Ordering::SeqCst).min(end);
         let mut out = Vec::new();
         let mut next_after = None;
         let mut consider = |seq: u64, bytes: &[u8]| -> Result<bool, AuditError> {
@@ -691,7 +726,7 @@ impl AuditLog {
                     }
                 }
                 if !done {
-                    for (seq, bytes) in self.entry_range(indexed.max(start), size)? {
+                    for (seq, bytes) in self.entry_range(indexed.max(start), end)? {
                         if consider(seq, &bytes)? {
                             break;
                         }
@@ -700,8 +735,8 @@ impl AuditLog {
             }
             _ => {
                 let mut from = start;
-                'scan: while from < size {
-                    let to = size.min(from + 1024);
+                'scan: while from < end {
+                    let to = end.min(from + 1024);
                     for (seq, bytes) in self.entry_range(from, to)? {
                         if consider(seq, &bytes)? {
                             break 'scan;
@@ -766,6 +801,15 @@ const FIELD_DATASET: u8 = b'd';
 const FIELD_ORG: u8 = b'o';
 const FIELD_USER: u8 = b'u';
 const FIELD_SUBJECT: u8 = b's';
+const FIELD_PURPOSE: u8 = b'p';
+const FIELD_DECISION: u8 = b'c';
+
+fn decision_term(d: Decision) -> &'static [u8] {
+    match d {
+        Decision::Allow => b"allow",
+        Decision::Deny => b"deny",
+    }
+}
 /// Sequences one index range (and so one posting list) spans at most.
 const INDEX_SPAN: u64 = 4096;
 /// How long the indexer lets a range fill before it indexes what is there.
@@ -1187,8 +1231,8 @@ async fn indexer(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Indexes the entries `[from, to)` (at most [`INDEX_SPAN`]): one posting
-/// list per distinct dataset, organisation and user, one per subject-hash
-/// bucket, and the progress marker, in one batch.
+/// list per distinct dataset, organisation, user, purpose and decision, one
+/// per subject-hash bucket, and the progress marker, in one batch.
 fn index_range(inner: &Inner, from: u64, to: u64) -> Result<(), AuditError> {
     let mut lists: std::collections::HashMap<(u8, Vec<u8>), Vec<u64>> =
         std::collections::HashMap::new();
@@ -1211,6 +1255,12 @@ fn index_range(inner: &Inner, from: u64, to: u64) -> Result<(), AuditError> {
         add(FIELD_ORG, e.principal.org.as_bytes());
         if let Some(u) = &e.principal.user {
             add(FIELD_USER, u.as_bytes());
+        }
+        if let Some(p) = &e.purpose {
+            add(FIELD_PURPOSE, p.as_bytes());
+        }
+        if let Some(d) = e.decision {
+            add(FIELD_DECISION, decision_term(d));
         }
         for s in &e.subjects {
             push(subjects.entry(s.0).or_default(), seq);
@@ -1268,6 +1318,13 @@ mod tests {
     use crate::store::StoreOptions;
 
     async fn open(dir: &std::path::Path) -> (AuditLog, Store, watch::Sender<bool>) {
+        open_with_clock(dir, ManualClock::at_unix_ms(1_800_000_000_000)).await
+    }
+
+    async fn open_with_clock(
+        dir: &std::path::Path,
+        clock: Arc<ManualClock>,
+    ) -> (AuditLog, Store, watch::Sender<bool>) {
         let store = Store::open(
             dir,
             &StoreOptions {
@@ -1276,16 +1333,9 @@ mod tests {
         )
         .unwrap();
         let (tx, rx) = watch::channel(false);
-        let log = AuditLog::open(
-            store.clone(),
-            "munich",
-            "swm",
-            "swm-1",
-            ManualClock::at_unix_ms(1_800_000_000_000),
-            rx,
-        )
-        .await
-        .unwrap();
+        let log = AuditLog::open(store.clone(), "munich", "swm", "swm-1", clock, rx)
+            .await
+            .unwrap();
         (log, store, tx)
     }
 
@@ -1553,29 +1603,44 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn indexed_queries_equal_a_scan() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _s, _stop) = open(dir.path()).await;
+        let clock = ManualClock::at_unix_ms(1_800_000_000_000);
+        let (log, _s, _stop) = open_with_clock(dir.path(), clock.clone()).await;
+        // Appends in rounds of 100, one second apart (entry times step).
         let append_all = |from: u64, to: u64| {
-            let log = log.clone();
+            let (log, clock) = (log.clone(), clock.clone());
             async move {
-                let mut tasks = Vec::new();
-                for i in from..to {
-                    let log = log.clone();
-                    tasks.push(tokio::spawn(async move {
-                        let mut d = draft(
-                            ["air-quality", "smart-meter-readings", "x"][(i % 3) as usize],
-                            &format!("user-{}", i % 5),
-                            &format!("HH-{}", i % 700),
-                        );
-                        if i % 11 == 0 {
-                            // Twice the same subject, and a second one.
-                            d.subjects.push(format!("HH-{}", i % 700));
-                            d.subjects.push("HH-shared".into());
-                        }
-                        log.append(d).await.unwrap()
-                    }));
-                }
-                for t in tasks {
-                    t.await.unwrap();
+                for round in (from..to).step_by(100) {
+                    let mut tasks = Vec::new();
+                    for i in round..to.min(round + 100) {
+                        let log = log.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let mut d = draft(
+                                ["air-quality", "smart-meter-readings", "x"][(i % 3) as usize],
+                                &format!("user-{}", i % 5),
+                                &format!("HH-{}", i % 700),
+                            );
+                            if i % 11 == 0 {
+                                // Twice the same subject, and a second one.
+                                d.subjects.push(format!("HH-{}", i % 700));
+                                d.subjects.push("HH-shared".into());
+                            }
+                            if i % 4 == 0 {
+                                d.purpose = Some("PublicInterest".into());
+                            }
+                            if i % 6 == 0 {
+                                d.decision = Some(Decision::Deny);
+                            }
+                            if i % 13 == 0 {
+                                d.purpose = None;
+                                d.decision = None;
+                            }
+                            log.append(d).await.unwrap()
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    clock.advance(Duration::from_secs(1));
                 }
             }
         };
@@ -1620,9 +1685,52 @@ mod tests {
                     ..Default::default()
                 });
             }
+            v.push(QueryFilter {
+                purpose: Some("PublicInterest".into()),
+                ..Default::default()
+            });
+            v.push(QueryFilter {
+                decision: Some(Decision::Deny),
+                ..Default::default()
+            });
+            v.push(QueryFilter {
+                purpose: Some("AcademicResearch".into()),
+                decision: Some(Decision::Allow),
+                ..Default::default()
+            });
+            // Time ranges: before everything, inside, on round boundaries,
+            // after everything; alone and with an indexed filter.
+            let t0 = 1_800_000_000_000u64;
+            for (from, to) in [
+                (None, Some(t0)),
+                (Some(t0 + 3_000), Some(t0 + 5_000)),
+                (Some(t0 + 2_500), None),
+                (None, Some(t0 + 9_000)),
+                (Some(t0 + 14_000), None),
+                (Some(t0 + 60_000), None),
+            ] {
+                v.push(QueryFilter {
+                    from_ms: from,
+                    to_ms: to,
+                    ..Default::default()
+                });
+                v.push(QueryFilter {
+                    dataset: Some("air-quality".into()),
+                    from_ms: from,
+                    to_ms: to,
+                    ..Default::default()
+                });
+                v.push(QueryFilter {
+                    decision: Some(Decision::Deny),
+                    from_ms: from,
+                    to_ms: to,
+                    ..Default::default()
+                });
+            }
             v
         };
         let check = |log: &AuditLog| {
+            let mut time_filters_hit = 0;
             let size = log.size();
             let all: Vec<Entry> = log
                 .entry_range(0, size)
@@ -1638,6 +1746,9 @@ mod tests {
                     .filter(|e| f.matches(e, user_key.as_deref(), subject_key.as_deref()))
                     .map(|e| e.sequence)
                     .collect();
+                if f.from_ms.is_some() || f.to_ms.is_some() {
+                    time_filters_hit += usize::from(!want.is_empty());
+                }
                 let mut got = Vec::new();
                 f.limit = 7;
                 loop {
@@ -1650,6 +1761,7 @@ mod tests {
                 }
                 assert_eq!(got, want, "{f:?}");
             }
+            assert!(time_filters_hit >= 9, "time filters matched too little");
         };
         append_all(0, 700).await;
         wait_indexed(700).await;
