@@ -103,15 +103,7 @@ fn reload_with_a_bad_set_keeps_the_old_one() {
 fn evaluation_error_in_a_forbid_is_a_deny() {
     let world = common::munich();
     let mut store = world.store();
-    store.upsert_grant(Grant {
-        id: "g-overflow".to_owned(),
-        grantee: "tum".to_owned(),
-        dataset: "smart-meter-readings".to_owned(),
-        purpose: Purpose::AcademicResearch,
-        not_before: -1,
-        not_after: Some(i64::MAX),
-        state: GrantState::Active,
-    });
+    store.upsert_grant(common::overflow_grant());
     let snapshot = store.snapshot().unwrap();
     let engine = Engine::bundled().unwrap();
     let request = researcher_read("g-overflow");

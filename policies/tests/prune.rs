@@ -10,8 +10,8 @@
 mod common;
 
 use allmende_policies::{
-    Action, ConsentCoverage, DecisionRequest, Engine, Grant, GrantState, Principal, Purpose,
-    Resource, decide_unpruned, evaluated_policies, load_bundled,
+    Action, ConsentCoverage, DecisionRequest, Engine, Principal, Purpose, Resource,
+    decide_unpruned, evaluated_policies, load_bundled,
 };
 
 /// xorshift64*: a deterministic sample without a dependency.
@@ -128,15 +128,7 @@ fn pruned_decisions_equal_unpruned_decisions() {
     let mut store = world.store();
     // A grant whose validity arithmetic overflows: a policy that errors in
     // the part the pruning evaluates (it must be kept, and error).
-    store.upsert_grant(Grant {
-        id: "g-overflow".to_owned(),
-        grantee: "tum".to_owned(),
-        dataset: "smart-meter-readings".to_owned(),
-        purpose: Purpose::AcademicResearch,
-        not_before: -1,
-        not_after: Some(i64::MAX),
-        state: GrantState::Active,
-    });
+    store.upsert_grant(common::overflow_grant());
     let snapshot = store.snapshot().unwrap();
     let bundle = load_bundled().unwrap();
     let engine = Engine::new(bundle.clone());

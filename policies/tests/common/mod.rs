@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use allmende_policies::{ConsentCoverage, DecisionRequest, Principal, Resource};
+use allmende_policies::{
+    ConsentCoverage, DecisionRequest, Grant, GrantState, Principal, Purpose, Resource,
+};
 use serde::Deserialize;
 
 /// The crate's root (holds `schema.cedarschema` and `policies/`).
@@ -156,4 +158,19 @@ pub fn world_resources(world: &World) -> Vec<Resource> {
         ),
     ]
     .concat()
+}
+
+/// TUM's grant on the smart-meter readings whose validity period overflows
+/// Cedar's arithmetic (`not_after - not_before`): the open-ended-grant forbid
+/// errors on it.
+pub fn overflow_grant() -> Grant {
+    Grant {
+        id: "g-overflow".to_owned(),
+        grantee: "tum".to_owned(),
+        dataset: "smart-meter-readings".to_owned(),
+        purpose: Purpose::AcademicResearch,
+        not_before: -1,
+        not_after: Some(i64::MAX),
+        state: GrantState::Active,
+    }
 }
