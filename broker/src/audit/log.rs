@@ -1708,6 +1708,10 @@ mod tests {
                 (None, Some(t0 + 9_000)),
                 (Some(t0 + 14_000), None),
                 (Some(t0 + 60_000), None),
+                // Reversed and extreme bounds: empty, no panic.
+                (Some(t0 + 5_000), Some(t0 + 3_000)),
+                (Some(u64::MAX), Some(0)),
+                (Some(0), Some(u64::MAX)),
             ] {
                 v.push(QueryFilter {
                     from_ms: from,
