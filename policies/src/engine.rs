@@ -54,6 +54,8 @@ pub enum Resource {
     Obligation(String),
     AuditLog(String),
     Federation(String),
+    /// A member organisation (resource of `list_connectors`).
+    Organisation(String),
 }
 
 impl fmt::Display for Resource {
@@ -66,6 +68,7 @@ impl fmt::Display for Resource {
             Resource::Obligation(id) => ("Obligation", id),
             Resource::AuditLog(id) => ("AuditLog", id),
             Resource::Federation(id) => ("Federation", id),
+            Resource::Organisation(id) => ("Organisation", id),
         };
         write!(f, "{t}::{id:?}")
     }
@@ -510,6 +513,7 @@ fn resource_uid(resource: &Resource, s: &EntitySnapshot) -> Result<EntityUid, St
         Resource::Obligation(id) => (&s.obligations, "obligation", id),
         Resource::AuditLog(id) => (&s.audit_logs, "audit log", id),
         Resource::Federation(id) => (&s.federations, "federation", id),
+        Resource::Organisation(id) => (&s.organisations, "organisation", id),
     };
     map.get(id.as_str())
         .cloned()
@@ -536,6 +540,7 @@ impl Resource {
             Resource::Obligation(_) => 16,
             Resource::AuditLog(_) => 32,
             Resource::Federation(_) => 64,
+            Resource::Organisation(_) => 128,
         }
     }
 }

@@ -162,6 +162,7 @@ pub struct EntitySnapshot {
     pub(crate) obligations: HashMap<String, EntityUid>,
     pub(crate) audit_logs: HashMap<String, EntityUid>,
     pub(crate) federations: HashMap<String, EntityUid>,
+    pub(crate) organisations: HashMap<String, EntityUid>,
     /// Pruned policy sets by request shape (see [`crate::prune`]).
     pub(crate) prune: PruneCache,
 }
@@ -677,6 +678,10 @@ impl EntityStore {
             obligations,
             audit_logs,
             federations,
+            organisations: orgs
+                .iter()
+                .map(|(id, (uid, _))| ((*id).to_owned(), uid.clone()))
+                .collect(),
             prune: PruneCache::default(),
         })
     }

@@ -297,7 +297,7 @@ fn next_serial() -> u64 {
 }
 
 const PRINCIPAL_KINDS: usize = 3;
-const RESOURCE_KINDS: usize = 7;
+const RESOURCE_KINDS: usize = 8;
 
 fn scoped_index(action: Action, principal_bit: u8, resource_bit: u8) -> usize {
     let p = principal_bit.trailing_zeros() as usize;
@@ -389,6 +389,7 @@ pub(crate) fn resource_bit(type_name: &str) -> u8 {
         "Allmende::Obligation" => 16,
         "Allmende::AuditLog" => 32,
         "Allmende::Federation" => 64,
+        "Allmende::Organisation" => 128,
         _ => 0,
     }
 }

@@ -202,6 +202,16 @@ closed_vocabulary! {
         Deliver => "deliver",
         ReadCompliance => "read_compliance",
         ManageFederation => "manage_federation",
+        /// Import a controller's consent records for a dataset.
+        ImportConsent => "import_consent",
+        /// Read a data subject's consent records.
+        ReadConsent => "read_consent",
+        /// List the connectors registered at an organisation's node, with
+        /// their operational detail (kinds, problems, who registered).
+        ListConnectors => "list_connectors",
+        /// Node-to-node federation metadata: introductions (`Hello`) and
+        /// catalog change notices.
+        ExchangeMetadata => "exchange_metadata",
     }
 }
 

@@ -123,7 +123,7 @@ pub fn parse_principal(s: &str) -> Result<Principal, String> {
 }
 
 /// `dataset:ID`, `grant:ID`, `request:ID`, `subject:ID`, `obligation:ID`,
-/// `audit:ID` or `federation:ID`.
+/// `audit:ID`, `federation:ID` or `organisation:ID`.
 pub fn parse_resource(s: &str) -> Result<Resource, String> {
     let (kind, id) = s
         .split_once(':')
@@ -137,6 +137,7 @@ pub fn parse_resource(s: &str) -> Result<Resource, String> {
         "obligation" => Resource::Obligation(id),
         "audit" => Resource::AuditLog(id),
         "federation" => Resource::Federation(id),
+        "organisation" => Resource::Organisation(id),
         _ => return Err(format!("bad resource kind `{kind}` in `{s}`")),
     })
 }
