@@ -373,6 +373,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     // gRPC services.
     let peers = Arc::new(Peers::open(store.clone(), clock.clone())?);
     let federation = FederationService {
+        ctx: ctx.clone(),
         trust: trust.clone(),
         peers,
         facts: crate::rpc::federation_facts(&own),
@@ -452,6 +453,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         )
         .add_service(pb::catalog_server::CatalogServer::new(
             crate::rpc::CatalogService {
+                ctx: ctx.clone(),
                 catalog: catalog.clone(),
                 trigger: replicator.trigger(),
                 federation: own.federation.clone(),
@@ -460,7 +462,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .add_service(
             crate::rpc::ConsentService {
                 consent: consent.clone(),
-                audit: audit.clone(),
+                ctx: ctx.clone(),
             }
             .server(),
         );

@@ -149,45 +149,83 @@ impl PolicyPoint {
         self.entities.write().ok().map(|mut e| f(&mut e))
     }
 
-    /// The Cedar principal for a bound caller; registers users and nodes in
-    /// the entity data on first sight (roles come from their certificate).
-    fn principal(&self, p: &Principal) -> pol::Principal {
-        let (id, is_node) = match &p.subject {
-            Subject::Node(n) => (user_entity_id(&p.organisation, n), true),
-            Subject::User(u) => (user_entity_id(&p.organisation, u), false),
-        };
-        let known = self.entities.read().ok().is_some_and(|e| {
-            if is_node {
-                e.node(&id).is_some()
-            } else {
-                e.user(&id)
-                    .is_some_and(|u| p.role.is_some_and(|r| u.roles.contains(&role(r))))
-            }
-        });
-        if !known && let Ok(mut e) = self.entities.write() {
-            if is_node {
-                e.upsert_node(pol::Node::new(id.clone(), p.organisation.clone()));
-            } else {
-                let roles: Vec<pol::Role> = p.role.map(role).into_iter().collect();
-                e.upsert_user(pol::User::new(id.clone(), p.organisation.clone(), &roles));
-            }
-        }
-        if is_node {
-            pol::Principal::Node(id)
-        } else {
-            pol::Principal::User(id)
+    /// The Cedar principal id for a bound caller.
+    fn principal(p: &Principal) -> pol::Principal {
+        match &p.subject {
+            Subject::Node(n) => pol::Principal::Node(user_entity_id(&p.organisation, n)),
+            Subject::User(u) => pol::Principal::User(user_entity_id(&p.organisation, u)),
         }
     }
 
-    /// Decides without auditing (for `Policy.Explain`, a what-if).
-    pub fn decide(&self, request: &pol::DecisionRequest) -> Decision {
-        let snapshot = self.entities.read().ok().and_then(|e| e.snapshot().ok());
-        match snapshot {
-            Some(s) => self.engine.decide(request, &s),
-            None => Decision {
+    /// The resource of a call about data subject `subject` of this node's
+    /// organisation (its controller). Its entity exists for the decision
+    /// even when the node holds no record of the subject: account
+    /// `<controller>/<subject>`, controller this organisation. A certificate
+    /// of another organisation with the same user id is another principal.
+    pub fn subject_resource(&self, subject: &str) -> Resource {
+        Resource::DataSubject(user_entity_id(&self.own_org, subject))
+    }
+
+    /// The resource of a call about this node's organisation.
+    pub fn own_org_resource(&self) -> Resource {
+        Resource::Organisation(self.own_org.clone())
+    }
+
+    /// The entity snapshot for one decision by `caller`, taken under the
+    /// entity lock so that nothing changes between binding and snapshot:
+    /// - the caller's entity carries exactly the role of the certificate on
+    ///   this connection (another certificate of the same user id with
+    ///   another role cannot change this decision);
+    /// - a data subject of this organisation named by the request exists
+    ///   for this decision only, if the node does not know it otherwise.
+    fn snapshot_for(
+        &self,
+        caller: &Principal,
+        request: &pol::DecisionRequest,
+    ) -> Result<std::sync::Arc<pol::EntitySnapshot>, String> {
+        let mut e = self
+            .entities
+            .write()
+            .map_err(|_| "entity data unavailable".to_owned())?;
+        bind_principal(&mut e, caller);
+        let mut scratch_user = None;
+        let mut scratch_subject = None;
+        if let Resource::DataSubject(id) = &request.resource
+            && e.subject(id).is_none()
+            && id
+                .strip_prefix(self.own_org.as_str())
+                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+        {
+            if e.user(id).is_none() {
+                e.upsert_user(pol::User::new(id.clone(), self.own_org.clone(), &[]));
+                scratch_user = Some(id.clone());
+            }
+            e.upsert_subject(pol::DataSubject {
+                id: id.clone(),
+                account: id.clone(),
+                controller: self.own_org.clone(),
+            });
+            scratch_subject = Some(id.clone());
+        }
+        let snapshot = e.snapshot().map_err(|err| err.to_string());
+        if let Some(id) = scratch_subject {
+            e.remove_subject(&id);
+        }
+        if let Some(id) = scratch_user {
+            e.remove_user(&id);
+        }
+        snapshot
+    }
+
+    /// Decides without auditing (for `Policy.Explain`, a what-if, and the
+    /// witness protocol).
+    pub fn decide(&self, caller: &Principal, request: &pol::DecisionRequest) -> Decision {
+        match self.snapshot_for(caller, request) {
+            Ok(s) => self.engine.decide(request, &s),
+            Err(e) => Decision {
                 allowed: false,
                 deciding: vec![pol::DecidingPolicy::evaluation_error()],
-                errors: vec!["entity data unavailable".into()],
+                errors: vec![e],
                 policy_set_hash: self.policy_set_hash(),
                 request: request.clone(),
             },
@@ -203,7 +241,7 @@ impl PolicyPoint {
         purpose: Option<Purpose>,
     ) -> pol::DecisionRequest {
         let mut r = pol::DecisionRequest::new(
-            self.principal(caller),
+            Self::principal(caller),
             action,
             resource,
             self.clock.now_unix_secs(),
@@ -222,7 +260,7 @@ impl PolicyPoint {
         request: pol::DecisionRequest,
         resource_label: &str,
     ) -> Result<Decision, ApiError> {
-        let decision = self.decide(&request);
+        let decision = self.decide(caller, &request);
         let mut d = Draft::new(
             &caller.organisation,
             request.action.as_str(),
@@ -255,6 +293,32 @@ impl PolicyPoint {
                 "denied"
             );
             Err(ApiError::Denied(Box::new(DenyDetails::from(&decision))))
+        }
+    }
+}
+
+/// Makes the caller's entity say exactly what its certificate says: a node
+/// of its organisation, or a user of its organisation with this
+/// certificate's role (and no other).
+fn bind_principal(e: &mut pol::EntityStore, p: &Principal) {
+    match &p.subject {
+        Subject::Node(n) => {
+            let id = user_entity_id(&p.organisation, n);
+            if e.node(&id).is_none_or(|x| x.org != p.organisation) {
+                e.upsert_node(pol::Node::new(id, p.organisation.clone()));
+            }
+        }
+        Subject::User(u) => {
+            let id = user_entity_id(&p.organisation, u);
+            let roles: Vec<pol::Role> = p.role.map(role).into_iter().collect();
+            let same = e.user(&id).is_some_and(|x| {
+                x.org == p.organisation
+                    && x.roles.len() == roles.len()
+                    && roles.iter().all(|r| x.roles.contains(r))
+            });
+            if !same {
+                e.upsert_user(pol::User::new(id, p.organisation.clone(), &roles));
+            }
         }
     }
 }
@@ -292,4 +356,93 @@ impl From<&Decision> for DenyDetails {
 /// Validates a policy directory offline (`allmende policy validate`).
 pub fn validate_dir(dir: &Path) -> Result<pol::PolicyBundle, pol::LoadError> {
     pol::load_dir(dir)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test")]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::pki::{OrgKind, Role};
+    use std::sync::Arc;
+
+    fn point() -> PolicyPoint {
+        let p = PolicyPoint::load(
+            PolicyOrigin::Bundled,
+            ManualClock::starting_now(),
+            "munich",
+            "swm",
+            "swm-1",
+        )
+        .unwrap();
+        p.with_entities(|e| {
+            e.upsert_organisation(pol::Organisation::new("swm", pol::OrgKind::Utility));
+        });
+        p
+    }
+
+    fn user(id: &str, role: Role) -> Principal {
+        Principal {
+            federation: "munich".into(),
+            organisation: "swm".into(),
+            organisation_kind: OrgKind::Utility,
+            subject: Subject::User(id.into()),
+            role: Some(role),
+            certificate_sha256: format!("{id}-{role:?}"),
+            not_after: i64::MAX,
+            issuer_ca_spki_sha256: "swm-ca".into(),
+        }
+    }
+
+    /// Two certificates of one user id with different roles: each decision
+    /// uses the role of the certificate it was made for, whatever the other
+    /// certificate did in between.
+    #[test]
+    fn decisions_use_the_role_of_this_certificate() {
+        let p = point();
+        let steward = user("kim", Role::Steward);
+        let citizen = user("kim", Role::Citizen);
+        let list =
+            |who: &Principal| p.request(who, Action::ListConnectors, p.own_org_resource(), None);
+        let as_citizen = list(&citizen);
+        let as_steward = list(&steward);
+        assert!(p.decide(&steward, &as_steward).allowed);
+        // The steward's certificate was seen last; the citizen's request is
+        // still decided with the citizen's role.
+        assert!(!p.decide(&citizen, &as_citizen).allowed);
+        assert!(p.decide(&steward, &as_steward).allowed);
+        let shared = Arc::new(p);
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let p = shared.clone();
+                let (who, expect) = if i % 2 == 0 {
+                    (steward.clone(), true)
+                } else {
+                    (citizen.clone(), false)
+                };
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let r = p.request(&who, Action::ListConnectors, p.own_org_resource(), None);
+                        assert_eq!(p.decide(&who, &r).allowed, expect);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    /// A data subject named by a request exists only for that decision.
+    #[test]
+    fn subjects_named_by_requests_are_not_kept() {
+        let p = point();
+        let dpo = user("dpo", Role::Dpo);
+        let r = p.request(&dpo, Action::ReadConsent, p.subject_resource("HH-9"), None);
+        assert!(p.decide(&dpo, &r).allowed);
+        let kept = p
+            .with_entities(|e| e.subject("swm/HH-9").is_some() || e.user("swm/HH-9").is_some())
+            .unwrap();
+        assert!(!kept);
+    }
 }

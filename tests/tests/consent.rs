@@ -13,7 +13,7 @@
 use allmende::catalog::Purpose;
 use allmende::cli::consent_cmd::{self, ConsentCmd};
 use allmende::sandbox::Sandbox;
-use allmende_e2e::{connect_with, material, munich};
+use allmende_e2e::{connect_with, material, munich, register_sample_dataset};
 use allmende_proto::v1 as pb;
 use pb::consent_client::ConsentClient;
 use std::collections::HashSet;
@@ -69,6 +69,7 @@ fn set(items: &[&str]) -> HashSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_withdraw_and_who_may_do_what() {
     let sb = munich().await;
+    register_sample_dataset(&sb, DS).await;
     let swm = sb.node("swm-1").unwrap();
     let mut steward = client(&sb, "swm", "steward", "swm-1").await;
 
@@ -256,6 +257,7 @@ async fn import_withdraw_and_who_may_do_what() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_imports_withdraws_and_shows() {
     let sb = munich().await;
+    register_sample_dataset(&sb, DS).await;
     let dir = tempfile::tempdir().unwrap();
     let steward = Some(sb.root.join("swm/users/steward.profile.toml"));
     let household = Some(sb.root.join("swm/users/HH-000001.profile.toml"));

@@ -260,6 +260,10 @@ pub struct Principal {
     pub certificate_sha256: String,
     /// Seconds since the Unix epoch.
     pub not_after: i64,
+    /// Lower-case hex SHA-256 of the SPKI of the organisation CA that issued
+    /// the leaf: the per-request re-check finds the organisation's current
+    /// membership entry by it.
+    pub issuer_ca_spki_sha256: String,
 }
 
 impl Principal {

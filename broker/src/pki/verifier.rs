@@ -48,6 +48,8 @@ pub enum AuthError {
     Revoked,
     #[error("no client certificate")]
     NoCertificate,
+    #[error("the organisation's kind changed in the membership; reconnect")]
+    KindChanged,
 }
 
 impl AuthError {
@@ -63,6 +65,7 @@ impl AuthError {
             AuthError::WrongFederation(_) => "wrong_federation",
             AuthError::Revoked => "revoked",
             AuthError::NoCertificate => "no_certificate",
+            AuthError::KindChanged => "kind_changed",
         }
     }
 }
@@ -108,6 +111,9 @@ pub struct Trust {
     snapshot: ArcSwap<TrustSnapshot>,
     clock: SharedClock,
     algs: WebPkiSupportedAlgorithms,
+    /// The installed membership version, for open streams to re-check on
+    /// every change.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Errors building the trust state.
@@ -148,7 +154,13 @@ impl Trust {
             )),
             clock,
             algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            changes: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// Notices of membership changes (the installed version).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The current view.
@@ -195,6 +207,7 @@ impl Trust {
         let v = doc.version;
         self.snapshot
             .store(Arc::new(TrustSnapshot::new(doc, signed_json.to_vec())));
+        self.changes.send_replace(v);
         tracing::info!(version = v, "membership installed");
         Ok(v)
     }
@@ -283,13 +296,31 @@ impl Trust {
             role,
             certificate_sha256: facts.sha256,
             not_after: facts.not_after,
+            issuer_ca_spki_sha256: issuer_spki,
         })
     }
 
-    /// Re-checks a bound principal for a request on an existing connection:
-    /// revoked or expired since the handshake ⇒ refused.
+    /// Re-checks a bound principal for a request (or the next message of a
+    /// stream) on an existing connection, against the current membership:
+    /// the leaf or its issuing CA revoked, the organisation removed from the
+    /// membership or its CA replaced, its kind changed, or the certificate
+    /// expired since the handshake ⇒ refused.
     pub fn recheck(&self, p: &Principal) -> Result<(), AuthError> {
-        if self.snapshot.load().is_denied(&p.certificate_sha256) {
+        let snap = self.snapshot.load();
+        let member = snap
+            .by_ca_spki
+            .get(&p.issuer_ca_spki_sha256)
+            .ok_or(AuthError::NotAMemberCa)?;
+        if member.org != p.organisation {
+            return Err(AuthError::OrgMismatch {
+                claimed: p.organisation.clone(),
+                issuer: member.org.clone(),
+            });
+        }
+        if member.kind != p.organisation_kind {
+            return Err(AuthError::KindChanged);
+        }
+        if snap.is_denied(&p.certificate_sha256) || snap.is_denied(&member.ca_cert_sha256) {
             return Err(AuthError::Revoked);
         }
         if self.clock.now_unix_secs() > p.not_after {

@@ -31,28 +31,22 @@ impl AuditService {
 
     /// Witness protocol calls are decided on every call but, when allowed,
     /// not written one by one: each entry would need a new checkpoint to be
-    /// witnessed, and the log would never come to rest. Denials are audited.
-    fn authorize_witness(&self, p: &Principal, action: Action) -> Result<(), ApiError> {
+    /// witnessed, and the log would never come to rest. Denials are audited
+    /// (through `authorize`, so a denial that cannot be audited is
+    /// `UNAVAILABLE`, like every other call).
+    async fn authorize_witness(&self, p: &Principal, action: Action) -> Result<(), ApiError> {
         let ctx = &self.ctx;
         let id = ctx.policy.audit_log_id().to_owned();
         let request = ctx
             .policy
             .request(p, action, Resource::AuditLog(id.clone()), None);
-        let d = ctx.policy.decide(&request);
-        if d.allowed {
+        if ctx.policy.decide(p, &request).allowed {
             return Ok(());
         }
-        let audit = ctx.audit.clone();
-        let policy = ctx.policy.clone();
-        let p = p.clone();
-        tokio::spawn(async move {
-            let _ = policy
-                .authorize(&audit, &p, request, &format!("audit-log/{id}"))
-                .await;
-        });
-        Err(ApiError::Denied(Box::new(crate::error::DenyDetails::from(
-            &d,
-        ))))
+        ctx.policy
+            .authorize(&ctx.audit, p, request, &format!("audit-log/{id}"))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -134,25 +128,15 @@ impl pb::audit_server::Audit for AuditService {
                 ApiError::PermissionDenied("only people have an access history".into()).into(),
             );
         };
-        // A citizen's user id, issued by their controller's CA, is their
-        // data-subject id at that controller.
-        let subject_id = crate::policy::user_entity_id(&p.organisation, user);
-        let account = subject_id.clone();
-        let org = p.organisation.clone();
-        self.ctx.policy.with_entities(|e| {
-            if e.subject(&subject_id).is_none() {
-                e.upsert_subject(allmende_policies::DataSubject {
-                    id: subject_id.clone(),
-                    account,
-                    controller: org,
-                });
-            }
-        });
+        // A person is data subject `user` of this node's organisation only
+        // with a citizen certificate of this organisation for exactly that
+        // id: Cedar decides on the subject entity `<this org>/<user>`, whose
+        // account a certificate of another organisation never is.
         let ctx = &self.ctx;
         let request = ctx.policy.request(
             &p,
             Action::ReadAudit,
-            Resource::DataSubject(subject_id.clone()),
+            ctx.policy.subject_resource(user),
             None,
         );
         ctx.policy
@@ -270,7 +254,7 @@ impl pb::audit_server::Audit for AuditService {
     ) -> Result<Response<pb::AuditStatusResponse>, Status> {
         let p = principal(&req)?;
         if p.is_node() {
-            self.authorize_witness(&p, Action::VerifyAudit)?;
+            self.authorize_witness(&p, Action::VerifyAudit).await?;
         } else {
             self.authorize_log(&p, Action::VerifyAudit).await?;
         }
@@ -331,7 +315,7 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::GetCheckpointResponse>, Status> {
         let p = principal(&req)?;
-        self.authorize_witness(&p, Action::VerifyAudit)?;
+        self.authorize_witness(&p, Action::VerifyAudit).await?;
         let since = req.into_inner().since_size;
         let log = &self.ctx.audit;
         let cp = log
@@ -364,7 +348,7 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::AddCosignatureRequest>,
     ) -> Result<Response<pb::AddCosignatureResponse>, Status> {
         let p = principal(&req)?;
-        self.authorize_witness(&p, Action::CosignCheckpoint)?;
+        self.authorize_witness(&p, Action::CosignCheckpoint).await?;
         let r = req.into_inner();
         let key = VerifierKey::parse(&r.witness_vkey)
             .map_err(|e| ApiError::InvalidArgument(format!("witness key: {e}")))?;
@@ -401,7 +385,7 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::GetWitnessedRequest>,
     ) -> Result<Response<pb::GetWitnessedResponse>, Status> {
         let p = principal(&req)?;
-        self.authorize_witness(&p, Action::VerifyAudit)?;
+        self.authorize_witness(&p, Action::VerifyAudit).await?;
         let origin = req.into_inner().origin;
         let Subject::Node(n) = &p.subject else {
             return Err(ApiError::PermissionDenied("nodes only".into()).into());

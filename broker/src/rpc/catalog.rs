@@ -45,6 +45,7 @@ pub type SharedPeers = Arc<RwLock<Vec<PeerConfig>>>;
 /// `allmende.v1.Catalog`.
 #[derive(Debug, Clone)]
 pub struct CatalogService {
+    pub ctx: super::ctx::NodeCtx,
     pub catalog: Arc<Catalog>,
     pub trigger: PullTrigger,
     pub federation: String,
@@ -72,11 +73,11 @@ impl pb::catalog_server::Catalog for CatalogService {
         req: Request<pb::NotifyCatalogRequest>,
     ) -> Result<Response<pb::NotifyCatalogResponse>, Status> {
         let p = principal(&req)?;
+        super::federation::authorize_metadata(&self.ctx, &p, "notify_catalog").await?;
         let Subject::Node(node) = &p.subject else {
-            return Err(ApiError::PermissionDenied(
-                "only broker nodes announce catalog changes".into(),
-            )
-            .into());
+            return Err(
+                ApiError::Internal("a catalog notice was allowed for a person".into()).into(),
+            );
         };
         let announced = req.into_inner().catalog_version;
         let behind = self

@@ -182,12 +182,24 @@ impl pb::connectors_server::Connectors for ConnectorsService {
         req: Request<pb::ListConnectorsRequest>,
     ) -> Result<Response<pb::ListConnectorsResponse>, Status> {
         let p = principal(&req)?;
-        if p.organisation != self.ctx.organisation {
-            return Err(ApiError::PermissionDenied(
-                "connectors are listed only to their own organisation".into(),
+        // Operational detail (kinds, problems, who registered) is for the
+        // organisation's operators, stewards and node; everyone else reads
+        // the federated catalog.
+        let ctx = &self.ctx;
+        let request = ctx.policy.request(
+            &p,
+            Action::ListConnectors,
+            ctx.policy.own_org_resource(),
+            None,
+        );
+        ctx.policy
+            .authorize(
+                &ctx.audit,
+                &p,
+                request,
+                &format!("connectors/{}", ctx.organisation),
             )
-            .into());
-        }
+            .await?;
         let list = self.registry.list().map_err(ApiError::from)?;
         Ok(Response::new(pb::ListConnectorsResponse {
             connectors: list

@@ -1,15 +1,19 @@
 //! `allmende.v1.Consent`: import a utility's consent CSV, withdraw consent,
 //! read a subject's records.
 //!
-//! Who may call (until these decisions move under Cedar): stewards and DPOs
-//! of this node's organisation for everything; a citizen of this
-//! organisation for their own subject only — a citizen's certificate user id
-//! is their subject id.
+//! Every call is decided by Cedar through `PolicyPoint::authorize` (and so
+//! audited, fail closed): `import_consent` on the dataset, `record_consent`
+//! and `read_consent` on the data subject `<this org>/<subject id>`. A person
+//! acts as a subject only with a citizen certificate of this node's
+//! organisation for exactly that id; the controller's stewards and DPO act
+//! for any of its subjects.
 
+use super::ctx::NodeCtx;
 use super::principal;
 use crate::consent::ConsentStore;
 use crate::error::ApiError;
-use crate::pki::{Principal, Role, Subject};
+use crate::pki::Principal;
+use crate::policy::{Action, Resource};
 use allmende_policies::Purpose;
 use allmende_proto::v1 as pb;
 use std::sync::Arc;
@@ -22,9 +26,9 @@ pub const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ConsentService {
     pub consent: Arc<ConsentStore>,
-    /// Every consent change is written to the node's audit log before it
-    /// takes effect; if it cannot be written, nothing changes.
-    pub audit: crate::audit::AuditLog,
+    /// Decisions and every consent change go to the node's audit log before
+    /// they take effect; if they cannot be written, nothing changes.
+    pub ctx: NodeCtx,
 }
 
 impl ConsentService {
@@ -46,8 +50,43 @@ impl ConsentService {
             d.user = Some(u.clone());
         }
         d.subjects = subjects;
-        self.audit.append(d).await?;
+        self.ctx.audit.append(d).await?;
         Ok(())
+    }
+
+    /// Decides `action` on `resource` for `p` and audits the decision.
+    async fn authorize(
+        &self,
+        p: &Principal,
+        action: Action,
+        resource: Resource,
+        label: &str,
+    ) -> Result<(), ApiError> {
+        let policy = &self.ctx.policy;
+        let request = policy.request(p, action, resource, None);
+        policy
+            .authorize(&self.ctx.audit, p, request, label)
+            .await
+            .map(|_| ())
+    }
+
+    /// Decides a call about data subject `subject` of this organisation.
+    async fn authorize_subject(
+        &self,
+        p: &Principal,
+        action: Action,
+        subject: &str,
+    ) -> Result<(), ApiError> {
+        if subject.is_empty() {
+            return Err(ApiError::InvalidArgument("`subject_id` is empty".into()));
+        }
+        // The audit log names subjects only as keyed hashes.
+        let label = format!(
+            "data-subject/{}",
+            self.ctx.audit.pseudonym(self.ctx.policy.own_org(), subject)
+        );
+        let resource = self.ctx.policy.subject_resource(subject);
+        self.authorize(p, action, resource, &label).await
     }
 }
 
@@ -56,32 +95,6 @@ impl ConsentService {
     pub fn server(self) -> pb::consent_server::ConsentServer<Self> {
         pb::consent_server::ConsentServer::new(self)
             .max_decoding_message_size(MAX_IMPORT_BYTES + 64 * 1024)
-    }
-
-    fn is_officer(&self, p: &Principal) -> bool {
-        p.organisation == self.consent.controller()
-            && matches!(p.subject, Subject::User(_))
-            && matches!(p.role, Some(Role::Steward | Role::Dpo))
-    }
-
-    /// Stewards and DPOs of the controller for any subject; a citizen of the
-    /// controller for their own.
-    fn may_act_for(&self, p: &Principal, subject: &str) -> Result<(), ApiError> {
-        if self.is_officer(p) {
-            return Ok(());
-        }
-        if p.organisation == self.consent.controller()
-            && p.role == Some(Role::Citizen)
-            && matches!(&p.subject, Subject::User(u) if u == subject)
-        {
-            return Ok(());
-        }
-        Err(ApiError::PermissionDenied(format!(
-            "`{}` may not act on consent of subject `{}`: only the subject themself or a steward or DPO of `{}`",
-            p.uri(),
-            subject.chars().take(64).collect::<String>(),
-            self.consent.controller()
-        )))
     }
 }
 
@@ -101,16 +114,18 @@ impl pb::consent_server::Consent for ConsentService {
         req: Request<pb::ImportConsentRequest>,
     ) -> Result<Response<pb::ImportConsentResponse>, Status> {
         let p = principal(&req)?;
-        if !self.is_officer(&p) {
-            return Err(ApiError::PermissionDenied(format!(
-                "`{}` may not import consent records: only stewards and DPOs of `{}`",
-                p.uri(),
-                self.consent.controller()
-            ))
-            .into());
-        }
         let r = req.into_inner();
         tracing::Span::current().record("dataset", tracing::field::display(&r.dataset));
+        if r.dataset.is_empty() {
+            return Err(ApiError::InvalidArgument("`dataset` is empty".into()).into());
+        }
+        self.authorize(
+            &p,
+            Action::ImportConsent,
+            Resource::Dataset(r.dataset.clone()),
+            &r.dataset,
+        )
+        .await?;
         if r.csv.len() > MAX_IMPORT_BYTES {
             return Err(ApiError::ResourceExhausted(format!(
                 "consent file of {} bytes exceeds {MAX_IMPORT_BYTES} bytes; split it",
@@ -146,7 +161,8 @@ impl pb::consent_server::Consent for ConsentService {
     ) -> Result<Response<pb::WithdrawConsentResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        self.may_act_for(&p, &r.subject_id)?;
+        self.authorize_subject(&p, Action::RecordConsent, &r.subject_id)
+            .await?;
         let dataset = (!r.dataset.is_empty()).then_some(r.dataset.as_str());
         if let Some(d) = dataset {
             tracing::Span::current().record("dataset", tracing::field::display(d));
@@ -180,7 +196,8 @@ impl pb::consent_server::Consent for ConsentService {
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        self.may_act_for(&p, &r.subject_id)?;
+        self.authorize_subject(&p, Action::ReadConsent, &r.subject_id)
+            .await?;
         Ok(Response::new(pb::GetConsentResponse {
             records: self
                 .consent

@@ -1,12 +1,39 @@
 //! `allmende.v1.Federation`.
 
+use super::ctx::NodeCtx;
 use super::principal;
 use crate::error::ApiError;
 use crate::peers::Peers;
+use crate::pki::Principal;
 use crate::pki::Trust;
+use crate::policy::{Action, Resource};
 use allmende_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+
+/// Decides (and audits) a node-to-node metadata call: `exchange_metadata`
+/// on the federation. `call` names the call in the audit entry's resource.
+pub(super) async fn authorize_metadata(
+    ctx: &NodeCtx,
+    p: &Principal,
+    call: &str,
+) -> Result<(), ApiError> {
+    let request = ctx.policy.request(
+        p,
+        Action::ExchangeMetadata,
+        Resource::Federation(ctx.federation.clone()),
+        None,
+    );
+    ctx.policy
+        .authorize(
+            &ctx.audit,
+            p,
+            request,
+            &format!("federation/{}/{call}", ctx.federation),
+        )
+        .await
+        .map(|_| ())
+}
 
 /// Facts about the serving node.
 #[derive(Debug, Clone)]
@@ -18,6 +45,7 @@ pub struct ServerFacts {
 
 #[derive(Debug)]
 pub struct FederationService {
+    pub ctx: NodeCtx,
     pub trust: Arc<Trust>,
     pub peers: Arc<Peers>,
     pub facts: ServerFacts,
@@ -54,12 +82,7 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<pb::HelloResponse>, Status> {
         let p = principal(&req)?;
         let body = req.into_inner();
-        if !p.is_node() {
-            return Err(ApiError::PermissionDenied(
-                "only broker nodes introduce themselves with `Hello`".into(),
-            )
-            .into());
-        }
+        authorize_metadata(&self.ctx, &p, "hello").await?;
         // Identity comes from the certificate; a body that claims otherwise
         // is noted and ignored.
         if (!body.claimed_organisation.is_empty() && body.claimed_organisation != p.organisation)

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod ctx;
 mod federation;
 mod policy;
+mod recheck;
 
 pub use access::AccessService;
 pub use audit::AuditService;
@@ -25,10 +26,161 @@ pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource, rec
 
 use crate::metrics::{NodeMetrics, RpcLabels};
 use crate::pki::{Principal, Trust};
+use crate::policy::Action;
 use crate::tls::PeerInfo;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tracing::Instrument;
+
+/// How a gRPC method is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallRule {
+    /// Decided by `PolicyPoint::authorize` (Cedar, error = deny) with this
+    /// action, and audited before anything is read or changed.
+    Decided(Action),
+    /// The witness protocol between nodes: decided by Cedar with this action
+    /// on every call; allowed calls are not written one by one (each entry
+    /// would need a new checkpoint to be witnessed, and the log would never
+    /// come to rest); denials are audited. People calling it are decided and
+    /// audited like `Decided`.
+    Witness(Action),
+    /// Not decided by the policies, for the reason given. These calls read
+    /// nothing personal and change nothing.
+    Exempt(&'static str),
+}
+
+/// Every method the node serves (`/package.Service/Method`) and how it is
+/// decided. `tests/tests/hardening.rs` compares this table with the
+/// services' descriptor set and probes every decided method with a caller
+/// who must be refused, expecting `PERMISSION_DENIED` and an audit entry;
+/// `ARCHITECTURE.md` lists the exemptions.
+pub const CALLS: &[(&str, CallRule)] = &[
+    ("/allmende.v1.Access/Fetch", CallRule::Decided(Action::Read)),
+    (
+        "/allmende.v1.Audit/Query",
+        CallRule::Decided(Action::ReadAudit),
+    ),
+    (
+        "/allmende.v1.Audit/MyAccesses",
+        CallRule::Decided(Action::ReadAudit),
+    ),
+    (
+        "/allmende.v1.Audit/Export",
+        CallRule::Decided(Action::ExportAudit),
+    ),
+    (
+        "/allmende.v1.Audit/Status",
+        CallRule::Witness(Action::VerifyAudit),
+    ),
+    (
+        "/allmende.v1.Audit/VerifyLog",
+        CallRule::Decided(Action::VerifyAudit),
+    ),
+    (
+        "/allmende.v1.Audit/GetCheckpoint",
+        CallRule::Witness(Action::VerifyAudit),
+    ),
+    (
+        "/allmende.v1.Audit/AddCosignature",
+        CallRule::Witness(Action::CosignCheckpoint),
+    ),
+    (
+        "/allmende.v1.Audit/GetWitnessed",
+        CallRule::Witness(Action::VerifyAudit),
+    ),
+    (
+        "/allmende.v1.Catalog/List",
+        CallRule::Exempt(
+            "catalog metadata is federated to every member by design; no rows, no personal data",
+        ),
+    ),
+    (
+        "/allmende.v1.Catalog/Notify",
+        CallRule::Decided(Action::ExchangeMetadata),
+    ),
+    (
+        "/allmende.v1.Catalog/Search",
+        CallRule::Exempt("searches the federated catalog's public metadata"),
+    ),
+    (
+        "/allmende.v1.Catalog/Get",
+        CallRule::Exempt("reads one entry of the federated catalog's public metadata"),
+    ),
+    (
+        "/allmende.v1.Connectors/Register",
+        CallRule::Decided(Action::RegisterConnector),
+    ),
+    (
+        "/allmende.v1.Connectors/SetEnabled",
+        CallRule::Decided(Action::RegisterConnector),
+    ),
+    (
+        "/allmende.v1.Connectors/Remove",
+        CallRule::Decided(Action::RegisterConnector),
+    ),
+    (
+        "/allmende.v1.Connectors/List",
+        CallRule::Decided(Action::ListConnectors),
+    ),
+    (
+        "/allmende.v1.Consent/Import",
+        CallRule::Decided(Action::ImportConsent),
+    ),
+    (
+        "/allmende.v1.Consent/Withdraw",
+        CallRule::Decided(Action::RecordConsent),
+    ),
+    (
+        "/allmende.v1.Consent/Get",
+        CallRule::Decided(Action::ReadConsent),
+    ),
+    (
+        "/allmende.v1.Federation/WhoAmI",
+        CallRule::Exempt("echoes the caller's own certificate identity"),
+    ),
+    (
+        "/allmende.v1.Federation/Hello",
+        CallRule::Decided(Action::ExchangeMetadata),
+    ),
+    (
+        "/allmende.v1.Federation/ListPeers",
+        CallRule::Exempt("lists member nodes this node has met: federation metadata"),
+    ),
+    (
+        "/allmende.v1.Federation/GetMembership",
+        CallRule::Exempt("the root-signed membership document every member holds"),
+    ),
+    (
+        "/allmende.v1.Policy/Explain",
+        CallRule::Exempt(
+            "a what-if for the caller's own request; decides nothing, changes nothing",
+        ),
+    ),
+    (
+        "/allmende.v1.Policy/Reload",
+        CallRule::Decided(Action::ManageFederation),
+    ),
+    (
+        "/allmende.v1.Policy/GetPolicySet",
+        CallRule::Exempt("the policies in force are public by design (transparent decisions)"),
+    ),
+    (
+        "/grpc.health.v1.Health/Check",
+        CallRule::Exempt("standard health check"),
+    ),
+    (
+        "/grpc.health.v1.Health/Watch",
+        CallRule::Exempt("standard health check"),
+    ),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        CallRule::Exempt("standard reflection: the public wire contract"),
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        CallRule::Exempt("standard reflection: the public wire contract"),
+    ),
+];
 
 /// The caller of a request, as bound by [`AuthLayer`].
 pub fn principal<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, tonic::Status> {
@@ -124,6 +276,17 @@ where
                 purpose = tracing::field::Empty,
             );
             let resp = inner.call(req).instrument(span).await?;
+            // Streams end when the caller stops being trusted mid-response.
+            let resp = match peer {
+                Some(p) => resp.map(|body| {
+                    tonic::body::Body::new(recheck::RecheckBody::new(
+                        body,
+                        layer.trust.clone(),
+                        p.principal,
+                    ))
+                }),
+                None => resp,
+            };
             let code = resp
                 .headers()
                 .get("grpc-status")

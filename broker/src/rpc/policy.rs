@@ -69,7 +69,7 @@ impl pb::policy_server::Policy for PolicyService {
         if !r.grant_id.is_empty() {
             request.grant = Some(r.grant_id);
         }
-        let d = self.ctx.policy.decide(&request);
+        let d = self.ctx.policy.decide(&p, &request);
         Ok(Response::new(pb::ExplainResponse {
             decision: Some(super::convert::decision_details(&d)),
             text: d.to_string(),
