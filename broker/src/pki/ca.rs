@@ -661,6 +661,63 @@ mod tests {
         );
     }
 
+    /// The per-request re-check follows the membership: a removed
+    /// organisation, a changed kind and a revoked organisation CA refuse a
+    /// principal bound before the change.
+    #[test]
+    fn recheck_follows_membership_changes_of_the_organisation() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let tum = OrgCa::load(&d.path().join("tum")).unwrap();
+        let f = tum
+            .issue_user("alice", Role::Researcher, 30, &d.path().join("u"), NOW)
+            .unwrap();
+        let c = chain(&f.chain);
+        let t = trust(&fed, NOW + 60);
+        let p = t.authenticate(&c[0], &c[1..]).unwrap();
+        assert_eq!(t.recheck(&p), Ok(()));
+        let install = |t: &Trust, doc: &mut crate::pki::membership::MembershipDoc| {
+            doc.version += 1;
+            fed.store_membership(doc).unwrap();
+            t.install_membership(&std::fs::read(fed.membership()).unwrap())
+                .unwrap();
+        };
+        // The kind changes: decisions made on the old kind stop.
+        let mut doc = fed.load_membership().unwrap();
+        for m in &mut doc.members {
+            if m.org == "tum" {
+                m.kind = OrgKind::Company;
+            }
+        }
+        install(&t, &mut doc);
+        assert_eq!(t.recheck(&p), Err(crate::pki::AuthError::KindChanged));
+        // The organisation leaves the federation.
+        let t = trust(&fed, NOW + 60);
+        let p = t.authenticate(&c[0], &c[1..]).unwrap();
+        doc.members.retain(|m| m.org != "tum");
+        install(&t, &mut doc);
+        assert_eq!(t.recheck(&p), Err(crate::pki::AuthError::NotAMemberCa));
+        // Its CA is revoked (the leaf itself is not on the deny list).
+        let fed2 = setup(&d.path().join("again"));
+        let tum2 = OrgCa::load(&d.path().join("again/tum")).unwrap();
+        let f2 = tum2
+            .issue_user("alice", Role::Researcher, 30, &d.path().join("u2"), NOW)
+            .unwrap();
+        let c2 = chain(&f2.chain);
+        let t2 = trust(&fed2, NOW + 60);
+        let p2 = t2.authenticate(&c2[0], &c2[1..]).unwrap();
+        revoke(
+            &fed2,
+            &d.path().join("again/tum").join(ORG_CERT),
+            "left",
+            NOW,
+        )
+        .unwrap();
+        t2.install_membership(&std::fs::read(fed2.membership()).unwrap())
+            .unwrap();
+        assert_eq!(t2.recheck(&p2), Err(crate::pki::AuthError::Revoked));
+    }
+
     #[test]
     fn renewal_keeps_identity_and_role_with_a_new_key() {
         let d = tempfile::tempdir().unwrap();
