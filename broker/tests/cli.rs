@@ -242,7 +242,10 @@ fn onboarding_on_the_command_line_then_node_run_health_and_sigterm() {
     for _ in 0..50 {
         let out = run(&["health", "--profile", profile.to_str().unwrap()]);
         if !out.status.success() {
-            eprintln!("refused: {}", stderr(&out));
+            let e = stderr(&out);
+            eprintln!("refused: {e}");
+            // A sentence for people, never tonic's debug form.
+            assert!(!e.contains("code: '") && !e.contains("Status {"), "{e}");
             refused = out.status.code();
             break;
         }
@@ -254,6 +257,14 @@ fn onboarding_on_the_command_line_then_node_run_health_and_sigterm() {
     );
     signal(&child, "-TERM");
     assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+    // Logs written to a pipe carry no colour codes.
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(!logs.trim().is_empty(), "the node logged nothing");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in piped logs: {logs:?}"
+    );
 }
 
 #[test]

@@ -25,6 +25,12 @@ pub enum ConnectorCmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print a commented, valid registration file to start from.
+    Template {
+        /// Format of the source files: csv, jsonl, geojson or parquet.
+        #[arg(long, default_value = "csv")]
+        format: String,
+    },
     /// Your organisation's connectors on this node.
     List {
         #[arg(long, env = "ALLMENDE_PROFILE")]
@@ -83,25 +89,6 @@ pub struct FetchArgs {
     out: PathBuf,
 }
 
-fn load_config(path: &Path) -> Result<(String, String), Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new(3, format!("cannot read `{}`: {e}", path.display())))?;
-    let v: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)
-            .map_err(|e| Failure::new(3, format!("`{}`: {e}", path.display())))?
-    } else {
-        let t: toml::Value = toml::from_str(&text)
-            .map_err(|e| Failure::new(3, format!("`{}`: {e}", path.display())))?;
-        serde_json::to_value(t).map_err(|e| Failure::new(3, e.to_string()))?
-    };
-    let part = |k: &str| {
-        v.get(k)
-            .map(|x| x.to_string())
-            .ok_or_else(|| Failure::new(3, format!("`{}` has no `{k}` table", path.display())))
-    };
-    Ok((part("dataset")?, part("connector")?))
-}
-
 fn info_json(c: &pb::ConnectorInfo) -> serde_json::Value {
     serde_json::json!({"dataset": c.dataset, "kind": c.kind, "enabled": c.enabled, "registered_by": c.registered_by, "problem": c.problem, "columns": c.columns})
 }
@@ -140,19 +127,19 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
             dataset,
             config,
         } => {
-            let (dataset_json, config_json) = load_config(&config)?;
-            let id: Option<String> = serde_json::from_str::<serde_json::Value>(&dataset_json)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
-            if id.as_deref() != Some(dataset.as_str()) {
+            // Check the file here first: a mistake names the file's own line.
+            let file = super::template::load(&config)?;
+            if file.dataset.id != dataset {
                 return Err(Failure::new(
                     3,
                     format!(
-                        "`--dataset {dataset}` does not match `dataset.id` in `{}`",
+                        "`--dataset {dataset}` does not match `dataset.id` (`{}`) in `{}`",
+                        file.dataset.id,
                         config.display()
                     ),
                 ));
             }
+            let (dataset_json, config_json) = (file.dataset_json, file.connector_json);
             let r = client(profile)
                 .await?
                 .register(pb::RegisterConnectorRequest {
@@ -172,6 +159,24 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
                     r.catalog_version
                 );
             }
+            Ok(())
+        }
+        ConnectorCmd::Template { format } => {
+            let format = match format.as_str() {
+                "csv" => allmende_connectors::FileFormat::Csv,
+                "jsonl" => allmende_connectors::FileFormat::Jsonl,
+                "geojson" => allmende_connectors::FileFormat::Geojson,
+                "parquet" => allmende_connectors::FileFormat::Parquet,
+                other => {
+                    return Err(Failure::new(
+                        2,
+                        format!(
+                            "unknown format `{other}`: expected csv, jsonl, geojson or parquet"
+                        ),
+                    ));
+                }
+            };
+            print!("{}", super::template::template(format)?);
             Ok(())
         }
         ConnectorCmd::List { profile } => {

@@ -12,6 +12,7 @@ pub mod consent_cmd;
 mod data_cmd;
 mod pki_cmd;
 mod policy_cmd;
+mod template;
 
 use crate::client::{ClientProfile, ProfileError, error_chain};
 use crate::clock::{Clock, SystemClock};
@@ -140,7 +141,7 @@ impl From<ProfileError> for Failure {
 /// from the node (a transport failure) is "unreachable", unless TLS says the
 /// node refused our certificate.
 pub fn status_failure(s: &tonic::Status) -> Failure {
-    let chain = error_chain(s);
+    let chain = status_sentence(s);
     let lower = chain.to_lowercase();
     let cert_refused = lower.contains("certificate") || lower.contains("handshake");
     let code = match s.code() {
@@ -159,7 +160,45 @@ pub fn status_failure(s: &tonic::Status) -> Failure {
     if code == 5 && s.code() == tonic::Code::Unknown {
         return Failure::new(code, format!("the node refused the connection: {chain}"));
     }
-    Failure::new(code, format!("{:?}: {chain}", s.code()))
+    Failure::new(code, chain)
+}
+
+/// A status as a sentence: the code in words, the node's message, and the
+/// causes of a transport failure — never tonic's debug form.
+pub fn status_sentence(s: &tonic::Status) -> String {
+    let words = match s.code() {
+        tonic::Code::Ok => "ok",
+        tonic::Code::Cancelled => "cancelled",
+        tonic::Code::Unknown => "failed",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::DeadlineExceeded => "timed out",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::ResourceExhausted => "too many requests",
+        tonic::Code::FailedPrecondition => "not possible now",
+        tonic::Code::Aborted => "aborted",
+        tonic::Code::OutOfRange => "out of range",
+        tonic::Code::Unimplemented => "not supported by this node",
+        tonic::Code::Internal => "internal error at the node",
+        tonic::Code::Unavailable => "node unavailable",
+        tonic::Code::DataLoss => "data loss",
+        tonic::Code::Unauthenticated => "not authenticated",
+    };
+    let mut out = format!("{words}: {}", s.message());
+    if s.message().is_empty() {
+        out = words.to_owned();
+    }
+    let mut cur = std::error::Error::source(s);
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// Entry point of the binary.
