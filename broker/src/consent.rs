@@ -249,25 +249,12 @@ fn write(l: &RwLock<Records>) -> RwLockWriteGuard<'_, Records> {
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| t.unix_timestamp())
-        .map_err(|_| {
-            format!(
-                "`{}` is not an RFC 3339 time",
-                s.chars().take(60).collect::<String>()
-            )
-        })
+    crate::timefmt::parse(s).map(|t| t.unix_timestamp())
 }
 
 /// Formats Unix seconds as RFC 3339.
 pub fn format_time(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
+    crate::timefmt::format_unix_secs(unix)
 }
 
 /// Checks a subject id. Subject ids double as the user id of the subject's

@@ -24,6 +24,7 @@ pub mod rpc;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod timefmt;
 pub mod tls;
 
 /// This build's version.

@@ -79,13 +79,7 @@ fn iri(s: &str) -> String {
 }
 
 fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+    crate::timefmt::format_unix_ms(ms)
 }
 
 /// The dataset IRI.

@@ -86,16 +86,12 @@ fn parse_time(s: &str) -> Result<u64, String> {
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(ms);
     }
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("`{s}` is neither RFC 3339 nor milliseconds: {e}"))?;
+    let t = crate::timefmt::parse(s).map_err(|e| format!("{e}, nor milliseconds"))?;
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| format!("`{s}` is before 1970"))
 }
 
 fn fmt_time(ms: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::timefmt::format_unix_ms(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 fn entry_json(e: &pb::AuditEntry) -> serde_json::Value {

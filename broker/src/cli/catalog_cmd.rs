@@ -106,13 +106,7 @@ pub async fn output(cmd: CatalogCmd, json: bool) -> Result<String, Failure> {
 }
 
 fn fmt_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::timefmt::format_unix_ms(ms)
 }
 
 /// An entry as JSON.
