@@ -141,6 +141,23 @@ impl Filter {
         }
     }
 
+    /// Every column the filter names, each once, in order of appearance.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let mut stack = vec![self];
+        while let Some(f) = stack.pop() {
+            match f {
+                Filter::Compare { column, .. } => {
+                    if !out.contains(&column.as_str()) {
+                        out.push(column);
+                    }
+                }
+                Filter::All(fs) | Filter::Any(fs) => stack.extend(fs.iter().rev()),
+            }
+        }
+        out
+    }
+
     /// Evaluates the filter: a mask where `true` keeps the row (nulls drop it).
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, FilterError> {
         let eval = |e: arrow::error::ArrowError| FilterError::Eval(e.to_string());
