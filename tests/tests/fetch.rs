@@ -676,11 +676,16 @@ async fn pages_are_a_function_of_the_released_rows_only() {
         replace_meter_source(&sb, &format!("layout-{name}"), batches).await;
         let by_50 = pages(&mut tum, 50, 10).await;
         let by_1 = pages(&mut tum, 1, 4).await;
-        seen.push((name, by_50, by_1));
+        // Exactly all released rows: one complete page, even when withheld
+        // rows follow the last released one.
+        let by_all = pages(&mut tum, released.len() as u64, 3).await;
+        seen.push((name, by_50, by_1, by_all));
     }
-    let (_, by_50, by_1) = &seen[0];
+    let (_, by_50, by_1, by_all) = &seen[0];
     // Full pages of released rows until the last one; no empty page.
     let total = released.len() as u64;
+    assert_eq!(by_all.len(), 1, "{by_all:?}");
+    assert!(by_all[0].complete && by_all[0].rows == total);
     assert_eq!(by_50.len() as u64, total.div_ceil(50), "{by_50:?}");
     for (i, p) in by_50.iter().enumerate() {
         let last = i + 1 == by_50.len();
@@ -699,9 +704,10 @@ async fn pages_are_a_function_of_the_released_rows_only() {
         .collect();
     assert_eq!(lens.len(), 1, "{lens:?}");
     // Wherever the withheld rows lie, the caller sees the same pages.
-    for (name, other_50, other_1) in &seen[1..] {
+    for (name, other_50, other_1, other_all) in &seen[1..] {
         assert_eq!(other_50, by_50, "layout `{name}`, pages of 50");
         assert_eq!(other_1, by_1, "layout `{name}`, pages of 1");
+        assert_eq!(other_all, by_all, "layout `{name}`, one page");
     }
     sb.shutdown().await.unwrap();
 }
