@@ -583,9 +583,8 @@ async fn pages(
         )
         .await
         .unwrap();
-        let data = (!f.batches.is_empty()).then(|| {
-            arrow::compute::concat_batches(&f.batches[0].schema(), &f.batches).unwrap()
-        });
+        let data = (!f.batches.is_empty())
+            .then(|| arrow::compute::concat_batches(&f.batches[0].schema(), &f.batches).unwrap());
         out.push(Seen {
             rows: f.summary.rows,
             complete: f.summary.complete,
@@ -715,7 +714,9 @@ async fn pages_are_a_function_of_the_released_rows_only() {
 /// The refusals of resume cursors in `node`'s audit log.
 fn cursor_refusals(node: &allmende::node::NodeHandle) -> Vec<allmende_audit::Entry> {
     (0..node.audit.size())
-        .map(|seq| allmende_audit::Entry::decode(&node.audit.entry_bytes(seq).unwrap().unwrap()).unwrap())
+        .map(|seq| {
+            allmende_audit::Entry::decode(&node.audit.entry_bytes(seq).unwrap().unwrap()).unwrap()
+        })
         .filter(|e| e.policy_ids == ["invalid-resume-cursor"])
         .collect()
 }
@@ -770,9 +771,15 @@ async fn resume_cursors_are_sealed_and_bound_to_caller_dataset_purpose_and_grant
         ..req
     };
     let cases = [
-        ("a hand-made source position", with(&raw_position, smart_meter("g-1"))),
+        (
+            "a hand-made source position",
+            with(&raw_position, smart_meter("g-1")),
+        ),
         ("an altered token", with(&altered, smart_meter("g-1"))),
-        ("a truncated token", with(&token[..token.len() - 8], smart_meter("g-1"))),
+        (
+            "a truncated token",
+            with(&token[..token.len() - 8], smart_meter("g-1")),
+        ),
         ("another grant", with(&token, smart_meter("g-2"))),
         ("no grant", with(&token, smart_meter(""))),
         (
@@ -789,8 +796,16 @@ async fn resume_cursors_are_sealed_and_bound_to_caller_dataset_purpose_and_grant
     for (what, req) in cases {
         let err = fetch(&mut tum, req).await.err().unwrap();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
-        assert!(err.message().contains("resume cursor"), "{what}: {}", err.message());
-        assert!(!err.message().contains("readings"), "{what}: {}", err.message());
+        assert!(
+            err.message().contains("resume cursor"),
+            "{what}: {}",
+            err.message()
+        );
+        assert!(
+            !err.message().contains("readings"),
+            "{what}: {}",
+            err.message()
+        );
     }
     // Another caller with the same request.
     let mut insurer = access(&sb, "versicherung-ag", "analyst", "swm-1").await;
@@ -821,7 +836,10 @@ async fn resume_cursors_are_sealed_and_bound_to_caller_dataset_purpose_and_grant
     assert!(refused.iter().all(|e| e.resource == "smart-meter-readings"
         && e.decision == Some(allmende_audit::Decision::Deny)));
     assert_eq!(
-        refused.iter().filter(|e| e.principal.org == "versicherung-ag").count(),
+        refused
+            .iter()
+            .filter(|e| e.principal.org == "versicherung-ag")
+            .count(),
         1
     );
     assert_eq!(cursor_refusals(sb.node("stadt-1").unwrap()).len(), 1);

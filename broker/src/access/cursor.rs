@@ -170,7 +170,9 @@ impl CursorSealer {
             return Err(CursorError::UnknownVersion);
         }
         let mut raw = b64().decode(body).map_err(|_| CursorError::Malformed)?;
-        if raw.len() < NONCE_LEN + TAG_LEN + PAD || (raw.len() - NONCE_LEN - TAG_LEN) % PAD != 0 {
+        if raw.len() < NONCE_LEN + TAG_LEN + PAD
+            || !(raw.len() - NONCE_LEN - TAG_LEN).is_multiple_of(PAD)
+        {
             return Err(CursorError::Malformed);
         }
         let mut nonce = [0u8; NONCE_LEN];

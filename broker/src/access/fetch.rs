@@ -162,13 +162,14 @@ impl Fetcher {
         {
             let ids: Vec<&str> = identifying.iter().map(String::as_str).collect();
             // A registration from before this check: not served.
-            super::cursor::identifying_cursor_column(desc.cursor_column.as_deref(), &ids)
-                .map_err(|m| {
+            super::cursor::identifying_cursor_column(desc.cursor_column.as_deref(), &ids).map_err(
+                |m| {
                     ApiError::FailedPrecondition(format!(
                         "dataset `{}` is not served: {m}; its owner must register it again",
                         reg.dataset.id
                     ))
-                })?;
+                },
+            )?;
         }
         // Validate the request against the schema before deciding.
         for c in &params.columns {
@@ -538,7 +539,8 @@ impl Page {
                     ))));
                 }
             };
-            let (mask, withheld) = pipeline::release_mask(&batch, &self.stages).map_err(internal)?;
+            let (mask, withheld) =
+                pipeline::release_mask(&batch, &self.stages).map_err(internal)?;
             let n = mask.true_count() as u64;
             if released >= self.target {
                 // Looking ahead: is there another released row?
@@ -644,8 +646,8 @@ impl Page {
                 }
             }
         }
-        let same = arrow::compute::concat_batches(&head.schema(), &batches)
-            .is_ok_and(|b| b == *head);
+        let same =
+            arrow::compute::concat_batches(&head.schema(), &batches).is_ok_and(|b| b == *head);
         match summary.and_then(|s| s.cursor) {
             Some(c) if same => Ok(c),
             _ => Err(Stop::Failed(ApiError::Unavailable(format!(

@@ -202,7 +202,11 @@ pub fn release_mask(
     let n = batch.num_rows();
     let filtered: BooleanArray = match &stages.filter {
         None => BooleanArray::from(vec![true; n]),
-        Some(f) => f.evaluate(batch)?.iter().map(|v| Some(v == Some(true))).collect(),
+        Some(f) => f
+            .evaluate(batch)?
+            .iter()
+            .map(|v| Some(v == Some(true)))
+            .collect(),
     };
     let Some(g) = &stages.consent else {
         return Ok((filtered, 0));

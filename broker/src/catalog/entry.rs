@@ -649,7 +649,9 @@ impl DatasetDescription {
         let mut quasi = HashSet::new();
         for q in &s.quasi_identifier_columns {
             if !s.fields.iter().any(|f| &f.name == q) {
-                p.push(format!("quasi-identifier column `{q}` is not in the schema"));
+                p.push(format!(
+                    "quasi-identifier column `{q}` is not in the schema"
+                ));
             }
             if identifying.contains(&q.as_str()) {
                 p.push(format!(
@@ -773,7 +775,10 @@ pub(crate) mod tests {
         let s: DatasetSchema = serde_json::from_str(json).unwrap();
         assert!(s.quasi_identifier_columns.is_empty() && s.filterable_columns.is_empty());
         let back = serde_json::to_string(&s).unwrap();
-        assert!(!back.contains("quasi") && !back.contains("filterable"), "{back}");
+        assert!(
+            !back.contains("quasi") && !back.contains("filterable"),
+            "{back}"
+        );
     }
 
     #[test]
