@@ -448,7 +448,7 @@ async fn a_client_that_stops_reading_releases_the_source_and_is_audited_as_abort
     let days: Vec<_> = (0..16)
         .map(|d| allmende_connectors::sample::smart_meter_readings_day(&spec, d).unwrap())
         .collect();
-    replace_meter_source(&sb, "many-days", &days).await;
+    replace_meter_source(&sb, "many-days", &days, None).await;
     let mut c = access(&sb, "tum", "alice", "swm-1").await;
     let mut s = c.fetch(smart_meter("g-1")).await.unwrap().into_inner();
     let _first = s.message().await.unwrap().unwrap();
@@ -510,8 +510,11 @@ async fn replace_meter_source(
     sb: &Sandbox,
     name: &str,
     files: &[arrow::record_batch::RecordBatch],
+    cursor_column: Option<&str>,
 ) {
     let path = sb.root.join("sample-data").join(name);
+    let mut config = meter_config(&path);
+    config.cursor_column = cursor_column.map(str::to_owned);
     for (i, b) in files.iter().enumerate() {
         let file = path.join(format!("part-{i:04}.parquet"));
         allmende_connectors::write::write_parquet(&file, &b.schema(), std::slice::from_ref(b))
@@ -521,7 +524,7 @@ async fn replace_meter_source(
         "swm",
         "steward",
         &allmende::catalog::munich::smart_meter_readings(),
-        &meter_config(&path),
+        &config,
     )
     .await
     .unwrap();
@@ -602,6 +605,19 @@ async fn pages(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pages_are_a_function_of_the_released_rows_only() {
+    released_rows_only(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pages_by_a_timestamp_cursor_are_a_function_of_the_released_rows_only() {
+    released_rows_only(true).await;
+}
+
+/// Registers the same released rows with different withheld rows around
+/// them and checks that the caller sees the same pages. `by_time`: sources in
+/// time order that resume by the timestamp column (a column cursor: value and
+/// count within a run of equal values); otherwise position cursors.
+async fn released_rows_only(by_time: bool) {
     let sb = federation().await;
     let swm = sb.node("swm-1").unwrap();
     grant_tum_research(&sb, "g-1");
@@ -661,18 +677,34 @@ async fn pages_are_a_function_of_the_released_rows_only() {
         gaps.push(take(part));
         gaps.push(take(&withheld[..20]));
     }
-    let layouts = [
-        ("sample", vec![day.clone()]),
-        ("moved", vec![take(&other)]),
-        ("moved-in-files-of-7", chunks(take(&other), 7)),
-        ("none", vec![take(&released)]),
-        ("none-in-files-of-25", chunks(take(&released), 25)),
-        ("withheld-files-between-pages", gaps),
-    ];
+    let layouts = if by_time {
+        // Only layouts in time order: the sample's, split or without the
+        // withheld rows.
+        let t = Some("timestamp");
+        vec![
+            ("sample-by-time", vec![day.clone()], t),
+            ("sample-in-files-of-7-by-time", chunks(day.clone(), 7), t),
+            ("none-by-time", vec![take(&released)], t),
+            (
+                "none-in-files-of-25-by-time",
+                chunks(take(&released), 25),
+                t,
+            ),
+        ]
+    } else {
+        vec![
+            ("sample", vec![day.clone()], None),
+            ("moved", vec![take(&other)], None),
+            ("moved-in-files-of-7", chunks(take(&other), 7), None),
+            ("none", vec![take(&released)], None),
+            ("none-in-files-of-25", chunks(take(&released), 25), None),
+            ("withheld-files-between-pages", gaps, None),
+        ]
+    };
     let mut tum = access(&sb, "tum", "alice", "swm-1").await;
     let mut seen = Vec::new();
-    for (name, batches) in &layouts {
-        replace_meter_source(&sb, &format!("layout-{name}"), batches).await;
+    for (name, batches, cursor_column) in &layouts {
+        replace_meter_source(&sb, &format!("layout-{name}"), batches, *cursor_column).await;
         let by_50 = pages(&mut tum, 50, 10).await;
         let by_1 = pages(&mut tum, 1, 4).await;
         // Exactly all released rows: one complete page, even when withheld
