@@ -310,6 +310,17 @@ mod tests {
     }
 
     #[test]
+    fn a_cursor_may_not_follow_an_identifying_column() {
+        let ids = ["household_id", "meter_id"];
+        for c in ids {
+            let e = identifying_cursor_column(Some(c), &ids).unwrap_err();
+            assert!(e.contains(&format!("`{c}` is identifying")), "{e}");
+        }
+        assert!(identifying_cursor_column(Some("timestamp"), &ids).is_ok());
+        assert!(identifying_cursor_column(None, &ids).is_ok());
+    }
+
+    #[test]
     fn the_token_length_does_not_depend_on_the_position() {
         let s = CursorSealer::new([1; 32]);
         let lens: std::collections::BTreeSet<usize> = [0, 9, 10, 99_999, u64::MAX]

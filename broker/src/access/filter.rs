@@ -293,6 +293,22 @@ mod tests {
     }
 
     #[test]
+    fn every_named_column_is_found_however_deep() {
+        let f = Filter::All(vec![
+            cmp_("kwh", CompareOp::Gt, FilterValue::Float(1.0)),
+            Filter::Any(vec![
+                Filter::All(vec![cmp_(
+                    "district",
+                    CompareOp::Eq,
+                    FilterValue::String("x".into()),
+                )]),
+                cmp_("kwh", CompareOp::Lt, FilterValue::Float(9.0)),
+            ]),
+        ]);
+        assert_eq!(f.columns(), vec!["kwh", "district"]);
+    }
+
+    #[test]
     fn hostile_filters_are_refused_before_reading() {
         let s = batch().schema();
         let id = vec!["household_id".to_owned()];
