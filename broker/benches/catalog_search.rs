@@ -221,6 +221,8 @@ fn entries() -> Vec<CatalogEntry> {
                         ],
                         subject_column: Some("id".into()),
                         identifier_columns: vec![],
+                        quasi_identifier_columns: vec![],
+                        filterable_columns: vec![],
                     },
                     access_url: None,
                 },

@@ -228,6 +228,15 @@ impl Registry {
                 dataset.schema.subject_column.as_deref().unwrap_or("-")
             )));
         }
+        // A resume cursor never follows an identifying column.
+        let mut identifying = dataset.schema.identifying_columns();
+        identifying.extend(config.subject_column.iter().map(String::as_str));
+        identifying.extend(config.identifier_columns.iter().map(String::as_str));
+        crate::access::cursor::identifying_cursor_column(
+            config.cursor_column.as_deref(),
+            &identifying,
+        )
+        .map_err(RegistryError::Config)?;
         let connector = FileConnector::open_async(config.clone()).await?;
         allmende_connectors::schema::check_declared_schema(
             &dataset.schema.fields,

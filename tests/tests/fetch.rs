@@ -1,7 +1,8 @@
 //! The release pipeline across real nodes: story 1 (registration, federated
 //! metadata, rows stay at the owner), consent filtering and withdrawal,
-//! pseudonymisation, fail-closed audit, hostile requests, resume cursors,
-//! clients that stop reading, rate limits.
+//! pseudonymisation, fail-closed audit, hostile requests, resume cursors
+//! (sealed, bound to the request, pages a function of the released rows),
+//! quasi-identifier filters, clients that stop reading, rate limits.
 
 #![allow(
     clippy::unwrap_used,
@@ -442,6 +443,12 @@ async fn a_client_that_stops_reading_releases_the_source_and_is_audited_as_abort
     let sb = federation().await;
     let swm = sb.node("swm-1").unwrap();
     grant_tum_research(&sb, "g-1");
+    // More released rows than the channels and HTTP/2 windows buffer.
+    let spec = allmende_connectors::sample::SampleSpec::default();
+    let days: Vec<_> = (0..16)
+        .map(|d| allmende_connectors::sample::smart_meter_readings_day(&spec, d).unwrap())
+        .collect();
+    replace_meter_source(&sb, "many-days", &days, None).await;
     let mut c = access(&sb, "tum", "alice", "swm-1").await;
     let mut s = c.fetch(smart_meter("g-1")).await.unwrap().into_inner();
     let _first = s.message().await.unwrap().unwrap();
@@ -493,5 +500,494 @@ async fn per_principal_rate_limit() {
     // Another principal is not affected.
     let mut other = access(&sb, "stadt", "dpo", "stadt-1").await;
     assert!(fetch(&mut other, req).await.is_ok());
+    sb.shutdown().await.unwrap();
+}
+
+/// Replaces the source of `smart-meter-readings` at `swm-1` by a directory
+/// with one Parquet file per batch (the connector reads each file in its own
+/// batches), registered by SWM's steward through the real flow.
+async fn replace_meter_source(
+    sb: &Sandbox,
+    name: &str,
+    files: &[arrow::record_batch::RecordBatch],
+    cursor_column: Option<&str>,
+) {
+    let path = sb.root.join("sample-data").join(name);
+    let mut config = meter_config(&path);
+    config.cursor_column = cursor_column.map(str::to_owned);
+    for (i, b) in files.iter().enumerate() {
+        let file = path.join(format!("part-{i:04}.parquet"));
+        allmende_connectors::write::write_parquet(&file, &b.schema(), std::slice::from_ref(b))
+            .unwrap();
+    }
+    sb.register_dataset(
+        "swm",
+        "steward",
+        &allmende::catalog::munich::smart_meter_readings(),
+        &config,
+    )
+    .await
+    .unwrap();
+}
+
+fn meter_config(path: &std::path::Path) -> allmende_connectors::FileConnectorConfig {
+    let mut config = allmende_connectors::FileConnectorConfig::new(
+        path,
+        allmende_connectors::FileFormat::Parquet,
+    );
+    config.schema = Some(allmende_connectors::sample::smart_meter_fields());
+    config.subject_column = Some("household_id".into());
+    config.identifier_columns = vec!["meter_id".into()];
+    config
+}
+
+/// Fetches, waiting out the per-principal rate limit.
+async fn fetch_patiently(
+    c: &mut AccessClient<tonic::transport::Channel>,
+    req: pb::FetchRequest,
+) -> Result<Fetched, tonic::Status> {
+    for _ in 0..50 {
+        match fetch(c, req.clone()).await {
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
+    panic!("rate limited for too long");
+}
+
+/// What a caller sees of one page.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    rows: u64,
+    complete: bool,
+    cursor_len: usize,
+    batch_rows: Vec<usize>,
+    data: Option<arrow::record_batch::RecordBatch>,
+}
+
+/// Pages through `smart-meter-readings` with `max_rows`, at most `pages` pages.
+async fn pages(
+    c: &mut AccessClient<tonic::transport::Channel>,
+    max_rows: u64,
+    pages: usize,
+) -> Vec<Seen> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..pages {
+        let f = fetch_patiently(
+            c,
+            pb::FetchRequest {
+                max_rows,
+                resume_cursor: cursor.clone(),
+                ..smart_meter("g-1")
+            },
+        )
+        .await
+        .unwrap();
+        let data = (!f.batches.is_empty())
+            .then(|| arrow::compute::concat_batches(&f.batches[0].schema(), &f.batches).unwrap());
+        out.push(Seen {
+            rows: f.summary.rows,
+            complete: f.summary.complete,
+            cursor_len: f.summary.next_cursor.len(),
+            batch_rows: f.batches.iter().map(|b| b.num_rows()).collect(),
+            data,
+        });
+        if f.summary.complete {
+            break;
+        }
+        cursor = f.summary.next_cursor;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pages_are_a_function_of_the_released_rows_only() {
+    released_rows_only(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pages_by_a_timestamp_cursor_are_a_function_of_the_released_rows_only() {
+    released_rows_only(true).await;
+}
+
+/// Registers the same released rows with different withheld rows around
+/// them and checks that the caller sees the same pages. `by_time`: sources in
+/// time order that resume by the timestamp column (a column cursor: value and
+/// count within a run of equal values); otherwise position cursors.
+async fn released_rows_only(by_time: bool) {
+    let sb = federation().await;
+    let swm = sb.node("swm-1").unwrap();
+    grant_tum_research(&sb, "g-1");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let permitted = swm.consent.permitted_subjects(
+        "smart-meter-readings",
+        allmende_policies::Purpose::AcademicResearch,
+        now,
+    );
+    // Six quarter-hours of the sample: rows of consenting and of other
+    // households, interleaved.
+    let day = allmende_connectors::sample::smart_meter_readings_day(
+        &allmende_connectors::sample::SampleSpec::default(),
+        0,
+    )
+    .unwrap();
+    let day = day.slice(0, 6 * 120);
+    let ids = arrow::compute::cast(
+        day.column_by_name("household_id").unwrap(),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let ids = ids
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    let (released, withheld): (Vec<u32>, Vec<u32>) =
+        (0..day.num_rows() as u32).partition(|&i| permitted.contains(ids.value(i as usize)));
+    assert!(released.len() > 60 && !withheld.is_empty());
+    let take = |idx: &[u32]| {
+        let idx = arrow::array::UInt32Array::from(idx.to_vec());
+        arrow::compute::take_record_batch(&day, &idx).unwrap()
+    };
+    // The same released rows in the same order, with the withheld rows
+    // (a) where the sample has them, (b) in other places and numbers — in
+    // front, in runs between released rows, after them — and (c) not at all;
+    // in one file (pages end inside a source batch) or in many (pages also
+    // end at batch ends, followed by files of withheld rows only).
+    let mut other: Vec<u32> = withheld.clone();
+    for (n, r) in released.iter().enumerate() {
+        other.push(*r);
+        let run = n % 4;
+        other.extend(withheld.iter().cycle().skip(n).take(run));
+    }
+    other.extend(withheld.iter().take(30));
+    let chunks = |b: arrow::record_batch::RecordBatch, n: usize| {
+        (0..b.num_rows())
+            .step_by(n)
+            .map(|at| b.slice(at, n.min(b.num_rows() - at)))
+            .collect::<Vec<_>>()
+    };
+    let mut gaps = Vec::new();
+    for part in released.chunks(50) {
+        gaps.push(take(part));
+        gaps.push(take(&withheld[..20]));
+    }
+    let layouts = if by_time {
+        // Only layouts in time order: the sample's, split or without the
+        // withheld rows.
+        let t = Some("timestamp");
+        vec![
+            ("sample-by-time", vec![day.clone()], t),
+            ("sample-in-files-of-7-by-time", chunks(day.clone(), 7), t),
+            ("none-by-time", vec![take(&released)], t),
+            (
+                "none-in-files-of-25-by-time",
+                chunks(take(&released), 25),
+                t,
+            ),
+        ]
+    } else {
+        vec![
+            ("sample", vec![day.clone()], None),
+            ("moved", vec![take(&other)], None),
+            ("moved-in-files-of-7", chunks(take(&other), 7), None),
+            ("none", vec![take(&released)], None),
+            ("none-in-files-of-25", chunks(take(&released), 25), None),
+            ("withheld-files-between-pages", gaps, None),
+        ]
+    };
+    let mut tum = access(&sb, "tum", "alice", "swm-1").await;
+    let mut seen = Vec::new();
+    for (name, batches, cursor_column) in &layouts {
+        replace_meter_source(&sb, &format!("layout-{name}"), batches, *cursor_column).await;
+        let by_50 = pages(&mut tum, 50, 10).await;
+        let by_1 = pages(&mut tum, 1, 4).await;
+        // Exactly all released rows: one complete page, even when withheld
+        // rows follow the last released one.
+        let by_all = pages(&mut tum, released.len() as u64, 3).await;
+        seen.push((name, by_50, by_1, by_all));
+    }
+    let (_, by_50, by_1, by_all) = &seen[0];
+    // Full pages of released rows until the last one; no empty page.
+    let total = released.len() as u64;
+    assert_eq!(by_all.len(), 1, "{by_all:?}");
+    assert!(by_all[0].complete && by_all[0].rows == total);
+    assert_eq!(by_50.len() as u64, total.div_ceil(50), "{by_50:?}");
+    for (i, p) in by_50.iter().enumerate() {
+        let last = i + 1 == by_50.len();
+        assert_eq!(p.complete, last, "page {i}");
+        let expected = if last { total - 50 * i as u64 } else { 50 };
+        assert_eq!(p.rows, expected, "page {i} of {by_50:?}");
+        assert_eq!(p.batch_rows.iter().sum::<usize>() as u64, p.rows);
+    }
+    assert!(by_1.iter().all(|p| p.rows == 1 && !p.complete), "{by_1:?}");
+    // Every cursor has the same length.
+    let lens: std::collections::BTreeSet<usize> = by_50
+        .iter()
+        .chain(by_1.iter())
+        .filter(|p| !p.complete)
+        .map(|p| p.cursor_len)
+        .collect();
+    assert_eq!(lens.len(), 1, "{lens:?}");
+    // Wherever the withheld rows lie, the caller sees the same pages.
+    for (name, other_50, other_1, other_all) in &seen[1..] {
+        assert_eq!(other_50, by_50, "layout `{name}`, pages of 50");
+        assert_eq!(other_1, by_1, "layout `{name}`, pages of 1");
+        assert_eq!(other_all, by_all, "layout `{name}`, one page");
+    }
+    sb.shutdown().await.unwrap();
+}
+
+/// The refusals of resume cursors in `node`'s audit log.
+fn cursor_refusals(node: &allmende::node::NodeHandle) -> Vec<allmende_audit::Entry> {
+    (0..node.audit.size())
+        .map(|seq| {
+            allmende_audit::Entry::decode(&node.audit.entry_bytes(seq).unwrap().unwrap()).unwrap()
+        })
+        .filter(|e| e.policy_ids == ["invalid-resume-cursor"])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resume_cursors_are_sealed_and_bound_to_caller_dataset_purpose_and_grant() {
+    let sb = federation().await;
+    let swm = sb.node("swm-1").unwrap();
+    grant_tum_research(&sb, "g-1");
+    grant_tum_research(&sb, "g-2");
+    let mut tum = access(&sb, "tum", "alice", "swm-1").await;
+    let first = fetch(
+        &mut tum,
+        pb::FetchRequest {
+            max_rows: 10,
+            ..smart_meter("g-1")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!first.summary.complete);
+    let token = first.summary.next_cursor.clone();
+    // Opaque: no file, no record number, no column value.
+    assert!(token.starts_with("c1."), "{token}");
+    for clear in ["readings", "parquet", "row", "position", "{"] {
+        assert!(!token.contains(clear), "{token}");
+    }
+    // The honest continuation works.
+    let next = fetch(
+        &mut tum,
+        pb::FetchRequest {
+            max_rows: 10,
+            resume_cursor: token.clone(),
+            ..smart_meter("g-1")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(next.summary.rows, 10);
+
+    let mut altered = token.clone().into_bytes();
+    let mid = altered.len() / 2;
+    altered[mid] = if altered[mid] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let raw_position = allmende_connectors::Cursor::Position {
+        file: "readings-2025-03-03.parquet".into(),
+        row: 2,
+    }
+    .to_string();
+    let with = |cursor: &str, req: pb::FetchRequest| pb::FetchRequest {
+        resume_cursor: cursor.into(),
+        ..req
+    };
+    let cases = [
+        (
+            "a hand-made source position",
+            with(&raw_position, smart_meter("g-1")),
+        ),
+        ("an altered token", with(&altered, smart_meter("g-1"))),
+        (
+            "a truncated token",
+            with(&token[..token.len() - 8], smart_meter("g-1")),
+        ),
+        ("another grant", with(&token, smart_meter("g-2"))),
+        ("no grant", with(&token, smart_meter(""))),
+        (
+            "another purpose",
+            with(
+                &token,
+                pb::FetchRequest {
+                    purpose: "ServiceProvision".into(),
+                    ..smart_meter("g-1")
+                },
+            ),
+        ),
+    ];
+    for (what, req) in cases {
+        let err = fetch(&mut tum, req).await.err().unwrap();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains("resume cursor"),
+            "{what}: {}",
+            err.message()
+        );
+        assert!(
+            !err.message().contains("readings"),
+            "{what}: {}",
+            err.message()
+        );
+    }
+    // Another caller with the same request.
+    let mut insurer = access(&sb, "versicherung-ag", "analyst", "swm-1").await;
+    let err = fetch(&mut insurer, with(&token, smart_meter("g-1")))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // Another node and dataset.
+    let mut at_city = access(&sb, "tum", "alice", "stadt-1").await;
+    let err = fetch(
+        &mut at_city,
+        pb::FetchRequest {
+            dataset: "air-quality".into(),
+            resume_cursor: token.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // Every refusal is audited where it happened, naming the caller, never
+    // the token.
+    let refused = cursor_refusals(swm);
+    assert_eq!(refused.len(), 7, "{refused:?}");
+    assert!(refused.iter().all(|e| e.resource == "smart-meter-readings"
+        && e.decision == Some(allmende_audit::Decision::Deny)));
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|e| e.principal.org == "versicherung-ag")
+            .count(),
+        1
+    );
+    assert_eq!(cursor_refusals(sb.node("stadt-1").unwrap()).len(), 1);
+    for seq in 0..swm.audit.size() {
+        let bytes = swm.audit.entry_bytes(seq).unwrap().unwrap();
+        let body = &token[3..40];
+        assert!(
+            !bytes.windows(body.len()).any(|w| w == body.as_bytes()),
+            "the token is in audit entry {seq}"
+        );
+    }
+    sb.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cursor_on_an_identifying_column_is_refused_at_registration() {
+    let sb = federation().await;
+    let path = sb
+        .root
+        .join("sample-data")
+        .join("smart-meter-readings")
+        .join("readings-2025-03-03.parquet");
+    assert!(path.exists(), "{}", path.display());
+    for column in ["household_id", "meter_id"] {
+        let mut config = meter_config(&path);
+        config.cursor_column = Some(column.into());
+        let err = sb
+            .register_dataset(
+                "swm",
+                "steward",
+                &allmende::catalog::munich::smart_meter_readings(),
+                &config,
+            )
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("cursor column `{column}` was accepted"));
+        let msg = allmende::client::error_chain(&err);
+        assert!(
+            msg.contains(&format!("cursor column `{column}` is identifying")),
+            "{msg}"
+        );
+    }
+    sb.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filters_on_quasi_identifiers_only_where_the_owner_allows() {
+    let sb = federation().await;
+    let swm = sb.node("swm-1").unwrap();
+    grant_tum_research(&sb, "g-1");
+    let mut tum = access(&sb, "tum", "alice", "swm-1").await;
+    let cmp = |column: &str, op: pb::CompareOp, v: pb::value::Kind| pb::Filter {
+        expr: Some(pb::filter::Expr::Comparison(pb::Comparison {
+            column: column.into(),
+            op: op.into(),
+            value: Some(pb::Value { kind: Some(v) }),
+        })),
+    };
+    let district = cmp(
+        "district",
+        pb::CompareOp::Eq,
+        pb::value::Kind::StringValue("Maxvorstadt".into()),
+    );
+    // Alone, or hidden in a combination: refused, naming the column.
+    let hidden = pb::Filter {
+        expr: Some(pb::filter::Expr::All(pb::FilterList {
+            filters: vec![
+                cmp("kwh", pb::CompareOp::Ge, pb::value::Kind::FloatValue(0.0)),
+                pb::Filter {
+                    expr: Some(pb::filter::Expr::Any(pb::FilterList {
+                        filters: vec![district.clone()],
+                    })),
+                },
+            ],
+        })),
+    };
+    for f in [district, hidden] {
+        let err = fetch(
+            &mut tum,
+            pb::FetchRequest {
+                filter: Some(f),
+                ..smart_meter("g-1")
+            },
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("`district`"), "{}", err.message());
+    }
+    let audited = (0..swm.audit.size())
+        .map(|seq| {
+            allmende_audit::Entry::decode(&swm.audit.entry_bytes(seq).unwrap().unwrap()).unwrap()
+        })
+        .filter(|e| e.policy_ids == ["filter-on-quasi-identifier"])
+        .count();
+    assert_eq!(audited, 2);
+    // The owner allows time ranges; other columns are not quasi-identifiers.
+    for f in [
+        cmp(
+            "timestamp",
+            pb::CompareOp::Ge,
+            pb::value::Kind::StringValue("2025-03-04T00:00:00Z".into()),
+        ),
+        cmp("kwh", pb::CompareOp::Ge, pb::value::Kind::FloatValue(0.1)),
+    ] {
+        let f = fetch(
+            &mut tum,
+            pb::FetchRequest {
+                filter: Some(f),
+                ..smart_meter("g-1")
+            },
+        )
+        .await
+        .unwrap();
+        assert!(rows(&f) > 0);
+    }
     sb.shutdown().await.unwrap();
 }

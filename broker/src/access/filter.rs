@@ -141,6 +141,23 @@ impl Filter {
         }
     }
 
+    /// Every column the filter names, each once, in order of appearance.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let mut stack = vec![self];
+        while let Some(f) = stack.pop() {
+            match f {
+                Filter::Compare { column, .. } => {
+                    if !out.contains(&column.as_str()) {
+                        out.push(column);
+                    }
+                }
+                Filter::All(fs) | Filter::Any(fs) => stack.extend(fs.iter().rev()),
+            }
+        }
+        out
+    }
+
     /// Evaluates the filter: a mask where `true` keeps the row (nulls drop it).
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, FilterError> {
         let eval = |e: arrow::error::ArrowError| FilterError::Eval(e.to_string());
@@ -273,6 +290,22 @@ mod tests {
                 .num_rows(),
             1
         );
+    }
+
+    #[test]
+    fn every_named_column_is_found_however_deep() {
+        let f = Filter::All(vec![
+            cmp_("kwh", CompareOp::Gt, FilterValue::Float(1.0)),
+            Filter::Any(vec![
+                Filter::All(vec![cmp_(
+                    "district",
+                    CompareOp::Eq,
+                    FilterValue::String("x".into()),
+                )]),
+                cmp_("kwh", CompareOp::Lt, FilterValue::Float(9.0)),
+            ]),
+        ]);
+        assert_eq!(f.columns(), vec!["kwh", "district"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! record batches; [`fetch`] is the only code that sends rows, and it obtains
 //! them only after holding a `ReleaseGuard`.
 
+pub mod cursor;
 pub mod fetch;
 pub mod filter;
 pub mod pipeline;

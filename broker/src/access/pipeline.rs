@@ -192,24 +192,150 @@ pub fn project(
     batch.project(&idx).map_err(arrow_err)
 }
 
+/// Which rows of a batch the row filter and the consent gate release (`true`
+/// = released; a null is never released), and how many of the rows the row
+/// filter kept were withheld for missing consent.
+pub fn release_mask(
+    batch: &RecordBatch,
+    stages: &Stages,
+) -> Result<(BooleanArray, u64), PipelineError> {
+    let n = batch.num_rows();
+    let filtered: BooleanArray = match &stages.filter {
+        None => BooleanArray::from(vec![true; n]),
+        Some(f) => f
+            .evaluate(batch)?
+            .iter()
+            .map(|v| Some(v == Some(true)))
+            .collect(),
+    };
+    let Some(g) = &stages.consent else {
+        return Ok((filtered, 0));
+    };
+    let col = batch.column_by_name(&g.subject_column).ok_or_else(|| {
+        PipelineError::Arrow(format!("subject column `{}` missing", g.subject_column))
+    })?;
+    let subjects = as_strings(col)?;
+    let mut withheld = 0u64;
+    let mask: BooleanArray = subjects
+        .iter()
+        .zip(filtered.iter())
+        .map(|(s, kept)| {
+            let kept = kept == Some(true);
+            let consented = s.is_some_and(|s| g.permitted.contains(s));
+            if kept && !consented {
+                withheld += 1;
+            }
+            Some(kept && consented)
+        })
+        .collect();
+    Ok((mask, withheld))
+}
+
+/// Index of the row at which `mask` has its `n`-th `true` (1-based `n`).
+pub fn nth_released(mask: &BooleanArray, n: u64) -> Option<usize> {
+    let mut seen = 0u64;
+    for (i, v) in mask.iter().enumerate() {
+        if v == Some(true) {
+            seen += 1;
+            if seen == n {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
 /// Runs every stage over one batch.
 pub fn run(
     batch: RecordBatch,
     stages: &Stages,
     subject_column: Option<&str>,
 ) -> Result<(RecordBatch, StageStats), PipelineError> {
+    let (mask, withheld) = release_mask(&batch, stages)?;
+    run_masked(batch, &mask, withheld, stages, subject_column)
+}
+
+/// Runs the stages after the release decision over one batch whose
+/// released rows `mask` (from [`release_mask`]) marks.
+pub fn run_masked(
+    batch: RecordBatch,
+    mask: &BooleanArray,
+    withheld: u64,
+    stages: &Stages,
+    subject_column: Option<&str>,
+) -> Result<(RecordBatch, StageStats), PipelineError> {
     let mut stats = StageStats {
         rows_in: u64::try_from(batch.num_rows()).unwrap_or(0),
+        rows_without_consent: withheld,
         ..Default::default()
     };
-    let b = row_filter(batch, stages.filter.as_ref())?;
-    let (b, withheld) = consent_filter(b, stages.consent.as_ref())?;
-    stats.rows_without_consent = withheld;
+    let b = keep(&batch, mask)?;
     stats.subjects = subjects_of(&b, subject_column)?;
     let b = pseudonymise(b, &stages.pseudonymiser)?;
     let b = project(b, stages.projection.as_deref())?;
     stats.rows_out = u64::try_from(b.num_rows()).unwrap_or(0);
     Ok((b, stats))
+}
+
+/// Cuts released rows into batches of exactly `rows` rows (the last one of a
+/// response may be shorter), so that the batch boundaries a caller sees depend
+/// only on the released rows, not on how the source's batches fell or how
+/// many of their rows were withheld. Holds fewer than `rows` rows between
+/// calls.
+#[derive(Debug)]
+pub struct Rebatcher {
+    rows: usize,
+    held: Vec<RecordBatch>,
+    held_rows: usize,
+}
+
+impl Rebatcher {
+    pub fn new(rows: usize) -> Self {
+        Self {
+            rows: rows.max(1),
+            held: Vec::new(),
+            held_rows: 0,
+        }
+    }
+
+    /// Adds released rows; returns the batches that are full.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, PipelineError> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        self.held_rows += batch.num_rows();
+        self.held.push(batch);
+        let mut out = Vec::new();
+        if self.held_rows < self.rows {
+            return Ok(out);
+        }
+        let schema = self.held[0].schema();
+        let all = arrow::compute::concat_batches(&schema, &self.held).map_err(arrow_err)?;
+        self.held.clear();
+        let mut at = 0;
+        while all.num_rows() - at >= self.rows {
+            out.push(all.slice(at, self.rows));
+            at += self.rows;
+        }
+        self.held_rows = all.num_rows() - at;
+        if self.held_rows > 0 {
+            self.held.push(all.slice(at, self.held_rows));
+        }
+        Ok(out)
+    }
+
+    /// The rows still held, as one batch; nothing is held afterwards.
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>, PipelineError> {
+        let held = std::mem::take(&mut self.held);
+        self.held_rows = 0;
+        let Some(first) = held.first() else {
+            return Ok(None);
+        };
+        let schema = first.schema();
+        arrow::compute::concat_batches(&schema, &held)
+            .map(Some)
+            .map_err(arrow_err)
+    }
 }
 
 /// The schema the caller receives (for the IPC stream header).
@@ -258,7 +384,7 @@ impl IpcEncoder {
     }
 
     /// Ends the stream; returns the last bytes.
-    pub fn finish(mut self) -> Result<Vec<u8>, PipelineError> {
+    pub fn finish(&mut self) -> Result<Vec<u8>, PipelineError> {
         self.writer.finish().map_err(arrow_err)?;
         Ok(self.take())
     }
@@ -342,6 +468,58 @@ mod tests {
             arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 3);
+    }
+
+    #[test]
+    fn the_release_mask_is_the_row_filter_and_the_consent_gate() {
+        let mut s = stages(&["HH-1"]);
+        s.filter = Some(Filter::Compare {
+            column: "kwh".into(),
+            op: CompareOp::Gt,
+            value: FilterValue::Float(1.5),
+        });
+        let (mask, withheld) = release_mask(&batch(), &s).unwrap();
+        // Rows: HH-1 1.0 (filtered), HH-2 2.0 (no consent), null 3.0 (no
+        // subject), HH-1 4.0 (released).
+        assert_eq!(
+            mask.iter().collect::<Vec<_>>(),
+            vec![Some(false), Some(false), Some(false), Some(true)]
+        );
+        assert_eq!(withheld, 2, "only rows the filter kept count as withheld");
+        assert_eq!(nth_released(&mask, 1), Some(3));
+        assert_eq!(nth_released(&mask, 2), None);
+        let (b, stats) = run_masked(batch(), &mask, withheld, &s, Some("household_id")).unwrap();
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(stats.rows_without_consent, 2);
+        assert_eq!(stats.subjects.len(), 1);
+    }
+
+    #[test]
+    fn the_rebatcher_cuts_fixed_size_batches_whatever_came_in() {
+        let rows = |n: usize| {
+            let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Float64, false)]));
+            RecordBatch::try_new(
+                schema,
+                vec![Arc::new(Float64Array::from(
+                    (0..n).map(|i| i as f64).collect::<Vec<_>>(),
+                ))],
+            )
+            .unwrap()
+        };
+        // The same 23 rows arriving in different pieces give the same batches.
+        let mut shapes = Vec::new();
+        for pieces in [vec![23], vec![1; 23], vec![5, 0, 9, 2, 7], vec![0, 22, 1]] {
+            let mut r = Rebatcher::new(4);
+            let mut out = Vec::new();
+            for p in pieces {
+                out.extend(r.push(rows(p)).unwrap().iter().map(RecordBatch::num_rows));
+            }
+            out.extend(r.finish().unwrap().map(|b| b.num_rows()));
+            assert!(r.finish().unwrap().is_none());
+            shapes.push(out);
+        }
+        assert_eq!(shapes[0], vec![4, 4, 4, 4, 4, 3]);
+        assert!(shapes.iter().all(|s| s == &shapes[0]), "{shapes:?}");
     }
 
     #[test]

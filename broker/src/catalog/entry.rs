@@ -268,6 +268,26 @@ pub struct DatasetSchema {
     /// Other identifying columns (meter id, device id, …).
     #[serde(default)]
     pub identifier_columns: Vec<String>,
+    /// Quasi-identifiers: columns that do not name a person but can single
+    /// one out when a filter selects on them (district, timestamp, postcode,
+    /// …). In a personal dataset a filter may name one only if the owner lists
+    /// it in `filterable_columns`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quasi_identifier_columns: Vec<String>,
+    /// The quasi-identifiers the owner allows filters on (by default none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filterable_columns: Vec<String>,
+}
+
+impl DatasetSchema {
+    /// The data-subject column and every identifier column.
+    pub fn identifying_columns(&self) -> Vec<&str> {
+        self.subject_column
+            .iter()
+            .chain(self.identifier_columns.iter())
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 fn default_language() -> String {
@@ -338,6 +358,23 @@ pub struct CatalogEntry {
     /// Milliseconds since the Unix epoch (`dct:modified`).
     pub updated_at_ms: i64,
     pub dataset: DatasetDescription,
+}
+
+impl DatasetDescription {
+    /// The quasi-identifiers a filter may not name: for a personal dataset,
+    /// every declared one the owner did not list as filterable; none for
+    /// other datasets.
+    pub fn unfilterable_columns(&self) -> Vec<&str> {
+        if !self.contains_personal_data {
+            return Vec::new();
+        }
+        let s = &self.schema;
+        s.quasi_identifier_columns
+            .iter()
+            .filter(|c| !s.filterable_columns.contains(c))
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 impl CatalogEntry {
@@ -608,6 +645,34 @@ impl DatasetDescription {
                 p.push(format!("identifier column `{id}` is listed twice"));
             }
         }
+        let identifying = s.identifying_columns();
+        let mut quasi = HashSet::new();
+        for q in &s.quasi_identifier_columns {
+            if !s.fields.iter().any(|f| &f.name == q) {
+                p.push(format!(
+                    "quasi-identifier column `{q}` is not in the schema"
+                ));
+            }
+            if identifying.contains(&q.as_str()) {
+                p.push(format!(
+                    "column `{q}` is identifying and also listed as a quasi-identifier (identifying columns are never filterable)"
+                ));
+            }
+            if !quasi.insert(q.as_str()) {
+                p.push(format!("quasi-identifier column `{q}` is listed twice"));
+            }
+        }
+        let mut filterable = HashSet::new();
+        for f in &s.filterable_columns {
+            if !quasi.contains(f.as_str()) {
+                p.push(format!(
+                    "filterable column `{f}` is not a declared quasi-identifier (list only quasi-identifiers the owner allows filters on)"
+                ));
+            }
+            if !filterable.insert(f.as_str()) {
+                p.push(format!("filterable column `{f}` is listed twice"));
+            }
+        }
         if self.legal_basis == LegalBasis::Consent && s.subject_column.is_none() {
             p.push(
                 "legal basis `Consent` needs a data-subject column (consent is enforced per subject)"
@@ -669,6 +734,8 @@ pub(crate) mod tests {
                 ],
                 subject_column: Some("household_id".into()),
                 identifier_columns: vec!["meter_id".into()],
+                quasi_identifier_columns: vec!["timestamp".into(), "district".into()],
+                filterable_columns: vec!["timestamp".into()],
             },
             access_url: None,
         }
@@ -677,6 +744,41 @@ pub(crate) mod tests {
     #[test]
     fn the_brief_datasets_are_valid() {
         assert_eq!(smart_meter().problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn quasi_identifiers_are_filterable_only_where_the_owner_allows() {
+        let mut d = smart_meter();
+        assert_eq!(d.unfilterable_columns(), vec!["district"]);
+        d.schema.filterable_columns.clear();
+        assert_eq!(d.unfilterable_columns(), vec!["timestamp", "district"]);
+        // Only personal datasets restrict them.
+        let mut open = d.clone();
+        open.contains_personal_data = false;
+        assert!(open.unfilterable_columns().is_empty());
+        // Declarations are checked.
+        d.schema.quasi_identifier_columns = vec!["nope".into(), "meter_id".into()];
+        d.schema.filterable_columns = vec!["kwh".into()];
+        let p = d.problems().join("; ");
+        for needle in [
+            "quasi-identifier column `nope` is not in the schema",
+            "column `meter_id` is identifying and also listed as a quasi-identifier",
+            "filterable column `kwh` is not a declared quasi-identifier",
+        ] {
+            assert!(p.contains(needle), "missing `{needle}` in: {p}");
+        }
+    }
+
+    #[test]
+    fn registrations_without_the_new_lists_load_and_serialise_as_before() {
+        let json = r#"{"fields":[{"name":"a","type":"string"}],"subject_column":"a"}"#;
+        let s: DatasetSchema = serde_json::from_str(json).unwrap();
+        assert!(s.quasi_identifier_columns.is_empty() && s.filterable_columns.is_empty());
+        let back = serde_json::to_string(&s).unwrap();
+        assert!(
+            !back.contains("quasi") && !back.contains("filterable"),
+            "{back}"
+        );
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub fn smart_meter_readings() -> DatasetDescription {
             fields: sample::smart_meter_fields(),
             subject_column: Some("household_id".into()),
             identifier_columns: vec!["meter_id".into()],
+            // The district (with the reading's time) can single a household
+            // out; SWM allows time-range filters, not district filters.
+            quasi_identifier_columns: vec!["timestamp".into(), "district".into()],
+            filterable_columns: vec!["timestamp".into()],
         },
         access_url: None,
     }
@@ -108,6 +112,8 @@ pub fn air_quality() -> DatasetDescription {
             fields: sample::air_quality_fields(),
             subject_column: None,
             identifier_columns: vec![],
+            quasi_identifier_columns: vec![],
+            filterable_columns: vec![],
         },
         access_url: None,
     }
@@ -143,6 +149,8 @@ pub fn traffic_counts() -> DatasetDescription {
             fields,
             subject_column: None,
             identifier_columns: vec![],
+            quasi_identifier_columns: vec![],
+            filterable_columns: vec![],
         },
         access_url: None,
     }
@@ -178,6 +186,21 @@ pub fn scooter_trips() -> DatasetDescription {
             // on release). Not consent-based, so no subject column.
             subject_column: None,
             identifier_columns: vec!["device_id".into()],
+            // Where and when a trip started and ended can single its rider
+            // out; no filter on them.
+            quasi_identifier_columns: [
+                "start_time",
+                "end_time",
+                "start_lat",
+                "start_lon",
+                "end_lat",
+                "end_lon",
+                "start_cell",
+                "end_cell",
+            ]
+            .map(String::from)
+            .to_vec(),
+            filterable_columns: vec![],
         },
         access_url: None,
     }
