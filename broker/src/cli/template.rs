@@ -140,6 +140,8 @@ fn example(format: FileFormat) -> (DatasetDescription, FileConnectorConfig) {
         ],
         subject_column: None,
         identifier_columns: vec![],
+        quasi_identifier_columns: vec![],
+        filterable_columns: vec![],
     };
     let mut connector = FileConnectorConfig::new(
         format!("/var/lib/allmende/sources/my-dataset.{ext}"),
@@ -180,7 +182,10 @@ pub fn template(format: FileFormat) -> Result<String, Failure> {
                 }
                 "[dataset.schema]" => out.push_str(
                     "# The columns, exactly as in the source. Mark the column naming a person in\n\
-                     # `subject_column` and other identifying columns in `identifier_columns`.\n",
+                     # `subject_column` and other identifying columns in `identifier_columns`;\n\
+                     # for personal data, list columns that could single people out (district,\n\
+                     # timestamp) in `quasi_identifier_columns`, and those of them grants may\n\
+                     # filter on in `filterable_columns` (docs/access.md).\n",
                 ),
                 "[connector]" => out.push_str(&format!(
                     "# Where the rows are: a {} file, or a directory of them.\n",
