@@ -86,6 +86,11 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// How often audit retention runs (when configured).
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// HTTP/2 PING interval towards clients, and how long a PING may go
+/// unanswered before the connection is closed (dead peers free their slots).
+pub const HTTP2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// How often refused authentications are written to the audit log.
 pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -314,8 +319,14 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         consent.clone(),
         registry.clone(),
         clock.clone(),
-        crate::access::FetchLimits::default(),
+        crate::access::FetchLimits {
+            max_concurrent: usize::try_from(config.limits.fetches).unwrap_or(usize::MAX),
+            ..Default::default()
+        },
     ));
+    policy
+        .denials()
+        .configure(crate::denials::DenialLimits::from(&config.limits));
     let replicator = crate::rpc::CatalogReplicator::new(
         catalog.clone(),
         trust.clone(),
@@ -421,12 +432,26 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
-    let incoming = tls::incoming(listener, server_cfg, trust.clone(), metrics.clone());
+    let limits = config.limits;
+    let incoming = tls::incoming_with(
+        listener,
+        server_cfg,
+        trust.clone(),
+        metrics.clone(),
+        tls::AcceptLimits::from(&limits),
+    );
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(AuthLayer {
             trust: trust.clone(),
             metrics: metrics.clone(),
         })
+        .layer(crate::rpc::limits::StreamLimitLayer::new(
+            usize::try_from(limits.streams).unwrap_or(usize::MAX),
+            metrics.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -440,6 +465,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .add_service(
             pb::access_server::AccessServer::new(crate::rpc::AccessService {
                 fetcher: fetcher.clone(),
+                idle_timeout: std::time::Duration::from_secs(limits.stream_idle_secs),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
@@ -506,6 +532,34 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
                 let now = clock.now_unix_ms();
                 write_refusals(&metrics, &audit, &node, since, now).await;
                 since = now;
+                if stop {
+                    return Ok(());
+                }
+            }
+        }
+    }));
+
+    // Denied requests beyond each caller's budget go to the audit log in
+    // aggregate: one entry per caller and interval (`crate::denials`).
+    tasks.push(tokio::spawn({
+        let metrics = metrics.clone();
+        let audit = audit.clone();
+        let policy = policy.clone();
+        let clock = clock.clone();
+        let mut rx = shutdown_rx.clone();
+        let every = std::time::Duration::from_secs(limits.denials_interval_secs);
+        async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                let stop = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = rx.wait_for(|s| *s) => true,
+                };
+                let n = policy
+                    .denials()
+                    .flush(&audit, clock.now_unix_ms(), stop)
+                    .await;
+                metrics.denials_aggregated.inc_by(n);
                 if stop {
                     return Ok(());
                 }

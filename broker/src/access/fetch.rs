@@ -31,6 +31,9 @@ pub struct FetchLimits {
     pub per_principal_burst: f64,
     /// Released subjects recorded in one completion entry at most.
     pub max_audited_subjects: usize,
+    /// Fetches running at once node-wide (each holds a reader); beyond
+    /// that a fetch is refused with `RESOURCE_EXHAUSTED`.
+    pub max_concurrent: usize,
 }
 
 impl Default for FetchLimits {
@@ -42,6 +45,7 @@ impl Default for FetchLimits {
             per_principal_per_second: 5.0,
             per_principal_burst: 20.0,
             max_audited_subjects: 100_000,
+            max_concurrent: 16,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct Fetcher {
     pub clock: crate::clock::SharedClock,
     pub limits: FetchLimits,
     limiter: RateLimiter,
+    /// One permit per running fetch (`limits.max_concurrent`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Fetcher {
@@ -96,6 +102,7 @@ impl Fetcher {
     ) -> Self {
         Self {
             limiter: RateLimiter::new(limits.per_principal_per_second, limits.per_principal_burst),
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             policy,
             audit,
             consent,
@@ -119,6 +126,13 @@ impl Fetcher {
                 "too many fetches; slow down and retry".into(),
             ));
         }
+        // A slot under the node-wide cap, held until the release ends.
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::ResourceExhausted(format!(
+                "node is serving `{}` fetches, the most it allows; retry later",
+                self.limits.max_concurrent.max(1)
+            ))
+        })?;
         tracing::Span::current().record("dataset", params.dataset.as_str());
         let served = match self.registry.served(&params.dataset) {
             Ok(s) => s,
@@ -276,6 +290,7 @@ impl Fetcher {
         let dataset_id = reg.dataset.id.clone();
         let max_subjects = self.limits.max_audited_subjects;
         tokio::spawn(async move {
+            let _slot = slot;
             let mut encoder = match IpcEncoder::new(&out_schema) {
                 Ok(e) => e,
                 Err(e) => {

@@ -100,6 +100,7 @@ impl pb::consent_server::Consent for ConsentService {
         &self,
         req: Request<pb::ImportConsentRequest>,
     ) -> Result<Response<pb::ImportConsentResponse>, Status> {
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
         let p = principal(&req)?;
         if !self.is_officer(&p) {
             return Err(ApiError::PermissionDenied(format!(
@@ -144,6 +145,9 @@ impl pb::consent_server::Consent for ConsentService {
         &self,
         req: Request<pb::WithdrawConsentRequest>,
     ) -> Result<Response<pb::WithdrawConsentResponse>, Status> {
+        super::limits::check_id("subject_id", &req.get_ref().subject_id)?;
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
+        super::limits::check_id("purpose", &req.get_ref().purpose)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         self.may_act_for(&p, &r.subject_id)?;
@@ -178,6 +182,7 @@ impl pb::consent_server::Consent for ConsentService {
         &self,
         req: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
+        super::limits::check_id("subject_id", &req.get_ref().subject_id)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         self.may_act_for(&p, &r.subject_id)?;

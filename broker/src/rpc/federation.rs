@@ -1,5 +1,6 @@
 //! `allmende.v1.Federation`.
 
+use super::limits::check_id;
 use super::principal;
 use crate::error::ApiError;
 use crate::peers::Peers;
@@ -54,6 +55,9 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<pb::HelloResponse>, Status> {
         let p = principal(&req)?;
         let body = req.into_inner();
+        check_id("claimed_organisation", &body.claimed_organisation)?;
+        check_id("claimed_node", &body.claimed_node)?;
+        check_id("software_version", &body.software_version)?;
         if !p.is_node() {
             return Err(ApiError::PermissionDenied(
                 "only broker nodes introduce themselves with `Hello`".into(),
