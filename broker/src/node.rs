@@ -91,6 +91,10 @@ pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_se
 pub const HTTP2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// How long shutdown waits for open streams to finish before it closes
+/// their connections.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often refused authentications are written to the audit log.
 pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -433,12 +437,16 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .build_v1alpha()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
     let limits = config.limits;
+    // Closes every connection still open `SHUTDOWN_GRACE` after shutdown
+    // began: a client that never reads cannot hold the drain forever.
+    let (close_all_tx, close_all_rx) = watch::channel(false);
     let incoming = tls::incoming_with(
         listener,
         server_cfg,
         trust.clone(),
         metrics.clone(),
         tls::AcceptLimits::from(&limits),
+        close_all_rx,
     );
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
@@ -491,16 +499,25 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             .server(),
         );
     let mut rx = shutdown_rx.clone();
+    let mut force_rx = shutdown_rx.clone();
     let hr = health_reporter.clone();
     tasks.push(tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.wait_for(|s| *s).await;
-                hr.set_not_serving::<pb::federation_server::FederationServer<FederationService>>()
-                    .await;
-            })
-            .await
-            .map_err(|e| NodeError::Serve(e.to_string()))
+        let serve = router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = rx.wait_for(|s| *s).await;
+            hr.set_not_serving::<pb::federation_server::FederationServer<FederationService>>()
+                .await;
+        });
+        let force = async move {
+            let _ = force_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::info!("drain took too long, closing the remaining connections");
+            let _ = close_all_tx.send(true);
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            r = serve => r.map_err(|e| NodeError::Serve(e.to_string())),
+            () = force => Ok(()),
+        }
     }));
 
     // Catalog replication: pull peers on a schedule and on notification,

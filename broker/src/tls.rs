@@ -171,6 +171,38 @@ pub struct AuthedStream {
     metrics: Arc<NodeMetrics>,
     /// This connection's slot under the node-wide connection cap.
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Ready when the node closes every connection (end of the shutdown
+    /// grace): reads and writes fail from then on.
+    closed: Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+    is_closed: bool,
+}
+
+/// The future of an `AuthedStream` that fires when `rx` turns true (never,
+/// if its sender goes away).
+fn closing(
+    mut rx: tokio::sync::watch::Receiver<bool>,
+) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>> {
+    Box::pin(async move {
+        if rx.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
+}
+
+impl AuthedStream {
+    fn check_closed(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
+        // A finished future must not be polled again.
+        if !self.is_closed && self.closed.as_mut().poll(cx).is_ready() {
+            self.is_closed = true;
+        }
+        if self.is_closed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "node shutting down",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for AuthedStream {
@@ -200,6 +232,7 @@ impl AsyncRead for AuthedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -210,6 +243,7 @@ impl AsyncWrite for AuthedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -223,6 +257,7 @@ impl AsyncWrite for AuthedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -237,19 +272,23 @@ pub fn incoming(
     trust: Arc<Trust>,
     metrics: Arc<NodeMetrics>,
 ) -> impl Stream<Item = Result<AuthedStream, std::io::Error>> {
-    incoming_with(listener, config, trust, metrics, AcceptLimits::default())
+    let (never, rx) = tokio::sync::watch::channel(false);
+    drop(never);
+    incoming_with(listener, config, trust, metrics, AcceptLimits::default(), rx)
 }
 
 /// Accepts TCP connections, completes mTLS handshakes concurrently (at most
 /// `limits.handshakes` at once, each bounded by `limits.handshake_timeout`)
 /// and yields the authenticated streams, at most `limits.connections` open
-/// at once. Refused handshakes are counted by reason, never written one by one.
+/// at once. Refused handshakes are counted by reason, never written one by
+/// one. When `close_all` turns true every open connection is closed.
 pub fn incoming_with(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     trust: Arc<Trust>,
     metrics: Arc<NodeMetrics>,
     limits: AcceptLimits,
+    close_all: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<AuthedStream, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<AuthedStream, std::io::Error>>(64);
     let acceptor = TlsAcceptor::from(config);
@@ -284,6 +323,7 @@ pub fn incoming_with(
             let metrics = metrics.clone();
             let tx = tx.clone();
             let connections = connections.clone();
+            let close_all = close_all.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
                 drop(handshake_slot);
@@ -340,6 +380,8 @@ pub fn incoming_with(
                             },
                             metrics,
                             _slot: slot,
+                            closed: closing(close_all),
+                            is_closed: false,
                         };
                         let _ = tx.send(Ok(stream)).await;
                     }
