@@ -163,6 +163,8 @@ pub struct Limits {
     /// Concurrent streams (requests in flight, open response streams) node-wide;
     /// beyond that a request gets `RESOURCE_EXHAUSTED`.
     pub streams: u32,
+    /// Concurrent streams of one caller (certificate identity) node-wide.
+    pub streams_per_caller: u32,
     /// Concurrent fetches node-wide (each holds a reader thread); beyond
     /// that `Access.Fetch` gets `RESOURCE_EXHAUSTED`.
     pub fetches: u32,
@@ -191,6 +193,7 @@ impl Default for Limits {
         Self {
             streams_per_connection: 64,
             streams: 1024,
+            streams_per_caller: 128,
             fetches: 16,
             stream_idle_secs: 60,
             handshake_secs: 10,
@@ -211,6 +214,7 @@ impl Limits {
                 u64::from(self.streams_per_connection),
             ),
             ("limits.streams", u64::from(self.streams)),
+            ("limits.streams_per_caller", u64::from(self.streams_per_caller)),
             ("limits.fetches", u64::from(self.fetches)),
             ("limits.stream_idle_secs", self.stream_idle_secs),
             ("limits.handshake_secs", self.handshake_secs),

@@ -458,6 +458,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         })
         .layer(crate::rpc::limits::StreamLimitLayer::new(
             usize::try_from(limits.streams).unwrap_or(usize::MAX),
+            usize::try_from(limits.streams_per_caller).unwrap_or(usize::MAX),
             metrics.clone(),
         ))
         .add_service(health_service)

@@ -406,7 +406,7 @@ async fn streams_are_capped_per_connection_and_node_wide() {
     restart_with_limits(
         &mut sb,
         "stadt-1",
-        "streams_per_connection = 2\nstreams = 3\nfetches = 8\n",
+        "streams_per_connection = 2\nstreams = 3\nstreams_per_caller = 2\nfetches = 8\n",
     )
     .await;
     let a = channel(&sb, "tum", "alice", "stadt-1").await;
@@ -415,6 +415,14 @@ async fn streams_are_capped_per_connection_and_node_wide() {
     // A third stream on the same connection waits for a free one.
     let third = tokio::time::timeout(Duration::from_millis(1500), stalled_fetch(a.clone())).await;
     assert!(third.is_err(), "a third concurrent stream was opened");
+    // The same caller on another connection: refused, it holds its two.
+    let a2 = channel(&sb, "tum", "alice", "stadt-1").await;
+    let e = pb::federation_client::FederationClient::new(a2)
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("caller has `2` streams"), "{}", e.message());
     // Another connection gets the node's last stream.
     let b = channel(&sb, "swm", "steward", "stadt-1").await;
     let _s3 = stalled_fetch(b.clone()).await.unwrap();

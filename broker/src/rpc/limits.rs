@@ -5,9 +5,9 @@
 
 use crate::error::ApiError;
 use crate::metrics::NodeMetrics;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -102,23 +102,60 @@ pub fn method_label(path: &str) -> String {
     }
 }
 
-/// Tower layer capping the streams in flight node-wide: a request beyond
-/// the cap is answered `RESOURCE_EXHAUSTED` at once; an admitted one holds
-/// its slot until its response body ends or is dropped.
+/// Tower layer capping the streams in flight node-wide and per caller: a
+/// request beyond a cap is answered `RESOURCE_EXHAUSTED` at once; an
+/// admitted one holds its slots until its response body ends or is dropped.
 #[derive(Debug, Clone)]
 pub struct StreamLimitLayer {
     slots: Arc<Semaphore>,
     max: usize,
+    per_caller: usize,
+    callers: Arc<Mutex<HashMap<String, usize>>>,
     metrics: Arc<NodeMetrics>,
 }
 
 impl StreamLimitLayer {
-    /// A cap of `max` concurrent streams.
-    pub fn new(max: usize, metrics: Arc<NodeMetrics>) -> Self {
+    /// A cap of `max` concurrent streams, `per_caller` of them per caller.
+    pub fn new(max: usize, per_caller: usize, metrics: Arc<NodeMetrics>) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
+            per_caller,
+            callers: Arc::new(Mutex::new(HashMap::new())),
             metrics,
+        }
+    }
+
+    /// Takes one of the caller's stream slots, if it has one left.
+    fn caller_slot(&self, key: String) -> Option<CallerSlot> {
+        let mut m = self.callers.lock().ok()?;
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= self.per_caller {
+            return None;
+        }
+        *n += 1;
+        Some(CallerSlot {
+            callers: self.callers.clone(),
+            key,
+        })
+    }
+}
+
+/// One stream of one caller; given back on drop.
+struct CallerSlot {
+    callers: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.callers.lock()
+            && let Some(n) = m.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
         }
     }
 }
@@ -160,35 +197,52 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let permit = self.layer.slots.clone().try_acquire_owned().ok();
+        let key = req
+            .extensions()
+            .get::<crate::tls::PeerInfo>()
+            .map(|p| format!("{}/{}", p.principal.organisation, p.principal.subject.name()))
+            .unwrap_or_default();
+        let layer = &self.layer;
+        let refusal = match layer.caller_slot(key) {
+            None => Err(format!(
+                "caller has `{}` streams open, the most one caller may; retry later",
+                layer.per_caller
+            )),
+            Some(caller) => match layer.slots.clone().try_acquire_owned() {
+                Ok(permit) => Ok((permit, caller)),
+                Err(_) => Err(format!(
+                    "node is serving `{}` streams, the most it allows; retry later",
+                    layer.max
+                )),
+            },
+        };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let max = self.layer.max;
         let metrics = self.layer.metrics.clone();
         Box::pin(async move {
-            let Some(permit) = permit else {
-                metrics.streams_refused.inc();
-                let status: tonic::Status = ApiError::ResourceExhausted(format!(
-                    "node is serving `{max}` streams, the most it allows; retry later"
-                ))
-                .into();
-                return Ok(status.into_http());
+            let slots = match refusal {
+                Ok(s) => s,
+                Err(message) => {
+                    metrics.streams_refused.inc();
+                    let status: tonic::Status = ApiError::ResourceExhausted(message).into();
+                    return Ok(status.into_http());
+                }
             };
             let resp = inner.call(req).await?;
             Ok(resp.map(|body| {
                 tonic::body::Body::new(PermitBody {
                     inner: body,
-                    permit: Some(permit),
+                    slots: Some(slots),
                 })
             }))
         })
     }
 }
 
-/// A response body that holds a stream slot until it ends or is dropped.
+/// A response body that holds its stream slots until it ends or is dropped.
 struct PermitBody {
     inner: tonic::body::Body,
-    permit: Option<OwnedSemaphorePermit>,
+    slots: Option<(OwnedSemaphorePermit, CallerSlot)>,
 }
 
 impl http_body::Body for PermitBody {
@@ -201,7 +255,7 @@ impl http_body::Body for PermitBody {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(r, Poll::Ready(None)) {
-            self.permit = None;
+            self.slots = None;
         }
         r
     }
