@@ -168,6 +168,8 @@ pub struct Limits {
     /// Concurrent fetches node-wide (each holds a reader thread); beyond
     /// that `Access.Fetch` gets `RESOURCE_EXHAUSTED`.
     pub fetches: u32,
+    /// Concurrent fetches of one caller.
+    pub fetches_per_caller: u32,
     /// A fetch whose client takes no message for this many seconds is ended.
     pub stream_idle_secs: u64,
     /// Seconds a client has to complete the TLS handshake.
@@ -195,6 +197,7 @@ impl Default for Limits {
             streams: 1024,
             streams_per_caller: 128,
             fetches: 16,
+            fetches_per_caller: 4,
             stream_idle_secs: 60,
             handshake_secs: 10,
             handshakes: 64,
@@ -216,6 +219,7 @@ impl Limits {
             ("limits.streams", u64::from(self.streams)),
             ("limits.streams_per_caller", u64::from(self.streams_per_caller)),
             ("limits.fetches", u64::from(self.fetches)),
+            ("limits.fetches_per_caller", u64::from(self.fetches_per_caller)),
             ("limits.stream_idle_secs", self.stream_idle_secs),
             ("limits.handshake_secs", self.handshake_secs),
             ("limits.handshakes", u64::from(self.handshakes)),

@@ -325,6 +325,8 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         clock.clone(),
         crate::access::FetchLimits {
             max_concurrent: usize::try_from(config.limits.fetches).unwrap_or(usize::MAX),
+            max_concurrent_per_principal: usize::try_from(config.limits.fetches_per_caller)
+                .unwrap_or(usize::MAX),
             ..Default::default()
         },
     ));

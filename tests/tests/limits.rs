@@ -338,15 +338,26 @@ async fn stalled_fetch(
 async fn fetches_are_capped_and_idle_fetch_streams_end() {
     let mut sb = small().await;
     register_big_public_dataset(&sb).await;
-    restart_with_limits(&mut sb, "stadt-1", "fetches = 2\nstream_idle_secs = 2\n").await;
+    restart_with_limits(
+        &mut sb,
+        "stadt-1",
+        "fetches = 3\nfetches_per_caller = 2\nstream_idle_secs = 2\n",
+    )
+    .await;
     let a = channel(&sb, "tum", "alice", "stadt-1").await;
     let b = channel(&sb, "swm", "steward", "stadt-1").await;
+    let c = channel(&sb, "stadt", "dpo", "stadt-1").await;
     let mut s1 = stalled_fetch(a.clone()).await.unwrap();
     let _s2 = stalled_fetch(a.clone()).await.unwrap();
-    // The node-wide cap holds for every caller.
-    let e = stalled_fetch(b.clone()).await.unwrap_err();
+    // One caller gets at most its share.
+    let e = stalled_fetch(a.clone()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
-    assert!(e.message().contains("`2` fetches"), "{}", e.message());
+    assert!(e.message().contains("caller has `2` fetches"), "{}", e.message());
+    let _s3 = stalled_fetch(b.clone()).await.unwrap();
+    // The node-wide cap holds for every caller.
+    let e = stalled_fetch(c.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("`3` fetches"), "{}", e.message());
 
     // After the idle timeout the stalled fetches are ended and their
     // slots are free again.
@@ -354,7 +365,7 @@ async fn fetches_are_capped_and_idle_fetch_streams_end() {
     let mut served = false;
     while start.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if let Ok(mut s) = stalled_fetch(b.clone()).await {
+        if let Ok(mut s) = stalled_fetch(c.clone()).await {
             s.message().await.unwrap().unwrap();
             served = true;
             break;
@@ -392,7 +403,7 @@ async fn fetches_are_capped_and_idle_fetch_streams_end() {
             )
         })
         .count();
-    assert!(aborted >= 2, "{aborted} aborted releases");
+    assert!(aborted >= 3, "{aborted} aborted releases");
     tokio::time::timeout(Duration::from_secs(30), sb.shutdown())
         .await
         .expect("a stalled stream held the shutdown")

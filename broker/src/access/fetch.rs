@@ -34,6 +34,9 @@ pub struct FetchLimits {
     /// Fetches running at once node-wide (each holds a reader); beyond
     /// that a fetch is refused with `RESOURCE_EXHAUSTED`.
     pub max_concurrent: usize,
+    /// Fetches running at once per principal (so that one caller cannot
+    /// take every slot).
+    pub max_concurrent_per_principal: usize,
 }
 
 impl Default for FetchLimits {
@@ -46,6 +49,7 @@ impl Default for FetchLimits {
             per_principal_burst: 20.0,
             max_audited_subjects: 100_000,
             max_concurrent: 16,
+            max_concurrent_per_principal: 4,
         }
     }
 }
@@ -89,6 +93,27 @@ pub struct Fetcher {
     limiter: RateLimiter,
     /// One permit per running fetch (`limits.max_concurrent`).
     slots: Arc<tokio::sync::Semaphore>,
+    /// Running fetches per principal (`limits.max_concurrent_per_principal`).
+    running: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One running fetch of one principal; given back on drop.
+struct PrincipalSlot {
+    running: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    who: String,
+}
+
+impl Drop for PrincipalSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.running.lock()
+            && let Some(n) = m.get_mut(&self.who)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.who);
+            }
+        }
+    }
 }
 
 impl Fetcher {
@@ -103,6 +128,7 @@ impl Fetcher {
         Self {
             limiter: RateLimiter::new(limits.per_principal_per_second, limits.per_principal_burst),
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            running: Arc::default(),
             policy,
             audit,
             consent,
@@ -126,7 +152,26 @@ impl Fetcher {
                 "too many fetches; slow down and retry".into(),
             ));
         }
-        // A slot under the node-wide cap, held until the release ends.
+        // A slot under the caller's and the node-wide cap, held until the
+        // release ends.
+        let mine = {
+            let mut m = self
+                .running
+                .lock()
+                .map_err(|_| ApiError::Internal("fetch slots poisoned".into()))?;
+            let n = m.entry(who.clone()).or_insert(0);
+            if *n >= self.limits.max_concurrent_per_principal.max(1) {
+                return Err(ApiError::ResourceExhausted(format!(
+                    "caller has `{}` fetches running, the most one caller may; retry later",
+                    self.limits.max_concurrent_per_principal.max(1)
+                )));
+            }
+            *n += 1;
+            PrincipalSlot {
+                running: self.running.clone(),
+                who: who.clone(),
+            }
+        };
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             ApiError::ResourceExhausted(format!(
                 "node is serving `{}` fetches, the most it allows; retry later",
@@ -290,7 +335,7 @@ impl Fetcher {
         let dataset_id = reg.dataset.id.clone();
         let max_subjects = self.limits.max_audited_subjects;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, mine);
             let mut encoder = match IpcEncoder::new(&out_schema) {
                 Ok(e) => e,
                 Err(e) => {
