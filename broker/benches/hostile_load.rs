@@ -5,9 +5,9 @@
 //! `Catalog.Search` and a 1 000-row `Access.Fetch`) and the process's
 //! memory while the node is idle, then the same while an attacker with a
 //! valid certificate opens many streams that never read (stalled fetches,
-//! reflection streams that never send), calls made-up methods and sends
-//! denied `Connectors.Register` requests in loops, all under the default
-//! `[limits]`. Figures go to stdout as markdown (`docs/benchmarks.md`).
+//! reflection streams that never send) and, with a second certificate,
+//! calls made-up methods and sends denied `Connectors.Register` requests in
+//! loops, all under the default `[limits]`. Figures go to stdout as markdown (`docs/benchmarks.md`).
 //!
 //! `cargo bench -p allmende --bench hostile_load`
 
@@ -39,9 +39,12 @@ fn rss_kib() -> u64 {
 
 async fn channel(sb: &Sandbox, org: &str, user: &str, node: &str) -> Channel {
     let p = sb.profile(org, user).unwrap();
-    allmende::tls::connect(&sb.node(node).unwrap().grpc_endpoint(), &p.identity().unwrap())
-        .await
-        .unwrap()
+    allmende::tls::connect(
+        &sb.node(node).unwrap().grpc_endpoint(),
+        &p.identity().unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -56,7 +59,8 @@ struct Honest {
     failures: u64,
 }
 
-/// `n` honest searches and `n / 10` small fetches, one after another.
+/// `n` honest searches and `n / 20` small fetches (the per-caller fetch
+/// rate limit allows 5/s), one after another.
 async fn honest_round(ch: &Channel, n: usize) -> Honest {
     let mut c = pb::catalog_client::CatalogClient::new(ch.clone());
     let mut a = pb::access_client::AccessClient::new(ch.clone());
@@ -79,7 +83,7 @@ async fn honest_round(ch: &Channel, n: usize) -> Honest {
         } else {
             h.failures += 1;
         }
-        if i % 10 == 0 {
+        if i % 20 == 0 {
             let t = Instant::now();
             let r = async {
                 let mut s = a
@@ -240,8 +244,11 @@ async fn run(secs: u64) {
     let unknown_sent = Arc::new(AtomicU64::new(0));
     let denied_sent = Arc::new(AtomicU64::new(0));
     let mut loops = Vec::new();
+    // Unknown methods and denied requests come from a second identity of
+    // the attacker (a citizen certificate): the first one has used up its
+    // stream share with the stalled streams.
     for w in 0..2u64 {
-        let ch = channel(&sb, "tum", "alice", node).await;
+        let ch = channel(&sb, "swm", "HH-000001", node).await;
         let n = unknown_sent.clone();
         loops.push(tokio::spawn(async move {
             while Instant::now() < deadline {
@@ -249,7 +256,7 @@ async fn run(secs: u64) {
                 unknown_call(ch.clone(), format!("/evil{w}.S{i}/M{i}")).await;
             }
         }));
-        let ch = channel(&sb, "tum", "alice", node).await;
+        let ch = channel(&sb, "swm", "HH-000001", node).await;
         let n = denied_sent.clone();
         loops.push(tokio::spawn(async move {
             let mut c = pb::connectors_client::ConnectorsClient::new(ch);
@@ -276,7 +283,7 @@ async fn run(secs: u64) {
         let r = rss_kib();
         rss_max = rss_max.max(r);
         rss_samples.push(r);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     for l in loops {
         l.await.unwrap();
@@ -318,10 +325,12 @@ async fn run(secs: u64) {
     );
     let bf50 = percentile(&mut base.fetch, 0.5);
     let af50 = percentile(&mut attacked.fetch, 0.5);
-    println!("attack: {secs} s; stalled fetches held {}/64, silent streams held {silent_held}/512, unknown-method calls {}, denied registers {}",
+    println!(
+        "attack: {secs} s; stalled fetches held {}/64, silent streams held {silent_held}/512, unknown-method calls {}, denied registers {}",
         stalled_ok.load(Ordering::SeqCst),
         unknown_sent.load(Ordering::SeqCst),
-        denied_sent.load(Ordering::SeqCst));
+        denied_sent.load(Ordering::SeqCst)
+    );
     println!();
     println!("| figure | idle | under attack | ratio |");
     println!("|---|---|---|---|");

@@ -217,9 +217,15 @@ impl Limits {
                 u64::from(self.streams_per_connection),
             ),
             ("limits.streams", u64::from(self.streams)),
-            ("limits.streams_per_caller", u64::from(self.streams_per_caller)),
+            (
+                "limits.streams_per_caller",
+                u64::from(self.streams_per_caller),
+            ),
             ("limits.fetches", u64::from(self.fetches)),
-            ("limits.fetches_per_caller", u64::from(self.fetches_per_caller)),
+            (
+                "limits.fetches_per_caller",
+                u64::from(self.fetches_per_caller),
+            ),
             ("limits.stream_idle_secs", self.stream_idle_secs),
             ("limits.handshake_secs", self.handshake_secs),
             ("limits.handshakes", u64::from(self.handshakes)),

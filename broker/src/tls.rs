@@ -274,7 +274,14 @@ pub fn incoming(
 ) -> impl Stream<Item = Result<AuthedStream, std::io::Error>> {
     let (never, rx) = tokio::sync::watch::channel(false);
     drop(never);
-    incoming_with(listener, config, trust, metrics, AcceptLimits::default(), rx)
+    incoming_with(
+        listener,
+        config,
+        trust,
+        metrics,
+        AcceptLimits::default(),
+        rx,
+    )
 }
 
 /// Accepts TCP connections, completes mTLS handshakes concurrently (at most

@@ -129,7 +129,10 @@ async fn unknown_methods_share_one_metrics_label() {
         .await
         .unwrap();
     let m = sb.node("swm-1").unwrap().metrics.encode();
-    assert!(!m.contains("x.Y"), "a caller-chosen path became a label:\n{m}");
+    assert!(
+        !m.contains("x.Y"),
+        "a caller-chosen path became a label:\n{m}"
+    );
     assert_eq!(count_lines(&m, "method=\"unknown\""), 1, "{m}");
     assert_eq!(
         metric_value(&m, &["allmende_rpc_requests_total", "method=\"unknown\""]),
@@ -199,7 +202,11 @@ async fn denied_requests_are_audited_in_aggregate_and_throttled_per_caller() {
         .filter(|c| **c == tonic::Code::ResourceExhausted)
         .count();
     assert_eq!((denied, exhausted), (20, 20), "{codes:?}");
-    assert!(codes[20..].iter().all(|c| *c == tonic::Code::ResourceExhausted));
+    assert!(
+        codes[20..]
+            .iter()
+            .all(|c| *c == tonic::Code::ResourceExhausted)
+    );
     // Only the first five were written one by one.
     let written = swm.audit.size() - before;
     assert!(written <= 6, "{written} entries for 40 denials");
@@ -207,7 +214,10 @@ async fn denied_requests_are_audited_in_aggregate_and_throttled_per_caller() {
     // Another caller has its own budget.
     let mut other =
         pb::connectors_client::ConnectorsClient::new(channel(&sb, "stadt", "dpo", "swm-1").await);
-    let e = other.register(register_request("probe-x")).await.unwrap_err();
+    let e = other
+        .register(register_request("probe-x"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
 
     // Within an interval or two, one aggregate entry counts the other 35.
@@ -234,10 +244,17 @@ async fn denied_requests_are_audited_in_aggregate_and_throttled_per_caller() {
     assert!(agg.resource.starts_with("denials/35/"), "{}", agg.resource);
     assert_eq!(agg.principal.org, "tum");
     let m = swm.metrics.encode();
-    assert_eq!(metric_value(&m, &["allmende_denials_aggregated_total"]), 35, "{m}");
+    assert_eq!(
+        metric_value(&m, &["allmende_denials_aggregated_total"]),
+        35,
+        "{m}"
+    );
 
     // The next interval brings a fresh budget.
-    let e = c.register(register_request("probe-late")).await.unwrap_err();
+    let e = c
+        .register(register_request("probe-late"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     sb.shutdown().await.unwrap();
 }
@@ -250,7 +267,11 @@ async fn over_long_identifiers_are_refused_everywhere() {
     let check = |r: Result<(), tonic::Status>, what: &str| {
         let e = r.expect_err(what);
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
-        assert!(e.message().contains("at most 256"), "{what}: {}", e.message());
+        assert!(
+            e.message().contains("at most 256"),
+            "{what}: {}",
+            e.message()
+        );
     };
     let mut a = pb::access_client::AccessClient::new(ch.clone());
     check(
@@ -325,9 +346,7 @@ async fn over_long_identifiers_are_refused_everywhere() {
 }
 
 /// Opens a fetch and never reads it.
-async fn stalled_fetch(
-    ch: Channel,
-) -> Result<tonic::Streaming<pb::FetchResponse>, tonic::Status> {
+async fn stalled_fetch(ch: Channel) -> Result<tonic::Streaming<pb::FetchResponse>, tonic::Status> {
     pb::access_client::AccessClient::new(ch)
         .fetch(traffic())
         .await
@@ -352,7 +371,11 @@ async fn fetches_are_capped_and_idle_fetch_streams_end() {
     // One caller gets at most its share.
     let e = stalled_fetch(a.clone()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
-    assert!(e.message().contains("caller has `2` fetches"), "{}", e.message());
+    assert!(
+        e.message().contains("caller has `2` fetches"),
+        "{}",
+        e.message()
+    );
     let _s3 = stalled_fetch(b.clone()).await.unwrap();
     // The node-wide cap holds for every caller.
     let e = stalled_fetch(c.clone()).await.unwrap_err();
@@ -387,7 +410,11 @@ async fn fetches_are_capped_and_idle_fetch_streams_end() {
     }
     let err = err.expect("stalled stream ended without an error");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    assert!(err.message().contains("took no message"), "{}", err.message());
+    assert!(
+        err.message().contains("took no message"),
+        "{}",
+        err.message()
+    );
     // The releases were aborted, and audited as such.
     let stadt = sb.node("stadt-1").unwrap();
     let aborted = (0..stadt.audit.size())
@@ -433,7 +460,11 @@ async fn streams_are_capped_per_connection_and_node_wide() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
-    assert!(e.message().contains("caller has `2` streams"), "{}", e.message());
+    assert!(
+        e.message().contains("caller has `2` streams"),
+        "{}",
+        e.message()
+    );
     // Another connection gets the node's last stream.
     let b = channel(&sb, "swm", "steward", "stadt-1").await;
     let _s3 = stalled_fetch(b.clone()).await.unwrap();
@@ -446,7 +477,10 @@ async fn streams_are_capped_per_connection_and_node_wide() {
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("`3` streams"), "{}", e.message());
     let m = sb.node("stadt-1").unwrap().metrics.encode();
-    assert!(metric_value(&m, &["allmende_streams_refused_total"]) >= 1, "{m}");
+    assert!(
+        metric_value(&m, &["allmende_streams_refused_total"]) >= 1,
+        "{m}"
+    );
     // Ended streams give their slot back.
     drop(_s3);
     let mut ok = false;
@@ -513,7 +547,10 @@ async fn handshakes_are_capped_and_time_out() {
         .await
         .unwrap();
     let m = sb.node("swm-1").unwrap().metrics.encode();
-    assert!(metric_value(&m, &["reason=\"handshake_timeout\""]) >= 2, "{m}");
+    assert!(
+        metric_value(&m, &["reason=\"handshake_timeout\""]) >= 2,
+        "{m}"
+    );
     sb.shutdown().await.unwrap();
 }
 

@@ -200,7 +200,13 @@ where
         let key = req
             .extensions()
             .get::<crate::tls::PeerInfo>()
-            .map(|p| format!("{}/{}", p.principal.organisation, p.principal.subject.name()))
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p.principal.organisation,
+                    p.principal.subject.name()
+                )
+            })
             .unwrap_or_default();
         let layer = &self.layer;
         let refusal = match layer.caller_slot(key) {
