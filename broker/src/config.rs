@@ -423,7 +423,7 @@ impl NodeConfig {
                 "`0` would delete every entry body at once; use at least 1".into(),
             ));
         }
-        raw.limits.check(&invalid)?;
+        raw.limits.check(invalid)?;
         Ok(Self {
             limits: raw.limits,
             audit_retention_days,

@@ -89,7 +89,7 @@ fn traffic() -> pb::FetchRequest {
 async fn call_path(ch: Channel, path: &str) -> tonic::Status {
     let mut g = tonic::client::Grpc::new(ch);
     g.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_maybe_shared(path.to_owned()).unwrap();
+    let path: tonic::codegen::http::uri::PathAndQuery = path.parse().unwrap();
     let r: Result<tonic::Response<pb::WhoAmIResponse>, _> = g
         .unary(
             tonic::Request::new(pb::WhoAmIRequest {}),
