@@ -68,6 +68,8 @@ struct RawConfig {
     policy: Option<RawPolicy>,
     #[serde(default)]
     audit: Option<RawAudit>,
+    #[serde(default)]
+    limits: Limits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +153,110 @@ struct RawPolicy {
     dir: PathBuf,
 }
 
+/// Resource limits of a node under hostile load (`[limits]`, every key
+/// optional; see `docs/configuration.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent HTTP/2 streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub streams_per_connection: u32,
+    /// Concurrent streams (requests in flight, open response streams) node-wide;
+    /// beyond that a request gets `RESOURCE_EXHAUSTED`.
+    pub streams: u32,
+    /// Concurrent streams of one caller (certificate identity) node-wide.
+    pub streams_per_caller: u32,
+    /// Concurrent fetches node-wide (each holds a reader thread); beyond
+    /// that `Access.Fetch` gets `RESOURCE_EXHAUSTED`.
+    pub fetches: u32,
+    /// Concurrent fetches of one caller.
+    pub fetches_per_caller: u32,
+    /// A fetch whose client takes no message for this many seconds is ended.
+    pub stream_idle_secs: u64,
+    /// Seconds a client has to complete the TLS handshake.
+    pub handshake_secs: u64,
+    /// Concurrent TLS handshakes; further connections wait in the kernel's
+    /// accept queue.
+    pub handshakes: u32,
+    /// Open authenticated connections; beyond that new ones are closed
+    /// after the handshake.
+    pub connections: u32,
+    /// Denied requests per caller and interval written to the audit log one
+    /// by one; further denials are counted and written as one aggregate entry.
+    pub denials_audited: u32,
+    /// Denied requests per caller and interval after which the caller gets
+    /// `RESOURCE_EXHAUSTED` instead of a decision.
+    pub denials_refused_after: u32,
+    /// The denial interval in seconds (also how often aggregates are written).
+    pub denials_interval_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            streams_per_connection: 64,
+            streams: 1024,
+            streams_per_caller: 128,
+            fetches: 16,
+            fetches_per_caller: 4,
+            stream_idle_secs: 60,
+            handshake_secs: 10,
+            handshakes: 64,
+            connections: 1024,
+            denials_audited: 20,
+            denials_refused_after: 100,
+            denials_interval_secs: 10,
+        }
+    }
+}
+
+impl Limits {
+    fn check(&self, invalid: impl Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let positive = [
+            (
+                "limits.streams_per_connection",
+                u64::from(self.streams_per_connection),
+            ),
+            ("limits.streams", u64::from(self.streams)),
+            (
+                "limits.streams_per_caller",
+                u64::from(self.streams_per_caller),
+            ),
+            ("limits.fetches", u64::from(self.fetches)),
+            (
+                "limits.fetches_per_caller",
+                u64::from(self.fetches_per_caller),
+            ),
+            ("limits.stream_idle_secs", self.stream_idle_secs),
+            ("limits.handshake_secs", self.handshake_secs),
+            ("limits.handshakes", u64::from(self.handshakes)),
+            ("limits.connections", u64::from(self.connections)),
+            (
+                "limits.denials_refused_after",
+                u64::from(self.denials_refused_after),
+            ),
+            ("limits.denials_interval_secs", self.denials_interval_secs),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(
+                    key,
+                    "`0` would refuse everything; use at least 1".into(),
+                ));
+            }
+        }
+        if self.denials_audited > self.denials_refused_after {
+            return Err(invalid(
+                "limits.denials_audited",
+                format!(
+                    "`{}` is above `limits.denials_refused_after` (`{}`)",
+                    self.denials_audited, self.denials_refused_after
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A peer node this node talks to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +291,8 @@ pub struct NodeConfig {
     pub policy_dir: Option<PathBuf>,
     /// Audit retention in days (`None`: keep every entry body).
     pub audit_retention_days: Option<u32>,
+    /// Resource limits (`[limits]`).
+    pub limits: Limits,
 }
 
 /// Environment variables that override config keys.
@@ -315,7 +423,9 @@ impl NodeConfig {
                 "`0` would delete every entry body at once; use at least 1".into(),
             ));
         }
+        raw.limits.check(invalid)?;
         Ok(Self {
+            limits: raw.limits,
             audit_retention_days,
             source: path.to_path_buf(),
             name: raw.node.name,
@@ -444,6 +554,27 @@ membership = "membership.json"
         .unwrap_err()
         .to_string();
         assert!(err.contains("store.cache_mb"), "{err}");
+    }
+
+    #[test]
+    fn limits_default_and_parse() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let c = parse(&format!(
+            "{GOOD}\n[limits]\nfetches = 2\nstream_idle_secs = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.fetches, 2);
+        assert_eq!(c.limits.stream_idle_secs, 5);
+        assert_eq!(c.limits.streams, Limits::default().streams);
+        let err = parse(&format!("{GOOD}\n[limits]\nfetchez = 2\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `fetchez`"), "{err}");
+        let err = parse(&format!("{GOOD}\n[limits]\nhandshakes = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `limits.handshakes`"), "{err}");
     }
 
     #[test]

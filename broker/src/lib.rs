@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod consent;
 pub mod demo;
+pub mod denials;
 pub mod error;
 pub mod metrics;
 pub mod node;

@@ -39,6 +39,12 @@ pub struct NodeMetrics {
     pub rpc_requests: Family<RpcLabels, Counter>,
     pub connections_open: Gauge,
     pub membership_version: Gauge,
+    /// Requests refused because the node-wide stream cap was reached.
+    pub streams_refused: Counter,
+    /// Connections closed because the node-wide connection cap was reached.
+    pub connections_refused: Counter,
+    /// Denied requests counted into an aggregate audit entry, not written one by one.
+    pub denials_aggregated: Counter,
 }
 
 impl NodeMetrics {
@@ -57,6 +63,24 @@ impl NodeMetrics {
         let rpc_requests = Family::<RpcLabels, Counter>::default();
         let connections_open = Gauge::default();
         let membership_version = Gauge::default();
+        let streams_refused = Counter::default();
+        let connections_refused = Counter::default();
+        let denials_aggregated = Counter::default();
+        registry.register(
+            "streams_refused",
+            "requests refused at the node-wide stream cap",
+            streams_refused.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "connections closed at the node-wide connection cap",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "denials_aggregated",
+            "denied requests audited in an aggregate entry instead of one by one",
+            denials_aggregated.clone(),
+        );
         registry.register(
             "tls_handshakes_accepted",
             "mTLS handshakes that bound a federation identity",
@@ -90,6 +114,9 @@ impl NodeMetrics {
             rpc_requests,
             connections_open,
             membership_version,
+            streams_refused,
+            connections_refused,
+            denials_aggregated,
         })
     }
 

@@ -86,6 +86,15 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// How often audit retention runs (when configured).
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// HTTP/2 PING interval towards clients, and how long a PING may go
+/// unanswered before the connection is closed (dead peers free their slots).
+pub const HTTP2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long shutdown waits for open streams to finish before it closes
+/// their connections.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often refused authentications are written to the audit log.
 pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -314,8 +323,16 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         consent.clone(),
         registry.clone(),
         clock.clone(),
-        crate::access::FetchLimits::default(),
+        crate::access::FetchLimits {
+            max_concurrent: usize::try_from(config.limits.fetches).unwrap_or(usize::MAX),
+            max_concurrent_per_principal: usize::try_from(config.limits.fetches_per_caller)
+                .unwrap_or(usize::MAX),
+            ..Default::default()
+        },
     ));
+    policy
+        .denials()
+        .configure(crate::denials::DenialLimits::from(&config.limits));
     let replicator = crate::rpc::CatalogReplicator::new(
         catalog.clone(),
         trust.clone(),
@@ -422,12 +439,31 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
-    let incoming = tls::incoming(listener, server_cfg, trust.clone(), metrics.clone());
+    let limits = config.limits;
+    // Closes every connection still open `SHUTDOWN_GRACE` after shutdown
+    // began: a client that never reads cannot hold the drain forever.
+    let (close_all_tx, close_all_rx) = watch::channel(false);
+    let incoming = tls::incoming_with(
+        listener,
+        server_cfg,
+        trust.clone(),
+        metrics.clone(),
+        tls::AcceptLimits::from(&limits),
+        close_all_rx,
+    );
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(AuthLayer {
             trust: trust.clone(),
             metrics: metrics.clone(),
         })
+        .layer(crate::rpc::limits::StreamLimitLayer::new(
+            usize::try_from(limits.streams).unwrap_or(usize::MAX),
+            usize::try_from(limits.streams_per_caller).unwrap_or(usize::MAX),
+            metrics.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -441,6 +477,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .add_service(
             pb::access_server::AccessServer::new(crate::rpc::AccessService {
                 fetcher: fetcher.clone(),
+                idle_timeout: std::time::Duration::from_secs(limits.stream_idle_secs),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
@@ -467,16 +504,25 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             .server(),
         );
     let mut rx = shutdown_rx.clone();
+    let mut force_rx = shutdown_rx.clone();
     let hr = health_reporter.clone();
     tasks.push(tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.wait_for(|s| *s).await;
-                hr.set_not_serving::<pb::federation_server::FederationServer<FederationService>>()
-                    .await;
-            })
-            .await
-            .map_err(|e| NodeError::Serve(e.to_string()))
+        let serve = router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = rx.wait_for(|s| *s).await;
+            hr.set_not_serving::<pb::federation_server::FederationServer<FederationService>>()
+                .await;
+        });
+        let force = async move {
+            let _ = force_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::info!("drain took too long, closing the remaining connections");
+            let _ = close_all_tx.send(true);
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            r = serve => r.map_err(|e| NodeError::Serve(e.to_string())),
+            () = force => Ok(()),
+        }
     }));
 
     // Catalog replication: pull peers on a schedule and on notification,
@@ -508,6 +554,34 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
                 let now = clock.now_unix_ms();
                 write_refusals(&metrics, &audit, &node, since, now).await;
                 since = now;
+                if stop {
+                    return Ok(());
+                }
+            }
+        }
+    }));
+
+    // Denied requests beyond each caller's budget go to the audit log in
+    // aggregate: one entry per caller and interval (`crate::denials`).
+    tasks.push(tokio::spawn({
+        let metrics = metrics.clone();
+        let audit = audit.clone();
+        let policy = policy.clone();
+        let clock = clock.clone();
+        let mut rx = shutdown_rx.clone();
+        let every = std::time::Duration::from_secs(limits.denials_interval_secs);
+        async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                let stop = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = rx.wait_for(|s| *s) => true,
+                };
+                let n = policy
+                    .denials()
+                    .flush(&audit, clock.now_unix_ms(), stop)
+                    .await;
+                metrics.denials_aggregated.inc_by(n);
                 if stop {
                     return Ok(());
                 }

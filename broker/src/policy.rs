@@ -39,6 +39,8 @@ pub struct PolicyPoint {
     federation: String,
     own_org: String,
     audit_log_id: String,
+    /// Denials per caller: budget, aggregation (`crate::denials`).
+    denials: crate::denials::Denials,
 }
 
 /// Entity id of a user: `<org>/<user>` (user ids are unique per organisation).
@@ -74,7 +76,13 @@ impl PolicyPoint {
             federation: federation.to_owned(),
             own_org: own_org.to_owned(),
             audit_log_id,
+            denials: crate::denials::Denials::default(),
         })
+    }
+
+    /// The denial budget and aggregates of this node.
+    pub fn denials(&self) -> &crate::denials::Denials {
+        &self.denials
     }
 
     /// This node's organisation.
@@ -261,6 +269,12 @@ impl PolicyPoint {
         resource_label: &str,
     ) -> Result<Decision, ApiError> {
         let decision = self.decide(caller, &request);
+        // A denial beyond the caller's budget is counted into an aggregate
+        // entry instead (or refused); see `crate::denials`.
+        let one_by_one = decision.allowed
+            || self
+                .denials
+                .on_deny(caller, request.action.as_str(), self.clock.now_unix_ms())?;
         let mut d = Draft::new(
             &caller.organisation,
             request.action.as_str(),
@@ -281,17 +295,21 @@ impl PolicyPoint {
         d.policy_set_hash = Hash::from_hex(&decision.policy_set_hash).ok();
         d.grant_id = request.grant.clone();
         tracing::Span::current().record("purpose", d.purpose.as_deref().unwrap_or(""));
-        audit.append(d).await?;
+        if one_by_one {
+            audit.append(d).await?;
+        }
         if decision.allowed {
             Ok(decision)
         } else {
-            tracing::info!(
-                org = %caller.organisation,
-                action = request.action.as_str(),
-                resource = %resource_label,
-                policies = ?decision.deciding_ids(),
-                "denied"
-            );
+            if one_by_one {
+                tracing::info!(
+                    org = %caller.organisation,
+                    action = request.action.as_str(),
+                    resource = %resource_label,
+                    policies = ?decision.deciding_ids(),
+                    "denied"
+                );
+            }
             Err(ApiError::Denied(Box::new(DenyDetails::from(&decision))))
         }
     }

@@ -25,8 +25,39 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-/// How long a client may take to complete the TLS handshake.
+/// How long a client may take to complete the TLS handshake (default of
+/// `limits.handshake_secs`).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds of the accept loop (from the node's `[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptLimits {
+    /// Time a client has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; further connections wait in the
+    /// kernel's accept queue.
+    pub handshakes: usize,
+    /// Open authenticated connections; beyond that a new connection is
+    /// closed right after its handshake.
+    pub connections: usize,
+}
+
+impl Default for AcceptLimits {
+    fn default() -> Self {
+        let l = crate::config::Limits::default();
+        Self::from(&l)
+    }
+}
+
+impl From<&crate::config::Limits> for AcceptLimits {
+    fn from(l: &crate::config::Limits) -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(l.handshake_secs),
+            handshakes: usize::try_from(l.handshakes).unwrap_or(usize::MAX),
+            connections: usize::try_from(l.connections).unwrap_or(usize::MAX),
+        }
+    }
+}
 
 /// Errors loading TLS material.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +169,40 @@ pub struct AuthedStream {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
     metrics: Arc<NodeMetrics>,
+    /// This connection's slot under the node-wide connection cap.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Ready when the node closes every connection (end of the shutdown
+    /// grace): reads and writes fail from then on.
+    closed: Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+    is_closed: bool,
+}
+
+/// The future of an `AuthedStream` that fires when `rx` turns true (never,
+/// if its sender goes away).
+fn closing(
+    mut rx: tokio::sync::watch::Receiver<bool>,
+) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>> {
+    Box::pin(async move {
+        if rx.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
+}
+
+impl AuthedStream {
+    fn check_closed(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
+        // A finished future must not be polled again.
+        if !self.is_closed && self.closed.as_mut().poll(cx).is_ready() {
+            self.is_closed = true;
+        }
+        if self.is_closed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "node shutting down",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for AuthedStream {
@@ -167,6 +232,7 @@ impl AsyncRead for AuthedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -177,6 +243,7 @@ impl AsyncWrite for AuthedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -190,6 +257,7 @@ impl AsyncWrite for AuthedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -197,19 +265,54 @@ impl AsyncWrite for AuthedStream {
     }
 }
 
-/// Accepts TCP connections, completes mTLS handshakes concurrently (each
-/// bounded by [`HANDSHAKE_TIMEOUT`]) and yields the authenticated streams.
-/// Refused handshakes are counted by reason, never written one by one.
+/// [`incoming_with`] under the default [`AcceptLimits`].
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     trust: Arc<Trust>,
     metrics: Arc<NodeMetrics>,
 ) -> impl Stream<Item = Result<AuthedStream, std::io::Error>> {
+    let (never, rx) = tokio::sync::watch::channel(false);
+    drop(never);
+    incoming_with(
+        listener,
+        config,
+        trust,
+        metrics,
+        AcceptLimits::default(),
+        rx,
+    )
+}
+
+/// Accepts TCP connections, completes mTLS handshakes concurrently (at most
+/// `limits.handshakes` at once, each bounded by `limits.handshake_timeout`)
+/// and yields the authenticated streams, at most `limits.connections` open
+/// at once. Refused handshakes are counted by reason, never written one by
+/// one. When `close_all` turns true every open connection is closed.
+pub fn incoming_with(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    trust: Arc<Trust>,
+    metrics: Arc<NodeMetrics>,
+    limits: AcceptLimits,
+    close_all: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = Result<AuthedStream, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<AuthedStream, std::io::Error>>(64);
     let acceptor = TlsAcceptor::from(config);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.handshakes.max(1)));
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.connections.max(1)));
+    let handshake_timeout = limits.handshake_timeout;
     tokio::spawn(async move {
         loop {
+            // A handshake slot before the next accept: beyond the cap,
+            // connections wait in the kernel's queue, not in our memory.
+            let handshake_slot = tokio::select! {
+                p = handshakes.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            };
             let (tcp, remote) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -226,9 +329,12 @@ pub fn incoming(
             let trust = trust.clone();
             let metrics = metrics.clone();
             let tx = tx.clone();
+            let connections = connections.clone();
+            let close_all = close_all.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+                drop(handshake_slot);
+                let tls = match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         // The verifier already counted certificate refusals;
@@ -264,6 +370,11 @@ pub fn incoming(
                         _ => Err(AuthError::NoCertificate),
                     }
                 };
+                let Ok(slot) = connections.try_acquire_owned() else {
+                    metrics.connections_refused.inc();
+                    tracing::debug!(%remote, "connection cap reached, connection closed");
+                    return;
+                };
                 match principal {
                     Ok(p) => {
                         metrics.handshakes_accepted.inc();
@@ -275,6 +386,9 @@ pub fn incoming(
                                 remote,
                             },
                             metrics,
+                            _slot: slot,
+                            closed: closing(close_all),
+                            is_closed: false,
                         };
                         let _ = tx.send(Ok(stream)).await;
                     }

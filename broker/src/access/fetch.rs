@@ -43,6 +43,12 @@ pub struct FetchLimits {
     pub per_principal_burst: f64,
     /// Released subjects recorded in one completion entry at most.
     pub max_audited_subjects: usize,
+    /// Fetches running at once node-wide (each holds a reader); beyond
+    /// that a fetch is refused with `RESOURCE_EXHAUSTED`.
+    pub max_concurrent: usize,
+    /// Fetches running at once per principal (so that one caller cannot
+    /// take every slot).
+    pub max_concurrent_per_principal: usize,
 }
 
 impl Default for FetchLimits {
@@ -54,6 +60,8 @@ impl Default for FetchLimits {
             per_principal_per_second: 5.0,
             per_principal_burst: 20.0,
             max_audited_subjects: 100_000,
+            max_concurrent: 16,
+            max_concurrent_per_principal: 4,
         }
     }
 }
@@ -99,6 +107,29 @@ pub struct Fetcher {
     pub limits: FetchLimits,
     limiter: RateLimiter,
     cursors: Arc<CursorSealer>,
+    /// One permit per running fetch (`limits.max_concurrent`).
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Running fetches per principal (`limits.max_concurrent_per_principal`).
+    running: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One running fetch of one principal; given back on drop.
+struct PrincipalSlot {
+    running: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    who: String,
+}
+
+impl Drop for PrincipalSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.running.lock()
+            && let Some(n) = m.get_mut(&self.who)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.who);
+            }
+        }
+    }
 }
 
 impl Fetcher {
@@ -113,6 +144,8 @@ impl Fetcher {
         Self {
             limiter: RateLimiter::new(limits.per_principal_per_second, limits.per_principal_burst),
             cursors: Arc::new(CursorSealer::new(audit.derive_key(CURSOR_KEY_LABEL))),
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            running: Arc::default(),
             policy,
             audit,
             consent,
@@ -136,6 +169,32 @@ impl Fetcher {
                 "too many fetches; slow down and retry".into(),
             ));
         }
+        // A slot under the caller's and the node-wide cap, held until the
+        // release ends.
+        let mine = {
+            let mut m = self
+                .running
+                .lock()
+                .map_err(|_| ApiError::Internal("fetch slots poisoned".into()))?;
+            let n = m.entry(who.clone()).or_insert(0);
+            if *n >= self.limits.max_concurrent_per_principal.max(1) {
+                return Err(ApiError::ResourceExhausted(format!(
+                    "caller has `{}` fetches running, the most one caller may; retry later",
+                    self.limits.max_concurrent_per_principal.max(1)
+                )));
+            }
+            *n += 1;
+            PrincipalSlot {
+                running: self.running.clone(),
+                who: who.clone(),
+            }
+        };
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::ResourceExhausted(format!(
+                "node is serving `{}` fetches, the most it allows; retry later",
+                self.limits.max_concurrent.max(1)
+            ))
+        })?;
         tracing::Span::current().record("dataset", params.dataset.as_str());
         let served = match self.registry.served(&params.dataset) {
             Ok(s) => s,
@@ -355,7 +414,11 @@ impl Fetcher {
             sealer: self.cursors.clone(),
             binding,
         };
-        tokio::spawn(page.serve(stream, out_schema, guard, tx));
+        tokio::spawn(async move {
+            // The caller's and the node-wide fetch slots end with the release.
+            let _slots = (slot, mine);
+            page.serve(stream, out_schema, guard, tx).await;
+        });
         Ok(rx)
     }
 

@@ -71,7 +71,51 @@ pub struct Draft {
     pub subjects: Vec<String>,
 }
 
+/// Longest label (resource, action, purpose, grant, request id, peer node,
+/// policy id) an entry stores, in bytes. A longer one — e.g. a
+/// caller-chosen resource string of a denied request — is cut and tagged
+/// with a hash of the whole, so the log's growth per entry stays bounded.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// Cuts `s` to at most [`MAX_LABEL_BYTES`]: a prefix on a character
+/// boundary, `…#`, and the first 16 hex digits of the SHA-256 of the whole.
+pub fn bound_label(s: &mut String) {
+    if s.len() <= MAX_LABEL_BYTES {
+        return;
+    }
+    use sha2::Digest as _;
+    let tag = hex::encode(&sha2::Sha256::digest(s.as_bytes())[..8]);
+    // `…` is 3 bytes, `#` 1, the tag 16.
+    let mut cut = MAX_LABEL_BYTES - 20;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.push_str("…#");
+    s.push_str(&tag);
+}
+
 impl Draft {
+    /// Bounds every label of the draft ([`bound_label`]).
+    fn bound_labels(&mut self) {
+        bound_label(&mut self.org);
+        bound_label(&mut self.action);
+        bound_label(&mut self.resource);
+        for s in [
+            &mut self.purpose,
+            &mut self.grant_id,
+            &mut self.request_id,
+            &mut self.peer_node,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            bound_label(s);
+        }
+        self.policy_ids.truncate(64);
+        self.policy_ids.iter_mut().for_each(bound_label);
+    }
+
     /// A draft of `kind` by `org`.
     pub fn new(org: &str, action: &str, resource: &str, kind: EntryKind) -> Self {
         Self {
@@ -310,6 +354,7 @@ impl AuditLog {
 
     /// Appends an entry; returns its sequence number once it is durable.
     pub async fn append(&self, mut draft: Draft) -> Result<u64, AuditError> {
+        draft.bound_labels();
         let (reply, rx) = oneshot::channel();
         let user = draft.user.as_ref().map(|u| self.pseudonym(&draft.org, u));
         let subjects = std::mem::take(&mut draft.subjects)
@@ -1347,6 +1392,41 @@ mod tests {
         d.policy_ids = vec!["research-read".into()];
         d.subjects = vec![subject.into()];
         d
+    }
+
+    #[tokio::test]
+    async fn over_long_labels_never_reach_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _s, _stop) = open(dir.path()).await;
+        let huge = "r".repeat(64 * 1024);
+        let mut d = draft(&huge, "mallory", "HH-1");
+        d.action = "ä".repeat(40_000);
+        d.grant_id = Some(huge.clone());
+        d.request_id = Some(huge.clone());
+        d.purpose = Some(huge.clone());
+        let seq = log.append(d).await.unwrap();
+        let bytes = log.entry_bytes(seq).unwrap().unwrap();
+        assert!(bytes.len() < 4096, "entry of {} bytes", bytes.len());
+        let page = log
+            .query(&QueryFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        let e = &page.entries[0];
+        assert!(e.resource.len() <= MAX_LABEL_BYTES, "{}", e.resource.len());
+        assert!(e.resource.starts_with("rrrr") && e.resource.contains("…#"));
+        assert!(e.action.len() <= MAX_LABEL_BYTES);
+        // Two long labels that differ only at the end stay distinguishable.
+        let mut a = huge.clone();
+        let mut b = huge.clone();
+        b.push('x');
+        bound_label(&mut a);
+        bound_label(&mut b);
+        assert_ne!(a, b);
+        let mut short = "smart-meter-readings".to_owned();
+        bound_label(&mut short);
+        assert_eq!(short, "smart-meter-readings");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,8 @@ mod tree;
 pub mod witness;
 
 pub use log::{
-    AuditError, AuditLog, AuditStatus, CheckpointRecord, Draft, QueryFilter, QueryPage,
-    ReleaseGuard, ReleaseStats,
+    AuditError, AuditLog, AuditStatus, CheckpointRecord, Draft, MAX_LABEL_BYTES, QueryFilter,
+    QueryPage, ReleaseGuard, ReleaseStats, bound_label,
 };
 pub use tree::SledHashStore;
 pub(crate) use tree::encode_node_group;

@@ -3,14 +3,53 @@
 use super::principal;
 use crate::access::{Fetcher, fetch::FetchMessage};
 use allmende_proto::v1 as pb;
+use futures::StreamExt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 #[derive(Debug)]
 pub struct AccessService {
     pub fetcher: Arc<Fetcher>,
+    /// A fetch whose client takes no message for this long is ended (its
+    /// release aborted and audited, its reader and fetch slot freed).
+    pub idle_timeout: std::time::Duration,
+}
+
+/// Refuses over-long identifiers anywhere in a fetch request.
+fn check_request(r: &pb::FetchRequest) -> Result<(), Status> {
+    use super::limits::{MAX_TOKEN_BYTES, check_id, check_ids, check_len};
+    check_id("dataset", &r.dataset)?;
+    check_id("purpose", &r.purpose)?;
+    check_id("grant_id", &r.grant_id)?;
+    check_id("request_id", &r.request_id)?;
+    check_ids("columns", &r.columns)?;
+    check_len("resume_cursor", &r.resume_cursor, MAX_TOKEN_BYTES)?;
+    if let Some(f) = &r.filter {
+        check_filter(f)?;
+    }
+    Ok(())
+}
+
+fn check_filter(f: &pb::Filter) -> Result<(), Status> {
+    use super::limits::check_id;
+    match &f.expr {
+        Some(pb::filter::Expr::All(l) | pb::filter::Expr::Any(l)) => {
+            l.filters.iter().try_for_each(check_filter)
+        }
+        Some(pb::filter::Expr::Comparison(c)) => {
+            check_id("filter.column", &c.column)?;
+            if let Some(pb::value::Kind::StringValue(v)) =
+                c.value.as_ref().and_then(|v| v.kind.as_ref())
+            {
+                check_id("filter.value", v)?;
+            }
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
@@ -24,9 +63,11 @@ impl pb::access_server::Access for AccessService {
         req: Request<pb::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
         let p = principal(&req)?;
+        check_request(req.get_ref())?;
         let params = super::convert::fetch_params(req.into_inner())?;
         let mut rx = self.fetcher.start(&p, params).await?;
-        let stream = async_stream(move |tx| async move {
+        let idle = self.idle_timeout;
+        let stream = async_stream(idle, move |tx, ended_idle| async move {
             while let Some(m) = rx.recv().await {
                 let item = match m {
                     FetchMessage::Ipc(bytes) => Ok(pb::FetchResponse {
@@ -50,8 +91,17 @@ impl pb::access_server::Access for AccessService {
                     }),
                     FetchMessage::Failed(e) => Err(Status::from(e)),
                 };
-                if tx.send(item).await.is_err() {
-                    return;
+                match tokio::time::timeout(idle, tx.send(item)).await {
+                    Ok(Ok(())) => {}
+                    // The client went away.
+                    Ok(Err(_)) => return,
+                    // The client stopped reading: end the release (dropping
+                    // `rx` aborts it) rather than hold its reader.
+                    Err(_) => {
+                        tracing::info!(idle_secs = idle.as_secs(), "fetch stream idle, ended");
+                        ended_idle.store(true, Ordering::SeqCst);
+                        return;
+                    }
                 }
             }
         });
@@ -60,13 +110,27 @@ impl pb::access_server::Access for AccessService {
 }
 
 /// A stream fed by a task through a channel of one message: the producer
-/// waits while the client does not read (backpressure end to end).
-fn async_stream<F, Fut>(f: F) -> FetchStream
+/// waits while the client does not read (backpressure end to end). When the
+/// task ended it because the client took no message for `idle`, the stream
+/// ends with `RESOURCE_EXHAUSTED` after what was already queued.
+fn async_stream<F, Fut>(idle: std::time::Duration, f: F) -> FetchStream
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::FetchResponse, Status>>) -> Fut,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::FetchResponse, Status>>, Arc<AtomicBool>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let ended_idle = Arc::new(AtomicBool::new(false));
+    tokio::spawn(f(tx, ended_idle.clone()));
+    let tail = futures::stream::once(async move {
+        ended_idle.load(Ordering::SeqCst).then(|| {
+            Err(Status::from(crate::error::ApiError::ResourceExhausted(
+                format!(
+                    "fetch stream ended: the client took no message for `{}` s; resume with the last cursor",
+                    idle.as_secs()
+                ),
+            )))
+        })
+    })
+    .filter_map(std::future::ready);
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).chain(tail))
 }

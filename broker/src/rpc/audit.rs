@@ -75,6 +75,11 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<pb::AuditQueryResponse>, Status> {
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
+        super::limits::check_id("organisation", &req.get_ref().organisation)?;
+        super::limits::check_id("user", &req.get_ref().user)?;
+        super::limits::check_id("purpose", &req.get_ref().purpose)?;
+        super::limits::check_id("decision", &req.get_ref().decision)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         let decision = match r.decision.as_str() {
@@ -347,6 +352,16 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::AddCosignatureRequest>,
     ) -> Result<Response<pb::AddCosignatureResponse>, Status> {
+        super::limits::check_len(
+            "cosignature_line",
+            &req.get_ref().cosignature_line,
+            super::limits::MAX_TOKEN_BYTES,
+        )?;
+        super::limits::check_len(
+            "witness_vkey",
+            &req.get_ref().witness_vkey,
+            super::limits::MAX_TOKEN_BYTES,
+        )?;
         let p = principal(&req)?;
         self.authorize_witness(&p, Action::CosignCheckpoint).await?;
         let r = req.into_inner();
@@ -384,6 +399,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::GetWitnessedRequest>,
     ) -> Result<Response<pb::GetWitnessedResponse>, Status> {
+        super::limits::check_id("origin", &req.get_ref().origin)?;
         let p = principal(&req)?;
         self.authorize_witness(&p, Action::VerifyAudit).await?;
         let origin = req.into_inner().origin;

@@ -102,6 +102,11 @@ impl pb::catalog_server::Catalog for CatalogService {
         req: Request<pb::SearchCatalogRequest>,
     ) -> Result<Response<pb::SearchCatalogResponse>, Status> {
         let _p = principal(&req)?;
+        let r = req.get_ref();
+        super::limits::check_len("query", &r.query, super::limits::MAX_TOKEN_BYTES)?;
+        super::limits::check_id("owner", &r.owner)?;
+        super::limits::check_id("theme", &r.theme)?;
+        super::limits::check_id("classification", &r.classification)?;
         let q = SearchQuery::try_from(req.into_inner())?;
         let found = self.catalog.search(&q);
         Ok(Response::new(pb::SearchCatalogResponse {
@@ -120,6 +125,8 @@ impl pb::catalog_server::Catalog for CatalogService {
     ) -> Result<Response<pb::GetCatalogEntryResponse>, Status> {
         let _p = principal(&req)?;
         let r = req.into_inner();
+        super::limits::check_id("dataset", &r.dataset)?;
+        super::limits::check_id("owner", &r.owner)?;
         tracing::Span::current().record("dataset", tracing::field::display(&r.dataset));
         let owner = (!r.owner.is_empty()).then_some(r.owner.as_str());
         let entry = self

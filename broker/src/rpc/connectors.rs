@@ -115,10 +115,12 @@ impl pb::connectors_server::Connectors for ConnectorsService {
         &self,
         req: Request<pb::RegisterConnectorRequest>,
     ) -> Result<Response<pb::RegisterConnectorResponse>, Status> {
+        super::limits::check_id("kind", &req.get_ref().kind)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         let dataset: crate::catalog::DatasetDescription = serde_json::from_str(&r.dataset_json)
             .map_err(|e| ApiError::InvalidArgument(format!("dataset description: {e}")))?;
+        super::limits::check_id("dataset_json.id", &dataset.id)?;
         // Decide first: a caller who may not register learns nothing about sources.
         self.authorize(&p, &self.policy_dataset(&dataset)).await?;
         let (dataset, config, connector) = self
@@ -151,6 +153,7 @@ impl pb::connectors_server::Connectors for ConnectorsService {
         &self,
         req: Request<pb::SetConnectorEnabledRequest>,
     ) -> Result<Response<pb::ConnectorInfo>, Status> {
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         self.existing(&p, &r.dataset).await?;
@@ -166,6 +169,7 @@ impl pb::connectors_server::Connectors for ConnectorsService {
         &self,
         req: Request<pb::RemoveConnectorRequest>,
     ) -> Result<Response<pb::RemoveConnectorResponse>, Status> {
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         self.existing(&p, &r.dataset).await?;

@@ -113,6 +113,7 @@ impl pb::consent_server::Consent for ConsentService {
         &self,
         req: Request<pb::ImportConsentRequest>,
     ) -> Result<Response<pb::ImportConsentResponse>, Status> {
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         tracing::Span::current().record("dataset", tracing::field::display(&r.dataset));
@@ -159,6 +160,9 @@ impl pb::consent_server::Consent for ConsentService {
         &self,
         req: Request<pb::WithdrawConsentRequest>,
     ) -> Result<Response<pb::WithdrawConsentResponse>, Status> {
+        super::limits::check_id("subject_id", &req.get_ref().subject_id)?;
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
+        super::limits::check_id("purpose", &req.get_ref().purpose)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         self.authorize_subject(&p, Action::RecordConsent, &r.subject_id)
@@ -194,6 +198,7 @@ impl pb::consent_server::Consent for ConsentService {
         &self,
         req: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
+        super::limits::check_id("subject_id", &req.get_ref().subject_id)?;
         let p = principal(&req)?;
         let r = req.into_inner();
         self.authorize_subject(&p, Action::ReadConsent, &r.subject_id)

@@ -1,6 +1,7 @@
 //! `allmende.v1.Federation`.
 
 use super::ctx::NodeCtx;
+use super::limits::check_id;
 use super::principal;
 use crate::error::ApiError;
 use crate::peers::Peers;
@@ -82,6 +83,9 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<pb::HelloResponse>, Status> {
         let p = principal(&req)?;
         let body = req.into_inner();
+        check_id("claimed_organisation", &body.claimed_organisation)?;
+        check_id("claimed_node", &body.claimed_node)?;
+        check_id("software_version", &body.software_version)?;
         authorize_metadata(&self.ctx, &p, "hello").await?;
         // Identity comes from the certificate; a body that claims otherwise
         // is noted and ignored.

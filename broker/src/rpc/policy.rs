@@ -1,6 +1,7 @@
 //! `allmende.v1.Policy`: explain decisions, reload, list the policies.
 
 use super::ctx::NodeCtx;
+use super::limits::check_id;
 use super::principal;
 use crate::error::ApiError;
 use crate::policy::{Action, Purpose, Resource};
@@ -58,6 +59,11 @@ impl pb::policy_server::Policy for PolicyService {
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
+        check_id("action", &r.action)?;
+        check_id("resource_type", &r.resource_type)?;
+        check_id("resource_id", &r.resource_id)?;
+        check_id("purpose", &r.purpose)?;
+        check_id("grant_id", &r.grant_id)?;
         let action = parse_action(&r.action)?;
         let mut resource_id = r.resource_id.clone();
         if r.resource_type == "federation" && resource_id.is_empty() {
