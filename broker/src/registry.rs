@@ -161,21 +161,27 @@ struct AuditedSource {
 }
 
 impl AuditedSource {
+    /// Audits a refusal, logs its detail for the operator, and names only the
+    /// dataset to the caller (a reader of another organisation learns no path).
     async fn audited<T>(&self, r: Result<T, ConnectorError>) -> Result<T, ConnectorError> {
-        if let Err(e) = &r
-            && let Some(reason) = refusal_of(e)
-        {
-            let d = refusal_draft(
-                &self.org,
-                &Subject::Node(self.node.clone()),
-                &self.dataset,
-                reason,
-            );
-            if let Err(a) = self.audit.append(d).await {
-                tracing::warn!(dataset = %self.dataset, error = %a, "refused source not audited");
-            }
+        let Err(e) = r else { return r };
+        let Some(reason) = refusal_of(&e) else {
+            return Err(e);
+        };
+        tracing::warn!(dataset = %self.dataset, error = %e, "source refused");
+        let d = refusal_draft(
+            &self.org,
+            &Subject::Node(self.node.clone()),
+            &self.dataset,
+            reason,
+        );
+        if let Err(a) = self.audit.append(d).await {
+            tracing::warn!(dataset = %self.dataset, error = %a, "refused source not audited");
         }
-        r
+        Err(ConnectorError::Confined {
+            path: self.dataset.clone(),
+            reason,
+        })
     }
 }
 

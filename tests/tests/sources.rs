@@ -302,6 +302,10 @@ async fn a_link_swapped_in_after_registration_is_refused_on_read_and_on_restart(
         err.message().contains("symbolic link"),
         "the read is refused: {err:?}"
     );
+    assert!(
+        !err.message().contains(&sb.root.display().to_string()),
+        "a reader of another organisation learns no path: {err:?}"
+    );
     let r = refusals(&sb);
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].0.resource, "smart-meter-readings");
