@@ -23,6 +23,8 @@
 //! [[peers]]
 //! name = "stadt-1"
 //! endpoint = "https://127.0.0.1:7401"
+//! [sources]
+//! roots = ["/srv/allmende/sources"]   # connectors read local files only below these
 //! ```
 
 use serde::Deserialize;
@@ -70,6 +72,15 @@ struct RawConfig {
     audit: Option<RawAudit>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    sources: Option<RawSources>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSources {
+    /// Directories connectors may read local files from.
+    roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,7 +304,13 @@ pub struct NodeConfig {
     pub audit_retention_days: Option<u32>,
     /// Resource limits (`[limits]`).
     pub limits: Limits,
+    /// Directories connectors may read local files from (absolute; default
+    /// `<data_dir>/sources`). See [`NodeConfig::source_roots`].
+    pub source_roots: Vec<PathBuf>,
 }
+
+/// The source directory under `node.data_dir` when `sources.roots` is absent.
+pub const DEFAULT_SOURCES_DIR: &str = "sources";
 
 /// Environment variables that override config keys.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -424,12 +441,18 @@ impl NodeConfig {
             ));
         }
         raw.limits.check(invalid)?;
+        let data_dir = abs(&data_dir);
+        let source_roots = match raw.sources {
+            Some(s) => s.roots.iter().map(|r| abs(r)).collect(),
+            None => vec![data_dir.join(DEFAULT_SOURCES_DIR)],
+        };
         Ok(Self {
             limits: raw.limits,
             audit_retention_days,
+            source_roots,
             source: path.to_path_buf(),
             name: raw.node.name,
-            data_dir: abs(&data_dir),
+            data_dir,
             grpc_listen,
             admin_listen,
             root_ca: abs(&raw.tls.root_ca),
@@ -442,6 +465,33 @@ impl NodeConfig {
             peers: raw.peers,
             policy_dir: raw.policy.map(|p| abs(&p.dir)),
         })
+    }
+
+    /// Where connectors may read local files: below `sources.roots`, never in
+    /// the node's key directory (and key file), store directory, or config
+    /// directory (and config file), even when a root contains them.
+    pub fn source_roots(&self) -> allmende_connectors::SourceRoots {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut roots = allmende_connectors::SourceRoots::new(self.source_roots.clone())
+            .reserve(absolute(&self.key), "key file")
+            .reserve(absolute(&self.data_dir.join("store")), "store directory")
+            .reserve(absolute(&self.source), "config file");
+        if let Some(d) = self.key.parent() {
+            roots = roots.reserve(absolute(d), "key directory");
+        }
+        if let Some(d) = absolute(&self.source).parent() {
+            roots = roots.reserve(d.to_path_buf(), "config directory");
+        }
+        roots
+    }
+
+    /// The `[sources]` table naming `roots` (appended to a rendered config).
+    pub fn render_sources(roots: &[PathBuf]) -> String {
+        let list: Vec<String> = roots
+            .iter()
+            .map(|r| toml::Value::String(r.display().to_string()).to_string())
+            .collect();
+        format!("\n[sources]\nroots = [{}]\n", list.join(", "))
     }
 
     /// Renders a config file for the given settings (used by the sandbox and
@@ -578,6 +628,38 @@ membership = "membership.json"
     }
 
     #[test]
+    fn source_roots_default_under_data_dir_and_resolve_relative_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.source_roots,
+            vec![PathBuf::from("/etc/allmende/data/sources")]
+        );
+        let c = parse(&format!("{GOOD}\n[sources]\nroots = [\"/srv/a\", \"b\"]\n")).unwrap();
+        assert_eq!(
+            c.source_roots,
+            vec![PathBuf::from("/srv/a"), PathBuf::from("/etc/allmende/b")]
+        );
+        let err = parse(&format!("{GOOD}\n[sources]\nroot = \"/srv\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `root`"), "{err}");
+        // The node's own places are reserved even inside an allowed root.
+        let c = parse(&format!("{GOOD}\n[sources]\nroots = [\"/\"]\n")).unwrap();
+        let roots = c.source_roots();
+        for own in [
+            "/abs/node.key",
+            "/etc/allmende/node.toml",
+            "/etc/allmende/data/store/db",
+        ] {
+            let err = roots.check(Path::new(own), own).unwrap_err();
+            assert!(
+                matches!(err, allmende_connectors::ConnectorError::Confined { .. }),
+                "{own}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn rendered_config_parses() {
         let text = NodeConfig::render(
             "stadt-1",
@@ -590,7 +672,12 @@ membership = "membership.json"
                 endpoint: "https://127.0.0.1:3".into(),
             }],
         );
+        let text = format!(
+            "{text}{}",
+            NodeConfig::render_sources(&[PathBuf::from("/tmp/with \"quote\"")])
+        );
         let c = parse(&text).unwrap();
+        assert_eq!(c.source_roots, vec![PathBuf::from("/tmp/with \"quote\"")]);
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.cert, Path::new("/tmp/tls/node.crt"));
     }

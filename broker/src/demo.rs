@@ -246,7 +246,7 @@ async fn story_1_steps(sb: &Sandbox) -> Result<(), String> {
         "SWM's data steward registers the smart-meter connector at the SWM node",
     );
     let files = allmende_connectors::sample::write_demo_data(
-        &sb.root.join("sample-data"),
+        &sb.root.join(crate::sandbox::SAMPLE_DATA_DIR),
         &allmende_connectors::sample::SampleSpec::default(),
     )
     .map_err(|e| fail(&e))?;

@@ -307,12 +307,19 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         &own.organisation,
     )?);
     // Registered connectors and the release pipeline (issue 5; docs/access.md).
+    // Sources are read only below `sources.roots` (docs/configuration.md).
+    let source_roots = config.source_roots();
+    for (root, what) in source_roots.overlaps() {
+        tracing::warn!(root = %root.display(), place = what, "source root lies in the node's own place; nothing below it is readable");
+    }
     let registry = Arc::new(
         crate::registry::Registry::open(
             store.clone(),
             catalog.clone(),
             policy.clone(),
             clock.clone(),
+            source_roots,
+            audit.clone(),
         )
         .await
         .map_err(|e| NodeError::Policy(format!("connector registry: {e}")))?,

@@ -5,12 +5,24 @@
 //! schema, publishes the dataset's metadata to the federated catalog, and
 //! mirrors the dataset into the policy entities. The rows never leave the
 //! node through the registry; they leave only through `access`.
+//!
+//! Every local source is read through the node's [`SourceRoots`] (built from
+//! `sources.roots` in the node config): at registration, when a connector is
+//! reopened at start or enabled, and on every file open of every read. A
+//! refused source is written to the audit log (`read_source`, deny,
+//! `source-confinement:<reason>`; no path in the entry).
 
+use crate::audit::{AuditLog, Draft};
 use crate::catalog::{Catalog, CatalogEntry, DatasetDescription};
 use crate::clock::SharedClock;
+use crate::pki::{Principal, Subject};
 use crate::policy::PolicyPoint;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
-use allmende_connectors::{Connector, ConnectorError, FileConnector, FileConnectorConfig};
+use allmende_connectors::{
+    Connector, ConnectorDescription, ConnectorError, FileConnector, FileConnectorConfig,
+    HealthReport, ReadRequest, ReadStream, Refusal, SourceRoots,
+};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -47,6 +59,8 @@ pub enum RegistryError {
     Catalog(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl From<RegistryError> for crate::error::ApiError {
@@ -57,6 +71,7 @@ impl From<RegistryError> for crate::error::ApiError {
                 ApiError::InvalidArgument(e.to_string())
             }
             RegistryError::Connector(ref c) => match c {
+                ConnectorError::Confined { .. } => ApiError::PermissionDenied(e.to_string()),
                 ConnectorError::Unreachable { .. } => ApiError::FailedPrecondition(e.to_string()),
                 ConnectorError::Internal(_) => ApiError::Internal(e.to_string()),
                 _ => ApiError::InvalidArgument(e.to_string()),
@@ -65,6 +80,7 @@ impl From<RegistryError> for crate::error::ApiError {
             RegistryError::Disabled(_) => ApiError::FailedPrecondition(e.to_string()),
             RegistryError::Catalog(m) => ApiError::InvalidArgument(m),
             RegistryError::Store(s) => ApiError::from(s),
+            RegistryError::Audit(a) => ApiError::from(a),
         }
     }
 }
@@ -95,6 +111,114 @@ pub struct Registry {
     policy: Arc<PolicyPoint>,
     clock: SharedClock,
     write: tokio::sync::Mutex<()>,
+    roots: SourceRoots,
+    audit: AuditLog,
+}
+
+/// The action of a refused source in the audit log.
+pub const REFUSED_SOURCE_ACTION: &str = "read_source";
+
+/// The policy id a refused source is recorded with: `source-confinement:<reason code>`.
+pub fn refusal_policy_id(reason: Refusal) -> String {
+    format!("source-confinement:{}", reason.code())
+}
+
+/// The audit entry of a refused source: who tried (a user, or the node
+/// itself), which dataset, why (a reason code; never the path).
+fn refusal_draft(org: &str, actor: &Subject, dataset: &str, reason: Refusal) -> Draft {
+    let mut d = Draft::new(
+        org,
+        REFUSED_SOURCE_ACTION,
+        dataset,
+        allmende_audit::EntryKind::Decision,
+    );
+    match actor {
+        Subject::User(u) => d.user = Some(u.clone()),
+        Subject::Node(n) => d.peer_node = Some(n.clone()),
+    }
+    d.decision = Some(allmende_audit::Decision::Deny);
+    d.policy_ids = vec![refusal_policy_id(reason)];
+    d
+}
+
+/// The refusal inside a connector error, if it is one.
+fn refusal_of(e: &ConnectorError) -> Option<Refusal> {
+    match e {
+        ConnectorError::Confined { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+/// A served file connector whose refused opens (a link swapped in after
+/// registration, a file moved into the node's own directories) are audited
+/// before the error reaches the caller.
+struct AuditedSource {
+    inner: FileConnector,
+    dataset: String,
+    org: String,
+    node: String,
+    audit: AuditLog,
+}
+
+impl AuditedSource {
+    /// Audits a refusal, logs its detail for the operator, and names only the
+    /// dataset to the caller (a reader of another organisation learns no path).
+    async fn audited<T>(&self, r: Result<T, ConnectorError>) -> Result<T, ConnectorError> {
+        let Err(e) = r else { return r };
+        let Some(reason) = refusal_of(&e) else {
+            return Err(e);
+        };
+        tracing::warn!(dataset = %self.dataset, error = %e, "source refused");
+        let d = refusal_draft(
+            &self.org,
+            &Subject::Node(self.node.clone()),
+            &self.dataset,
+            reason,
+        );
+        if let Err(a) = self.audit.append(d).await {
+            tracing::warn!(dataset = %self.dataset, error = %a, "refused source not audited");
+        }
+        Err(ConnectorError::Confined {
+            path: self.dataset.clone(),
+            reason,
+        })
+    }
+}
+
+impl Connector for AuditedSource {
+    fn describe(&self) -> &ConnectorDescription {
+        self.inner.describe()
+    }
+
+    fn read(&self, request: ReadRequest) -> BoxFuture<'_, Result<ReadStream, ConnectorError>> {
+        Box::pin(async move {
+            let stream = self.audited(self.inner.read(request).await).await?;
+            // A file refused in the middle of the read ends it; audit that too.
+            let (audit, org, node, dataset) = (
+                self.audit.clone(),
+                self.org.clone(),
+                self.node.clone(),
+                self.dataset.clone(),
+            );
+            Ok(stream.on_error(Box::new(move |e| {
+                if let Some(reason) = refusal_of(e) {
+                    let d = refusal_draft(&org, &Subject::Node(node.clone()), &dataset, reason);
+                    let audit = audit.clone();
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            if let Err(a) = audit.append(d).await {
+                                tracing::warn!(error = %a, "refused source not audited");
+                            }
+                        });
+                    }
+                }
+            })))
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<HealthReport, ConnectorError>> {
+        Box::pin(async move { self.audited(self.inner.health().await).await })
+    }
 }
 
 fn parse_dataset(json: &str) -> Result<DatasetDescription, RegistryError> {
@@ -109,11 +233,14 @@ pub fn parse_config(json: &str) -> Result<FileConnectorConfig, RegistryError> {
 impl Registry {
     /// Opens the registry and reopens every enabled connector. A connector
     /// whose source is gone is kept registered, not served, and reported.
+    /// Every source is read only where `roots` allows; refusals go to `audit`.
     pub async fn open(
         store: Store,
         catalog: Arc<Catalog>,
         policy: Arc<PolicyPoint>,
         clock: SharedClock,
+        roots: SourceRoots,
+        audit: AuditLog,
     ) -> Result<Self, RegistryError> {
         let table: Table<String, Registration> = store.table(TableName::Connectors)?;
         let reg = Self {
@@ -125,21 +252,18 @@ impl Registry {
             policy,
             clock,
             write: tokio::sync::Mutex::new(()),
+            roots,
+            audit,
         };
         for (id, r) in reg.table.entries()? {
             reg.mirror_policy(&r);
             if !r.enabled {
                 continue;
             }
-            match FileConnector::open_async(r.config.clone()).await {
+            match reg.reopen(&r).await {
                 Ok(c) => {
-                    reg.set_live(
-                        &id,
-                        Some(Served {
-                            registration: r,
-                            connector: Arc::new(c),
-                        }),
-                    );
+                    let served = reg.served_for(r, c);
+                    reg.set_live(&id, Some(served));
                 }
                 Err(e) => {
                     tracing::warn!(dataset = %id, error = %e, "connector not served");
@@ -148,6 +272,46 @@ impl Registry {
             }
         }
         Ok(reg)
+    }
+
+    /// Opens a stored registration's source again (at start, on enable): a
+    /// refusal is audited with the node as the actor.
+    async fn reopen(&self, r: &Registration) -> Result<FileConnector, ConnectorError> {
+        let opened = FileConnector::open_async(r.config.clone(), self.roots.clone()).await;
+        if let Err(e) = &opened
+            && let Some(reason) = refusal_of(e)
+        {
+            let id = self.catalog.identity();
+            let d = refusal_draft(
+                &id.organisation,
+                &Subject::Node(id.node.clone()),
+                &r.dataset.id,
+                reason,
+            );
+            if let Err(a) = self.audit.append(d).await {
+                tracing::warn!(dataset = %r.dataset.id, error = %a, "refused source not audited");
+            }
+        }
+        opened
+    }
+
+    fn served_for(&self, registration: Registration, connector: FileConnector) -> Served {
+        let id = self.catalog.identity();
+        Served {
+            connector: Arc::new(AuditedSource {
+                inner: connector,
+                dataset: registration.dataset.id.clone(),
+                org: id.organisation.clone(),
+                node: id.node.clone(),
+                audit: self.audit.clone(),
+            }),
+            registration,
+        }
+    }
+
+    /// Where this node reads sources from.
+    pub fn source_roots(&self) -> &SourceRoots {
+        &self.roots
     }
 
     fn set_live(&self, id: &str, served: Option<Served>) {
@@ -193,11 +357,13 @@ impl Registry {
         });
     }
 
-    /// Validates a registration without changing anything: the dataset
-    /// description, the connector kind and config, reachability, and schema
-    /// agreement. Returns the opened connector.
+    /// Validates a registration by `caller` without changing anything: the
+    /// dataset description, the connector kind and config, the source's
+    /// confinement (a refusal is audited), reachability, and schema agreement.
+    /// Returns the opened connector.
     pub async fn validate(
         &self,
+        caller: &Principal,
         dataset_json: &str,
         kind: &str,
         config_json: &str,
@@ -237,7 +403,18 @@ impl Registry {
             &identifying,
         )
         .map_err(RegistryError::Config)?;
-        let connector = FileConnector::open_async(config.clone()).await?;
+        let connector = match FileConnector::open_async(config.clone(), self.roots.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(reason) = refusal_of(&e) {
+                    let d =
+                        refusal_draft(&caller.organisation, &caller.subject, &dataset.id, reason);
+                    // A refusal that cannot be audited fails the call (`UNAVAILABLE`).
+                    self.audit.append(d).await?;
+                }
+                return Err(e.into());
+            }
+        };
         allmende_connectors::schema::check_declared_schema(
             &dataset.schema.fields,
             &connector.describe().schema,
@@ -273,13 +450,8 @@ impl Registry {
             .map_err(|e| RegistryError::Catalog(e.to_string()))?;
         self.mirror_policy(&r);
         self.set_problem(&dataset.id, None);
-        self.set_live(
-            &dataset.id,
-            Some(Served {
-                registration: r,
-                connector: Arc::new(connector),
-            }),
-        );
+        let served = self.served_for(r, connector);
+        self.set_live(&dataset.id, Some(served));
         Ok(entry)
     }
 
@@ -299,14 +471,9 @@ impl Registry {
         b.put(&self.table, &r.dataset.id, &r)?;
         self.store.commit_durable(b).await?;
         if enabled {
-            let c = FileConnector::open_async(r.config.clone()).await?;
-            self.set_live(
-                dataset,
-                Some(Served {
-                    registration: r.clone(),
-                    connector: Arc::new(c),
-                }),
-            );
+            let c = self.reopen(&r).await?;
+            let served = self.served_for(r.clone(), c);
+            self.set_live(dataset, Some(served));
         } else {
             self.set_live(dataset, None);
         }

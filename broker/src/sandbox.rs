@@ -19,6 +19,10 @@ use crate::pki::{OrgKind, Role};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+/// The directory under the sandbox root with the sample data; the nodes'
+/// only allowed source root (`sources.roots`).
+pub const SAMPLE_DATA_DIR: &str = "sample-data";
+
 /// One organisation of a sandbox federation.
 #[derive(Debug, Clone)]
 pub struct OrgSpec {
@@ -222,7 +226,7 @@ impl Sandbox {
                 } else {
                     Vec::new()
                 };
-                let text = NodeConfig::render(
+                let mut text = NodeConfig::render(
                     n,
                     &nd.join("data"),
                     grpc,
@@ -230,6 +234,8 @@ impl Sandbox {
                     &nd,
                     &peers,
                 );
+                // Connectors read sample data only (`register_demo_datasets`).
+                text.push_str(&NodeConfig::render_sources(&[root.join(SAMPLE_DATA_DIR)]));
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
                 configs.push(cfg_path);
@@ -313,7 +319,7 @@ impl Sandbox {
     /// Cedar and audited; SWM imports its households' consent records.
     pub async fn register_demo_datasets(&self) -> Result<Vec<String>, SandboxError> {
         use allmende_proto::v1 as pb;
-        let data_dir = self.root.join("sample-data");
+        let data_dir = self.root.join(SAMPLE_DATA_DIR);
         let files = allmende_connectors::sample::write_demo_data(
             &data_dir,
             &allmende_connectors::sample::SampleSpec::default(),

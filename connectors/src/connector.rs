@@ -454,6 +454,7 @@ where
             rx,
             progress,
             done: false,
+            on_error: None,
         }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ConnectorError::Internal(
@@ -462,13 +463,26 @@ where
     }
 }
 
+/// Called with the error that ends a read (see [`ReadStream::on_error`]).
+pub type ErrorHook = Box<dyn Fn(&ConnectorError) + Send + Sync>;
+
 /// The stream of a read. Dropping it cancels the read and releases the source.
-#[derive(Debug)]
 pub struct ReadStream {
     schema: SchemaRef,
     rx: mpsc::Receiver<Result<ReadItem, ConnectorError>>,
     progress: Arc<ReadProgress>,
     done: bool,
+    on_error: Option<ErrorHook>,
+}
+
+impl fmt::Debug for ReadStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadStream")
+            .field("schema", &self.schema)
+            .field("progress", &self.progress)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReadStream {
@@ -480,6 +494,13 @@ impl ReadStream {
     /// The read's live counters; keep a clone to watch the reader after dropping the stream.
     pub fn progress(&self) -> Arc<ReadProgress> {
         self.progress.clone()
+    }
+
+    /// Calls `hook` with the error that ends the read, if one does (e.g. to audit a source
+    /// refused in the middle of a read). Replaces an earlier hook.
+    pub fn on_error(mut self, hook: ErrorHook) -> Self {
+        self.on_error = Some(hook);
+        self
     }
 
     /// Reads the whole stream into memory (tests, small sources).
@@ -519,6 +540,9 @@ impl Stream for ReadStream {
             Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(Ok(item))),
             Poll::Ready(Some(Err(e))) => {
                 this.done = true;
+                if let Some(hook) = &this.on_error {
+                    hook(&e);
+                }
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {

@@ -28,6 +28,15 @@ pub enum ConnectorError {
         /// Expected versus found.
         reason: String,
     },
+    /// The path is outside the directories the node allows for sources, or is one of the node's
+    /// own files (see [`crate::confine::SourceRoots`]).
+    #[error("source `{path}` is refused: {reason}")]
+    Confined {
+        /// The path as given (or the file relative to the source).
+        path: String,
+        /// Why.
+        reason: crate::confine::Refusal,
+    },
     /// The source cannot be read: corrupt or truncated file, broken structure, I/O failure.
     #[error("cannot read `{file}`: {reason}")]
     Source {

@@ -3,9 +3,10 @@
 //! A [`Connector`] describes its schema (with the data-subject column and other identifier
 //! columns), streams rows as Arrow record batches with a resume cursor, reports broken rows
 //! instead of dropping them, and checks its health. [`FileConnector`] reads CSV, JSON lines,
-//! GeoJSON and Parquet. The `conformance` feature exposes the suite every connector must pass;
+//! GeoJSON and Parquet, only below the directories a [`SourceRoots`] allows. The `conformance` feature exposes the suite every connector must pass;
 //! [`sample`] generates the Munich demo data. See `README.md` for the semantics.
 
+pub mod confine;
 pub mod connector;
 pub mod error;
 pub mod files;
@@ -16,10 +17,11 @@ pub mod write;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use confine::{Refusal, SourceRoots};
 pub use connector::{
     BrokenRow, Cancelled, CollectedRead, Connector, ConnectorDescription, Cursor, CursorValue,
-    DEFAULT_BATCH_SIZE, HealthReport, MAX_BATCH_SIZE, READ_QUEUE_CAPACITY, ReadItem, ReadProgress,
-    ReadRequest, ReadSink, ReadStream, ReadSummary, spawn_reader,
+    DEFAULT_BATCH_SIZE, ErrorHook, HealthReport, MAX_BATCH_SIZE, READ_QUEUE_CAPACITY, ReadItem,
+    ReadProgress, ReadRequest, ReadSink, ReadStream, ReadSummary, spawn_reader,
 };
 pub use error::ConnectorError;
 pub use files::{

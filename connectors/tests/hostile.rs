@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use allmende_connectors::SourceRoots;
 use allmende_connectors::sample;
 use allmende_connectors::write::write_parquet;
 use allmende_connectors::{
@@ -334,7 +335,7 @@ async fn geojson_documents_that_are_not_feature_collections_are_errors() {
         let path = write(&dir.path().join(format!("{i}.geojson")), text);
         let mut config = FileConnectorConfig::new(&path, FileFormat::Geojson);
         config.schema = Some(fields.clone());
-        let err = FileConnector::open(config).unwrap_err();
+        let err = FileConnector::open(config, SourceRoots::anywhere()).unwrap_err();
         assert!(
             matches!(&err, ConnectorError::Source { reason: r, .. } if r.contains(reason)),
             "{text}: {err}"
@@ -348,7 +349,7 @@ async fn geojson_documents_that_are_not_feature_collections_are_errors() {
     let path = write(&dir.path().join("deep.geojson"), &deep);
     let mut config = FileConnectorConfig::new(&path, FileFormat::Geojson);
     config.schema = Some(fields.clone());
-    let err = FileConnector::open(config).unwrap_err();
+    let err = FileConnector::open(config, SourceRoots::anywhere()).unwrap_err();
     assert!(err.to_string().contains("recursion limit"), "{err}");
 }
 
@@ -423,7 +424,8 @@ async fn parquet_truncated_in_the_middle_is_refused_at_registration() {
     write_row_groups(&path, &batch, 200);
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = FileConnector::open(meter_parquet_config(&path)).unwrap_err();
+    let err =
+        FileConnector::open(meter_parquet_config(&path), SourceRoots::anywhere()).unwrap_err();
     match &err {
         ConnectorError::Source { file, reason } => {
             assert_eq!(file, "r.parquet");
@@ -439,7 +441,8 @@ async fn parquet_truncated_in_the_middle_is_refused_at_registration() {
     std::fs::create_dir(&root).unwrap();
     write_row_groups(&root.join("a.parquet"), &batch, 200);
     std::fs::write(root.join("b.parquet"), &bytes[..bytes.len() / 2]).unwrap();
-    let err = FileConnector::open(meter_parquet_config(&root)).unwrap_err();
+    let err =
+        FileConnector::open(meter_parquet_config(&root), SourceRoots::anywhere()).unwrap_err();
     assert!(
         err.to_string().starts_with("cannot read `b.parquet`"),
         "{err}"
@@ -525,7 +528,7 @@ async fn schema_mismatches_are_refused_at_registration_with_the_reason() {
     let path = write(&dir.path().join("r.csv"), &text);
     let mut config = readings_config(&path, FileFormat::Csv);
     config.schema.as_mut().unwrap()[3].field_type = FieldType::Int64;
-    let err = FileConnector::open(config).unwrap_err();
+    let err = FileConnector::open(config, SourceRoots::anywhere()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "schema mismatch in `r.csv`: column `kwh`: declared int64, but 20 of 20 sampled values do not parse, e.g. `0.000` at line 2"
@@ -537,14 +540,14 @@ async fn schema_mismatches_are_refused_at_registration_with_the_reason() {
         .as_mut()
         .unwrap()
         .push(FieldSpec::new("tariff", FieldType::String));
-    let err = FileConnector::open(config).unwrap_err();
+    let err = FileConnector::open(config, SourceRoots::anywhere()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "schema mismatch in `r.csv`: column `tariff`: declared string, but the header has no such column (it has: household_id, meter_id, timestamp, kwh)"
     );
     let mut config = readings_config(&path, FileFormat::Csv);
     config.schema.as_mut().unwrap().pop();
-    let err = FileConnector::open(config.clone()).unwrap_err();
+    let err = FileConnector::open(config.clone(), SourceRoots::anywhere()).unwrap_err();
     assert!(
         err.to_string()
             .contains("column `kwh`: in the header but not declared"),
@@ -574,7 +577,7 @@ async fn schema_mismatches_are_refused_at_registration_with_the_reason() {
         FieldSpec::required("household_id", FieldType::String),
         FieldSpec::new("kwh", FieldType::Float64),
     ]);
-    let err = FileConnector::open(config).unwrap_err();
+    let err = FileConnector::open(config, SourceRoots::anywhere()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "schema mismatch in `s.parquet`: column `kwh`: declared float64, found Utf8"
@@ -590,7 +593,7 @@ async fn schema_mismatches_are_refused_at_registration_with_the_reason() {
         FieldSpec::required("id", FieldType::String),
         FieldSpec::new("n", FieldType::Int64),
     ]);
-    let err = FileConnector::open(config.clone()).unwrap_err();
+    let err = FileConnector::open(config.clone(), SourceRoots::anywhere()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "schema mismatch in `j.jsonl`: column `n`: declared int64, but 2 of 3 sampled values do not fit (expected int64, found number `1.5` at line 1)"
@@ -600,7 +603,7 @@ async fn schema_mismatches_are_refused_at_registration_with_the_reason() {
         FieldSpec::new("n", FieldType::Float64),
         FieldSpec::required("unit", FieldType::String),
     ]);
-    let err = FileConnector::open(config).unwrap_err();
+    let err = FileConnector::open(config, SourceRoots::anywhere()).unwrap_err();
     assert!(
         err.to_string().contains(
             "column `unit`: declared non-nullable string, but none of the first 3 records has it"
@@ -618,7 +621,7 @@ fn bad_configs_are_refused_before_touching_data() {
     );
     let mut config = readings_config(&path, FileFormat::Csv);
     config.subject_column = Some("kwh".into());
-    let err = FileConnector::open(config).unwrap_err();
+    let err = FileConnector::open(config, SourceRoots::anywhere()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "invalid connector config: data-subject column `kwh` must be string or int64, not float64"
@@ -626,7 +629,7 @@ fn bad_configs_are_refused_before_touching_data() {
     let mut config = readings_config(&path, FileFormat::Csv);
     config.identifier_columns = vec!["nope".into()];
     assert!(
-        FileConnector::open(config)
+        FileConnector::open(config, SourceRoots::anywhere())
             .unwrap_err()
             .to_string()
             .contains("`nope`")
@@ -634,7 +637,7 @@ fn bad_configs_are_refused_before_touching_data() {
     let mut config = readings_config(&path, FileFormat::Csv);
     config.cursor_column = Some("kwh".into());
     assert!(
-        FileConnector::open(config)
+        FileConnector::open(config, SourceRoots::anywhere())
             .unwrap_err()
             .to_string()
             .contains("int64, timestamp or string")
@@ -642,14 +645,14 @@ fn bad_configs_are_refused_before_touching_data() {
     let mut config = readings_config(&path, FileFormat::Csv);
     config.csv.delimiter = 'ä';
     assert!(matches!(
-        FileConnector::open(config),
+        FileConnector::open(config, SourceRoots::anywhere()),
         Err(ConnectorError::Config(_))
     ));
     let mut config = readings_config(&path, FileFormat::Csv);
     config.csv.header = false;
     config.schema = None;
     assert!(matches!(
-        FileConnector::open(config),
+        FileConnector::open(config, SourceRoots::anywhere()),
         Err(ConnectorError::Config(_))
     ));
 
@@ -676,7 +679,11 @@ fn bad_configs_are_refused_before_touching_data() {
 async fn unreachable_sources_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nowhere/readings.csv");
-    let err = FileConnector::open(readings_config(&missing, FileFormat::Csv)).unwrap_err();
+    let err = FileConnector::open(
+        readings_config(&missing, FileFormat::Csv),
+        SourceRoots::anywhere(),
+    )
+    .unwrap_err();
     assert!(
         matches!(&err, ConnectorError::Unreachable { reason, .. } if reason.contains("No such file")),
         "{err}"
@@ -686,15 +693,22 @@ async fn unreachable_sources_are_clear_errors() {
             .starts_with(&format!("source `{}` is unreachable", missing.display()))
     );
 
-    let err = FileConnector::open_async(readings_config(&missing, FileFormat::Csv))
-        .await
-        .unwrap_err();
+    let err = FileConnector::open_async(
+        readings_config(&missing, FileFormat::Csv),
+        SourceRoots::anywhere(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ConnectorError::Unreachable { .. }), "{err}");
 
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     write(&empty.join("notes.txt"), "not csv");
-    let err = FileConnector::open(FileConnectorConfig::new(&empty, FileFormat::Csv)).unwrap_err();
+    let err = FileConnector::open(
+        FileConnectorConfig::new(&empty, FileFormat::Csv),
+        SourceRoots::anywhere(),
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .contains("no csv files to infer the schema from"),

@@ -50,6 +50,20 @@ fn trust_file(sb: &allmende::sandbox::Sandbox, log_node: &str) -> String {
     format!("{quorum}\n{body}")
 }
 
+/// Every file below `dir`, in every subdirectory.
+fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 async fn wait_cosigned(sb: &allmende::sandbox::Sandbox, node: &str, min: usize) {
     let n = sb.node(node).unwrap();
     for _ in 0..100 {
@@ -194,21 +208,45 @@ async fn story_8_dpo_queries_exports_and_verifies_offline() {
     );
     let wrong = allmende_audit::TrustFile::from_toml(
         &wrong.replace(swm.audit.origin(), sb.node("tum-1").unwrap().audit.origin()),
-    );
-    if let Ok(wrong) = wrong {
-        assert!(!allmende_audit::verify_bundle(&bundle.bundle, &wrong).is_ok());
+    )
+    .unwrap();
+    assert!(!allmende_audit::verify_bundle(&bundle.bundle, &wrong).is_ok());
+
+    // The clear user id and the subject ids given to the log are nowhere in
+    // the node's store (entries, index, blobs): only keyed hashes are kept.
+    let files = files_below(swm.store.path());
+    assert!(files.len() > 1, "{files:?}");
+    for needle in [&b"alice"[..], b"HH-00000"] {
+        let hits: Vec<_> = files
+            .iter()
+            .filter(|f| {
+                let b = std::fs::read(f).unwrap();
+                b.windows(needle.len()).any(|w| w == needle)
+            })
+            .collect();
+        assert!(
+            hits.is_empty(),
+            "`{}` in clear in {hits:?}",
+            String::from_utf8_lossy(needle)
+        );
     }
 
     // An edited byte in the node's store is named by VerifyLog.
     let entries: RawTable<u64> = swm.store.raw_table(TableName::AuditEntries).unwrap();
-    let mut bytes = entries.get(&2).unwrap().unwrap();
+    let (seq, mut bytes) = (0..swm.audit.size())
+        .map(|s| (s, entries.get(&s).unwrap().unwrap()))
+        .find(|(_, b)| {
+            let e = allmende_audit::Entry::decode(b).unwrap();
+            e.action == "read" && e.resource == "smart-meter-readings"
+        })
+        .unwrap();
     let at = bytes
-        .windows(5)
-        .position(|w| w == b"alice")
-        .unwrap_or(bytes.len() - 1);
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
     bytes[at] ^= 0x01;
     let mut b = WriteBatch::new();
-    b.put_raw(&entries, &2, bytes);
+    b.put_raw(&entries, &seq, bytes);
     swm.store.commit_durable(b).await.unwrap();
     let v = dpo
         .verify_log(pb::VerifyLogRequest {})
@@ -216,7 +254,7 @@ async fn story_8_dpo_queries_exports_and_verifies_offline() {
         .unwrap()
         .into_inner();
     assert!(!v.ok);
-    assert_eq!(v.failed_sequences, vec![2], "{:?}", v.findings);
+    assert_eq!(v.failed_sequences, vec![seq], "{:?}", v.findings);
     sb.shutdown().await.unwrap();
 }
 

@@ -95,6 +95,32 @@ fn smart_meter(grant: &str) -> pb::FetchRequest {
     }
 }
 
+/// Every file below `dir`, in every subdirectory.
+fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn file_contains(path: &std::path::Path, needle: &[u8]) -> bool {
+    let b = std::fs::read(path).unwrap();
+    b.windows(needle.len()).any(|w| w == needle)
+}
+
+/// How many files of a node's store (blobs included) contain `needle`.
+fn store_files_containing(n: &allmende::node::NodeHandle, needle: &[u8]) -> usize {
+    let files = files_below(n.store.path());
+    assert!(!files.is_empty(), "{} has store files", n.name);
+    files.iter().filter(|f| file_contains(f, needle)).count()
+}
+
 fn rows(f: &Fetched) -> usize {
     f.batches.iter().map(|b| b.num_rows()).sum()
 }
@@ -122,17 +148,40 @@ async fn story_1_metadata_everywhere_rows_stay_at_the_owner() {
     let mut at_city = access(&sb, "stadt", "dpo", "stadt-1").await;
     let err = fetch(&mut at_city, smart_meter("")).await.err().unwrap();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
-    // No other node's store holds a subject id of the data.
+    // No other node's store holds a subject id of the data: every file of
+    // the store is searched, `blobs/` (sled's large values) included.
+    let id = b"HH-000001";
+    let consent_csv = sb.root.join("sample-data").join("consent-records.csv");
+    assert!(
+        file_contains(&consent_csv, id),
+        "the id is in the source data"
+    );
+    let swm = sb.node("swm-1").unwrap();
+    assert!(
+        store_files_containing(swm, id) > 0,
+        "the owner's consent store holds it: the search finds what is stored"
+    );
     for n in sb.nodes.iter().filter(|n| n.name != "swm-1") {
-        let dir = n.store.path().to_path_buf();
-        let mut hit = false;
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            if let Ok(b) = std::fs::read(e.path()) {
-                hit |= b.windows(9).any(|w| w == b"HH-000001");
-            }
-        }
-        assert!(!hit, "{} stores a household id", n.name);
+        assert_eq!(
+            store_files_containing(n, id),
+            0,
+            "{} stores a household id",
+            n.name
+        );
     }
+    // The search sees large values too (sled keeps them apart in `blobs/`):
+    // one planted at TUM's node is found.
+    let tum = sb.node("tum-1").unwrap();
+    let planted: allmende::store::RawTable<u64> = tum
+        .store
+        .raw_table(allmende::store::TableName::Peers)
+        .unwrap();
+    let mut big = vec![b'x'; 256 * 1024];
+    big[128 * 1024..128 * 1024 + id.len()].copy_from_slice(id);
+    let mut b = allmende::store::WriteBatch::new();
+    b.put_raw(&planted, &u64::MAX, big);
+    tum.store.commit_durable(b).await.unwrap();
+    assert!(store_files_containing(tum, id) > 0, "a planted id is found");
     sb.shutdown().await.unwrap();
 }
 

@@ -52,7 +52,8 @@ async fn channel(sb: &Sandbox, org: &str, user: &str, node: &str) -> Channel {
 /// Registers a public traffic-counts dataset large enough (144 000 rows)
 /// that a client which does not read stalls its release.
 async fn register_big_public_dataset(sb: &Sandbox) {
-    let dir = sb.org_dir("stadt").join("big-sample");
+    // Inside the sandbox nodes' allowed source directory.
+    let dir = sb.root.join("sample-data/big-sample");
     let files = allmende_connectors::sample::write_demo_data(
         &dir,
         &allmende_connectors::sample::SampleSpec {

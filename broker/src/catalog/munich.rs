@@ -236,7 +236,8 @@ mod tests {
             let sample = files
                 .dataset(&d.id)
                 .expect("sample data for every demo dataset");
-            let connector = FileConnector::open(sample.config.clone()).unwrap();
+            let roots = allmende_connectors::SourceRoots::new([dir.path()]);
+            let connector = FileConnector::open(sample.config.clone(), roots).unwrap();
             let desc = connector.describe();
             allmende_connectors::schema::check_declared_schema(&d.schema.fields, &desc.schema)
                 .unwrap_or_else(|e| panic!("{}: {e}", d.id));

@@ -125,7 +125,7 @@ impl pb::connectors_server::Connectors for ConnectorsService {
         self.authorize(&p, &self.policy_dataset(&dataset)).await?;
         let (dataset, config, connector) = self
             .registry
-            .validate(&r.dataset_json, &r.kind, &r.config_json)
+            .validate(&p, &r.dataset_json, &r.kind, &r.config_json)
             .await
             .map_err(ApiError::from)?;
         let by = match &p.subject {

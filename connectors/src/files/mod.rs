@@ -25,6 +25,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::confine::SourceRoots;
 use crate::connector::{
     BrokenRow, Connector, ConnectorDescription, Cursor, CursorValue, HealthReport, ReadItem,
     ReadProgress, ReadRequest, ReadSink, ReadStream, ReadSummary, run_blocking, spawn_reader,
@@ -268,6 +269,8 @@ pub(crate) struct FileRef {
     pub path: PathBuf,
     /// Path relative to the source with `/` separators; the file name for a single file.
     pub name: String,
+    /// Every open of the file is checked against these.
+    pub roots: SourceRoots,
 }
 
 /// The settled schema of a source.
@@ -376,10 +379,10 @@ pub(crate) fn is_too_large(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Other && e.to_string() == RECORD_TOO_LARGE
 }
 
-/// Opens a file for reading with a readable error.
+/// Opens a file for reading with a readable error, checked against the source roots (again on
+/// every open: a link swapped in after registration is refused).
 pub(crate) fn open_file(file: &FileRef) -> Result<fs::File, ConnectorError> {
-    fs::File::open(&file.path)
-        .map_err(|e| ConnectorError::source(&file.name, format!("cannot open: {e}")))
+    file.roots.open(&file.path, &file.name)
 }
 
 pub(crate) fn past_end(file: &FileRef, skip: u64, found: u64) -> ConnectorError {
@@ -389,11 +392,16 @@ pub(crate) fn past_end(file: &FileRef, skip: u64, found: u64) -> ConnectorError 
     ))
 }
 
-/// Lists the files of the source, in read order.
-pub(crate) fn list_files(config: &FileConnectorConfig) -> Result<Vec<FileRef>, ConnectorError> {
+/// Lists the files of the source, in read order. The source path, every directory descended
+/// into and every file listed are checked against `roots`.
+pub(crate) fn list_files(
+    config: &FileConnectorConfig,
+    roots: &SourceRoots,
+) -> Result<Vec<FileRef>, ConnectorError> {
     let shown = config.display_path();
-    let meta = fs::metadata(&config.path)
-        .map_err(|e| ConnectorError::unreachable(&shown, e.to_string()))?;
+    let checked = roots.check(&config.path, &shown)?;
+    let meta =
+        fs::metadata(&checked).map_err(|e| ConnectorError::unreachable(&shown, e.to_string()))?;
     if meta.is_file() {
         let name = config
             .path
@@ -403,6 +411,7 @@ pub(crate) fn list_files(config: &FileConnectorConfig) -> Result<Vec<FileRef>, C
         return Ok(vec![FileRef {
             path: config.path.clone(),
             name,
+            roots: roots.clone(),
         }]);
     }
     if !meta.is_dir() {
@@ -412,47 +421,64 @@ pub(crate) fn list_files(config: &FileConnectorConfig) -> Result<Vec<FileRef>, C
         ));
     }
     let mut out = Vec::new();
-    walk(&config.path, "", config.format, 0, &mut out)
-        .map_err(|e| ConnectorError::unreachable(&shown, e.to_string()))?;
+    let mut walker = Walk {
+        format: config.format,
+        roots,
+        shown: &shown,
+        out: &mut out,
+    };
+    walker.walk(&config.path, "", 0)?;
     out.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     Ok(out)
 }
 
-fn walk(
-    dir: &Path,
-    prefix: &str,
+struct Walk<'a> {
     format: FileFormat,
-    depth: usize,
-    out: &mut Vec<FileRef>,
-) -> io::Result<()> {
-    const MAX_DEPTH: usize = 8;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name.starts_with('_') {
-            continue;
-        }
-        let path = entry.path();
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let meta = fs::metadata(&path)?;
-        if meta.is_dir() {
-            if depth < MAX_DEPTH {
-                walk(&path, &rel, format, depth + 1, out)?;
+    roots: &'a SourceRoots,
+    shown: &'a str,
+    out: &'a mut Vec<FileRef>,
+}
+
+impl Walk<'_> {
+    fn walk(&mut self, dir: &Path, prefix: &str, depth: usize) -> Result<(), ConnectorError> {
+        const MAX_DEPTH: usize = 8;
+        let shown = self.shown;
+        let io = |e: io::Error| ConnectorError::unreachable(shown, e.to_string());
+        let entries = fs::read_dir(dir).map_err(io)?;
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
             }
-        } else if meta.is_file() {
-            let ext = Path::new(&name)
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase());
-            if ext.is_some_and(|e| format.extensions().contains(&e.as_str())) {
-                out.push(FileRef { path, name: rel });
+            let path = entry.path();
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = fs::metadata(&path).map_err(io)?;
+            if meta.is_dir() {
+                if depth < MAX_DEPTH {
+                    self.roots.check(&path, &path.display().to_string())?;
+                    self.walk(&path, &rel, depth + 1)?;
+                }
+            } else if meta.is_file() {
+                let ext = Path::new(&name)
+                    .extension()
+                    .map(|e| e.to_string_lossy().to_ascii_lowercase());
+                if ext.is_some_and(|e| self.format.extensions().contains(&e.as_str())) {
+                    self.roots.check(&path, &path.display().to_string())?;
+                    self.out.push(FileRef {
+                        path,
+                        name: rel,
+                        roots: self.roots.clone(),
+                    });
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn infer(config: &FileConnectorConfig, file: &FileRef) -> Result<Vec<FieldSpec>, ConnectorError> {
@@ -501,6 +527,8 @@ struct Inner {
     /// Column index and type of the cursor column.
     cursor_column: Option<(usize, FieldType)>,
     active_reads: Arc<AtomicUsize>,
+    /// Where files may be read from; checked on every listing and every open.
+    roots: SourceRoots,
 }
 
 /// A connector reading CSV, JSON lines, GeoJSON or Parquet files.
@@ -512,18 +540,26 @@ pub struct FileConnector {
 impl FileConnector {
     /// Builds the connector: lists the source, settles the schema and checks every file against
     /// it (values are sampled from the first file). Blocking; call it from a blocking context.
-    pub fn open(config: FileConnectorConfig) -> Result<Self, ConnectorError> {
-        guard("opening the source", || Self::open_inner(config))
+    ///
+    /// Every file is read only if `roots` allows it, checked now and again on every open.
+    pub fn open(config: FileConnectorConfig, roots: SourceRoots) -> Result<Self, ConnectorError> {
+        guard("opening the source", || Self::open_inner(config, roots))
     }
 
     /// [`FileConnector::open`] on a helper thread, for async callers.
-    pub async fn open_async(config: FileConnectorConfig) -> Result<Self, ConnectorError> {
-        run_blocking("opening the source", move || Self::open_inner(config)).await
+    pub async fn open_async(
+        config: FileConnectorConfig,
+        roots: SourceRoots,
+    ) -> Result<Self, ConnectorError> {
+        run_blocking("opening the source", move || {
+            Self::open_inner(config, roots)
+        })
+        .await
     }
 
-    fn open_inner(config: FileConnectorConfig) -> Result<Self, ConnectorError> {
+    fn open_inner(config: FileConnectorConfig, roots: SourceRoots) -> Result<Self, ConnectorError> {
         config.check()?;
-        let files = list_files(&config)?;
+        let files = list_files(&config, &roots)?;
         let mut fields = match &config.schema {
             Some(declared) => declared.clone(),
             None => {
@@ -597,6 +633,7 @@ impl FileConnector {
                 description,
                 cursor_column,
                 active_reads: Arc::new(AtomicUsize::new(0)),
+                roots,
             }),
         })
     }
@@ -671,7 +708,7 @@ impl Connector for FileConnector {
     fn health(&self) -> BoxFuture<'_, Result<HealthReport, ConnectorError>> {
         let inner = self.inner.clone();
         Box::pin(run_blocking("health check", move || {
-            let files = list_files(&inner.config)?;
+            let files = list_files(&inner.config, &inner.roots)?;
             let mut bytes = 0u64;
             for file in &files {
                 validate(&inner.config, &inner.layout, file, false)?;
@@ -817,7 +854,7 @@ impl ReadPlan {
         indices: Vec<usize>,
         active: ActiveRead,
     ) -> Result<Self, ConnectorError> {
-        let mut files = list_files(&inner.config)?;
+        let mut files = list_files(&inner.config, &inner.roots)?;
         let mut first_skip = 0;
         let tracker = match (&inner.cursor_column, request.since) {
             (Some((idx, _)), since) => Tracker::Column {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use allmende_connectors::SourceRoots;
 use allmende_connectors::sample::SampleSpec;
 use allmende_connectors::{
     CollectedRead, Connector, FieldSpec, FieldType, FileConnector, FileConnectorConfig, FileFormat,
@@ -19,7 +20,7 @@ pub fn small_spec() -> SampleSpec {
 }
 
 pub fn open(config: FileConnectorConfig) -> FileConnector {
-    match FileConnector::open(config) {
+    match FileConnector::open(config, SourceRoots::anywhere()) {
         Ok(c) => c,
         Err(e) => panic!("connector refused: {e}"),
     }

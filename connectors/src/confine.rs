@@ -1,0 +1,537 @@
+//! Confinement of local sources: the one place every local file a connector reads is checked
+//! and opened.
+//!
+//! A [`SourceRoots`] names the directories the node's operator allowed for sources and the
+//! node's own places that are never readable (its key, store and config directories and files),
+//! even when an allowed directory contains them. A path is readable only if
+//!
+//! - it is absolute and has no `..` component;
+//! - it lies lexically below an allowed root (checked before the file system is touched, so a
+//!   path elsewhere learns nothing about what exists there);
+//! - its canonical form (every symbolic link resolved) still lies below an allowed root, and not
+//!   in a reserved directory nor is a reserved file.
+//!
+//! [`SourceRoots::open`] checks, opens the canonical path without following a final symbolic
+//! link, and then checks the *opened* file: its path as the kernel reports it (`/proc/self/fd`)
+//! must be the checked one (otherwise its device and inode must match), it must be a regular
+//! file, and it must not be a hard link to a reserved file. A link swapped in between the check
+//! and the open is therefore refused too. Connectors check again on every open, not only when
+//! they are registered.
+
+use std::fmt;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::ConnectorError;
+
+/// Why a source path is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The path is relative.
+    Relative,
+    /// The path has a `..` component.
+    ParentComponent,
+    /// The path is not below an allowed root.
+    OutsideRoots,
+    /// The path resolves (through a symbolic link) outside every allowed root.
+    Escapes,
+    /// The path lies in (or is) one of the node's own places; names which.
+    Reserved(&'static str),
+    /// The opened file is not the checked one, or not a regular file.
+    Changed,
+}
+
+impl Refusal {
+    /// A short stable code (for the audit log and metrics).
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Relative => "relative-path",
+            Refusal::ParentComponent => "parent-component",
+            Refusal::OutsideRoots => "outside-roots",
+            Refusal::Escapes => "link-escapes-roots",
+            Refusal::Reserved(_) => "node-own-files",
+            Refusal::Changed => "changed-while-opening",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Relative => f.write_str(
+                "the path is relative; name an absolute path below a directory the node's operator allowed for sources",
+            ),
+            Refusal::ParentComponent => f.write_str("the path contains `..`"),
+            Refusal::OutsideRoots => f.write_str(
+                "it is not below a directory the node's operator allowed for sources (`sources.roots`)",
+            ),
+            Refusal::Escapes => f.write_str(
+                "it resolves through a symbolic link to a place outside the allowed source directories",
+            ),
+            Refusal::Reserved(what) => write!(f, "it is or lies in the node's own {what}, which no source may read"),
+            Refusal::Changed => f.write_str("the file opened is not a regular file or not the file checked (it changed while it was opened)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Reserved {
+    path: PathBuf,
+    what: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct Inner {
+    /// `None`: any path (tests and tools without a node).
+    roots: Option<Vec<PathBuf>>,
+    reserved: Vec<Reserved>,
+}
+
+/// The directories sources may be read from, and the node's own places they may never touch.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SourceRoots {
+    inner: Arc<Inner>,
+}
+
+/// A root or reserved path, as configured and canonical (when it exists).
+fn forms(p: &Path) -> (PathBuf, Option<PathBuf>) {
+    (p.to_path_buf(), fs::canonicalize(p).ok())
+}
+
+impl SourceRoots {
+    /// Sources may be read only below these (absolute) directories. A root that does not exist
+    /// allows nothing until it does; roots are canonicalised on every check.
+    pub fn new<I, P>(roots: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<PathBuf>,
+    {
+        Self {
+            inner: Arc::new(Inner {
+                roots: Some(roots.into_iter().map(Into::into).collect()),
+                reserved: Vec::new(),
+            }),
+        }
+    }
+
+    /// Any path may be read: for tests and tools that run without a node. A node never uses it.
+    #[cfg(any(test, feature = "conformance"))]
+    pub fn anywhere() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                roots: None,
+                reserved: Vec::new(),
+            }),
+        }
+    }
+
+    /// Never reads below `path` (a directory) or `path` itself (a file), even inside an allowed
+    /// root; `what` names it in errors (e.g. `key directory`).
+    pub fn reserve(mut self, path: impl Into<PathBuf>, what: &'static str) -> Self {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.reserved.push(Reserved {
+            path: path.into(),
+            what,
+        });
+        self
+    }
+
+    /// The allowed roots as configured (`None`: anywhere).
+    pub fn roots(&self) -> Option<&[PathBuf]> {
+        self.inner.roots.as_deref()
+    }
+
+    /// Where a reserved place lies inside an allowed root or an allowed root inside a reserved
+    /// place: such sources are refused (for start-up warnings).
+    pub fn overlaps(&self) -> Vec<(PathBuf, &'static str)> {
+        let Some(roots) = &self.inner.roots else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for root in roots {
+            let (rl, rc) = forms(root);
+            let root = rc.unwrap_or(rl);
+            for r in &self.inner.reserved {
+                let (pl, pc) = forms(&r.path);
+                let p = pc.unwrap_or(pl);
+                if root.starts_with(&p) {
+                    out.push((root.clone(), r.what));
+                }
+            }
+        }
+        out
+    }
+
+    fn refuse(shown: &str, reason: Refusal) -> ConnectorError {
+        ConnectorError::Confined {
+            path: shorten(shown),
+            reason,
+        }
+    }
+
+    /// Checks `path` and returns its canonical form (the path itself when unconfined).
+    /// `shown` is how errors name it (the user's input).
+    pub fn check(&self, path: &Path, shown: &str) -> Result<PathBuf, ConnectorError> {
+        let Some(roots) = &self.inner.roots else {
+            return Ok(path.to_path_buf());
+        };
+        if !path.is_absolute() {
+            return Err(Self::refuse(shown, Refusal::Relative));
+        }
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(Self::refuse(shown, Refusal::ParentComponent));
+        }
+        let roots: Vec<(PathBuf, Option<PathBuf>)> = roots.iter().map(|r| forms(r)).collect();
+        // Lexically first: nothing outside the roots is looked at.
+        let lexical = roots.iter().any(|(configured, canonical)| {
+            path.starts_with(configured) || canonical.as_ref().is_some_and(|c| path.starts_with(c))
+        });
+        if !lexical {
+            return Err(Self::refuse(shown, Refusal::OutsideRoots));
+        }
+        if let Some(r) = self
+            .inner
+            .reserved
+            .iter()
+            .find(|r| path.starts_with(&r.path))
+        {
+            return Err(Self::refuse(shown, Refusal::Reserved(r.what)));
+        }
+        let canonical = fs::canonicalize(path).map_err(|e| ConnectorError::Unreachable {
+            path: shorten(shown),
+            reason: e.to_string(),
+        })?;
+        self.contained(&canonical, &roots)
+            .map_err(|r| Self::refuse(shown, r))?;
+        Ok(canonical)
+    }
+
+    /// Whether a canonical path lies below a canonical root and in no reserved place.
+    fn contained(
+        &self,
+        canonical: &Path,
+        roots: &[(PathBuf, Option<PathBuf>)],
+    ) -> Result<(), Refusal> {
+        let inside = roots
+            .iter()
+            .any(|(_, c)| c.as_ref().is_some_and(|c| canonical.starts_with(c)));
+        if !inside {
+            return Err(Refusal::Escapes);
+        }
+        for r in &self.inner.reserved {
+            let (configured, resolved) = forms(&r.path);
+            if canonical.starts_with(&configured)
+                || resolved.as_ref().is_some_and(|c| canonical.starts_with(c))
+            {
+                return Err(Refusal::Reserved(r.what));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `path`, opens it for reading and checks the opened file (see the module docs).
+    pub fn open(&self, path: &Path, shown: &str) -> Result<fs::File, ConnectorError> {
+        let canonical = self.check(path, shown)?;
+        let confined = self.inner.roots.is_some();
+        let file = open_no_follow(&canonical, confined).map_err(|e| {
+            if confined && is_link_loop(&e) {
+                // The checked path became a symbolic link before the open.
+                Self::refuse(shown, Refusal::Changed)
+            } else {
+                ConnectorError::Source {
+                    file: shorten(shown),
+                    reason: format!("cannot open: {e}"),
+                }
+            }
+        })?;
+        if self.inner.roots.is_some() {
+            self.verify_opened(&file, &canonical)
+                .map_err(|r| Self::refuse(shown, r))?;
+        }
+        Ok(file)
+    }
+
+    #[cfg(unix)]
+    fn verify_opened(&self, file: &fs::File, canonical: &Path) -> Result<(), Refusal> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().map_err(|_| Refusal::Changed)?;
+        if !meta.is_file() {
+            return Err(Refusal::Changed);
+        }
+        // The kernel's name of the opened file; where /proc is absent, its identity.
+        match fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+            Ok(real) if real == canonical => {}
+            Ok(_) => return Err(Refusal::Changed),
+            Err(_) => {
+                let now = fs::metadata(canonical).map_err(|_| Refusal::Changed)?;
+                if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
+                    return Err(Refusal::Changed);
+                }
+            }
+        }
+        // A hard link to a reserved file has another name but the same inode.
+        for r in &self.inner.reserved {
+            if let Ok(m) = fs::metadata(&r.path)
+                && m.is_file()
+                && (m.dev(), m.ino()) == (meta.dev(), meta.ino())
+            {
+                return Err(Refusal::Reserved(r.what));
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn verify_opened(&self, file: &fs::File, _canonical: &Path) -> Result<(), Refusal> {
+        match file.metadata() {
+            Ok(m) if m.is_file() => Ok(()),
+            _ => Err(Refusal::Changed),
+        }
+    }
+}
+
+/// Opens for reading; confined opens never follow a final symbolic link and never block on a
+/// FIFO (it is refused afterwards as not a regular file).
+#[cfg(unix)]
+fn open_no_follow(path: &Path, confined: bool) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = fs::OpenOptions::new();
+    o.read(true);
+    if confined {
+        o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    o.open(path)
+}
+
+#[cfg(unix)]
+fn is_link_loop(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP)
+}
+
+#[cfg(not(unix))]
+fn is_link_loop(_e: &std::io::Error) -> bool {
+    false
+}
+
+#[cfg(not(unix))]
+fn open_no_follow(path: &Path, _confined: bool) -> std::io::Result<fs::File> {
+    fs::File::open(path)
+}
+
+/// A path for an error message: whole up to 256 characters.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 256;
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+#[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        outside: PathBuf,
+        roots: SourceRoots,
+    }
+
+    /// `<tmp>/root/ok.csv`, `<tmp>/root/store/db` (reserved), `<tmp>/secret.key` (reserved).
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(dir.path()).unwrap();
+        let root = base.join("root");
+        fs::create_dir_all(root.join("store")).unwrap();
+        fs::write(root.join("ok.csv"), "a\n1\n").unwrap();
+        fs::write(root.join("store/db"), "a\n1\n").unwrap();
+        let outside = base.join("secret.key");
+        fs::write(&outside, "a\n1\n").unwrap();
+        let roots = SourceRoots::new([root.clone()])
+            .reserve(root.join("store"), "store directory")
+            .reserve(outside.clone(), "key file");
+        Fixture {
+            _dir: dir,
+            root,
+            outside,
+            roots,
+        }
+    }
+
+    fn refusal(r: Result<impl fmt::Debug, ConnectorError>) -> Refusal {
+        match r {
+            Err(ConnectorError::Confined { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_below_a_root_is_read() {
+        let f = fixture();
+        let p = f.root.join("ok.csv");
+        assert_eq!(f.roots.check(&p, "ok.csv").unwrap(), p);
+        f.roots.open(&p, "ok.csv").unwrap();
+    }
+
+    #[test]
+    fn relative_parent_and_outside_paths_are_refused_before_the_file_system_is_touched() {
+        let f = fixture();
+        assert_eq!(
+            refusal(f.roots.check(Path::new("ok.csv"), "ok.csv")),
+            Refusal::Relative
+        );
+        let dotdot = f.root.join("..").join("secret.key");
+        assert_eq!(
+            refusal(f.roots.open(&dotdot, "x")),
+            Refusal::ParentComponent
+        );
+        assert_eq!(
+            refusal(f.roots.open(&f.outside, "x")),
+            Refusal::OutsideRoots
+        );
+        // A path outside that does not exist gets the same answer: no existence oracle.
+        let missing = f.outside.with_file_name("missing");
+        assert_eq!(refusal(f.roots.check(&missing, "x")), Refusal::OutsideRoots);
+        // `/root2` is not below `/root` (components, not string prefixes).
+        let sibling = f.root.with_file_name("root2").join("a.csv");
+        assert_eq!(refusal(f.roots.check(&sibling, "x")), Refusal::OutsideRoots);
+    }
+
+    #[test]
+    fn a_link_out_of_the_root_is_refused() {
+        let f = fixture();
+        let link = f.root.join("link.csv");
+        symlink(&f.outside, &link).unwrap();
+        assert_eq!(refusal(f.roots.open(&link, "link.csv")), Refusal::Escapes);
+        let dir_link = f.root.join("up");
+        symlink(f.root.parent().unwrap(), &dir_link).unwrap();
+        assert_eq!(
+            refusal(f.roots.open(&dir_link.join("secret.key"), "x")),
+            Refusal::Escapes
+        );
+    }
+
+    #[test]
+    fn reserved_places_inside_a_root_are_refused() {
+        let f = fixture();
+        assert_eq!(
+            refusal(f.roots.open(&f.root.join("store/db"), "db")),
+            Refusal::Reserved("store directory")
+        );
+        // A link inside the root to a reserved place inside the root.
+        let link = f.root.join("db.csv");
+        symlink(f.root.join("store/db"), &link).unwrap();
+        assert_eq!(
+            refusal(f.roots.open(&link, "db.csv")),
+            Refusal::Reserved("store directory")
+        );
+        // A hard link to a reserved file has its own name but the same inode.
+        let roots = SourceRoots::new([f.root.clone()]).reserve(f.outside.clone(), "key file");
+        let hard = f.root.join("hard.csv");
+        fs::hard_link(&f.outside, &hard).unwrap();
+        assert_eq!(
+            refusal(roots.open(&hard, "hard.csv")),
+            Refusal::Reserved("key file")
+        );
+    }
+
+    #[test]
+    fn the_opened_file_is_checked_not_only_the_path() {
+        let f = fixture();
+        let checked = f.root.join("ok.csv");
+        // As if a link were swapped in between the check and the open: the opened file is
+        // another one than the checked path.
+        let other = fs::File::open(&f.outside).unwrap();
+        assert_eq!(
+            f.roots.verify_opened(&other, &checked),
+            Err(Refusal::Changed)
+        );
+        let same = fs::File::open(&checked).unwrap();
+        assert_eq!(f.roots.verify_opened(&same, &checked), Ok(()));
+        // The final component is never followed: a link there is refused at the open.
+        let link = f.root.join("late.csv");
+        symlink(&checked, &link).unwrap();
+        let e = open_no_follow(&link, true).unwrap_err();
+        assert!(is_link_loop(&e), "{e}");
+    }
+
+    #[test]
+    fn a_missing_root_allows_nothing_and_the_unconfined_mode_allows_all() {
+        let f = fixture();
+        let none = SourceRoots::new([f.root.join("absent")]);
+        assert!(none.check(&f.root.join("absent/x.csv"), "x").is_err());
+        assert_eq!(
+            refusal(none.check(&f.root.join("ok.csv"), "ok.csv")),
+            Refusal::OutsideRoots
+        );
+        SourceRoots::anywhere().open(&f.outside, "x").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_link_swapped_in_after_the_connector_opened_is_refused_at_the_read() {
+        use crate::{Connector, FileConnector, FileConnectorConfig, FileFormat, ReadRequest};
+        let f = fixture();
+        let src = f.root.join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("a.csv"), "a\n1\n").unwrap();
+        let c = FileConnector::open_async(
+            FileConnectorConfig::new(&src, FileFormat::Csv),
+            f.roots.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            c.read(ReadRequest::new())
+                .await
+                .unwrap()
+                .collect_all()
+                .await
+                .unwrap()
+                .num_rows(),
+            1
+        );
+        // Same content, but now a link to a file outside the root.
+        fs::remove_file(src.join("a.csv")).unwrap();
+        symlink(&f.outside, src.join("a.csv")).unwrap();
+        let err = c.read(ReadRequest::new()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConnectorError::Confined {
+                    reason: Refusal::Escapes,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(matches!(
+            c.health().await.unwrap_err(),
+            ConnectorError::Confined { .. }
+        ));
+        // Opening it anew is refused as well.
+        let err = FileConnector::open(
+            FileConnectorConfig::new(&src, FileFormat::Csv),
+            f.roots.clone(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConnectorError::Confined { .. }), "{err}");
+    }
+
+    #[test]
+    fn overlaps_name_a_root_inside_a_reserved_place() {
+        let f = fixture();
+        let roots =
+            SourceRoots::new([f.root.join("store")]).reserve(f.root.clone(), "config directory");
+        assert_eq!(roots.overlaps().len(), 1);
+        assert!(f.roots.overlaps().is_empty());
+    }
+}
