@@ -62,8 +62,8 @@ pub use model::{
 };
 pub use prove::{
     Counterexample, Outcome, PROPERTY_SUBDIR, PolicyRef, ProofReport, Property, PropertyKind,
-    PropertyResult, PropertySet, ProveError, bundled_property_files, property_ids, prove,
-    prove_blocking,
+    PropertyResult, PropertySet, ProveError, ReloadError, bundled_property_files, load_proved,
+    property_ids, prove, prove_blocking,
 };
 pub use world::{MUNICH_WORLD, World, WorldError, parse_principal, parse_resource};
 

@@ -567,7 +567,10 @@ fn write_cex(f: &mut fmt::Formatter<'_>, c: &Counterexample) -> fmt::Result {
     writeln!(f, "      action:    {}", c.action)?;
     writeln!(f, "      resource:  {}", c.resource)?;
     writeln!(f, "      context:   {}", c.context)?;
-    writeln!(f, "      entities:")?;
+    writeln!(
+        f,
+        "      entities (ids chosen by the solver; \"\" is an id too):"
+    )?;
     for e in &c.entities {
         writeln!(f, "        {e}")?;
     }
@@ -700,6 +703,36 @@ pub async fn prove(
     })
 }
 
+/// Why a policy directory was refused for a reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The files do not load (syntax, strict validation, annotations).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The set loads but breaks a property.
+    #[error("the policy set breaks {} propert{}:\n{report}", report.failed().count(), if report.failed().count() == 1 { "y" } else { "ies" })]
+    Unproved { report: Box<ProofReport> },
+    /// The properties could not be checked (fail closed: no proof, no reload).
+    #[error("the policy set cannot be proved, so it is refused: {0}")]
+    Prover(#[from] ProveError),
+}
+
+/// Loads the policy set in `dir` and proves it against the bundled
+/// properties and `dir/properties/*.cedar`: the set a reload may swap in.
+/// Refused when a file is invalid, a property fails, or cvc5 is missing.
+pub async fn load_proved(dir: &Path) -> Result<(PolicyBundle, ProofReport), ReloadError> {
+    let bundle = crate::loader::load_dir(dir)?;
+    let properties = PropertySet::for_dir(dir).map_err(ProveError::Properties)?;
+    let report = prove(&bundle, &properties).await?;
+    if report.holds() {
+        Ok((bundle, report))
+    } else {
+        Err(ReloadError::Unproved {
+            report: Box::new(report),
+        })
+    }
+}
+
 /// [`prove`] on a fresh single-threaded runtime, for callers outside tokio
 /// (tests, benchmarks). Do not call it from async code.
 pub fn prove_blocking(
@@ -724,7 +757,7 @@ fn replay(bundle: &PolicyBundle, cex: &Env) -> Counterexample {
     let mut allowed_by: Vec<PolicyRef> = if response.decision() == CedarDecision::Allow {
         diagnostics
             .reason()
-            .map(|id| match bundle.policy(&id.to_string()) {
+            .map(|id| match bundle.policy(id.as_ref()) {
                 Some(info) => PolicyRef {
                     id: info.id.clone(),
                     effect: info.effect.to_string(),
@@ -926,9 +959,7 @@ fn literal_long(e: &Value) -> Option<i64> {
 /// sound, and a counterexample relying on such an error is reported as one
 /// the engine denies.
 pub(crate) fn error_condition(e: &Value) -> Option<Value> {
-    let Some(obj) = e.as_object() else {
-        return None;
-    };
+    let obj = e.as_object()?;
     let (op, body) = obj.iter().next()?;
     let arg = || &body["arg"];
     let left = || &body["left"];
