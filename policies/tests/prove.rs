@@ -35,7 +35,7 @@ fn bundled_policies_satisfy_every_property() {
     let report = prove_blocking(&bundle, &properties).unwrap();
     println!("{report}");
     assert!(report.holds(), "{report}");
-    assert!(report.results.len() >= 20, "{}", report.results.len());
+    assert!(report.results.len() >= 22, "{}", report.results.len());
     for r in &report.results {
         assert!(r.environments > 0, "{} was checked in no environment", r.id);
     }
