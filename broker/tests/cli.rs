@@ -604,6 +604,59 @@ fn sighup_reload_refuses_a_bad_set_and_keeps_serving() {
     assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
 }
 
+/// Without cvc5 nothing can be proved: `policy prove` fails (exit 1) naming
+/// how to install it, and a node refuses a reload (fail closed) and keeps
+/// serving the old set.
+#[test]
+fn without_cvc5_prove_fails_and_reload_is_refused() {
+    let no_solver = [("CVC5", "/nonexistent/cvc5")];
+    let out = bin()
+        .args(["policy", "prove"])
+        .envs(no_solver)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("apt-get install cvc5"),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let cfg = onboard(dir.path(), base, base + 100);
+    let pdir = dir.path().join("policy");
+    copy_policies(&pdir);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("[policy]\ndir = \"{}\"\n", pdir.display()));
+    std::fs::write(&cfg, text).unwrap();
+    let (mut child, _) = spawn_until(
+        &["node", "run", "--config", cfg.to_str().unwrap()],
+        "listening",
+        &no_solver,
+    );
+    let dpo = profile_for(dir.path(), "dpo", base);
+    let hash = || {
+        let out = run(&["--json", "policy", "list", "--profile", dpo.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["policy_set_hash"].as_str().unwrap().to_owned()
+    };
+    let before = hash();
+    let f = pdir.join("policies/consent.cedar");
+    let good = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, format!("{good}\n// reviewed\n")).unwrap();
+    signal(&child, "-HUP");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(hash(), before);
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("policy reload refused"), "{log}");
+    assert!(log.contains("cannot start the SMT solver cvc5"), "{log}");
+}
+
 /// `research-access.cedar` before the owner rule was split by role: every
 /// member of the owner, citizens included, read its personal data.
 const BEFORE_ROLES: &str =
