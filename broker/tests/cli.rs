@@ -637,7 +637,13 @@ fn without_cvc5_prove_fails_and_reload_is_refused() {
     );
     let dpo = profile_for(dir.path(), "dpo", base);
     let hash = || {
-        let out = run(&["--json", "policy", "list", "--profile", dpo.to_str().unwrap()]);
+        let out = run(&[
+            "--json",
+            "policy",
+            "list",
+            "--profile",
+            dpo.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["policy_set_hash"].as_str().unwrap().to_owned()
