@@ -600,8 +600,18 @@ fn sighup_reload_refuses_a_bad_set_and_keeps_serving() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(changed, "valid policy change not loaded on SIGHUP");
+    // A shutdown does not wait for a reload that is still being proved.
+    std::fs::write(&f, format!("{good}\n// reviewed twice\n")).unwrap();
+    signal(&child, "-HUP");
+    std::thread::sleep(std::time::Duration::from_millis(500));
     signal(&child, "-TERM");
+    let t = std::time::Instant::now();
     assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown waited {:?} for the proof",
+        t.elapsed()
+    );
 }
 
 /// Without cvc5 nothing can be proved: `policy prove` fails (exit 1) naming
