@@ -17,8 +17,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ "$install" = 1 ]; then
   # Debian packages the tests need. (PostgreSQL and mosquitto join this list
   # with the connectors that use them.) mold is optional: a faster linker.
+  # cvc5 is the SMT solver `allmende policy prove` and the policy property
+  # tests use (Cedar's symbolic compiler, policies/README.md).
   missing=()
   command -v mold >/dev/null || missing+=(mold)
+  command -v cvc5 >/dev/null || missing+=(cvc5)
   if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
     (as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \

@@ -156,6 +156,7 @@ impl NodeHandle {
         let report = self
             .policy
             .reload()
+            .await
             .map_err(|e| NodeError::Policy(e.to_string()))?;
         crate::rpc::record_reload(&self.ctx, &self.organisation, &report.hash)
             .await

@@ -106,11 +106,23 @@ impl PolicyPoint {
     }
 
     /// Re-reads the policy source; a bad set is refused and the old one
-    /// keeps serving.
-    pub fn reload(&self) -> Result<pol::ReloadReport, pol::LoadError> {
+    /// keeps serving. A directory's set must also satisfy every property
+    /// (`allmende_policies::load_proved`: the bundled properties and the
+    /// directory's `properties/`); without cvc5 it cannot be proved and is
+    /// refused (fail closed). The bundled set is the one this release's test
+    /// suite proved, so reloading it needs no solver.
+    pub async fn reload(&self) -> Result<pol::ReloadReport, pol::ReloadError> {
         match &self.origin {
-            PolicyOrigin::Bundled => self.engine.reload(&pol::PolicySource::bundled()),
-            PolicyOrigin::Dir(d) => self.engine.reload_from(d),
+            PolicyOrigin::Bundled => Ok(self.engine.reload(&pol::PolicySource::bundled())?),
+            PolicyOrigin::Dir(d) => {
+                let (bundle, report) = pol::load_proved(d).await?;
+                tracing::info!(
+                    properties = report.results.len(),
+                    elapsed_ms = report.elapsed.as_millis() as u64,
+                    "new policy set proved"
+                );
+                Ok(self.engine.swap(bundle))
+            }
         }
     }
 

@@ -507,7 +507,8 @@ fn story_1_passes_in_the_demo_harness() {
 
 #[test]
 fn policy_validate_and_offline_explain() {
-    let out = run(&["policy", "validate"]);
+    // The bundled set's properties are proved by the policies crate's tests.
+    let out = run(&["policy", "validate", "--no-prove"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // A broken copy is refused with file and line.
     let dir = tempfile::tempdir().unwrap();
@@ -519,6 +520,7 @@ fn policy_validate_and_offline_explain() {
     assert_eq!(out.status.code(), Some(3));
     let e = stderr(&out);
     assert!(e.contains("non-use.cedar:"), "{e}");
+    assert!(!e.contains("prove"), "refused before proving: {e}");
     // Story 6 offline: the insurer is refused by the non-use rule even with a grant.
     let out = run(&[
         "--json",
@@ -582,20 +584,161 @@ fn sighup_reload_refuses_a_bad_set_and_keeps_serving() {
     signal(&child, "-HUP");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(hash(&dpo), before);
-    // A valid edit (a comment) is taken.
+    // A set that loads but breaks a property (the owner rule before roles:
+    // citizens read personal rows) is refused as well: it is never served,
+    // not even while the next reload is being proved.
+    let research = pdir.join("policies/research-access.cedar");
+    let research_good = std::fs::read_to_string(&research).unwrap();
+    std::fs::write(&f, &good).unwrap();
+    std::fs::write(&research, BEFORE_ROLES).unwrap();
+    let broken = offline_hash(&pdir);
+    signal(&child, "-HUP");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // A valid edit (a comment) is taken, after it is proved.
+    std::fs::write(&research, &research_good).unwrap();
     std::fs::write(&f, format!("{good}\n// reviewed\n")).unwrap();
+    let valid = offline_hash(&pdir);
     signal(&child, "-HUP");
     let mut changed = false;
-    for _ in 0..30 {
-        if hash(&dpo) != before {
+    for _ in 0..900 {
+        let now = hash(&dpo);
+        assert_ne!(now, broken, "a set breaking a property was loaded");
+        if now == valid {
             changed = true;
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(now, before);
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(changed, "valid policy change not loaded on SIGHUP");
+    // A shutdown does not wait for a reload that is still being proved.
+    std::fs::write(&f, format!("{good}\n// reviewed twice\n")).unwrap();
+    signal(&child, "-HUP");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    signal(&child, "-TERM");
+    let t = std::time::Instant::now();
+    assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown waited {:?} for the proof",
+        t.elapsed()
+    );
+}
+
+/// Without cvc5 nothing can be proved: `policy prove` fails (exit 1) naming
+/// how to install it, and a node refuses a reload (fail closed) and keeps
+/// serving the old set.
+#[test]
+fn without_cvc5_prove_fails_and_reload_is_refused() {
+    let no_solver = [("CVC5", "/nonexistent/cvc5")];
+    let out = bin()
+        .args(["policy", "prove"])
+        .envs(no_solver)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("apt-get install cvc5"),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let cfg = onboard(dir.path(), base, base + 100);
+    let pdir = dir.path().join("policy");
+    copy_policies(&pdir);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("[policy]\ndir = \"{}\"\n", pdir.display()));
+    std::fs::write(&cfg, text).unwrap();
+    let (mut child, _) = spawn_until(
+        &["node", "run", "--config", cfg.to_str().unwrap()],
+        "listening",
+        &no_solver,
+    );
+    let dpo = profile_for(dir.path(), "dpo", base);
+    let hash = || {
+        let out = run(&[
+            "--json",
+            "policy",
+            "list",
+            "--profile",
+            dpo.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["policy_set_hash"].as_str().unwrap().to_owned()
+    };
+    let before = hash();
+    let f = pdir.join("policies/consent.cedar");
+    let good = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, format!("{good}\n// reviewed\n")).unwrap();
+    signal(&child, "-HUP");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(hash(), before);
     signal(&child, "-TERM");
     assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("policy reload refused"), "{log}");
+    assert!(log.contains("cannot start the SMT solver cvc5"), "{log}");
+}
+
+/// `research-access.cedar` before the owner rule was split by role: every
+/// member of the owner, citizens included, read its personal data.
+const BEFORE_ROLES: &str =
+    include_str!("../../policies/tests/fixtures/research-access-before-roles.cedar");
+
+/// The hash of a policy directory, without proving it.
+fn offline_hash(dir: &Path) -> String {
+    let out = run(&[
+        "--json",
+        "policy",
+        "validate",
+        "--no-prove",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["policy_set_hash"].as_str().unwrap().to_owned()
+}
+
+/// `policy prove` and `policy validate` name the property a set breaks, the
+/// counterexample and the policy that allowed it; exit code 6.
+#[test]
+fn policy_prove_and_validate_name_the_broken_property() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_policies(dir.path());
+    std::fs::write(
+        dir.path().join("policies/research-access.cedar"),
+        BEFORE_ROLES,
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    for args in [
+        &["policy", "prove", "--dir", d][..],
+        &["policy", "validate", d][..],
+    ] {
+        let out = run(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{args:?}: {text}{}",
+            stderr(&out)
+        );
+        assert!(
+            text.contains("FAILED   never-citizen-reads-personal-rows"),
+            "{text}"
+        );
+        assert!(text.contains("principal: Allmende::User::"), "{text}");
+        assert!(text.contains("owner-uses-own-data (permit)"), "{text}");
+        assert!(
+            stderr(&out).contains("never-citizen-reads-personal-rows"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 /// Copies the repository's policy directory (schema + `policies/*.cedar`) to `dest`.

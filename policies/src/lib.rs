@@ -40,6 +40,7 @@ mod engine;
 mod entities;
 mod loader;
 mod model;
+mod prove;
 mod prune;
 mod world;
 
@@ -58,6 +59,11 @@ pub use model::{
     DEFAULT_MAX_RAW_PERSONAL_GRANTS, DataSubject, Dataset, Federation, Grant, GrantState,
     LegalBasis, MAX_PERSONAL_GRANT_SECONDS, Node, Obligation, OrgKind, Organisation, Purpose,
     RequestState, Role, UnknownValue, User,
+};
+pub use prove::{
+    Counterexample, Outcome, PROPERTY_SUBDIR, PolicyRef, ProofReport, Property, PropertyKind,
+    PropertyResult, PropertySet, ProveError, ReloadError, bundled_property_files, load_proved,
+    property_ids, prove, prove_blocking,
 };
 pub use world::{MUNICH_WORLD, World, WorldError, parse_principal, parse_resource};
 

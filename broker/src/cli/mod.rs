@@ -320,9 +320,14 @@ async fn node_run(config: PathBuf) -> Result<(), Failure> {
     loop {
         tokio::select! {
             () = &mut stop => break,
-            _ = hup.recv() => match handle.reload_policies().await {
-                Ok(hash) => tracing::info!(policy_set = %hash, "policies reloaded"),
-                Err(e) => tracing::error!(error = %e, "policy reload refused; the old set keeps serving"),
+            // A reload proves the new set (seconds with cvc5); a shutdown
+            // request does not wait for it.
+            _ = hup.recv() => tokio::select! {
+                () = &mut stop => break,
+                r = handle.reload_policies() => match r {
+                    Ok(hash) => tracing::info!(policy_set = %hash, "policies reloaded"),
+                    Err(e) => tracing::error!(error = %e, "policy reload refused; the old set keeps serving"),
+                },
             },
         }
     }

@@ -1,4 +1,4 @@
-//! `allmende policy …`: validate offline, explain, reload, list.
+//! `allmende policy …`: validate and prove offline, explain, reload, list.
 
 use super::{Failure, status_failure};
 use crate::client::ClientProfile;
@@ -11,7 +11,22 @@ use std::path::PathBuf;
 pub enum PolicyCmd {
     /// Validate a policy directory (schema.cedarschema + *.cedar) offline,
     /// strictly; errors name file and line. Without DIR: the bundled set.
-    Validate { dir: Option<PathBuf> },
+    /// Then proves the properties (as `policy prove`; needs cvc5).
+    Validate {
+        dir: Option<PathBuf>,
+        /// Only load and validate; do not prove the properties.
+        #[arg(long)]
+        no_prove: bool,
+    },
+    /// Prove the properties (policies/properties/*.cedar and DIR/properties/)
+    /// over every request and entity store the schema allows, with Cedar's
+    /// symbolic compiler and cvc5. Prints a counterexample for each property
+    /// that fails; exit code 6 when one fails.
+    Prove {
+        /// Policy directory; default: the bundled policies.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Explain a decision. Online (default): how the profile's node decides a
     /// request by you. Offline (with `--principal`): how the policies decide
     /// a request by anyone against a world file, without a node.
@@ -60,28 +75,51 @@ pub enum PolicyCmd {
 
 pub async fn run(cmd: PolicyCmd, json: bool) -> Result<(), Failure> {
     match cmd {
-        PolicyCmd::Validate { dir } => {
-            let result = match &dir {
-                Some(d) => allmende_policies::load_dir(d),
-                None => allmende_policies::load_bundled(),
+        PolicyCmd::Validate { dir, no_prove } => {
+            let (b, properties) = load_with_properties(dir.as_deref())?;
+            let report = if no_prove {
+                None
+            } else {
+                Some(prove(&b, &properties).await?)
             };
-            match result {
-                Ok(b) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"valid": true, "policies": b.policies().len(), "policy_set_hash": b.hash()})
-                        );
-                    } else {
-                        println!(
-                            "valid: {} policies, schema ok (strict), policy set {}",
-                            b.policies().len(),
-                            b.hash()
-                        );
-                    }
-                    Ok(())
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "valid": true,
+                        "policies": b.policies().len(),
+                        "policy_set_hash": b.hash(),
+                        "proof": report,
+                    })
+                );
+            } else {
+                println!(
+                    "valid: {} policies, schema ok (strict), policy set {}",
+                    b.policies().len(),
+                    b.hash()
+                );
+                match &report {
+                    Some(r) => print!("{r}"),
+                    None => println!("properties not proved (--no-prove)"),
                 }
-                Err(e) => Err(Failure::new(3, format!("policies refused:\n{e}"))),
+            }
+            match report {
+                Some(r) if !r.holds() => Err(unproved(&r)),
+                _ => Ok(()),
+            }
+        }
+        PolicyCmd::Prove { dir } => {
+            let (b, properties) = load_with_properties(dir.as_deref())?;
+            let report = prove(&b, &properties).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print!("{report}");
+            }
+            if report.holds() {
+                Ok(())
+            } else {
+                Err(unproved(&report))
             }
         }
         PolicyCmd::Explain {
@@ -190,6 +228,54 @@ pub async fn run(cmd: PolicyCmd, json: bool) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The policy set and its properties: the bundled ones, or `DIR`'s with the
+/// bundled properties plus `DIR/properties/`.
+fn load_with_properties(
+    dir: Option<&std::path::Path>,
+) -> Result<
+    (
+        allmende_policies::PolicyBundle,
+        allmende_policies::PropertySet,
+    ),
+    Failure,
+> {
+    use allmende_policies as pol;
+    let refused = |e: pol::LoadError| Failure::new(3, format!("policies refused:\n{e}"));
+    let (bundle, properties) = match dir {
+        Some(d) => (pol::load_dir(d), pol::PropertySet::for_dir(d)),
+        None => (pol::load_bundled(), pol::PropertySet::bundled()),
+    };
+    Ok((bundle.map_err(refused)?, properties.map_err(refused)?))
+}
+
+async fn prove(
+    bundle: &allmende_policies::PolicyBundle,
+    properties: &allmende_policies::PropertySet,
+) -> Result<allmende_policies::ProofReport, Failure> {
+    use allmende_policies::ProveError;
+    allmende_policies::prove(bundle, properties)
+        .await
+        .map_err(|e| match e {
+            ProveError::Properties(_) => Failure::new(3, e.to_string()),
+            ProveError::SolverUnavailable(_) | ProveError::Symcc(_) => {
+                Failure::new(1, e.to_string())
+            }
+        })
+}
+
+fn unproved(report: &allmende_policies::ProofReport) -> Failure {
+    let failed: Vec<&str> = report.failed().map(|r| r.id.as_str()).collect();
+    Failure::new(
+        6,
+        format!(
+            "{} of {} properties do not hold: {}",
+            failed.len(),
+            report.results.len(),
+            failed.join(", ")
+        ),
+    )
 }
 
 #[allow(clippy::too_many_arguments, reason = "one CLI command's flags")]

@@ -102,7 +102,7 @@ impl pb::policy_server::Policy for PolicyService {
                 &format!("federation/{}", ctx.federation),
             )
             .await?;
-        let report = ctx.policy.reload().map_err(|e| {
+        let report = ctx.policy.reload().await.map_err(|e| {
             ApiError::FailedPrecondition(format!(
                 "policy set refused, the old one keeps serving: {e}"
             ))
