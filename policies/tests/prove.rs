@@ -176,7 +176,17 @@ fn a_careless_permit_breaks_the_role_properties() {
         (
             "record_consent",
             "consent-only-own",
-            "consent-recorded-only-by-the-subject",
+            "consent-recorded-only-by-the-subject-or-controller-officers",
+        ),
+        (
+            "read_consent",
+            "consent-records-private",
+            "consent-records-read-only-by-subject-or-controller-officers",
+        ),
+        (
+            "import_consent",
+            "consent-import-only-by-controller",
+            "consent-imported-only-by-controller-officers",
         ),
         (
             "read_audit",
