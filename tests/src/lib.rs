@@ -71,3 +71,23 @@ pub async fn register_sample_dataset(sb: &Sandbox, dataset: &str) {
         unreachable_start(&e);
     }
 }
+
+/// Every file below `dir`, in every subdirectory (a store's `blobs/` too).
+pub fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        unreachable_start(&std::io::Error::other(format!(
+            "cannot read `{}`",
+            dir.display()
+        )))
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

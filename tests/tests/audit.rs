@@ -50,19 +50,7 @@ fn trust_file(sb: &allmende::sandbox::Sandbox, log_node: &str) -> String {
     format!("{quorum}\n{body}")
 }
 
-/// Every file below `dir`, in every subdirectory.
-fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_below(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
+use allmende_e2e::files_below;
 
 async fn wait_cosigned(sb: &allmende::sandbox::Sandbox, node: &str, min: usize) {
     let n = sb.node(node).unwrap();

@@ -95,19 +95,7 @@ fn smart_meter(grant: &str) -> pb::FetchRequest {
     }
 }
 
-/// Every file below `dir`, in every subdirectory.
-fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_below(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
+use allmende_e2e::files_below;
 
 fn file_contains(path: &std::path::Path, needle: &[u8]) -> bool {
     let b = std::fs::read(path).unwrap();

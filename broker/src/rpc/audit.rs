@@ -18,15 +18,11 @@ pub struct AuditService {
 
 impl AuditService {
     async fn authorize_log(&self, p: &Principal, action: Action) -> Result<(), ApiError> {
-        let ctx = &self.ctx;
-        let id = ctx.policy.audit_log_id().to_owned();
-        let request = ctx
-            .policy
-            .request(p, action, Resource::AuditLog(id.clone()), None);
-        ctx.policy
-            .authorize(&ctx.audit, p, request, &format!("audit-log/{id}"))
+        let id = self.ctx.policy.audit_log_id().to_owned();
+        let label = format!("audit-log/{id}");
+        self.ctx
+            .authorize(p, action, Resource::AuditLog(id), &label)
             .await
-            .map(|_| ())
     }
 
     /// Witness protocol calls are decided on every call but, when allowed,
@@ -138,23 +134,16 @@ impl pb::audit_server::Audit for AuditService {
         // id: Cedar decides on the subject entity `<this org>/<user>`, whose
         // account a certificate of another organisation never is.
         let ctx = &self.ctx;
-        let request = ctx.policy.request(
+        ctx.authorize(
             &p,
             Action::ReadAudit,
             ctx.policy.subject_resource(user),
-            None,
-        );
-        ctx.policy
-            .authorize(
-                &ctx.audit,
-                &p,
-                request,
-                &format!(
-                    "data-subject/{}",
-                    ctx.audit.pseudonym(&p.organisation, user)
-                ),
-            )
-            .await?;
+            &format!(
+                "data-subject/{}",
+                ctx.audit.pseudonym(&p.organisation, user)
+            ),
+        )
+        .await?;
         let filter = QueryFilter {
             subject: Some(user.clone()),
             after: r.page_after,

@@ -190,20 +190,13 @@ impl pb::connectors_server::Connectors for ConnectorsService {
         // organisation's operators, stewards and node; everyone else reads
         // the federated catalog.
         let ctx = &self.ctx;
-        let request = ctx.policy.request(
+        ctx.authorize(
             &p,
             Action::ListConnectors,
             ctx.policy.own_org_resource(),
-            None,
-        );
-        ctx.policy
-            .authorize(
-                &ctx.audit,
-                &p,
-                request,
-                &format!("connectors/{}", ctx.organisation),
-            )
-            .await?;
+            &format!("connectors/{}", ctx.organisation),
+        )
+        .await?;
         let list = self.registry.list().map_err(ApiError::from)?;
         Ok(Response::new(pb::ListConnectorsResponse {
             connectors: list

@@ -62,12 +62,7 @@ impl ConsentService {
         resource: Resource,
         label: &str,
     ) -> Result<(), ApiError> {
-        let policy = &self.ctx.policy;
-        let request = policy.request(p, action, resource, None);
-        policy
-            .authorize(&self.ctx.audit, p, request, label)
-            .await
-            .map(|_| ())
+        self.ctx.authorize(p, action, resource, label).await
     }
 
     /// Decides a call about data subject `subject` of this organisation.

@@ -19,21 +19,13 @@ pub(super) async fn authorize_metadata(
     p: &Principal,
     call: &str,
 ) -> Result<(), ApiError> {
-    let request = ctx.policy.request(
+    ctx.authorize(
         p,
         Action::ExchangeMetadata,
         Resource::Federation(ctx.federation.clone()),
-        None,
-    );
-    ctx.policy
-        .authorize(
-            &ctx.audit,
-            p,
-            request,
-            &format!("federation/{}/{call}", ctx.federation),
-        )
-        .await
-        .map(|_| ())
+        &format!("federation/{}/{call}", ctx.federation),
+    )
+    .await
 }
 
 /// Facts about the serving node.

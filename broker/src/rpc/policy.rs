@@ -88,20 +88,13 @@ impl pb::policy_server::Policy for PolicyService {
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         let p = principal(&req)?;
         let ctx = &self.ctx;
-        let request = ctx.policy.request(
+        ctx.authorize(
             &p,
             Action::ManageFederation,
             Resource::Federation(ctx.federation.clone()),
-            None,
-        );
-        ctx.policy
-            .authorize(
-                &ctx.audit,
-                &p,
-                request,
-                &format!("federation/{}", ctx.federation),
-            )
-            .await?;
+            &format!("federation/{}", ctx.federation),
+        )
+        .await?;
         let report = ctx.policy.reload().await.map_err(|e| {
             ApiError::FailedPrecondition(format!(
                 "policy set refused, the old one keeps serving: {e}"
