@@ -208,7 +208,7 @@ pub fn template(format: FileFormat) -> Result<String, Failure> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "test")]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "test")]
 mod tests {
     use super::*;
 
