@@ -347,6 +347,23 @@ async fn over_long_identifiers_are_refused_everywhere() {
 }
 
 /// Opens a fetch and never reads it.
+/// Releases audited as aborted at a node.
+fn aborted_releases(audit: &allmende::audit::AuditLog) -> usize {
+    (0..audit.size())
+        .filter_map(|seq| audit.entry_bytes(seq).unwrap())
+        .map(|b| allmende_audit::Entry::decode(&b).unwrap())
+        .filter(|e| {
+            matches!(
+                e.kind,
+                allmende_audit::EntryKind::ReleaseCompletion {
+                    outcome: allmende_audit::ReleaseOutcome::Aborted,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
 async fn stalled_fetch(ch: Channel) -> Result<tonic::Streaming<pb::FetchResponse>, tonic::Status> {
     pb::access_client::AccessClient::new(ch)
         .fetch(traffic())
@@ -383,20 +400,33 @@ async fn fetches_are_capped_and_idle_fetch_streams_end() {
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("`3` fetches"), "{}", e.message());
 
-    // After the idle timeout the stalled fetches are ended and their
-    // slots are free again.
+    // After the idle timeout every stalled fetch is ended: its release
+    // aborted and audited as such. Each stream's timeout starts when its own
+    // send blocks (once the buffers towards the client are full), so the
+    // three end at different times; wait for all three before reading any,
+    // or a stream whose timeout has not yet run would simply be served.
+    let stadt = sb.node("stadt-1").unwrap();
     let start = Instant::now();
-    let mut served = false;
-    while start.elapsed() < Duration::from_secs(15) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    while aborted_releases(&stadt.audit) < 3 && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        aborted_releases(&stadt.audit),
+        3,
+        "stalled releases not ended"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(1500));
+    // Their slots are free again (given back right after the audit entry).
+    let mut served = None;
+    for _ in 0..50 {
         if let Ok(mut s) = stalled_fetch(c.clone()).await {
             s.message().await.unwrap().unwrap();
-            served = true;
+            served = Some(s);
             break;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(served, "slots never freed");
-    assert!(start.elapsed() >= Duration::from_millis(1500));
+    let _s4 = served.expect("slots never freed");
     // The stalled client learns, once it reads, that its stream was ended.
     let mut err = None;
     for _ in 0..100 {
@@ -416,22 +446,6 @@ async fn fetches_are_capped_and_idle_fetch_streams_end() {
         "{}",
         err.message()
     );
-    // The releases were aborted, and audited as such.
-    let stadt = sb.node("stadt-1").unwrap();
-    let aborted = (0..stadt.audit.size())
-        .filter_map(|seq| stadt.audit.entry_bytes(seq).unwrap())
-        .map(|b| allmende_audit::Entry::decode(&b).unwrap())
-        .filter(|e| {
-            matches!(
-                e.kind,
-                allmende_audit::EntryKind::ReleaseCompletion {
-                    outcome: allmende_audit::ReleaseOutcome::Aborted,
-                    ..
-                }
-            )
-        })
-        .count();
-    assert!(aborted >= 3, "{aborted} aborted releases");
     tokio::time::timeout(Duration::from_secs(30), sb.shutdown())
         .await
         .expect("a stalled stream held the shutdown")
