@@ -1,5 +1,6 @@
 //! `allmende audit …`: the DPO's tools and a citizen's own view.
 
+use super::exit;
 use super::{Failure, status_failure};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
@@ -219,7 +220,10 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
             match out {
                 Some(path) => {
                     std::fs::write(&path, &r.bundle).map_err(|e| {
-                        Failure::new(1, format!("cannot write `{}`: {e}", path.display()))
+                        Failure::new(
+                            exit::FAILED,
+                            format!("cannot write `{}`: {e}", path.display()),
+                        )
                     })?;
                     eprintln!(
                         "exported {} entries (checkpoint size {}) to {}",
@@ -229,25 +233,32 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
                     );
                 }
                 None => {
-                    std::io::stdout()
-                        .write_all(&r.bundle)
-                        .map_err(|e| Failure::new(1, format!("cannot write the bundle: {e}")))?;
+                    std::io::stdout().write_all(&r.bundle).map_err(|e| {
+                        Failure::new(exit::FAILED, format!("cannot write the bundle: {e}"))
+                    })?;
                 }
             }
             Ok(())
         }
         AuditCmd::Verify { bundle, trust } => {
             let bytes = std::fs::read(&bundle).map_err(|e| {
-                Failure::new(3, format!("cannot read bundle `{}`: {e}", bundle.display()))
+                Failure::new(
+                    exit::INPUT,
+                    format!("cannot read bundle `{}`: {e}", bundle.display()),
+                )
             })?;
             let text = std::fs::read_to_string(&trust).map_err(|e| {
                 Failure::new(
-                    3,
+                    exit::INPUT,
                     format!("cannot read trust file `{}`: {e}", trust.display()),
                 )
             })?;
-            let tf = allmende_audit::TrustFile::from_toml(&text)
-                .map_err(|e| Failure::new(3, format!("trust file `{}`: {e}", trust.display())))?;
+            let tf = allmende_audit::TrustFile::from_toml(&text).map_err(|e| {
+                Failure::new(
+                    exit::INPUT,
+                    format!("trust file `{}`: {e}", trust.display()),
+                )
+            })?;
             let report = allmende_audit::verify_bundle(&bytes, &tf);
             if json {
                 println!(
@@ -273,7 +284,7 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
             if report.is_ok() {
                 Ok(())
             } else {
-                Err(Failure::new(1, "verification failed"))
+                Err(Failure::new(exit::FAILED, "verification failed"))
             }
         }
         AuditCmd::VerifyLog { profile } => {
@@ -305,7 +316,7 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
             if r.ok {
                 Ok(())
             } else {
-                Err(Failure::new(1, "the node's log does not verify"))
+                Err(Failure::new(exit::FAILED, "the node's log does not verify"))
             }
         }
         AuditCmd::Status { profile } => {

@@ -1,6 +1,7 @@
 //! `allmende consent …`: import a utility's consent CSV, withdraw consent,
 //! show a subject's records.
 
+use super::exit;
 use super::{Failure, status_failure};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
@@ -65,8 +66,12 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
             dataset,
             profile,
         } => {
-            let csv = std::fs::read(&file)
-                .map_err(|e| Failure::new(3, format!("cannot read `{}`: {e}", file.display())))?;
+            let csv = std::fs::read(&file).map_err(|e| {
+                Failure::new(
+                    exit::INPUT,
+                    format!("cannot read `{}`: {e}", file.display()),
+                )
+            })?;
             let p = ClientProfile::resolve(profile.as_deref())?;
             let r = pb::consent_client::ConsentClient::new(p.connect().await?)
                 .max_encoding_message_size(64 * 1024 * 1024)

@@ -1,5 +1,6 @@
 //! `allmende connector …` (stewards) and `allmende fetch` (everyone).
 
+use super::exit;
 use super::{Failure, status_failure};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
@@ -131,7 +132,7 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
             let file = super::template::load(&config)?;
             if file.dataset.id != dataset {
                 return Err(Failure::new(
-                    3,
+                    exit::INPUT,
                     format!(
                         "`--dataset {dataset}` does not match `dataset.id` (`{}`) in `{}`",
                         file.dataset.id,
@@ -169,7 +170,7 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
                 "parquet" => allmende_connectors::FileFormat::Parquet,
                 other => {
                     return Err(Failure::new(
-                        2,
+                        exit::USAGE,
                         format!(
                             "unknown format `{other}`: expected csv, jsonl, geojson or parquet"
                         ),
@@ -292,8 +293,12 @@ enum Sink {
 
 impl Sink {
     fn open(path: &Path, schema: &arrow::datatypes::SchemaRef) -> Result<Self, Failure> {
-        let f = std::fs::File::create(path)
-            .map_err(|e| Failure::new(3, format!("cannot create `{}`: {e}", path.display())))?;
+        let f = std::fs::File::create(path).map_err(|e| {
+            Failure::new(
+                exit::INPUT,
+                format!("cannot create `{}`: {e}", path.display()),
+            )
+        })?;
         match path.extension().and_then(|e| e.to_str()) {
             Some("csv") => Ok(Sink::Csv(
                 arrow::csv::WriterBuilder::new().with_header(true).build(f),
@@ -303,10 +308,10 @@ impl Sink {
             }
             Some("parquet") => Ok(Sink::Parquet(
                 parquet::arrow::ArrowWriter::try_new(f, schema.clone(), None)
-                    .map_err(|e| Failure::new(1, e.to_string()))?,
+                    .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?,
             )),
             _ => Err(Failure::new(
-                2,
+                exit::USAGE,
                 format!(
                     "`{}`: output must end in .csv, .parquet or .jsonl",
                     path.display()
@@ -321,7 +326,7 @@ impl Sink {
             Sink::Jsonl(w) => w.write(b).map_err(|e| e.to_string()),
             Sink::Parquet(w) => w.write(b).map_err(|e| e.to_string()),
         };
-        r.map_err(|e| Failure::new(1, format!("cannot write output: {e}")))
+        r.map_err(|e| Failure::new(exit::FAILED, format!("cannot write output: {e}")))
     }
 
     fn finish(self) -> Result<(), Failure> {
@@ -330,14 +335,14 @@ impl Sink {
             Sink::Jsonl(mut w) => w.finish().map_err(|e| e.to_string()),
             Sink::Parquet(w) => w.close().map(|_| ()).map_err(|e| e.to_string()),
         };
-        r.map_err(|e| Failure::new(1, format!("cannot finish output: {e}")))
+        r.map_err(|e| Failure::new(exit::FAILED, format!("cannot finish output: {e}")))
     }
 }
 
 pub async fn fetch(a: FetchArgs, json: bool) -> Result<(), Failure> {
     let mut filters = Vec::new();
     for c in &a.conditions {
-        filters.push(parse_condition(c).map_err(|e| Failure::new(2, e))?);
+        filters.push(parse_condition(c).map_err(|e| Failure::new(exit::USAGE, e))?);
     }
     let filter = match filters.len() {
         0 => None,
@@ -355,7 +360,7 @@ pub async fn fetch(a: FetchArgs, json: bool) -> Result<(), Failure> {
         Some("csv" | "parquet" | "jsonl" | "ndjson")
     ) {
         return Err(Failure::new(
-            2,
+            exit::USAGE,
             format!(
                 "`{}`: output must end in .csv, .parquet or .jsonl",
                 a.out.display()
@@ -406,7 +411,7 @@ pub async fn fetch(a: FetchArgs, json: bool) -> Result<(), Failure> {
                 }
                 Err(e) => {
                     return Err(Failure::new(
-                        1,
+                        exit::FAILED,
                         format!("malformed data from the node: {e}"),
                     ));
                 }
@@ -423,10 +428,11 @@ pub async fn fetch(a: FetchArgs, json: bool) -> Result<(), Failure> {
     if tty {
         eprintln!();
     }
-    let summary = summary.ok_or_else(|| Failure::new(4, "the stream ended without a summary"))?;
+    let summary = summary
+        .ok_or_else(|| Failure::new(exit::UNREACHABLE, "the stream ended without a summary"))?;
     match sink {
         Some(s) => s.finish()?,
-        None => return Err(Failure::new(1, "the node sent no schema")),
+        None => return Err(Failure::new(exit::FAILED, "the node sent no schema")),
     }
     if json {
         println!(

@@ -111,6 +111,22 @@ enum NodeCmd {
     },
 }
 
+/// Exit codes of the `allmende` command (`docs/cli.md`).
+pub mod exit {
+    /// The operation failed.
+    pub const FAILED: u8 = 1;
+    /// Usage error, or the requested story is not built yet.
+    pub const USAGE: u8 = 2;
+    /// A configuration or input file (or argument value) is wrong.
+    pub const INPUT: u8 = 3;
+    /// The node is unreachable or unavailable.
+    pub const UNREACHABLE: u8 = 4;
+    /// Refused: not authenticated, or permission denied.
+    pub const REFUSED: u8 = 5;
+    /// A policy property does not hold.
+    pub const PROPERTY_BROKEN: u8 = 6;
+}
+
 /// A CLI failure with its exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -130,8 +146,8 @@ impl Failure {
 impl From<ProfileError> for Failure {
     fn from(e: ProfileError) -> Self {
         let code = match e {
-            ProfileError::Connect { .. } => 4,
-            _ => 3,
+            ProfileError::Connect { .. } => exit::UNREACHABLE,
+            _ => exit::INPUT,
         };
         Failure::new(code, error_chain(&e))
     }
@@ -145,19 +161,19 @@ pub fn status_failure(s: &tonic::Status) -> Failure {
     let lower = chain.to_lowercase();
     let cert_refused = lower.contains("certificate") || lower.contains("handshake");
     let code = match s.code() {
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => 5,
-        tonic::Code::Unknown if cert_refused => 5,
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => exit::REFUSED,
+        tonic::Code::Unknown if cert_refused => exit::REFUSED,
         // A connection the node closed (e.g. after refusing our certificate
         // once the handshake had completed on our side) arrives as
         // Unknown or Cancelled without a status from the node.
         tonic::Code::Unavailable
         | tonic::Code::DeadlineExceeded
         | tonic::Code::Unknown
-        | tonic::Code::Cancelled => 4,
-        tonic::Code::InvalidArgument | tonic::Code::NotFound => 3,
-        _ => 1,
+        | tonic::Code::Cancelled => exit::UNREACHABLE,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => exit::INPUT,
+        _ => exit::FAILED,
     };
-    if code == 5 && s.code() == tonic::Code::Unknown {
+    if code == exit::REFUSED && s.code() == tonic::Code::Unknown {
         return Failure::new(code, format!("the node refused the connection: {chain}"));
     }
     Failure::new(code, chain)
@@ -211,7 +227,7 @@ pub fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::FAILED);
         }
     };
     match runtime.block_on(run(cli)) {
@@ -237,23 +253,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Node(NodeCmd::Run { config }) => node_run(config).await,
         Command::Node(NodeCmd::Backup { config, out }) => {
             let cfg = crate::config::NodeConfig::load(&config)
-                .map_err(|e| Failure::new(3, e.to_string()))?;
+                .map_err(|e| Failure::new(exit::INPUT, e.to_string()))?;
             let store = crate::store::Store::open(
                 &cfg.data_dir.join("store"),
                 &crate::store::StoreOptions {
                     cache_bytes: cfg.store_cache_bytes,
                 },
             )
-            .map_err(|e| Failure::new(1, format!("{e} (is the node still running?)")))?;
+            .map_err(|e| Failure::new(exit::FAILED, format!("{e} (is the node still running?)")))?;
             let n = store
                 .backup_to(&out)
-                .map_err(|e| Failure::new(1, e.to_string()))?;
+                .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
             println!("backed up {n} records to {}", out.display());
             Ok(())
         }
         Command::Node(NodeCmd::Restore { config, from }) => {
             let cfg = crate::config::NodeConfig::load(&config)
-                .map_err(|e| Failure::new(3, e.to_string()))?;
+                .map_err(|e| Failure::new(exit::INPUT, e.to_string()))?;
             let n = crate::store::Store::restore_from(
                 &from,
                 &cfg.data_dir.join("store"),
@@ -261,7 +277,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     cache_bytes: cfg.store_cache_bytes,
                 },
             )
-            .map_err(|e| Failure::new(1, e.to_string()))?;
+            .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
             println!("restored {n} records into {}", cfg.data_dir.display());
             Ok(())
         }
@@ -298,12 +314,12 @@ pub async fn shutdown_signal() {
 }
 
 async fn node_run(config: PathBuf) -> Result<(), Failure> {
-    let cfg =
-        crate::config::NodeConfig::load(&config).map_err(|e| Failure::new(3, e.to_string()))?;
+    let cfg = crate::config::NodeConfig::load(&config)
+        .map_err(|e| Failure::new(exit::INPUT, e.to_string()))?;
     crate::telemetry::init(cfg.log_format, &cfg.log_level);
     let handle = crate::node::start(cfg, Arc::new(SystemClock))
         .await
-        .map_err(|e| Failure::new(3, error_chain(&e)))?;
+        .map_err(|e| Failure::new(exit::INPUT, error_chain(&e)))?;
     // Scripts and tests wait for this line.
     println!(
         "listening grpc={} admin={}",
@@ -314,7 +330,7 @@ async fn node_run(config: PathBuf) -> Result<(), Failure> {
             .unwrap_or_else(|| "-".into())
     );
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| Failure::new(1, format!("cannot listen for SIGHUP: {e}")))?;
+        .map_err(|e| Failure::new(exit::FAILED, format!("cannot listen for SIGHUP: {e}")))?;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -335,7 +351,7 @@ async fn node_run(config: PathBuf) -> Result<(), Failure> {
     handle
         .shutdown()
         .await
-        .map_err(|e| Failure::new(1, error_chain(&e)))
+        .map_err(|e| Failure::new(exit::FAILED, error_chain(&e)))
 }
 
 async fn demo(story: Option<u8>, dir: PathBuf, base_port: u16) -> Result<(), Failure> {
@@ -347,11 +363,12 @@ async fn demo(story: Option<u8>, dir: PathBuf, base_port: u16) -> Result<(), Fai
                 println!("story {n}: every step behaved as the story says");
                 Ok(())
             }
-            Ok(StoryOutcome::Failed(why)) => {
-                Err(Failure::new(1, format!("story {n} failed: {why}")))
-            }
+            Ok(StoryOutcome::Failed(why)) => Err(Failure::new(
+                exit::FAILED,
+                format!("story {n} failed: {why}"),
+            )),
             Ok(StoryOutcome::NotBuilt { arrives_with }) => Err(Failure::new(
-                2,
+                exit::USAGE,
                 format!(
                     "story {n} is not built yet{}",
                     arrives_with
@@ -359,18 +376,18 @@ async fn demo(story: Option<u8>, dir: PathBuf, base_port: u16) -> Result<(), Fai
                         .unwrap_or_default()
                 ),
             )),
-            Err(e) => Err(Failure::new(2, e.to_string())),
+            Err(e) => Err(Failure::new(exit::USAGE, e.to_string())),
         };
     }
     let sb = demo::start_munich(&dir, base_port)
         .await
-        .map_err(|e| Failure::new(1, error_chain(&e)))?;
+        .map_err(|e| Failure::new(exit::FAILED, error_chain(&e)))?;
     println!("{}", demo::banner(&sb));
     shutdown_signal().await;
     println!("stopping the demo federation");
     sb.shutdown()
         .await
-        .map_err(|e| Failure::new(1, error_chain(&e)))
+        .map_err(|e| Failure::new(exit::FAILED, error_chain(&e)))
 }
 
 async fn health(profile: Option<PathBuf>, json: bool) -> Result<(), Failure> {
@@ -433,7 +450,7 @@ async fn health(profile: Option<PathBuf>, json: bool) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::new(
-            4,
+            exit::UNREACHABLE,
             format!("node at `{}` is not serving", p.endpoint),
         ))
     }

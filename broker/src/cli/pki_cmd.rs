@@ -1,6 +1,6 @@
 //! `allmende pki …`: the onboarding flow on the command line.
 
-use super::Failure;
+use super::{Failure, exit};
 use crate::pki::ca::{self, FederationDir, OrgCa, PkiError};
 use crate::pki::{OrgKind, Role};
 use clap::Subcommand;
@@ -110,8 +110,8 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 fn fail(e: PkiError) -> Failure {
     let code = match e {
-        PkiError::Rcgen(_) => 1,
-        _ => 3,
+        PkiError::Rcgen(_) => exit::FAILED,
+        _ => exit::INPUT,
     };
     Failure::new(code, e.to_string())
 }

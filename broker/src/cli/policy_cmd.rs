@@ -1,5 +1,6 @@
 //! `allmende policy …`: validate and prove offline, explain, reload, list.
 
+use super::exit;
 use super::{Failure, status_failure};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
@@ -242,7 +243,7 @@ fn load_with_properties(
     Failure,
 > {
     use allmende_policies as pol;
-    let refused = |e: pol::LoadError| Failure::new(3, format!("policies refused:\n{e}"));
+    let refused = |e: pol::LoadError| Failure::new(exit::INPUT, format!("policies refused:\n{e}"));
     let (bundle, properties) = match dir {
         Some(d) => (pol::load_dir(d), pol::PropertySet::for_dir(d)),
         None => (pol::load_bundled(), pol::PropertySet::bundled()),
@@ -258,9 +259,9 @@ async fn prove(
     allmende_policies::prove(bundle, properties)
         .await
         .map_err(|e| match e {
-            ProveError::Properties(_) => Failure::new(3, e.to_string()),
+            ProveError::Properties(_) => Failure::new(exit::INPUT, e.to_string()),
             ProveError::SolverUnavailable(_) | ProveError::Symcc(_) => {
-                Failure::new(1, e.to_string())
+                Failure::new(exit::FAILED, e.to_string())
             }
         })
 }
@@ -268,7 +269,7 @@ async fn prove(
 fn unproved(report: &allmende_policies::ProofReport) -> Failure {
     let failed: Vec<&str> = report.failed().map(|r| r.id.as_str()).collect();
     Failure::new(
-        6,
+        exit::PROPERTY_BROKEN,
         format!(
             "{} of {} properties do not hold: {}",
             failed.len(),
@@ -296,24 +297,24 @@ fn explain_offline(
         Some(p) => pol::World::load(p),
         None => pol::World::munich(),
     }
-    .map_err(|e| Failure::new(3, e.to_string()))?;
+    .map_err(|e| Failure::new(exit::INPUT, e.to_string()))?;
     let engine = match &policy_dir {
         Some(d) => pol::Engine::from_dir(d),
         None => pol::Engine::bundled(),
     }
-    .map_err(|e| Failure::new(3, format!("policies refused:\n{e}")))?;
-    let principal = pol::parse_principal(&principal).map_err(|e| Failure::new(2, e))?;
+    .map_err(|e| Failure::new(exit::INPUT, format!("policies refused:\n{e}")))?;
+    let principal = pol::parse_principal(&principal).map_err(|e| Failure::new(exit::USAGE, e))?;
     let action: pol::Action = action
         .parse()
-        .map_err(|e: pol::UnknownValue| Failure::new(2, e.to_string()))?;
+        .map_err(|e: pol::UnknownValue| Failure::new(exit::USAGE, e.to_string()))?;
     let resource = pol::parse_resource(&format!("{}:{resource}", short_kind(resource_type)))
-        .map_err(|e| Failure::new(2, e))?;
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
     let mut request = pol::DecisionRequest::new(principal, action, resource, now.unwrap_or(w.now));
     if !purpose.is_empty() {
         request.purpose = Some(
             purpose
                 .parse()
-                .map_err(|e: pol::UnknownValue| Failure::new(2, e.to_string()))?,
+                .map_err(|e: pol::UnknownValue| Failure::new(exit::USAGE, e.to_string()))?,
         );
     }
     if !grant.is_empty() {
@@ -322,7 +323,7 @@ fn explain_offline(
     let store = w.store();
     let snapshot = store
         .snapshot()
-        .map_err(|e| Failure::new(3, format!("world: {e}")))?;
+        .map_err(|e| Failure::new(exit::INPUT, format!("world: {e}")))?;
     let d = engine.decide(&request, &snapshot);
     if json {
         println!("{}", serde_json::to_string(&d).unwrap_or_default());

@@ -3,6 +3,7 @@
 //! line and column on error, before anything is sent to a node).
 
 use super::Failure;
+use super::exit;
 use crate::catalog::{DatasetDescription, DatasetSchema};
 use allmende_connectors::{FieldSpec, FieldType, FileConnectorConfig, FileFormat};
 use std::path::Path;
@@ -34,23 +35,27 @@ struct JsonShape {
 /// problem names the file and, for syntax and field errors, its line and
 /// column; the dataset's metadata is checked as the node will check it.
 pub fn load(path: &Path) -> Result<RegistrationFile, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new(3, format!("cannot read `{}`: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            exit::INPUT,
+            format!("cannot read `{}`: {e}", path.display()),
+        )
+    })?;
     let (dataset, connector_json) = if path.extension().is_some_and(|e| e == "json") {
         let f: JsonShape = serde_json::from_str(&text)
-            .map_err(|e| Failure::new(3, format!("`{}`: {e}", path.display())))?;
+            .map_err(|e| Failure::new(exit::INPUT, format!("`{}`: {e}", path.display())))?;
         (f.dataset, f.connector.to_string())
     } else {
         let f: FileShape = toml::from_str(&text)
-            .map_err(|e| Failure::new(3, format!("`{}`: {e}", path.display())))?;
+            .map_err(|e| Failure::new(exit::INPUT, format!("`{}`: {e}", path.display())))?;
         let json = serde_json::to_string(&f.connector)
-            .map_err(|e| Failure::new(3, format!("`{}`: {e}", path.display())))?;
+            .map_err(|e| Failure::new(exit::INPUT, format!("`{}`: {e}", path.display())))?;
         (f.dataset, json)
     };
     let problems = dataset.problems();
     if !problems.is_empty() {
         return Err(Failure::new(
-            3,
+            exit::INPUT,
             format!(
                 "`{}`: the `[dataset]` table is not valid: {}",
                 path.display(),
@@ -60,12 +65,12 @@ pub fn load(path: &Path) -> Result<RegistrationFile, Failure> {
     }
     serde_json::from_str::<FileConnectorConfig>(&connector_json).map_err(|e| {
         Failure::new(
-            3,
+            exit::INPUT,
             format!("`{}`: the `[connector]` table: {e}", path.display()),
         )
     })?;
     let dataset_json = serde_json::to_string(&dataset)
-        .map_err(|e| Failure::new(3, format!("`{}`: {e}", path.display())))?;
+        .map_err(|e| Failure::new(exit::INPUT, format!("`{}`: {e}", path.display())))?;
     Ok(RegistrationFile {
         dataset,
         dataset_json,
@@ -164,7 +169,7 @@ pub fn template(format: FileFormat) -> Result<String, Failure> {
         dataset: &dataset,
         connector: &connector,
     })
-    .map_err(|e| Failure::new(1, format!("cannot render the template: {e}")))?;
+    .map_err(|e| Failure::new(exit::FAILED, format!("cannot render the template: {e}")))?;
     let mut out = String::from(
         "# Registration file for `allmende connector register --dataset my-dataset --config FILE`.\n\
          # Edit every value; `allmende connector register` checks this file locally\n\
