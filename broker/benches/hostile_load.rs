@@ -183,30 +183,18 @@ async fn run(secs: u64) {
         .unwrap();
     // A public dataset large enough that a client which does not read
     // stalls its release (144 000 rows).
-    let dir = sb.org_dir("stadt").join("big-sample");
-    let files = allmende_connectors::sample::write_demo_data(
-        &dir,
+    sb.register_sample(
+        "traffic-counts",
         &allmende_connectors::sample::SampleSpec {
             households: 1,
             days: 1000,
             trips_per_day: 1,
             ..Default::default()
         },
+        "big-sample",
     )
+    .await
     .unwrap();
-    let desc = allmende::catalog::munich::datasets()
-        .into_iter()
-        .find(|(_, d)| d.id == "traffic-counts")
-        .unwrap()
-        .1;
-    let sample = files
-        .datasets
-        .iter()
-        .find(|d| d.name == "traffic-counts")
-        .unwrap();
-    sb.register_dataset("stadt", "steward", &desc, &sample.config)
-        .await
-        .unwrap();
     let node = "stadt-1";
     let honest = channel(&sb, "swm", "steward", node).await;
 

@@ -335,18 +335,7 @@ impl Sandbox {
                 .iter()
                 .find(|d| d.name == desc.id)
                 .ok_or_else(|| SandboxError::Demo(format!("no sample data for `{}`", desc.id)))?;
-            let user = self
-                .spec
-                .orgs
-                .iter()
-                .find(|o| o.name == org)
-                .and_then(|o| {
-                    o.users
-                        .iter()
-                        .find(|(_, r)| matches!(r, Role::Steward | Role::Operator))
-                })
-                .map(|(u, _)| u.clone())
-                .ok_or_else(|| SandboxError::Demo(format!("`{org}` has no steward")))?;
+            let user = self.registering_user(org)?;
             let ch = self
                 .register_dataset(org, &user, &desc, &sample.config)
                 .await?;
@@ -363,6 +352,50 @@ impl Sandbox {
             registered.push(desc.id.clone());
         }
         Ok(registered)
+    }
+
+    /// The first steward or operator of `org`: who registers its datasets.
+    fn registering_user(&self, org: &str) -> Result<String, SandboxError> {
+        self.spec
+            .orgs
+            .iter()
+            .find(|o| o.name == org)
+            .and_then(|o| {
+                o.users
+                    .iter()
+                    .find(|(_, r)| matches!(r, Role::Steward | Role::Operator))
+            })
+            .map(|(u, _)| u.clone())
+            .ok_or_else(|| SandboxError::Demo(format!("`{org}` has no steward")))
+    }
+
+    /// Writes the bundled sample data of `spec` under
+    /// `<root>/sample-data/<subdir>` (inside the nodes' allowed source
+    /// directory) and registers the brief's dataset `dataset` from it at its
+    /// owner's node, by the owner's first steward or operator, without
+    /// importing consent records.
+    pub async fn register_sample(
+        &self,
+        dataset: &str,
+        spec: &allmende_connectors::sample::SampleSpec,
+        subdir: &str,
+    ) -> Result<(), SandboxError> {
+        let dir = self.root.join("sample-data").join(subdir);
+        let files = allmende_connectors::sample::write_demo_data(&dir, spec)
+            .map_err(|e| SandboxError::Demo(format!("sample data: {e}")))?;
+        let (org, desc) = crate::catalog::munich::datasets()
+            .into_iter()
+            .find(|(_, d)| d.id == dataset)
+            .ok_or_else(|| SandboxError::Demo(format!("no dataset `{dataset}` in the brief")))?;
+        let sample = files
+            .datasets
+            .iter()
+            .find(|d| d.name == dataset)
+            .ok_or_else(|| SandboxError::Demo(format!("no sample data for `{dataset}`")))?;
+        let user = self.registering_user(org)?;
+        self.register_dataset(org, &user, &desc, &sample.config)
+            .await
+            .map(|_| ())
     }
 
     /// Registers one dataset's connector as `org`/`user` at the

@@ -215,11 +215,7 @@ impl PropertySet {
                     ));
                     continue;
                 };
-                let valid = !id.is_empty()
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-                if !valid {
+                if !crate::loader::valid_id(id) {
                     issues.push(issue(
                         IssueKind::InvalidId,
                         format!(

@@ -46,28 +46,8 @@ pub fn material(p: &ClientProfile) -> TlsMaterial {
 /// the sandbox root) at its owner's node, by its steward or operator, without
 /// importing any consent records.
 pub async fn register_sample_dataset(sb: &Sandbox, dataset: &str) {
-    let files = match allmende_connectors::sample::write_demo_data(
-        &sb.root.join("sample-data"),
-        &allmende_connectors::sample::SampleSpec::default(),
-    ) {
-        Ok(f) => f,
-        Err(e) => unreachable_start(&e),
-    };
-    let Some((org, desc)) = allmende::catalog::munich::datasets()
-        .into_iter()
-        .find(|(_, d)| d.id == dataset)
-    else {
-        unreachable_start(&std::io::Error::other(format!("no dataset `{dataset}`")))
-    };
-    let Some(sample) = files.datasets.iter().find(|d| d.name == dataset) else {
-        unreachable_start(&std::io::Error::other(format!("no sample `{dataset}`")))
-    };
-    let user = if org == "scooter-co" {
-        "operator"
-    } else {
-        "steward"
-    };
-    if let Err(e) = sb.register_dataset(org, user, &desc, &sample.config).await {
+    let spec = allmende_connectors::sample::SampleSpec::default();
+    if let Err(e) = sb.register_sample(dataset, &spec, "").await {
         unreachable_start(&e);
     }
 }

@@ -52,31 +52,18 @@ async fn channel(sb: &Sandbox, org: &str, user: &str, node: &str) -> Channel {
 /// Registers a public traffic-counts dataset large enough (144 000 rows)
 /// that a client which does not read stalls its release.
 async fn register_big_public_dataset(sb: &Sandbox) {
-    // Inside the sandbox nodes' allowed source directory.
-    let dir = sb.root.join("sample-data/big-sample");
-    let files = allmende_connectors::sample::write_demo_data(
-        &dir,
+    sb.register_sample(
+        "traffic-counts",
         &allmende_connectors::sample::SampleSpec {
             households: 1,
             days: 1000,
             trips_per_day: 1,
             ..Default::default()
         },
+        "big-sample",
     )
+    .await
     .unwrap();
-    let desc = allmende::catalog::munich::datasets()
-        .into_iter()
-        .find(|(_, d)| d.id == "traffic-counts")
-        .unwrap()
-        .1;
-    let sample = files
-        .datasets
-        .iter()
-        .find(|d| d.name == "traffic-counts")
-        .unwrap();
-    sb.register_dataset("stadt", "steward", &desc, &sample.config)
-        .await
-        .unwrap();
 }
 
 fn traffic() -> pb::FetchRequest {
