@@ -108,7 +108,7 @@ async fn honest_round(ch: &Channel, n: usize) -> Honest {
 }
 
 fn register_request(i: u64) -> pb::RegisterConnectorRequest {
-    let mut desc = allmende::catalog::munich::datasets()
+    let mut desc = allmende::demo::munich::datasets()
         .into_iter()
         .find(|(_, d)| d.id == "smart-meter-readings")
         .unwrap()

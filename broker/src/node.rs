@@ -112,13 +112,13 @@ pub struct NodeHandle {
     pub audit: AuditLog,
     pub policy: Arc<PolicyPoint>,
     pub ctx: NodeCtx,
-    /// The federated catalog (issue 5): own entries and the peers' replica.
+    /// The federated catalog: own entries and the peers' replica.
     pub catalog: Arc<crate::catalog::Catalog>,
-    /// The consent store (issue 5).
+    /// The consent store.
     pub consent: Arc<crate::consent::ConsentStore>,
-    /// Registered connectors (issue 5).
+    /// Registered connectors.
     pub registry: Arc<crate::registry::Registry>,
-    /// The release pipeline (issue 5).
+    /// The release pipeline.
     pub fetcher: Arc<crate::access::Fetcher>,
     peers: SharedPeers,
     shutdown: watch::Sender<bool>,
@@ -283,7 +283,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     };
     let peer_list: SharedPeers = Arc::new(std::sync::RwLock::new(config.peers.clone()));
 
-    // Federated catalog and consent store (issue 5; docs/catalog.md,
+    // Federated catalog and consent store (docs/catalog.md,
     // docs/consent.md). The replicator pulls peers' catalogs over connections
     // whose server certificate the trust authenticates.
     let catalog = Arc::new(
@@ -307,7 +307,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         clock.clone(),
         &own.organisation,
     )?);
-    // Registered connectors and the release pipeline (issue 5; docs/access.md).
+    // Registered connectors and the release pipeline (docs/access.md).
     // Sources are read only below `sources.roots` (docs/configuration.md).
     let source_roots = config.source_roots();
     for (root, what) in source_roots.overlaps() {

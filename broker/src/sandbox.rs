@@ -326,7 +326,7 @@ impl Sandbox {
         )
         .map_err(|e| SandboxError::Demo(format!("sample data: {e}")))?;
         let mut registered = Vec::new();
-        for (org, desc) in crate::catalog::munich::datasets() {
+        for (org, desc) in crate::demo::munich::datasets() {
             if !self.spec.orgs.iter().any(|o| o.name == org) {
                 continue;
             }
@@ -383,7 +383,7 @@ impl Sandbox {
         let dir = self.root.join("sample-data").join(subdir);
         let files = allmende_connectors::sample::write_demo_data(&dir, spec)
             .map_err(|e| SandboxError::Demo(format!("sample data: {e}")))?;
-        let (org, desc) = crate::catalog::munich::datasets()
+        let (org, desc) = crate::demo::munich::datasets()
             .into_iter()
             .find(|(_, d)| d.id == dataset)
             .ok_or_else(|| SandboxError::Demo(format!("no dataset `{dataset}` in the brief")))?;

@@ -54,6 +54,12 @@ fn every_module_starts_with_a_doc_comment_and_nothing_is_left_undone() {
         if !first.starts_with("//!") {
             bad.push(format!("{}: does not start with `//!`", f.display()));
         }
+        bad.extend(issue_references(&text).map(|line| {
+            format!(
+                "{}:{line}: a comment names an issue number; say what it refers to",
+                f.display()
+            )
+        }));
         let shipped = f.components().any(|c| c.as_os_str() == "src");
         // Spelled in two parts so that this file does not match itself.
         for needle in [concat!("todo", "!("), concat!("unimplemented", "!(")] {
@@ -63,6 +69,24 @@ fn every_module_starts_with_a_doc_comment_and_nothing_is_left_undone() {
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// Lines (1-based) whose comment names an issue by its number (a hash
+/// and digits, or the word and digits): the numbers mean nothing to a
+/// reader of the code.
+fn issue_references(text: &str) -> impl Iterator<Item = usize> + '_ {
+    text.lines().enumerate().filter_map(|(i, line)| {
+        let comment = &line[line.find("//")?..];
+        let lower = comment.to_lowercase();
+        let by_hash = lower.match_indices('#').any(|(at, _)| {
+            lower[at + 1..].starts_with(|c: char| c.is_ascii_digit())
+                && !lower[..at].ends_with("pkcs")
+        });
+        let by_word = lower
+            .match_indices("issue ")
+            .any(|(at, _)| lower[at + 6..].starts_with(|c: char| c.is_ascii_digit()));
+        (by_hash || by_word).then_some(i + 1)
+    })
 }
 
 /// The shipped part of a source file: everything before its first
@@ -163,7 +187,7 @@ fn only_the_clock_reads_the_system_time() {
 #[test]
 fn only_the_command_line_prints() {
     let bad = offenders(&[concat!("println", "!("), concat!("print", "!(")], |f| {
-        f.starts_with("cli/") || f == "demo.rs" || f == "main.rs"
+        f.starts_with("cli/") || f.starts_with("demo/") || f == "main.rs"
     });
     assert!(
         bad.is_empty(),
@@ -174,6 +198,16 @@ fn only_the_command_line_prints() {
 
 #[test]
 fn the_checks_see_what_they_look_for() {
+    assert_eq!(
+        // Spelled in parts so that this file does not match itself.
+        issue_references(concat!(
+            "a\n// built by #",
+            "5\n/// see issue ",
+            "12\n// PKCS#8 key\n"
+        ))
+        .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     // A check that finds nothing anywhere would pass vacuously.
     assert!(!offenders(&[concat!("sled", "::")], |_| false).is_empty());
     assert!(!offenders(&[concat!("println", "!(")], |_| false).is_empty());

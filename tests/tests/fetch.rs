@@ -560,7 +560,7 @@ async fn replace_meter_source(
     sb.register_dataset(
         "swm",
         "steward",
-        &allmende::catalog::munich::smart_meter_readings(),
+        &allmende::demo::munich::smart_meter_readings(),
         &config,
     )
     .await
@@ -939,7 +939,7 @@ async fn a_cursor_on_an_identifying_column_is_refused_at_registration() {
             .register_dataset(
                 "swm",
                 "steward",
-                &allmende::catalog::munich::smart_meter_readings(),
+                &allmende::demo::munich::smart_meter_readings(),
                 &config,
             )
             .await

@@ -106,7 +106,7 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
     use pb::audit_client::AuditClient;
     use pb::connectors_client::ConnectorsClient;
     use pb::consent_client::ConsentClient;
-    let desc = allmende::catalog::munich::datasets()
+    let desc = allmende::demo::munich::datasets()
         .into_iter()
         .find(|(_, d)| d.id == SMART_METER)
         .unwrap()
@@ -428,7 +428,7 @@ async fn register_large_public_dataset(sb: &Sandbox, copies: usize) -> String {
     }
     let mut config = air.config.clone();
     config.path = dir;
-    let mut desc = allmende::catalog::munich::datasets()
+    let mut desc = allmende::demo::munich::datasets()
         .into_iter()
         .find(|(_, d)| d.id == "air-quality")
         .unwrap()

@@ -135,7 +135,7 @@ async fn unknown_methods_share_one_metrics_label() {
 }
 
 fn register_request(id: &str) -> pb::RegisterConnectorRequest {
-    let mut desc = allmende::catalog::munich::datasets()
+    let mut desc = allmende::demo::munich::datasets()
         .into_iter()
         .find(|(_, d)| d.id == "smart-meter-readings")
         .unwrap()

@@ -55,7 +55,7 @@ async fn register(
     dataset: &str,
     config: &FileConnectorConfig,
 ) -> Result<(), tonic::Status> {
-    let desc = allmende::catalog::munich::datasets()
+    let desc = allmende::demo::munich::datasets()
         .into_iter()
         .find(|(_, d)| d.id == dataset)
         .unwrap()

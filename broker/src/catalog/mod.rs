@@ -18,7 +18,6 @@
 
 pub mod dcat;
 pub mod entry;
-pub mod munich;
 pub mod search;
 pub mod signing;
 

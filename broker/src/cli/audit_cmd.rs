@@ -1,7 +1,7 @@
 //! `allmende audit …`: the DPO's tools and a citizen's own view.
 
 use super::exit;
-use super::{Failure, status_failure};
+use super::{Answer, Failure, print_json};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
 use clap::Subcommand;
@@ -106,13 +106,10 @@ fn entry_json(e: &pb::AuditEntry) -> serde_json::Value {
 
 fn print_entries(r: &pb::AuditQueryResponse, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "entries": r.entries.iter().map(entry_json).collect::<Vec<_>>(),
-                "next_page_after": r.next_page_after,
-            })
-        );
+        print_json(&serde_json::json!({
+            "entries": r.entries.iter().map(entry_json).collect::<Vec<_>>(),
+            "next_page_after": r.next_page_after,
+        }));
         return;
     }
     println!(
@@ -147,12 +144,11 @@ async fn client(
 }
 
 async fn status(profile: Option<PathBuf>) -> Result<pb::AuditStatusResponse, Failure> {
-    Ok(client(profile)
+    client(profile)
         .await?
         .status(pb::AuditStatusRequest {})
         .await
-        .map_err(|s| status_failure(&s))?
-        .into_inner())
+        .answer()
 }
 
 pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
@@ -183,8 +179,7 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
                     limit,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             print_entries(&r, json);
             Ok(())
         }
@@ -197,8 +192,7 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
                 .await?
                 .my_accesses(pb::MyAccessesRequest { page_after, limit })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             print_entries(&r, json);
             Ok(())
         }
@@ -215,8 +209,7 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
                     to_ms: to.unwrap_or(0),
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             match out {
                 Some(path) => {
                     std::fs::write(&path, &r.bundle).map_err(|e| {
@@ -261,15 +254,12 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
             })?;
             let report = allmende_audit::verify_bundle(&bytes, &tf);
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "ok": report.is_ok(),
-                        "entries": report.entries.len(),
-                        "failures": report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-                        "failed_sequences": report.failed_sequences(),
-                    })
-                );
+                print_json(&serde_json::json!({
+                    "ok": report.is_ok(),
+                    "entries": report.entries.len(),
+                    "failures": report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+                    "failed_sequences": report.failed_sequences(),
+                }));
             } else if report.is_ok() {
                 println!(
                     "bundle verified: {} entries, checkpoint signature and cosignatures valid",
@@ -292,12 +282,10 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
                 .await?
                 .verify_log(pb::VerifyLogRequest {})
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": r.ok, "entries_checked": r.entries_checked, "findings": r.findings, "failed_sequences": r.failed_sequences})
+                print_json(
+                    &serde_json::json!({"ok": r.ok, "entries_checked": r.entries_checked, "findings": r.findings, "failed_sequences": r.failed_sequences}),
                 );
             } else if r.ok {
                 println!(
@@ -322,9 +310,8 @@ pub async fn run(cmd: AuditCmd, json: bool) -> Result<(), Failure> {
         AuditCmd::Status { profile } => {
             let r = status(profile).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"size": r.size, "checkpoint_size": r.checkpoint_size, "indexed": r.indexed, "origin": r.origin, "log_vkey": r.log_vkey, "witness_vkey": r.witness_vkey, "cosignatures_on_latest": r.cosignatures_on_latest, "findings": r.findings})
+                print_json(
+                    &serde_json::json!({"size": r.size, "checkpoint_size": r.checkpoint_size, "indexed": r.indexed, "origin": r.origin, "log_vkey": r.log_vkey, "witness_vkey": r.witness_vkey, "cosignatures_on_latest": r.cosignatures_on_latest, "findings": r.findings}),
                 );
             } else {
                 println!("origin      {}", r.origin);

@@ -2,7 +2,7 @@
 //! Answers come from the node's replica; human tables by default, `--json`
 //! for machines, `--dcat` for the DCAT-AP.de export.
 
-use super::{Failure, status_failure};
+use super::{Answer, Failure};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
 use clap::Subcommand;
@@ -72,8 +72,7 @@ pub async fn output(cmd: CatalogCmd, json: bool) -> Result<String, Failure> {
                     limit,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             Ok(render_search(&resp, json))
         }
         CatalogCmd::Show {
@@ -90,8 +89,7 @@ pub async fn output(cmd: CatalogCmd, json: bool) -> Result<String, Failure> {
                     include_dcat: dcat,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             if dcat {
                 return Ok(resp.dcat_turtle);
             }

@@ -2,7 +2,7 @@
 //! show a subject's records.
 
 use super::exit;
-use super::{Failure, status_failure};
+use super::{Answer, Failure};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
 use clap::Subcommand;
@@ -80,16 +80,12 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
                     csv,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             Ok(if json {
-                format!(
-                    "{}\n",
-                    serde_json::json!({
-                        "dataset": dataset, "rows": r.rows, "stored": r.stored,
-                        "unchanged": r.unchanged, "superseded": r.superseded,
-                    })
-                )
+                json_line(&serde_json::json!({
+                    "dataset": dataset, "rows": r.rows, "stored": r.stored,
+                    "unchanged": r.unchanged, "superseded": r.superseded,
+                }))
             } else {
                 format!(
                     "imported {} row(s) for `{dataset}`: {} stored, {} unchanged, {} kept a newer decision\n",
@@ -111,16 +107,12 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
                     purpose,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             Ok(if json {
-                format!(
-                    "{}\n",
-                    serde_json::json!({
-                        "subject": subject, "records_changed": r.records_changed,
-                        "withdrawn_at": fmt_secs(r.withdrawn_at_unix),
-                    })
-                )
+                json_line(&serde_json::json!({
+                    "subject": subject, "records_changed": r.records_changed,
+                    "withdrawn_at": fmt_secs(r.withdrawn_at_unix),
+                }))
             } else if r.records_changed == 0 {
                 format!("no given consent of `{subject}` matched; nothing changed\n")
             } else {
@@ -138,8 +130,7 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
                     subject_id: subject.clone(),
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             Ok(render_records(&subject, &r.records, json))
         }
     }
@@ -163,10 +154,7 @@ pub fn render_records(subject: &str, records: &[pb::ConsentRecord], json: bool) 
                 })
             })
             .collect();
-        return format!(
-            "{}\n",
-            serde_json::json!({ "subject": subject, "records": v })
-        );
+        return json_line(&serde_json::json!({ "subject": subject, "records": v }));
     }
     if records.is_empty() {
         return format!("no consent records for `{subject}`\n");
@@ -190,4 +178,9 @@ pub fn render_records(subject: &str, records: &[pb::ConsentRecord], json: bool) 
         ));
     }
     out
+}
+
+/// One JSON value as a line of `--json` output.
+fn json_line(value: &serde_json::Value) -> String {
+    format!("{value}\n")
 }

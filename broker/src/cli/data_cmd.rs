@@ -1,7 +1,7 @@
 //! `allmende connector …` (stewards) and `allmende fetch` (everyone).
 
 use super::exit;
-use super::{Failure, status_failure};
+use super::{Answer, Failure, print_json, status_failure};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
 use arrow::record_batch::RecordBatch;
@@ -149,8 +149,7 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
                     config_json,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             if let Some(c) = &r.connector {
                 show(c);
             }
@@ -185,8 +184,7 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
                 .await?
                 .list(pb::ListConnectorsRequest {})
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             if json {
                 println!(
                     "{}",
@@ -207,8 +205,7 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
                     enabled: false,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             show(&c);
             Ok(())
         }
@@ -220,8 +217,7 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
                     enabled: true,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             show(&c);
             Ok(())
         }
@@ -232,10 +228,9 @@ pub async fn connector(cmd: ConnectorCmd, json: bool) -> Result<(), Failure> {
                     dataset: dataset.clone(),
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             if json {
-                println!("{}", serde_json::json!({"removed": r.removed}));
+                print_json(&serde_json::json!({"removed": r.removed}));
             } else if r.removed {
                 println!("removed `{dataset}`");
             } else {
@@ -380,8 +375,7 @@ pub async fn fetch(a: FetchArgs, json: bool) -> Result<(), Failure> {
             request_id: String::new(),
         })
         .await
-        .map_err(|s| status_failure(&s))?
-        .into_inner();
+        .answer()?;
     let tty = std::io::stderr().is_terminal();
     let mut decoder = arrow::ipc::reader::StreamDecoder::new();
     let mut sink: Option<Sink> = None;
@@ -435,9 +429,8 @@ pub async fn fetch(a: FetchArgs, json: bool) -> Result<(), Failure> {
         None => return Err(Failure::new(exit::FAILED, "the node sent no schema")),
     }
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"rows": summary.rows, "complete": summary.complete, "next_cursor": summary.next_cursor, "audit_sequence": summary.audit_sequence, "out": a.out})
+        print_json(
+            &serde_json::json!({"rows": summary.rows, "complete": summary.complete, "next_cursor": summary.next_cursor, "audit_sequence": summary.audit_sequence, "out": a.out}),
         );
     } else {
         println!(

@@ -153,6 +153,23 @@ impl From<ProfileError> for Failure {
     }
 }
 
+/// The answer of a unary call, or the node's status as a [`Failure`].
+pub trait Answer<T> {
+    fn answer(self) -> Result<T, Failure>;
+}
+
+impl<T> Answer<T> for Result<tonic::Response<T>, tonic::Status> {
+    fn answer(self) -> Result<T, Failure> {
+        self.map(tonic::Response::into_inner)
+            .map_err(|s| status_failure(&s))
+    }
+}
+
+/// Prints one JSON value on its own line (the `--json` output).
+pub fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
 /// Maps a gRPC status from a node to an exit code. A status without a code
 /// from the node (a transport failure) is "unreachable", unless TLS says the
 /// node refused our certificate.
@@ -244,7 +261,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Version => {
             if json {
-                println!("{}", serde_json::json!({ "version": crate::VERSION }));
+                print_json(&serde_json::json!({ "version": crate::VERSION }));
             } else {
                 println!("allmende {}", crate::VERSION);
             }
@@ -369,12 +386,7 @@ async fn demo(story: Option<u8>, dir: PathBuf, base_port: u16) -> Result<(), Fai
             )),
             Ok(StoryOutcome::NotBuilt { arrives_with }) => Err(Failure::new(
                 exit::USAGE,
-                format!(
-                    "story {n} is not built yet{}",
-                    arrives_with
-                        .map(|i| format!("; it arrives with issue {i}"))
-                        .unwrap_or_default()
-                ),
+                format!("story {n} is not built yet; it arrives with {arrives_with}"),
             )),
             Err(e) => Err(Failure::new(exit::USAGE, e.to_string())),
         };
@@ -400,36 +412,31 @@ async fn health(profile: Option<PathBuf>, json: bool) -> Result<(), Failure> {
             service: String::new(),
         })
         .await
-        .map_err(|s| status_failure(&s))?
-        .into_inner()
+        .answer()?
         .status;
     let who = FederationClient::new(channel)
         .who_am_i(allmende_proto::v1::WhoAmIRequest {})
         .await
-        .map_err(|s| status_failure(&s))?
-        .into_inner();
+        .answer()?;
     let serving = status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     let server = who.server.unwrap_or_default();
     let me = who.principal.unwrap_or_default();
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "endpoint": p.endpoint,
-                "serving": serving,
-                "node": server.node,
-                "organisation": server.organisation,
-                "federation": server.federation,
-                "version": server.software_version,
-                "membership_version": server.membership_version,
-                "you": {
-                    "organisation": me.organisation,
-                    "organisation_kind": me.organisation_kind().as_str_name(),
-                    "name": me.name,
-                    "role": me.role().as_str_name(),
-                }
-            })
-        );
+        print_json(&serde_json::json!({
+            "endpoint": p.endpoint,
+            "serving": serving,
+            "node": server.node,
+            "organisation": server.organisation,
+            "federation": server.federation,
+            "version": server.software_version,
+            "membership_version": server.membership_version,
+            "you": {
+                "organisation": me.organisation,
+                "organisation_kind": me.organisation_kind().as_str_name(),
+                "name": me.name,
+                "role": me.role().as_str_name(),
+            }
+        }));
     } else {
         println!(
             "{:<10} {:<14} {:<16} {:<8} YOU",

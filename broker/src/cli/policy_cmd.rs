@@ -1,7 +1,7 @@
 //! `allmende policy …`: validate and prove offline, explain, reload, list.
 
 use super::exit;
-use super::{Failure, status_failure};
+use super::{Answer, Failure, print_json};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
 use clap::Subcommand;
@@ -84,15 +84,12 @@ pub async fn run(cmd: PolicyCmd, json: bool) -> Result<(), Failure> {
                 Some(prove(&b, &properties).await?)
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "valid": true,
-                        "policies": b.policies().len(),
-                        "policy_set_hash": b.hash(),
-                        "proof": report,
-                    })
-                );
+                print_json(&serde_json::json!({
+                    "valid": true,
+                    "policies": b.policies().len(),
+                    "policy_set_hash": b.hash(),
+                    "proof": report,
+                }));
             } else {
                 println!(
                     "valid: {} policies, schema ok (strict), policy set {}",
@@ -165,19 +162,15 @@ pub async fn run(cmd: PolicyCmd, json: bool) -> Result<(), Failure> {
                     grant_id: grant,
                 })
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             if json {
                 let d = r.decision.unwrap_or_default();
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "allowed": d.allowed,
-                        "deciding": d.deciding.iter().map(|p| serde_json::json!({"id": p.id, "title": p.title, "reason_de": p.reason_de, "reason_en": p.reason_en})).collect::<Vec<_>>(),
-                        "errors": d.errors,
-                        "policy_set_hash": d.policy_set_hash,
-                    })
-                );
+                print_json(&serde_json::json!({
+                    "allowed": d.allowed,
+                    "deciding": d.deciding.iter().map(|p| serde_json::json!({"id": p.id, "title": p.title, "reason_de": p.reason_de, "reason_en": p.reason_en})).collect::<Vec<_>>(),
+                    "errors": d.errors,
+                    "policy_set_hash": d.policy_set_hash,
+                }));
             } else {
                 print!("{}", r.text);
             }
@@ -188,12 +181,10 @@ pub async fn run(cmd: PolicyCmd, json: bool) -> Result<(), Failure> {
             let r = pb::policy_client::PolicyClient::new(p.connect().await?)
                 .reload(pb::ReloadRequest {})
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"previous_hash": r.previous_hash, "policy_set_hash": r.policy_set_hash, "policies": r.policies})
+                print_json(
+                    &serde_json::json!({"previous_hash": r.previous_hash, "policy_set_hash": r.policy_set_hash, "policies": r.policies}),
                 );
             } else {
                 println!(
@@ -208,17 +199,13 @@ pub async fn run(cmd: PolicyCmd, json: bool) -> Result<(), Failure> {
             let r = pb::policy_client::PolicyClient::new(p.connect().await?)
                 .get_policy_set(pb::GetPolicySetRequest {})
                 .await
-                .map_err(|s| status_failure(&s))?
-                .into_inner();
+                .answer()?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "policy_set_hash": r.policy_set_hash,
-                        "source": r.source,
-                        "policies": r.policies.iter().map(|p| serde_json::json!({"id": p.id, "title": p.title, "effect": p.effect, "file": p.file, "line": p.line})).collect::<Vec<_>>(),
-                    })
-                );
+                print_json(&serde_json::json!({
+                    "policy_set_hash": r.policy_set_hash,
+                    "source": r.source,
+                    "policies": r.policies.iter().map(|p| serde_json::json!({"id": p.id, "title": p.title, "effect": p.effect, "file": p.file, "line": p.line})).collect::<Vec<_>>(),
+                }));
             } else {
                 println!("policy set {} ({})", r.policy_set_hash, r.source);
                 println!("{:<44} {:<8} TITLE", "ID", "EFFECT");

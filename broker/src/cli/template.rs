@@ -131,7 +131,7 @@ fn dataset_help(key: &str) -> Option<String> {
 /// The example registration for `format`.
 fn example(format: FileFormat) -> (DatasetDescription, FileConnectorConfig) {
     let ext = format.name();
-    let mut dataset = crate::catalog::munich::air_quality();
+    let mut dataset = crate::demo::munich::air_quality();
     dataset.id = "my-dataset".into();
     dataset.title = "Titel des Datensatzes".into();
     dataset.description =

@@ -2,7 +2,7 @@
 //! with schemas that match the connectors over
 //! `allmende_connectors::sample` data. The demo and the tests register these.
 
-use super::entry::{
+use crate::catalog::entry::{
     AccessRights, ContactPoint, DatasetDescription, DatasetSchema, Frequency, Spatial, Temporal,
     Theme,
 };
@@ -77,66 +77,28 @@ pub fn smart_meter_readings() -> DatasetDescription {
     }
 }
 
-/// `stadt`: hourly air quality at the LÜB stations (public space, open data).
-pub fn air_quality() -> DatasetDescription {
+/// A dataset of the city's open data from public space: public,
+/// hourly, no personal data, under the Datenlizenz Deutschland.
+fn city_open_data(
+    id: &str,
+    title: &str,
+    description: &str,
+    themes: &[Theme],
+    keywords: &[&str],
+    contact_point: Option<ContactPoint>,
+    fields: Vec<FieldSpec>,
+) -> DatasetDescription {
     DatasetDescription {
-        id: "air-quality".into(),
-        title: "Luftqualität an den Münchner LÜB-Messstationen".into(),
-        description: "Stündliche Messwerte von Stickstoffdioxid (NO2), Feinstaub PM10 und PM2,5 \
-                      in µg/m³ an fünf Stationen des Lufthygienischen Landesüberwachungssystems \
-                      Bayern in München."
-            .into(),
+        id: id.into(),
+        title: title.into(),
+        description: description.into(),
         language: "de".into(),
         licence: "dl-de-by-2.0".into(),
-        themes: [Theme::Environment, Theme::Health].into(),
-        keywords: vec![
-            "Luftqualität".into(),
-            "Stickstoffdioxid".into(),
-            "Feinstaub".into(),
-        ],
+        themes: themes.iter().copied().collect(),
+        keywords: keywords.iter().map(|k| (*k).to_owned()).collect(),
         spatial: munich(),
         temporal: from("2025-03-03"),
-        contact_point: contact(
-            "Referat für Klima- und Umweltschutz",
-            "umwelt@muenchen.example",
-        ),
-        access_rights: AccessRights::Public,
-        legal_basis: LegalBasis::NotApplicable,
-        classification: Classification::Public,
-        contains_personal_data: false,
-        public_space_origin: true,
-        allowed_purposes: Default::default(),
-        anonymisation_required: false,
-        update_frequency: Frequency::Hourly,
-        schema: DatasetSchema {
-            fields: sample::air_quality_fields(),
-            subject_column: None,
-            identifier_columns: vec![],
-            quasi_identifier_columns: vec![],
-            filterable_columns: vec![],
-        },
-        access_url: None,
-    }
-}
-
-/// `stadt`: hourly vehicle counts (public space, open data; GeoJSON points).
-pub fn traffic_counts() -> DatasetDescription {
-    let mut fields = sample::traffic_counts_geojson_fields();
-    // The GeoJSON connector exposes the point as a WKT column.
-    fields.push(FieldSpec::required("geometry", FieldType::String));
-    DatasetDescription {
-        id: "traffic-counts".into(),
-        title: "Verkehrszählung an Dauerzählstellen".into(),
-        description: "Stündliche Kfz-Zählungen an sechs Dauerzählstellen im Münchner \
-                      Straßennetz, mit Lage der Zählstelle."
-            .into(),
-        language: "de".into(),
-        licence: "dl-de-by-2.0".into(),
-        themes: [Theme::Transport].into(),
-        keywords: vec!["Verkehr".into(), "Zählstelle".into(), "Kfz".into()],
-        spatial: munich(),
-        temporal: from("2025-03-03"),
-        contact_point: contact("Mobilitätsreferat", "mobilitaet@muenchen.example"),
+        contact_point,
         access_rights: AccessRights::Public,
         legal_basis: LegalBasis::NotApplicable,
         classification: Classification::Public,
@@ -154,6 +116,41 @@ pub fn traffic_counts() -> DatasetDescription {
         },
         access_url: None,
     }
+}
+
+/// `stadt`: hourly air quality at the LÜB stations (public space, open data).
+pub fn air_quality() -> DatasetDescription {
+    city_open_data(
+        "air-quality",
+        "Luftqualität an den Münchner LÜB-Messstationen",
+        "Stündliche Messwerte von Stickstoffdioxid (NO2), Feinstaub PM10 und PM2,5 \
+         in µg/m³ an fünf Stationen des Lufthygienischen Landesüberwachungssystems \
+         Bayern in München.",
+        &[Theme::Environment, Theme::Health],
+        &["Luftqualität", "Stickstoffdioxid", "Feinstaub"],
+        contact(
+            "Referat für Klima- und Umweltschutz",
+            "umwelt@muenchen.example",
+        ),
+        sample::air_quality_fields(),
+    )
+}
+
+/// `stadt`: hourly vehicle counts (public space, open data; GeoJSON points).
+pub fn traffic_counts() -> DatasetDescription {
+    let mut fields = sample::traffic_counts_geojson_fields();
+    // The GeoJSON connector exposes the point as a WKT column.
+    fields.push(FieldSpec::required("geometry", FieldType::String));
+    city_open_data(
+        "traffic-counts",
+        "Verkehrszählung an Dauerzählstellen",
+        "Stündliche Kfz-Zählungen an sechs Dauerzählstellen im Münchner \
+         Straßennetz, mit Lage der Zählstelle.",
+        &[Theme::Transport],
+        &["Verkehr", "Zählstelle", "Kfz"],
+        contact("Mobilitätsreferat", "mobilitaet@muenchen.example"),
+        fields,
+    )
 }
 
 /// `scooter-co`: MDS trips delivered to the city (personal-derived:
