@@ -276,3 +276,158 @@ pub fn check_own_rollback(log: &AuditLog, peer: &str, seen: OwnWitnessed<'_>) {
         Err(e) => log.report_finding(format!("rollback check against `{peer}` failed: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+    use super::*;
+    use crate::audit::Draft;
+    use crate::clock::ManualClock;
+    use crate::store::StoreOptions;
+    use allmende_audit::EntryKind;
+    use tokio::sync::watch;
+
+    const NOW_SECS: u64 = 1_800_000_000;
+
+    async fn open(dir: &std::path::Path, org: &str, node: &str) -> (AuditLog, watch::Sender<bool>) {
+        let store = Store::open(
+            dir,
+            &StoreOptions {
+                cache_bytes: 1 << 22,
+            },
+        )
+        .unwrap();
+        let (tx, rx) = watch::channel(false);
+        let clock = ManualClock::at_unix_ms(i64::try_from(NOW_SECS).unwrap() * 1000);
+        let log = AuditLog::open(store, "munich", org, node, clock, rx)
+            .await
+            .unwrap();
+        (log, tx)
+    }
+
+    async fn grow(log: &AuditLog, n: usize) -> crate::audit::CheckpointRecord {
+        for i in 0..n {
+            log.append(Draft::new(
+                "tum",
+                "read",
+                &format!("ds-{i}"),
+                EntryKind::Decision,
+            ))
+            .await
+            .unwrap();
+        }
+        log.checkpoint_now().await.unwrap().unwrap()
+    }
+
+    fn served<'a>(
+        cp: &'a crate::audit::CheckpointRecord,
+        vkey: &'a str,
+        proof: &'a [Vec<u8>],
+    ) -> ServedCheckpoint<'a> {
+        ServedCheckpoint {
+            size: cp.size,
+            note: &cp.note,
+            log_vkey: vkey,
+            consistency_proof: proof,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consistent_checkpoint_is_cosigned_once_and_remembered() {
+        let (pd, wd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (peer, _p) = open(pd.path(), "tum", "tum-1").await;
+        let (me, _w) = open(wd.path(), "swm", "swm-1").await;
+        let cp = grow(&peer, 3).await;
+        let vkey = peer.log_vkey();
+
+        let w = PeerWitness::load(&me, me.store(), "tum/tum-1").unwrap();
+        assert_eq!(w.cosigned_size(), 0);
+        let c = w
+            .cosign(served(&cp, &vkey, &[]), NOW_SECS)
+            .await
+            .unwrap()
+            .expect("a first checkpoint is cosigned");
+        assert_eq!(c.size, cp.size);
+        assert_eq!(c.witness_vkey, me.witness_vkey());
+        // Durable, and nothing new to cosign for the same size.
+        let w = PeerWitness::load(&me, me.store(), "tum/tum-1").unwrap();
+        assert_eq!(w.cosigned_size(), cp.size);
+        assert_eq!(
+            witnessed(me.store(), peer.origin()).unwrap().unwrap().size,
+            cp.size
+        );
+        assert!(
+            w.cosign(served(&cp, &vkey, &[]), NOW_SECS)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(me.findings().is_empty(), "{:?}", me.findings());
+    }
+
+    #[tokio::test]
+    async fn another_log_key_for_the_same_peer_is_a_finding_not_a_cosignature() {
+        let (pd, wd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (peer, _p) = open(pd.path(), "tum", "tum-1").await;
+        let (me, _w) = open(wd.path(), "swm", "swm-1").await;
+        let cp = grow(&peer, 2).await;
+        let w = PeerWitness::load(&me, me.store(), "tum/tum-1").unwrap();
+        w.cosign(served(&cp, &peer.log_vkey(), &[]), NOW_SECS)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // The same peer identity now presents a grown log under another key.
+        let cp2 = grow(&peer, 2).await;
+        let w = PeerWitness::load(&me, me.store(), "tum/tum-1").unwrap();
+        let other_key = me.log_vkey();
+        let r = w
+            .cosign(served(&cp2, &other_key, &[]), NOW_SECS)
+            .await
+            .unwrap();
+        assert!(r.is_none());
+        assert!(
+            me.findings()
+                .iter()
+                .any(|f| f.contains("`tum/tum-1`") && f.contains("different log key")),
+            "{:?}",
+            me.findings()
+        );
+        // What was cosigned stays as it was.
+        let w = PeerWitness::load(&me, me.store(), "tum/tum-1").unwrap();
+        assert_eq!(w.cosigned_size(), cp.size);
+    }
+
+    #[tokio::test]
+    async fn a_witness_that_saw_more_of_the_own_log_reports_a_rollback() {
+        let wd = tempfile::tempdir().unwrap();
+        let (me, _w) = open(wd.path(), "swm", "swm-1").await;
+        let cp = grow(&me, 2).await;
+        // A witness that never cosigned anything: nothing to report.
+        check_own_rollback(
+            &me,
+            "tum/tum-1",
+            OwnWitnessed {
+                known: false,
+                size: 0,
+                root_hex: "",
+            },
+        );
+        assert!(me.findings().is_empty());
+        // A witness that cosigned more than the log holds.
+        check_own_rollback(
+            &me,
+            "tum/tum-1",
+            OwnWitnessed {
+                known: true,
+                size: cp.size + 5,
+                root_hex: &Hash([7; 32]).to_hex(),
+            },
+        );
+        assert!(
+            me.findings().iter().any(|f| f.starts_with("rollback:")),
+            "{:?}",
+            me.findings()
+        );
+    }
+}
