@@ -3,14 +3,13 @@
 
 use crate::admin::{self, AdminState};
 use crate::audit::AuditLog;
-use crate::audit::witness::SharedPeers;
 use crate::clock::SharedClock;
 use crate::config::NodeConfig;
+use crate::ctx::NodeCtx;
+use crate::federation::peers::{Peers, SharedPeers};
 use crate::metrics::NodeMetrics;
-use crate::peers::Peers;
 use crate::pki::{Subject, Trust};
 use crate::policy::{PolicyOrigin, PolicyPoint};
-use crate::rpc::ctx::NodeCtx;
 use crate::rpc::{AuditService, PolicyService};
 use crate::rpc::{AuthLayer, FederationService};
 use crate::store::{Store, StoreError, StoreOptions, Table, TableName, WriteBatch};
@@ -140,7 +139,7 @@ impl NodeHandle {
 
     /// The peers this node talks to.
     pub fn peers(&self) -> Vec<crate::config::PeerConfig> {
-        self.peers.read().map(|p| p.clone()).unwrap_or_default()
+        crate::federation::peers::snapshot(&self.peers)
     }
 
     /// Writes the refused authentications noted so far to the audit log now
@@ -341,13 +340,13 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     policy
         .denials()
         .configure(crate::denials::DenialLimits::from(&config.limits));
-    let replicator = crate::rpc::CatalogReplicator::new(
+    let replicator = crate::federation::replicator::CatalogReplicator::new(
         catalog.clone(),
         trust.clone(),
         &material,
         &config.cert,
         peer_list.clone(),
-        crate::rpc::catalog::PULL_INTERVAL,
+        crate::federation::replicator::PULL_INTERVAL,
     )?;
 
     let metrics = NodeMetrics::new(&config.name);
@@ -624,10 +623,10 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     tasks.push(tokio::spawn({
         let ctx = ctx.clone();
         let peers = peer_list.clone();
-        let tls = crate::rpc::catalog::peer_client_config(&material, &config.cert)?;
+        let tls = crate::federation::client::peer_client_config(&material, &config.cert)?;
         let rx = shutdown_rx.clone();
         async move {
-            crate::audit::witness::run(ctx, peers, tls, rx).await;
+            crate::federation::witness::run(ctx, peers, tls, rx).await;
             Ok(())
         }
     }));

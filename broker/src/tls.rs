@@ -1,6 +1,10 @@
 //! mTLS plumbing: our own rustls `ServerConfig` with the federation client
 //! verifier, a tokio-rustls accept loop that binds each connection to a
-//! [`Principal`], and client channels for the CLI and node-to-node calls.
+//! [`Principal`], the certificate material both sides are built from
+//! ([`TlsMaterial`], [`crypto_provider`], [`ALPN_H2`]), and the user-side
+//! client channel of the CLI. Node-to-node connections, whose server
+//! certificate is authenticated against the membership, are
+//! `federation::client`'s.
 //!
 //! Architecture invariant: a connection reaches a gRPC handler only after its
 //! handshake passed [`FederationClientVerifier`] and its chain was bound to a
@@ -26,8 +30,12 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 /// How long a client may take to complete the TLS handshake (default of
-/// `limits.handshake_secs`).
+/// `limits.handshake_secs`), and how long a node waits for a peer's.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits for the TCP connection to a node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client waits for a unary call's answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bounds of the accept loop (from the node's `[limits]`).
 #[derive(Debug, Clone, Copy)]
@@ -106,14 +114,25 @@ impl TlsMaterial {
         })
     }
 
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
+    /// The own certificate chain, DER (empty if the PEM holds none).
+    pub(crate) fn chain(&self) -> Vec<CertificateDer<'static>> {
         CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
             .filter_map(Result::ok)
             .collect()
     }
 
-    fn key(&self) -> Option<PrivateKeyDer<'static>> {
+    /// The own private key.
+    pub(crate) fn key(&self) -> Option<PrivateKeyDer<'static>> {
         PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).ok()
+    }
+
+    /// The federation root as a trust store (empty if the PEM holds none).
+    pub(crate) fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.root_pem.as_bytes()).filter_map(Result::ok) {
+            roots.add(c)?;
+        }
+        Ok(roots)
     }
 
     /// The root certificate, DER.
@@ -127,6 +146,14 @@ impl TlsMaterial {
                 what: "certificate",
             })
     }
+}
+
+/// The ALPN protocol of every connection: HTTP/2.
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+
+/// The crypto provider of every rustls configuration: ring.
+pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The server side: our verifier, HTTP/2 only, TLS 1.2+ with ring.
@@ -148,12 +175,11 @@ pub fn server_config(
         what: "private key",
     })?;
     let verifier = Arc::new(FederationClientVerifier::new(trust, metrics));
-    let mut cfg =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let mut cfg = ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -408,7 +434,9 @@ fn now_ms() -> i64 {
 /// What a client needs to talk to a node: root, own chain and key.
 pub type ClientIdentity = TlsMaterial;
 
-/// Opens an mTLS channel to `endpoint` (`https://host:port`).
+/// Opens a user's mTLS channel to `endpoint` (`https://host:port`): the
+/// server is checked by name against the federation root, as any TLS client
+/// would (nodes dialling nodes use `federation::client::connect_peer`).
 pub async fn connect(
     endpoint: &str,
     identity: &ClientIdentity,
@@ -419,8 +447,8 @@ pub async fn connect(
         .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem));
     Endpoint::from_shared(endpoint.to_owned())?
         .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
         .connect()
         .await
 }

@@ -2,7 +2,8 @@
 //! `//!` doc comment, and no placeholder macro (`todo`, `unimplemented`) is left in
 //! shipped code; and the architecture invariants `ARCHITECTURE.md` states about
 //! `broker/src` (who names sled, who builds a `Principal`, who reads the system
-//! time, who prints). A broken rule fails with the file and line.
+//! time, who prints, which way the layers point, who dials other nodes). A
+//! broken rule fails with the file and line.
 
 #![allow(
     clippy::unwrap_used,
@@ -197,6 +198,110 @@ fn only_the_command_line_prints() {
 }
 
 #[test]
+fn only_the_server_assembly_reaches_into_rpc() {
+    // Layers point one way: `rpc` (the gRPC server) uses the domain modules
+    // and `federation`, never the reverse; `node` assembles the server.
+    // `error` still maps decision details through `rpc::convert`; the domain
+    // errors part of the architecture issue removes that import.
+    let bad = offenders(&[concat!("crate::", "rpc")], |f| {
+        f.starts_with("rpc/") || f == "node.rs" || f == "error.rs"
+    });
+    assert!(
+        bad.is_empty(),
+        "`crate::rpc` used outside `rpc/` and `node`:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn only_the_federation_layer_dials_other_nodes() {
+    // One peer TLS client: a rustls client configuration, a TLS connector or
+    // a hand-made connection under a tonic channel only in `federation/`
+    // (the CLI's user-side channel in `tls` is tonic's own TLS, checked by
+    // name against the root).
+    let bad = offenders(
+        &[
+            concat!("rustls::", "ClientConfig"),
+            concat!("TlsConn", "ector"),
+            concat!("connect_with", "_connector"),
+        ],
+        |f| f.starts_with("federation/"),
+    );
+    assert!(
+        bad.is_empty(),
+        "node-to-node TLS client outside `federation/`:\n{}",
+        bad.join("\n")
+    );
+    // Generated gRPC clients: the node calls out only from `federation/`;
+    // the user side (CLI, demo, sandbox) calls as a person.
+    let bad: Vec<String> = grpc_clients(|f| {
+        f.starts_with("federation/")
+            || f.starts_with("cli/")
+            || f == "client.rs"
+            || f == "demo.rs"
+            || f == "sandbox.rs"
+    });
+    assert!(
+        bad.is_empty(),
+        "a gRPC client outside `federation/` and the user side:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// Lines naming a generated gRPC client module (`<service>_client::`) in
+/// files `allowed` does not accept.
+fn grpc_clients(allowed: impl Fn(&str) -> bool) -> Vec<String> {
+    offenders(&[concat!("_client", "::")], allowed)
+        .into_iter()
+        .filter(|l| !l.contains("prometheus_client"))
+        .collect()
+}
+
+#[test]
+fn the_peer_list_is_defined_once() {
+    let bad = offenders(&[concat!("PeerConfig", ">>")], |f| {
+        f == "federation/peers.rs"
+    });
+    assert!(
+        bad.is_empty(),
+        "a peer list outside `federation::peers::SharedPeers`:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// Domain modules: they name no wire type (tonic, the generated protobuf
+/// code); `rpc/` maps their types and errors to the wire.
+const DOMAIN: &[&str] = &[
+    "audit/",
+    "catalog/",
+    "access/",
+    "pki/",
+    "consent.rs",
+    "store.rs",
+    "policy.rs",
+    "registry.rs",
+    "config.rs",
+    "ctx.rs",
+];
+
+#[test]
+fn domain_modules_name_no_wire_type() {
+    let bad = offenders(
+        &[concat!("ton", "ic"), concat!("allmende", "_proto")],
+        |f| {
+            !DOMAIN
+                .iter()
+                .any(|d| f == *d || (d.ends_with('/') && f.starts_with(d)))
+        },
+    );
+    assert!(
+        bad.is_empty(),
+        "a wire type named in a domain module (outside `#[cfg(test)]`):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
 fn the_checks_see_what_they_look_for() {
     assert_eq!(
         // Spelled in parts so that this file does not match itself.
@@ -212,6 +317,22 @@ fn the_checks_see_what_they_look_for() {
     assert!(!offenders(&[concat!("sled", "::")], |_| false).is_empty());
     assert!(!offenders(&[concat!("println", "!(")], |_| false).is_empty());
     assert!(!offenders(&[concat!("SystemTime", "::now")], |_| false).is_empty());
+    assert!(!offenders(&[concat!("crate::", "rpc")], |_| false).is_empty());
+    assert!(!offenders(&[concat!("TlsConn", "ector")], |_| false).is_empty());
+    assert!(
+        grpc_clients(|_| false)
+            .iter()
+            .any(|l| l.starts_with("broker/src/federation/"))
+    );
+    assert!(!offenders(&[concat!("PeerConfig", ">>")], |_| false).is_empty());
+    // Every domain entry names a file or directory that exists.
+    let sources = broker_sources();
+    for d in DOMAIN {
+        assert!(
+            sources.iter().any(|(f, _)| f == d || f.starts_with(d)),
+            "`{d}` matches no file in broker/src"
+        );
+    }
     assert!(
         principal_literals(|_| false)
             .iter()

@@ -14,7 +14,7 @@
 //! - **Search** answers from memory ([`search::SearchIndex`]).
 //!
 //! The network side (serving `Catalog.List`, pulling from peers on a schedule
-//! and on `Catalog.Notify`) lives in `rpc::catalog`. See `docs/catalog.md`.
+//! and on `Catalog.Notify`) lives in `federation::replicator`. See `docs/catalog.md`.
 
 pub mod dcat;
 pub mod entry;

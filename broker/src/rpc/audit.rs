@@ -1,9 +1,9 @@
 //! `allmende.v1.Audit`: DPO queries and exports, citizens' own accesses,
 //! log verification, and the witness protocol between nodes.
 
-use super::ctx::NodeCtx;
 use super::principal;
 use crate::audit::QueryFilter;
+use crate::ctx::NodeCtx;
 use crate::error::ApiError;
 use crate::pki::{Principal, Subject};
 use crate::policy::{Action, Resource};
@@ -268,7 +268,7 @@ impl pb::audit_server::Audit for AuditService {
             witness_vkey: s.witness_vkey,
             cosignatures_on_latest: u32::try_from(cosigs).unwrap_or(u32::MAX),
             findings: crate::audit::witness::findings(&self.ctx.audit),
-            peer_witness_vkeys: crate::audit::witness::pinned_witness_keys(&self.ctx)
+            peer_witness_vkeys: crate::audit::witness::pinned_witness_keys(&self.ctx.store)
                 .map_err(ApiError::from)?,
         }))
     }
@@ -357,7 +357,7 @@ impl pb::audit_server::Audit for AuditService {
         let key = VerifierKey::parse(&r.witness_vkey)
             .map_err(|e| ApiError::InvalidArgument(format!("witness key: {e}")))?;
         // The witness key is pinned to the calling node on first use.
-        crate::audit::witness::pin_witness_key(&self.ctx, &p, &key).await?;
+        crate::audit::witness::pin_witness_key(&self.ctx.store, &p, &key).await?;
         let sig = parse_sig_line(&r.cosignature_line)
             .ok_or_else(|| ApiError::InvalidArgument("malformed cosignature line".into()))?;
         let cp = self
@@ -400,7 +400,8 @@ impl pb::audit_server::Audit for AuditService {
                 ApiError::PermissionDenied("a node may ask only about its own log".into()).into(),
             );
         }
-        let state = crate::audit::witness::witnessed(&self.ctx, &origin).map_err(ApiError::from)?;
+        let state =
+            crate::audit::witness::witnessed(&self.ctx.store, &origin).map_err(ApiError::from)?;
         Ok(Response::new(match state {
             None => pb::GetWitnessedResponse::default(),
             Some(s) => pb::GetWitnessedResponse {

@@ -1,11 +1,11 @@
 //! `allmende.v1.Connectors`: stewards register their datasets' sources.
 
 use super::principal;
+use crate::ctx::NodeCtx;
 use crate::error::ApiError;
 use crate::pki::Subject;
 use crate::policy::{Action, Resource};
 use crate::registry::Registry;
-use crate::rpc::ctx::NodeCtx;
 use allmende_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};

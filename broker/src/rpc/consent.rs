@@ -8,9 +8,9 @@
 //! organisation for exactly that id; the controller's stewards and DPO act
 //! for any of its subjects.
 
-use super::ctx::NodeCtx;
 use super::principal;
 use crate::consent::ConsentStore;
+use crate::ctx::NodeCtx;
 use crate::error::ApiError;
 use crate::pki::Principal;
 use crate::policy::{Action, Resource};

@@ -1,10 +1,10 @@
 //! `allmende.v1.Federation`.
 
-use super::ctx::NodeCtx;
 use super::limits::check_id;
 use super::principal;
+use crate::ctx::NodeCtx;
 use crate::error::ApiError;
-use crate::peers::Peers;
+use crate::federation::peers::Peers;
 use crate::pki::Principal;
 use crate::pki::Trust;
 use crate::policy::{Action, Resource};

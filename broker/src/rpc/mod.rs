@@ -1,9 +1,9 @@
-//! The gRPC layer: the authentication layer in front of every service, the
-//! service implementations, health and reflection.
-//!
-//! Architecture invariant: only this module (and `tls`) knows tonic; it turns
-//! requests into calls on domain types and domain errors into status via
-//! `error::ApiError`.
+//! The gRPC server: the authentication layer in front of every service, the
+//! service implementations, health and reflection. It turns requests into
+//! calls on domain types and domain errors into status via
+//! `error::ApiError`. Calls this node makes to other nodes are
+//! `federation`'s; this module may use `federation`, never the reverse, and
+//! only `node` (the server assembly) uses this module (`tidy.rs`).
 
 mod access;
 mod audit;
@@ -11,7 +11,6 @@ pub mod catalog;
 mod connectors;
 mod consent;
 pub mod convert;
-pub mod ctx;
 mod federation;
 pub mod limits;
 mod policy;
@@ -19,7 +18,7 @@ mod recheck;
 
 pub use access::AccessService;
 pub use audit::AuditService;
-pub use catalog::{CatalogReplicator, CatalogService, PullTrigger};
+pub use catalog::CatalogService;
 pub use connectors::ConnectorsService;
 pub use consent::ConsentService;
 pub use federation::FederationService;

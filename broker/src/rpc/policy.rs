@@ -1,8 +1,8 @@
 //! `allmende.v1.Policy`: explain decisions, reload, list the policies.
 
-use super::ctx::NodeCtx;
 use super::limits::check_id;
 use super::principal;
+use crate::ctx::NodeCtx;
 use crate::error::ApiError;
 use crate::policy::{Action, Purpose, Resource};
 use allmende_audit::{EntryKind, PolicyOp};

@@ -3,7 +3,7 @@
 //! Architecture invariant: the only module that maps broker domain types
 //! to and from generated protobuf types.
 
-use crate::peers::PeerRecord;
+use crate::federation::peers::PeerRecord;
 use crate::pki::{OrgKind, Principal, Role, Subject};
 use allmende_proto::v1 as pb;
 

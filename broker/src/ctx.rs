@@ -1,4 +1,6 @@
-//! What every service of a node shares.
+//! The node's shared state, handed to the gRPC handlers (`rpc`) and to the
+//! background tasks (`federation`'s replicator and witness loop). Neutral
+//! ground: it names no wire type, so every layer may depend on it.
 
 use crate::audit::AuditLog;
 use crate::clock::SharedClock;
@@ -10,7 +12,7 @@ use crate::policy::{Action, Resource};
 use crate::store::Store;
 use std::sync::Arc;
 
-/// The serving node's state, handed to each service.
+/// The serving node's state, handed to each service and background task.
 #[derive(Debug, Clone)]
 pub struct NodeCtx {
     pub trust: Arc<Trust>,

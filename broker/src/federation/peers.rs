@@ -1,11 +1,25 @@
-//! The peers a node has met: recorded durably on every `Federation.Hello`
-//! before the hello is answered.
+//! The peers of a node: [`SharedPeers`], the configured peers it dials
+//! (catalog replication, witnessing), and [`Peers`], the peer nodes it has
+//! met, recorded durably on every `Federation.Hello` before the hello is
+//! answered.
 
 use crate::clock::SharedClock;
+use crate::config::PeerConfig;
 use crate::pki::{Principal, Subject};
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, RwLock};
 use tokio::sync::Mutex;
+
+/// The peers a node dials; filled from `[[peers]]` at start, and changed at
+/// run time by the sandbox. The one list the replicator and the witness loop
+/// share.
+pub type SharedPeers = Arc<RwLock<Vec<PeerConfig>>>;
+
+/// A copy of the current peer list (empty if the lock was poisoned).
+pub fn snapshot(peers: &SharedPeers) -> Vec<PeerConfig> {
+    peers.read().map(|p| p.clone()).unwrap_or_default()
+}
 
 /// One peer node as this node knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,17 @@
+//! The federation layer: this node's clients of other nodes. One peer TLS
+//! client ([`client::connect_peer`]: mTLS with the node's certificate, the
+//! server's certificate authenticated against the signed membership), one
+//! peer list ([`peers::SharedPeers`], and the [`peers::Peers`] met through
+//! `Federation.Hello`), and the background tasks that dial peers: the catalog
+//! [`replicator`] and the audit [`witness`] loop. Later issues add access
+//! notices, relay and directory here.
+//!
+//! Layering: the gRPC server (`rpc`) may use this module (e.g. `Catalog.Notify`
+//! triggers the replicator); this module never uses `rpc`. Server handlers
+//! stay in `rpc`; what the tasks decide and persist stays in the domain
+//! modules (`catalog`, `audit::witness`).
+
+pub mod client;
+pub mod peers;
+pub mod replicator;
+pub mod witness;
