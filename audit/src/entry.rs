@@ -94,16 +94,11 @@ pub enum GrantOp {
     Expired,
 }
 
-/// Consent status after a change (DPV / ISO/IEC TS 27560 terms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsentStatus {
-    /// Consent given.
-    Given,
-    /// Consent refused.
-    Refused,
-    /// Consent withdrawn.
-    Withdrawn,
-}
+/// Consent status after a change (DPV / ISO/IEC TS 27560 terms), defined
+/// once in `allmende-vocab`. Its canonical encoding here is an explicit
+/// byte per value (given 0, refused 1, withdrawn 2), independent of the
+/// declaration order there.
+pub use allmende_vocab::ConsentStatus;
 
 /// Policy set changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

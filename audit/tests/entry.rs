@@ -62,6 +62,49 @@ fn documented_layout_of_a_minimal_entry() {
     assert_eq!(e.encode().unwrap(), want);
 }
 
+/// The consent status is hashed into stored logs as one fixed byte per
+/// value (given 0, refused 1, withdrawn 2), whatever the shared
+/// vocabulary's declaration order: stored logs must keep verifying.
+#[test]
+fn consent_status_bytes_are_pinned() {
+    let minimal = |kind| Entry {
+        sequence: 1,
+        time_ms: 2,
+        node: "n".into(),
+        principal: Principal {
+            org: "o".into(),
+            user: None,
+        },
+        action: "a".into(),
+        resource: "r".into(),
+        purpose: None,
+        decision: None,
+        policy_ids: vec![],
+        policy_set_hash: None,
+        grant_id: None,
+        request_id: None,
+        peer_node: None,
+        kind,
+        subjects: vec![],
+    };
+    let decision = minimal(EntryKind::Decision).encode().unwrap();
+    // Everything before the kind tag, then the tag; no subjects after.
+    let (head, tail) = decision.split_at(decision.len() - 5);
+    assert_eq!(tail, [0, 0, 0, 0, 0]);
+    for (status, byte) in [
+        (ConsentStatus::Given, 0u8),
+        (ConsentStatus::Refused, 1),
+        (ConsentStatus::Withdrawn, 2),
+    ] {
+        let e = minimal(EntryKind::ConsentChange { status });
+        let mut want = head.to_vec();
+        want.extend_from_slice(&[4, byte, 0, 0, 0, 0]);
+        let got = e.encode().unwrap();
+        assert_eq!(got, want, "{status}");
+        assert_eq!(Entry::decode(&got).unwrap(), e);
+    }
+}
+
 #[test]
 fn every_truncation_is_rejected() {
     for seq in 0..9 {

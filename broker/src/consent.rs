@@ -23,7 +23,6 @@ use allmende_policies::{ConsentCoverage, Purpose};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The CSV columns, in the order the sample data writes them.
@@ -45,46 +44,8 @@ pub const MAX_IMPORT_ROWS: usize = 1_000_000;
 /// utility's systems and the node), in seconds.
 pub const GIVEN_AT_SKEW_SECS: i64 = 300;
 
-/// A subject's decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConsentStatus {
-    Given,
-    Refused,
-    Withdrawn,
-}
-
-impl ConsentStatus {
-    /// Lower-case name as in the CSV.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConsentStatus::Given => "given",
-            ConsentStatus::Refused => "refused",
-            ConsentStatus::Withdrawn => "withdrawn",
-        }
-    }
-}
-
-impl fmt::Display for ConsentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ConsentStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "given" => Ok(ConsentStatus::Given),
-            "refused" => Ok(ConsentStatus::Refused),
-            "withdrawn" => Ok(ConsentStatus::Withdrawn),
-            _ => Err(format!(
-                "unknown status `{}` (expected one of: given, refused, withdrawn)",
-                s.chars().take(50).collect::<String>()
-            )),
-        }
-    }
-}
+/// A subject's decision (the one definition is in `allmende-vocab`).
+pub use allmende_vocab::ConsentStatus;
 
 /// One subject's consent decision for one dataset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -522,7 +483,7 @@ impl ConsentStore {
             }
             let status = status_text
                 .parse::<ConsentStatus>()
-                .map_err(|e| problems.push(e))
+                .map_err(|e| problems.push(e.to_string()))
                 .ok();
             let given_at = if given_text.is_empty() {
                 problems.push("given_at is empty".into());

@@ -5,14 +5,9 @@
 
 use crate::store::StoreError;
 
-/// A policy that decided a denied request, with its plain-language texts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecidingPolicy {
-    pub id: String,
-    pub title: String,
-    pub reason_de: String,
-    pub reason_en: String,
-}
+/// A policy that decided a denied request, with its plain-language texts
+/// (the policy engine's own type, not a copy of it).
+pub use allmende_policies::DecidingPolicy;
 
 /// What a denied caller learns: the deciding policies and their reasons,
 /// evaluation errors, and the policy set's hash.

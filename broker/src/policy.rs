@@ -138,13 +138,7 @@ impl PolicyPoint {
             return;
         };
         for m in &doc.members {
-            let kind = match m.kind {
-                crate::pki::OrgKind::City => pol::OrgKind::City,
-                crate::pki::OrgKind::Utility => pol::OrgKind::Utility,
-                crate::pki::OrgKind::University => pol::OrgKind::University,
-                crate::pki::OrgKind::Company => pol::OrgKind::Company,
-                crate::pki::OrgKind::Public => pol::OrgKind::Public,
-            };
+            let kind = m.kind;
             let same = e.organisation(&m.org).is_some_and(|o| o.kind == kind);
             if !same {
                 e.upsert_organisation(pol::Organisation::new(m.org.clone(), kind));
@@ -340,7 +334,7 @@ fn bind_principal(e: &mut pol::EntityStore, p: &Principal) {
         }
         Subject::User(u) => {
             let id = user_entity_id(&p.organisation, u);
-            let roles: Vec<pol::Role> = p.role.map(role).into_iter().collect();
+            let roles: Vec<pol::Role> = p.role.into_iter().collect();
             let same = e.user(&id).is_some_and(|x| {
                 x.org == p.organisation
                     && x.roles.len() == roles.len()
@@ -353,30 +347,11 @@ fn bind_principal(e: &mut pol::EntityStore, p: &Principal) {
     }
 }
 
-fn role(r: crate::pki::Role) -> pol::Role {
-    match r {
-        crate::pki::Role::Dpo => pol::Role::Dpo,
-        crate::pki::Role::Steward => pol::Role::Steward,
-        crate::pki::Role::Researcher => pol::Role::Researcher,
-        crate::pki::Role::Citizen => pol::Role::Citizen,
-        crate::pki::Role::Operator => pol::Role::Operator,
-    }
-}
-
 impl From<&Decision> for DenyDetails {
     fn from(d: &Decision) -> Self {
         DenyDetails {
             allowed: d.allowed,
-            policies: d
-                .deciding
-                .iter()
-                .map(|p| crate::error::DecidingPolicy {
-                    id: p.id.clone(),
-                    title: p.title.clone(),
-                    reason_de: p.reason_de.clone(),
-                    reason_en: p.reason_en.clone(),
-                })
-                .collect(),
+            policies: d.deciding.clone(),
             errors: d.errors.clone(),
             policy_set_hash: d.policy_set_hash.clone(),
         }

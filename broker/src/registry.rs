@@ -342,19 +342,8 @@ impl Registry {
 
     fn mirror_policy(&self, r: &Registration) {
         let owner = self.catalog.identity().organisation.clone();
-        let d = &r.dataset;
-        self.policy.with_entities(|e| {
-            e.upsert_dataset(allmende_policies::Dataset {
-                id: d.id.clone(),
-                owner,
-                classification: d.classification,
-                public_space_origin: d.public_space_origin,
-                contains_personal_data: d.contains_personal_data,
-                legal_basis: d.legal_basis,
-                allowed_purposes: d.allowed_purposes.clone(),
-                anonymisation_required: d.anonymisation_required,
-            });
-        });
+        let dataset = r.dataset.policy_dataset(&owner);
+        self.policy.with_entities(|e| e.upsert_dataset(dataset));
     }
 
     /// Validates a registration by `caller` without changing anything: the

@@ -2,8 +2,10 @@
 //! `//!` doc comment, and no placeholder macro (`todo`, `unimplemented`) is left in
 //! shipped code; and the architecture invariants `ARCHITECTURE.md` states about
 //! `broker/src` (who names sled, who builds a `Principal`, who reads the system
-//! time, who prints, which way the layers point, who dials other nodes). A
-//! broken rule fails with the file and line.
+//! time, who prints, which way the layers point, who dials other nodes), and
+//! that every closed vocabulary and the vocabulary macro are defined once in
+//! the workspace (in `allmende-vocab`). A broken rule fails with the file and
+//! line.
 
 #![allow(
     clippy::unwrap_used,
@@ -41,6 +43,7 @@ fn every_module_starts_with_a_doc_comment_and_nothing_is_left_undone() {
         "connectors",
         "policies",
         "audit",
+        "vocab",
         "tests",
     ] {
         for sub in ["src", "tests", "benches"] {
@@ -337,5 +340,205 @@ fn the_checks_see_what_they_look_for() {
         principal_literals(|_| false)
             .iter()
             .any(|l| l.starts_with("broker/src/pki/verifier.rs"))
+    );
+}
+
+/// Every `.rs` file of the workspace's crates (sources, tests, benches) but
+/// this one, relative to the workspace root, with its whole text (a test
+/// module defining a vocabulary of its own is a second definition too).
+fn workspace_sources() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut files = Vec::new();
+    for krate in [
+        "proto",
+        "broker",
+        "connectors",
+        "policies",
+        "audit",
+        "vocab",
+        "tests",
+    ] {
+        for sub in ["src", "tests", "benches"] {
+            rust_files(&root.join(krate).join(sub), &mut files);
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .filter(|f| !f.ends_with("broker/tests/tidy.rs"))
+        .map(|f| {
+            let rel = f
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            (rel, std::fs::read_to_string(&f).unwrap())
+        })
+        .collect()
+}
+
+const VOCAB_FILE: &str = "vocab/src/lib.rs";
+// Spelled in parts so that this file does not match itself.
+const VOCAB_MACRO: &str = concat!("vocabulary", "! {");
+const MACRO_RULES: &str = concat!("macro", "_rules! ");
+
+/// The vocabulary a `vocabulary! {` invocation starting at `lines[0]`
+/// defines: the identifier before the first comma on its first line that is
+/// not a doc comment or attribute (`None` for the macro's own recursion,
+/// whose first line is a `$` fragment).
+fn invoked_name(lines: &[&str]) -> Option<String> {
+    let head = lines[1..].iter().find(|l| {
+        let t = l.trim();
+        !(t.starts_with("//") || t.starts_with("#[") || t.is_empty())
+    })?;
+    let (name, _) = head.trim().split_once(',')?;
+    let name = name.trim();
+    name.chars()
+        .all(|c| c.is_alphanumeric() || c == '_')
+        .then(|| name.to_owned())
+}
+
+/// True if `code` contains `keyword name` with `name` ending there (not a
+/// prefix of a longer identifier).
+fn declares(code: &str, keyword: &str, name: &str) -> bool {
+    let needle = format!("{keyword} {name}");
+    code.match_indices(&needle).any(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        let after = code[i + needle.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+            && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+/// Every place that defines vocabulary `name`: an `enum`, `struct` or type
+/// alias of that name anywhere, or its `vocabulary!` invocation; as
+/// `file:line: text`.
+fn vocabulary_definitions(
+    name: &str,
+    sources: &[(String, String)],
+    invocations: &[(String, usize, String)],
+) -> Vec<String> {
+    let mut out: Vec<String> = invocations
+        .iter()
+        .filter(|(_, _, n)| n == name)
+        .map(|(f, l, n)| format!("{f}:{l}: vocabulary `{n}`"))
+        .collect();
+    for (rel, text) in sources {
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if ["enum", "struct", "type"]
+                .iter()
+                .any(|k| declares(code, k, name))
+            {
+                out.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    out
+}
+
+/// Every `vocabulary!` invocation in the workspace: file, line, name.
+fn vocabulary_invocations(sources: &[(String, String)]) -> Vec<(String, usize, String)> {
+    let mut out = Vec::new();
+    for (rel, text) in sources {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim() == VOCAB_MACRO
+                && let Some(name) = invoked_name(&lines[i..])
+            {
+                out.push((rel.clone(), i + 1, name));
+            }
+        }
+    }
+    out
+}
+
+/// Every `macro_rules!` that generates a closed vocabulary (its body
+/// implements `FromStr` for the type it defines), as `file:line: text`.
+fn vocabulary_macros(sources: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (rel, text) in sources {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if !code.contains(MACRO_RULES) {
+                continue;
+            }
+            // The macro's body: up to the brace that closes the first one.
+            let mut depth = 0i64;
+            let mut opened = false;
+            let mut body = String::new();
+            for l in &lines[i..] {
+                body.push_str(l);
+                body.push('\n');
+                for c in l.chars() {
+                    match c {
+                        '{' => {
+                            depth += 1;
+                            opened = true;
+                        }
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                }
+                if opened && depth <= 0 {
+                    break;
+                }
+            }
+            if body.contains(concat!("FromStr", " for $")) {
+                out.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn each_closed_vocabulary_and_its_macro_are_defined_once() {
+    let sources = workspace_sources();
+    let invocations = vocabulary_invocations(&sources);
+    let names: Vec<String> = invocations
+        .iter()
+        .filter(|(f, _, _)| f == VOCAB_FILE)
+        .map(|(_, _, n)| n.clone())
+        .collect();
+    // The check must see the vocabularies it is about.
+    for expected in [
+        "OrgKind",
+        "Role",
+        "Purpose",
+        "Classification",
+        "LegalBasis",
+        "ConsentStatus",
+        "Theme",
+        "AccessRights",
+        "Frequency",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "`{expected}` is not defined by `vocabulary!` in {VOCAB_FILE} (found: {names:?})"
+        );
+    }
+    let mut bad = Vec::new();
+    for name in &names {
+        let defs = vocabulary_definitions(name, &sources, &invocations);
+        if defs.len() != 1 || !defs[0].starts_with(VOCAB_FILE) {
+            bad.push(format!(
+                "`{name}` must be defined once, in {VOCAB_FILE}; defined at:\n  {}",
+                defs.join("\n  ")
+            ));
+        }
+    }
+    let macros = vocabulary_macros(&sources);
+    if macros.len() != 1 || !macros[0].starts_with(VOCAB_FILE) {
+        bad.push(format!(
+            "the vocabulary macro must be defined once, in {VOCAB_FILE}; defined at:\n  {}",
+            macros.join("\n  ")
+        ));
+    }
+    assert!(
+        bad.is_empty(),
+        "closed vocabularies are defined in `allmende-vocab` only (use or re-export them):\n{}",
+        bad.join("\n")
     );
 }

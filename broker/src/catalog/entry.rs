@@ -9,136 +9,10 @@
 //! to the EU and dcat-ap.de controlled vocabularies in the DCAT export.
 
 use allmende_connectors::{FieldSpec, FieldType};
-use allmende_policies::{Classification, LegalBasis, Purpose};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+pub use allmende_vocab::{AccessRights, Frequency, Theme, UnknownValue};
+use allmende_vocab::{Classification, LegalBasis, Purpose};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
-use std::fmt;
-use std::str::FromStr;
-
-/// A value outside one of the catalog's closed vocabularies.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {vocabulary} `{value}` (expected one of: {expected})")]
-pub struct UnknownTerm {
-    pub vocabulary: &'static str,
-    pub value: String,
-    pub expected: String,
-}
-
-/// A closed vocabulary: strict `FromStr`, `Display`, serde as the exact
-/// spelling, and the IRI of the concept in its controlled vocabulary.
-macro_rules! vocabulary {
-    (
-        $(#[$meta:meta])*
-        $name:ident, $vocab:literal, $scheme:literal {
-            $( $(#[$vmeta:meta])* $variant:ident => ($text:literal, $code:literal) ),+ $(,)?
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum $name {
-            $( $(#[$vmeta])* $variant ),+
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            /// IRI of the controlled vocabulary (concept scheme).
-            pub const SCHEME: &'static str = $scheme;
-
-            /// The exact spelling.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-
-            /// IRI of the concept in [`Self::SCHEME`].
-            pub fn iri(self) -> String {
-                let code = match self {
-                    $($name::$variant => $code),+
-                };
-                format!("{}/{}", Self::SCHEME, code)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownTerm;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownTerm {
-                        vocabulary: $vocab,
-                        value: s.chars().take(100).collect(),
-                        expected: [$($text),+].join(", "),
-                    }),
-                }
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(deserializer)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-vocabulary! {
-    /// Data theme (`dcat:theme`), the EU data-theme vocabulary that DCAT-AP.de uses.
-    Theme, "theme", "http://publications.europa.eu/resource/authority/data-theme" {
-        Agriculture => ("AGRI", "AGRI"),
-        Economy => ("ECON", "ECON"),
-        Education => ("EDUC", "EDUC"),
-        Energy => ("ENER", "ENER"),
-        Environment => ("ENVI", "ENVI"),
-        Government => ("GOVE", "GOVE"),
-        Health => ("HEAL", "HEAL"),
-        International => ("INTR", "INTR"),
-        Justice => ("JUST", "JUST"),
-        Regions => ("REGI", "REGI"),
-        Society => ("SOCI", "SOCI"),
-        Science => ("TECH", "TECH"),
-        Transport => ("TRAN", "TRAN"),
-    }
-}
-
-vocabulary! {
-    /// Access rights (`dct:accessRights`), the EU access-right vocabulary.
-    AccessRights, "access rights", "http://publications.europa.eu/resource/authority/access-right" {
-        Public => ("public", "PUBLIC"),
-        Restricted => ("restricted", "RESTRICTED"),
-        NonPublic => ("non-public", "NON_PUBLIC"),
-    }
-}
-
-vocabulary! {
-    /// Update frequency (`dct:accrualPeriodicity`), the EU frequency vocabulary.
-    Frequency, "update frequency", "http://publications.europa.eu/resource/authority/frequency" {
-        Continuous => ("continuous", "UPDATE_CONT"),
-        Hourly => ("hourly", "HOURLY"),
-        Daily => ("daily", "DAILY"),
-        Weekly => ("weekly", "WEEKLY"),
-        Monthly => ("monthly", "MONTHLY"),
-        Quarterly => ("quarterly", "QUARTERLY"),
-        Annual => ("annual", "ANNUAL"),
-        Irregular => ("irregular", "IRREG"),
-        Never => ("never", "NEVER"),
-        Unknown => ("unknown", "UNKNOWN"),
-    }
-}
 
 /// A licence the catalog knows: its short id (as CKAN portals such as
 /// Munich's write it) and its concept in the dcat-ap.de licence vocabulary.
@@ -361,6 +235,21 @@ pub struct CatalogEntry {
 }
 
 impl DatasetDescription {
+    /// The dataset as the policy engine sees it, owned by organisation
+    /// `owner`: the one conversion from a description to the policy model.
+    pub fn policy_dataset(&self, owner: &str) -> allmende_policies::Dataset {
+        allmende_policies::Dataset {
+            id: self.id.clone(),
+            owner: owner.to_owned(),
+            classification: self.classification,
+            public_space_origin: self.public_space_origin,
+            contains_personal_data: self.contains_personal_data,
+            legal_basis: self.legal_basis,
+            allowed_purposes: self.allowed_purposes.clone(),
+            anonymisation_required: self.anonymisation_required,
+        }
+    }
+
     /// The quasi-identifiers a filter may not name: for a personal dataset,
     /// every declared one the owner did not list as filterable; none for
     /// other datasets.
@@ -385,17 +274,7 @@ impl CatalogEntry {
 
     /// The dataset as the policy engine sees it.
     pub fn policy_dataset(&self) -> allmende_policies::Dataset {
-        let d = &self.dataset;
-        allmende_policies::Dataset {
-            id: d.id.clone(),
-            owner: self.owner.clone(),
-            classification: d.classification,
-            public_space_origin: d.public_space_origin,
-            contains_personal_data: d.contains_personal_data,
-            legal_basis: d.legal_basis,
-            allowed_purposes: d.allowed_purposes.clone(),
-            anonymisation_required: d.anonymisation_required,
-        }
+        self.dataset.policy_dataset(&self.owner)
     }
 
     /// The distribution's access URL (stated, or the owner node's identity URI).

@@ -26,7 +26,7 @@ pub use allmende_connectors::{FieldSpec, FieldType};
 pub use allmende_policies::{Classification, LegalBasis, Purpose};
 pub use entry::{
     AccessRights, CatalogEntry, ContactPoint, DatasetDescription, DatasetSchema, Frequency,
-    LICENCES, Licence, Spatial, Temporal, Theme, UnknownTerm,
+    LICENCES, Licence, Spatial, Temporal, Theme, UnknownValue,
 };
 pub use search::{SearchHits, SearchIndex, SearchQuery};
 pub use signing::{KeyError, NodeSigner, SignedPayload, SignedRecord, VerifyError};

@@ -100,11 +100,11 @@ pub enum PkiCmd {
     },
 }
 
-fn parse_kind(s: &str) -> Result<OrgKind, String> {
+fn parse_kind(s: &str) -> Result<OrgKind, allmende_vocab::UnknownValue> {
     s.parse()
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
+fn parse_role(s: &str) -> Result<Role, allmende_vocab::UnknownValue> {
     s.parse()
 }
 

@@ -548,7 +548,7 @@ impl OrgCa {
             .first()
             .ok_or_else(|| bad("no role".into()))?
             .parse()
-            .map_err(bad)?;
+            .map_err(|e: allmende_vocab::UnknownValue| bad(e.to_string()))?;
         self.issue_user(&user, role, days, out, now_unix)
     }
 }

@@ -5,105 +5,10 @@
 //! `allmende://<federation>/<org>/user/<id>`; an organisation CA carries
 //! `allmende://<federation>/<org>`.
 
+pub use allmende_vocab::{OrgKind, Role};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
-
-/// Kind of a member organisation. Comes only from the signed membership.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OrgKind {
-    City,
-    Utility,
-    University,
-    Company,
-    Public,
-}
-
-impl OrgKind {
-    /// Lower-case name as written in files and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrgKind::City => "city",
-            OrgKind::Utility => "utility",
-            OrgKind::University => "university",
-            OrgKind::Company => "company",
-            OrgKind::Public => "public",
-        }
-    }
-}
-
-impl fmt::Display for OrgKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for OrgKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "city" => OrgKind::City,
-            "utility" => OrgKind::Utility,
-            "university" => OrgKind::University,
-            "company" => OrgKind::Company,
-            "public" => OrgKind::Public,
-            _ => {
-                return Err(format!(
-                    "unknown organisation kind `{s}`, expected one of city, utility, university, company, public"
-                ));
-            }
-        })
-    }
-}
-
-/// Role of a person. Comes only from their certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Dpo,
-    Steward,
-    Researcher,
-    Citizen,
-    Operator,
-}
-
-impl Role {
-    /// Lower-case name as written in certificates and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Dpo => "dpo",
-            Role::Steward => "steward",
-            Role::Researcher => "researcher",
-            Role::Citizen => "citizen",
-            Role::Operator => "operator",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "dpo" => Role::Dpo,
-            "steward" => Role::Steward,
-            "researcher" => Role::Researcher,
-            "citizen" => Role::Citizen,
-            "operator" => Role::Operator,
-            _ => {
-                return Err(format!(
-                    "unknown role `{s}`, expected one of dpo, steward, researcher, citizen, operator"
-                ));
-            }
-        })
-    }
-}
 
 /// What a leaf certificate identifies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -162,6 +67,22 @@ pub fn valid_leaf_name(s: &str) -> bool {
 
 const SCHEME: &str = "allmende://";
 
+impl IdentityError {
+    /// Refuses `input` (of which at most 200 characters are kept).
+    fn new(input: &str, reason: &'static str) -> Self {
+        Self {
+            input: input.chars().take(200).collect(),
+            reason,
+        }
+    }
+}
+
+/// `s` after the `allmende://` scheme.
+fn strip_scheme(s: &str) -> Result<&str, IdentityError> {
+    s.strip_prefix(SCHEME)
+        .ok_or_else(|| IdentityError::new(s, "expected scheme `allmende://`"))
+}
+
 impl LeafIdentity {
     /// The SAN URI of this identity.
     pub fn uri(&self) -> String {
@@ -185,13 +106,8 @@ impl fmt::Display for LeafIdentity {
 impl FromStr for LeafIdentity {
     type Err = IdentityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| IdentityError {
-            input: s.chars().take(200).collect(),
-            reason,
-        };
-        let rest = s
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| err("expected scheme `allmende://`"))?;
+        let err = |reason| IdentityError::new(s, reason);
+        let rest = strip_scheme(s)?;
         let parts: Vec<&str> = rest.split('/').collect();
         let [fed, org, kind, name] = parts.as_slice() else {
             return Err(err(
@@ -222,13 +138,8 @@ impl FromStr for LeafIdentity {
 
 /// Parses an organisation CA URI `allmende://<federation>/<org>`.
 pub fn parse_org_uri(s: &str) -> Result<(String, String), IdentityError> {
-    let err = |reason| IdentityError {
-        input: s.chars().take(200).collect(),
-        reason,
-    };
-    let rest = s
-        .strip_prefix(SCHEME)
-        .ok_or_else(|| err("expected scheme `allmende://`"))?;
+    let err = |reason| IdentityError::new(s, reason);
+    let rest = strip_scheme(s)?;
     let (fed, org) = rest
         .split_once('/')
         .ok_or_else(|| err("expected `allmende://<federation>/<org>`"))?;

@@ -285,7 +285,10 @@ impl Trust {
                         "user certificate without one role".into(),
                     ));
                 };
-                Some(ou.parse::<Role>().map_err(AuthError::BadIdentity)?)
+                Some(
+                    ou.parse::<Role>()
+                        .map_err(|e| AuthError::BadIdentity(e.to_string()))?,
+                )
             }
         };
         Ok(Principal {

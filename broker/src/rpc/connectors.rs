@@ -77,16 +77,7 @@ impl ConnectorsService {
     }
 
     fn policy_dataset(&self, d: &crate::catalog::DatasetDescription) -> allmende_policies::Dataset {
-        allmende_policies::Dataset {
-            id: d.id.clone(),
-            owner: self.ctx.organisation.clone(),
-            classification: d.classification,
-            public_space_origin: d.public_space_origin,
-            contains_personal_data: d.contains_personal_data,
-            legal_basis: d.legal_basis,
-            allowed_purposes: d.allowed_purposes.clone(),
-            anonymisation_required: d.anonymisation_required,
-        }
+        d.policy_dataset(&self.ctx.organisation)
     }
 
     async fn existing(

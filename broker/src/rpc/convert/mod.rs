@@ -4,46 +4,24 @@
 //! to and from generated protobuf types.
 
 use crate::federation::peers::PeerRecord;
-use crate::pki::{OrgKind, Principal, Role, Subject};
+use crate::pki::{Principal, Subject};
 use allmende_proto::v1 as pb;
 
-impl From<OrgKind> for pb::OrgKind {
-    fn from(k: OrgKind) -> Self {
-        match k {
-            OrgKind::City => pb::OrgKind::City,
-            OrgKind::Utility => pb::OrgKind::Utility,
-            OrgKind::University => pb::OrgKind::University,
-            OrgKind::Company => pb::OrgKind::Company,
-            OrgKind::Public => pb::OrgKind::Public,
-        }
-    }
-}
-
-impl From<Role> for pb::Role {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::Dpo => pb::Role::Dpo,
-            Role::Steward => pb::Role::Steward,
-            Role::Researcher => pb::Role::Researcher,
-            Role::Citizen => pb::Role::Citizen,
-            Role::Operator => pb::Role::Operator,
-        }
-    }
-}
+mod vocab;
 
 impl From<&Principal> for pb::Principal {
     fn from(p: &Principal) -> Self {
         pb::Principal {
             federation: p.federation.clone(),
             organisation: p.organisation.clone(),
-            organisation_kind: pb::OrgKind::from(p.organisation_kind).into(),
+            organisation_kind: vocab::org_kind(p.organisation_kind).into(),
             kind: match p.subject {
                 Subject::Node(_) => pb::PrincipalKind::Node,
                 Subject::User(_) => pb::PrincipalKind::User,
             }
             .into(),
             name: p.subject.name().to_owned(),
-            role: p.role.map_or(pb::Role::Unspecified, pb::Role::from).into(),
+            role: p.role.map_or(pb::Role::Unspecified, vocab::role).into(),
             certificate_sha256: p.certificate_sha256.clone(),
             certificate_not_after: p.not_after,
         }
