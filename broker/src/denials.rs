@@ -13,6 +13,7 @@
 use crate::audit::{AuditLog, Draft};
 use allmende_audit::{Decision, EntryKind};
 use std::collections::{BTreeSet, HashMap};
+use crate::locks;
 use std::sync::Mutex;
 
 /// Policy id an aggregate entry names.
@@ -26,6 +27,10 @@ const MAX_PENDING: usize = 4096;
 const MAX_ACTIONS: usize = 16;
 /// Key of the shared slot for callers beyond [`MAX_CALLERS`].
 const OVERFLOW: &str = "*";
+
+/// The names the lock helpers log for the denial state.
+const LIMITS: &str = "denial budget";
+const STATE: &str = "denial counts";
 
 /// The budget per caller and interval (node config `[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,20 +173,22 @@ impl Denials {
 
     /// Changes the budget (node start-up, from the config).
     pub fn configure(&self, limits: DenialLimits) {
-        if let Ok(mut l) = self.limits.lock() {
+        if let Ok(mut l) = locks::lock(&self.limits, LIMITS) {
             *l = limits;
         }
     }
 
     /// The budget in force.
     pub fn limits(&self) -> DenialLimits {
-        self.limits.lock().map(|l| *l).unwrap_or_default()
+        locks::lock(&self.limits, LIMITS)
+            .map(|l| *l)
+            .unwrap_or_default()
     }
 
     /// Notes one denial of `action` for caller `key` at `now_ms`.
     pub fn note(&self, key: &str, caller: &Caller, action: &str, now_ms: i64) -> Verdict {
         let limits = self.limits();
-        let Ok(mut st) = self.state.lock() else {
+        let Ok(mut st) = locks::lock(&self.state, STATE) else {
             // Cannot count: write it one by one.
             return Verdict::Audit;
         };
@@ -275,7 +282,7 @@ impl Denials {
     /// (`all`: also of the running ones, e.g. at shutdown).
     pub fn take_due(&self, now_ms: i64, all: bool) -> Vec<Aggregate> {
         let interval = self.limits().interval_ms;
-        let Ok(mut st) = self.state.lock() else {
+        let Ok(mut st) = locks::lock(&self.state, STATE) else {
             return Vec::new();
         };
         let st = &mut *st;
@@ -285,7 +292,7 @@ impl Denials {
 
     /// Puts aggregates that could not be written back in the queue.
     pub fn requeue(&self, aggs: Vec<Aggregate>) {
-        if let Ok(mut st) = self.state.lock() {
+        if let Ok(mut st) = locks::lock(&self.state, STATE) {
             for a in aggs {
                 push_pending(&mut st.pending, a);
             }

@@ -15,6 +15,7 @@ pub mod consent;
 pub mod demo;
 pub mod denials;
 pub mod error;
+pub mod locks;
 pub mod metrics;
 pub mod node;
 pub mod peers;

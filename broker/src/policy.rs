@@ -16,7 +16,11 @@ use crate::pki::{Principal, Subject};
 use allmende_audit::{Decision as AuditDecision, EntryKind, Hash};
 use allmende_policies as pol;
 use std::path::{Path, PathBuf};
+use crate::locks;
 use std::sync::RwLock;
+
+/// The name the lock helpers log for the entity data.
+const ENTITIES: &str = "policy entities";
 
 pub use pol::{Action, Decision, Purpose, Resource};
 
@@ -134,7 +138,7 @@ impl PolicyPoint {
     /// Mirrors the signed membership into the entity data: organisations
     /// with their kinds, the federation.
     pub fn sync_membership(&self, doc: &MembershipDoc) {
-        let Ok(mut e) = self.entities.write() else {
+        let Ok(mut e) = locks::write(&self.entities, ENTITIES) else {
             return;
         };
         for m in &doc.members {
@@ -166,7 +170,9 @@ impl PolicyPoint {
 
     /// Changes the entity data (datasets, grants, subjects, …).
     pub fn with_entities<R>(&self, f: impl FnOnce(&mut pol::EntityStore) -> R) -> Option<R> {
-        self.entities.write().ok().map(|mut e| f(&mut e))
+        locks::write(&self.entities, ENTITIES)
+            .ok()
+            .map(|mut e| f(&mut e))
     }
 
     /// The Cedar principal id for a bound caller.
@@ -203,10 +209,7 @@ impl PolicyPoint {
         caller: &Principal,
         request: &pol::DecisionRequest,
     ) -> Result<std::sync::Arc<pol::EntitySnapshot>, String> {
-        let mut e = self
-            .entities
-            .write()
-            .map_err(|_| "entity data unavailable".to_owned())?;
+        let mut e = locks::write(&self.entities, ENTITIES).map_err(|e| e.to_string())?;
         bind_principal(&mut e, caller);
         let mut scratch_user = None;
         let mut scratch_subject = None;

@@ -377,6 +377,22 @@ impl DatasetDescription {
     }
 }
 
+impl DatasetDescription {
+    /// The dataset as the policy engine sees it, owned by `owner`.
+    pub fn policy_dataset(&self, owner: &str) -> allmende_policies::Dataset {
+        allmende_policies::Dataset {
+            id: self.id.clone(),
+            owner: owner.to_owned(),
+            classification: self.classification,
+            public_space_origin: self.public_space_origin,
+            contains_personal_data: self.contains_personal_data,
+            legal_basis: self.legal_basis,
+            allowed_purposes: self.allowed_purposes.clone(),
+            anonymisation_required: self.anonymisation_required,
+        }
+    }
+}
+
 impl CatalogEntry {
     /// The dataset id.
     pub fn id(&self) -> &str {
@@ -385,17 +401,7 @@ impl CatalogEntry {
 
     /// The dataset as the policy engine sees it.
     pub fn policy_dataset(&self) -> allmende_policies::Dataset {
-        let d = &self.dataset;
-        allmende_policies::Dataset {
-            id: d.id.clone(),
-            owner: self.owner.clone(),
-            classification: d.classification,
-            public_space_origin: d.public_space_origin,
-            contains_personal_data: d.contains_personal_data,
-            legal_basis: d.legal_basis,
-            allowed_purposes: d.allowed_purposes.clone(),
-            anonymisation_required: d.anonymisation_required,
-        }
+        self.dataset.policy_dataset(&self.owner)
     }
 
     /// The distribution's access URL (stated, or the owner node's identity URI).

@@ -1,5 +1,6 @@
 //! `allmende.v1.Connectors`: stewards register their datasets' sources.
 
+use super::convert::connectors as convert;
 use super::principal;
 use crate::error::ApiError;
 use crate::pki::Subject;
@@ -54,39 +55,8 @@ impl ConnectorsService {
         r.map(|_| ())
     }
 
-    fn info(
-        &self,
-        r: &crate::registry::Registration,
-        problem: Option<String>,
-    ) -> pb::ConnectorInfo {
-        pb::ConnectorInfo {
-            dataset: r.dataset.id.clone(),
-            kind: r.kind.clone(),
-            enabled: r.enabled,
-            registered_by: r.registered_by.clone(),
-            registered_at_ms: r.registered_at_ms,
-            problem: problem.unwrap_or_default(),
-            columns: r
-                .dataset
-                .schema
-                .fields
-                .iter()
-                .map(|f| f.name.clone())
-                .collect(),
-        }
-    }
-
     fn policy_dataset(&self, d: &crate::catalog::DatasetDescription) -> allmende_policies::Dataset {
-        allmende_policies::Dataset {
-            id: d.id.clone(),
-            owner: self.ctx.organisation.clone(),
-            classification: d.classification,
-            public_space_origin: d.public_space_origin,
-            contains_personal_data: d.contains_personal_data,
-            legal_basis: d.legal_basis,
-            allowed_purposes: d.allowed_purposes.clone(),
-            anonymisation_required: d.anonymisation_required,
-        }
+        d.policy_dataset(&self.ctx.organisation)
     }
 
     async fn existing(
@@ -143,10 +113,10 @@ impl pb::connectors_server::Connectors for ConnectorsService {
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::Internal("registration vanished".into()))?;
         tracing::info!(dataset = %entry.id(), by = %by, "connector registered");
-        Ok(Response::new(pb::RegisterConnectorResponse {
-            connector: Some(self.info(&reg, None)),
-            catalog_version: entry.version,
-        }))
+        Ok(Response::new(convert::register_response(
+            &reg,
+            entry.version,
+        )))
     }
 
     async fn set_enabled(
@@ -162,7 +132,7 @@ impl pb::connectors_server::Connectors for ConnectorsService {
             .set_enabled(&r.dataset, r.enabled)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(self.info(&reg, None)))
+        Ok(Response::new(convert::connector_info(&reg, None)))
     }
 
     async fn remove(
@@ -178,7 +148,7 @@ impl pb::connectors_server::Connectors for ConnectorsService {
             .remove(&r.dataset)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(pb::RemoveConnectorResponse { removed }))
+        Ok(Response::new(convert::remove_response(removed)))
     }
 
     async fn list(
@@ -198,11 +168,6 @@ impl pb::connectors_server::Connectors for ConnectorsService {
         )
         .await?;
         let list = self.registry.list().map_err(ApiError::from)?;
-        Ok(Response::new(pb::ListConnectorsResponse {
-            connectors: list
-                .iter()
-                .map(|(r, prob)| self.info(r, prob.clone()))
-                .collect(),
-        }))
+        Ok(Response::new(convert::list_response(&list)))
     }
 }

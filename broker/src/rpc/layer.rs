@@ -1,0 +1,52 @@
+//! The one tower service shape the node's request layers share: a layer
+//! ([`Around`]) runs around the inner service for each request, taking the
+//! service that was driven to readiness.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A boxed response future.
+pub type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+/// What a request layer does around the inner service `inner` for `req`.
+pub trait Around<S, B>: Clone + Send + 'static
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Send
+        + 'static,
+{
+    fn around(&self, inner: S, req: http::Request<B>) -> BoxFut<S::Response, S::Error>;
+}
+
+/// The service of a layer `A` in front of `S`.
+#[derive(Debug, Clone)]
+pub struct Layered<S, A> {
+    pub(super) inner: S,
+    pub(super) layer: A,
+}
+
+impl<S, B, A> tower::Service<http::Request<B>> for Layered<S, A>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    A: Around<S, B>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFut<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // Take the service that was driven to readiness.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        self.layer.around(inner, req)
+    }
+}
