@@ -352,7 +352,7 @@ impl ConsentStore {
         let mut batch = WriteBatch::new();
         let mut changed = Vec::new();
         {
-            let held = self.read()?;
+            let held = self.held()?;
             let current = held.get(dataset);
             for (_, rec) in rows {
                 match current.and_then(|m| m.get(&rec.subject_id)) {
@@ -377,7 +377,7 @@ impl ConsentStore {
         report.stored = changed.len();
         self.store.commit_durable(batch).await?;
         {
-            let mut held = self.write()?;
+            let mut held = self.held_mut()?;
             let m = held.entry(dataset.to_owned()).or_default();
             for rec in changed {
                 m.insert(rec.subject_id.clone(), rec);

@@ -223,11 +223,11 @@ impl ConsentStore {
         })
     }
 
-    fn read(&self) -> Result<RwLockReadGuard<'_, Records>, Poisoned> {
+    fn held(&self) -> Result<RwLockReadGuard<'_, Records>, Poisoned> {
         locks::read(&self.records, RECORDS)
     }
 
-    fn write(&self) -> Result<RwLockWriteGuard<'_, Records>, Poisoned> {
+    fn held_mut(&self) -> Result<RwLockWriteGuard<'_, Records>, Poisoned> {
         locks::write(&self.records, RECORDS)
     }
 
@@ -245,7 +245,7 @@ impl ConsentStore {
     /// `now` (Unix seconds): consent given for that purpose, not withdrawn,
     /// not expired. None when the records cannot be read (fail closed).
     pub fn permitted_subjects(&self, dataset: &str, purpose: Purpose, now: i64) -> HashSet<String> {
-        let Ok(records) = self.read() else {
+        let Ok(records) = self.held() else {
             return HashSet::new();
         };
         records
@@ -261,7 +261,7 @@ impl ConsentStore {
 
     /// Whether one subject's rows of `dataset` may be released for `purpose`.
     pub fn is_permitted(&self, dataset: &str, subject: &str, purpose: Purpose, now: i64) -> bool {
-        let Ok(records) = self.read() else {
+        let Ok(records) = self.held() else {
             return false;
         };
         records
@@ -272,7 +272,7 @@ impl ConsentStore {
 
     /// The consent facts the policy engine takes.
     pub fn coverage(&self, dataset: &str, purpose: Purpose, now: i64) -> ConsentCoverage {
-        let n = self.read().ok().map_or(0, |r| {
+        let n = self.held().ok().map_or(0, |r| {
             r.get(dataset)
                 .map_or(0, |m| m.values().filter(|r| r.permits(purpose, now)).count())
         });
@@ -284,7 +284,7 @@ impl ConsentStore {
 
     /// One record.
     pub fn record(&self, dataset: &str, subject: &str) -> Option<ConsentRecord> {
-        self.read()
+        self.held()
             .ok()?
             .get(dataset)
             .and_then(|m| m.get(subject))
@@ -294,7 +294,7 @@ impl ConsentStore {
     /// Every record of a subject, by dataset.
     pub fn records_of(&self, subject: &str) -> Result<Vec<ConsentRecord>, ConsentError> {
         let mut v: Vec<ConsentRecord> = self
-            .read()?
+            .held()?
             .values()
             .filter_map(|m| m.get(subject).cloned())
             .collect();
@@ -304,7 +304,7 @@ impl ConsentStore {
 
     /// Number of records for `dataset`.
     pub fn count(&self, dataset: &str) -> usize {
-        self.read()
+        self.held()
             .ok()
             .and_then(|r| r.get(dataset).map(HashMap::len))
             .unwrap_or(0)
@@ -331,7 +331,7 @@ impl ConsentStore {
         let mut batch = WriteBatch::new();
         let mut changed = Vec::new();
         {
-            let held = self.read()?;
+            let held = self.held()?;
             for (ds, m) in held.iter() {
                 if dataset.is_some_and(|d| d != ds) {
                     continue;
@@ -374,7 +374,7 @@ impl ConsentStore {
         }
         self.store.commit_durable(batch).await?;
         {
-            let mut held = self.write()?;
+            let mut held = self.held_mut()?;
             for rec in changed {
                 held.entry(rec.dataset.clone())
                     .or_default()
