@@ -11,9 +11,9 @@
 //! and is written by the next flush; nothing here ever allows.
 
 use crate::audit::{AuditLog, Draft};
+use crate::locks;
 use allmende_audit::{Decision, EntryKind};
 use std::collections::{BTreeSet, HashMap};
-use crate::locks;
 use std::sync::Mutex;
 
 /// Policy id an aggregate entry names.

@@ -11,12 +11,12 @@
 use crate::audit::{AuditLog, Draft};
 use crate::clock::SharedClock;
 use crate::error::{ApiError, DenyDetails};
+use crate::locks;
 use crate::pki::membership::MembershipDoc;
 use crate::pki::{Principal, Subject};
 use allmende_audit::{Decision as AuditDecision, EntryKind, Hash};
 use allmende_policies as pol;
 use std::path::{Path, PathBuf};
-use crate::locks;
 use std::sync::RwLock;
 
 /// The name the lock helpers log for the entity data.

@@ -202,7 +202,9 @@ const DOMAIN: &[&str] = &[
 ];
 
 fn in_domain(f: &str) -> bool {
-    DOMAIN.iter().any(|d| f == *d || (d.ends_with('/') && f.starts_with(d)))
+    DOMAIN
+        .iter()
+        .any(|d| f == *d || (d.ends_with('/') && f.starts_with(d)))
 }
 
 #[test]
@@ -263,18 +265,16 @@ fn wire_literals(files: &[&str]) -> Vec<String> {
                     && !code.contains("->")
                     && !code.trim_start().starts_with("impl")
             });
-            let status = code
-                .match_indices(concat!("Status", "::"))
-                .any(|(at, _)| {
-                    let rest = &code[at + 8..];
-                    let call: String = rest
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    rest[call.len()..].starts_with('(')
-                        && call.starts_with(|c: char| c.is_ascii_lowercase())
-                        && call != "from"
-                });
+            let status = code.match_indices(concat!("Status", "::")).any(|(at, _)| {
+                let rest = &code[at + 8..];
+                let call: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                rest[call.len()..].starts_with('(')
+                    && call.starts_with(|c: char| c.is_ascii_lowercase())
+                    && call != "from"
+            });
             if literal || status {
                 out.push(format!("broker/src/{rel}:{}: {}", i + 1, line.trim()));
             }
@@ -355,7 +355,7 @@ fn locks_are_taken_one_way_and_a_poisoned_one_is_never_used() {
 #[test]
 fn the_domain_checks_see_what_they_look_for() {
     assert!(
-        offenders(&[concat!("ton", "ic")], |f| in_domain(f))
+        offenders(&[concat!("ton", "ic")], in_domain)
             .iter()
             .any(|l| l.starts_with("broker/src/rpc/status.rs"))
     );

@@ -442,12 +442,7 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test"
-    )]
+    #![allow(clippy::unwrap_used, reason = "test")]
     use super::*;
     use crate::clock::ManualClock;
     use crate::store::StoreOptions;

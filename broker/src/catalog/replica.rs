@@ -335,11 +335,7 @@ impl Catalog {
             tracing::info!(
                 peer_org = %organisation,
                 peer_node = %node,
-                updated = report.updated,
-                removed = report.removed,
-                stale = report.stale,
-                version = report.version,
-                pinned = report.pinned,
+                report = ?report,
                 "catalog replica updated"
             );
         }
@@ -349,12 +345,7 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test"
-    )]
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test")]
     use super::super::tests::{air_quality, open_at};
     use super::super::{CatalogEntry, DatasetDescription, SearchQuery, SignedPayload};
     use super::*;

@@ -87,12 +87,7 @@ impl ConsentStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test"
-    )]
+    #![allow(clippy::unwrap_used, reason = "test")]
     use super::super::tests::{DS, NOW, good_csv, open};
     use super::*;
     use crate::clock::ManualClock;
@@ -112,6 +107,26 @@ mod tests {
         }
     }
 
+    /// An audit log in its own store (so that its writes can fail alone);
+    /// it runs while the returned sender lives.
+    async fn audit_log(
+        dir: &std::path::Path,
+        clock: std::sync::Arc<ManualClock>,
+    ) -> (Store, AuditLog, tokio::sync::watch::Sender<bool>) {
+        let store = Store::open(
+            &dir.join("audit"),
+            &StoreOptions {
+                cache_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let log = AuditLog::open(store.clone(), "munich", "swm", "swm-1", clock, rx)
+            .await
+            .unwrap();
+        (store, log, tx)
+    }
+
     /// No audit entry, no consent change: with the audit log's store
     /// refusing writes, neither an import nor a withdrawal changes anything.
     #[tokio::test]
@@ -119,17 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at_unix_ms(NOW * 1000);
         let consent = open(&dir.path().join("consent"), clock.clone());
-        let audit_store = Store::open(
-            &dir.path().join("audit"),
-            &StoreOptions {
-                cache_bytes: 1 << 20,
-            },
-        )
-        .unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let audit = AuditLog::open(audit_store.clone(), "munich", "swm", "swm-1", clock, rx)
-            .await
-            .unwrap();
+        let (audit_store, audit, _tx) = audit_log(dir.path(), clock).await;
         let by = steward();
 
         audit_store.fail_writes(true);
@@ -172,17 +177,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at_unix_ms(NOW * 1000);
         let consent = open(&dir.path().join("consent"), clock.clone());
-        let audit_store = Store::open(
-            &dir.path().join("audit"),
-            &StoreOptions {
-                cache_bytes: 1 << 20,
-            },
-        )
-        .unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let audit = AuditLog::open(audit_store, "munich", "swm", "swm-1", clock, rx)
-            .await
-            .unwrap();
+        let (_, audit, _tx) = audit_log(dir.path(), clock).await;
         let before = audit.size();
         let big = vec![b'x'; MAX_IMPORT_BYTES + 1];
         let err = consent

@@ -143,12 +143,12 @@ pub enum ConsentError {
     #[error("consent file of {bytes} bytes exceeds {MAX_IMPORT_BYTES} bytes; split it")]
     TooLarge { bytes: usize },
     #[error(transparent)]
+    Poisoned(#[from] Poisoned),
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The consent change could not be audited; nothing was changed.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
-    #[error(transparent)]
-    Poisoned(#[from] Poisoned),
 }
 
 impl ConsentError {
@@ -273,8 +273,9 @@ impl ConsentStore {
     /// The consent facts the policy engine takes.
     pub fn coverage(&self, dataset: &str, purpose: Purpose, now: i64) -> ConsentCoverage {
         let n = self.held().ok().map_or(0, |r| {
-            r.get(dataset)
-                .map_or(0, |m| m.values().filter(|r| r.permits(purpose, now)).count())
+            r.get(dataset).map_or(0, |m| {
+                m.values().filter(|r| r.permits(purpose, now)).count()
+            })
         });
         ConsentCoverage {
             purpose_covered: n > 0,
@@ -393,12 +394,7 @@ impl ConsentStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test"
-    )]
+    #![allow(clippy::unwrap_used, reason = "test")]
     use super::*;
     use crate::clock::ManualClock;
     use crate::store::StoreOptions;

@@ -8,13 +8,30 @@ use std::task::{Context, Poll};
 /// A boxed response future.
 pub type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
-/// What a request layer does around the inner service `inner` for `req`.
-pub trait Around<S, B>: Clone + Send + 'static
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Send
-        + 'static,
+/// A service the node's request layers wrap: gRPC over HTTP, movable
+/// between tasks.
+pub trait Inner<B>:
+    tower::Service<
+        http::Request<B>,
+        Response = http::Response<tonic::body::Body>,
+        Future: Send + 'static,
+    > + Send
+    + 'static
 {
+}
+
+impl<S, B> Inner<B> for S where
+    S: tower::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+/// What a request layer does around the inner service `inner` for `req`.
+pub trait Around<S: Inner<B>, B>: Clone + Send + 'static {
     fn around(&self, inner: S, req: http::Request<B>) -> BoxFut<S::Response, S::Error>;
 }
 
@@ -27,11 +44,7 @@ pub struct Layered<S, A> {
 
 impl<S, B, A> tower::Service<http::Request<B>> for Layered<S, A>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Inner<B> + Clone,
     B: Send + 'static,
     A: Around<S, B>,
 {

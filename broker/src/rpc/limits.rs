@@ -177,14 +177,7 @@ impl<S> tower::Layer<S> for StreamLimitLayer {
 /// The service of [`StreamLimitLayer`].
 pub type StreamLimit<S> = super::layer::Layered<S, StreamLimitLayer>;
 
-impl<S, B> super::layer::Around<S, B> for StreamLimitLayer
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
+impl<S: super::layer::Inner<B>, B: Send + 'static> super::layer::Around<S, B> for StreamLimitLayer {
     fn around(
         &self,
         mut inner: S,

@@ -190,7 +190,9 @@ pub fn principal<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, tonic::St
     req.extensions()
         .get::<PeerInfo>()
         .map(|p| p.principal.clone())
-        .ok_or_else(|| tonic::Status::from(ApiError::Unauthenticated("no authenticated peer".into())))
+        .ok_or_else(|| {
+            tonic::Status::from(ApiError::Unauthenticated("no authenticated peer".into()))
+        })
 }
 
 /// Tower layer run for every request: re-checks the connection's principal
@@ -216,14 +218,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 /// The service of [`AuthLayer`].
 pub type AuthService<S> = layer::Layered<S, AuthLayer>;
 
-impl<S, B> layer::Around<S, B> for AuthLayer
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
+impl<S: layer::Inner<B>, B: Send + 'static> layer::Around<S, B> for AuthLayer {
     fn around(&self, mut inner: S, req: http::Request<B>) -> layer::BoxFut<S::Response, S::Error> {
         let method = req.uri().path().to_owned();
         let peer = req.extensions().get::<PeerInfo>().cloned();

@@ -7,9 +7,7 @@ use crate::error::ApiError;
 use allmende_proto::v1 as pb;
 
 /// A fetch request from the wire, parsed strictly.
-pub fn fetch_params(
-    r: pb::FetchRequest,
-) -> Result<crate::access::FetchParams, ApiError> {
+pub fn fetch_params(r: pb::FetchRequest) -> Result<crate::access::FetchParams, ApiError> {
     let filter = match r.filter {
         None => None,
         Some(f) => Some(filter(f, 0)?),

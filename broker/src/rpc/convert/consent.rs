@@ -38,7 +38,6 @@ impl From<&ImportReport> for pb::ImportConsentResponse {
     }
 }
 
-
 impl From<&WithdrawReport> for pb::WithdrawConsentResponse {
     fn from(r: &WithdrawReport) -> Self {
         pb::WithdrawConsentResponse {

@@ -171,7 +171,7 @@ pub fn decision_details(d: &allmende_policies::Decision) -> pb::DecisionDetails 
     pb::DecisionDetails::from(&crate::error::DenyDetails::from(d))
 }
 
-// ---- Catalog and consent (issue 5) ----
+// ---- Catalog ----
 
 /// A catalog entry on the wire; `replica` says whether the serving node
 /// holds it as a copy of a peer's entry.
