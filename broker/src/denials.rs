@@ -28,6 +28,15 @@ const MAX_ACTIONS: usize = 16;
 /// Key of the shared slot for callers beyond [`MAX_CALLERS`].
 const OVERFLOW: &str = "*";
 
+/// A caller over its denial budget: the request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "too many denied requests; the denials of the last `{interval_secs}` s are audited in aggregate, retry later"
+)]
+pub struct OverBudget {
+    pub interval_secs: i64,
+}
+
 /// The names the lock helpers log for the denial state.
 const LIMITS: &str = "denial budget";
 const STATE: &str = "denial counts";
@@ -248,7 +257,7 @@ impl Denials {
         caller: &crate::pki::Principal,
         action: &str,
         now_ms: i64,
-    ) -> Result<bool, crate::error::ApiError> {
+    ) -> Result<bool, OverBudget> {
         use crate::pki::Subject;
         let (key, c) = match &caller.subject {
             Subject::User(u) => (
@@ -271,10 +280,9 @@ impl Denials {
         match self.note(&key, &c, action, now_ms) {
             Verdict::Audit => Ok(true),
             Verdict::Aggregate => Ok(false),
-            Verdict::Refuse => Err(crate::error::ApiError::ResourceExhausted(format!(
-                "too many denied requests; the denials of the last `{}` s are audited in aggregate, retry later",
-                self.limits().interval_ms / 1000
-            ))),
+            Verdict::Refuse => Err(OverBudget {
+                interval_secs: self.limits().interval_ms / 1000,
+            }),
         }
     }
 

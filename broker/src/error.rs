@@ -7,7 +7,9 @@
 
 use crate::catalog::CatalogError;
 use crate::consent::ConsentError;
+use crate::denials::OverBudget;
 use crate::locks::Poisoned;
+use crate::policy::AuthorizeError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 use allmende_connectors::ConnectorError;
@@ -124,5 +126,21 @@ impl From<RegistryError> for ApiError {
 impl From<Poisoned> for ApiError {
     fn from(e: Poisoned) -> Self {
         ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<OverBudget> for ApiError {
+    fn from(e: OverBudget) -> Self {
+        ApiError::ResourceExhausted(e.to_string())
+    }
+}
+
+impl From<AuthorizeError> for ApiError {
+    fn from(e: AuthorizeError) -> Self {
+        match e {
+            AuthorizeError::Denied(d) => ApiError::Denied(d),
+            AuthorizeError::OverBudget(o) => ApiError::from(o),
+            AuthorizeError::Audit(a) => ApiError::from(a),
+        }
     }
 }

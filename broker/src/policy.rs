@@ -8,9 +8,11 @@
 //! principal, the node clock and the node's own state; nothing in it comes
 //! from a request body except the declared purpose, which is parsed strictly.
 
+use crate::audit::AuditError;
 use crate::audit::{AuditLog, Draft};
 use crate::clock::SharedClock;
-use crate::error::{ApiError, DenyDetails};
+use crate::denials::OverBudget;
+use crate::error::DenyDetails;
 use crate::locks;
 use crate::pki::membership::MembershipDoc;
 use crate::pki::{Principal, Subject};
@@ -18,6 +20,20 @@ use allmende_audit::{Decision as AuditDecision, EntryKind, Hash};
 use allmende_policies as pol;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+
+/// Why [`PolicyPoint::authorize`] did not allow a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    /// Denied by the policies; carries the deciding policies and reasons.
+    #[error("denied: {}", .0.policies.iter().map(|p| p.reason_en.as_str()).collect::<Vec<_>>().join("; "))]
+    Denied(Box<DenyDetails>),
+    /// The caller is over its budget of denied requests.
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+    /// The decision could not be audited, so it is not acted upon.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
 
 /// The name the lock helpers log for the entity data.
 const ENTITIES: &str = "policy entities";
@@ -282,7 +298,7 @@ impl PolicyPoint {
         caller: &Principal,
         request: pol::DecisionRequest,
         resource_label: &str,
-    ) -> Result<Decision, ApiError> {
+    ) -> Result<Decision, AuthorizeError> {
         let decision = self.decide(caller, &request);
         // A denial beyond the caller's budget is counted into an aggregate
         // entry instead (or refused); see `crate::denials`.
@@ -325,7 +341,9 @@ impl PolicyPoint {
                     "denied"
                 );
             }
-            Err(ApiError::Denied(Box::new(DenyDetails::from(&decision))))
+            Err(AuthorizeError::Denied(Box::new(DenyDetails::from(
+                &decision,
+            ))))
         }
     }
 }

@@ -39,5 +39,6 @@ impl NodeCtx {
             .authorize(&self.audit, caller, request, label)
             .await
             .map(|_| ())
+            .map_err(ApiError::from)
     }
 }
