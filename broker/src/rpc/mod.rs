@@ -3,7 +3,7 @@
 //!
 //! Architecture invariant: only this module (and `tls`) knows tonic; it turns
 //! requests into calls on domain types and domain errors into status via
-//! `error::ApiError`.
+//! `error::ApiError` (mapped to a status in `status`).
 
 mod access;
 mod audit;
