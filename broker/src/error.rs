@@ -103,9 +103,11 @@ impl From<ConsentError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Kind(_) | RegistryError::Config(_) | RegistryError::Dataset(_) => {
-                ApiError::InvalidArgument(e.to_string())
-            }
+            RegistryError::Kind(_)
+            | RegistryError::Config(_)
+            | RegistryError::ConfigJson(_)
+            | RegistryError::Dataset(_)
+            | RegistryError::DatasetJson(_) => ApiError::InvalidArgument(e.to_string()),
             RegistryError::Connector(ref c) => match c {
                 ConnectorError::Confined { .. } => ApiError::PermissionDenied(e.to_string()),
                 ConnectorError::Unreachable { .. } => ApiError::FailedPrecondition(e.to_string()),
@@ -142,5 +144,69 @@ impl From<AuthorizeError> for ApiError {
             AuthorizeError::OverBudget(o) => ApiError::from(o),
             AuthorizeError::Audit(a) => ApiError::from(a),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditError;
+
+    fn code(e: impl Into<ApiError>) -> &'static str {
+        match e.into() {
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::PermissionDenied(_) => "permission-denied",
+            ApiError::Denied(_) => "denied",
+            ApiError::InvalidArgument(_) => "invalid-argument",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::FailedPrecondition(_) => "failed-precondition",
+            ApiError::ResourceExhausted(_) => "resource-exhausted",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Each domain error lands in the class a caller can act on; a store or
+    /// audit failure behind a catalog or consent change is never blamed on
+    /// the caller's input.
+    #[test]
+    fn domain_errors_are_classified_in_one_place() {
+        let unavailable = || AuditError::Unavailable("writer stopped".into());
+        assert_eq!(code(CatalogError::NotFound("x".into())), "not-found");
+        assert_eq!(
+            code(CatalogError::OwnedByOtherNode {
+                dataset: "x".into(),
+                node: "n".into()
+            }),
+            "failed-precondition"
+        );
+        assert_eq!(
+            code(RegistryError::Catalog(CatalogError::Poisoned(Poisoned(
+                "catalog entries"
+            )))),
+            "unavailable"
+        );
+        assert_eq!(
+            code(RegistryError::Catalog(CatalogError::Invalid {
+                dataset: "x".into(),
+                problems: vec!["title is empty".into()]
+            })),
+            "invalid-argument"
+        );
+        assert_eq!(code(ConsentError::Audit(unavailable())), "unavailable");
+        assert_eq!(
+            code(ConsentError::TooLarge { bytes: 1 }),
+            "resource-exhausted"
+        );
+        assert_eq!(code(ConsentError::Rows(Vec::new())), "invalid-argument");
+        assert_eq!(code(AuthorizeError::Audit(unavailable())), "unavailable");
+        assert_eq!(
+            code(AuthorizeError::OverBudget(OverBudget { interval_secs: 60 })),
+            "resource-exhausted"
+        );
+        assert_eq!(code(Poisoned("x")), "unavailable");
+        // The caller sees the domain's own message.
+        let e = ApiError::from(RegistryError::Catalog(CatalogError::NotFound("ds".into())));
+        assert_eq!(e.to_string(), "dataset `ds` is not in the catalog");
     }
 }

@@ -54,6 +54,10 @@ pub enum RegistryError {
     Config(String),
     #[error("invalid dataset description: {0}")]
     Dataset(String),
+    #[error("invalid dataset description: {0}")]
+    DatasetJson(#[source] serde_json::Error),
+    #[error("invalid connector configuration: {0}")]
+    ConfigJson(#[source] serde_json::Error),
     #[error("connector refused: {0}")]
     Connector(#[from] ConnectorError),
     #[error("no connector is registered for dataset `{0}`")]
@@ -207,12 +211,12 @@ impl Connector for AuditedSource {
 }
 
 fn parse_dataset(json: &str) -> Result<DatasetDescription, RegistryError> {
-    serde_json::from_str(json).map_err(|e| RegistryError::Dataset(e.to_string()))
+    serde_json::from_str(json).map_err(RegistryError::DatasetJson)
 }
 
 /// Parses a `files` connector configuration (JSON).
 pub fn parse_config(json: &str) -> Result<FileConnectorConfig, RegistryError> {
-    serde_json::from_str(json).map_err(|e| RegistryError::Config(e.to_string()))
+    serde_json::from_str(json).map_err(RegistryError::ConfigJson)
 }
 
 impl Registry {
