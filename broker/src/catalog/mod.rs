@@ -442,7 +442,7 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test")]
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test")]
     use super::*;
     use crate::clock::ManualClock;
     use crate::store::StoreOptions;
@@ -550,5 +550,37 @@ mod tests {
         ));
         assert!(stadt.local("air-quality").is_some());
         assert!(stadt.local("smart-meter-readings").is_none());
+    }
+
+    /// A panic while the catalog's state was being changed leaves it
+    /// unusable: nothing is served to peers or searchers, and changes and
+    /// lookups refuse, until a restart reloads it from the store.
+    #[tokio::test]
+    async fn a_poisoned_catalog_serves_nothing_and_refuses_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::sync::Arc::new(open_at(dir.path(), "swm", "swm-1").await);
+        c.upsert_local(air_quality()).await.unwrap();
+        let c2 = c.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = c2.state.write();
+            panic!("a bug while changing the catalog");
+        })
+        .join();
+        let page = c.list_since(0, 10);
+        assert!(page.records.is_empty() && !page.more, "{page:?}");
+        assert!(c.entries().is_empty());
+        assert!(c.local("air-quality").is_none());
+        assert_eq!(c.search(&SearchQuery::text("luft")).total, 0);
+        assert!(matches!(
+            c.get(None, "air-quality"),
+            Err(CatalogError::Poisoned(_))
+        ));
+        assert!(matches!(
+            c.remove_local("air-quality").await,
+            Err(CatalogError::Poisoned(_))
+        ));
+        drop(c);
+        let c = open_at(dir.path(), "swm", "swm-1").await;
+        assert!(c.local("air-quality").is_some());
     }
 }

@@ -394,7 +394,7 @@ impl ConsentStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test")]
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test")]
     use super::*;
     use crate::clock::ManualClock;
     use crate::store::StoreOptions;
@@ -530,5 +530,45 @@ HH-000006,swm,{DS},ServiceProvision,given,2024-05-01T10:00:00Z,,\n"
             ConsentStatus::Withdrawn
         );
         assert!(c.withdraw("bad id", None, None, "x").await.is_err());
+    }
+
+    /// A panic while the records were being changed leaves them unusable:
+    /// no subject is permitted and every change and read refuses, until a
+    /// restart reloads them from the store.
+    #[tokio::test]
+    async fn poisoned_records_permit_nothing_and_refuse_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(NOW * 1000);
+        let c = Arc::new(open(dir.path(), clock.clone()));
+        c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
+        assert!(c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW));
+        let c2 = c.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = c2.records.write();
+            panic!("a bug while changing the records");
+        })
+        .join();
+        assert!(!c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW));
+        assert!(
+            c.permitted_subjects(DS, Purpose::AcademicResearch, NOW)
+                .is_empty()
+        );
+        assert!(
+            !c.coverage(DS, Purpose::AcademicResearch, NOW)
+                .purpose_covered
+        );
+        assert!(c.record(DS, "HH-000001").is_none());
+        assert!(matches!(
+            c.records_of("HH-000001"),
+            Err(ConsentError::Poisoned(_))
+        ));
+        assert!(matches!(
+            c.withdraw("HH-000001", None, None, "x").await,
+            Err(ConsentError::Poisoned(_))
+        ));
+        // A restart reloads the durable records.
+        drop(c);
+        let c = open(dir.path(), clock);
+        assert!(c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW));
     }
 }
