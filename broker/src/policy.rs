@@ -12,7 +12,7 @@ use crate::audit::AuditError;
 use crate::audit::{AuditLog, Draft};
 use crate::clock::SharedClock;
 use crate::denials::OverBudget;
-use crate::error::DenyDetails;
+use crate::error::{ApiError, DenyDetails};
 use crate::locks;
 use crate::pki::membership::MembershipDoc;
 use crate::pki::{Principal, Subject};
@@ -289,10 +289,27 @@ impl PolicyPoint {
         r
     }
 
-    /// Decides `request` for `caller`, writes the decision to the audit log
-    /// (a decision that cannot be audited fails the call with `UNAVAILABLE`),
-    /// and turns a deny into `PERMISSION_DENIED` with the deciding policies.
+    /// [`PolicyPoint::decide_audited`] for a caller that answers with an
+    /// [`ApiError`]: a decision that cannot be audited fails the call with
+    /// `UNAVAILABLE`, a deny is `PERMISSION_DENIED` with the deciding
+    /// policies (classified in `error.rs`).
     pub async fn authorize(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        request: pol::DecisionRequest,
+        resource_label: &str,
+    ) -> Result<Decision, ApiError> {
+        self.decide_audited(audit, caller, request, resource_label)
+            .await
+            .map_err(ApiError::from)
+    }
+
+    /// Decides `request` for `caller` and writes the decision to the audit
+    /// log; the decision is acted upon only if it was written. A deny, a
+    /// caller over its denial budget and an unwritten decision are
+    /// [`AuthorizeError`]s.
+    pub async fn decide_audited(
         &self,
         audit: &AuditLog,
         caller: &Principal,

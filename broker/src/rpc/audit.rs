@@ -43,7 +43,6 @@ impl AuditService {
             .authorize(&ctx.audit, p, request, &format!("audit-log/{id}"))
             .await
             .map(|_| ())
-            .map_err(ApiError::from)
     }
 }
 

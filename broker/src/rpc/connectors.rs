@@ -52,7 +52,7 @@ impl ConnectorsService {
                 .policy
                 .with_entities(|e| e.remove_dataset(&dataset.id));
         }
-        r.map(|_| ()).map_err(ApiError::from)
+        r.map(|_| ())
     }
 
     fn policy_dataset(&self, d: &crate::catalog::DatasetDescription) -> allmende_policies::Dataset {

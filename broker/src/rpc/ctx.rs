@@ -39,6 +39,5 @@ impl NodeCtx {
             .authorize(&self.audit, caller, request, label)
             .await
             .map(|_| ())
-            .map_err(ApiError::from)
     }
 }
