@@ -11,6 +11,7 @@
 //! and is written by the next flush; nothing here ever allows.
 
 use crate::audit::{AuditLog, Draft};
+use crate::locks;
 use allmende_audit::{Decision, EntryKind};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -26,6 +27,19 @@ const MAX_PENDING: usize = 4096;
 const MAX_ACTIONS: usize = 16;
 /// Key of the shared slot for callers beyond [`MAX_CALLERS`].
 const OVERFLOW: &str = "*";
+
+/// A caller over its denial budget: the request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "too many denied requests; the denials of the last `{interval_secs}` s are audited in aggregate, retry later"
+)]
+pub struct OverBudget {
+    pub interval_secs: i64,
+}
+
+/// The names the lock helpers log for the denial state.
+const LIMITS: &str = "denial budget";
+const STATE: &str = "denial counts";
 
 /// The budget per caller and interval (node config `[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,20 +182,22 @@ impl Denials {
 
     /// Changes the budget (node start-up, from the config).
     pub fn configure(&self, limits: DenialLimits) {
-        if let Ok(mut l) = self.limits.lock() {
+        if let Ok(mut l) = locks::lock(&self.limits, LIMITS) {
             *l = limits;
         }
     }
 
     /// The budget in force.
     pub fn limits(&self) -> DenialLimits {
-        self.limits.lock().map(|l| *l).unwrap_or_default()
+        locks::lock(&self.limits, LIMITS)
+            .map(|l| *l)
+            .unwrap_or_default()
     }
 
     /// Notes one denial of `action` for caller `key` at `now_ms`.
     pub fn note(&self, key: &str, caller: &Caller, action: &str, now_ms: i64) -> Verdict {
         let limits = self.limits();
-        let Ok(mut st) = self.state.lock() else {
+        let Ok(mut st) = locks::lock(&self.state, STATE) else {
             // Cannot count: write it one by one.
             return Verdict::Audit;
         };
@@ -241,7 +257,7 @@ impl Denials {
         caller: &crate::pki::Principal,
         action: &str,
         now_ms: i64,
-    ) -> Result<bool, crate::error::ApiError> {
+    ) -> Result<bool, OverBudget> {
         use crate::pki::Subject;
         let (key, c) = match &caller.subject {
             Subject::User(u) => (
@@ -264,10 +280,9 @@ impl Denials {
         match self.note(&key, &c, action, now_ms) {
             Verdict::Audit => Ok(true),
             Verdict::Aggregate => Ok(false),
-            Verdict::Refuse => Err(crate::error::ApiError::ResourceExhausted(format!(
-                "too many denied requests; the denials of the last `{}` s are audited in aggregate, retry later",
-                self.limits().interval_ms / 1000
-            ))),
+            Verdict::Refuse => Err(OverBudget {
+                interval_secs: self.limits().interval_ms / 1000,
+            }),
         }
     }
 
@@ -275,7 +290,7 @@ impl Denials {
     /// (`all`: also of the running ones, e.g. at shutdown).
     pub fn take_due(&self, now_ms: i64, all: bool) -> Vec<Aggregate> {
         let interval = self.limits().interval_ms;
-        let Ok(mut st) = self.state.lock() else {
+        let Ok(mut st) = locks::lock(&self.state, STATE) else {
             return Vec::new();
         };
         let st = &mut *st;
@@ -285,7 +300,7 @@ impl Denials {
 
     /// Puts aggregates that could not be written back in the queue.
     pub fn requeue(&self, aggs: Vec<Aggregate>) {
-        if let Ok(mut st) = self.state.lock() {
+        if let Ok(mut st) = locks::lock(&self.state, STATE) {
             for a in aggs {
                 push_pending(&mut st.pending, a);
             }

@@ -1,9 +1,18 @@
-//! The broker's request errors and their one mapping to gRPC status.
-//!
-//! Architecture invariant: `tonic::Status` is built from an [`ApiError`] here
-//! and nowhere else in the broker's services.
+//! The broker's request errors: [`ApiError`], and the one place that
+//! classifies the domain modules' errors into it (`impl From<CatalogError>
+//! for ApiError`, …). Domain modules return their own error enums and know
+//! nothing of the wire; this module names no wire type either. The mapping
+//! of an [`ApiError`] to a gRPC status lives in the wire layer
+//! (`rpc::status`).
 
+use crate::catalog::CatalogError;
+use crate::consent::ConsentError;
+use crate::denials::OverBudget;
+use crate::locks::Poisoned;
+use crate::policy::AuthorizeError;
+use crate::registry::RegistryError;
 use crate::store::StoreError;
+use allmende_connectors::ConnectorError;
 
 /// A policy that decided a denied request, with its plain-language texts
 /// (the policy engine's own type, not a copy of it).
@@ -57,51 +66,142 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<ApiError> for tonic::Status {
-    fn from(e: ApiError) -> Self {
-        use tonic::Code;
-        if let ApiError::Denied(d) = &e {
-            // The reasons in the message for humans, the structured decision
-            // (`allmende.v1.DecisionDetails`) in the status details.
-            let msg = e.to_string();
-            let details = crate::rpc::convert::decision_details_bytes(d);
-            return tonic::Status::with_details(Code::PermissionDenied, msg, details.into());
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Invalid { .. } | CatalogError::Ambiguous { .. } => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            CatalogError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            CatalogError::OwnedByOtherNode { .. } => ApiError::FailedPrecondition(e.to_string()),
+            CatalogError::PeerRefused { .. } => ApiError::PermissionDenied(e.to_string()),
+            CatalogError::Store(s) => ApiError::from(s),
+            CatalogError::Key(k) => ApiError::Internal(k.to_string()),
+            CatalogError::Poisoned(p) => ApiError::from(p),
         }
-        let (code, msg) = match e {
-            ApiError::Unauthenticated(m) => (Code::Unauthenticated, m),
-            ApiError::PermissionDenied(m) => (Code::PermissionDenied, m),
-            ApiError::Denied(_) => (Code::PermissionDenied, "denied".to_owned()),
-            ApiError::InvalidArgument(m) => (Code::InvalidArgument, m),
-            ApiError::NotFound(m) => (Code::NotFound, m),
-            ApiError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
-            ApiError::ResourceExhausted(m) => (Code::ResourceExhausted, m),
-            ApiError::Unavailable(m) => {
-                tracing::warn!(error = %m, "request failed: unavailable");
-                (Code::Unavailable, m)
-            }
-            ApiError::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
-                (
-                    Code::Internal,
-                    "internal error; see the node log".to_owned(),
-                )
-            }
-        };
-        tonic::Status::new(code, msg)
+    }
+}
+
+impl From<ConsentError> for ApiError {
+    fn from(e: ConsentError) -> Self {
+        match e {
+            ConsentError::Rows(_) => ApiError::InvalidArgument(e.summary(40)),
+            ConsentError::Invalid(m) => ApiError::InvalidArgument(m),
+            ConsentError::TooLarge { .. } => ApiError::ResourceExhausted(e.to_string()),
+            ConsentError::Store(s) => ApiError::from(s),
+            ConsentError::Audit(a) => ApiError::from(a),
+            ConsentError::Poisoned(p) => ApiError::from(p),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Kind(_)
+            | RegistryError::Config(_)
+            | RegistryError::ConfigJson(_)
+            | RegistryError::Dataset(_)
+            | RegistryError::DatasetJson(_) => ApiError::InvalidArgument(e.to_string()),
+            RegistryError::Connector(ref c) => match c {
+                ConnectorError::Confined { .. } => ApiError::PermissionDenied(e.to_string()),
+                ConnectorError::Unreachable { .. } => ApiError::FailedPrecondition(e.to_string()),
+                ConnectorError::Internal(_) => ApiError::Internal(e.to_string()),
+                _ => ApiError::InvalidArgument(e.to_string()),
+            },
+            RegistryError::Unknown(_) => ApiError::NotFound(e.to_string()),
+            RegistryError::Disabled(_) => ApiError::FailedPrecondition(e.to_string()),
+            // The catalog's own classification; the message is the catalog's.
+            RegistryError::Catalog(c) => ApiError::from(c),
+            RegistryError::Store(s) => ApiError::from(s),
+            RegistryError::Audit(a) => ApiError::from(a),
+            RegistryError::Poisoned(p) => ApiError::from(p),
+        }
+    }
+}
+
+impl From<Poisoned> for ApiError {
+    fn from(e: Poisoned) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<OverBudget> for ApiError {
+    fn from(e: OverBudget) -> Self {
+        ApiError::ResourceExhausted(e.to_string())
+    }
+}
+
+impl From<AuthorizeError> for ApiError {
+    fn from(e: AuthorizeError) -> Self {
+        match e {
+            AuthorizeError::Denied(d) => ApiError::Denied(d),
+            AuthorizeError::OverBudget(o) => ApiError::from(o),
+            AuthorizeError::Audit(a) => ApiError::from(a),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::AuditError;
 
+    fn code(e: impl Into<ApiError>) -> &'static str {
+        match e.into() {
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::PermissionDenied(_) => "permission-denied",
+            ApiError::Denied(_) => "denied",
+            ApiError::InvalidArgument(_) => "invalid-argument",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::FailedPrecondition(_) => "failed-precondition",
+            ApiError::ResourceExhausted(_) => "resource-exhausted",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Each domain error lands in the class a caller can act on; a store or
+    /// audit failure behind a catalog or consent change is never blamed on
+    /// the caller's input.
     #[test]
-    fn internal_details_do_not_reach_the_caller() {
-        let s: tonic::Status = ApiError::Internal("secret path /x".into()).into();
-        assert_eq!(s.code(), tonic::Code::Internal);
-        assert!(!s.message().contains("secret"));
-        let s: tonic::Status =
-            ApiError::from(StoreError::Io(sled::Error::Unsupported("x".into()))).into();
-        assert_eq!(s.code(), tonic::Code::Unavailable);
+    fn domain_errors_are_classified_in_one_place() {
+        let unavailable = || AuditError::Unavailable("writer stopped".into());
+        assert_eq!(code(CatalogError::NotFound("x".into())), "not-found");
+        assert_eq!(
+            code(CatalogError::OwnedByOtherNode {
+                dataset: "x".into(),
+                node: "n".into()
+            }),
+            "failed-precondition"
+        );
+        assert_eq!(
+            code(RegistryError::Catalog(CatalogError::Poisoned(Poisoned(
+                "catalog entries"
+            )))),
+            "unavailable"
+        );
+        assert_eq!(
+            code(RegistryError::Catalog(CatalogError::Invalid {
+                dataset: "x".into(),
+                problems: vec!["title is empty".into()]
+            })),
+            "invalid-argument"
+        );
+        assert_eq!(code(ConsentError::Audit(unavailable())), "unavailable");
+        assert_eq!(
+            code(ConsentError::TooLarge { bytes: 1 }),
+            "resource-exhausted"
+        );
+        assert_eq!(code(ConsentError::Rows(Vec::new())), "invalid-argument");
+        assert_eq!(code(AuthorizeError::Audit(unavailable())), "unavailable");
+        assert_eq!(
+            code(AuthorizeError::OverBudget(OverBudget { interval_secs: 60 })),
+            "resource-exhausted"
+        );
+        assert_eq!(code(Poisoned("x")), "unavailable");
+        // The caller sees the domain's own message.
+        let e = ApiError::from(RegistryError::Catalog(CatalogError::NotFound("ds".into())));
+        assert_eq!(e.to_string(), "dataset `ds` is not in the catalog");
     }
 }

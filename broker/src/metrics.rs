@@ -9,6 +9,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
+/// The name the lock helpers log for the refusal aggregate.
+const REFUSALS: &str = "authentication refusals";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
@@ -131,7 +134,7 @@ impl NodeMetrics {
 
     /// Notes a refused authentication from `source` at `now_ms`.
     pub fn note_refusal(&self, source: &str, reason: &str, now_ms: i64) {
-        if let Ok(mut a) = self.refusals.lock() {
+        if let Ok(mut a) = crate::locks::lock(&self.refusals, REFUSALS) {
             // Bound the table: a flood from many sources is folded into one.
             let key = if a.by_source.len() >= 1024 && !a.by_source.contains_key(source) {
                 "other".to_owned()
@@ -150,8 +153,7 @@ impl NodeMetrics {
 
     /// Takes the refusals noted since the last drain.
     pub fn drain_refusals(&self) -> RefusalAggregate {
-        self.refusals
-            .lock()
+        crate::locks::lock(&self.refusals, REFUSALS)
             .map(|mut a| std::mem::take(&mut *a))
             .unwrap_or_default()
     }

@@ -8,15 +8,35 @@
 //! principal, the node clock and the node's own state; nothing in it comes
 //! from a request body except the declared purpose, which is parsed strictly.
 
+use crate::audit::AuditError;
 use crate::audit::{AuditLog, Draft};
 use crate::clock::SharedClock;
+use crate::denials::OverBudget;
 use crate::error::{ApiError, DenyDetails};
+use crate::locks;
 use crate::pki::membership::MembershipDoc;
 use crate::pki::{Principal, Subject};
 use allmende_audit::{Decision as AuditDecision, EntryKind, Hash};
 use allmende_policies as pol;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+
+/// Why [`PolicyPoint::authorize`] did not allow a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    /// Denied by the policies; carries the deciding policies and reasons.
+    #[error("denied: {}", .0.policies.iter().map(|p| p.reason_en.as_str()).collect::<Vec<_>>().join("; "))]
+    Denied(Box<DenyDetails>),
+    /// The caller is over its budget of denied requests.
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+    /// The decision could not be audited, so it is not acted upon.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// The name the lock helpers log for the entity data.
+const ENTITIES: &str = "policy entities";
 
 pub use pol::{Action, Decision, Purpose, Resource};
 
@@ -134,7 +154,7 @@ impl PolicyPoint {
     /// Mirrors the signed membership into the entity data: organisations
     /// with their kinds, the federation.
     pub fn sync_membership(&self, doc: &MembershipDoc) {
-        let Ok(mut e) = self.entities.write() else {
+        let Ok(mut e) = locks::write(&self.entities, ENTITIES) else {
             return;
         };
         for m in &doc.members {
@@ -160,7 +180,9 @@ impl PolicyPoint {
 
     /// Changes the entity data (datasets, grants, subjects, …).
     pub fn with_entities<R>(&self, f: impl FnOnce(&mut pol::EntityStore) -> R) -> Option<R> {
-        self.entities.write().ok().map(|mut e| f(&mut e))
+        locks::write(&self.entities, ENTITIES)
+            .ok()
+            .map(|mut e| f(&mut e))
     }
 
     /// The Cedar principal id for a bound caller.
@@ -197,10 +219,7 @@ impl PolicyPoint {
         caller: &Principal,
         request: &pol::DecisionRequest,
     ) -> Result<std::sync::Arc<pol::EntitySnapshot>, String> {
-        let mut e = self
-            .entities
-            .write()
-            .map_err(|_| "entity data unavailable".to_owned())?;
+        let mut e = locks::write(&self.entities, ENTITIES).map_err(|e| e.to_string())?;
         bind_principal(&mut e, caller);
         let mut scratch_user = None;
         let mut scratch_subject = None;
@@ -264,9 +283,10 @@ impl PolicyPoint {
         r
     }
 
-    /// Decides `request` for `caller`, writes the decision to the audit log
-    /// (a decision that cannot be audited fails the call with `UNAVAILABLE`),
-    /// and turns a deny into `PERMISSION_DENIED` with the deciding policies.
+    /// [`PolicyPoint::decide_audited`] for a caller that answers with an
+    /// [`ApiError`]: a decision that cannot be audited fails the call with
+    /// `UNAVAILABLE`, a deny is `PERMISSION_DENIED` with the deciding
+    /// policies (classified in `error.rs`).
     pub async fn authorize(
         &self,
         audit: &AuditLog,
@@ -274,6 +294,22 @@ impl PolicyPoint {
         request: pol::DecisionRequest,
         resource_label: &str,
     ) -> Result<Decision, ApiError> {
+        self.decide_audited(audit, caller, request, resource_label)
+            .await
+            .map_err(ApiError::from)
+    }
+
+    /// Decides `request` for `caller` and writes the decision to the audit
+    /// log; the decision is acted upon only if it was written. A deny, a
+    /// caller over its denial budget and an unwritten decision are
+    /// [`AuthorizeError`]s.
+    pub async fn decide_audited(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        request: pol::DecisionRequest,
+        resource_label: &str,
+    ) -> Result<Decision, AuthorizeError> {
         let decision = self.decide(caller, &request);
         // A denial beyond the caller's budget is counted into an aggregate
         // entry instead (or refused); see `crate::denials`.
@@ -316,7 +352,9 @@ impl PolicyPoint {
                     "denied"
                 );
             }
-            Err(ApiError::Denied(Box::new(DenyDetails::from(&decision))))
+            Err(AuthorizeError::Denied(Box::new(DenyDetails::from(
+                &decision,
+            ))))
         }
     }
 }

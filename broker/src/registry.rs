@@ -13,8 +13,9 @@
 //! `source-confinement:<reason>`; no path in the entry).
 
 use crate::audit::{AuditLog, Draft};
-use crate::catalog::{Catalog, CatalogEntry, DatasetDescription};
+use crate::catalog::{Catalog, CatalogEntry, CatalogError, DatasetDescription};
 use crate::clock::SharedClock;
+use crate::locks::{self, Poisoned};
 use crate::pki::{Principal, Subject};
 use crate::policy::PolicyPoint;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
@@ -26,6 +27,10 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+
+/// The names the lock helpers log for the registry's state.
+const LIVE: &str = "live connectors";
+const PROBLEMS: &str = "connector problems";
 
 /// A stored registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +54,10 @@ pub enum RegistryError {
     Config(String),
     #[error("invalid dataset description: {0}")]
     Dataset(String),
+    #[error("invalid dataset description: {0}")]
+    DatasetJson(#[source] serde_json::Error),
+    #[error("invalid connector configuration: {0}")]
+    ConfigJson(#[source] serde_json::Error),
     #[error("connector refused: {0}")]
     Connector(#[from] ConnectorError),
     #[error("no connector is registered for dataset `{0}`")]
@@ -56,33 +65,13 @@ pub enum RegistryError {
     #[error("dataset `{0}` is disabled by its owner")]
     Disabled(String),
     #[error("catalog: {0}")]
-    Catalog(String),
+    Catalog(#[source] CatalogError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
-}
-
-impl From<RegistryError> for crate::error::ApiError {
-    fn from(e: RegistryError) -> Self {
-        use crate::error::ApiError;
-        match e {
-            RegistryError::Kind(_) | RegistryError::Config(_) | RegistryError::Dataset(_) => {
-                ApiError::InvalidArgument(e.to_string())
-            }
-            RegistryError::Connector(ref c) => match c {
-                ConnectorError::Confined { .. } => ApiError::PermissionDenied(e.to_string()),
-                ConnectorError::Unreachable { .. } => ApiError::FailedPrecondition(e.to_string()),
-                ConnectorError::Internal(_) => ApiError::Internal(e.to_string()),
-                _ => ApiError::InvalidArgument(e.to_string()),
-            },
-            RegistryError::Unknown(_) => ApiError::NotFound(e.to_string()),
-            RegistryError::Disabled(_) => ApiError::FailedPrecondition(e.to_string()),
-            RegistryError::Catalog(m) => ApiError::InvalidArgument(m),
-            RegistryError::Store(s) => ApiError::from(s),
-            RegistryError::Audit(a) => ApiError::from(a),
-        }
-    }
+    #[error(transparent)]
+    Poisoned(#[from] Poisoned),
 }
 
 /// A live, enabled dataset: its registration and open connector.
@@ -222,12 +211,12 @@ impl Connector for AuditedSource {
 }
 
 fn parse_dataset(json: &str) -> Result<DatasetDescription, RegistryError> {
-    serde_json::from_str(json).map_err(|e| RegistryError::Dataset(e.to_string()))
+    serde_json::from_str(json).map_err(RegistryError::DatasetJson)
 }
 
 /// Parses a `files` connector configuration (JSON).
 pub fn parse_config(json: &str) -> Result<FileConnectorConfig, RegistryError> {
-    serde_json::from_str(json).map_err(|e| RegistryError::Config(e.to_string()))
+    serde_json::from_str(json).map_err(RegistryError::ConfigJson)
 }
 
 impl Registry {
@@ -315,7 +304,7 @@ impl Registry {
     }
 
     fn set_live(&self, id: &str, served: Option<Served>) {
-        if let Ok(mut l) = self.live.write() {
+        if let Ok(mut l) = locks::write(&self.live, LIVE) {
             match served {
                 Some(s) => {
                     l.insert(id.to_owned(), s);
@@ -328,7 +317,7 @@ impl Registry {
     }
 
     fn set_problem(&self, id: &str, problem: Option<String>) {
-        if let Ok(mut p) = self.problems.write() {
+        if let Ok(mut p) = locks::write(&self.problems, PROBLEMS) {
             match problem {
                 Some(m) => {
                     p.insert(id.to_owned(), m);
@@ -436,7 +425,7 @@ impl Registry {
             .catalog
             .upsert_local(dataset.clone())
             .await
-            .map_err(|e| RegistryError::Catalog(e.to_string()))?;
+            .map_err(RegistryError::Catalog)?;
         self.mirror_policy(&r);
         self.set_problem(&dataset.id, None);
         let served = self.served_for(r, connector);
@@ -482,7 +471,7 @@ impl Registry {
         self.catalog
             .remove_local(dataset)
             .await
-            .map_err(|e| RegistryError::Catalog(e.to_string()))?;
+            .map_err(RegistryError::Catalog)?;
         self.policy.with_entities(|e| {
             e.remove_dataset(dataset);
         });
@@ -496,7 +485,7 @@ impl Registry {
 
     /// Every registration with its current problem (if any).
     pub fn list(&self) -> Result<Vec<(Registration, Option<String>)>, RegistryError> {
-        let problems = self.problems.read().map(|p| p.clone()).unwrap_or_default();
+        let problems = locks::read(&self.problems, PROBLEMS)?.clone();
         Ok(self
             .table
             .entries()?
@@ -510,18 +499,16 @@ impl Registry {
 
     /// The live connector of an enabled dataset.
     pub fn served(&self, dataset: &str) -> Result<Served, RegistryError> {
-        if let Some(s) = self.live.read().ok().and_then(|l| l.get(dataset).cloned()) {
+        if let Some(s) = locks::read(&self.live, LIVE)?.get(dataset).cloned() {
             return Ok(s);
         }
         match self.table.get(&dataset.to_owned())? {
             Some(r) if !r.enabled => Err(RegistryError::Disabled(r.dataset.id)),
             Some(r) => Err(RegistryError::Connector(ConnectorError::Unreachable {
                 path: r.dataset.id,
-                reason: self
-                    .problems
-                    .read()
-                    .ok()
-                    .and_then(|p| p.get(dataset).cloned())
+                reason: locks::read(&self.problems, PROBLEMS)?
+                    .get(dataset)
+                    .cloned()
                     .unwrap_or_else(|| "not open".into()),
             })),
             None => Err(RegistryError::Unknown(dataset.chars().take(100).collect())),

@@ -2,7 +2,8 @@
 //! `.proto` files in `proto/allmende/v1/` by protox and tonic-prost-build.
 //!
 //! Only the broker's `rpc` layer uses these types; the broker's domain types
-//! are plain Rust and convert from and to these in one module.
+//! are plain Rust and convert from and to these in `rpc::convert` (one file
+//! per area).
 
 #![allow(
     clippy::all,

@@ -309,7 +309,7 @@ async fn a_data_subject_is_bound_to_its_controller() {
     // A TUM certificate with the same user id learns nothing about the
     // household, changes nothing, and every refusal is audited.
     let before = size(&sb, "swm-1");
-    let consent_before = swm.consent.records_of("HH-000001");
+    let consent_before = swm.consent.records_of("HH-000001").unwrap();
     let foreign = channel(&sb, "tum", "HH-000001", "swm-1").await;
     let err = AuditClient::new(foreign.clone())
         .my_accesses(pb::MyAccessesRequest::default())
@@ -336,7 +336,7 @@ async fn a_data_subject_is_bound_to_its_controller() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert_eq!(swm.consent.records_of("HH-000001"), consent_before);
+    assert_eq!(swm.consent.records_of("HH-000001").unwrap(), consent_before);
     let entries = entries_since(&sb, "swm-1", before);
     for action in ["read_audit", "read_consent", "record_consent"] {
         assert!(

@@ -24,6 +24,9 @@ use allmende_connectors::{Connector, ConnectorError, Cursor, ReadItem, ReadReque
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
+
+/// The name the lock helpers log for the running fetches per caller.
+const RUNNING: &str = "running fetches per caller";
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -121,7 +124,7 @@ struct PrincipalSlot {
 
 impl Drop for PrincipalSlot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.running.lock()
+        if let Ok(mut m) = crate::locks::lock(&self.running, RUNNING)
             && let Some(n) = m.get_mut(&self.who)
         {
             *n = n.saturating_sub(1);
@@ -172,10 +175,7 @@ impl Fetcher {
         // A slot under the caller's and the node-wide cap, held until the
         // release ends.
         let mine = {
-            let mut m = self
-                .running
-                .lock()
-                .map_err(|_| ApiError::Internal("fetch slots poisoned".into()))?;
+            let mut m = crate::locks::lock(&self.running, RUNNING)?;
             let n = m.entry(who.clone()).or_insert(0);
             if *n >= self.limits.max_concurrent_per_principal.max(1) {
                 return Err(ApiError::ResourceExhausted(format!(

@@ -24,7 +24,7 @@ impl RateLimiter {
 
     /// Takes one token for `key`; false when the bucket is empty.
     pub fn allow(&self, key: &str) -> bool {
-        let Ok(mut b) = self.buckets.lock() else {
+        let Ok(mut b) = crate::locks::lock(&self.buckets, "fetch rate buckets") else {
             return false;
         };
         let now = Instant::now();

@@ -1,7 +1,7 @@
 //! `allmende.v1.Access`: the release pipeline on the wire.
 
 use super::principal;
-use crate::access::{Fetcher, fetch::FetchMessage};
+use crate::access::Fetcher;
 use allmende_proto::v1 as pb;
 use futures::StreamExt;
 use std::pin::Pin;
@@ -69,28 +69,7 @@ impl pb::access_server::Access for AccessService {
         let idle = self.idle_timeout;
         let stream = async_stream(idle, move |tx, ended_idle| async move {
             while let Some(m) = rx.recv().await {
-                let item = match m {
-                    FetchMessage::Ipc(bytes) => Ok(pb::FetchResponse {
-                        arrow_ipc: bytes,
-                        summary: None,
-                    }),
-                    FetchMessage::Done {
-                        ipc,
-                        rows,
-                        next_cursor,
-                        complete,
-                        audit_sequence,
-                    } => Ok(pb::FetchResponse {
-                        arrow_ipc: ipc,
-                        summary: Some(pb::FetchSummary {
-                            rows,
-                            next_cursor: next_cursor.unwrap_or_default(),
-                            complete,
-                            audit_sequence,
-                        }),
-                    }),
-                    FetchMessage::Failed(e) => Err(Status::from(e)),
-                };
+                let item = super::convert::access::fetch_response(m).map_err(Status::from);
                 match tokio::time::timeout(idle, tx.send(item)).await {
                     Ok(Ok(())) => {}
                     // The client went away.

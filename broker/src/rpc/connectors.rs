@@ -1,5 +1,6 @@
 //! `allmende.v1.Connectors`: stewards register their datasets' sources.
 
+use super::convert::connectors as convert;
 use super::principal;
 use crate::ctx::NodeCtx;
 use crate::error::ApiError;
@@ -52,28 +53,6 @@ impl ConnectorsService {
                 .with_entities(|e| e.remove_dataset(&dataset.id));
         }
         r.map(|_| ())
-    }
-
-    fn info(
-        &self,
-        r: &crate::registry::Registration,
-        problem: Option<String>,
-    ) -> pb::ConnectorInfo {
-        pb::ConnectorInfo {
-            dataset: r.dataset.id.clone(),
-            kind: r.kind.clone(),
-            enabled: r.enabled,
-            registered_by: r.registered_by.clone(),
-            registered_at_ms: r.registered_at_ms,
-            problem: problem.unwrap_or_default(),
-            columns: r
-                .dataset
-                .schema
-                .fields
-                .iter()
-                .map(|f| f.name.clone())
-                .collect(),
-        }
     }
 
     fn policy_dataset(&self, d: &crate::catalog::DatasetDescription) -> allmende_policies::Dataset {
@@ -134,10 +113,10 @@ impl pb::connectors_server::Connectors for ConnectorsService {
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::Internal("registration vanished".into()))?;
         tracing::info!(dataset = %entry.id(), by = %by, "connector registered");
-        Ok(Response::new(pb::RegisterConnectorResponse {
-            connector: Some(self.info(&reg, None)),
-            catalog_version: entry.version,
-        }))
+        Ok(Response::new(convert::register_response(
+            &reg,
+            entry.version,
+        )))
     }
 
     async fn set_enabled(
@@ -153,7 +132,7 @@ impl pb::connectors_server::Connectors for ConnectorsService {
             .set_enabled(&r.dataset, r.enabled)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(self.info(&reg, None)))
+        Ok(Response::new(convert::connector_info(&reg, None)))
     }
 
     async fn remove(
@@ -169,7 +148,7 @@ impl pb::connectors_server::Connectors for ConnectorsService {
             .remove(&r.dataset)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(pb::RemoveConnectorResponse { removed }))
+        Ok(Response::new(convert::remove_response(removed)))
     }
 
     async fn list(
@@ -189,11 +168,6 @@ impl pb::connectors_server::Connectors for ConnectorsService {
         )
         .await?;
         let list = self.registry.list().map_err(ApiError::from)?;
-        Ok(Response::new(pb::ListConnectorsResponse {
-            connectors: list
-                .iter()
-                .map(|(r, prob)| self.info(r, prob.clone()))
-                .collect(),
-        }))
+        Ok(Response::new(convert::list_response(&list)))
     }
 }

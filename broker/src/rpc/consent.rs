@@ -9,7 +9,7 @@
 //! for any of its subjects.
 
 use super::principal;
-use crate::consent::ConsentStore;
+use crate::consent::{ConsentStore, MAX_IMPORT_BYTES};
 use crate::ctx::NodeCtx;
 use crate::error::ApiError;
 use crate::pki::Principal;
@@ -19,41 +19,17 @@ use allmende_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// The largest consent CSV one `Import` takes.
-pub const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
-
 /// `allmende.v1.Consent`.
 #[derive(Debug, Clone)]
 pub struct ConsentService {
     pub consent: Arc<ConsentStore>,
     /// Decisions and every consent change go to the node's audit log before
-    /// they take effect; if they cannot be written, nothing changes.
+    /// they take effect (`consent::apply`); if they cannot be written,
+    /// nothing changes.
     pub ctx: NodeCtx,
 }
 
 impl ConsentService {
-    async fn record(
-        &self,
-        p: &crate::pki::Principal,
-        action: &str,
-        resource: &str,
-        status: allmende_audit::ConsentStatus,
-        subjects: Vec<String>,
-    ) -> Result<(), ApiError> {
-        let mut d = crate::audit::Draft::new(
-            &p.organisation,
-            action,
-            resource,
-            allmende_audit::EntryKind::ConsentChange { status },
-        );
-        if let crate::pki::Subject::User(u) = &p.subject {
-            d.user = Some(u.clone());
-        }
-        d.subjects = subjects;
-        self.ctx.audit.append(d).await?;
-        Ok(())
-    }
-
     /// Decides `action` on `resource` for `p` and audits the decision.
     async fn authorize(
         &self,
@@ -122,30 +98,10 @@ impl pb::consent_server::Consent for ConsentService {
             &r.dataset,
         )
         .await?;
-        if r.csv.len() > MAX_IMPORT_BYTES {
-            return Err(ApiError::ResourceExhausted(format!(
-                "consent file of {} bytes exceeds {MAX_IMPORT_BYTES} bytes; split it",
-                r.csv.len()
-            ))
-            .into());
-        }
-        // Validate the whole file first: a refused file changes nothing and
-        // is not a consent change.
-        let now = self.consent.now();
-        self.consent
-            .parse_csv(&r.dataset, &r.csv, now)
-            .map_err(ApiError::from)?;
-        self.record(
-            &p,
-            "import_consent",
-            &r.dataset,
-            allmende_audit::ConsentStatus::Given,
-            Vec::new(),
-        )
-        .await?;
+        // Checked and validated whole, then audited, then applied.
         let report = self
             .consent
-            .import_csv(&r.dataset, &r.csv)
+            .import_audited(&self.ctx.audit, &p, &r.dataset, &r.csv)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ImportConsentResponse::from(&report)))
@@ -170,23 +126,12 @@ impl pb::consent_server::Consent for ConsentService {
         if let Some(pp) = purpose {
             tracing::Span::current().record("purpose", tracing::field::display(pp));
         }
-        self.record(
-            &p,
-            "withdraw_consent",
-            dataset.unwrap_or("*"),
-            allmende_audit::ConsentStatus::Withdrawn,
-            vec![r.subject_id.clone()],
-        )
-        .await?;
         let report = self
             .consent
-            .withdraw(&r.subject_id, dataset, purpose, &p.uri())
+            .withdraw_audited(&self.ctx.audit, &p, &r.subject_id, dataset, purpose)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(pb::WithdrawConsentResponse {
-            records_changed: u64::try_from(report.changed).unwrap_or(u64::MAX),
-            withdrawn_at_unix: report.withdrawn_at,
-        }))
+        Ok(Response::new(pb::WithdrawConsentResponse::from(&report)))
     }
 
     async fn get(
@@ -198,13 +143,12 @@ impl pb::consent_server::Consent for ConsentService {
         let r = req.into_inner();
         self.authorize_subject(&p, Action::ReadConsent, &r.subject_id)
             .await?;
-        Ok(Response::new(pb::GetConsentResponse {
-            records: self
-                .consent
-                .records_of(&r.subject_id)
-                .iter()
-                .map(pb::ConsentRecord::from)
-                .collect(),
-        }))
+        let records = self
+            .consent
+            .records_of(&r.subject_id)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(super::convert::consent::get_response(
+            &records,
+        )))
     }
 }

@@ -1,5 +1,6 @@
 //! `allmende.v1.Federation`.
 
+use super::convert::federation as convert;
 use super::limits::check_id;
 use super::principal;
 use crate::ctx::NodeCtx;
@@ -46,13 +47,7 @@ pub struct FederationService {
 
 impl FederationService {
     fn node_info(&self) -> pb::NodeInfo {
-        pb::NodeInfo {
-            federation: self.facts.federation.clone(),
-            organisation: self.facts.organisation.clone(),
-            node: self.facts.node.clone(),
-            software_version: crate::VERSION.to_owned(),
-            membership_version: self.trust.snapshot().doc.version,
-        }
+        convert::node_info(&self.facts, self.trust.snapshot().doc.version)
     }
 }
 
@@ -63,10 +58,10 @@ impl pb::federation_server::Federation for FederationService {
         req: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let p = principal(&req)?;
-        Ok(Response::new(pb::WhoAmIResponse {
-            principal: Some(pb::Principal::from(p.as_ref())),
-            server: Some(self.node_info()),
-        }))
+        Ok(Response::new(convert::who_am_i_response(
+            &p,
+            self.node_info(),
+        )))
     }
 
     async fn hello(
@@ -97,11 +92,11 @@ impl pb::federation_server::Federation for FederationService {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::Internal("node principal without node name".into()))?;
-        Ok(Response::new(pb::HelloResponse {
-            you: Some(pb::Principal::from(p.as_ref())),
-            server: Some(self.node_info()),
-            hellos_recorded: rec.hellos,
-        }))
+        Ok(Response::new(convert::hello_response(
+            &p,
+            self.node_info(),
+            rec.hellos,
+        )))
     }
 
     async fn list_peers(
@@ -110,9 +105,7 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<pb::ListPeersResponse>, Status> {
         let _p = principal(&req)?;
         let peers = self.peers.list().map_err(ApiError::from)?;
-        Ok(Response::new(pb::ListPeersResponse {
-            peers: peers.iter().map(pb::Peer::from).collect(),
-        }))
+        Ok(Response::new(convert::list_peers_response(&peers)))
     }
 
     async fn get_membership(
@@ -121,9 +114,9 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<pb::GetMembershipResponse>, Status> {
         let _p = principal(&req)?;
         let snap = self.trust.snapshot();
-        Ok(Response::new(pb::GetMembershipResponse {
-            signed_membership: snap.signed_json.clone(),
-            version: snap.doc.version,
-        }))
+        Ok(Response::new(convert::membership_response(
+            &snap.signed_json,
+            snap.doc.version,
+        )))
     }
 }

@@ -4,6 +4,7 @@
 //! streams (a tower layer in front of every service).
 
 use crate::error::ApiError;
+use crate::locks;
 use crate::metrics::NodeMetrics;
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
@@ -128,7 +129,7 @@ impl StreamLimitLayer {
 
     /// Takes one of the caller's stream slots, if it has one left.
     fn caller_slot(&self, key: String) -> Option<CallerSlot> {
-        let mut m = self.callers.lock().ok()?;
+        let mut m = locks::lock(&self.callers, CALLERS).ok()?;
         let n = m.entry(key.clone()).or_insert(0);
         if *n >= self.per_caller {
             return None;
@@ -141,6 +142,9 @@ impl StreamLimitLayer {
     }
 }
 
+/// The name the lock helpers log for the per-caller stream counts.
+const CALLERS: &str = "stream slots per caller";
+
 /// One stream of one caller; given back on drop.
 struct CallerSlot {
     callers: Arc<Mutex<HashMap<String, usize>>>,
@@ -149,7 +153,7 @@ struct CallerSlot {
 
 impl Drop for CallerSlot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.callers.lock()
+        if let Ok(mut m) = locks::lock(&self.callers, CALLERS)
             && let Some(n) = m.get_mut(&self.key)
         {
             *n = n.saturating_sub(1);
@@ -163,7 +167,7 @@ impl Drop for CallerSlot {
 impl<S> tower::Layer<S> for StreamLimitLayer {
     type Service = StreamLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        StreamLimit {
+        super::layer::Layered {
             inner,
             layer: self.clone(),
         }
@@ -171,32 +175,14 @@ impl<S> tower::Layer<S> for StreamLimitLayer {
 }
 
 /// The service of [`StreamLimitLayer`].
-#[derive(Debug, Clone)]
-pub struct StreamLimit<S> {
-    inner: S,
-    layer: StreamLimitLayer,
-}
+pub type StreamLimit<S> = super::layer::Layered<S, StreamLimitLayer>;
 
-type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for StreamLimit<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFut<S::Response, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+impl<S: super::layer::Inner<B>, B: Send + 'static> super::layer::Around<S, B> for StreamLimitLayer {
+    fn around(
+        &self,
+        mut inner: S,
+        req: http::Request<B>,
+    ) -> super::layer::BoxFut<S::Response, S::Error> {
         let key = req
             .extensions()
             .get::<crate::tls::PeerInfo>()
@@ -208,7 +194,7 @@ where
                 )
             })
             .unwrap_or_default();
-        let layer = &self.layer;
+        let layer = self;
         let refusal = match layer.caller_slot(key) {
             None => Err(format!(
                 "caller has `{}` streams open, the most one caller may; retry later",
@@ -222,9 +208,7 @@ where
                 )),
             },
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let metrics = self.layer.metrics.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let slots = match refusal {
                 Ok(s) => s,

@@ -1,7 +1,7 @@
 //! The gRPC server: the authentication layer in front of every service, the
 //! service implementations, health and reflection. It turns requests into
 //! calls on domain types and domain errors into status via
-//! `error::ApiError`. Calls this node makes to other nodes are
+//! `error::ApiError` (mapped to a status in `status`). Calls this node makes to other nodes are
 //! `federation`'s; this module may use `federation`, never the reverse, and
 //! only `node` (the server assembly) uses this module (`tidy.rs`).
 
@@ -12,9 +12,11 @@ mod connectors;
 mod consent;
 pub mod convert;
 mod federation;
+mod layer;
 pub mod limits;
 mod policy;
 mod recheck;
+pub mod status;
 
 pub use access::AccessService;
 pub use audit::AuditService;
@@ -24,12 +26,12 @@ pub use consent::ConsentService;
 pub use federation::FederationService;
 pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource, record_reload};
 
+use crate::error::ApiError;
 use crate::metrics::{NodeMetrics, RpcLabels};
 use crate::pki::{Principal, Trust};
 use crate::policy::Action;
 use crate::tls::PeerInfo;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tracing::Instrument;
 
 /// How a gRPC method is decided.
@@ -188,9 +190,7 @@ pub fn principal<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, tonic::St
         .get::<PeerInfo>()
         .map(|p| p.principal.clone())
         .ok_or_else(|| {
-            tonic::Status::from(crate::error::ApiError::Unauthenticated(
-                "no authenticated peer".into(),
-            ))
+            tonic::Status::from(ApiError::Unauthenticated("no authenticated peer".into()))
         })
 }
 
@@ -207,54 +207,31 @@ pub struct AuthLayer {
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
+        layer::Layered {
             inner,
             layer: self.clone(),
         }
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    layer: AuthLayer,
-}
+/// The service of [`AuthLayer`].
+pub type AuthService<S> = layer::Layered<S, AuthLayer>;
 
-type BoxFut<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFut<S::Response, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+impl<S: layer::Inner<B>, B: Send + 'static> layer::Around<S, B> for AuthLayer {
+    fn around(&self, mut inner: S, req: http::Request<B>) -> layer::BoxFut<S::Response, S::Error> {
         let method = req.uri().path().to_owned();
         let peer = req.extensions().get::<PeerInfo>().cloned();
-        let layer = self.layer.clone();
-        // Take the service that was driven to readiness.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.clone();
         Box::pin(async move {
             let refusal = match &peer {
-                None => Some(tonic::Status::unauthenticated("no authenticated peer")),
+                None => Some(ApiError::Unauthenticated("no authenticated peer".into())),
                 Some(p) => layer.trust.recheck(&p.principal).err().map(|e| {
                     layer.metrics.refuse(e.label());
-                    tonic::Status::unauthenticated(e.to_string())
+                    ApiError::Unauthenticated(e.to_string())
                 }),
             };
-            if let Some(status) = refusal {
+            if let Some(e) = refusal {
+                let status = tonic::Status::from(e);
                 count(&layer.metrics, &method, status.code());
                 return Ok(status.into_http());
             }

@@ -1,5 +1,6 @@
 //! `allmende.v1.Policy`: explain decisions, reload, list the policies.
 
+use super::convert::policy as convert;
 use super::limits::check_id;
 use super::principal;
 use crate::ctx::NodeCtx;
@@ -76,10 +77,7 @@ impl pb::policy_server::Policy for PolicyService {
             request.grant = Some(r.grant_id);
         }
         let d = self.ctx.policy.decide(&p, &request);
-        Ok(Response::new(pb::ExplainResponse {
-            decision: Some(super::convert::decision_details(&d)),
-            text: d.to_string(),
-        }))
+        Ok(Response::new(convert::explain_response(&d)))
     }
 
     async fn reload(
@@ -101,11 +99,7 @@ impl pb::policy_server::Policy for PolicyService {
             ))
         })?;
         record_reload(ctx, &p.organisation, &report.hash).await?;
-        Ok(Response::new(pb::ReloadResponse {
-            previous_hash: report.previous_hash,
-            policy_set_hash: report.hash,
-            policies: u32::try_from(report.policies).unwrap_or(u32::MAX),
-        }))
+        Ok(Response::new(convert::reload_response(report)))
     }
 
     async fn get_policy_set(
@@ -114,24 +108,10 @@ impl pb::policy_server::Policy for PolicyService {
     ) -> Result<Response<pb::GetPolicySetResponse>, Status> {
         let _p = principal(&req)?;
         let bundle = self.ctx.policy.bundle();
-        Ok(Response::new(pb::GetPolicySetResponse {
-            policy_set_hash: bundle.hash().to_owned(),
-            policies: bundle
-                .policies()
-                .iter()
-                .map(|i| pb::PolicyInfo {
-                    id: i.id.clone(),
-                    title: i.title.clone(),
-                    effect: format!("{:?}", i.effect).to_lowercase(),
-                    file: i.file.clone(),
-                    line: u32::try_from(i.line).unwrap_or(0),
-                })
-                .collect(),
-            source: match self.ctx.policy.origin() {
-                crate::policy::PolicyOrigin::Bundled => "bundled".into(),
-                crate::policy::PolicyOrigin::Dir(d) => d.display().to_string(),
-            },
-        }))
+        Ok(Response::new(convert::policy_set_response(
+            &bundle,
+            self.ctx.policy.origin(),
+        )))
     }
 }
 

@@ -3,6 +3,14 @@
 //! Architecture invariant: the only module that maps broker domain types
 //! to and from generated protobuf types.
 
+pub mod access;
+pub mod connectors;
+pub mod consent;
+pub mod federation;
+pub mod policy;
+
+pub use access::fetch_params;
+
 use crate::federation::peers::PeerRecord;
 use crate::pki::{Principal, Subject};
 use allmende_proto::v1 as pb;
@@ -141,7 +149,7 @@ pub fn decision_details(d: &allmende_policies::Decision) -> pb::DecisionDetails 
     pb::DecisionDetails::from(&crate::error::DenyDetails::from(d))
 }
 
-// ---- Catalog and consent ----
+// ---- Catalog ----
 
 /// A catalog entry on the wire; `replica` says whether the serving node
 /// holds it as a copy of a peer's entry.
@@ -272,119 +280,4 @@ impl TryFrom<pb::SearchCatalogRequest> for crate::catalog::SearchQuery {
             limit: (r.limit > 0).then(|| usize::try_from(r.limit).unwrap_or(usize::MAX)),
         })
     }
-}
-
-impl From<&crate::consent::ConsentRecord> for pb::ConsentRecord {
-    fn from(r: &crate::consent::ConsentRecord) -> Self {
-        pb::ConsentRecord {
-            subject_id: r.subject_id.clone(),
-            controller: r.controller.clone(),
-            dataset: r.dataset.clone(),
-            purposes: r.purposes.iter().map(|p| p.as_str().to_owned()).collect(),
-            status: r.status.as_str().to_owned(),
-            given_at_unix: r.given_at,
-            withdrawn_at_unix: r.withdrawn_at,
-            expires_at_unix: r.expires_at,
-            withdrawn_purposes: r
-                .withdrawn_purposes
-                .iter()
-                .map(|(p, at)| pb::ConsentPurposeWithdrawal {
-                    purpose: p.as_str().to_owned(),
-                    withdrawn_at_unix: *at,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<&crate::consent::ImportReport> for pb::ImportConsentResponse {
-    fn from(r: &crate::consent::ImportReport) -> Self {
-        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-        pb::ImportConsentResponse {
-            rows: n(r.rows),
-            stored: n(r.stored),
-            unchanged: n(r.unchanged),
-            superseded: n(r.superseded),
-        }
-    }
-}
-
-/// A fetch request from the wire, parsed strictly.
-pub fn fetch_params(
-    r: pb::FetchRequest,
-) -> Result<crate::access::FetchParams, crate::error::ApiError> {
-    use crate::error::ApiError;
-    let filter = match r.filter {
-        None => None,
-        Some(f) => Some(filter(f, 0)?),
-    };
-    if r.dataset.is_empty() {
-        return Err(ApiError::InvalidArgument("`dataset` is empty".into()));
-    }
-    if r.columns.len() > 1000 {
-        return Err(ApiError::InvalidArgument("too many columns".into()));
-    }
-    Ok(crate::access::FetchParams {
-        dataset: r.dataset,
-        purpose: crate::rpc::parse_purpose(&r.purpose)?,
-        columns: r.columns,
-        filter,
-        resume_cursor: (!r.resume_cursor.is_empty()).then_some(r.resume_cursor),
-        max_rows: r.max_rows,
-        grant_id: (!r.grant_id.is_empty()).then_some(r.grant_id),
-        request_id: (!r.request_id.is_empty()).then(|| r.request_id.chars().take(128).collect()),
-    })
-}
-
-fn filter(f: pb::Filter, depth: usize) -> Result<crate::access::Filter, crate::error::ApiError> {
-    use crate::access::{CompareOp, Filter, FilterValue};
-    use crate::error::ApiError;
-    if depth > 16 {
-        return Err(ApiError::InvalidArgument(
-            "filter is nested too deeply".into(),
-        ));
-    }
-    Ok(match f.expr {
-        None => return Err(ApiError::InvalidArgument("empty filter".into())),
-        Some(pb::filter::Expr::All(l)) => Filter::All(
-            l.filters
-                .into_iter()
-                .map(|f| filter(f, depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(pb::filter::Expr::Any(l)) => Filter::Any(
-            l.filters
-                .into_iter()
-                .map(|f| filter(f, depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(pb::filter::Expr::Comparison(c)) => {
-            let op = match pb::CompareOp::try_from(c.op) {
-                Ok(pb::CompareOp::Eq) => CompareOp::Eq,
-                Ok(pb::CompareOp::Ne) => CompareOp::Ne,
-                Ok(pb::CompareOp::Lt) => CompareOp::Lt,
-                Ok(pb::CompareOp::Le) => CompareOp::Le,
-                Ok(pb::CompareOp::Gt) => CompareOp::Gt,
-                Ok(pb::CompareOp::Ge) => CompareOp::Ge,
-                _ => {
-                    return Err(ApiError::InvalidArgument(
-                        "comparison without operator".into(),
-                    ));
-                }
-            };
-            let value = match c.value.and_then(|v| v.kind) {
-                Some(pb::value::Kind::StringValue(s)) => FilterValue::String(s),
-                Some(pb::value::Kind::IntValue(i)) => FilterValue::Int(i),
-                Some(pb::value::Kind::FloatValue(x)) => FilterValue::Float(x),
-                Some(pb::value::Kind::BoolValue(b)) => FilterValue::Bool(b),
-                Some(pb::value::Kind::TimestampMs(t)) => FilterValue::TimestampMs(t),
-                None => return Err(ApiError::InvalidArgument("comparison without value".into())),
-            };
-            Filter::Compare {
-                column: c.column,
-                op,
-                value,
-            }
-        }
-    })
 }

@@ -1,29 +1,14 @@
-//! The consent store: consent records per data subject, dataset and purpose,
-//! kept at the controller's own node, and the queries the release pipeline
-//! asks before any row leaves.
-//!
-//! - Records are keyed by (dataset, subject id). The subject id is stored as
-//!   the controller knows it (the owner's connector filters rows by it); only
-//!   the audit log uses keyed hashes of it.
-//! - Purposes parse strictly as [`allmende_policies::Purpose`].
-//! - [`ConsentStore::import_csv`] takes a utility's CSV (the format
-//!   `allmende_connectors::sample` writes). Every bad row is reported with its
-//!   line number; with one bad row nothing is stored. A row never overrides a
-//!   newer decision already held (a re-imported old file cannot undo a
-//!   withdrawal).
-//! - [`ConsentStore::withdraw`] is durable before it returns, and the very
-//!   next query sees it.
-//!
-//! Times are Unix seconds, like the policy model's. See `docs/consent.md`.
+//! Importing a utility's consent CSV (the format
+//! `allmende_connectors::sample` writes): all rows or none. Every bad row is
+//! reported with its line number; with one bad row nothing is stored. A row
+//! never overrides a newer decision already held (a re-imported old file
+//! cannot undo a withdrawal).
 
-use crate::clock::SharedClock;
-use crate::error::ApiError;
-use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
-use allmende_policies::{ConsentCoverage, Purpose};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use super::{ConsentError, ConsentRecord, ConsentStatus, ConsentStore, valid_subject_id};
+use crate::store::WriteBatch;
+use allmende_policies::Purpose;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The CSV columns, in the order the sample data writes them.
 pub const CSV_COLUMNS: [&str; 8] = [
@@ -44,67 +29,8 @@ pub const MAX_IMPORT_ROWS: usize = 1_000_000;
 /// utility's systems and the node), in seconds.
 pub const GIVEN_AT_SKEW_SECS: i64 = 300;
 
-/// A subject's decision (the one definition is in `allmende-vocab`).
-pub use allmende_vocab::ConsentStatus;
-
-/// One subject's consent decision for one dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsentRecord {
-    pub subject_id: String,
-    /// The controller organisation (this node's organisation).
-    pub controller: String,
-    pub dataset: String,
-    /// Purposes consented to (or refused, for a refusal). Purposes withdrawn
-    /// one by one are moved to `withdrawn_purposes`.
-    pub purposes: BTreeSet<Purpose>,
-    pub status: ConsentStatus,
-    /// When the decision was made.
-    pub given_at: i64,
-    pub withdrawn_at: Option<i64>,
-    pub expires_at: Option<i64>,
-    /// Purposes withdrawn individually while others stay given, with when.
-    #[serde(default)]
-    pub withdrawn_purposes: BTreeMap<Purpose, i64>,
-    /// When this node stored this state (ms since the epoch).
-    pub stored_at_ms: i64,
-    /// `import` or `withdraw by <principal>`.
-    pub source: String,
-}
-
-impl ConsentRecord {
-    /// Whether rows of this subject may be released for `purpose` at `now`.
-    pub fn permits(&self, purpose: Purpose, now: i64) -> bool {
-        self.status == ConsentStatus::Given
-            && self.purposes.contains(&purpose)
-            && self.given_at <= now
-            && self.expires_at.is_none_or(|e| now < e)
-    }
-
-    /// The time of the latest decision this record reflects.
-    pub fn decided_at(&self) -> i64 {
-        let mut t = self.given_at;
-        if let Some(w) = self.withdrawn_at {
-            t = t.max(w);
-        }
-        if let Some(w) = self.withdrawn_purposes.values().max() {
-            t = t.max(*w);
-        }
-        t
-    }
-
-    fn same_decision(&self, other: &ConsentRecord) -> bool {
-        self.subject_id == other.subject_id
-            && self.controller == other.controller
-            && self.dataset == other.dataset
-            && self.purposes == other.purposes
-            && self.status == other.status
-            && self.given_at == other.given_at
-            && self.withdrawn_at == other.withdrawn_at
-            && self.expires_at == other.expires_at
-            && self.withdrawn_purposes == other.withdrawn_purposes
-    }
-}
+/// The largest consent CSV one import takes, in bytes.
+pub const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
 
 /// A bad CSV row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,48 +46,12 @@ impl fmt::Display for RowError {
     }
 }
 
-/// Errors of the consent store.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsentError {
-    #[error("consent import refused, nothing was stored: {} bad row(s):\n{}", .0.len(), join_rows(.0, usize::MAX))]
-    Rows(Vec<RowError>),
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-fn join_rows(rows: &[RowError], max: usize) -> String {
+pub(super) fn join_rows(rows: &[RowError], max: usize) -> String {
     let mut s: Vec<String> = rows.iter().take(max).map(|r| format!("  {r}")).collect();
     if rows.len() > max {
         s.push(format!("  … and {} more bad row(s)", rows.len() - max));
     }
     s.join("\n")
-}
-
-impl ConsentError {
-    /// The message with at most `max_rows` bad rows spelled out (for
-    /// transports with a size limit).
-    pub fn summary(&self, max_rows: usize) -> String {
-        match self {
-            ConsentError::Rows(rows) => format!(
-                "consent import refused, nothing was stored: {} bad row(s):\n{}",
-                rows.len(),
-                join_rows(rows, max_rows)
-            ),
-            other => other.to_string(),
-        }
-    }
-}
-
-impl From<ConsentError> for ApiError {
-    fn from(e: ConsentError) -> Self {
-        match e {
-            ConsentError::Rows(_) => ApiError::InvalidArgument(e.summary(40)),
-            ConsentError::Invalid(m) => ApiError::InvalidArgument(m),
-            ConsentError::Store(s) => ApiError::from(s),
-        }
-    }
 }
 
 /// What an import did.
@@ -177,139 +67,11 @@ pub struct ImportReport {
     pub superseded: usize,
 }
 
-/// What a withdrawal did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WithdrawReport {
-    /// Records changed.
-    pub changed: usize,
-    /// When it took effect (Unix seconds).
-    pub withdrawn_at: i64,
-}
-
-type Records = HashMap<String, HashMap<String, ConsentRecord>>;
-
-/// The node's consent store.
-#[derive(Debug)]
-pub struct ConsentStore {
-    store: Store,
-    table: Table<(String, String), ConsentRecord>,
-    clock: SharedClock,
-    controller: String,
-    /// Serialises writers (each awaits a durable commit).
-    write: tokio::sync::Mutex<()>,
-    /// dataset → subject → record.
-    records: RwLock<Records>,
-}
-
-fn read(l: &RwLock<Records>) -> RwLockReadGuard<'_, Records> {
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write(l: &RwLock<Records>) -> RwLockWriteGuard<'_, Records> {
-    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn parse_time(s: &str) -> Result<i64, String> {
     crate::timefmt::parse(s).map(|t| t.unix_timestamp())
 }
 
-/// Formats Unix seconds as RFC 3339.
-pub fn format_time(unix: i64) -> String {
-    crate::timefmt::format_unix_secs(unix)
-}
-
-/// Checks a subject id. Subject ids double as the user id of the subject's
-/// citizen certificate, so they follow the same rule: `[A-Za-z0-9._-]{1,64}`,
-/// not starting with a dot.
-pub fn valid_subject_id(s: &str) -> bool {
-    crate::pki::identity::valid_leaf_name(s)
-}
-
 impl ConsentStore {
-    /// Opens the store of `controller` (this node's organisation).
-    pub fn open(store: Store, clock: SharedClock, controller: &str) -> Result<Self, ConsentError> {
-        let table: Table<(String, String), ConsentRecord> = store.table(TableName::Consent)?;
-        let mut records: Records = HashMap::new();
-        for ((dataset, subject), rec) in table.entries()? {
-            records.entry(dataset).or_default().insert(subject, rec);
-        }
-        Ok(Self {
-            store,
-            table,
-            clock,
-            controller: controller.to_owned(),
-            write: tokio::sync::Mutex::new(()),
-            records: RwLock::new(records),
-        })
-    }
-
-    /// The store's clock reading (Unix seconds).
-    pub fn now(&self) -> i64 {
-        self.clock.now_unix_secs()
-    }
-
-    /// The controller organisation.
-    pub fn controller(&self) -> &str {
-        &self.controller
-    }
-
-    /// Subjects whose rows of `dataset` may be released for `purpose` at
-    /// `now` (Unix seconds): consent given for that purpose, not withdrawn,
-    /// not expired.
-    pub fn permitted_subjects(&self, dataset: &str, purpose: Purpose, now: i64) -> HashSet<String> {
-        read(&self.records)
-            .get(dataset)
-            .map(|m| {
-                m.values()
-                    .filter(|r| r.permits(purpose, now))
-                    .map(|r| r.subject_id.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Whether one subject's rows of `dataset` may be released for `purpose`.
-    pub fn is_permitted(&self, dataset: &str, subject: &str, purpose: Purpose, now: i64) -> bool {
-        read(&self.records)
-            .get(dataset)
-            .and_then(|m| m.get(subject))
-            .is_some_and(|r| r.permits(purpose, now))
-    }
-
-    /// The consent facts the policy engine takes.
-    pub fn coverage(&self, dataset: &str, purpose: Purpose, now: i64) -> ConsentCoverage {
-        let n = read(&self.records).get(dataset).map_or(0, |m| {
-            m.values().filter(|r| r.permits(purpose, now)).count()
-        });
-        ConsentCoverage {
-            purpose_covered: n > 0,
-            consenting_subjects: i64::try_from(n).unwrap_or(i64::MAX),
-        }
-    }
-
-    /// One record.
-    pub fn record(&self, dataset: &str, subject: &str) -> Option<ConsentRecord> {
-        read(&self.records)
-            .get(dataset)
-            .and_then(|m| m.get(subject))
-            .cloned()
-    }
-
-    /// Every record of a subject, by dataset.
-    pub fn records_of(&self, subject: &str) -> Vec<ConsentRecord> {
-        let mut v: Vec<ConsentRecord> = read(&self.records)
-            .values()
-            .filter_map(|m| m.get(subject).cloned())
-            .collect();
-        v.sort_by(|a, b| a.dataset.cmp(&b.dataset));
-        v
-    }
-
-    /// Number of records for `dataset`.
-    pub fn count(&self, dataset: &str) -> usize {
-        read(&self.records).get(dataset).map_or(0, HashMap::len)
-    }
-
     /// Validates a CSV of consent records for `dataset` (every row must name
     /// it and this node's organisation as controller).
     pub fn parse_csv(
@@ -590,7 +352,7 @@ impl ConsentStore {
         let mut batch = WriteBatch::new();
         let mut changed = Vec::new();
         {
-            let held = read(&self.records);
+            let held = self.held()?;
             let current = held.get(dataset);
             for (_, rec) in rows {
                 match current.and_then(|m| m.get(&rec.subject_id)) {
@@ -615,185 +377,24 @@ impl ConsentStore {
         report.stored = changed.len();
         self.store.commit_durable(batch).await?;
         {
-            let mut held = write(&self.records);
+            let mut held = self.held_mut()?;
             let m = held.entry(dataset.to_owned()).or_default();
             for rec in changed {
                 m.insert(rec.subject_id.clone(), rec);
             }
         }
-        tracing::info!(
-            dataset = %dataset,
-            rows = report.rows,
-            stored = report.stored,
-            unchanged = report.unchanged,
-            superseded = report.superseded,
-            "consent records imported"
-        );
-        Ok(report)
-    }
-
-    /// Withdraws a subject's consent: for one dataset or all, for one
-    /// purpose or all. Durable before it returns; the next query sees it.
-    pub async fn withdraw(
-        &self,
-        subject: &str,
-        dataset: Option<&str>,
-        purpose: Option<Purpose>,
-        by: &str,
-    ) -> Result<WithdrawReport, ConsentError> {
-        if !valid_subject_id(subject) {
-            return Err(ConsentError::Invalid(format!(
-                "subject id `{}` must match [A-Za-z0-9._-]{{1,64}}",
-                subject.chars().take(80).collect::<String>()
-            )));
-        }
-        let _w = self.write.lock().await;
-        let now = self.clock.now_unix_secs();
-        let stored_at_ms = self.clock.now_unix_ms();
-        let mut batch = WriteBatch::new();
-        let mut changed = Vec::new();
-        {
-            let held = read(&self.records);
-            for (ds, m) in held.iter() {
-                if dataset.is_some_and(|d| d != ds) {
-                    continue;
-                }
-                let Some(old) = m.get(subject) else {
-                    continue;
-                };
-                if old.status != ConsentStatus::Given {
-                    continue;
-                }
-                let mut rec = old.clone();
-                match purpose {
-                    Some(p) => {
-                        if !rec.purposes.remove(&p) {
-                            continue;
-                        }
-                        rec.withdrawn_purposes.insert(p, now);
-                        if rec.purposes.is_empty() {
-                            rec.status = ConsentStatus::Withdrawn;
-                            rec.withdrawn_at = Some(now);
-                        }
-                    }
-                    None => {
-                        rec.status = ConsentStatus::Withdrawn;
-                        rec.withdrawn_at = Some(now);
-                    }
-                }
-                rec.stored_at_ms = stored_at_ms;
-                rec.source = format!("withdraw by {}", by.chars().take(200).collect::<String>());
-                batch.put(&self.table, &(ds.clone(), subject.to_owned()), &rec)?;
-                changed.push(rec);
-            }
-        }
-        let report = WithdrawReport {
-            changed: changed.len(),
-            withdrawn_at: now,
-        };
-        if changed.is_empty() {
-            return Ok(report);
-        }
-        self.store.commit_durable(batch).await?;
-        {
-            let mut held = write(&self.records);
-            for rec in changed {
-                held.entry(rec.dataset.clone())
-                    .or_default()
-                    .insert(rec.subject_id.clone(), rec);
-            }
-        }
-        tracing::info!(
-            dataset = ?dataset,
-            purpose = ?purpose.map(Purpose::as_str),
-            changed = report.changed,
-            "consent withdrawn"
-        );
+        tracing::info!(dataset = %dataset, report = ?report, "consent records imported");
         Ok(report)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        reason = "test"
-    )]
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test")]
+    use super::super::format_time;
+    use super::super::tests::{DS, HEADER, NOW, open};
     use super::*;
     use crate::clock::ManualClock;
-    use crate::store::StoreOptions;
-    use std::sync::Arc;
-
-    const DS: &str = "smart-meter-readings";
-    // 2025-03-03T00:00:00Z
-    const NOW: i64 = 1_740_960_000;
-
-    fn open(dir: &std::path::Path, clock: Arc<ManualClock>) -> ConsentStore {
-        let store = Store::open(
-            dir,
-            &StoreOptions {
-                cache_bytes: 1 << 20,
-            },
-        )
-        .unwrap();
-        ConsentStore::open(store, clock, "swm").unwrap()
-    }
-
-    const HEADER: &str =
-        "subject_id,controller,dataset,purposes,status,given_at,withdrawn_at,expires_at\n";
-
-    fn good_csv() -> String {
-        format!(
-            "{HEADER}\
-HH-000001,swm,{DS},AcademicResearch;ServiceProvision,given,2024-05-01T10:00:00+00:00,,\n\
-HH-000002,swm,{DS},AcademicResearch,refused,2024-05-01T10:00:00+00:00,,\n\
-HH-000003,swm,{DS},AcademicResearch,withdrawn,2024-05-01T10:00:00+00:00,2024-09-01T10:00:00+00:00,\n\
-HH-000005,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,2025-01-01T00:00:00Z\n\
-HH-000006,swm,{DS},ServiceProvision,given,2024-05-01T10:00:00Z,,\n"
-        )
-    }
-
-    #[tokio::test]
-    async fn import_and_query() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::at_unix_ms(NOW * 1000);
-        let c = open(dir.path(), clock.clone());
-        let r = c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
-        assert_eq!((r.rows, r.stored), (5, 5));
-        let research = c.permitted_subjects(DS, Purpose::AcademicResearch, NOW);
-        // HH-000005 expired on 2025-01-01.
-        assert_eq!(research, HashSet::from(["HH-000001".to_owned()]));
-        assert!(c.is_permitted(DS, "HH-000006", Purpose::ServiceProvision, NOW));
-        assert!(!c.is_permitted(DS, "HH-000004", Purpose::AcademicResearch, NOW));
-        assert!(!c.is_permitted("other", "HH-000001", Purpose::AcademicResearch, NOW));
-        // Before expiry HH-000005 counted.
-        let before = 1_735_000_000;
-        assert_eq!(
-            c.permitted_subjects(DS, Purpose::AcademicResearch, before)
-                .len(),
-            2
-        );
-        // Before the decision, nothing.
-        assert!(
-            c.permitted_subjects(DS, Purpose::AcademicResearch, 1_700_000_000)
-                .is_empty()
-        );
-        let cov = c.coverage(DS, Purpose::ServiceProvision, NOW);
-        assert_eq!((cov.purpose_covered, cov.consenting_subjects), (true, 2));
-        // The same file again changes nothing.
-        let r = c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
-        assert_eq!((r.stored, r.unchanged), (0, 5));
-        // Durable across reopen.
-        drop(c);
-        let c = open(dir.path(), clock);
-        assert_eq!(c.count(DS), 5);
-        assert_eq!(
-            c.records_of("HH-000003")[0].status,
-            ConsentStatus::Withdrawn
-        );
-    }
 
     #[tokio::test]
     async fn bad_rows_are_all_reported_with_lines_and_nothing_is_stored() {
@@ -867,69 +468,6 @@ HH-000009,swm,{DS},AcademicResearch,given,2024-05-01T10:00:00Z,,\n"
             .unwrap_err()
             .to_string();
         assert!(err.contains("dataset id `Bad Id`"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn withdrawal_is_immediate_and_an_old_file_cannot_undo_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::at_unix_ms(NOW * 1000);
-        let c = open(dir.path(), clock.clone());
-        c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
-        // One purpose of two.
-        let r = c
-            .withdraw(
-                "HH-000001",
-                Some(DS),
-                Some(Purpose::ServiceProvision),
-                "swm/dpo",
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.changed, 1);
-        assert!(c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW));
-        assert!(!c.is_permitted(DS, "HH-000001", Purpose::ServiceProvision, NOW));
-        // Everything.
-        clock.advance(std::time::Duration::from_secs(60));
-        let r = c
-            .withdraw("HH-000001", None, None, "swm/HH-000001")
-            .await
-            .unwrap();
-        assert_eq!(r.changed, 1);
-        assert!(
-            !c.permitted_subjects(DS, Purpose::AcademicResearch, NOW + 60)
-                .contains("HH-000001")
-        );
-        let rec = c.record(DS, "HH-000001").unwrap();
-        assert_eq!(rec.status, ConsentStatus::Withdrawn);
-        assert_eq!(rec.withdrawn_at, Some(NOW + 60));
-        assert!(rec.source.contains("HH-000001"));
-        // Nothing left to withdraw.
-        assert_eq!(
-            c.withdraw("HH-000001", None, None, "x")
-                .await
-                .unwrap()
-                .changed,
-            0
-        );
-        assert_eq!(
-            c.withdraw("HH-000002", None, None, "x")
-                .await
-                .unwrap()
-                .changed,
-            0
-        );
-        // Re-importing the old file keeps the newer withdrawal.
-        let r = c.import_csv(DS, good_csv().as_bytes()).await.unwrap();
-        assert_eq!((r.superseded, r.unchanged), (1, 4));
-        assert!(!c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW + 60));
-        // Durable.
-        drop(c);
-        let c = open(dir.path(), clock);
-        assert_eq!(
-            c.record(DS, "HH-000001").unwrap().status,
-            ConsentStatus::Withdrawn
-        );
-        assert!(c.withdraw("bad id", None, None, "x").await.is_err());
     }
 
     #[tokio::test]

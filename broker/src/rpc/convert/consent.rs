@@ -1,0 +1,55 @@
+//! `allmende.v1.Consent` messages from consent records and reports.
+
+use crate::consent::{ConsentRecord, ImportReport, WithdrawReport};
+use allmende_proto::v1 as pb;
+
+impl From<&ConsentRecord> for pb::ConsentRecord {
+    fn from(r: &ConsentRecord) -> Self {
+        pb::ConsentRecord {
+            subject_id: r.subject_id.clone(),
+            controller: r.controller.clone(),
+            dataset: r.dataset.clone(),
+            purposes: r.purposes.iter().map(|p| p.as_str().to_owned()).collect(),
+            status: r.status.as_str().to_owned(),
+            given_at_unix: r.given_at,
+            withdrawn_at_unix: r.withdrawn_at,
+            expires_at_unix: r.expires_at,
+            withdrawn_purposes: r
+                .withdrawn_purposes
+                .iter()
+                .map(|(p, at)| pb::ConsentPurposeWithdrawal {
+                    purpose: p.as_str().to_owned(),
+                    withdrawn_at_unix: *at,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&ImportReport> for pb::ImportConsentResponse {
+    fn from(r: &ImportReport) -> Self {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        pb::ImportConsentResponse {
+            rows: n(r.rows),
+            stored: n(r.stored),
+            unchanged: n(r.unchanged),
+            superseded: n(r.superseded),
+        }
+    }
+}
+
+impl From<&WithdrawReport> for pb::WithdrawConsentResponse {
+    fn from(r: &WithdrawReport) -> Self {
+        pb::WithdrawConsentResponse {
+            records_changed: u64::try_from(r.changed).unwrap_or(u64::MAX),
+            withdrawn_at_unix: r.withdrawn_at,
+        }
+    }
+}
+
+/// A subject's records.
+pub fn get_response(records: &[ConsentRecord]) -> pb::GetConsentResponse {
+    pb::GetConsentResponse {
+        records: records.iter().map(pb::ConsentRecord::from).collect(),
+    }
+}
