@@ -14,10 +14,10 @@
 
 use allmende::catalog::{
     CatalogEntry, CatalogError, DatasetDescription, NodeSigner, PeerListing, SignedPayload,
-    munich as ds,
 };
 use allmende::cli::catalog_cmd::{self, CatalogCmd};
 use allmende::config::PeerConfig;
+use allmende::demo::munich as ds;
 use allmende::sandbox::Sandbox;
 use allmende::tls::TlsMaterial;
 use allmende_e2e::{connect_with, material, munich};

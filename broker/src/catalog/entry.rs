@@ -266,22 +266,6 @@ impl DatasetDescription {
     }
 }
 
-impl DatasetDescription {
-    /// The dataset as the policy engine sees it, owned by `owner`.
-    pub fn policy_dataset(&self, owner: &str) -> allmende_policies::Dataset {
-        allmende_policies::Dataset {
-            id: self.id.clone(),
-            owner: owner.to_owned(),
-            classification: self.classification,
-            public_space_origin: self.public_space_origin,
-            contains_personal_data: self.contains_personal_data,
-            legal_basis: self.legal_basis,
-            allowed_purposes: self.allowed_purposes.clone(),
-            anonymisation_required: self.anonymisation_required,
-        }
-    }
-}
-
 impl CatalogEntry {
     /// The dataset id.
     pub fn id(&self) -> &str {

@@ -29,8 +29,6 @@ use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
 use allmende_policies::{ConsentCoverage, Purpose};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A subject's decision (the one definition is in `allmende-vocab`).

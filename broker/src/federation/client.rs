@@ -76,7 +76,9 @@ impl tower::Service<http::Uri> for OneConnection {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let io = self.0.lock().ok().and_then(|mut s| s.take());
+        let io = crate::locks::lock(&self.0, "peer connection")
+            .ok()
+            .and_then(|mut s| s.take());
         std::future::ready(io.ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotConnected,

@@ -16,9 +16,12 @@ use tokio::sync::Mutex;
 /// share.
 pub type SharedPeers = Arc<RwLock<Vec<PeerConfig>>>;
 
-/// A copy of the current peer list (empty if the lock was poisoned).
+/// A copy of the current peer list (empty if the lock was poisoned: no
+/// peer is dialled on a list a panic may have left half-changed).
 pub fn snapshot(peers: &SharedPeers) -> Vec<PeerConfig> {
-    peers.read().map(|p| p.clone()).unwrap_or_default()
+    crate::locks::read(peers, "peer list")
+        .map(|p| p.clone())
+        .unwrap_or_default()
 }
 
 /// One peer node as this node knows it.

@@ -61,9 +61,7 @@ impl PullTrigger {
     /// Schedules a pull from the configured peer named `node`; false when no
     /// such peer is configured.
     pub fn request(&self, organisation: &str, node: &str) -> bool {
-        let known = self
-            .peers
-            .read()
+        let known = crate::locks::read(&self.peers, "peer list")
             .map(|p| p.iter().any(|c| c.name == node))
             .unwrap_or(false);
         if !known {

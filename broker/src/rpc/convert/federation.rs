@@ -1,7 +1,7 @@
 //! `allmende.v1.Federation` messages: the serving node's facts, the
 //! caller's bound identity, peers met, the signed membership.
 
-use crate::peers::PeerRecord;
+use crate::federation::peers::PeerRecord;
 use crate::pki::Principal;
 use crate::rpc::federation::ServerFacts;
 use allmende_proto::v1 as pb;
