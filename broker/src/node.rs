@@ -201,11 +201,12 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         from: 0,
         reason: format!("cannot create `{}`: {e}", config.data_dir.display()),
     })?;
-    let store = Store::open(
+    let store = Store::open_with(
         &config.data_dir.join("store"),
         &StoreOptions {
             cache_bytes: config.store_cache_bytes,
         },
+        crate::audit::STORE_MIGRATIONS,
     )?;
     // Never go back to an older membership than one accepted before.
     let memberships: Table<String, String> = store.table(TableName::Membership)?;

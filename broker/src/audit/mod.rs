@@ -24,5 +24,10 @@ pub use log::{
     bound_label,
 };
 pub use query::{QueryFilter, QueryPage};
+#[cfg(test)]
+pub(crate) use tree::MIGRATION_CHUNK;
 pub use tree::SledHashStore;
-pub(crate) use tree::encode_node_group;
+
+/// The store migrations of the audit log's formats; every store the node
+/// opens is opened with them (`Store::open_with`).
+pub const STORE_MIGRATIONS: &[crate::store::MigrationStep] = &[tree::MIGRATE_TREE_V1];
