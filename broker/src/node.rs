@@ -158,7 +158,7 @@ impl NodeHandle {
             .reload()
             .await
             .map_err(|e| NodeError::Policy(e.to_string()))?;
-        crate::rpc::record_reload(&self.ctx, &self.organisation, &report.hash)
+        crate::rpc::record_reload(&self.ctx, None, &report.hash)
             .await
             .map_err(|e| NodeError::Policy(e.to_string()))?;
         Ok(report.hash)

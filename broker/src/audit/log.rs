@@ -6,6 +6,7 @@ use super::checkpoint::{CheckpointRecord, checkpointer};
 use super::index::{INDEXED_KEY, indexer};
 use super::tree::{SledHashStore, encode_node_group};
 use crate::clock::SharedClock;
+use crate::pki::{Principal, Subject};
 use crate::store::{RawTable, Store, StoreError, Table, TableName, WriteBatch};
 use allmende_audit::{
     Decision, Ed25519Signer, Entry, EntryKind, Frontier, Hash, ReleaseOutcome, SignatureType,
@@ -117,7 +118,38 @@ impl Draft {
         self.policy_ids.iter_mut().for_each(bound_label);
     }
 
-    /// A draft of `kind` by `org`.
+    /// A draft of `kind` by `caller`: the one way a caller becomes an
+    /// entry's principal — its organisation, and its user id (a person,
+    /// stored as a pseudonym) or its node name (a node, as `peer_node`).
+    pub fn by(caller: &Principal, action: &str, resource: &str, kind: EntryKind) -> Self {
+        Self::acting(
+            &caller.organisation,
+            &caller.subject,
+            action,
+            resource,
+            kind,
+        )
+    }
+
+    /// A draft of `kind` by `actor` of `org` (a caller's subject, or this
+    /// node acting itself), set like [`Draft::by`].
+    pub fn acting(
+        org: &str,
+        actor: &Subject,
+        action: &str,
+        resource: &str,
+        kind: EntryKind,
+    ) -> Self {
+        let mut d = Self::new(org, action, resource, kind);
+        match actor {
+            Subject::User(u) => d.user = Some(u.clone()),
+            Subject::Node(n) => d.peer_node = Some(n.clone()),
+        }
+        d
+    }
+
+    /// A draft of `kind` by `org` with no user or node (the node's own
+    /// housekeeping, or refusals before anyone is authenticated).
     pub fn new(org: &str, action: &str, resource: &str, kind: EntryKind) -> Self {
         Self {
             org: org.to_owned(),
@@ -757,6 +789,35 @@ pub(super) mod tests {
         d.policy_ids = vec!["research-read".into()];
         d.subjects = vec![subject.into()];
         d
+    }
+
+    fn caller(subject: Subject) -> Principal {
+        Principal {
+            federation: "munich".into(),
+            organisation: "tum".into(),
+            organisation_kind: crate::pki::OrgKind::University,
+            role: matches!(subject, Subject::User(_)).then_some(crate::pki::Role::Researcher),
+            subject,
+            certificate_sha256: "ab".into(),
+            not_after: i64::MAX,
+            issuer_ca_spki_sha256: "tum-ca".into(),
+        }
+    }
+
+    /// A node caller's draft names the node, a person's names the person;
+    /// neither names the other, and both carry the caller's organisation.
+    #[test]
+    fn a_draft_by_a_caller_carries_its_node_or_its_user() {
+        let node = caller(Subject::Node("tum-1".into()));
+        let d = Draft::by(&node, "read", "air-quality", EntryKind::Decision);
+        assert_eq!(d.org, "tum");
+        assert_eq!(d.peer_node.as_deref(), Some("tum-1"));
+        assert_eq!(d.user, None);
+        let person = caller(Subject::User("alice".into()));
+        let d = Draft::by(&person, "read", "air-quality", EntryKind::Decision);
+        assert_eq!(d.org, "tum");
+        assert_eq!(d.user.as_deref(), Some("alice"));
+        assert_eq!(d.peer_node, None);
     }
 
     #[tokio::test]

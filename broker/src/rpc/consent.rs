@@ -40,15 +40,12 @@ impl ConsentService {
         status: allmende_audit::ConsentStatus,
         subjects: Vec<String>,
     ) -> Result<(), ApiError> {
-        let mut d = crate::audit::Draft::new(
-            &p.organisation,
+        let mut d = crate::audit::Draft::by(
+            p,
             action,
             resource,
             allmende_audit::EntryKind::ConsentChange { status },
         );
-        if let crate::pki::Subject::User(u) = &p.subject {
-            d.user = Some(u.clone());
-        }
         d.subjects = subjects;
         self.ctx.audit.append(d).await?;
         Ok(())
