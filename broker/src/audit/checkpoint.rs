@@ -4,7 +4,7 @@
 
 use super::log::{AuditError, AuditLog, Inner};
 use crate::store::WriteBatch;
-use allmende_audit::Checkpoint;
+use allmende_audit::{Checkpoint, NoteSignature, SignedNote};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -143,4 +143,11 @@ pub(super) async fn checkpointer(inner: Arc<Inner>, mut shutdown: watch::Receive
             tracing::warn!(error = %e, "checkpoint not signed");
         }
     }
+}
+
+/// Parses a cosignature line `— name base64` into a note signature.
+pub fn parse_sig_line(line: &str) -> Option<NoteSignature> {
+    let text = format!("x\n\n{}\n", line.trim_end());
+    let note = SignedNote::parse(text.as_bytes()).ok()?;
+    note.signatures().first().cloned()
 }

@@ -211,8 +211,19 @@ fn index_range(inner: &Inner, from: u64, to: u64) -> Result<(), AuditError> {
         }
     };
     for (seq, bytes) in inner.entries.range(&from, &to)? {
-        let Ok(e) = Entry::decode(&bytes) else {
+        if bytes.is_empty() {
+            // Pruned by retention: nothing to index.
             continue;
+        }
+        let e = match Entry::decode(&bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                // Not indexed, and not silently: queries that scan report
+                // it as corrupt, and the finding names it.
+                tracing::error!(sequence = seq, error = %err, "audit entry undecodable, not indexed");
+                inner.report_finding(format!("entry {seq} is undecodable: {err}"));
+                continue;
+            }
         };
         let mut add = |field: u8, term: &[u8]| {
             push(lists.entry((field, term.to_vec())).or_default(), seq);

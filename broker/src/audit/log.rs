@@ -32,6 +32,9 @@ pub enum AuditError {
     Corrupt(String),
     #[error("audit entry rejected: {0}")]
     Invalid(String),
+    /// What was asked for does not exist yet (e.g. no checkpoint signed).
+    #[error("{0}")]
+    NotReady(String),
 }
 
 impl From<StoreError> for AuditError {
@@ -49,6 +52,7 @@ impl From<AuditError> for crate::error::ApiError {
             AuditError::Unavailable(m) => crate::error::ApiError::Unavailable(m),
             AuditError::Corrupt(m) => crate::error::ApiError::Internal(m),
             AuditError::Invalid(m) => crate::error::ApiError::InvalidArgument(m),
+            AuditError::NotReady(m) => crate::error::ApiError::FailedPrecondition(m),
         }
     }
 }
@@ -222,6 +226,18 @@ pub(super) struct Inner {
     pub(super) grouped_entries: AtomicU64,
 }
 
+impl Inner {
+    /// Records a finding once (see [`AuditLog::report_finding`]).
+    pub(super) fn report_finding(&self, finding: String) {
+        if let Ok(mut f) = self.findings.lock()
+            && !f.contains(&finding)
+        {
+            tracing::error!(finding = %finding, "audit finding");
+            f.push(finding);
+        }
+    }
+}
+
 /// The audit log of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -307,8 +323,20 @@ impl AuditLog {
         let size = state.get(&SIZE_KEY.to_owned())?.unwrap_or(0);
         let frontier = Frontier::load(&hashes, size)
             .map_err(|e| AuditError::Corrupt(format!("cannot load tree frontier: {e}")))?;
+        // Entry times never decrease along the log (queries and exports
+        // binary-search them): new entries start from the last one's time.
+        let mut findings = Vec::new();
         let last_time = match entries.last()? {
-            Some((_, bytes)) => Entry::decode(&bytes).map(|e| e.time_ms).unwrap_or(0),
+            Some((seq, bytes)) => match Entry::decode(&bytes) {
+                Ok(e) => e.time_ms,
+                Err(e) => {
+                    // Corrupt, not "time 0": named in the log and as a
+                    // finding (`Audit.Status`); new entries take the clock.
+                    tracing::error!(sequence = seq, error = %e, "last audit entry undecodable");
+                    findings.push(format!("entry {seq} (the last) is undecodable: {e}"));
+                    0
+                }
+            },
             None => 0,
         };
         let checkpoint_size = checkpoints.entries()?.last().map(|(s, _)| *s).unwrap_or(0);
@@ -338,7 +366,7 @@ impl AuditLog {
             checkpoint_size: AtomicU64::new(checkpoint_size),
             indexed: AtomicU64::new(indexed),
             tasks: std::sync::Mutex::new(Vec::new()),
-            findings: std::sync::Mutex::new(Vec::new()),
+            findings: std::sync::Mutex::new(findings),
             groups: AtomicU64::new(0),
             grouped_entries: AtomicU64::new(0),
         });
@@ -368,7 +396,9 @@ impl AuditLog {
             Err(_) => Vec::new(),
         };
         for h in handles {
-            let _ = h.await;
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "audit task ended abnormally");
+            }
         }
     }
 
@@ -470,12 +500,7 @@ impl AuditLog {
     /// Records a witness finding (split view of a peer, rollback of this
     /// node's own log, …); shown by `Audit.Status`.
     pub fn report_finding(&self, finding: String) {
-        if let Ok(mut f) = self.inner.findings.lock()
-            && !f.contains(&finding)
-        {
-            tracing::error!(finding = %finding, "audit finding");
-            f.push(finding);
-        }
+        self.inner.report_finding(finding);
     }
 
     /// Findings so far.
@@ -519,13 +544,15 @@ impl AuditLog {
         let heads: Vec<TreeHead> = self
             .checkpoints()?
             .iter()
-            .filter_map(|c| {
-                Some(TreeHead {
-                    size: c.size,
-                    root: Hash::from_hex(&c.root_hex).ok()?,
-                })
+            .map(|c| {
+                // A checkpoint whose root cannot be read cannot be checked:
+                // corruption, not a checkpoint to leave out.
+                let root = Hash::from_hex(&c.root_hex).map_err(|e| {
+                    AuditError::Corrupt(format!("checkpoint {}: root: {e}", c.size))
+                })?;
+                Ok(TreeHead { size: c.size, root })
             })
-            .collect();
+            .collect::<Result<_, AuditError>>()?;
         let mut audit = allmende_audit::StoreAudit::new(&self.inner.hashes, size, &heads);
         let mut from = 0u64;
         while from < size {
@@ -613,12 +640,19 @@ impl Drop for ReleaseGuard {
                 outcome: ReleaseOutcome::Aborted,
             };
             let log = self.log.clone();
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(async move {
-                    if let Err(e) = log.append(d).await {
-                        tracing::warn!(error = %e, "aborted release not recorded; the intent stays open");
-                    }
-                });
+            let intent = self.intent_sequence;
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn(async move {
+                        if let Err(e) = log.append(d).await {
+                            tracing::warn!(intent_sequence = intent, error = %e, "aborted release not recorded; the intent stays open");
+                        }
+                    });
+                }
+                Err(_) => tracing::warn!(
+                    intent_sequence = intent,
+                    "aborted release not recorded outside a runtime; the intent stays open"
+                ),
             }
         }
     }

@@ -8,6 +8,7 @@
 //! written, [`AuditLog::begin_release`] fails and nothing may be sent.
 
 mod checkpoint;
+mod export;
 mod index;
 mod log;
 mod query;
@@ -15,7 +16,8 @@ mod retention;
 mod tree;
 pub mod witness;
 
-pub use checkpoint::CheckpointRecord;
+pub use checkpoint::{CheckpointRecord, parse_sig_line};
+pub use export::Export;
 /// Opens a log on a fresh store in `dir` with `clock` (tests).
 #[cfg(test)]
 pub(crate) use log::tests::open_with_clock as open_test_log;

@@ -14,7 +14,7 @@ impl AuditLog {
     /// The first sequence below `end` whose entry's time is `>= time_ms`
     /// (`end` if none). Entry times never decrease along the log; entries
     /// pruned by retention (the oldest) count as older than any time.
-    fn first_at_or_after(&self, time_ms: u64, end: u64) -> Result<u64, AuditError> {
+    pub(super) fn first_at_or_after(&self, time_ms: u64, end: u64) -> Result<u64, AuditError> {
         let (mut lo, mut hi) = (0u64, end);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -24,7 +24,11 @@ impl AuditLog {
                         .map_err(|err| AuditError::Corrupt(format!("entry {mid}: {err}")))?
                         .time_ms
                 }
-                _ => 0,
+                // Pruned by retention: older than any time.
+                Some(_) => 0,
+                None => {
+                    return Err(AuditError::Corrupt(format!("entry {mid} is missing")));
+                }
             };
             if time < time_ms {
                 lo = mid + 1;

@@ -7,6 +7,11 @@ use crate::peers::PeerRecord;
 use crate::pki::{OrgKind, Principal, Role, Subject};
 use allmende_proto::v1 as pb;
 
+mod audit;
+pub use audit::{
+    checkpoint_response, cosignature_response, status_response, verify_response, witnessed_response,
+};
+
 impl From<OrgKind> for pb::OrgKind {
     fn from(k: OrgKind) -> Self {
         match k {
