@@ -232,10 +232,7 @@ impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
         let mut out = Vec::new();
         for item in self.tree.iter() {
             let (k, v) = item?;
-            let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
-                table: self.name.as_str(),
-                reason: "undecodable key".into(),
-            })?;
+            let key = decode_key(self.name, &k)?;
             out.push((key, decode_value(self.name, &v)?));
         }
         Ok(out)
@@ -268,10 +265,7 @@ impl<K: Key> RawTable<K> {
         let mut out = Vec::new();
         for item in self.tree.range(from.encode()..to.encode()) {
             let (k, v) = item?;
-            let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
-                table: self.name.as_str(),
-                reason: "undecodable key".into(),
-            })?;
+            let key = decode_key(self.name, &k)?;
             out.push((key, v.to_vec()));
         }
         Ok(out)
@@ -287,7 +281,7 @@ impl<K: Key> RawTable<K> {
         let mut out = Vec::new();
         for item in self.tree.range(from.encode()..to.encode()).take(limit) {
             let (k, v) = item?;
-            out.push((self.decode_key(&k)?, v.to_vec()));
+            out.push((decode_key(self.name, &k)?, v.to_vec()));
         }
         Ok(out)
     }
@@ -304,16 +298,9 @@ impl<K: Key> RawTable<K> {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item?;
-                Ok(Some(f(self.decode_key(&k)?, &v)))
+                Ok(Some(f(decode_key(self.name, &k)?, &v)))
             }
         }
-    }
-
-    fn decode_key(&self, bytes: &[u8]) -> Result<K, StoreError> {
-        K::decode(bytes).ok_or_else(|| StoreError::Corrupt {
-            table: self.name.as_str(),
-            reason: "undecodable key".into(),
-        })
     }
 
     /// Entries whose key starts with `prefix` (raw key bytes), in key order.
@@ -321,10 +308,7 @@ impl<K: Key> RawTable<K> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(prefix) {
             let (k, v) = item?;
-            let key = K::decode(&k).ok_or_else(|| StoreError::Corrupt {
-                table: self.name.as_str(),
-                reason: "undecodable key".into(),
-            })?;
+            let key = decode_key(self.name, &k)?;
             out.push((key, v.to_vec()));
         }
         Ok(out)
@@ -334,15 +318,16 @@ impl<K: Key> RawTable<K> {
     pub fn last(&self) -> Result<Option<(K, Vec<u8>)>, StoreError> {
         match self.tree.last()? {
             None => Ok(None),
-            Some((k, v)) => Ok(Some((
-                K::decode(&k).ok_or_else(|| StoreError::Corrupt {
-                    table: self.name.as_str(),
-                    reason: "undecodable key".into(),
-                })?,
-                v.to_vec(),
-            ))),
+            Some((k, v)) => Ok(Some((decode_key(self.name, &k)?, v.to_vec()))),
         }
     }
+}
+
+fn decode_key<K: Key>(table: TableName, bytes: &[u8]) -> Result<K, StoreError> {
+    K::decode(bytes).ok_or_else(|| StoreError::Corrupt {
+        table: table.as_str(),
+        reason: "undecodable key".into(),
+    })
 }
 
 fn decode_value<V: DeserializeOwned>(table: TableName, bytes: &[u8]) -> Result<V, StoreError> {
