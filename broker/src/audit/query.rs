@@ -41,7 +41,6 @@ impl AuditLog {
 
     /// Runs a query over the log (DPO tools). Uses the most selective index
     /// and filters the rest on decoded entries; pages by sequence.
-
     pub fn query(&self, filter: &QueryFilter) -> Result<QueryPage, AuditError> {
         let limit = filter.limit.clamp(1, 1000);
         let mut start = filter.after.map_or(0, |a| a.saturating_add(1));
