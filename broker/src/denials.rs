@@ -481,20 +481,9 @@ mod tests {
 
     #[tokio::test]
     async fn aggregates_are_written_once_and_kept_when_the_log_fails() {
-        use crate::store::{Store, StoreOptions};
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            &StoreOptions {
-                cache_bytes: 1 << 22,
-            },
-        )
-        .unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(false);
         let clock = crate::clock::ManualClock::at_unix_ms(1_800_000_000_000);
-        let log = AuditLog::open(store.clone(), "munich", "swm", "swm-1", clock, rx)
-            .await
-            .unwrap();
+        let (log, store, _stop) = crate::audit::open_test_log(dir.path(), clock).await;
         let d = Denials::new(limits());
         let c = caller("mallory");
         for i in 0..50 {

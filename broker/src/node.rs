@@ -157,7 +157,7 @@ impl NodeHandle {
             .reload()
             .await
             .map_err(|e| NodeError::Policy(e.to_string()))?;
-        crate::rpc::record_reload(&self.ctx, &self.organisation, &report.hash)
+        crate::rpc::record_reload(&self.ctx, None, &report.hash)
             .await
             .map_err(|e| NodeError::Policy(e.to_string()))?;
         Ok(report.hash)
@@ -200,11 +200,12 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         from: 0,
         reason: format!("cannot create `{}`: {e}", config.data_dir.display()),
     })?;
-    let store = Store::open(
+    let store = Store::open_with(
         &config.data_dir.join("store"),
         &StoreOptions {
             cache_bytes: config.store_cache_bytes,
         },
+        crate::audit::STORE_MIGRATIONS,
     )?;
     // Never go back to an older membership than one accepted before.
     let memberships: Table<String, String> = store.table(TableName::Membership)?;

@@ -317,16 +317,12 @@ impl PolicyPoint {
             || self
                 .denials
                 .on_deny(caller, request.action.as_str(), self.clock.now_unix_ms())?;
-        let mut d = Draft::new(
-            &caller.organisation,
+        let mut d = Draft::by(
+            caller,
             request.action.as_str(),
             resource_label,
             EntryKind::Decision,
         );
-        match &caller.subject {
-            Subject::User(u) => d.user = Some(u.clone()),
-            Subject::Node(n) => d.peer_node = Some(n.clone()),
-        }
         d.purpose = request.purpose.map(|p| p.as_str().to_owned());
         d.decision = Some(if decision.allowed {
             AuditDecision::Allow

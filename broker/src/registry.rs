@@ -115,16 +115,13 @@ pub fn refusal_policy_id(reason: Refusal) -> String {
 /// The audit entry of a refused source: who tried (a user, or the node
 /// itself), which dataset, why (a reason code; never the path).
 fn refusal_draft(org: &str, actor: &Subject, dataset: &str, reason: Refusal) -> Draft {
-    let mut d = Draft::new(
+    let mut d = Draft::acting(
         org,
+        actor,
         REFUSED_SOURCE_ACTION,
         dataset,
         allmende_audit::EntryKind::Decision,
     );
-    match actor {
-        Subject::User(u) => d.user = Some(u.clone()),
-        Subject::Node(n) => d.peer_node = Some(n.clone()),
-    }
     d.decision = Some(allmende_audit::Decision::Deny);
     d.policy_ids = vec![refusal_policy_id(reason)];
     d

@@ -396,6 +396,7 @@ async fn a_restored_old_backup_is_reported_as_rollback() {
         &backup,
         &store_dir,
         &allmende::store::StoreOptions::default(),
+        allmende::audit::STORE_MIGRATIONS,
     )
     .unwrap();
     let node = sb.start_node("swm-1").await.unwrap();

@@ -16,7 +16,7 @@ use super::ratelimit::RateLimiter;
 use crate::audit::{AuditLog, Draft, ReleaseGuard, ReleaseStats};
 use crate::consent::ConsentStore;
 use crate::error::ApiError;
-use crate::pki::{Principal, Subject};
+use crate::pki::Principal;
 use crate::policy::{Action, PolicyPoint, Purpose, Resource};
 use crate::registry::Registry;
 use allmende_audit::{EntryKind, ReleaseOutcome};
@@ -343,17 +343,7 @@ impl Fetcher {
             .map_err(|e| ApiError::Internal(e.to_string()))?;
 
         // Durable intent before anything is read or sent (fail closed).
-        let mut intent = Draft::new(
-            &caller.organisation,
-            "read",
-            &reg.dataset.id,
-            EntryKind::ReleaseIntent,
-        );
-        if let Subject::User(u) = &caller.subject {
-            intent.user = Some(u.clone());
-        } else {
-            intent.peer_node = Some(caller.subject.name().to_owned());
-        }
+        let mut intent = Draft::by(caller, "read", &reg.dataset.id, EntryKind::ReleaseIntent);
         intent.purpose = params.purpose.map(|p| p.as_str().to_owned());
         intent.decision = Some(allmende_audit::Decision::Allow);
         intent.policy_ids = decision
@@ -430,11 +420,7 @@ impl Fetcher {
         resource: &str,
         reason: &str,
     ) -> Result<(), ApiError> {
-        let mut d = Draft::new(&caller.organisation, "read", resource, EntryKind::Decision);
-        match &caller.subject {
-            Subject::User(u) => d.user = Some(u.clone()),
-            other => d.peer_node = Some(other.name().to_owned()),
-        }
+        let mut d = Draft::by(caller, "read", resource, EntryKind::Decision);
         d.purpose = params.purpose.map(|p| p.as_str().to_owned());
         d.decision = Some(allmende_audit::Decision::Deny);
         d.policy_ids = vec![reason.into()];

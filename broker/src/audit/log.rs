@@ -1,24 +1,26 @@
-//! The append path (group commit), checkpoints, indexes and queries.
+//! The audit log's core: opening it (keys, frontier), the append path
+//! (group commit), the fail-closed release guard and store verification.
+//! Checkpoints, indexes, queries and retention live in their own files.
 
+use super::checkpoint::{CheckpointRecord, checkpointer};
+use super::index::{INDEXED_KEY, indexer};
 use super::tree::{SledHashStore, encode_node_group};
 use crate::clock::SharedClock;
+use crate::pki::{Principal, Subject};
 use crate::store::{RawTable, Store, StoreError, Table, TableName, WriteBatch};
 use allmende_audit::{
-    Checkpoint, Decision, Ed25519Signer, Entry, EntryKind, Frontier, Hash, ReleaseOutcome,
-    SignatureType, SubjectHash, SubjectHasher, TreeHead, leaf_hash,
+    Decision, Ed25519Signer, Entry, EntryKind, Frontier, Hash, ReleaseOutcome, SignatureType,
+    SubjectHash, SubjectHasher, TreeHead, leaf_hash,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// How many pending appends one group commit takes at most.
 const MAX_GROUP: usize = 4096;
 /// Scheduler turns the writer waits for more appends before committing.
 const LINGER_TURNS: u32 = 3;
-/// How often the checkpointer looks for new entries (≤ 1 s to provable).
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Why an audit operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum AuditError {
     Corrupt(String),
     #[error("audit entry rejected: {0}")]
     Invalid(String),
+    /// What was asked for does not exist yet (e.g. no checkpoint signed).
+    #[error("{0}")]
+    NotReady(String),
 }
 
 impl From<StoreError> for AuditError {
@@ -47,6 +52,7 @@ impl From<AuditError> for crate::error::ApiError {
             AuditError::Unavailable(m) => crate::error::ApiError::Unavailable(m),
             AuditError::Corrupt(m) => crate::error::ApiError::Internal(m),
             AuditError::Invalid(m) => crate::error::ApiError::InvalidArgument(m),
+            AuditError::NotReady(m) => crate::error::ApiError::FailedPrecondition(m),
         }
     }
 }
@@ -116,7 +122,38 @@ impl Draft {
         self.policy_ids.iter_mut().for_each(bound_label);
     }
 
-    /// A draft of `kind` by `org`.
+    /// A draft of `kind` by `caller`: the one way a caller becomes an
+    /// entry's principal — its organisation, and its user id (a person,
+    /// stored as a pseudonym) or its node name (a node, as `peer_node`).
+    pub fn by(caller: &Principal, action: &str, resource: &str, kind: EntryKind) -> Self {
+        Self::acting(
+            &caller.organisation,
+            &caller.subject,
+            action,
+            resource,
+            kind,
+        )
+    }
+
+    /// A draft of `kind` by `actor` of `org` (a caller's subject, or this
+    /// node acting itself), set like [`Draft::by`].
+    pub fn acting(
+        org: &str,
+        actor: &Subject,
+        action: &str,
+        resource: &str,
+        kind: EntryKind,
+    ) -> Self {
+        let mut d = Self::new(org, action, resource, kind);
+        match actor {
+            Subject::User(u) => d.user = Some(u.clone()),
+            Subject::Node(n) => d.peer_node = Some(n.clone()),
+        }
+        d
+    }
+
+    /// A draft of `kind` by `org` with no user or node (the node's own
+    /// housekeeping, or refusals before anyone is authenticated).
     pub fn new(org: &str, action: &str, resource: &str, kind: EntryKind) -> Self {
         Self {
             org: org.to_owned(),
@@ -146,16 +183,6 @@ struct Pending {
 }
 
 /// A stored checkpoint with the cosignatures received for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointRecord {
-    pub size: u64,
-    pub root_hex: String,
-    /// The signed note (log signature only).
-    pub note: String,
-    /// Cosignature lines received from witnesses (`— name base64`).
-    pub cosignatures: Vec<String>,
-    pub signed_at_ms: i64,
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Keys {
@@ -175,34 +202,46 @@ pub struct AuditStatus {
     pub origin: String,
 }
 
-struct Inner {
-    store: Store,
-    entries: RawTable<u64>,
-    hashes: SledHashStore,
-    checkpoints: Table<u64, CheckpointRecord>,
-    state: Table<String, u64>,
-    index: RawTable<Vec<u8>>,
+pub(super) struct Inner {
+    pub(super) store: Store,
+    pub(super) entries: RawTable<u64>,
+    pub(super) hashes: SledHashStore,
+    pub(super) checkpoints: Table<u64, CheckpointRecord>,
+    pub(super) state: Table<String, u64>,
+    pub(super) index: RawTable<Vec<u8>>,
     tx: mpsc::Sender<Pending>,
-    log_signer: Ed25519Signer,
-    witness_signer: Ed25519Signer,
-    subjects: SubjectHasher,
-    node: String,
-    org: String,
-    origin: String,
-    clock: SharedClock,
-    committed: watch::Receiver<u64>,
-    checkpoint_size: AtomicU64,
-    indexed: AtomicU64,
-    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    findings: std::sync::Mutex<Vec<String>>,
-    groups: AtomicU64,
-    grouped_entries: AtomicU64,
+    pub(super) log_signer: Ed25519Signer,
+    pub(super) witness_signer: Ed25519Signer,
+    pub(super) subjects: SubjectHasher,
+    pub(super) node: String,
+    pub(super) org: String,
+    pub(super) origin: String,
+    pub(super) clock: SharedClock,
+    pub(super) committed: watch::Receiver<u64>,
+    pub(super) checkpoint_size: AtomicU64,
+    pub(super) indexed: AtomicU64,
+    pub(super) tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub(super) findings: std::sync::Mutex<Vec<String>>,
+    pub(super) groups: AtomicU64,
+    pub(super) grouped_entries: AtomicU64,
+}
+
+impl Inner {
+    /// Records a finding once (see [`AuditLog::report_finding`]).
+    pub(super) fn report_finding(&self, finding: String) {
+        if let Ok(mut f) = self.findings.lock()
+            && !f.contains(&finding)
+        {
+            tracing::error!(finding = %finding, "audit finding");
+            f.push(finding);
+        }
+    }
 }
 
 /// The audit log of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -214,9 +253,6 @@ impl std::fmt::Debug for AuditLog {
 }
 
 const SIZE_KEY: &str = "size";
-/// Key of the indexer's progress inside the index tree (sorts after every
-/// index key, whose first byte is a lower-case letter).
-const INDEXED_KEY: &[u8] = b"\xffindexed";
 const KEYS_KEY: &str = "keys";
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -287,8 +323,20 @@ impl AuditLog {
         let size = state.get(&SIZE_KEY.to_owned())?.unwrap_or(0);
         let frontier = Frontier::load(&hashes, size)
             .map_err(|e| AuditError::Corrupt(format!("cannot load tree frontier: {e}")))?;
+        // Entry times never decrease along the log (queries and exports
+        // binary-search them): new entries start from the last one's time.
+        let mut findings = Vec::new();
         let last_time = match entries.last()? {
-            Some((_, bytes)) => Entry::decode(&bytes).map(|e| e.time_ms).unwrap_or(0),
+            Some((seq, bytes)) => match Entry::decode(&bytes) {
+                Ok(e) => e.time_ms,
+                Err(e) => {
+                    // Corrupt, not "time 0": named in the log and as a
+                    // finding (`Audit.Status`); new entries take the clock.
+                    tracing::error!(sequence = seq, error = %e, "last audit entry undecodable");
+                    findings.push(format!("entry {seq} (the last) is undecodable: {e}"));
+                    0
+                }
+            },
             None => 0,
         };
         let checkpoint_size = checkpoints.entries()?.last().map(|(s, _)| *s).unwrap_or(0);
@@ -318,7 +366,7 @@ impl AuditLog {
             checkpoint_size: AtomicU64::new(checkpoint_size),
             indexed: AtomicU64::new(indexed),
             tasks: std::sync::Mutex::new(Vec::new()),
-            findings: std::sync::Mutex::new(Vec::new()),
+            findings: std::sync::Mutex::new(findings),
             groups: AtomicU64::new(0),
             grouped_entries: AtomicU64::new(0),
         });
@@ -348,7 +396,9 @@ impl AuditLog {
             Err(_) => Vec::new(),
         };
         for h in handles {
-            let _ = h.await;
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "audit task ended abnormally");
+            }
         }
     }
 
@@ -447,87 +497,10 @@ impl AuditLog {
         Ok(self.inner.entries.range(&from, &to)?)
     }
 
-    /// The latest checkpoint, if one was signed.
-    pub fn latest_checkpoint(&self) -> Result<Option<CheckpointRecord>, AuditError> {
-        let size = self.inner.checkpoint_size.load(Ordering::SeqCst);
-        if size == 0 {
-            return Ok(None);
-        }
-        Ok(self.inner.checkpoints.get(&size)?)
-    }
-
-    /// Every stored checkpoint (oldest first).
-    pub fn checkpoints(&self) -> Result<Vec<CheckpointRecord>, AuditError> {
-        Ok(self
-            .inner
-            .checkpoints
-            .entries()?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect())
-    }
-
-    /// Signs a checkpoint for the current size now (normally the
-    /// checkpointer does this within [`CHECKPOINT_INTERVAL`]).
-    pub async fn checkpoint_now(&self) -> Result<Option<CheckpointRecord>, AuditError> {
-        sign_checkpoint(&self.inner).await
-    }
-
-    /// Waits until a checkpoint covers `seq` (or the timeout passes).
-    pub async fn wait_provable(&self, seq: u64, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if self.inner.checkpoint_size.load(Ordering::SeqCst) > seq {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    /// Waits (bounded) until the checkpoint of `size` carries at least `min`
-    /// cosignatures; returns it as it is then.
-    pub async fn wait_cosigned(
-        &self,
-        size: u64,
-        min: usize,
-        timeout: Duration,
-    ) -> Result<Option<CheckpointRecord>, AuditError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let rec = self.inner.checkpoints.get(&size)?;
-            let enough = rec.as_ref().is_some_and(|r| r.cosignatures.len() >= min);
-            if enough || tokio::time::Instant::now() >= deadline {
-                return Ok(rec);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Stores a verified cosignature line for the checkpoint of `size`.
-    pub async fn add_cosignature(&self, size: u64, line: String) -> Result<bool, AuditError> {
-        let Some(mut rec) = self.inner.checkpoints.get(&size)? else {
-            return Ok(false);
-        };
-        if rec.cosignatures.contains(&line) {
-            return Ok(true);
-        }
-        rec.cosignatures.push(line);
-        let mut b = WriteBatch::new();
-        b.put(&self.inner.checkpoints, &size, &rec)?;
-        self.inner.store.commit_durable(b).await?;
-        Ok(true)
-    }
-
     /// Records a witness finding (split view of a peer, rollback of this
     /// node's own log, …); shown by `Audit.Status`.
     pub fn report_finding(&self, finding: String) {
-        if let Ok(mut f) = self.inner.findings.lock()
-            && !f.contains(&finding)
-        {
-            tracing::error!(finding = %finding, "audit finding");
-            f.push(finding);
-        }
+        self.inner.report_finding(finding);
     }
 
     /// Findings so far.
@@ -542,64 +515,6 @@ impl AuditLog {
     /// The store the log lives in.
     pub fn store(&self) -> &Store {
         &self.inner.store
-    }
-
-    /// Retention: entries older than `cutoff_ms` are summarised (counts per
-    /// dataset and purpose, kept in the store and bound by hash into a
-    /// retention entry of the log) and their bodies deleted. Leaf and tree
-    /// hashes stay, so the tree, proofs and bundles keep verifying.
-    pub async fn apply_retention(
-        &self,
-        cutoff_ms: u64,
-    ) -> Result<Option<(u64, allmende_audit::RetentionSummary)>, AuditError> {
-        let size = self.size();
-        let mut old = Vec::new();
-        let mut from = 0u64;
-        'scan: while from < size {
-            let to = size.min(from + 4096);
-            for (_, bytes) in self.entry_range(from, to)? {
-                if bytes.is_empty() {
-                    continue;
-                }
-                let e = Entry::decode(&bytes).map_err(|e| AuditError::Corrupt(e.to_string()))?;
-                if e.time_ms >= cutoff_ms {
-                    break 'scan;
-                }
-                old.push(e);
-            }
-            from = to;
-        }
-        // Never prune retention entries themselves.
-        old.retain(|e| !matches!(e.kind, EntryKind::Retention { .. }));
-        let plan = allmende_audit::plan_retention(old.iter(), cutoff_ms);
-        let kind = plan
-            .summary
-            .to_entry_kind()
-            .map_err(|e| AuditError::Invalid(e.to_string()))?;
-        let Some(kind) = kind else {
-            return Ok(None);
-        };
-        let encoded = plan
-            .summary
-            .encode()
-            .map_err(|e| AuditError::Invalid(e.to_string()))?;
-        // First the retention entry (durable), then the deletion.
-        let seq = self
-            .append(Draft::new(&self.inner.org, "retention", "audit-log", kind))
-            .await?;
-        let summaries: RawTable<u64> = self.inner.store.raw_table(TableName::AuditRetention)?;
-        let mut b = WriteBatch::new();
-        b.put_raw(&summaries, &seq, encoded);
-        for p in &plan.prunable {
-            b.put_raw(&self.inner.entries, p, Vec::new());
-        }
-        self.inner.store.commit_durable(b).await?;
-        tracing::info!(
-            pruned = plan.prunable.len(),
-            retention_entry = seq,
-            "audit retention applied"
-        );
-        Ok(Some((seq, plan.summary)))
     }
 
     /// Group commits so far and the entries they carried.
@@ -629,13 +544,15 @@ impl AuditLog {
         let heads: Vec<TreeHead> = self
             .checkpoints()?
             .iter()
-            .filter_map(|c| {
-                Some(TreeHead {
-                    size: c.size,
-                    root: Hash::from_hex(&c.root_hex).ok()?,
-                })
+            .map(|c| {
+                // A checkpoint whose root cannot be read cannot be checked:
+                // corruption, not a checkpoint to leave out.
+                let root = Hash::from_hex(&c.root_hex).map_err(|e| {
+                    AuditError::Corrupt(format!("checkpoint {}: root: {e}", c.size))
+                })?;
+                Ok(TreeHead { size: c.size, root })
             })
-            .collect();
+            .collect::<Result<_, AuditError>>()?;
         let mut audit = allmende_audit::StoreAudit::new(&self.inner.hashes, size, &heads);
         let mut from = 0u64;
         while from < size {
@@ -653,312 +570,6 @@ impl AuditLog {
             .finish()
             .map_err(|e| AuditError::Corrupt(e.to_string()))
     }
-
-    /// Runs a query over the log (DPO tools). Uses the most selective index
-    /// and filters the rest on decoded entries; pages by sequence.
-    /// The first sequence below `end` whose entry's time is `>= time_ms`
-    /// (`end` if none). Entry times never decrease along the log; entries
-    /// pruned by retention (the oldest) count as older than any time.
-    fn first_at_or_after(&self, time_ms: u64, end: u64) -> Result<u64, AuditError> {
-        let (mut lo, mut hi) = (0u64, end);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let time = match self.inner.entries.get(&mid)? {
-                Some(bytes) if !bytes.is_empty() => {
-                    Entry::decode(&bytes)
-                        .map_err(|err| AuditError::Corrupt(format!("entry {mid}: {err}")))?
-                        .time_ms
-                }
-                _ => 0,
-            };
-            if time < time_ms {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        Ok(lo)
-    }
-
-    pub fn query(&self, filter: &QueryFilter) -> Result<QueryPage, AuditError> {
-        let limit = filter.limit.clamp(1, 1000);
-        let mut start = filter.after.map_or(0, |a| a.saturating_add(1));
-        let mut end = self.size();
-        // Entry times never decrease along the log: a time range is a
-        // sequence range, found by binary search.
-        if let Some(from) = filter.from_ms {
-            start = start.max(self.first_at_or_after(from, end)?);
-        }
-        if let Some(to) = filter.to_ms {
-            end = end.min(self.first_at_or_after(to, end)?);
-        }
-        // Candidate sequences from an index, when the filter names one.
-        let user_key = filter.user.as_ref().map(|(org, u)| self.pseudonym(org, u));
-        let subject = filter.subject.as_ref().map(|s| self.subject_hash(s));
-        let subject_key = subject.as_ref().map(SubjectHash::to_hex);
-        let index_prefix = if let Some(s) = &subject {
-            posting_prefix(FIELD_SUBJECT, &s.0[..1])
-        } else if let Some(d) = &filter.dataset {
-            posting_prefix(FIELD_DATASET, d.as_bytes())
-        } else if let Some(u) = &user_key {
-            posting_prefix(FIELD_USER, u.as_bytes())
-        } else if let Some(o) = &filter.org {
-            posting_prefix(FIELD_ORG, o.as_bytes())
-        } else if let Some(p) = &filter.purpose {
-            posting_prefix(FIELD_PURPOSE, p.as_bytes())
-        } else {
-            filter
-                .decision
-                .and_then(|d| posting_prefix(FIELD_DECISION, decision_term(d)))
-        };
-        let indexed = self.inner.indexed.load(Ordering::SeqCst).min(end);
-        let mut out = Vec::new();
-        let mut next_after = None;
-        let mut consider = |seq: u64, bytes: &[u8]| -> Result<bool, AuditError> {
-            if bytes.is_empty() {
-                // Pruned by retention.
-                return Ok(false);
-            }
-            let e = Entry::decode(bytes)
-                .map_err(|err| AuditError::Corrupt(format!("entry {seq}: {err}")))?;
-            if filter.matches(&e, user_key.as_deref(), subject_key.as_deref()) {
-                out.push(e);
-            }
-            next_after = Some(seq);
-            Ok(out.len() >= limit)
-        };
-        match index_prefix {
-            Some(prefix) if indexed > start => {
-                // Indexed part first (the term's posting lists in range
-                // order, from the last one that can hold `start`), then the
-                // unindexed tail by scan.
-                const PAGE: usize = 64;
-                let mut from_key = posting_key(&prefix, start.saturating_sub(INDEX_SPAN - 1));
-                let to_key = posting_key(&prefix, indexed);
-                let mut done = false;
-                'lists: loop {
-                    let lists = self.inner.index.range_limit(&from_key, &to_key, PAGE)?;
-                    let Some((last, _)) = lists.last() else {
-                        break;
-                    };
-                    let more = lists.len() == PAGE;
-                    from_key = last.clone();
-                    from_key.push(0);
-                    for (k, v) in lists {
-                        let Some(first) = k
-                            .get(k.len().saturating_sub(8)..)
-                            .and_then(|b| <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes))
-                        else {
-                            continue;
-                        };
-                        for seq in postings_of(first, &v, subject.as_ref().map(|s| &s.0)) {
-                            if seq < start {
-                                continue;
-                            }
-                            if seq >= indexed {
-                                break;
-                            }
-                            if let Some(bytes) = self.inner.entries.get(&seq)?
-                                && consider(seq, &bytes)?
-                            {
-                                done = true;
-                                break 'lists;
-                            }
-                        }
-                    }
-                    if !more {
-                        break;
-                    }
-                }
-                if !done {
-                    for (seq, bytes) in self.entry_range(indexed.max(start), end)? {
-                        if consider(seq, &bytes)? {
-                            break;
-                        }
-                    }
-                }
-            }
-            _ => {
-                let mut from = start;
-                'scan: while from < end {
-                    let to = end.min(from + 1024);
-                    for (seq, bytes) in self.entry_range(from, to)? {
-                        if consider(seq, &bytes)? {
-                            break 'scan;
-                        }
-                    }
-                    from = to;
-                }
-            }
-        }
-        let more = out.len() >= limit;
-        Ok(QueryPage {
-            entries: out,
-            next_after: if more { next_after } else { None },
-        })
-    }
-}
-
-/// Filters of an audit query. `None` matches everything.
-#[derive(Debug, Clone, Default)]
-pub struct QueryFilter {
-    pub dataset: Option<String>,
-    pub org: Option<String>,
-    /// (organisation, user id) in clear; matched through its pseudonym.
-    pub user: Option<(String, String)>,
-    pub purpose: Option<String>,
-    pub decision: Option<Decision>,
-    /// Data subject in clear; matched through its keyed hash.
-    pub subject: Option<String>,
-    pub from_ms: Option<u64>,
-    pub to_ms: Option<u64>,
-    /// Page after this sequence number.
-    pub after: Option<u64>,
-    pub limit: usize,
-}
-
-impl QueryFilter {
-    fn matches(&self, e: &Entry, user_key: Option<&str>, subject_key: Option<&str>) -> bool {
-        self.dataset.as_ref().is_none_or(|d| &e.resource == d)
-            && self.org.as_ref().is_none_or(|o| &e.principal.org == o)
-            && user_key.is_none_or(|u| e.principal.user.as_deref() == Some(u))
-            && self
-                .purpose
-                .as_ref()
-                .is_none_or(|p| e.purpose.as_deref() == Some(p.as_str()))
-            && self.decision.is_none_or(|d| e.decision == Some(d))
-            && subject_key.is_none_or(|s| e.subjects.iter().any(|h| h.to_hex() == s))
-            && self.from_ms.is_none_or(|f| e.time_ms >= f)
-            && self.to_ms.is_none_or(|t| e.time_ms < t)
-    }
-}
-
-/// One page of query results.
-#[derive(Debug, Clone)]
-pub struct QueryPage {
-    pub entries: Vec<Entry>,
-    /// Pass as `after` for the next page; `None` when this was the last.
-    pub next_after: Option<u64>,
-}
-
-/// Index fields (the first byte of a posting-list key).
-const FIELD_DATASET: u8 = b'd';
-const FIELD_ORG: u8 = b'o';
-const FIELD_USER: u8 = b'u';
-const FIELD_SUBJECT: u8 = b's';
-const FIELD_PURPOSE: u8 = b'p';
-const FIELD_DECISION: u8 = b'c';
-
-fn decision_term(d: Decision) -> &'static [u8] {
-    match d {
-        Decision::Allow => b"allow",
-        Decision::Deny => b"deny",
-    }
-}
-/// Sequences one index range (and so one posting list) spans at most.
-const INDEX_SPAN: u64 = 4096;
-/// How long the indexer lets a range fill before it indexes what is there.
-const INDEX_DELAY: Duration = Duration::from_millis(200);
-
-/// `field ‖ u16 BE length ‖ term`: the prefix of a term's posting lists.
-/// `None` for a term longer than `u16::MAX` bytes (not indexed).
-fn posting_prefix(field: u8, term: &[u8]) -> Option<Vec<u8>> {
-    let len = u16::try_from(term.len()).ok()?;
-    let mut k = Vec::with_capacity(3 + term.len() + 8);
-    k.push(field);
-    k.extend_from_slice(&len.to_be_bytes());
-    k.extend_from_slice(term);
-    Some(k)
-}
-
-/// The key of a term's posting list for the range starting at `first`.
-fn posting_key(prefix: &[u8], first: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 8);
-    k.extend_from_slice(prefix);
-    k.extend_from_slice(&first.to_be_bytes());
-    k
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// Reads a varint at `*pos`; `None` if malformed or truncated.
-fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(byte & 0x7f).checked_shl(shift)?;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// Appends ascending sequences (all `>= first`) as LEB128 varint deltas,
-/// the first relative to `first`.
-fn encode_postings(first: u64, seqs: &[u64], out: &mut Vec<u8>) {
-    let mut prev = first;
-    for &seq in seqs {
-        put_varint(out, seq.saturating_sub(prev));
-        prev = seq;
-    }
-}
-
-/// Decodes up to `count` postings written by [`encode_postings`] from
-/// `*pos`; stops at the first malformed varint.
-fn decode_postings(first: u64, bytes: &[u8], pos: &mut usize, count: usize, out: &mut Vec<u64>) {
-    let mut prev = first;
-    for _ in 0..count {
-        if *pos >= bytes.len() {
-            return;
-        }
-        let Some(seq) = get_varint(bytes, pos).and_then(|d| prev.checked_add(d)) else {
-            return;
-        };
-        out.push(seq);
-        prev = seq;
-    }
-}
-
-/// The postings of one index value: a whole posting list, or for a
-/// subject bucket the record of `subject` (none if it has no record).
-fn postings_of(first: u64, value: &[u8], subject: Option<&[u8; 32]>) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    match subject {
-        None => decode_postings(first, value, &mut pos, usize::MAX, &mut out),
-        Some(want) => {
-            while let Some(hash) = value.get(pos..pos + 32) {
-                pos += 32;
-                let Some(count) = get_varint(value, &mut pos) else {
-                    break;
-                };
-                let count = usize::try_from(count).unwrap_or(usize::MAX);
-                if hash == want.as_slice() {
-                    decode_postings(first, value, &mut pos, count, &mut out);
-                    break;
-                }
-                // Skip this record's postings.
-                for _ in 0..count {
-                    if get_varint(value, &mut pos).is_none() {
-                        return out;
-                    }
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Statistics of a finished release.
@@ -1029,12 +640,19 @@ impl Drop for ReleaseGuard {
                 outcome: ReleaseOutcome::Aborted,
             };
             let log = self.log.clone();
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(async move {
-                    if let Err(e) = log.append(d).await {
-                        tracing::warn!(error = %e, "aborted release not recorded; the intent stays open");
-                    }
-                });
+            let intent = self.intent_sequence;
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn(async move {
+                        if let Err(e) = log.append(d).await {
+                            tracing::warn!(intent_sequence = intent, error = %e, "aborted release not recorded; the intent stays open");
+                        }
+                    });
+                }
+                Err(_) => tracing::warn!(
+                    intent_sequence = intent,
+                    "aborted release not recorded outside a runtime; the intent stays open"
+                ),
             }
         }
     }
@@ -1166,207 +784,20 @@ async fn writer(
     }
 }
 
-async fn sign_checkpoint(inner: &Inner) -> Result<Option<CheckpointRecord>, AuditError> {
-    let size = *inner.committed.borrow();
-    if size == 0 || size <= inner.checkpoint_size.load(Ordering::SeqCst) {
-        return Ok(None);
-    }
-    let root = allmende_audit::root_at(&inner.hashes, size)
-        .map_err(|e| AuditError::Corrupt(e.to_string()))?;
-    let cp = Checkpoint::new(&inner.origin, size, root)
-        .map_err(|e| AuditError::Corrupt(e.to_string()))?;
-    let note = allmende_audit::sign_checkpoint(&inner.log_signer, &cp)
-        .map_err(|e| AuditError::Corrupt(e.to_string()))?;
-    let rec = CheckpointRecord {
-        size,
-        root_hex: root.to_hex(),
-        note,
-        cosignatures: Vec::new(),
-        signed_at_ms: inner.clock.now_unix_ms(),
-    };
-    let mut b = WriteBatch::new();
-    b.put(&inner.checkpoints, &size, &rec)?;
-    inner.store.commit_durable(b).await?;
-    inner.checkpoint_size.fetch_max(size, Ordering::SeqCst);
-    Ok(Some(rec))
-}
-
-async fn checkpointer(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    loop {
-        let stop = tokio::select! {
-            _ = tick.tick() => false,
-            _ = shutdown.wait_for(|s| *s) => true,
-        };
-        if stop {
-            // Let the writer finish its queue, then cover it with a checkpoint.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if let Err(e) = sign_checkpoint(&inner).await {
-                tracing::warn!(error = %e, "final checkpoint not signed");
-            }
-            return;
-        }
-        if let Err(e) = sign_checkpoint(&inner).await {
-            tracing::warn!(error = %e, "checkpoint not signed");
-        }
-    }
-}
-
-/// Derives the query indexes from the log, behind the durable append.
-///
-/// Indexes in ranges of up to [`INDEX_SPAN`] entries: it lets a range fill
-/// for at most [`INDEX_DELAY`] (so the index lags at most that plus the
-/// work), then writes it on a blocking thread, off the async workers.
-async fn indexer(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
-    let mut committed = inner.committed.clone();
-    loop {
-        // Wait for something to index.
-        while *committed.borrow_and_update() <= inner.indexed.load(Ordering::SeqCst) {
-            tokio::select! {
-                r = committed.changed() => if r.is_err() { return },
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        }
-        // Let a range fill, for a bounded time.
-        let deadline = tokio::time::Instant::now() + INDEX_DELAY;
-        loop {
-            let size = *committed.borrow_and_update();
-            if size.saturating_sub(inner.indexed.load(Ordering::SeqCst)) >= INDEX_SPAN {
-                break;
-            }
-            tokio::select! {
-                r = committed.changed() => if r.is_err() { break },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        }
-        let size = *committed.borrow();
-        let work = inner.clone();
-        let stop = shutdown.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut from = work.indexed.load(Ordering::SeqCst);
-            // A long rebuild (after a migration) stops between ranges at
-            // shutdown and goes on from its marker after the restart.
-            while from < size && !*stop.borrow() {
-                let to = size.min(from + INDEX_SPAN);
-                index_range(&work, from, to)?;
-                work.indexed.store(to, Ordering::SeqCst);
-                from = to;
-            }
-            Ok::<(), AuditError>(())
-        })
-        .await;
-        if *shutdown.borrow() {
-            return;
-        }
-        let failed = match done {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(e) = failed {
-            tracing::warn!(error = %e, "audit index lags");
-            // Retry after new entries or a pause, not in a tight loop.
-            tokio::select! {
-                _ = tokio::time::sleep(INDEX_DELAY) => {},
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        }
-    }
-}
-
-/// Indexes the entries `[from, to)` (at most [`INDEX_SPAN`]): one posting
-/// list per distinct dataset, organisation, user, purpose and decision, one
-/// per subject-hash bucket, and the progress marker, in one batch.
-fn index_range(inner: &Inner, from: u64, to: u64) -> Result<(), AuditError> {
-    let mut lists: std::collections::HashMap<(u8, Vec<u8>), Vec<u64>> =
-        std::collections::HashMap::new();
-    let mut subjects: std::collections::BTreeMap<[u8; 32], Vec<u64>> =
-        std::collections::BTreeMap::new();
-    // Sequences arrive ascending; an entry naming a term twice is listed once.
-    let push = |list: &mut Vec<u64>, seq: u64| {
-        if list.last() != Some(&seq) {
-            list.push(seq);
-        }
-    };
-    for (seq, bytes) in inner.entries.range(&from, &to)? {
-        let Ok(e) = Entry::decode(&bytes) else {
-            continue;
-        };
-        let mut add = |field: u8, term: &[u8]| {
-            push(lists.entry((field, term.to_vec())).or_default(), seq);
-        };
-        add(FIELD_DATASET, e.resource.as_bytes());
-        add(FIELD_ORG, e.principal.org.as_bytes());
-        if let Some(u) = &e.principal.user {
-            add(FIELD_USER, u.as_bytes());
-        }
-        if let Some(p) = &e.purpose {
-            add(FIELD_PURPOSE, p.as_bytes());
-        }
-        if let Some(d) = e.decision {
-            add(FIELD_DECISION, decision_term(d));
-        }
-        for s in &e.subjects {
-            push(subjects.entry(s.0).or_default(), seq);
-        }
-    }
-    let mut b = WriteBatch::new();
-    for ((field, term), seqs) in lists {
-        // A term too long for the key is not indexed; queries for it scan.
-        if let Some(prefix) = posting_prefix(field, &term) {
-            let mut value = Vec::with_capacity(seqs.len() * 2);
-            encode_postings(from, &seqs, &mut value);
-            b.put_raw(&inner.index, &posting_key(&prefix, from), value);
-        }
-    }
-    // Subject hashes are nearly all distinct: one list per hash would be
-    // one (randomly placed) key per entry. One value per bucket (first hash
-    // byte) and range instead holds `hash ‖ count ‖ postings` records,
-    // sorted by hash.
-    let mut bucket: Option<(u8, Vec<u8>)> = None;
-    for (hash, seqs) in subjects {
-        if bucket.as_ref().is_some_and(|(b0, _)| *b0 != hash[0])
-            && let Some((b0, value)) = bucket.take()
-        {
-            put_subject_bucket(inner, &mut b, b0, from, value);
-        }
-        let (_, value) = bucket.get_or_insert_with(|| (hash[0], Vec::new()));
-        value.extend_from_slice(&hash);
-        put_varint(value, seqs.len() as u64);
-        encode_postings(from, &seqs, value);
-    }
-    if let Some((b0, value)) = bucket {
-        put_subject_bucket(inner, &mut b, b0, from, value);
-    }
-    // The progress marker lives in the index tree itself: one tree, one batch.
-    b.put_raw(
-        &inner.index,
-        &INDEXED_KEY.to_vec(),
-        to.to_be_bytes().to_vec(),
-    );
-    inner.store.commit_volatile(b)?;
-    Ok(())
-}
-
-fn put_subject_bucket(inner: &Inner, b: &mut WriteBatch, bucket: u8, from: u64, value: Vec<u8>) {
-    if let Some(prefix) = posting_prefix(FIELD_SUBJECT, &[bucket]) {
-        b.put_raw(&inner.index, &posting_key(&prefix, from), value);
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
     use super::*;
-    use crate::clock::{Clock, ManualClock};
+    use crate::audit::QueryFilter;
+    use crate::clock::ManualClock;
     use crate::store::StoreOptions;
+    use std::time::Duration;
 
-    async fn open(dir: &std::path::Path) -> (AuditLog, Store, watch::Sender<bool>) {
+    pub(crate) async fn open(dir: &std::path::Path) -> (AuditLog, Store, watch::Sender<bool>) {
         open_with_clock(dir, ManualClock::at_unix_ms(1_800_000_000_000)).await
     }
 
-    async fn open_with_clock(
+    pub(crate) async fn open_with_clock(
         dir: &std::path::Path,
         clock: Arc<ManualClock>,
     ) -> (AuditLog, Store, watch::Sender<bool>) {
@@ -1384,7 +815,7 @@ mod tests {
         (log, store, tx)
     }
 
-    fn draft(dataset: &str, user: &str, subject: &str) -> Draft {
+    pub(crate) fn draft(dataset: &str, user: &str, subject: &str) -> Draft {
         let mut d = Draft::new("tum", "read", dataset, EntryKind::Decision);
         d.user = Some(user.into());
         d.purpose = Some("AcademicResearch".into());
@@ -1392,6 +823,35 @@ mod tests {
         d.policy_ids = vec!["research-read".into()];
         d.subjects = vec![subject.into()];
         d
+    }
+
+    fn caller(subject: Subject) -> Principal {
+        Principal {
+            federation: "munich".into(),
+            organisation: "tum".into(),
+            organisation_kind: crate::pki::OrgKind::University,
+            role: matches!(subject, Subject::User(_)).then_some(crate::pki::Role::Researcher),
+            subject,
+            certificate_sha256: "ab".into(),
+            not_after: i64::MAX,
+            issuer_ca_spki_sha256: "tum-ca".into(),
+        }
+    }
+
+    /// A node caller's draft names the node, a person's names the person;
+    /// neither names the other, and both carry the caller's organisation.
+    #[test]
+    fn a_draft_by_a_caller_carries_its_node_or_its_user() {
+        let node = caller(Subject::Node("tum-1".into()));
+        let d = Draft::by(&node, "read", "air-quality", EntryKind::Decision);
+        assert_eq!(d.org, "tum");
+        assert_eq!(d.peer_node.as_deref(), Some("tum-1"));
+        assert_eq!(d.user, None);
+        let person = caller(Subject::User("alice".into()));
+        let d = Draft::by(&person, "read", "air-quality", EntryKind::Decision);
+        assert_eq!(d.org, "tum");
+        assert_eq!(d.user.as_deref(), Some("alice"));
+        assert_eq!(d.peer_node, None);
     }
 
     #[tokio::test]
@@ -1584,315 +1044,5 @@ mod tests {
         assert!(!report.is_ok());
         let text = format!("{report:?}");
         assert!(text.contains("sequence: 6"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn retention_prunes_bodies_keeps_the_tree_and_records_a_summary() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            &StoreOptions {
-                cache_bytes: 1 << 22,
-            },
-        )
-        .unwrap();
-        let (_tx, rx) = watch::channel(false);
-        let clock = ManualClock::at_unix_ms(1_800_000_000_000);
-        let log = AuditLog::open(store.clone(), "munich", "swm", "swm-1", clock.clone(), rx)
-            .await
-            .unwrap();
-        for i in 0..10 {
-            log.append(draft("smart-meter-readings", "alice", &format!("s{i}")))
-                .await
-                .unwrap();
-        }
-        clock.advance(Duration::from_secs(40 * 86_400));
-        for i in 0..5 {
-            log.append(draft("air-quality", "bob", &format!("t{i}")))
-                .await
-                .unwrap();
-        }
-        log.checkpoint_now().await.unwrap();
-        let cutoff = u64::try_from(clock.now_unix_ms()).unwrap() - 30 * 86_400_000;
-        let (seq, summary) = log.apply_retention(cutoff).await.unwrap().unwrap();
-        assert_eq!(seq, 15);
-        assert_eq!(summary.pruned, 10);
-        let g = summary
-            .groups
-            .get(&(
-                "smart-meter-readings".to_owned(),
-                Some("AcademicResearch".to_owned()),
-            ))
-            .unwrap();
-        assert_eq!((g.entries, g.allowed), (10, 10));
-        for s in 0..10 {
-            assert_eq!(
-                log.entry_bytes(s).unwrap(),
-                Some(Vec::new()),
-                "body {s} pruned"
-            );
-        }
-        // The tree and the signed checkpoints still verify; pruned is not tampered.
-        let report = log.verify_store().unwrap();
-        assert!(report.is_ok(), "{report:?}");
-        assert_eq!(report.entries_pruned, 10);
-        // Queries see what is left; the retention entry is itself in the log.
-        let page = log
-            .query(&QueryFilter {
-                limit: 100,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(page.entries.len(), 6);
-        assert!(matches!(
-            page.entries.last().unwrap().kind,
-            EntryKind::Retention {
-                pruned_count: 10,
-                ..
-            }
-        ));
-        // Idempotent: nothing more to prune.
-        assert!(log.apply_retention(cutoff).await.unwrap().is_none());
-    }
-
-    #[test]
-    fn posting_lists_round_trip() {
-        let seqs = [4096u64, 4097, 4200, 8191, 1 << 40];
-        let mut v = Vec::new();
-        encode_postings(4096, &seqs, &mut v);
-        assert_eq!(postings_of(4096, &v, None), seqs);
-        // Subject buckets: records sorted by hash, each with its postings.
-        let (a, b) = ([7u8; 32], [7u8; 32].map(|x| x + 1));
-        let mut v = Vec::new();
-        for (h, list) in [(a, &[5u64, 9][..]), (b, &[6u64][..])] {
-            v.extend_from_slice(&h);
-            put_varint(&mut v, list.len() as u64);
-            encode_postings(0, list, &mut v);
-        }
-        assert_eq!(postings_of(0, &v, Some(&a)), vec![5, 9]);
-        assert_eq!(postings_of(0, &v, Some(&b)), vec![6]);
-        assert!(postings_of(0, &v, Some(&[1u8; 32])).is_empty());
-        // Malformed values end the list instead of failing the query.
-        assert_eq!(postings_of(0, &[0x80], None), Vec::<u64>::new());
-        assert!(postings_of(0, &v[..40], Some(&b)).is_empty());
-    }
-
-    /// Index-backed queries (several ranges, subjects sharing hash buckets,
-    /// an unindexed tail, paging) return exactly what a scan of the log
-    /// finds.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn indexed_queries_equal_a_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::at_unix_ms(1_800_000_000_000);
-        let (log, _s, _stop) = open_with_clock(dir.path(), clock.clone()).await;
-        // Appends in rounds of 100, one second apart (entry times step).
-        let append_all = |from: u64, to: u64| {
-            let (log, clock) = (log.clone(), clock.clone());
-            async move {
-                for round in (from..to).step_by(100) {
-                    let mut tasks = Vec::new();
-                    for i in round..to.min(round + 100) {
-                        let log = log.clone();
-                        tasks.push(tokio::spawn(async move {
-                            let mut d = draft(
-                                ["air-quality", "smart-meter-readings", "x"][(i % 3) as usize],
-                                &format!("user-{}", i % 5),
-                                &format!("HH-{}", i % 700),
-                            );
-                            if i % 11 == 0 {
-                                // Twice the same subject, and a second one.
-                                d.subjects.push(format!("HH-{}", i % 700));
-                                d.subjects.push("HH-shared".into());
-                            }
-                            if i % 4 == 0 {
-                                d.purpose = Some("PublicInterest".into());
-                            }
-                            if i % 6 == 0 {
-                                d.decision = Some(Decision::Deny);
-                            }
-                            if i % 13 == 0 {
-                                d.purpose = None;
-                                d.decision = None;
-                            }
-                            log.append(d).await.unwrap()
-                        }));
-                    }
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                    clock.advance(Duration::from_secs(1));
-                }
-            }
-        };
-        let wait_indexed = |n: u64| {
-            let log = log.clone();
-            async move {
-                for _ in 0..300 {
-                    if log.status().indexed >= n {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                assert!(log.status().indexed >= n, "index did not reach {n}");
-            }
-        };
-        let filters = || {
-            let mut v = vec![
-                QueryFilter {
-                    subject: Some("HH-shared".into()),
-                    ..Default::default()
-                },
-                QueryFilter {
-                    dataset: Some("air-quality".into()),
-                    ..Default::default()
-                },
-                QueryFilter {
-                    user: Some(("tum".into(), "user-3".into())),
-                    ..Default::default()
-                },
-                QueryFilter {
-                    org: Some("tum".into()),
-                    ..Default::default()
-                },
-                QueryFilter {
-                    subject: Some("nobody".into()),
-                    ..Default::default()
-                },
-            ];
-            for h in [0, 1, 7, 350, 699] {
-                v.push(QueryFilter {
-                    subject: Some(format!("HH-{h}")),
-                    ..Default::default()
-                });
-            }
-            v.push(QueryFilter {
-                purpose: Some("PublicInterest".into()),
-                ..Default::default()
-            });
-            v.push(QueryFilter {
-                decision: Some(Decision::Deny),
-                ..Default::default()
-            });
-            v.push(QueryFilter {
-                purpose: Some("AcademicResearch".into()),
-                decision: Some(Decision::Allow),
-                ..Default::default()
-            });
-            // Time ranges: before everything, inside, on round boundaries,
-            // after everything; alone and with an indexed filter.
-            let t0 = 1_800_000_000_000u64;
-            for (from, to) in [
-                (None, Some(t0)),
-                (Some(t0 + 3_000), Some(t0 + 5_000)),
-                (Some(t0 + 2_500), None),
-                (None, Some(t0 + 9_000)),
-                (Some(t0 + 14_000), None),
-                (Some(t0 + 60_000), None),
-                // Reversed and extreme bounds: empty, no panic.
-                (Some(t0 + 5_000), Some(t0 + 3_000)),
-                (Some(u64::MAX), Some(0)),
-                (Some(0), Some(u64::MAX)),
-            ] {
-                v.push(QueryFilter {
-                    from_ms: from,
-                    to_ms: to,
-                    ..Default::default()
-                });
-                v.push(QueryFilter {
-                    dataset: Some("air-quality".into()),
-                    from_ms: from,
-                    to_ms: to,
-                    ..Default::default()
-                });
-                v.push(QueryFilter {
-                    decision: Some(Decision::Deny),
-                    from_ms: from,
-                    to_ms: to,
-                    ..Default::default()
-                });
-            }
-            v
-        };
-        let check = |log: &AuditLog| {
-            let mut time_filters_hit = 0;
-            let size = log.size();
-            let all: Vec<Entry> = log
-                .entry_range(0, size)
-                .unwrap()
-                .iter()
-                .map(|(_, b)| Entry::decode(b).unwrap())
-                .collect();
-            for mut f in filters() {
-                let user_key = f.user.as_ref().map(|(o, u)| log.pseudonym(o, u));
-                let subject_key = f.subject.as_ref().map(|s| log.subject_hash(s).to_hex());
-                let want: Vec<u64> = all
-                    .iter()
-                    .filter(|e| f.matches(e, user_key.as_deref(), subject_key.as_deref()))
-                    .map(|e| e.sequence)
-                    .collect();
-                if f.from_ms.is_some() || f.to_ms.is_some() {
-                    time_filters_hit += usize::from(!want.is_empty());
-                }
-                let mut got = Vec::new();
-                f.limit = 7;
-                loop {
-                    let page = log.query(&f).unwrap();
-                    got.extend(page.entries.iter().map(|e| e.sequence));
-                    match page.next_after {
-                        Some(a) => f.after = Some(a),
-                        None => break,
-                    }
-                }
-                assert_eq!(got, want, "{f:?}");
-            }
-            assert!(time_filters_hit >= 9, "time filters matched too little");
-        };
-        append_all(0, 700).await;
-        wait_indexed(700).await;
-        append_all(700, 1500).await;
-        // Part indexed, part not yet.
-        check(&log);
-        wait_indexed(1500).await;
-        check(&log);
-    }
-
-    #[tokio::test]
-    async fn queries_filter_and_page() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _s, _stop) = open(dir.path()).await;
-        for i in 0..30 {
-            let ds = if i % 3 == 0 {
-                "air-quality"
-            } else {
-                "smart-meter-readings"
-            };
-            log.append(draft(ds, "alice", "s")).await.unwrap();
-        }
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = log
-                .query(&QueryFilter {
-                    dataset: Some("air-quality".into()),
-                    after,
-                    limit: 4,
-                    ..Default::default()
-                })
-                .unwrap();
-            all.extend(page.entries.iter().map(|e| e.sequence));
-            match page.next_after {
-                Some(a) => after = Some(a),
-                None => break,
-            }
-        }
-        assert_eq!(all, (0..30).step_by(3).collect::<Vec<_>>());
-        let none = log
-            .query(&QueryFilter {
-                decision: Some(Decision::Deny),
-                limit: 100,
-                ..Default::default()
-            })
-            .unwrap();
-        assert!(none.entries.is_empty());
     }
 }

@@ -7,13 +7,29 @@
 //! [`ReleaseGuard`] without a durable intent entry; if the log cannot be
 //! written, [`AuditLog::begin_release`] fails and nothing may be sent.
 
+mod checkpoint;
+mod export;
+mod index;
 mod log;
+mod query;
+mod retention;
 mod tree;
 pub mod witness;
 
+pub use checkpoint::{CheckpointRecord, parse_sig_line};
+pub use export::Export;
+/// Opens a log on a fresh store in `dir` with `clock` (tests).
+#[cfg(test)]
+pub(crate) use log::tests::open_with_clock as open_test_log;
 pub use log::{
-    AuditError, AuditLog, AuditStatus, CheckpointRecord, Draft, MAX_LABEL_BYTES, QueryFilter,
-    QueryPage, ReleaseGuard, ReleaseStats, bound_label,
+    AuditError, AuditLog, AuditStatus, Draft, MAX_LABEL_BYTES, ReleaseGuard, ReleaseStats,
+    bound_label,
 };
+pub use query::{QueryFilter, QueryPage};
+#[cfg(test)]
+pub(crate) use tree::MIGRATION_CHUNK;
 pub use tree::SledHashStore;
-pub(crate) use tree::encode_node_group;
+
+/// The store migrations of the audit log's formats; every store the node
+/// opens is opened with them (`Store::open_with`).
+pub const STORE_MIGRATIONS: &[crate::store::MigrationStep] = &[tree::MIGRATE_TREE_V1];

@@ -14,7 +14,7 @@
 //! sequences; any partition of the sequences into contiguous groups, each
 //! keyed by its first sequence, reads the same.
 
-use crate::store::{RawTable, StoreError, TableName};
+use crate::store::{Migrating, MigrationStep, RawTable, StoreError, TableName};
 use allmende_audit::{Hash, HashStore, NodeKey, NodeWrite};
 
 /// Format byte of a group value.
@@ -32,6 +32,83 @@ pub(crate) fn encode_node_group(writes: &mut [NodeWrite]) -> Vec<u8> {
         out.extend_from_slice(&w.hash.0);
     }
     out
+}
+
+/// The format-1 tree of Merkle node hashes (one key per node).
+const AUDIT_TREE_V1: &str = "audit_tree";
+/// Sequences per converted value of the 1 → 2 migration.
+pub(crate) const MIGRATION_CHUNK: u64 = 4096;
+
+/// The store migration the audit log supplies: format 1 → 2.
+pub const MIGRATE_TREE_V1: MigrationStep = MigrationStep {
+    from: 1,
+    run: migrate_tree_v1,
+};
+
+/// Format 1 → 2: the per-node keys of `audit_tree` (9-byte `level ‖ index`)
+/// become one value per chunk of [`MIGRATION_CHUNK`] sequences in
+/// `audit_tree_v2` (a node goes to the chunk of its last leaf, like a group
+/// commit writes it with that leaf); the derived audit index (format 1: one
+/// key per term and entry) is cleared and rebuilt by the indexer.
+///
+/// Crash-safe without one huge transaction: the new tree is cleared and
+/// written from scratch and flushed before the old tree is dropped, and the
+/// store bumps the format key only after this returns, so an interrupted
+/// migration runs again from the start. Once the old tree is gone the
+/// conversion was complete and flushed.
+fn migrate_tree_v1(m: &Migrating<'_>) -> Result<(), String> {
+    m.tree(TableName::AuditIndex.as_str())?.clear()?;
+    if m.has_tree(AUDIT_TREE_V1) {
+        let old = m.tree(AUDIT_TREE_V1)?;
+        let new = m.tree(TableName::AuditTree.as_str())?;
+        new.clear()?;
+        let key = |level: u8, index: u64| NodeKey { level, index }.to_bytes();
+        // The last leaf bounds the chunks.
+        let last_leaf = match old.range(&key(0, 0), &key(1, 0)).next_back() {
+            Some(item) => NodeKey::from_bytes(&item?.0).map(|n| n.index),
+            None => None,
+        };
+        if let Some(last_leaf) = last_leaf {
+            let mut chunk = 0u64;
+            let mut batch = Vec::new();
+            while chunk <= last_leaf {
+                let end = chunk.saturating_add(MIGRATION_CHUNK);
+                let mut writes = Vec::new();
+                // Node (L, i) ends at leaf (i+1)·2^L − 1; in [chunk, end)
+                // exactly for i in [chunk >> L, end >> L).
+                for level in 0..64u8 {
+                    let (lo, hi) = (chunk >> level, end >> level);
+                    if hi == 0 {
+                        break;
+                    }
+                    for item in old.range(&key(level, lo), &key(level, hi)) {
+                        let (k, v) = item?;
+                        match (NodeKey::from_bytes(&k), Hash::from_slice(&v)) {
+                            (Some(key), Ok(hash)) => writes.push(NodeWrite { key, hash }),
+                            _ => tracing::warn!(
+                                key = %hex::encode(&k),
+                                "malformed audit tree node not migrated; the store check reports it missing"
+                            ),
+                        }
+                    }
+                }
+                if !writes.is_empty() {
+                    batch.push((chunk.to_be_bytes().to_vec(), encode_node_group(&mut writes)));
+                }
+                if batch.len() >= 64 {
+                    new.insert_all(std::mem::take(&mut batch))?;
+                }
+                chunk = end;
+                if end == u64::MAX {
+                    break;
+                }
+            }
+            new.insert_all(batch)?;
+        }
+        m.flush()?;
+        m.drop_tree(AUDIT_TREE_V1)?;
+    }
+    m.flush()
 }
 
 /// Looks up node `(level, index)` in a group value by binary search.

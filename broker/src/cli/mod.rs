@@ -271,11 +271,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Node(NodeCmd::Backup { config, out }) => {
             let cfg = crate::config::NodeConfig::load(&config)
                 .map_err(|e| Failure::new(exit::INPUT, e.to_string()))?;
-            let store = crate::store::Store::open(
+            let store = crate::store::Store::open_with(
                 &cfg.data_dir.join("store"),
                 &crate::store::StoreOptions {
                     cache_bytes: cfg.store_cache_bytes,
                 },
+                crate::audit::STORE_MIGRATIONS,
             )
             .map_err(|e| Failure::new(exit::FAILED, format!("{e} (is the node still running?)")))?;
             let n = store
@@ -293,6 +294,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &crate::store::StoreOptions {
                     cache_bytes: cfg.store_cache_bytes,
                 },
+                crate::audit::STORE_MIGRATIONS,
             )
             .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
             println!("restored {n} records into {}", cfg.data_dir.display());

@@ -517,9 +517,10 @@ async fn story_8_steps(sb: &mut Sandbox) -> Result<(), String> {
     let cfg = crate::config::NodeConfig::load(&cfg_path).map_err(|e| fail(&e))?;
     let victim = 1u64;
     {
-        let store = crate::store::Store::open(
+        let store = crate::store::Store::open_with(
             &cfg.data_dir.join("store"),
             &crate::store::StoreOptions::default(),
+            crate::audit::STORE_MIGRATIONS,
         )
         .map_err(|e| fail(&e))?;
         let entries: crate::store::RawTable<u64> = store

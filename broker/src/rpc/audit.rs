@@ -1,13 +1,14 @@
 //! `allmende.v1.Audit`: DPO queries and exports, citizens' own accesses,
 //! log verification, and the witness protocol between nodes.
 
+use super::convert;
 use super::principal;
 use crate::audit::QueryFilter;
 use crate::ctx::NodeCtx;
 use crate::error::ApiError;
 use crate::pki::{Principal, Subject};
 use crate::policy::{Action, Resource};
-use allmende_audit::{BundleSlot, Decision, Entry, NoteSignature, SignedNote, VerifierKey};
+use allmende_audit::{Decision, SignedNote, VerifierKey};
 use allmende_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -51,17 +52,6 @@ fn page(limit: u32) -> usize {
         100
     } else {
         limit.min(1000) as usize
-    }
-}
-
-fn entries_response(page: crate::audit::QueryPage) -> pb::AuditQueryResponse {
-    pb::AuditQueryResponse {
-        entries: page
-            .entries
-            .iter()
-            .map(super::convert::audit_entry)
-            .collect(),
-        next_page_after: page.next_after,
     }
 }
 
@@ -115,7 +105,7 @@ impl pb::audit_server::Audit for AuditService {
             limit: page(r.limit),
         };
         let result = self.ctx.audit.query(&filter).map_err(ApiError::from)?;
-        Ok(Response::new(entries_response(result)))
+        Ok(Response::new(result.into()))
     }
 
     async fn my_accesses(
@@ -151,7 +141,7 @@ impl pb::audit_server::Audit for AuditService {
             ..Default::default()
         };
         let result = ctx.audit.query(&filter).map_err(ApiError::from)?;
-        Ok(Response::new(entries_response(result)))
+        Ok(Response::new(result.into()))
     }
 
     async fn export(
@@ -164,82 +154,14 @@ impl pb::audit_server::Audit for AuditService {
             return Err(ApiError::InvalidArgument("`to` must be after `from`".into()).into());
         }
         self.authorize_log(&p, Action::ExportAudit).await?;
-        let log = &self.ctx.audit;
-        // Cover everything written so far, including this export's decision.
-        // The witnesses that cosigned before are expected to cosign again.
-        let expected = log
-            .latest_checkpoint()
-            .map_err(ApiError::from)?
-            .map_or(0, |c| c.cosignatures.len());
-        let fresh = log.checkpoint_now().await.map_err(ApiError::from)?;
-        let cp = match fresh {
-            Some(c) => log
-                .wait_cosigned(c.size, expected, std::time::Duration::from_secs(3))
-                .await
-                .map_err(ApiError::from)?
-                .unwrap_or(c),
-            None => log
-                .latest_checkpoint()
-                .map_err(ApiError::from)?
-                .ok_or_else(|| ApiError::FailedPrecondition("no checkpoint yet".into()))?,
-        };
-        let size = cp.size;
-        let mut first = None;
-        let mut slots_from = 0;
-        let mut slots = Vec::new();
-        let mut from = 0u64;
-        while from < size {
-            let to = size.min(from + 4096);
-            for (seq, bytes) in log.entry_range(from, to).map_err(ApiError::from)? {
-                if bytes.is_empty() {
-                    // Pruned by retention: only its leaf hash remains.
-                    if first.is_some() {
-                        slots.push((seq, BundleSlot::Pruned));
-                    }
-                    continue;
-                }
-                let t = Entry::decode(&bytes).map(|e| e.time_ms).unwrap_or(0);
-                let inside = t >= r.from_ms && (r.to_ms == 0 || t < r.to_ms);
-                if inside {
-                    if first.is_none() {
-                        first = Some(seq);
-                        slots_from = seq;
-                    }
-                    slots.push((seq, BundleSlot::Entry(bytes)));
-                } else if first.is_some() {
-                    slots.push((seq, BundleSlot::Omitted));
-                }
-            }
-            from = to;
-        }
-        // Trailing entries outside the range are not part of the bundle.
-        while matches!(slots.last(), Some((_, BundleSlot::Omitted))) {
-            slots.pop();
-        }
-        let count = slots
-            .iter()
-            .filter(|(_, s)| matches!(s, BundleSlot::Entry(_)))
-            .count();
-        let slots: Vec<BundleSlot> = slots.into_iter().map(|(_, s)| s).collect();
-        let mut note = SignedNote::parse(cp.note.as_bytes())
-            .map_err(|e| ApiError::Internal(format!("stored checkpoint: {e}")))?;
-        for line in &cp.cosignatures {
-            if let Some(sig) = parse_sig_line(line) {
-                let _ = note.add_signature(sig);
-            }
-        }
-        let bundle =
-            allmende_audit::build_bundle(log.hash_store(), &note.encode(), slots_from, slots, None)
-                .map_err(|e| ApiError::Internal(format!("bundle: {e}")))?;
-        let bytes = bundle
-            .encode()
-            .map_err(|e| ApiError::Internal(format!("bundle: {e}")))?;
-        Ok(Response::new(pb::AuditExportResponse {
-            bundle: bytes,
-            entries: count as u64,
-            first_sequence: first.unwrap_or(0),
-            checkpoint_size: size,
-        }))
+        // Covers everything written so far, including this export's decision.
+        let export = self
+            .ctx
+            .audit
+            .export(r.from_ms, (r.to_ms != 0).then_some(r.to_ms))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(export.into()))
     }
 
     async fn status(
@@ -259,18 +181,12 @@ impl pb::audit_server::Audit for AuditService {
             .latest_checkpoint()
             .map_err(ApiError::from)?
             .map_or(0, |c| c.cosignatures.len());
-        Ok(Response::new(pb::AuditStatusResponse {
-            size: s.size,
-            checkpoint_size: s.checkpoint_size,
-            indexed: s.indexed,
-            origin: s.origin,
-            log_vkey: s.log_vkey,
-            witness_vkey: s.witness_vkey,
-            cosignatures_on_latest: u32::try_from(cosigs).unwrap_or(u32::MAX),
-            findings: crate::audit::witness::findings(&self.ctx.audit),
-            peer_witness_vkeys: crate::audit::witness::pinned_witness_keys(&self.ctx.store)
-                .map_err(ApiError::from)?,
-        }))
+        Ok(Response::new(convert::status_response(
+            s,
+            cosigs,
+            crate::audit::witness::findings(&self.ctx.audit),
+            crate::audit::witness::pinned_witness_keys(&self.ctx.store).map_err(ApiError::from)?,
+        )))
     }
 
     async fn verify_log(
@@ -280,28 +196,7 @@ impl pb::audit_server::Audit for AuditService {
         let p = principal(&req)?;
         self.authorize_log(&p, Action::VerifyAudit).await?;
         let report = self.ctx.audit.verify_store().map_err(ApiError::from)?;
-        use allmende_audit::StoreFinding as F;
-        let mut failed: Vec<u64> = report
-            .findings
-            .iter()
-            .filter_map(|f| match f {
-                F::EntryModified { sequence }
-                | F::EntryUndecodable { sequence, .. }
-                | F::EntryMissing { sequence } => Some(*sequence),
-                F::EntrySequenceMismatch { index, .. } | F::EntryOutOfOrder { index, .. } => {
-                    Some(*index)
-                }
-                _ => None,
-            })
-            .collect();
-        failed.sort_unstable();
-        failed.dedup();
-        Ok(Response::new(pb::VerifyLogResponse {
-            ok: report.is_ok(),
-            entries_checked: report.entries_checked,
-            findings: report.findings.iter().map(|f| f.to_string()).collect(),
-            failed_sequences: failed,
-        }))
+        Ok(Response::new(convert::verify_response(&report)))
     }
 
     async fn get_checkpoint(
@@ -329,12 +224,11 @@ impl pb::audit_server::Audit for AuditService {
             allmende_audit::consistency_proof(log.hash_store(), since, cp.size)
                 .map_err(|e| ApiError::Internal(e.to_string()))?
         };
-        Ok(Response::new(pb::GetCheckpointResponse {
-            note: cp.note,
-            size: cp.size,
-            consistency_proof: proof.iter().map(|h| h.0.to_vec()).collect(),
-            log_vkey: log.log_vkey(),
-        }))
+        Ok(Response::new(convert::checkpoint_response(
+            cp,
+            &proof,
+            log.log_vkey(),
+        )))
     }
 
     async fn add_cosignature(
@@ -358,7 +252,7 @@ impl pb::audit_server::Audit for AuditService {
             .map_err(|e| ApiError::InvalidArgument(format!("witness key: {e}")))?;
         // The witness key is pinned to the calling node on first use.
         crate::audit::witness::pin_witness_key(&self.ctx.store, &p, &key).await?;
-        let sig = parse_sig_line(&r.cosignature_line)
+        let sig = crate::audit::parse_sig_line(&r.cosignature_line)
             .ok_or_else(|| ApiError::InvalidArgument("malformed cosignature line".into()))?;
         let cp = self
             .ctx
@@ -381,7 +275,7 @@ impl pb::audit_server::Audit for AuditService {
             .add_cosignature(r.size, sig.to_line())
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(pb::AddCosignatureResponse { stored }))
+        Ok(Response::new(convert::cosignature_response(stored)))
     }
 
     async fn get_witnessed(
@@ -400,23 +294,7 @@ impl pb::audit_server::Audit for AuditService {
                 ApiError::PermissionDenied("a node may ask only about its own log".into()).into(),
             );
         }
-        let state =
-            crate::audit::witness::witnessed(&self.ctx.store, &origin).map_err(ApiError::from)?;
-        Ok(Response::new(match state {
-            None => pb::GetWitnessedResponse::default(),
-            Some(s) => pb::GetWitnessedResponse {
-                known: true,
-                size: s.size,
-                root_hex: s.root_hex,
-                note: s.note,
-            },
-        }))
+        let state = crate::audit::witness::witnessed(&self.ctx.store, &origin).map_err(ApiError::from)?;
+        Ok(Response::new(convert::witnessed_response(state)))
     }
-}
-
-/// Parses `— name base64` into a note signature.
-pub fn parse_sig_line(line: &str) -> Option<NoteSignature> {
-    let text = format!("x\n\n{}\n", line.trim_end());
-    let note = SignedNote::parse(text.as_bytes()).ok()?;
-    note.signatures().first().cloned()
 }

@@ -98,7 +98,7 @@ impl pb::policy_server::Policy for PolicyService {
                 "policy set refused, the old one keeps serving: {e}"
             ))
         })?;
-        record_reload(ctx, &p.organisation, &report.hash).await?;
+        record_reload(ctx, Some(&p), &report.hash).await?;
         Ok(Response::new(convert::reload_response(report)))
     }
 
@@ -115,16 +115,21 @@ impl pb::policy_server::Policy for PolicyService {
     }
 }
 
-/// Writes a policy change to the audit log.
-pub async fn record_reload(ctx: &NodeCtx, org: &str, new_hash: &str) -> Result<(), ApiError> {
-    let mut d = crate::audit::Draft::new(
-        org,
-        "reload_policies",
-        &format!("policy-set/{new_hash}"),
-        EntryKind::PolicyChange {
-            op: PolicyOp::Updated,
-        },
-    );
+/// Writes a policy change to the audit log: by `by`, or (`None`) by this
+/// node itself (a reload from its policy directory).
+pub async fn record_reload(
+    ctx: &NodeCtx,
+    by: Option<&crate::pki::Principal>,
+    new_hash: &str,
+) -> Result<(), ApiError> {
+    let resource = format!("policy-set/{new_hash}");
+    let kind = EntryKind::PolicyChange {
+        op: PolicyOp::Updated,
+    };
+    let mut d = match by {
+        Some(p) => crate::audit::Draft::by(p, "reload_policies", &resource, kind),
+        None => crate::audit::Draft::new(ctx.policy.own_org(), "reload_policies", &resource, kind),
+    };
     d.policy_set_hash = allmende_audit::Hash::from_hex(new_hash).ok();
     ctx.audit.append(d).await?;
     Ok(())

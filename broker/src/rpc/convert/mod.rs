@@ -16,6 +16,10 @@ use crate::pki::{Principal, Subject};
 use allmende_proto::v1 as pb;
 
 mod vocab;
+mod audit;
+pub use audit::{
+    checkpoint_response, cosignature_response, status_response, verify_response, witnessed_response,
+};
 
 impl From<&Principal> for pb::Principal {
     fn from(p: &Principal) -> Self {
