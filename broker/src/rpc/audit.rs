@@ -294,7 +294,8 @@ impl pb::audit_server::Audit for AuditService {
                 ApiError::PermissionDenied("a node may ask only about its own log".into()).into(),
             );
         }
-        let state = crate::audit::witness::witnessed(&self.ctx.store, &origin).map_err(ApiError::from)?;
+        let state =
+            crate::audit::witness::witnessed(&self.ctx.store, &origin).map_err(ApiError::from)?;
         Ok(Response::new(convert::witnessed_response(state)))
     }
 }

@@ -2,6 +2,7 @@
 //! catalog, and `Notify`, which asks the replicator
 //! (`federation::replicator`) to pull from the notifying peer.
 
+use super::convert::catalog as convert;
 use super::principal;
 use crate::catalog::{Catalog, SearchQuery};
 use crate::ctx::NodeCtx;
@@ -67,9 +68,7 @@ impl pb::catalog_server::Catalog for CatalogService {
             scheduled,
             "catalog change notified"
         );
-        Ok(Response::new(pb::NotifyCatalogResponse {
-            pull_scheduled: scheduled,
-        }))
+        Ok(Response::new(convert::notify_response(scheduled)))
     }
 
     async fn search(
@@ -84,14 +83,9 @@ impl pb::catalog_server::Catalog for CatalogService {
         super::limits::check_id("classification", &r.classification)?;
         let q = SearchQuery::try_from(req.into_inner())?;
         let found = self.catalog.search(&q);
-        Ok(Response::new(pb::SearchCatalogResponse {
-            entries: found
-                .entries
-                .iter()
-                .map(|e| super::convert::catalog_entry(e, !self.catalog.is_local_entry(e)))
-                .collect(),
-            total: u64::try_from(found.total).unwrap_or(u64::MAX),
-        }))
+        Ok(Response::new(convert::search_response(&found, |e| {
+            !self.catalog.is_local_entry(e)
+        })))
     }
 
     async fn get(
@@ -113,12 +107,11 @@ impl pb::catalog_server::Catalog for CatalogService {
         } else {
             String::new()
         };
-        Ok(Response::new(pb::GetCatalogEntryResponse {
-            entry: Some(super::convert::catalog_entry(
-                &entry,
-                !self.catalog.is_local_entry(&entry),
-            )),
+        let replica = !self.catalog.is_local_entry(&entry);
+        Ok(Response::new(convert::get_response(
+            &entry,
+            replica,
             dcat_turtle,
-        }))
+        )))
     }
 }
