@@ -105,6 +105,27 @@ impl PolicyPoint {
         &self.denials
     }
 
+    /// Audits a change of the policy set to `new_hash`, by `by` (a caller)
+    /// or by the node itself (a reload on SIGHUP).
+    pub async fn record_reload(
+        &self,
+        audit: &AuditLog,
+        by: Option<&Principal>,
+        new_hash: &str,
+    ) -> Result<(), AuditError> {
+        let resource = format!("policy-set/{new_hash}");
+        let kind = EntryKind::PolicyChange {
+            op: allmende_audit::PolicyOp::Updated,
+        };
+        let mut d = match by {
+            Some(p) => Draft::by(p, "reload_policies", &resource, kind),
+            None => Draft::new(self.own_org(), "reload_policies", &resource, kind),
+        };
+        d.policy_set_hash = Hash::from_hex(new_hash).ok();
+        audit.append(d).await?;
+        Ok(())
+    }
+
     /// This node's organisation.
     pub fn own_org(&self) -> &str {
         &self.own_org

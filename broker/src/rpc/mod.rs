@@ -24,7 +24,7 @@ pub use catalog::CatalogService;
 pub use connectors::ConnectorsService;
 pub use consent::ConsentService;
 pub use federation::FederationService;
-pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource, record_reload};
+pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource};
 
 use crate::error::ApiError;
 use crate::metrics::{NodeMetrics, RpcLabels};

@@ -6,7 +6,6 @@ use super::principal;
 use crate::ctx::NodeCtx;
 use crate::error::ApiError;
 use crate::policy::{Action, Purpose, Resource};
-use allmende_audit::{EntryKind, PolicyOp};
 use allmende_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -98,7 +97,10 @@ impl pb::policy_server::Policy for PolicyService {
                 "policy set refused, the old one keeps serving: {e}"
             ))
         })?;
-        record_reload(ctx, Some(&p), &report.hash).await?;
+        ctx.policy
+            .record_reload(&ctx.audit, Some(&p), &report.hash)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(convert::reload_response(report)))
     }
 
@@ -113,24 +115,4 @@ impl pb::policy_server::Policy for PolicyService {
             self.ctx.policy.origin(),
         )))
     }
-}
-
-/// Writes a policy change to the audit log: by `by`, or (`None`) by this
-/// node itself (a reload from its policy directory).
-pub async fn record_reload(
-    ctx: &NodeCtx,
-    by: Option<&crate::pki::Principal>,
-    new_hash: &str,
-) -> Result<(), ApiError> {
-    let resource = format!("policy-set/{new_hash}");
-    let kind = EntryKind::PolicyChange {
-        op: PolicyOp::Updated,
-    };
-    let mut d = match by {
-        Some(p) => crate::audit::Draft::by(p, "reload_policies", &resource, kind),
-        None => crate::audit::Draft::new(ctx.policy.own_org(), "reload_policies", &resource, kind),
-    };
-    d.policy_set_hash = allmende_audit::Hash::from_hex(new_hash).ok();
-    ctx.audit.append(d).await?;
-    Ok(())
 }

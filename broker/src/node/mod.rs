@@ -1,0 +1,498 @@
+//! A running broker node: store, trust, mTLS gRPC server, admin listener,
+//! membership watcher, and graceful shutdown. `start` runs the steps;
+//! `server` assembles the gRPC server (the only user of `crate::rpc`
+//! outside it), `tasks` the admin listener and the background loops.
+
+mod server;
+mod tasks;
+
+use crate::audit::AuditLog;
+use crate::clock::SharedClock;
+use crate::config::NodeConfig;
+use crate::ctx::NodeCtx;
+use crate::federation::peers::SharedPeers;
+use crate::metrics::NodeMetrics;
+use crate::pki::{Principal, Subject, Trust};
+use crate::policy::{PolicyOrigin, PolicyPoint};
+use crate::store::{Store, StoreError, StoreOptions, Table, TableName, WriteBatch};
+use crate::tls::{self, TlsMaterial};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why a node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("trust: {0}")]
+    Trust(#[from] crate::pki::verifier::TrustError),
+    #[error("own certificate `{path}` is not usable in this federation: {reason}")]
+    OwnCert { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on `{addr}`: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("grpc server: {0}")]
+    Serve(String),
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("policies refused: {0}")]
+    Policy(String),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("consent store: {0}")]
+    Consent(#[from] crate::consent::ConsentError),
+}
+
+const MEMBERSHIP_KEY: &str = "current";
+
+/// Largest request message a node decodes (data requests are small; rows
+/// only flow out). Larger ones are refused by the gRPC server with
+/// `OUT_OF_RANGE`.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// How often audit retention runs (when configured).
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// HTTP/2 PING interval towards clients, and how long a PING may go
+/// unanswered before the connection is closed (dead peers free their slots).
+pub const HTTP2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long shutdown waits for open streams to finish before it closes
+/// their connections.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often refused authentications are written to the audit log.
+pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    pub name: String,
+    pub federation: String,
+    pub organisation: String,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub trust: Arc<Trust>,
+    pub metrics: Arc<NodeMetrics>,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub policy: Arc<PolicyPoint>,
+    pub ctx: NodeCtx,
+    /// The federated catalog: own entries and the peers' replica.
+    pub catalog: Arc<crate::catalog::Catalog>,
+    /// The consent store.
+    pub consent: Arc<crate::consent::ConsentStore>,
+    /// Registered connectors.
+    pub registry: Arc<crate::registry::Registry>,
+    /// The release pipeline.
+    pub fetcher: Arc<crate::access::Fetcher>,
+    peers: SharedPeers,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl NodeHandle {
+    /// `https://<addr>` of the gRPC listener.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("https://{}", self.grpc_addr)
+    }
+
+    /// Replaces the peers this node talks to (witnessing, replication).
+    pub fn set_peers(&self, peers: Vec<crate::config::PeerConfig>) {
+        if let Ok(mut p) = crate::locks::write(&self.peers, "peer list") {
+            *p = peers;
+        }
+    }
+
+    /// The peers this node talks to.
+    pub fn peers(&self) -> Vec<crate::config::PeerConfig> {
+        crate::federation::peers::snapshot(&self.peers)
+    }
+
+    /// Writes the refused authentications noted so far to the audit log now
+    /// (the node does this every [`REFUSAL_INTERVAL`]).
+    pub async fn audit_refusals_now(&self) {
+        let now = self.ctx.clock.now_unix_ms();
+        tasks::write_refusals(&self.metrics, &self.audit, &self.name, now, now).await;
+    }
+
+    /// Re-reads the policies (SIGHUP); a bad set is refused and the old one
+    /// keeps serving. The change is audited.
+    pub async fn reload_policies(&self) -> Result<String, NodeError> {
+        let report = self
+            .policy
+            .reload()
+            .await
+            .map_err(|e| NodeError::Policy(e.to_string()))?;
+        self.policy
+            .record_reload(&self.audit, None, &report.hash)
+            .await
+            .map_err(|e| NodeError::Policy(e.to_string()))?;
+        Ok(report.hash)
+    }
+
+    /// Stops accepting, drains in-flight requests, flushes the store.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        let mut first_err = None;
+        for t in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(NodeError::Serve(e.to_string()));
+                }
+            }
+        }
+        self.audit.closed().await;
+        self.store.flush().await?;
+        tracing::info!(node = %self.name, "node stopped");
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Starts a node from its configuration, in named steps: trust, store,
+/// own identity, the node's domain parts, then the listeners and the
+/// background tasks.
+pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle, NodeError> {
+    let material = TlsMaterial::load(&config.cert, &config.key, &config.root_ca)?;
+    let (trust, membership_file) = load_trust(&config, &material, &clock)?;
+    let store = open_store(&config, &trust).await?;
+    let own = own_identity(&config, &material, &trust)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let parts = Parts::open(
+        &config,
+        &own,
+        &trust,
+        &store,
+        &clock,
+        &material,
+        &shutdown_rx,
+    )
+    .await?;
+
+    let metrics = NodeMetrics::new(&config.name);
+    metrics
+        .membership_version
+        .set(i64::try_from(trust.snapshot().doc.version).unwrap_or(i64::MAX));
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let admin_addr = match config.admin_listen {
+        None => None,
+        Some(addr) => {
+            let (bound, task) =
+                tasks::serve_admin(addr, metrics.clone(), ready.clone(), shutdown_rx.clone())
+                    .await?;
+            tasks.push(task);
+            Some(bound)
+        }
+    };
+    let (grpc_addr, grpc_task) = server::serve_grpc(
+        &config,
+        &own,
+        &parts,
+        &metrics,
+        &material,
+        shutdown_rx.clone(),
+    )
+    .await?;
+    tasks.push(grpc_task);
+    let Parts {
+        ctx,
+        catalog,
+        consent,
+        registry,
+        fetcher,
+        replicator,
+        peer_list,
+    } = parts;
+    // Catalog replication: pull peers on a schedule and on notification,
+    // notify peers of local changes.
+    tasks.push(tokio::spawn({
+        let rx = shutdown_rx.clone();
+        async move {
+            replicator.run(rx).await;
+            Ok(())
+        }
+    }));
+    tasks.extend(tasks::spawn_background(
+        &config,
+        &ctx,
+        &peer_list,
+        &metrics,
+        &material,
+        membership_file,
+        &shutdown_rx,
+    )?);
+
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        node = %config.name,
+        org = %own.organisation,
+        grpc = %grpc_addr,
+        admin = ?admin_addr,
+        "node started"
+    );
+    Ok(NodeHandle {
+        name: config.name,
+        federation: own.federation.clone(),
+        organisation: own.organisation.clone(),
+        grpc_addr,
+        admin_addr,
+        trust,
+        metrics,
+        store,
+        audit: ctx.audit.clone(),
+        policy: ctx.policy.clone(),
+        ctx,
+        catalog,
+        consent,
+        registry,
+        fetcher,
+        peers: peer_list,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// The federation's trust from the root certificate and the membership
+/// file, and the file's bytes (the watcher compares later reads to them).
+fn load_trust(
+    config: &NodeConfig,
+    material: &TlsMaterial,
+    clock: &SharedClock,
+) -> Result<(Arc<Trust>, Vec<u8>), NodeError> {
+    let root_der = material.root_der(&config.root_ca)?;
+    let membership_file =
+        std::fs::read(&config.membership).map_err(|source| tls::TlsError::Read {
+            path: config.membership.clone(),
+            source,
+        })?;
+    let trust = Trust::new(root_der, &membership_file, clock.clone())?;
+    Ok((trust, membership_file))
+}
+
+/// Opens (and migrates) the node's store, and makes the trust hold the
+/// newest membership ever accepted: never an older one after a restart.
+async fn open_store(config: &NodeConfig, trust: &Trust) -> Result<Store, NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::Migration {
+        from: 0,
+        reason: format!("cannot create `{}`: {e}", config.data_dir.display()),
+    })?;
+    let store = Store::open_with(
+        &config.data_dir.join("store"),
+        &StoreOptions {
+            cache_bytes: config.store_cache_bytes,
+        },
+        crate::audit::STORE_MIGRATIONS,
+    )?;
+    let memberships: Table<String, String> = store.table(TableName::Membership)?;
+    if let Some(stored) = memberships.get(&MEMBERSHIP_KEY.to_owned())?
+        && let Err(e) = trust.install_membership(stored.as_bytes())
+    {
+        tracing::warn!(error = %e, "stored membership not installed");
+    }
+    persist_membership(&store, &memberships, trust).await?;
+    Ok(store)
+}
+
+/// The node's own certificate, authenticated like a caller's: it must
+/// identify node `config.name` of a member organisation.
+fn own_identity(
+    config: &NodeConfig,
+    material: &TlsMaterial,
+    trust: &Trust,
+) -> Result<Principal, NodeError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let own_err = |reason: String| NodeError::OwnCert {
+        path: config.cert.clone(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(material.chain_pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+    let (leaf, rest) = chain
+        .split_first()
+        .ok_or_else(|| own_err("no certificate".into()))?;
+    let own = trust
+        .authenticate(leaf, rest)
+        .map_err(|e| own_err(e.to_string()))?;
+    if !matches!(&own.subject, Subject::Node(n) if *n == config.name) {
+        return Err(own_err(format!(
+            "certificate identifies `{}`, config names node `{}`",
+            own.uri(),
+            config.name
+        )));
+    }
+    Ok(own)
+}
+
+/// The node's domain parts, opened from its store: audit log, policy
+/// decision point, catalog, consent store, connector registry, release
+/// pipeline, and the catalog replicator with the peers it dials.
+pub(crate) struct Parts {
+    pub ctx: NodeCtx,
+    pub catalog: Arc<crate::catalog::Catalog>,
+    pub consent: Arc<crate::consent::ConsentStore>,
+    pub registry: Arc<crate::registry::Registry>,
+    pub fetcher: Arc<crate::access::Fetcher>,
+    pub replicator: crate::federation::replicator::CatalogReplicator,
+    pub peer_list: SharedPeers,
+}
+
+impl Parts {
+    async fn open(
+        config: &NodeConfig,
+        own: &Principal,
+        trust: &Arc<Trust>,
+        store: &Store,
+        clock: &SharedClock,
+        material: &TlsMaterial,
+        shutdown_rx: &watch::Receiver<bool>,
+    ) -> Result<Self, NodeError> {
+        let audit = AuditLog::open(
+            store.clone(),
+            &own.federation,
+            &own.organisation,
+            &config.name,
+            clock.clone(),
+            shutdown_rx.clone(),
+        )
+        .await?;
+        let origin = match &config.policy_dir {
+            Some(d) => PolicyOrigin::Dir(d.clone()),
+            None => PolicyOrigin::Bundled,
+        };
+        let policy = Arc::new(
+            PolicyPoint::load(
+                origin,
+                clock.clone(),
+                &own.federation,
+                &own.organisation,
+                &config.name,
+            )
+            .map_err(|e| NodeError::Policy(e.to_string()))?,
+        );
+        policy.sync_membership(&trust.snapshot().doc);
+        policy
+            .denials()
+            .configure(crate::denials::DenialLimits::from(&config.limits));
+        let ctx = NodeCtx {
+            trust: trust.clone(),
+            audit: audit.clone(),
+            policy: policy.clone(),
+            clock: clock.clone(),
+            store: store.clone(),
+            federation: own.federation.clone(),
+            organisation: own.organisation.clone(),
+            node: config.name.clone(),
+        };
+        let peer_list: SharedPeers = Arc::new(std::sync::RwLock::new(config.peers.clone()));
+
+        // Federated catalog and consent store (docs/catalog.md,
+        // docs/consent.md).
+        let publisher_name = trust
+            .snapshot()
+            .doc
+            .member(&own.organisation)
+            .map_or_else(|| own.organisation.clone(), |m| m.display_name.clone());
+        let catalog = Arc::new(
+            crate::catalog::Catalog::open(
+                store.clone(),
+                clock.clone(),
+                crate::catalog::CatalogIdentity {
+                    organisation: own.organisation.clone(),
+                    node: config.name.clone(),
+                    publisher_name,
+                },
+            )
+            .await?,
+        );
+        let consent = Arc::new(crate::consent::ConsentStore::open(
+            store.clone(),
+            clock.clone(),
+            &own.organisation,
+        )?);
+        // Registered connectors and the release pipeline (docs/access.md).
+        // Sources are read only below `sources.roots` (docs/configuration.md).
+        let source_roots = config.source_roots();
+        for (root, what) in source_roots.overlaps() {
+            tracing::warn!(root = %root.display(), place = what, "source root lies in the node's own place; nothing below it is readable");
+        }
+        let registry = Arc::new(
+            crate::registry::Registry::open(
+                store.clone(),
+                catalog.clone(),
+                policy.clone(),
+                clock.clone(),
+                source_roots,
+                audit.clone(),
+            )
+            .await
+            .map_err(|e| NodeError::Policy(format!("connector registry: {e}")))?,
+        );
+        let fetcher = Arc::new(crate::access::Fetcher::new(
+            policy.clone(),
+            audit.clone(),
+            consent.clone(),
+            registry.clone(),
+            clock.clone(),
+            crate::access::FetchLimits {
+                max_concurrent: usize::try_from(config.limits.fetches).unwrap_or(usize::MAX),
+                max_concurrent_per_principal: usize::try_from(config.limits.fetches_per_caller)
+                    .unwrap_or(usize::MAX),
+                ..Default::default()
+            },
+        ));
+        // The replicator pulls peers' catalogs over connections whose server
+        // certificate the trust authenticates.
+        let replicator = crate::federation::replicator::CatalogReplicator::new(
+            catalog.clone(),
+            trust.clone(),
+            material,
+            &config.cert,
+            peer_list.clone(),
+            crate::federation::replicator::PULL_INTERVAL,
+        )?;
+        Ok(Self {
+            ctx,
+            catalog,
+            consent,
+            registry,
+            fetcher,
+            replicator,
+            peer_list,
+        })
+    }
+}
+
+pub(crate) async fn persist_membership(
+    store: &Store,
+    table: &Table<String, String>,
+    trust: &Trust,
+) -> Result<(), StoreError> {
+    let snap = trust.snapshot();
+    let text = String::from_utf8_lossy(&snap.signed_json).into_owned();
+    if table.get(&MEMBERSHIP_KEY.to_owned())?.as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    let mut b = WriteBatch::new();
+    b.put(table, &MEMBERSHIP_KEY.to_owned(), &text)?;
+    store.commit_durable(b).await
+}
