@@ -27,6 +27,7 @@ pub mod rpc;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod timefmt;
 pub mod tls;
 

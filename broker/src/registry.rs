@@ -344,7 +344,7 @@ impl Registry {
         config_json: &str,
     ) -> Result<(DatasetDescription, FileConnectorConfig, FileConnector), RegistryError> {
         if kind != "files" {
-            return Err(RegistryError::Kind(kind.chars().take(40).collect()));
+            return Err(RegistryError::Kind(crate::text::shown(kind, 40)));
         }
         let dataset = parse_dataset(dataset_json)?;
         let problems = dataset.problems();
@@ -440,7 +440,7 @@ impl Registry {
         let mut r = self
             .table
             .get(&dataset.to_owned())?
-            .ok_or_else(|| RegistryError::Unknown(dataset.chars().take(100).collect()))?;
+            .ok_or_else(|| RegistryError::Unknown(crate::text::shown(dataset, 100)))?;
         r.enabled = enabled;
         let mut b = WriteBatch::new();
         b.put(&self.table, &r.dataset.id, &r)?;
@@ -508,7 +508,7 @@ impl Registry {
                     .cloned()
                     .unwrap_or_else(|| "not open".into()),
             })),
-            None => Err(RegistryError::Unknown(dataset.chars().take(100).collect())),
+            None => Err(RegistryError::Unknown(crate::text::shown(dataset, 100))),
         }
     }
 }

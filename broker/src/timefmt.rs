@@ -26,7 +26,7 @@ pub fn parse(s: &str) -> Result<OffsetDateTime, String> {
     OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
         format!(
             "`{}` is not an RFC 3339 time (e.g. 2025-03-03T00:00:00Z)",
-            s.chars().take(60).collect::<String>()
+            crate::text::shown(s, 60)
         )
     })
 }

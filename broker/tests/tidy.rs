@@ -783,3 +783,18 @@ fn only_the_status_mapping_builds_a_status() {
         bad.join("\n")
     );
 }
+
+#[test]
+fn user_text_is_shortened_one_way() {
+    // `text::shown` is the one way user-supplied text is shortened for a
+    // message, a log field or an audit label; the CLI's own column widths
+    // are display, not echo.
+    let bad = offenders(&[concat!(".chars()", ".take(")], |f| {
+        f == "text.rs" || f.starts_with("cli/") || f == "access/fetch.rs"
+    });
+    assert!(
+        bad.is_empty(),
+        "text shortened by hand (use `crate::text::shown`):\n{}",
+        bad.join("\n")
+    );
+}

@@ -102,7 +102,7 @@ impl Filter {
                 if *terms > MAX_TERMS {
                     return Err(FilterError::TooLarge(MAX_TERMS));
                 }
-                let short: String = column.chars().take(100).collect();
+                let short: String = crate::text::shown(column, 100);
                 let field = schema
                     .field_with_name(column)
                     .map_err(|_| FilterError::UnknownColumn(short.clone()))?;

@@ -359,7 +359,7 @@ impl DatasetDescription {
         if !valid_dataset_id(&self.id) {
             p.push(format!(
                 "dataset id `{}` must match [a-z0-9][a-z0-9-]{{0,62}}",
-                self.id.chars().take(100).collect::<String>()
+                crate::text::shown(&self.id, 100)
             ));
         }
         text_problem("title", &self.title, MAX_TITLE, &mut p);
@@ -372,13 +372,13 @@ impl DatasetDescription {
         if !lang_ok {
             p.push(format!(
                 "language `{}` must be a two- or three-letter lower-case code",
-                self.language.chars().take(20).collect::<String>()
+                crate::text::shown(&self.language, 20)
             ));
         }
         if Licence::find(&self.licence).is_none() {
             p.push(format!(
                 "licence `{}` is unknown (expected one of: {})",
-                self.licence.chars().take(100).collect::<String>(),
+                crate::text::shown(&self.licence, 100),
                 LICENCES.iter().map(|l| l.id).collect::<Vec<_>>().join(", ")
             ));
         }
@@ -488,7 +488,7 @@ impl DatasetDescription {
             {
                 p.push(format!(
                     "schema field name `{}` is empty, too long or has control characters",
-                    f.name.chars().take(50).collect::<String>()
+                    crate::text::shown(&f.name, 50)
                 ));
             }
             if !names.insert(f.name.as_str()) {

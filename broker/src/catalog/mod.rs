@@ -264,7 +264,7 @@ impl Catalog {
         let problems = dataset.problems();
         if !problems.is_empty() {
             return Err(CatalogError::Invalid {
-                dataset: dataset.id.chars().take(100).collect(),
+                dataset: crate::text::shown(&dataset.id, 100),
                 problems,
             });
         }

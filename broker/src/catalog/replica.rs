@@ -231,14 +231,14 @@ impl Catalog {
                 if !problems.is_empty() {
                     return Err(refuse(Refusal::Invalid {
                         index,
-                        dataset: e.dataset.id.chars().take(100).collect(),
+                        dataset: crate::text::shown(&e.dataset.id, 100),
                         problems,
                     }));
                 }
             } else if !entry::valid_dataset_id(payload.dataset()) {
                 return Err(refuse(Refusal::Invalid {
                     index,
-                    dataset: payload.dataset().chars().take(100).collect(),
+                    dataset: crate::text::shown(payload.dataset(), 100),
                     problems: vec!["invalid dataset id".into()],
                 }));
             }

@@ -83,7 +83,7 @@ impl ConsentStore {
         if !crate::catalog::entry::valid_dataset_id(dataset) {
             return Err(ConsentError::Invalid(format!(
                 "dataset id `{}` must match [a-z0-9][a-z0-9-]{{0,62}}",
-                dataset.chars().take(100).collect::<String>()
+                crate::text::shown(dataset, 100)
             )));
         }
         let mut reader = csv::ReaderBuilder::new()
@@ -111,7 +111,7 @@ impl ConsentStore {
                 }
                 None => header_errors.push(format!(
                     "unknown column `{}`",
-                    name.chars().take(60).collect::<String>()
+                    crate::text::shown(&name, 60)
                 )),
             }
         }
@@ -209,20 +209,20 @@ impl ConsentStore {
             if !valid_subject_id(&subject) {
                 problems.push(format!(
                     "subject_id `{}` must match [A-Za-z0-9._-]{{1,64}}",
-                    subject.chars().take(80).collect::<String>()
+                    crate::text::shown(&subject, 80)
                 ));
             }
             if controller != self.controller {
                 problems.push(format!(
                     "controller `{}` is not this node's organisation `{}`",
-                    controller.chars().take(80).collect::<String>(),
+                    crate::text::shown(&controller, 80),
                     self.controller
                 ));
             }
             if row_dataset != dataset {
                 problems.push(format!(
                     "dataset `{}` is not the imported dataset `{dataset}`",
-                    row_dataset.chars().take(80).collect::<String>()
+                    crate::text::shown(&row_dataset, 80)
                 ));
             }
             let mut purposes = BTreeSet::new();

@@ -283,7 +283,7 @@ impl ConsentStore {
         if !valid_subject_id(subject) {
             return Err(ConsentError::Invalid(format!(
                 "subject id `{}` must match [A-Za-z0-9._-]{{1,64}}",
-                subject.chars().take(80).collect::<String>()
+                crate::text::shown(subject, 80)
             )));
         }
         let _w = self.write.lock().await;
@@ -321,7 +321,7 @@ impl ConsentStore {
                     }
                 }
                 rec.stored_at_ms = stored_at_ms;
-                rec.source = format!("withdraw by {}", by.chars().take(200).collect::<String>());
+                rec.source = format!("withdraw by {}", crate::text::shown(by, 200));
                 batch.put(&self.table, &(ds.clone(), subject.to_owned()), &rec)?;
                 changed.push(rec);
             }

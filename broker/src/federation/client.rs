@@ -96,7 +96,7 @@ pub async fn connect_peer(
     tls: Arc<rustls::ClientConfig>,
     trust: &Trust,
 ) -> Result<VerifiedPeer, PeerError> {
-    let bad_endpoint = || PeerError::Endpoint(endpoint.chars().take(200).collect());
+    let bad_endpoint = || PeerError::Endpoint(crate::text::shown(endpoint, 200));
     let uri: http::Uri = endpoint.parse().map_err(|_| bad_endpoint())?;
     if uri.scheme_str() != Some("https") {
         return Err(bad_endpoint());

@@ -85,7 +85,7 @@ impl Peers {
         rec.certificate_sha256 = caller.certificate_sha256.clone();
         rec.last_seen_unix_ms = now;
         rec.hellos += 1;
-        rec.software_version = software_version.chars().take(64).collect();
+        rec.software_version = crate::text::shown(software_version, 64);
         let mut batch = WriteBatch::new();
         batch.put(&self.table, &key, &rec)?;
         self.store.commit_durable(batch).await?;

@@ -71,7 +71,7 @@ impl IdentityError {
     /// Refuses `input` (of which at most 200 characters are kept).
     fn new(input: &str, reason: &'static str) -> Self {
         Self {
-            input: input.chars().take(200).collect(),
+            input: crate::text::shown(input, 200),
             reason,
         }
     }

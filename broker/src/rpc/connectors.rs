@@ -71,7 +71,7 @@ impl ConnectorsService {
             .ok_or_else(|| {
                 ApiError::NotFound(format!(
                     "no connector is registered for `{}`",
-                    dataset.chars().take(100).collect::<String>()
+                    crate::text::shown(dataset, 100)
                 ))
             })?;
         self.authorize(p, &self.policy_dataset(&r.dataset)).await?;

@@ -82,7 +82,7 @@ impl pb::federation_server::Federation for FederationService {
             tracing::warn!(
                 cert_org = %p.organisation,
                 cert_node = %p.subject.name(),
-                claimed_org = %body.claimed_organisation.chars().take(64).collect::<String>(),
+                claimed_org = %crate::text::shown(&body.claimed_organisation, 64),
                 "hello claims another identity than its certificate; using the certificate"
             );
         }

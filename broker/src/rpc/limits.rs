@@ -28,7 +28,7 @@ pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.len() <= max {
         return Ok(());
     }
-    let echo: String = value.chars().take(ECHO_CHARS).collect();
+    let echo: String = crate::text::shown(value, ECHO_CHARS);
     Err(ApiError::InvalidArgument(format!(
         "`{field}` is {} bytes long, at most {max} are allowed: `{echo}…`",
         value.len()

@@ -26,7 +26,7 @@ pub fn fetch_params(r: pb::FetchRequest) -> Result<crate::access::FetchParams, A
         resume_cursor: (!r.resume_cursor.is_empty()).then_some(r.resume_cursor),
         max_rows: r.max_rows,
         grant_id: (!r.grant_id.is_empty()).then_some(r.grant_id),
-        request_id: (!r.request_id.is_empty()).then(|| r.request_id.chars().take(128).collect()),
+        request_id: (!r.request_id.is_empty()).then(|| crate::text::shown(&r.request_id, 128)),
     })
 }
 

@@ -120,7 +120,7 @@ impl TryFrom<pb::SearchCatalogRequest> for crate::catalog::SearchQuery {
         let invalid =
             |e: &dyn std::fmt::Display| crate::error::ApiError::InvalidArgument(e.to_string());
         Ok(crate::catalog::SearchQuery {
-            text: r.query.chars().take(1_000).collect(),
+            text: crate::text::shown(&r.query, 1_000),
             owner: (!r.owner.is_empty()).then_some(r.owner),
             theme: match r.theme.as_str() {
                 "" => None,
