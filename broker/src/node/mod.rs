@@ -211,15 +211,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     )
     .await?;
     tasks.push(grpc_task);
-    let Parts {
-        ctx,
-        catalog,
-        consent,
-        registry,
-        fetcher,
-        replicator,
-        peer_list,
-    } = parts;
+    let replicator = parts.replicator;
     // Catalog replication: pull peers on a schedule and on notification,
     // notify peers of local changes.
     tasks.push(tokio::spawn({
@@ -231,8 +223,8 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     }));
     tasks.extend(tasks::spawn_background(
         &config,
-        &ctx,
-        &peer_list,
+        &parts.ctx,
+        &parts.peer_list,
         &metrics,
         &material,
         membership_file,
@@ -256,14 +248,14 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         trust,
         metrics,
         store,
-        audit: ctx.audit.clone(),
-        policy: ctx.policy.clone(),
-        ctx,
-        catalog,
-        consent,
-        registry,
-        fetcher,
-        peers: peer_list,
+        audit: parts.ctx.audit.clone(),
+        policy: parts.ctx.policy.clone(),
+        ctx: parts.ctx,
+        catalog: parts.catalog,
+        consent: parts.consent,
+        registry: parts.registry,
+        fetcher: parts.fetcher,
+        peers: parts.peer_list,
         shutdown: shutdown_tx,
         tasks,
     })
