@@ -1,9 +1,11 @@
 //! The Allmende wire contract: package `allmende.v1`, generated from the
 //! `.proto` files in `proto/allmende/v1/` by protox and tonic-prost-build.
 //!
-//! Only the broker's `rpc` layer uses these types; the broker's domain types
-//! are plain Rust and convert from and to these in `rpc::convert` (one file
-//! per area).
+//! In the broker only the wire layers name these types: the gRPC server
+//! (`rpc`, whose messages are built in `rpc::convert`, one file per area),
+//! node-to-node clients (`federation`), the server assembly and the user
+//! side (CLI, demo, sandbox). Domain modules are plain Rust and name none
+//! of them (`broker/tests/tidy.rs` checks both).
 
 #![allow(
     clippy::all,
