@@ -5,6 +5,9 @@
 //! of an [`ApiError`] to a gRPC status lives in the wire layer
 //! (`rpc::status`).
 
+use crate::access::FetchError;
+use crate::audit::AuditError;
+use crate::audit::witness::PinError;
 use crate::catalog::CatalogError;
 use crate::consent::ConsentError;
 use crate::denials::OverBudget;
@@ -120,6 +123,51 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Unavailable(m) => ApiError::Unavailable(m),
+            AuditError::Corrupt(m) => ApiError::Internal(m),
+            AuditError::Invalid(m) => ApiError::InvalidArgument(m),
+            AuditError::NotReady(m) => ApiError::FailedPrecondition(m),
+        }
+    }
+}
+
+impl From<PinError> for ApiError {
+    fn from(e: PinError) -> Self {
+        match e {
+            PinError::KeyChanged => ApiError::PermissionDenied(e.to_string()),
+            PinError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
+impl From<FetchError> for ApiError {
+    fn from(e: FetchError) -> Self {
+        use FetchError as F;
+        match e {
+            F::RateLimited | F::CallerBusy(_) | F::NodeBusy(_) => {
+                ApiError::ResourceExhausted(e.to_string())
+            }
+            F::Dataset(r) => ApiError::from(r),
+            F::NotServed { .. } => ApiError::FailedPrecondition(e.to_string()),
+            F::UnknownColumn { .. } | F::Filter(_) | F::Cursor(_) | F::StaleCursor(_) => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            F::QuasiIdentifier { .. } => ApiError::PermissionDenied(e.to_string()),
+            F::SourceUnavailable { .. }
+            | F::SourceRead(_)
+            | F::EndedEarly
+            | F::SourceChanged(_) => ApiError::Unavailable(e.to_string()),
+            F::Decision(d) => ApiError::from(d),
+            F::Audit(a) => ApiError::from(a),
+            F::Poisoned(p) => ApiError::from(p),
+            F::Pipeline(_) | F::Seal(_) | F::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<Poisoned> for ApiError {
     fn from(e: Poisoned) -> Self {
         ApiError::Unavailable(e.to_string())
@@ -145,7 +193,6 @@ impl From<AuthorizeError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditError;
 
     fn code(e: impl Into<ApiError>) -> &'static str {
         match e.into() {
