@@ -83,9 +83,9 @@ pub enum FetchError {
     /// A release stage failed (a bug or an unexpected batch).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    /// A resume cursor could not be sealed.
-    #[error("resume cursor not sealed: {0}")]
-    Seal(#[source] CursorError),
+    /// A resume cursor could not be sealed (a bug: the node's own key).
+    #[error(transparent)]
+    Seal(CursorError),
     /// A state the release path never reaches unless it has a bug.
     #[error("{0}")]
     Internal(&'static str),

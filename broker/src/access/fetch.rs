@@ -10,12 +10,14 @@
 //! ([`super::cursor`]).
 
 use super::cursor::{Binding, CursorSealer};
+use super::error::FetchError;
 use super::filter::Filter;
-use super::pipeline::{self, ConsentGate, IpcEncoder, Pseudonymiser, Rebatcher, Stages};
+use super::pipeline::{
+    self, ConsentGate, IpcEncoder, Pseudonymiser, Rebatcher, StageStats, Stages,
+};
 use super::ratelimit::RateLimiter;
 use crate::audit::{AuditLog, Draft, ReleaseGuard, ReleaseStats};
 use crate::consent::ConsentStore;
-use super::error::FetchError;
 use crate::pki::Principal;
 use crate::policy::{Action, Decision, PolicyPoint, Purpose, Resource};
 use crate::registry::{Registry, Served};
@@ -26,12 +28,12 @@ use allmende_connectors::{
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
-
-/// The name the lock helpers log for the running fetches per caller.
-const RUNNING: &str = "running fetches per caller";
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// The name the lock helpers log for the running fetches per caller.
+const RUNNING: &str = "running fetches per caller";
 
 /// Limits of the release path.
 #[derive(Debug, Clone, Copy)]
@@ -574,6 +576,35 @@ struct Output {
     subjects: BTreeSet<String>,
 }
 
+impl Output {
+    /// Counts the released rows of one batch and sends them on, re-cut into
+    /// batches of the fixed size.
+    async fn release(
+        &mut self,
+        rows: RecordBatch,
+        st: StageStats,
+        max_subjects: usize,
+        tx: &mpsc::Sender<FetchMessage>,
+    ) -> Result<(), Stop> {
+        self.stats.rows_filtered += st.rows_without_consent;
+        self.stats.rows_released += st.rows_out;
+        if self.subjects.len() < max_subjects {
+            self.subjects.extend(st.subjects);
+        }
+        for b in self.rebatcher.push(rows).map_err(internal)? {
+            self.encoder.write(&b).map_err(internal)?;
+            self.pending.extend(self.encoder.take());
+            let bytes = std::mem::take(&mut self.pending);
+            self.stats.bytes += bytes.len() as u64;
+            // The client's pace sets ours: this waits while the channel is full.
+            if tx.send(FetchMessage::Ipc(bytes)).await.is_err() {
+                return Err(Stop::Aborted);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn internal(e: impl Into<FetchError>) -> Stop {
     Stop::Failed(e.into())
 }
@@ -589,9 +620,7 @@ impl Page {
         let encoder = match IpcEncoder::new(&out_schema) {
             Ok(e) => e,
             Err(e) => {
-                let _ = tx
-                    .send(FetchMessage::Failed(e.into()))
-                    .await;
+                let _ = tx.send(FetchMessage::Failed(e.into())).await;
                 let _ = guard
                     .complete(ReleaseStats::default(), ReleaseOutcome::Failed)
                     .await;
@@ -699,21 +728,7 @@ impl Page {
             )
             .map_err(internal)?;
             released += st.rows_out;
-            out.stats.rows_filtered += st.rows_without_consent;
-            out.stats.rows_released += st.rows_out;
-            if out.subjects.len() < self.max_subjects {
-                out.subjects.extend(st.subjects);
-            }
-            for b in out.rebatcher.push(rows).map_err(internal)? {
-                out.encoder.write(&b).map_err(internal)?;
-                out.pending.extend(out.encoder.take());
-                let bytes = std::mem::take(&mut out.pending);
-                out.stats.bytes += bytes.len() as u64;
-                // The client's pace sets ours: this waits while the channel is full.
-                if tx.send(FetchMessage::Ipc(bytes)).await.is_err() {
-                    return Err(Stop::Aborted);
-                }
-            }
+            out.release(rows, st, self.max_subjects, tx).await?;
             if cut_inside {
                 // The page ends inside this batch, and another released row
                 // follows in it.

@@ -260,7 +260,8 @@ mod tests {
             MAX_SIGNATURES
         );
         assert!(
-            log.findings().unwrap()
+            log.findings()
+                .unwrap()
                 .iter()
                 .any(|f| f.contains(&format!("checkpoint {}", cp.size))),
             "{:?}",

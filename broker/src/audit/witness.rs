@@ -369,7 +369,11 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert!(me.findings().unwrap().is_empty(), "{:?}", me.findings().unwrap());
+        assert!(
+            me.findings().unwrap().is_empty(),
+            "{:?}",
+            me.findings().unwrap()
+        );
     }
 
     #[tokio::test]
@@ -394,7 +398,8 @@ mod tests {
             .unwrap();
         assert!(r.is_none());
         assert!(
-            me.findings().unwrap()
+            me.findings()
+                .unwrap()
                 .iter()
                 .any(|f| f.contains("`tum/tum-1`") && f.contains("different log key")),
             "{:?}",
@@ -432,7 +437,10 @@ mod tests {
             },
         );
         assert!(
-            me.findings().unwrap().iter().any(|f| f.starts_with("rollback:")),
+            me.findings()
+                .unwrap()
+                .iter()
+                .any(|f| f.starts_with("rollback:")),
             "{:?}",
             me.findings().unwrap()
         );
