@@ -247,6 +247,45 @@ mod tests {
             "resource-exhausted"
         );
         assert_eq!(code(Poisoned("x")), "unavailable");
+        assert_eq!(code(FetchError::RateLimited), "resource-exhausted");
+        assert_eq!(code(FetchError::NodeBusy(16)), "resource-exhausted");
+        assert_eq!(
+            code(FetchError::NotServed {
+                dataset: "x".into(),
+                reason: "r".into()
+            }),
+            "failed-precondition"
+        );
+        let quasi = FetchError::QuasiIdentifier {
+            column: "age".into(),
+            dataset: "x".into(),
+            allowed: vec!["district".into()],
+        };
+        assert!(
+            quasi
+                .to_string()
+                .ends_with("its owner allows filters on these quasi-identifiers only: `district`"),
+            "{quasi}"
+        );
+        assert_eq!(code(quasi), "permission-denied");
+        assert_eq!(code(FetchError::EndedEarly), "unavailable");
+        assert_eq!(
+            code(FetchError::Decision(AuthorizeError::Audit(unavailable()))),
+            "unavailable"
+        );
+        assert_eq!(code(FetchError::Audit(unavailable())), "unavailable");
+        assert_eq!(code(FetchError::Internal("bug")), "internal");
+        // A stale cursor's connector detail (source paths) is not shown.
+        let stale = ApiError::from(FetchError::StaleCursor(
+            allmende_connectors::ConnectorError::Internal("/srv/data/a.csv".into()),
+        ));
+        assert!(matches!(stale, ApiError::InvalidArgument(_)), "{stale:?}");
+        assert!(!stale.to_string().contains("/srv"), "{stale}");
+        assert_eq!(code(PinError::KeyChanged), "permission-denied");
+        assert_eq!(
+            code(AuditError::NotReady("no checkpoint".into())),
+            "failed-precondition"
+        );
         // The caller sees the domain's own message.
         let e = ApiError::from(RegistryError::Catalog(CatalogError::NotFound("ds".into())));
         assert_eq!(e.to_string(), "dataset `ds` is not in the catalog");

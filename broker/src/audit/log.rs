@@ -799,6 +799,16 @@ pub(super) mod tests {
         dir: &std::path::Path,
         clock: Arc<ManualClock>,
     ) -> (AuditLog, Store, watch::Sender<bool>) {
+        open_as(dir, "swm", "swm-1", clock).await
+    }
+
+    /// A log of node `node` of organisation `org` in `dir`.
+    pub(crate) async fn open_as(
+        dir: &std::path::Path,
+        org: &str,
+        node: &str,
+        clock: Arc<ManualClock>,
+    ) -> (AuditLog, Store, watch::Sender<bool>) {
         let store = Store::open(
             dir,
             &StoreOptions {
@@ -807,7 +817,7 @@ pub(super) mod tests {
         )
         .unwrap();
         let (tx, rx) = watch::channel(false);
-        let log = AuditLog::open(store.clone(), "munich", "swm", "swm-1", clock, rx)
+        let log = AuditLog::open(store.clone(), "munich", org, node, clock, rx)
             .await
             .unwrap();
         (log, store, tx)

@@ -290,25 +290,14 @@ mod tests {
     use super::*;
     use crate::audit::Draft;
     use crate::clock::ManualClock;
-    use crate::store::StoreOptions;
     use allmende_audit::EntryKind;
     use tokio::sync::watch;
 
     const NOW_SECS: u64 = 1_800_000_000;
 
     async fn open(dir: &std::path::Path, org: &str, node: &str) -> (AuditLog, watch::Sender<bool>) {
-        let store = Store::open(
-            dir,
-            &StoreOptions {
-                cache_bytes: 1 << 22,
-            },
-        )
-        .unwrap();
-        let (tx, rx) = watch::channel(false);
         let clock = ManualClock::at_unix_ms(i64::try_from(NOW_SECS).unwrap() * 1000);
-        let log = AuditLog::open(store, "munich", org, node, clock, rx)
-            .await
-            .unwrap();
+        let (log, _, tx) = crate::audit::log::tests::open_as(dir, org, node, clock).await;
         (log, tx)
     }
 
