@@ -862,6 +862,26 @@ pub(super) mod tests {
         assert_eq!(d.peer_node, None);
     }
 
+    /// A findings list poisoned by a panic is refused (`UNAVAILABLE`), not
+    /// shown empty: an empty list would hide a split view. A new finding is
+    /// still logged.
+    #[tokio::test]
+    async fn poisoned_findings_are_refused_not_shown_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _store, _tx) = open(dir.path()).await;
+        log.report_finding("split view: x".into());
+        assert_eq!(log.findings().unwrap(), ["split view: x"]);
+        let inner = log.inner.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = inner.findings.lock();
+            std::panic::resume_unwind(Box::new("poison the findings"));
+        })
+        .join();
+        log.report_finding("rollback: y".into());
+        let e = crate::error::ApiError::from(log.findings().unwrap_err());
+        assert!(matches!(e, crate::error::ApiError::Unavailable(_)), "{e:?}");
+    }
+
     #[tokio::test]
     async fn over_long_labels_never_reach_the_log() {
         let dir = tempfile::tempdir().unwrap();
