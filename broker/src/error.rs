@@ -5,6 +5,9 @@
 //! of an [`ApiError`] to a gRPC status lives in the wire layer
 //! (`rpc::status`).
 
+use crate::access::FetchError;
+use crate::audit::AuditError;
+use crate::audit::witness::PinError;
 use crate::catalog::CatalogError;
 use crate::consent::ConsentError;
 use crate::denials::OverBudget;
@@ -120,6 +123,51 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Unavailable(m) => ApiError::Unavailable(m),
+            AuditError::Corrupt(m) => ApiError::Internal(m),
+            AuditError::Invalid(m) => ApiError::InvalidArgument(m),
+            AuditError::NotReady(m) => ApiError::FailedPrecondition(m),
+        }
+    }
+}
+
+impl From<PinError> for ApiError {
+    fn from(e: PinError) -> Self {
+        match e {
+            PinError::KeyChanged => ApiError::PermissionDenied(e.to_string()),
+            PinError::Store(s) => ApiError::from(s),
+        }
+    }
+}
+
+impl From<FetchError> for ApiError {
+    fn from(e: FetchError) -> Self {
+        use FetchError as F;
+        match e {
+            F::RateLimited | F::CallerBusy(_) | F::NodeBusy(_) => {
+                ApiError::ResourceExhausted(e.to_string())
+            }
+            F::Dataset(r) => ApiError::from(r),
+            F::NotServed { .. } => ApiError::FailedPrecondition(e.to_string()),
+            F::UnknownColumn { .. } | F::Filter(_) | F::Cursor(_) | F::StaleCursor(_) => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            F::QuasiIdentifier { .. } => ApiError::PermissionDenied(e.to_string()),
+            F::SourceUnavailable { .. }
+            | F::SourceRead(_)
+            | F::EndedEarly
+            | F::SourceChanged(_) => ApiError::Unavailable(e.to_string()),
+            F::Decision(d) => ApiError::from(d),
+            F::Audit(a) => ApiError::from(a),
+            F::Poisoned(p) => ApiError::from(p),
+            F::Pipeline(_) | F::Seal(_) | F::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<Poisoned> for ApiError {
     fn from(e: Poisoned) -> Self {
         ApiError::Unavailable(e.to_string())
@@ -145,7 +193,6 @@ impl From<AuthorizeError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditError;
 
     fn code(e: impl Into<ApiError>) -> &'static str {
         match e.into() {
@@ -200,6 +247,45 @@ mod tests {
             "resource-exhausted"
         );
         assert_eq!(code(Poisoned("x")), "unavailable");
+        assert_eq!(code(FetchError::RateLimited), "resource-exhausted");
+        assert_eq!(code(FetchError::NodeBusy(16)), "resource-exhausted");
+        assert_eq!(
+            code(FetchError::NotServed {
+                dataset: "x".into(),
+                reason: "r".into()
+            }),
+            "failed-precondition"
+        );
+        let quasi = FetchError::QuasiIdentifier {
+            column: "age".into(),
+            dataset: "x".into(),
+            allowed: vec!["district".into()],
+        };
+        assert!(
+            quasi
+                .to_string()
+                .ends_with("its owner allows filters on these quasi-identifiers only: `district`"),
+            "{quasi}"
+        );
+        assert_eq!(code(quasi), "permission-denied");
+        assert_eq!(code(FetchError::EndedEarly), "unavailable");
+        assert_eq!(
+            code(FetchError::Decision(AuthorizeError::Audit(unavailable()))),
+            "unavailable"
+        );
+        assert_eq!(code(FetchError::Audit(unavailable())), "unavailable");
+        assert_eq!(code(FetchError::Internal("bug")), "internal");
+        // A stale cursor's connector detail (source paths) is not shown.
+        let stale = ApiError::from(FetchError::StaleCursor(
+            allmende_connectors::ConnectorError::Internal("/srv/data/a.csv".into()),
+        ));
+        assert!(matches!(stale, ApiError::InvalidArgument(_)), "{stale:?}");
+        assert!(!stale.to_string().contains("/srv"), "{stale}");
+        assert_eq!(code(PinError::KeyChanged), "permission-denied");
+        assert_eq!(
+            code(AuditError::NotReady("no checkpoint".into())),
+            "failed-precondition"
+        );
         // The caller sees the domain's own message.
         let e = ApiError::from(RegistryError::Catalog(CatalogError::NotFound("ds".into())));
         assert_eq!(e.to_string(), "dataset `ds` is not in the catalog");

@@ -402,7 +402,7 @@ async fn a_restored_old_backup_is_reported_as_rollback() {
     let node = sb.start_node("swm-1").await.unwrap();
     let mut found = Vec::new();
     for _ in 0..60 {
-        found = node.audit.findings();
+        found = node.audit.findings().unwrap();
         if found.iter().any(|f| f.contains("rollback")) {
             break;
         }

@@ -10,26 +10,30 @@
 //! ([`super::cursor`]).
 
 use super::cursor::{Binding, CursorSealer};
+use super::error::FetchError;
 use super::filter::Filter;
-use super::pipeline::{self, ConsentGate, IpcEncoder, Pseudonymiser, Rebatcher, Stages};
+use super::pipeline::{
+    self, ConsentGate, IpcEncoder, Pseudonymiser, Rebatcher, StageStats, Stages,
+};
 use super::ratelimit::RateLimiter;
 use crate::audit::{AuditLog, Draft, ReleaseGuard, ReleaseStats};
 use crate::consent::ConsentStore;
-use crate::error::ApiError;
 use crate::pki::Principal;
-use crate::policy::{Action, PolicyPoint, Purpose, Resource};
-use crate::registry::Registry;
+use crate::policy::{Action, Decision, PolicyPoint, Purpose, Resource};
+use crate::registry::{Registry, Served};
 use allmende_audit::{EntryKind, ReleaseOutcome};
-use allmende_connectors::{Connector, ConnectorError, Cursor, ReadItem, ReadRequest, ReadStream};
+use allmende_connectors::{
+    Connector, ConnectorDescription, ConnectorError, Cursor, ReadItem, ReadRequest, ReadStream,
+};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
-
-/// The name the lock helpers log for the running fetches per caller.
-const RUNNING: &str = "running fetches per caller";
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// The name the lock helpers log for the running fetches per caller.
+const RUNNING: &str = "running fetches per caller";
 
 /// Limits of the release path.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +100,7 @@ pub enum FetchMessage {
         complete: bool,
         audit_sequence: u64,
     },
-    Failed(ApiError),
+    Failed(FetchError),
 }
 
 /// The release path of one node.
@@ -160,28 +164,62 @@ impl Fetcher {
 
     /// Decides and starts a release. On success the rows flow through the
     /// returned channel; the last message is `Done` or `Failed`. Everything
-    /// that can be refused is refused here, before any row is read.
+    /// that can be refused is refused here, before any row is read: the
+    /// steps run in this order, and each fails closed — decide (audited),
+    /// then the durable intent, then the source is opened.
     pub async fn start(
         &self,
         caller: &Principal,
         params: FetchParams,
-    ) -> Result<mpsc::Receiver<FetchMessage>, ApiError> {
+    ) -> Result<mpsc::Receiver<FetchMessage>, FetchError> {
+        let (who, slots) = self.admit(caller)?;
+        tracing::Span::current().record("dataset", params.dataset.as_str());
+        let ds = self.resolve(caller, &params).await?;
+        let now = self.clock.now_unix_secs();
+        let decision = self.decide(caller, &params, &ds, now).await?;
+        let stages = self.stages(&params, &ds, &who, now);
+        let out_schema = pipeline::output_schema(&ds.desc.schema, &stages)?;
+        let guard = self.write_intent(caller, &params, &ds, &decision).await?;
+        let (stream, guard) = self.open_source(&ds, guard).await?;
+        let max_rows = match params.max_rows {
+            0 => self.limits.max_rows_per_response,
+            n => n.min(self.limits.max_rows_per_response),
+        };
+        let (tx, rx) = mpsc::channel(self.limits.channel_messages.max(1));
+        let page = Page {
+            connector: ds.served.connector.clone(),
+            since: ds.cursor,
+            stages,
+            subject_column: ds.desc.subject_column.clone(),
+            dataset_id: ds.served.registration.dataset.id.clone(),
+            target: max_rows,
+            batch_rows: self.limits.batch_rows,
+            max_subjects: self.limits.max_audited_subjects,
+            sealer: self.cursors.clone(),
+            binding: ds.binding,
+        };
+        tokio::spawn(async move {
+            // The caller's and the node-wide fetch slots end with the release.
+            let _slots = slots;
+            page.serve(stream, out_schema, guard, tx).await;
+        });
+        Ok(rx)
+    }
+
+    /// Admits the caller under its fetch rate and takes a slot under the
+    /// caller's and the node-wide cap, held until the release ends.
+    fn admit(&self, caller: &Principal) -> Result<(String, Slots), FetchError> {
         let who = crate::policy::user_entity_id(&caller.organisation, caller.subject.name());
         if !self.limiter.allow(&who) {
-            return Err(ApiError::ResourceExhausted(
-                "too many fetches; slow down and retry".into(),
-            ));
+            return Err(FetchError::RateLimited);
         }
-        // A slot under the caller's and the node-wide cap, held until the
-        // release ends.
         let mine = {
             let mut m = crate::locks::lock(&self.running, RUNNING)?;
             let n = m.entry(who.clone()).or_insert(0);
             if *n >= self.limits.max_concurrent_per_principal.max(1) {
-                return Err(ApiError::ResourceExhausted(format!(
-                    "caller has `{}` fetches running, the most one caller may; retry later",
-                    self.limits.max_concurrent_per_principal.max(1)
-                )));
+                return Err(FetchError::CallerBusy(
+                    self.limits.max_concurrent_per_principal.max(1),
+                ));
             }
             *n += 1;
             PrincipalSlot {
@@ -189,141 +227,172 @@ impl Fetcher {
                 who: who.clone(),
             }
         };
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-            ApiError::ResourceExhausted(format!(
-                "node is serving `{}` fetches, the most it allows; retry later",
-                self.limits.max_concurrent.max(1)
-            ))
-        })?;
-        tracing::Span::current().record("dataset", params.dataset.as_str());
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| FetchError::NodeBusy(self.limits.max_concurrent.max(1)))?;
+        Ok((who, (slot, mine)))
+    }
+
+    /// The served dataset, the request checked against its schema and the
+    /// resume cursor opened; refusals a caller could probe with are audited.
+    async fn resolve(
+        &self,
+        caller: &Principal,
+        params: &FetchParams,
+    ) -> Result<Resolved, FetchError> {
         let served = match self.registry.served(&params.dataset) {
             Ok(s) => s,
             Err(e) => {
                 // Unknown or unavailable datasets are answered, and noted.
-                self.audit_refusal(caller, &params, &params.dataset, "unknown-dataset")
+                self.audit_refusal(caller, params, &params.dataset, "unknown-dataset")
                     .await?;
                 return Err(e.into());
             }
         };
-        let reg = &served.registration;
         let desc = served.connector.describe().clone();
+        let dataset = &served.registration.dataset;
         // Identifying: what the connector and the dataset's description name.
         let mut identifying: Vec<String> = desc
             .identifying_columns()
             .into_iter()
             .map(str::to_owned)
             .collect();
-        for c in reg.dataset.schema.identifying_columns() {
+        for c in dataset.schema.identifying_columns() {
             if !identifying.iter().any(|i| i == c) {
                 identifying.push(c.to_owned());
             }
         }
-        {
-            let ids: Vec<&str> = identifying.iter().map(String::as_str).collect();
-            // A registration from before this check: not served.
-            super::cursor::identifying_cursor_column(desc.cursor_column.as_deref(), &ids).map_err(
-                |m| {
-                    ApiError::FailedPrecondition(format!(
-                        "dataset `{}` is not served: {m}; its owner must register it again",
-                        reg.dataset.id
-                    ))
-                },
-            )?;
-        }
-        // Validate the request against the schema before deciding.
-        for c in &params.columns {
-            if desc.schema.field_with_name(c).is_err() {
-                return Err(ApiError::InvalidArgument(format!(
-                    "dataset `{}` has no column `{}`",
-                    reg.dataset.id,
-                    c.chars().take(100).collect::<String>()
-                )));
-            }
-        }
-        if let Some(f) = &params.filter {
-            f.check(&desc.schema, &identifying)
-                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-            // Quasi-identifiers of personal data only where the owner allows.
-            let refused = reg.dataset.unfilterable_columns();
-            if let Some(col) = f.columns().into_iter().find(|c| refused.contains(c)) {
-                self.audit_refusal(
-                    caller,
-                    &params,
-                    &reg.dataset.id,
-                    "filter-on-quasi-identifier",
-                )
-                .await?;
-                let allowed = &reg.dataset.schema.filterable_columns;
-                return Err(ApiError::PermissionDenied(format!(
-                    "filter on column `{col}` refused: it is a quasi-identifier of personal dataset `{}` and could single people out; its owner allows filters on {}",
-                    reg.dataset.id,
-                    if allowed.is_empty() {
-                        "none of its quasi-identifiers".to_owned()
-                    } else {
-                        format!(
-                            "these quasi-identifiers only: {}",
-                            allowed
-                                .iter()
-                                .map(|c| format!("`{c}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
-                )));
-            }
-        }
-        let caller_uri = caller.uri();
-        let purpose_text = params.purpose.map(|p| p.as_str().to_owned());
+        let ids: Vec<&str> = identifying.iter().map(String::as_str).collect();
+        // A registration from before this check: not served.
+        super::cursor::identifying_cursor_column(desc.cursor_column.as_deref(), &ids).map_err(
+            |reason| FetchError::NotServed {
+                dataset: dataset.id.clone(),
+                reason,
+            },
+        )?;
+        self.check_request(caller, params, &served, &desc, &identifying)
+            .await?;
         let binding = OwnedBinding {
-            caller: caller_uri,
-            dataset: reg.dataset.id.clone(),
-            purpose: purpose_text,
+            caller: caller.uri(),
+            dataset: dataset.id.clone(),
+            purpose: params.purpose.map(|p| p.as_str().to_owned()),
             grant: params.grant_id.clone(),
         };
-        let cursor = match &params.resume_cursor {
-            None => None,
-            Some(token) => match self.cursors.open(token, &binding.borrow()) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    // Audited without the token: it is the node's ciphertext.
-                    self.audit_refusal(caller, &params, &reg.dataset.id, "invalid-resume-cursor")
-                        .await?;
-                    return Err(ApiError::InvalidArgument(e.to_string()));
-                }
-            },
-        };
+        let cursor = self.open_cursor(caller, params, &binding).await?;
+        Ok(Resolved {
+            served,
+            desc,
+            identifying,
+            binding,
+            cursor,
+        })
+    }
 
-        // The decision, with a context the broker builds.
-        let now = self.clock.now_unix_secs();
+    /// Validates the request against the schema before deciding: the
+    /// columns exist, the filter is well-formed and names only
+    /// quasi-identifiers the owner allows filters on.
+    async fn check_request(
+        &self,
+        caller: &Principal,
+        params: &FetchParams,
+        served: &Served,
+        desc: &ConnectorDescription,
+        identifying: &[String],
+    ) -> Result<(), FetchError> {
+        let dataset = &served.registration.dataset;
+        for c in &params.columns {
+            if desc.schema.field_with_name(c).is_err() {
+                return Err(FetchError::UnknownColumn {
+                    dataset: dataset.id.clone(),
+                    column: crate::text::shown(c, 100),
+                });
+            }
+        }
+        let Some(f) = &params.filter else {
+            return Ok(());
+        };
+        f.check(&desc.schema, identifying)?;
+        // Quasi-identifiers of personal data only where the owner allows.
+        let refused = dataset.unfilterable_columns();
+        if let Some(col) = f.columns().into_iter().find(|c| refused.contains(c)) {
+            self.audit_refusal(caller, params, &dataset.id, "filter-on-quasi-identifier")
+                .await?;
+            return Err(FetchError::QuasiIdentifier {
+                column: col.to_owned(),
+                dataset: dataset.id.clone(),
+                allowed: dataset.schema.filterable_columns.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens the presented resume cursor for this request's binding; a
+    /// refused one is audited without the token (the node's ciphertext).
+    async fn open_cursor(
+        &self,
+        caller: &Principal,
+        params: &FetchParams,
+        binding: &OwnedBinding,
+    ) -> Result<Option<Cursor>, FetchError> {
+        let Some(token) = &params.resume_cursor else {
+            return Ok(None);
+        };
+        match self.cursors.open(token, &binding.borrow()) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                self.audit_refusal(caller, params, &binding.dataset, "invalid-resume-cursor")
+                    .await?;
+                Err(FetchError::Cursor(e))
+            }
+        }
+    }
+
+    /// The decision, with a context the broker builds (consent coverage,
+    /// the caller's raw personal grants at this owner), written to the
+    /// audit log before it is acted upon.
+    async fn decide(
+        &self,
+        caller: &Principal,
+        params: &FetchParams,
+        ds: &Resolved,
+        now: i64,
+    ) -> Result<Decision, FetchError> {
+        let dataset = &ds.served.registration.dataset;
         let mut request = self.policy.request(
             caller,
             Action::Read,
-            Resource::Dataset(reg.dataset.id.clone()),
+            Resource::Dataset(dataset.id.clone()),
             params.purpose,
         );
         request.grant = params.grant_id.clone();
-        let consent_based = reg.dataset.legal_basis == allmende_policies::LegalBasis::Consent;
         if let Some(p) = params.purpose
-            && consent_based
+            && ds.consent_based()
         {
-            request.consent = self.consent.coverage(&reg.dataset.id, p, now);
+            request.consent = self.consent.coverage(&dataset.id, p, now);
         }
         let owner = self.registry_owner();
         request.raw_personal_grants_at_owner = self
             .policy
             .with_entities(|e| e.raw_personal_grants_at_owner(&caller.organisation, &owner, now))
             .unwrap_or(i64::MAX);
-        let decision = self
+        Ok(self
             .policy
-            .authorize(&self.audit, caller, request, &reg.dataset.id)
-            .await?;
+            .decide_audited(&self.audit, caller, request, &dataset.id)
+            .await?)
+    }
 
-        // Consent gate: rows of subjects without valid consent never leave.
-        let consent = match (&desc.subject_column, consent_based) {
+    /// The release stages: the filter, the consent gate (rows of subjects
+    /// without valid consent never leave), pseudonymisation keyed per grant
+    /// or caller, the projection.
+    fn stages(&self, params: &FetchParams, ds: &Resolved, who: &str, now: i64) -> Stages {
+        let dataset = &ds.served.registration.dataset;
+        let consent = match (&ds.desc.subject_column, ds.consent_based()) {
             (Some(col), true) => Some(ConsentGate {
                 subject_column: col.clone(),
                 permitted: match params.purpose {
-                    Some(p) => self.consent.permitted_subjects(&reg.dataset.id, p, now),
+                    Some(p) => self.consent.permitted_subjects(&dataset.id, p, now),
                     None => Default::default(),
                 },
             }),
@@ -333,17 +402,28 @@ impl Fetcher {
             Some(g) => format!("grant:{g}"),
             None => format!("caller:{who}"),
         };
-        let stages = Stages {
+        Stages {
             filter: params.filter.clone(),
             consent,
-            pseudonymiser: Pseudonymiser::new(self.audit.derive_key(&key_label), identifying),
+            pseudonymiser: Pseudonymiser::new(
+                self.audit.derive_key(&key_label),
+                ds.identifying.clone(),
+            ),
             projection: (!params.columns.is_empty()).then(|| params.columns.clone()),
-        };
-        let out_schema = pipeline::output_schema(&desc.schema, &stages)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+    }
 
-        // Durable intent before anything is read or sent (fail closed).
-        let mut intent = Draft::by(caller, "read", &reg.dataset.id, EntryKind::ReleaseIntent);
+    /// The durable intent, written before anything is read or sent (fail
+    /// closed): the guard it yields is the only way to rows.
+    async fn write_intent(
+        &self,
+        caller: &Principal,
+        params: &FetchParams,
+        ds: &Resolved,
+        decision: &Decision,
+    ) -> Result<ReleaseGuard, FetchError> {
+        let dataset = &ds.served.registration.dataset;
+        let mut intent = Draft::by(caller, "read", &dataset.id, EntryKind::ReleaseIntent);
         intent.purpose = params.purpose.map(|p| p.as_str().to_owned());
         intent.decision = Some(allmende_audit::Decision::Allow);
         intent.policy_ids = decision
@@ -354,62 +434,45 @@ impl Fetcher {
         intent.policy_set_hash = allmende_audit::Hash::from_hex(&decision.policy_set_hash).ok();
         intent.grant_id = params.grant_id.clone();
         intent.request_id = params.request_id.clone();
-        let guard = self.audit.begin_release(intent).await?;
+        Ok(self.audit.begin_release(intent).await?)
+    }
 
-        let max_rows = match params.max_rows {
-            0 => self.limits.max_rows_per_response,
-            n => n.min(self.limits.max_rows_per_response),
-        };
-        // No row limit at the source: the page is cut after `max_rows`
-        // released rows, wherever they lie.
-        let read = served
+    /// Opens the source at the cursor, with no row limit (the page is cut
+    /// after `max_rows` released rows, wherever they lie). If it cannot be
+    /// opened, the release is completed as failed.
+    async fn open_source(
+        &self,
+        ds: &Resolved,
+        guard: ReleaseGuard,
+    ) -> Result<(ReadStream, ReleaseGuard), FetchError> {
+        let read = ds
+            .served
             .connector
             .read(
                 ReadRequest::new()
-                    .since(cursor.clone())
+                    .since(ds.cursor.clone())
                     .batch_size(self.limits.batch_rows),
             )
             .await;
-        let stream = match read {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = guard
-                    .complete(ReleaseStats::default(), ReleaseOutcome::Failed)
-                    .await;
-                return Err(match e {
-                    ConnectorError::InvalidCursor { .. } => {
-                        // The detail names source files: for the log only.
-                        tracing::warn!(dataset = %reg.dataset.id, error = %e, "resume cursor does not fit the source");
-                        ApiError::InvalidArgument(
-                            "resume cursor no longer fits the dataset's source (it was registered again); fetch again without a cursor".into(),
-                        )
-                    }
-                    _ => ApiError::Unavailable(format!(
-                        "source of `{}` unavailable: {e}",
-                        reg.dataset.id
-                    )),
-                });
+        let e = match read {
+            Ok(stream) => return Ok((stream, guard)),
+            Err(e) => e,
+        };
+        let _ = guard
+            .complete(ReleaseStats::default(), ReleaseOutcome::Failed)
+            .await;
+        let dataset = &ds.served.registration.dataset.id;
+        Err(match e {
+            ConnectorError::InvalidCursor { .. } => {
+                // The detail names source files: for the log only.
+                tracing::warn!(dataset = %dataset, error = %e, "resume cursor does not fit the source");
+                FetchError::StaleCursor(e)
             }
-        };
-        let (tx, rx) = mpsc::channel(self.limits.channel_messages.max(1));
-        let page = Page {
-            connector: served.connector.clone(),
-            since: cursor,
-            stages,
-            subject_column: desc.subject_column.clone(),
-            dataset_id: reg.dataset.id.clone(),
-            target: max_rows,
-            batch_rows: self.limits.batch_rows,
-            max_subjects: self.limits.max_audited_subjects,
-            sealer: self.cursors.clone(),
-            binding,
-        };
-        tokio::spawn(async move {
-            // The caller's and the node-wide fetch slots end with the release.
-            let _slots = (slot, mine);
-            page.serve(stream, out_schema, guard, tx).await;
-        });
-        Ok(rx)
+            _ => FetchError::SourceUnavailable {
+                dataset: dataset.clone(),
+                source: e,
+            },
+        })
     }
 
     /// Writes a refused request to the audit log (no data follows).
@@ -419,7 +482,7 @@ impl Fetcher {
         params: &FetchParams,
         resource: &str,
         reason: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), FetchError> {
         let mut d = Draft::by(caller, "read", resource, EntryKind::Decision);
         d.purpose = params.purpose.map(|p| p.as_str().to_owned());
         d.decision = Some(allmende_audit::Decision::Deny);
@@ -432,6 +495,27 @@ impl Fetcher {
 
     fn registry_owner(&self) -> String {
         self.policy.own_org().to_owned()
+    }
+}
+
+/// The caller's and the node-wide fetch slots, held until a release ends.
+type Slots = (tokio::sync::OwnedSemaphorePermit, PrincipalSlot);
+
+/// The dataset a request names, as served, with the request checked
+/// against it.
+struct Resolved {
+    served: Served,
+    desc: ConnectorDescription,
+    /// The identifying columns of the connector and of the description.
+    identifying: Vec<String>,
+    binding: OwnedBinding,
+    cursor: Option<Cursor>,
+}
+
+impl Resolved {
+    /// Released under consent: the consent gate and coverage apply.
+    fn consent_based(&self) -> bool {
+        self.served.registration.dataset.legal_basis == allmende_policies::LegalBasis::Consent
     }
 }
 
@@ -459,7 +543,7 @@ impl OwnedBinding {
 enum Stop {
     /// The client went away.
     Aborted,
-    Failed(ApiError),
+    Failed(FetchError),
 }
 
 /// How a page's read ended.
@@ -492,8 +576,37 @@ struct Output {
     subjects: BTreeSet<String>,
 }
 
-fn internal(e: impl std::fmt::Display) -> Stop {
-    Stop::Failed(ApiError::Internal(e.to_string()))
+impl Output {
+    /// Counts the released rows of one batch and sends them on, re-cut into
+    /// batches of the fixed size.
+    async fn release(
+        &mut self,
+        rows: RecordBatch,
+        st: StageStats,
+        max_subjects: usize,
+        tx: &mpsc::Sender<FetchMessage>,
+    ) -> Result<(), Stop> {
+        self.stats.rows_filtered += st.rows_without_consent;
+        self.stats.rows_released += st.rows_out;
+        if self.subjects.len() < max_subjects {
+            self.subjects.extend(st.subjects);
+        }
+        for b in self.rebatcher.push(rows).map_err(internal)? {
+            self.encoder.write(&b).map_err(internal)?;
+            self.pending.extend(self.encoder.take());
+            let bytes = std::mem::take(&mut self.pending);
+            self.stats.bytes += bytes.len() as u64;
+            // The client's pace sets ours: this waits while the channel is full.
+            if tx.send(FetchMessage::Ipc(bytes)).await.is_err() {
+                return Err(Stop::Aborted);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn internal(e: impl Into<FetchError>) -> Stop {
+    Stop::Failed(e.into())
 }
 
 impl Page {
@@ -507,9 +620,7 @@ impl Page {
         let encoder = match IpcEncoder::new(&out_schema) {
             Ok(e) => e,
             Err(e) => {
-                let _ = tx
-                    .send(FetchMessage::Failed(ApiError::Internal(e.to_string())))
-                    .await;
+                let _ = tx.send(FetchMessage::Failed(e.into())).await;
                 let _ = guard
                     .complete(ReleaseStats::default(), ReleaseOutcome::Failed)
                     .await;
@@ -582,11 +693,7 @@ impl Page {
                     continue;
                 }
                 Ok(ReadItem::End(_)) => return Ok(PageEnd { more: false, next }),
-                Err(e) => {
-                    return Err(Stop::Failed(ApiError::Unavailable(format!(
-                        "source read failed: {e}"
-                    ))));
-                }
+                Err(e) => return Err(Stop::Failed(FetchError::SourceRead(e))),
             };
             let (mask, withheld) =
                 pipeline::release_mask(&batch, &self.stages).map_err(internal)?;
@@ -607,7 +714,7 @@ impl Page {
                 (batch, mask, withheld, false)
             } else {
                 let j = pipeline::nth_released(&mask, remaining)
-                    .ok_or_else(|| internal("released row not found"))?;
+                    .ok_or(Stop::Failed(FetchError::Internal("released row not found")))?;
                 let head = batch.slice(0, j + 1);
                 let (m, w) = pipeline::release_mask(&head, &self.stages).map_err(internal)?;
                 (head, m, w, true)
@@ -621,21 +728,7 @@ impl Page {
             )
             .map_err(internal)?;
             released += st.rows_out;
-            out.stats.rows_filtered += st.rows_without_consent;
-            out.stats.rows_released += st.rows_out;
-            if out.subjects.len() < self.max_subjects {
-                out.subjects.extend(st.subjects);
-            }
-            for b in out.rebatcher.push(rows).map_err(internal)? {
-                out.encoder.write(&b).map_err(internal)?;
-                out.pending.extend(out.encoder.take());
-                let bytes = std::mem::take(&mut out.pending);
-                out.stats.bytes += bytes.len() as u64;
-                // The client's pace sets ours: this waits while the channel is full.
-                if tx.send(FetchMessage::Ipc(bytes)).await.is_err() {
-                    return Err(Stop::Aborted);
-                }
-            }
+            out.release(rows, st, self.max_subjects, tx).await?;
             if cut_inside {
                 // The page ends inside this batch, and another released row
                 // follows in it.
@@ -652,9 +745,7 @@ impl Page {
             before = Some(cursor);
         }
         // The connector ends every good read with `End`.
-        Err(Stop::Failed(ApiError::Unavailable(
-            "source read ended early".into(),
-        )))
+        Err(Stop::Failed(FetchError::EndedEarly))
     }
 
     /// The source position right after the last row of `head`, which starts
@@ -675,11 +766,11 @@ impl Page {
                     .max_rows(rows as u64),
             )
             .await
-            .map_err(|e| {
-                Stop::Failed(ApiError::Unavailable(format!(
-                    "source of `{}` unavailable: {e}",
-                    self.dataset_id
-                )))
+            .map_err(|source| {
+                Stop::Failed(FetchError::SourceUnavailable {
+                    dataset: self.dataset_id.clone(),
+                    source,
+                })
             })?;
         let mut batches = Vec::new();
         let mut summary = None;
@@ -688,21 +779,16 @@ impl Page {
                 Ok(ReadItem::Batch { batch, .. }) => batches.push(batch),
                 Ok(ReadItem::Broken(_)) => {}
                 Ok(ReadItem::End(s)) => summary = Some(s),
-                Err(e) => {
-                    return Err(Stop::Failed(ApiError::Unavailable(format!(
-                        "source read failed: {e}"
-                    ))));
-                }
+                Err(e) => return Err(Stop::Failed(FetchError::SourceRead(e))),
             }
         }
         let same =
             arrow::compute::concat_batches(&head.schema(), &batches).is_ok_and(|b| b == *head);
         match summary.and_then(|s| s.cursor) {
             Some(c) if same => Ok(c),
-            _ => Err(Stop::Failed(ApiError::Unavailable(format!(
-                "the source of `{}` changed during the read; fetch this page again",
-                self.dataset_id
-            )))),
+            _ => Err(Stop::Failed(FetchError::SourceChanged(
+                self.dataset_id.clone(),
+            ))),
         }
     }
 
@@ -726,9 +812,13 @@ impl Page {
             (true, Some(c)) => Some(
                 self.sealer
                     .seal(&c, &self.binding.borrow())
-                    .map_err(internal)?,
+                    .map_err(|e| internal(FetchError::Seal(e)))?,
             ),
-            (true, None) => return Err(internal("no resume position after a partial page")),
+            (true, None) => {
+                return Err(internal(FetchError::Internal(
+                    "no resume position after a partial page",
+                )));
+            }
         };
         Ok(FetchMessage::Done {
             ipc: std::mem::take(&mut out.pending),

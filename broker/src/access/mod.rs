@@ -10,10 +10,12 @@
 //! them only after holding a `ReleaseGuard`.
 
 pub mod cursor;
+pub mod error;
 pub mod fetch;
 pub mod filter;
 pub mod pipeline;
 pub mod ratelimit;
 
+pub use error::FetchError;
 pub use fetch::{FetchLimits, FetchParams, Fetcher};
 pub use filter::{CompareOp, Filter, FilterValue};

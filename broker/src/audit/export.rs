@@ -248,7 +248,7 @@ mod tests {
                 .to_line();
             assert!(log.add_cosignature(cp.size, line).await.unwrap());
         }
-        assert!(log.findings().is_empty());
+        assert!(log.findings().unwrap().is_empty());
         let note = log
             .cosigned_note(&log.latest_checkpoint().unwrap().unwrap())
             .unwrap();
@@ -261,10 +261,11 @@ mod tests {
         );
         assert!(
             log.findings()
+                .unwrap()
                 .iter()
                 .any(|f| f.contains(&format!("checkpoint {}", cp.size))),
             "{:?}",
-            log.findings()
+            log.findings().unwrap()
         );
     }
 }

@@ -6,6 +6,7 @@ use super::checkpoint::{CheckpointRecord, checkpointer};
 use super::index::{INDEXED_KEY, indexer};
 use super::tree::{SledHashStore, encode_node_group};
 use crate::clock::SharedClock;
+use crate::locks::Poisoned;
 use crate::pki::{Principal, Subject};
 use crate::store::{RawTable, Store, StoreError, Table, TableName, WriteBatch};
 use allmende_audit::{
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
+
+/// The names the lock helpers log for the audit log's in-memory state.
+const FINDINGS: &str = "audit findings";
+const TASKS: &str = "audit log tasks";
 
 /// How many pending appends one group commit takes at most.
 const MAX_GROUP: usize = 4096;
@@ -42,17 +47,6 @@ impl From<StoreError> for AuditError {
         match e {
             StoreError::Corrupt { .. } => AuditError::Corrupt(e.to_string()),
             other => AuditError::Unavailable(other.to_string()),
-        }
-    }
-}
-
-impl From<AuditError> for crate::error::ApiError {
-    fn from(e: AuditError) -> Self {
-        match e {
-            AuditError::Unavailable(m) => crate::error::ApiError::Unavailable(m),
-            AuditError::Corrupt(m) => crate::error::ApiError::Internal(m),
-            AuditError::Invalid(m) => crate::error::ApiError::InvalidArgument(m),
-            AuditError::NotReady(m) => crate::error::ApiError::FailedPrecondition(m),
         }
     }
 }
@@ -229,11 +223,15 @@ pub(super) struct Inner {
 impl Inner {
     /// Records a finding once (see [`AuditLog::report_finding`]).
     pub(super) fn report_finding(&self, finding: String) {
-        if let Ok(mut f) = self.findings.lock()
-            && !f.contains(&finding)
-        {
-            tracing::error!(finding = %finding, "audit finding");
-            f.push(finding);
+        match crate::locks::lock(&self.findings, FINDINGS) {
+            Ok(mut f) => {
+                if !f.contains(&finding) {
+                    tracing::error!(finding = %finding, "audit finding");
+                    f.push(finding);
+                }
+            }
+            // Not kept (the list is unusable), but never lost: logged.
+            Err(_) => tracing::error!(finding = %finding, "audit finding"),
         }
     }
 }
@@ -382,7 +380,9 @@ impl AuditLog {
             tokio::spawn(checkpointer(inner.clone(), shutdown.clone())),
             tokio::spawn(indexer(inner.clone(), shutdown)),
         ];
-        if let Ok(mut t) = inner.tasks.lock() {
+        // A poisoned list (never: it was made above) leaves the tasks
+        // running unawaited; `closed` then waits for none.
+        if let Ok(mut t) = crate::locks::lock(&inner.tasks, TASKS) {
             t.extend(handles);
         }
         Ok(Self { inner })
@@ -391,7 +391,8 @@ impl AuditLog {
     /// Waits for the log's tasks after the shutdown signal: pending appends
     /// are committed (or failed), a last checkpoint is signed.
     pub async fn closed(&self) {
-        let handles: Vec<_> = match self.inner.tasks.lock() {
+        // Nobody waits on a poisoned list: there is nothing to await.
+        let handles: Vec<_> = match crate::locks::lock(&self.inner.tasks, TASKS) {
             Ok(mut t) => t.drain(..).collect(),
             Err(_) => Vec::new(),
         };
@@ -503,13 +504,10 @@ impl AuditLog {
         self.inner.report_finding(finding);
     }
 
-    /// Findings so far.
-    pub fn findings(&self) -> Vec<String> {
-        self.inner
-            .findings
-            .lock()
-            .map(|f| f.clone())
-            .unwrap_or_default()
+    /// Findings so far; refused rather than shown empty when the list is
+    /// unusable (an empty list would hide a split view).
+    pub fn findings(&self) -> Result<Vec<String>, Poisoned> {
+        crate::locks::lock(&self.inner.findings, FINDINGS).map(|f| f.clone())
     }
 
     /// The store the log lives in.
@@ -801,6 +799,16 @@ pub(super) mod tests {
         dir: &std::path::Path,
         clock: Arc<ManualClock>,
     ) -> (AuditLog, Store, watch::Sender<bool>) {
+        open_as(dir, "swm", "swm-1", clock).await
+    }
+
+    /// A log of node `node` of organisation `org` in `dir`.
+    pub(crate) async fn open_as(
+        dir: &std::path::Path,
+        org: &str,
+        node: &str,
+        clock: Arc<ManualClock>,
+    ) -> (AuditLog, Store, watch::Sender<bool>) {
         let store = Store::open(
             dir,
             &StoreOptions {
@@ -809,7 +817,7 @@ pub(super) mod tests {
         )
         .unwrap();
         let (tx, rx) = watch::channel(false);
-        let log = AuditLog::open(store.clone(), "munich", "swm", "swm-1", clock, rx)
+        let log = AuditLog::open(store.clone(), "munich", org, node, clock, rx)
             .await
             .unwrap();
         (log, store, tx)
@@ -852,6 +860,26 @@ pub(super) mod tests {
         assert_eq!(d.org, "tum");
         assert_eq!(d.user.as_deref(), Some("alice"));
         assert_eq!(d.peer_node, None);
+    }
+
+    /// A findings list poisoned by a panic is refused (`UNAVAILABLE`), not
+    /// shown empty: an empty list would hide a split view. A new finding is
+    /// still logged.
+    #[tokio::test]
+    async fn poisoned_findings_are_refused_not_shown_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _store, _tx) = open(dir.path()).await;
+        log.report_finding("split view: x".into());
+        assert_eq!(log.findings().unwrap(), ["split view: x"]);
+        let inner = log.inner.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = inner.findings.lock();
+            std::panic::resume_unwind(Box::new("poison the findings"));
+        })
+        .join();
+        log.report_finding("rollback: y".into());
+        let e = crate::error::ApiError::from(log.findings().unwrap_err());
+        assert!(matches!(e, crate::error::ApiError::Unavailable(_)), "{e:?}");
     }
 
     #[tokio::test]

@@ -9,7 +9,6 @@
 //! certificate identity) on first use and must not change afterwards.
 
 use super::AuditLog;
-use crate::error::ApiError;
 use crate::pki::Principal;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
 use allmende_audit::{Hash, TreeHead, VerifierKey, WitnessState};
@@ -53,8 +52,18 @@ pub fn pinned_witness_keys(store: &Store) -> Result<Vec<String>, StoreError> {
 }
 
 /// Findings of this node's audit log (split views seen, own rollback).
-pub fn findings(log: &AuditLog) -> Vec<String> {
+pub fn findings(log: &AuditLog) -> Result<Vec<String>, crate::locks::Poisoned> {
     log.findings()
+}
+
+/// Why a witness key was not pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The calling node pinned another key before.
+    #[error("this node presented another witness key before; refusing the new one")]
+    KeyChanged,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Pins a witness key to the calling node on first use; a different key
@@ -63,15 +72,13 @@ pub async fn pin_witness_key(
     store: &Store,
     p: &Principal,
     key: &VerifierKey,
-) -> Result<(), ApiError> {
+) -> Result<(), PinError> {
     let t = pins(store)?;
     let k = format!("pin-witness:{}/{}", p.organisation, p.subject.name());
     let vkey = key.to_vkey();
     match t.get(&k)? {
         Some(pinned) if pinned == vkey => Ok(()),
-        Some(_) => Err(ApiError::PermissionDenied(
-            "this node presented another witness key before; refusing the new one".into(),
-        )),
+        Some(_) => Err(PinError::KeyChanged),
         None => {
             let mut b = WriteBatch::new();
             b.put(&t, &k, &vkey)?;
@@ -283,25 +290,14 @@ mod tests {
     use super::*;
     use crate::audit::Draft;
     use crate::clock::ManualClock;
-    use crate::store::StoreOptions;
     use allmende_audit::EntryKind;
     use tokio::sync::watch;
 
     const NOW_SECS: u64 = 1_800_000_000;
 
     async fn open(dir: &std::path::Path, org: &str, node: &str) -> (AuditLog, watch::Sender<bool>) {
-        let store = Store::open(
-            dir,
-            &StoreOptions {
-                cache_bytes: 1 << 22,
-            },
-        )
-        .unwrap();
-        let (tx, rx) = watch::channel(false);
         let clock = ManualClock::at_unix_ms(i64::try_from(NOW_SECS).unwrap() * 1000);
-        let log = AuditLog::open(store, "munich", org, node, clock, rx)
-            .await
-            .unwrap();
+        let (log, _, tx) = crate::audit::log::tests::open_as(dir, org, node, clock).await;
         (log, tx)
     }
 
@@ -362,7 +358,11 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert!(me.findings().is_empty(), "{:?}", me.findings());
+        assert!(
+            me.findings().unwrap().is_empty(),
+            "{:?}",
+            me.findings().unwrap()
+        );
     }
 
     #[tokio::test]
@@ -388,10 +388,11 @@ mod tests {
         assert!(r.is_none());
         assert!(
             me.findings()
+                .unwrap()
                 .iter()
                 .any(|f| f.contains("`tum/tum-1`") && f.contains("different log key")),
             "{:?}",
-            me.findings()
+            me.findings().unwrap()
         );
         // What was cosigned stays as it was.
         let w = PeerWitness::load(&me, me.store(), "tum/tum-1").unwrap();
@@ -413,7 +414,7 @@ mod tests {
                 root_hex: "",
             },
         );
-        assert!(me.findings().is_empty());
+        assert!(me.findings().unwrap().is_empty());
         // A witness that cosigned more than the log holds.
         check_own_rollback(
             &me,
@@ -425,9 +426,12 @@ mod tests {
             },
         );
         assert!(
-            me.findings().iter().any(|f| f.starts_with("rollback:")),
-            "{:?}",
             me.findings()
+                .unwrap()
+                .iter()
+                .any(|f| f.starts_with("rollback:")),
+            "{:?}",
+            me.findings().unwrap()
         );
     }
 }

@@ -65,7 +65,11 @@ impl pb::access_server::Access for AccessService {
         let p = principal(&req)?;
         check_request(req.get_ref())?;
         let params = super::convert::fetch_params(req.into_inner())?;
-        let mut rx = self.fetcher.start(&p, params).await?;
+        let mut rx = self
+            .fetcher
+            .start(&p, params)
+            .await
+            .map_err(crate::error::ApiError::from)?;
         let idle = self.idle_timeout;
         let stream = async_stream(idle, move |tx, ended_idle| async move {
             while let Some(m) = rx.recv().await {

@@ -184,7 +184,7 @@ impl pb::audit_server::Audit for AuditService {
         Ok(Response::new(convert::status_response(
             s,
             cosigs,
-            crate::audit::witness::findings(&self.ctx.audit),
+            crate::audit::witness::findings(&self.ctx.audit).map_err(ApiError::from)?,
             crate::audit::witness::pinned_witness_keys(&self.ctx.store).map_err(ApiError::from)?,
         )))
     }
@@ -251,7 +251,9 @@ impl pb::audit_server::Audit for AuditService {
         let key = VerifierKey::parse(&r.witness_vkey)
             .map_err(|e| ApiError::InvalidArgument(format!("witness key: {e}")))?;
         // The witness key is pinned to the calling node on first use.
-        crate::audit::witness::pin_witness_key(&self.ctx.store, &p, &key).await?;
+        crate::audit::witness::pin_witness_key(&self.ctx.store, &p, &key)
+            .await
+            .map_err(ApiError::from)?;
         let sig = crate::audit::parse_sig_line(&r.cosignature_line)
             .ok_or_else(|| ApiError::InvalidArgument("malformed cosignature line".into()))?;
         let cp = self

@@ -105,6 +105,6 @@ pub fn fetch_response(m: FetchMessage) -> Result<pb::FetchResponse, ApiError> {
                 audit_sequence,
             }),
         }),
-        FetchMessage::Failed(e) => Err(e),
+        FetchMessage::Failed(e) => Err(e.into()),
     }
 }
