@@ -34,8 +34,11 @@ use tonic::transport::server::Connected;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client waits for the TCP connection to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a client waits for a unary call's answer.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client waits for a unary call's answer. The slowest call is a
+/// policy reload, which proves the property set first (about 20 s on two
+/// busy cores); a client must not give up on it while the node still
+/// works.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Bounds of the accept loop (from the node's `[limits]`).
 #[derive(Debug, Clone, Copy)]

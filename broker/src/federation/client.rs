@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 
+/// How long this node waits for a peer's answer to one call (catalog
+/// pulls, witnessing): a stuck peer must not stall the loops that dial it.
+pub const PEER_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A connection to a peer node whose certificate the federation trust
 /// accepted.
 #[derive(Debug, Clone)]
@@ -153,7 +157,7 @@ pub async fn connect_peer(
     };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|_| bad_endpoint())?
-        .timeout(tls::CALL_TIMEOUT)
+        .timeout(PEER_CALL_TIMEOUT)
         .connect_with_connector(slot)
         .await
         .map_err(|e| connect_err(crate::client::error_chain(&e)))?;
