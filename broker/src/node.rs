@@ -119,6 +119,8 @@ pub struct NodeHandle {
     pub registry: Arc<crate::registry::Registry>,
     /// The release pipeline.
     pub fetcher: Arc<crate::access::Fetcher>,
+    /// Access requests and grants.
+    pub grants: Arc<crate::grants::Grants>,
     peers: SharedPeers,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
@@ -325,6 +327,17 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .await
         .map_err(|e| NodeError::Policy(format!("connector registry: {e}")))?,
     );
+    // Access requests and grants, mirrored into the policy entities after
+    // the datasets they name (docs/access-workflow.md).
+    let grants = Arc::new(
+        crate::grants::Grants::open(
+            store.clone(),
+            clock.clone(),
+            policy.clone(),
+            config.limits.max_grant_days,
+        )
+        .map_err(|e| NodeError::Policy(format!("access grants: {e}")))?,
+    );
     let fetcher = Arc::new(crate::access::Fetcher::new(
         policy.clone(),
         audit.clone(),
@@ -425,6 +438,9 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     health_reporter
         .set_serving::<pb::consent_server::ConsentServer<crate::rpc::ConsentService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::grants_server::GrantsServer<crate::rpc::GrantsService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(allmende_proto::FILE_DESCRIPTOR_SET)
@@ -437,6 +453,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             .with_service_name("allmende.v1.Connectors")
             .with_service_name("allmende.v1.Catalog")
             .with_service_name("allmende.v1.Consent")
+            .with_service_name("allmende.v1.Grants")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -485,6 +502,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         .add_service(
             pb::access_server::AccessServer::new(crate::rpc::AccessService {
                 fetcher: fetcher.clone(),
+                grants: grants.clone(),
                 idle_timeout: std::time::Duration::from_secs(limits.stream_idle_secs),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -510,6 +528,15 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
                 ctx: ctx.clone(),
             }
             .server(),
+        )
+        .add_service(
+            pb::grants_server::GrantsServer::new(crate::rpc::GrantsService {
+                ctx: ctx.clone(),
+                grants: grants.clone(),
+                registry: registry.clone(),
+                catalog: catalog.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         );
     let mut rx = shutdown_rx.clone();
     let mut force_rx = shutdown_rx.clone();
@@ -696,6 +723,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         consent,
         registry,
         fetcher,
+        grants,
         peers: peer_list,
         shutdown: shutdown_tx,
         tasks,

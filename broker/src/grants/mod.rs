@@ -62,9 +62,7 @@ pub enum GrantsError {
     #[error("a grant lasts at most {max} days on this node; `{days}` days were asked for")]
     TooLong { days: u32, max: u32 },
     /// The dataset is public: nobody needs a grant for it.
-    #[error(
-        "dataset `{0}` is public: no request is needed, read it directly (nothing was stored)"
-    )]
+    #[error("dataset `{0}` is public: no request is needed, read it directly (nothing was stored)")]
     PublicDataset(String),
     /// No such request or grant.
     #[error("no {what} `{id}` on this node")]
@@ -590,7 +588,11 @@ impl Grants {
         d.request_id = Some(r.id.clone());
         audit.append(d).await?;
         let mut b = WriteBatch::new();
-        b.put(&self.table, &req_key(&r.id), &Row::Request(Box::new(r.clone())))?;
+        b.put(
+            &self.table,
+            &req_key(&r.id),
+            &Row::Request(Box::new(r.clone())),
+        )?;
         b.put(
             &self.table,
             &idem_key(&requester, &new.idempotency_key),
@@ -646,6 +648,33 @@ impl Grants {
         Ok(r)
     }
 
+    /// [`Grants::pending`], with a changed request's refusal audited (a
+    /// deny of `action` by `caller`, policy id `request-changed`).
+    async fn pending_audited(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        action: &str,
+        id: &str,
+        seen: &str,
+    ) -> Result<AccessRequest, GrantsError> {
+        let err = match self.pending(id, seen) {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        if let GrantsError::Changed { id, .. } = &err {
+            let dataset = self
+                .get_request(id)?
+                .map_or_else(|| id.clone(), |r| r.dataset);
+            let mut d = Draft::by(caller, action, &dataset, EntryKind::Decision);
+            d.decision = Some(allmende_audit::Decision::Deny);
+            d.policy_ids = vec!["request-changed".into()];
+            d.request_id = Some(id.clone());
+            audit.append(d).await?;
+        }
+        Err(err)
+    }
+
     /// Approves request `id`, whose hash `caller` saw as `seen` (decided
     /// before): the approval entry is written, then the request's new state
     /// and the signed grant are committed in one batch.
@@ -663,7 +692,9 @@ impl Grants {
         if let Some(g) = self.replayed_approval(caller, id, seen)? {
             return Ok(g);
         }
-        let mut r = self.pending(id, seen)?;
+        let mut r = self
+            .pending_audited(audit, caller, "approve_request", id, seen)
+            .await?;
         let now = self.clock.now_unix_secs();
         let approver = caller.uri();
         let sig = signer.sign_detached(&approval_message(&r.hash, &approver, now))?;
@@ -707,8 +738,16 @@ impl Grants {
         r.note = (!note.is_empty()).then(|| note.to_owned());
         r.grant_id = Some(g.id.clone());
         let mut b = WriteBatch::new();
-        b.put(&self.table, &req_key(&r.id), &Row::Request(Box::new(r.clone())))?;
-        b.put(&self.table, &grant_key(&g.id), &Row::Grant(Box::new(g.clone())))?;
+        b.put(
+            &self.table,
+            &req_key(&r.id),
+            &Row::Request(Box::new(r.clone())),
+        )?;
+        b.put(
+            &self.table,
+            &grant_key(&g.id),
+            &Row::Grant(Box::new(g.clone())),
+        )?;
         self.store.commit_durable(b).await?;
         self.mirror_request(&r);
         self.mirror_grant(&g);
@@ -726,7 +765,9 @@ impl Grants {
     ) -> Result<AccessRequest, GrantsError> {
         text("the reason", reason)?;
         let _w = self.write.lock().await;
-        let mut r = self.pending(id, seen)?;
+        let mut r = self
+            .pending_audited(audit, caller, "reject_request", id, seen)
+            .await?;
         let mut d = Draft::by(
             caller,
             "reject_request",
@@ -743,7 +784,11 @@ impl Grants {
         r.decided_by = Some(caller.uri());
         r.note = (!reason.is_empty()).then(|| reason.to_owned());
         let mut b = WriteBatch::new();
-        b.put(&self.table, &req_key(&r.id), &Row::Request(Box::new(r.clone())))?;
+        b.put(
+            &self.table,
+            &req_key(&r.id),
+            &Row::Request(Box::new(r.clone())),
+        )?;
         self.store.commit_durable(b).await?;
         self.mirror_request(&r);
         Ok(r)
@@ -787,7 +832,11 @@ impl Grants {
         g.revoked_by = Some(caller.uri());
         g.revocation_reason = (!reason.is_empty()).then(|| reason.to_owned());
         let mut b = WriteBatch::new();
-        b.put(&self.table, &grant_key(&g.id), &Row::Grant(Box::new(g.clone())))?;
+        b.put(
+            &self.table,
+            &grant_key(&g.id),
+            &Row::Grant(Box::new(g.clone())),
+        )?;
         self.store.commit_durable(b).await?;
         self.mirror_grant(&g);
         Ok(g)
@@ -818,9 +867,38 @@ impl Grants {
         audit.append(d).await?;
         g.expired_at = Some(now);
         let mut b = WriteBatch::new();
-        b.put(&self.table, &grant_key(&g.id), &Row::Grant(Box::new(g.clone())))?;
+        b.put(
+            &self.table,
+            &grant_key(&g.id),
+            &Row::Grant(Box::new(g.clone())),
+        )?;
         self.store.commit_durable(b).await?;
         Ok(true)
+    }
+
+    /// [`Grants::columns_for_read`], with a refusal audited (a deny of
+    /// `read` by `caller`, policy id `grant-columns`).
+    pub async fn columns_for_read_audited(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        id: &str,
+        asked: &[String],
+    ) -> Result<Vec<String>, GrantsError> {
+        let err = match self.columns_for_read(caller, id, asked) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        if let GrantsError::ColumnsOutsideGrant { .. } = &err
+            && let Some(g) = self.get_grant(id)?
+        {
+            let mut d = Draft::by(caller, "read", &g.dataset, EntryKind::Decision);
+            d.decision = Some(allmende_audit::Decision::Deny);
+            d.policy_ids = vec!["grant-columns".into()];
+            d.grant_id = Some(g.id);
+            audit.append(d).await?;
+        }
+        Err(err)
     }
 
     /// The columns a read under grant `id` by `caller` may name: `asked`
@@ -919,8 +997,7 @@ mod tests {
     }
 
     fn policy(clock: SharedClock) -> Arc<PolicyPoint> {
-        let p =
-            PolicyPoint::load(PolicyOrigin::Bundled, clock, "munich", "swm", "swm-1").unwrap();
+        let p = PolicyPoint::load(PolicyOrigin::Bundled, clock, "munich", "swm", "swm-1").unwrap();
         p.with_entities(|e| {
             e.upsert_organisation(pol::Organisation::new("swm", pol::OrgKind::Utility));
             e.upsert_organisation(pol::Organisation::new("tum", pol::OrgKind::University));
@@ -997,7 +1074,10 @@ mod tests {
         let uri = "allmende://munich/tum/user/alice";
         let p = Purpose::AcademicResearch;
         let base = request_hash("swm", DS, p, &cols(&["a", "b"]), 90, uri);
-        assert_eq!(base, request_hash("swm", DS, p, &cols(&["b", "a", "a"]), 90, uri));
+        assert_eq!(
+            base,
+            request_hash("swm", DS, p, &cols(&["b", "a", "a"]), 90, uri)
+        );
         for other in [
             request_hash("stadt", DS, p, &cols(&["a", "b"]), 90, uri),
             request_hash("swm", "x", p, &cols(&["a", "b"]), 90, uri),
@@ -1005,7 +1085,14 @@ mod tests {
             request_hash("swm", DS, p, &cols(&["a"]), 90, uri),
             request_hash("swm", DS, p, &cols(&["ab"]), 90, uri),
             request_hash("swm", DS, p, &cols(&["a", "b"]), 91, uri),
-            request_hash("swm", DS, p, &cols(&["a", "b"]), 90, "allmende://munich/tum/user/bob"),
+            request_hash(
+                "swm",
+                DS,
+                p,
+                &cols(&["a", "b"]),
+                90,
+                "allmende://munich/tum/user/bob",
+            ),
         ] {
             assert_ne!(base, other);
         }
@@ -1018,9 +1105,15 @@ mod tests {
     async fn requests_are_idempotent_per_caller_and_key() {
         let w = world().await;
         let (g, _) = w.open();
-        let a = g.request(&w.audit, &researcher(), &ask("k1"), &facts()).await.unwrap();
+        let a = g
+            .request(&w.audit, &researcher(), &ask("k1"), &facts())
+            .await
+            .unwrap();
         let size = w.audit.status().size;
-        let again = g.request(&w.audit, &researcher(), &ask("k1"), &facts()).await.unwrap();
+        let again = g
+            .request(&w.audit, &researcher(), &ask("k1"), &facts())
+            .await
+            .unwrap();
         assert_eq!(a, again);
         assert_eq!(w.audit.status().size, size, "a replay writes nothing");
         assert_eq!(g.list_requests(None).unwrap().len(), 1);
@@ -1029,11 +1122,17 @@ mod tests {
 
         let mut changed = ask("k1");
         changed.days = 30;
-        let err = g.request(&w.audit, &researcher(), &changed, &facts()).await.unwrap_err();
+        let err = g
+            .request(&w.audit, &researcher(), &changed, &facts())
+            .await
+            .unwrap_err();
         assert!(matches!(err, GrantsError::KeyReused { .. }), "{err}");
 
         let bob = person("tum", "bob", Role::Researcher);
-        let b = g.request(&w.audit, &bob, &ask("k1"), &facts()).await.unwrap();
+        let b = g
+            .request(&w.audit, &bob, &ask("k1"), &facts())
+            .await
+            .unwrap();
         assert_ne!(a.id, b.id);
     }
 
@@ -1045,18 +1144,27 @@ mod tests {
         let (g, _) = w.open();
         let mut long = ask("k");
         long.days = 10_000;
-        let err = g.request(&w.audit, &researcher(), &long, &facts()).await.unwrap_err();
+        let err = g
+            .request(&w.audit, &researcher(), &long, &facts())
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "a grant lasts at most 365 days on this node; `10000` days were asked for"
         );
         let mut public = facts();
         public.public = true;
-        let err = g.request(&w.audit, &researcher(), &ask("k"), &public).await.unwrap_err();
+        let err = g
+            .request(&w.audit, &researcher(), &ask("k"), &public)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("no request is needed"), "{err}");
         let mut cols = ask("k");
         cols.columns.push("iban".into());
-        let err = g.request(&w.audit, &researcher(), &cols, &facts()).await.unwrap_err();
+        let err = g
+            .request(&w.audit, &researcher(), &cols, &facts())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("`iban`"), "{err}");
         assert!(g.list_requests(None).unwrap().is_empty());
     }
@@ -1069,7 +1177,10 @@ mod tests {
     async fn approval_binds_the_hash_and_replays_return_the_same_grant() {
         let w = world().await;
         let (g, p) = w.open();
-        let r = g.request(&w.audit, &researcher(), &ask("k"), &facts()).await.unwrap();
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
         let other = request_hash("swm", DS, Purpose::AcademicResearch, &[], 90, &r.requester);
         let err = g
             .approve(&w.audit, &dpo(), &w.signer, &r.id, &other, "")
@@ -1077,7 +1188,10 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().starts_with("the request changed"), "{err}");
 
-        let grant = g.approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "ok").await.unwrap();
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "ok")
+            .await
+            .unwrap();
         assert!(verify_approval(&grant));
         let mut forged = grant.clone();
         forged.approved_by = "allmende://munich/swm/user/mallory".into();
@@ -1085,7 +1199,10 @@ mod tests {
         assert_eq!(grant.not_after - grant.not_before, 90 * DAY_SECS);
         assert_eq!(grant.columns, vec!["household_id", "kwh"]);
 
-        let again = g.approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "ok").await.unwrap();
+        let again = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "ok")
+            .await
+            .unwrap();
         assert_eq!(grant, again);
         assert_eq!(g.list_grants(None).unwrap().len(), 1);
         let other_dpo = person("swm", "dpo-2", Role::Dpo);
@@ -1096,7 +1213,12 @@ mod tests {
         assert!(matches!(err, GrantsError::NotPending { .. }), "{err}");
         // The policy entities know the grant and the decided request.
         let (req_state, entity) = p
-            .with_entities(|e| (e.request(&r.id).map(|x| x.state), e.grant(&grant.id).cloned()))
+            .with_entities(|e| {
+                (
+                    e.request(&r.id).map(|x| x.state),
+                    e.grant(&grant.id).cloned(),
+                )
+            })
             .unwrap();
         assert_eq!(req_state, Some(RequestState::Approved));
         assert_eq!(entity, Some(grant.entity()));
@@ -1109,7 +1231,10 @@ mod tests {
     async fn approval_and_grant_are_committed_together() {
         let w = world().await;
         let (g, _) = w.open();
-        let r = g.request(&w.audit, &researcher(), &ask("k"), &facts()).await.unwrap();
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
         g.store.fail_writes(true);
         let err = g
             .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
@@ -1123,7 +1248,10 @@ mod tests {
         assert_eq!(back.state, RequestState::Pending);
         assert!(back.grant_id.is_none());
         assert!(g.list_grants(None).unwrap().is_empty());
-        let grant = g.approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "").await.unwrap();
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap();
         drop(g);
 
         let (g, p) = w.open();
@@ -1142,14 +1270,19 @@ mod tests {
     async fn a_change_that_cannot_be_audited_is_not_made() {
         let w = world().await;
         let (g, _) = w.open();
-        let r = g.request(&w.audit, &researcher(), &ask("k"), &facts()).await.unwrap();
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
         w.audit_store.fail_writes(true);
         assert!(matches!(
-            g.request(&w.audit, &researcher(), &ask("k2"), &facts()).await,
+            g.request(&w.audit, &researcher(), &ask("k2"), &facts())
+                .await,
             Err(GrantsError::Audit(_))
         ));
         assert!(matches!(
-            g.approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "").await,
+            g.approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+                .await,
             Err(GrantsError::Audit(_))
         ));
         assert_eq!(g.list_requests(None).unwrap().len(), 1);
@@ -1159,13 +1292,19 @@ mod tests {
             RequestState::Pending
         );
         w.audit_store.fail_writes(false);
-        let grant = g.approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "").await.unwrap();
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap();
         w.audit_store.fail_writes(true);
         assert!(matches!(
             g.revoke(&w.audit, &dpo(), &grant.id, "").await,
             Err(GrantsError::Audit(_))
         ));
-        assert_eq!(g.get_grant(&grant.id).unwrap().unwrap().state, GrantState::Active);
+        assert_eq!(
+            g.get_grant(&grant.id).unwrap().unwrap().state,
+            GrantState::Active
+        );
     }
 
     /// Revocation and expiry are recorded once; reads name only the
@@ -1174,8 +1313,14 @@ mod tests {
     async fn revocation_expiry_and_columns() {
         let w = world().await;
         let (g, p) = w.open();
-        let r = g.request(&w.audit, &researcher(), &ask("k"), &facts()).await.unwrap();
-        let grant = g.approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "").await.unwrap();
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap();
         let me = researcher();
         assert_eq!(
             g.columns_for_read(&me, &grant.id, &[]).unwrap(),
@@ -1191,20 +1336,35 @@ mod tests {
         assert!(err.to_string().contains("`ts`"), "{err}");
 
         assert!(!g.expire(&w.audit, &grant.id).await.unwrap(), "not yet");
-        w.clock.advance(std::time::Duration::from_secs(90 * DAY_SECS as u64));
-        assert_eq!(g.get_grant(&grant.id).unwrap().unwrap().state_at(crate::clock::Clock::now_unix_secs(&*w.clock)), "expired");
+        w.clock
+            .advance(std::time::Duration::from_secs(90 * DAY_SECS as u64));
+        assert_eq!(
+            g.get_grant(&grant.id)
+                .unwrap()
+                .unwrap()
+                .state_at(crate::clock::Clock::now_unix_secs(&*w.clock)),
+            "expired"
+        );
         assert!(g.expire(&w.audit, &grant.id).await.unwrap());
         assert!(!g.expire(&w.audit, &grant.id).await.unwrap(), "once");
 
-        let r2 = g.request(&w.audit, &researcher(), &ask("k2"), &facts()).await.unwrap();
-        let g2 = g.approve(&w.audit, &dpo(), &w.signer, &r2.id, &r2.hash, "").await.unwrap();
+        let r2 = g
+            .request(&w.audit, &researcher(), &ask("k2"), &facts())
+            .await
+            .unwrap();
+        let g2 = g
+            .approve(&w.audit, &dpo(), &w.signer, &r2.id, &r2.hash, "")
+            .await
+            .unwrap();
         let revoked = g.revoke(&w.audit, &dpo(), &g2.id, "misuse").await.unwrap();
         assert_eq!(revoked.state, GrantState::Revoked);
         assert!(matches!(
             g.revoke(&w.audit, &dpo(), &g2.id, "").await,
             Err(GrantsError::NotActive { .. })
         ));
-        let state = p.with_entities(|e| e.grant(&g2.id).map(|x| x.state)).unwrap();
+        let state = p
+            .with_entities(|e| e.grant(&g2.id).map(|x| x.state))
+            .unwrap();
         assert_eq!(state, Some(GrantState::Revoked));
     }
 }

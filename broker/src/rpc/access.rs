@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 #[derive(Debug)]
 pub struct AccessService {
     pub fetcher: Arc<Fetcher>,
+    /// A read under a grant names only the grant's columns.
+    pub grants: Arc<crate::grants::Grants>,
     /// A fetch whose client takes no message for this long is ended (its
     /// release aborted and audited, its reader and fetch slot freed).
     pub idle_timeout: std::time::Duration,
@@ -64,7 +66,14 @@ impl pb::access_server::Access for AccessService {
     ) -> Result<Response<Self::FetchStream>, Status> {
         let p = principal(&req)?;
         check_request(req.get_ref())?;
-        let params = super::convert::fetch_params(req.into_inner())?;
+        let mut params = super::convert::fetch_params(req.into_inner())?;
+        if let Some(g) = &params.grant_id {
+            params.columns = self
+                .grants
+                .columns_for_read_audited(&self.fetcher.audit, &p, g, &params.columns)
+                .await
+                .map_err(crate::error::ApiError::from)?;
+        }
         let mut rx = self.fetcher.start(&p, params).await?;
         let idle = self.idle_timeout;
         let stream = async_stream(idle, move |tx, ended_idle| async move {
