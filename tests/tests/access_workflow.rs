@@ -571,3 +571,77 @@ async fn a_restart_keeps_requests_and_grants() {
     assert_eq!(approve(&sb, &r).await.id, g.id);
     sb.shutdown().await.unwrap();
 }
+
+/// Revoking a grant ends the streams reading under it with an error, and
+/// the release's completion is audited as aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_ends_a_stream_in_flight() {
+    let sb = federation(ManualClock::starting_now()).await;
+    // More rows of the same households (their consent records hold), so
+    // that the page spans many messages.
+    sb.register_sample(
+        SMART_METER,
+        &allmende_connectors::sample::SampleSpec {
+            days: 10,
+            ..Default::default()
+        },
+        "big",
+    )
+    .await
+    .unwrap();
+    let mut alice = grants(&sb, "tum", "alice").await;
+    let r = alice.request_access(ask("k")).await.unwrap().into_inner();
+    let g = approve(&sb, &r).await;
+    let before = size(&sb);
+    let mut s = AccessClient::new(channel(&sb, "tum", "alice").await)
+        .fetch(under(&g.id, "AcademicResearch"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = s.message().await.unwrap().unwrap();
+    assert!(
+        first.summary.is_none(),
+        "the page is longer than one message"
+    );
+    grants(&sb, "swm", "dpo")
+        .await
+        .revoke(pb::RevokeRequest {
+            grant_id: g.id.clone(),
+            reason: "stop".into(),
+        })
+        .await
+        .unwrap();
+    let mut messages = 1;
+    let err = loop {
+        match s.message().await {
+            Ok(Some(m)) => {
+                assert!(m.summary.is_none(), "the page completed despite revocation");
+                messages += 1;
+            }
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert!(messages < 10, "{messages} messages after revocation");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("revoked"), "{}", err.message());
+    // The completion is audited as aborted.
+    let mut aborted = false;
+    for _ in 0..100 {
+        aborted = entries_since(&sb, before).iter().any(|e| {
+            matches!(
+                e.kind,
+                EntryKind::ReleaseCompletion {
+                    outcome: allmende_audit::ReleaseOutcome::Aborted,
+                    ..
+                }
+            ) && e.grant_id.as_deref() == Some(g.id.as_str())
+        });
+        if aborted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(aborted, "no aborted completion audited");
+    sb.shutdown().await.unwrap();
+}

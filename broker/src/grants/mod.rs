@@ -334,6 +334,8 @@ pub struct Grants {
     max_days: u32,
     /// One change at a time (read, check, audit, commit).
     write: tokio::sync::Mutex<()>,
+    /// Counts revocations; streams reading under a grant watch it.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 impl Grants {
@@ -355,6 +357,7 @@ impl Grants {
             owner,
             max_days,
             write: tokio::sync::Mutex::new(()),
+            revocations: tokio::sync::watch::channel(0).0,
         };
         g.mirror_all()?;
         Ok(g)
@@ -839,7 +842,26 @@ impl Grants {
         )?;
         self.store.commit_durable(b).await?;
         self.mirror_grant(&g);
+        self.revocations.send_modify(|n| *n += 1);
         Ok(g)
+    }
+
+    /// Resolves once grant `id` is revoked (at once if it already is); never
+    /// for an unknown grant. A stream reading under the grant ends then.
+    pub async fn until_revoked(&self, id: &str) {
+        let mut changes = self.revocations.subscribe();
+        loop {
+            let revoked = matches!(
+                self.get_grant(id),
+                Ok(Some(g)) if g.state == GrantState::Revoked
+            );
+            if revoked {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Records the expiry of grant `id` if it is active and past its

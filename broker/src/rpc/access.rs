@@ -74,10 +74,40 @@ impl pb::access_server::Access for AccessService {
                 .await
                 .map_err(crate::error::ApiError::from)?;
         }
+        let params_grant = params.grant_id.clone();
         let mut rx = self.fetcher.start(&p, params).await?;
         let idle = self.idle_timeout;
+        let revoked = params_grant.map(|g| {
+            let grants = self.grants.clone();
+            async move {
+                grants.until_revoked(&g).await;
+                g
+            }
+        });
         let stream = async_stream(idle, move |tx, ended_idle| async move {
-            while let Some(m) = rx.recv().await {
+            // A revocation ends the stream: dropping `rx` aborts the release
+            // (its completion is audited as aborted).
+            let revoked = async move {
+                match revoked {
+                    Some(r) => r.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(revoked);
+            loop {
+                let m = tokio::select! {
+                    biased;
+                    g = &mut revoked => {
+                        drop(rx);
+                        let e = crate::error::ApiError::PermissionDenied(format!(
+                            "grant `{g}` was revoked; the stream ended"
+                        ));
+                        let _ = tokio::time::timeout(idle, tx.send(Err(Status::from(e)))).await;
+                        return;
+                    }
+                    m = rx.recv() => m,
+                };
+                let Some(m) = m else { return };
                 let item = super::convert::access::fetch_response(m).map_err(Status::from);
                 match tokio::time::timeout(idle, tx.send(item)).await {
                     Ok(Ok(())) => {}
