@@ -560,6 +560,17 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         }
     }));
 
+    // Grant expiry: recorded (and audited) at each grant's end.
+    tasks.push(tokio::spawn({
+        let grants = grants.clone();
+        let audit = audit.clone();
+        let rx = shutdown_rx.clone();
+        async move {
+            grants.run_expiry(audit, rx).await;
+            Ok(())
+        }
+    }));
+
     // Catalog replication: pull peers on a schedule and on notification,
     // notify peers of local changes.
     tasks.push(tokio::spawn({

@@ -343,6 +343,26 @@ async fn story_2_request_approval_and_read_story_3_denials() {
         "{:?}",
         policy_ids(&err)
     );
+    // The expiry timer records the expiry, audited (woken here because the
+    // manual clock jumped; a real clock wakes it at the grant's end).
+    let before = size(&sb);
+    sb.node("swm-1").unwrap().grants.nudge();
+    let mut recorded = false;
+    for _ in 0..100 {
+        recorded = entries_since(&sb, before).iter().any(|e| {
+            matches!(
+                &e.kind,
+                EntryKind::GrantChange {
+                    op: GrantOp::Expired
+                }
+            ) && e.grant_id.as_deref() == Some(short.id.as_str())
+        });
+        if recorded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recorded, "no audited expiry");
     sb.shutdown().await.unwrap();
 }
 

@@ -49,6 +49,9 @@ pub const MAX_TEXT_BYTES: usize = 2048;
 /// Most columns one request may name.
 pub const MAX_COLUMNS: usize = 256;
 
+/// How long the expiry timer waits before it retries a failed record.
+pub const EXPIRY_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Domain separation of the owner node's approval signature.
 const APPROVAL_DOMAIN: &[u8] = b"allmende grant approval v1\n";
 
@@ -334,8 +337,9 @@ pub struct Grants {
     max_days: u32,
     /// One change at a time (read, check, audit, commit).
     write: tokio::sync::Mutex<()>,
-    /// Counts revocations; streams reading under a grant watch it.
-    revocations: tokio::sync::watch::Sender<u64>,
+    /// Counts grant changes (approval, revocation, expiry): streams reading
+    /// under a grant and the expiry timer watch it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Grants {
@@ -357,7 +361,7 @@ impl Grants {
             owner,
             max_days,
             write: tokio::sync::Mutex::new(()),
-            revocations: tokio::sync::watch::channel(0).0,
+            changes: tokio::sync::watch::channel(0).0,
         };
         g.mirror_all()?;
         Ok(g)
@@ -754,6 +758,7 @@ impl Grants {
         self.store.commit_durable(b).await?;
         self.mirror_request(&r);
         self.mirror_grant(&g);
+        self.changed();
         Ok(g)
     }
 
@@ -842,14 +847,14 @@ impl Grants {
         )?;
         self.store.commit_durable(b).await?;
         self.mirror_grant(&g);
-        self.revocations.send_modify(|n| *n += 1);
+        self.changed();
         Ok(g)
     }
 
     /// Resolves once grant `id` is revoked (at once if it already is); never
     /// for an unknown grant. A stream reading under the grant ends then.
     pub async fn until_revoked(&self, id: &str) {
-        let mut changes = self.revocations.subscribe();
+        let mut changes = self.changes.subscribe();
         loop {
             let revoked = matches!(
                 self.get_grant(id),
@@ -895,7 +900,85 @@ impl Grants {
             &Row::Grant(Box::new(g.clone())),
         )?;
         self.store.commit_durable(b).await?;
+        self.changed();
         Ok(true)
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Active grants past their end whose expiry is not recorded, and the
+    /// earliest end (ms) of the others.
+    fn due(&self) -> Result<(Vec<String>, Option<i64>), GrantsError> {
+        let now_ms = self.clock.now_unix_ms();
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for (_, row) in self.table.entries()? {
+            let Row::Grant(g) = row else { continue };
+            if g.state != GrantState::Active || g.expired_at.is_some() {
+                continue;
+            }
+            let end_ms = g.not_after.saturating_mul(1000);
+            if end_ms <= now_ms {
+                due.push(g.id);
+            } else {
+                next = Some(next.map_or(end_ms, |n| n.min(end_ms)));
+            }
+        }
+        Ok((due, next))
+    }
+
+    /// The expiry timer: sleeps until the next grant's end (or a grant
+    /// change), records the expiry of each grant past its end (audited),
+    /// until `shutdown`. No polling: with no active grant it waits for a
+    /// change. A failed record is retried after [`EXPIRY_RETRY`].
+    pub async fn run_expiry(
+        self: Arc<Self>,
+        audit: AuditLog,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut changes = self.changes.subscribe();
+        loop {
+            let mut wait = None;
+            match self.due() {
+                Ok((due, next)) => {
+                    for id in due {
+                        if let Err(e) = self.expire(&audit, &id).await {
+                            tracing::warn!(grant = %id, error = %e, "grant expiry not recorded; retrying");
+                            wait = Some(EXPIRY_RETRY);
+                        }
+                    }
+                    if wait.is_none() {
+                        wait = next.map(|end| {
+                            let ms = end.saturating_sub(self.clock.now_unix_ms()).max(0);
+                            std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "grant table unreadable; retrying expiry");
+                    wait = Some(EXPIRY_RETRY);
+                }
+            }
+            let sleep = async move {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => {}
+                r = changes.changed() => if r.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Wakes the expiry timer (after the clock moved, in tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn nudge(&self) {
+        self.changed();
     }
 
     /// [`Grants::columns_for_read`], with a refusal audited (a deny of
@@ -1327,6 +1410,53 @@ mod tests {
             g.get_grant(&grant.id).unwrap().unwrap().state,
             GrantState::Active
         );
+    }
+
+    /// The expiry timer records a grant's expiry at its end, audited,
+    /// without polling: it wakes on the end or on a change.
+    #[tokio::test]
+    async fn the_expiry_timer_records_expiry_at_the_end() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let g = Arc::new(g);
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let timer = tokio::spawn(g.clone().run_expiry(w.audit.clone(), rx));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            g.get_grant(&grant.id)
+                .unwrap()
+                .unwrap()
+                .expired_at
+                .is_none()
+        );
+        let size = w.audit.status().size;
+        w.clock
+            .advance(std::time::Duration::from_secs(90 * DAY_SECS as u64));
+        g.nudge();
+        let mut expired = None;
+        for _ in 0..100 {
+            expired = g.get_grant(&grant.id).unwrap().unwrap().expired_at;
+            if expired.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(expired, Some(grant.not_after));
+        assert_eq!(
+            w.audit.status().size,
+            size + 1,
+            "the expiry is audited once"
+        );
+        stop.send(true).unwrap();
+        timer.await.unwrap();
     }
 
     /// Revocation and expiry are recorded once; reads name only the
