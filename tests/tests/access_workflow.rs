@@ -665,3 +665,96 @@ async fn revocation_ends_a_stream_in_flight() {
     assert!(aborted, "no aborted completion audited");
     sb.shutdown().await.unwrap();
 }
+
+/// The command line: the researcher asks SWM's node, SWM's DPO sees it
+/// pending with its explanation, approves what was shown, lists the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_command_line_requests_shows_and_approves() {
+    use allmende::cli::access_cmd::{AccessCmd, Target, output};
+    let sb = federation(ManualClock::starting_now()).await;
+    let profile = |org: &str, user: &str| {
+        Some(
+            sb.root
+                .join(org)
+                .join("users")
+                .join(format!("{user}.profile.toml")),
+        )
+    };
+    let swm = sb.node("swm-1").unwrap().grpc_endpoint();
+    let at = |org: &str, user: &str| Target {
+        profile: profile(org, user),
+        endpoint: Some(swm.clone()),
+    };
+    let out = output(
+        AccessCmd::Request {
+            dataset: SMART_METER.into(),
+            purpose: "AcademicResearch".into(),
+            days: 90,
+            columns: vec!["household_id".into(), "kwh".into()],
+            justification: "load profiles".into(),
+            idempotency_key: None,
+            target: at("tum", "alice"),
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["state"], "pending");
+
+    let pending = output(
+        AccessCmd::Pending {
+            all: false,
+            target: at("swm", "dpo"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(pending.contains(&id), "{pending}");
+    assert!(pending.contains("you may approve it"), "{pending}");
+    assert!(
+        pending.contains("dpo-approves-own-org-requests"),
+        "{pending}"
+    );
+
+    let approved = output(
+        AccessCmd::Approve {
+            request_id: id.clone(),
+            note: String::new(),
+            target: at("swm", "dpo"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(approved.starts_with("approved:"), "{approved}");
+    assert!(approved.contains("`tum`"), "{approved}");
+
+    // Not the DPO: refused, as a sentence with the refusal exit code.
+    let err = output(
+        AccessCmd::Revoke {
+            grant_id: "00".repeat(16),
+            reason: "x".into(),
+            target: at("tum", "alice"),
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, allmende::cli::exit::REFUSED, "{}", err.message);
+
+    let grants = output(
+        AccessCmd::Grants {
+            state: "active".into(),
+            target: at("swm", "dpo"),
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&grants).unwrap();
+    assert_eq!(v["grants"].as_array().unwrap().len(), 1);
+    sb.shutdown().await.unwrap();
+}
