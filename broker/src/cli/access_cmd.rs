@@ -105,14 +105,27 @@ pub async fn run(cmd: AccessCmd, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn client(
-    t: &Target,
-) -> Result<pb::grants_client::GrantsClient<tonic::transport::Channel>, Failure> {
+async fn client(t: &Target) -> Result<Client, Failure> {
     let mut p = ClientProfile::resolve(t.profile.as_deref())?;
     if let Some(e) = &t.endpoint {
         p.endpoint = e.clone();
     }
     Ok(pb::grants_client::GrantsClient::new(p.connect().await?))
+}
+
+type Client = pb::grants_client::GrantsClient<tonic::transport::Channel>;
+
+/// The client and request `id` as the node shows it now (what a decision
+/// on it approves or rejects, by its hash).
+async fn shown(t: &Target, id: &str) -> Result<(Client, pb::AccessRequestView), Failure> {
+    let mut c = client(t).await?;
+    let r = c
+        .get_request(pb::GetRequestRequest {
+            request_id: id.to_owned(),
+        })
+        .await
+        .answer()?;
+    Ok((c, r))
 }
 
 fn fmt_secs(s: i64) -> String {
@@ -301,13 +314,7 @@ pub async fn output(cmd: AccessCmd, json: bool) -> Result<String, Failure> {
             note,
             target,
         } => {
-            let mut c = client(&target).await?;
-            let r = c
-                .get_request(pb::GetRequestRequest {
-                    request_id: request_id.clone(),
-                })
-                .await
-                .answer()?;
+            let (mut c, r) = shown(&target, &request_id).await?;
             let g = c
                 .approve(pb::ApproveRequest {
                     request_id,
@@ -329,13 +336,7 @@ pub async fn output(cmd: AccessCmd, json: bool) -> Result<String, Failure> {
             reason,
             target,
         } => {
-            let mut c = client(&target).await?;
-            let r = c
-                .get_request(pb::GetRequestRequest {
-                    request_id: request_id.clone(),
-                })
-                .await
-                .answer()?;
+            let (mut c, r) = shown(&target, &request_id).await?;
             let out = c
                 .reject(pb::RejectRequest {
                     request_id,

@@ -302,6 +302,43 @@ fn text(field: &str, v: &str) -> Result<(), GrantsError> {
     Ok(())
 }
 
+/// The `GrantChange` entry of `op` on request `r` by `caller`.
+fn change(
+    caller: &Principal,
+    action: &str,
+    op: GrantOp,
+    r: &AccessRequest,
+    grant: Option<&str>,
+) -> Draft {
+    let mut d = Draft::by(caller, action, &r.dataset, EntryKind::GrantChange { op });
+    d.purpose = Some(r.purpose.as_str().to_owned());
+    d.request_id = Some(r.id.clone());
+    d.grant_id = grant.map(str::to_owned);
+    d
+}
+
+/// `d` naming grant `g` (its purpose, id and request).
+fn grant_entry(mut d: Draft, g: &Grant) -> Draft {
+    d.purpose = Some(g.purpose.as_str().to_owned());
+    d.grant_id = Some(g.id.clone());
+    d.request_id = Some(g.request_id.clone());
+    d
+}
+
+fn revoked() -> EntryKind {
+    EntryKind::GrantChange {
+        op: GrantOp::Revoked,
+    }
+}
+
+/// A refused change by `caller`, audited as a denial by `policy`.
+fn refusal(caller: &Principal, action: &str, dataset: &str, policy: &str) -> Draft {
+    let mut d = Draft::by(caller, action, dataset, EntryKind::Decision);
+    d.decision = Some(allmende_audit::Decision::Deny);
+    d.policy_ids = vec![policy.to_owned()];
+    d
+}
+
 /// User text cut for a message ([`crate::audit::bound_label`]).
 fn short(s: &str) -> String {
     let mut s = s.to_owned();
@@ -583,29 +620,15 @@ impl Grants {
             note: None,
             grant_id: None,
         };
-        let mut d = Draft::by(
-            caller,
-            "request_access",
-            &r.dataset,
-            EntryKind::GrantChange {
-                op: GrantOp::Requested,
-            },
-        );
-        d.purpose = Some(purpose.as_str().to_owned());
-        d.request_id = Some(r.id.clone());
-        audit.append(d).await?;
-        let mut b = WriteBatch::new();
-        b.put(
-            &self.table,
-            &req_key(&r.id),
-            &Row::Request(Box::new(r.clone())),
-        )?;
-        b.put(
-            &self.table,
-            &idem_key(&requester, &new.idempotency_key),
-            &Row::Key(r.id.clone()),
-        )?;
-        self.store.commit_durable(b).await?;
+        let entry = change(caller, "request_access", GrantOp::Requested, &r, None);
+        let rows = vec![
+            (req_key(&r.id), Row::Request(Box::new(r.clone()))),
+            (
+                idem_key(&requester, &new.idempotency_key),
+                Row::Key(r.id.clone()),
+            ),
+        ];
+        self.record(audit, entry, rows).await?;
         self.mirror_request(&r);
         Ok(r)
     }
@@ -673,9 +696,7 @@ impl Grants {
             let dataset = self
                 .get_request(id)?
                 .map_or_else(|| id.clone(), |r| r.dataset);
-            let mut d = Draft::by(caller, action, &dataset, EntryKind::Decision);
-            d.decision = Some(allmende_audit::Decision::Deny);
-            d.policy_ids = vec!["request-changed".into()];
+            let mut d = refusal(caller, action, &dataset, "request-changed");
             d.request_id = Some(id.clone());
             audit.append(d).await?;
         }
@@ -727,35 +748,23 @@ impl Grants {
             revocation_reason: None,
             expired_at: None,
         };
-        let mut d = Draft::by(
+        let entry = change(
             caller,
             "approve_request",
-            &r.dataset,
-            EntryKind::GrantChange {
-                op: GrantOp::Approved,
-            },
+            GrantOp::Approved,
+            &r,
+            Some(&g.id),
         );
-        d.purpose = Some(r.purpose.as_str().to_owned());
-        d.request_id = Some(r.id.clone());
-        d.grant_id = Some(g.id.clone());
-        audit.append(d).await?;
         r.state = RequestState::Approved;
         r.decided_at = Some(now);
         r.decided_by = Some(approver);
         r.note = (!note.is_empty()).then(|| note.to_owned());
         r.grant_id = Some(g.id.clone());
-        let mut b = WriteBatch::new();
-        b.put(
-            &self.table,
-            &req_key(&r.id),
-            &Row::Request(Box::new(r.clone())),
-        )?;
-        b.put(
-            &self.table,
-            &grant_key(&g.id),
-            &Row::Grant(Box::new(g.clone())),
-        )?;
-        self.store.commit_durable(b).await?;
+        let rows = vec![
+            (req_key(&r.id), Row::Request(Box::new(r.clone()))),
+            (grant_key(&g.id), Row::Grant(Box::new(g.clone()))),
+        ];
+        self.record(audit, entry, rows).await?;
         self.mirror_request(&r);
         self.mirror_grant(&g);
         self.changed();
@@ -776,28 +785,13 @@ impl Grants {
         let mut r = self
             .pending_audited(audit, caller, "reject_request", id, seen)
             .await?;
-        let mut d = Draft::by(
-            caller,
-            "reject_request",
-            &r.dataset,
-            EntryKind::GrantChange {
-                op: GrantOp::Rejected,
-            },
-        );
-        d.purpose = Some(r.purpose.as_str().to_owned());
-        d.request_id = Some(r.id.clone());
-        audit.append(d).await?;
+        let entry = change(caller, "reject_request", GrantOp::Rejected, &r, None);
         r.state = RequestState::Rejected;
         r.decided_at = Some(self.clock.now_unix_secs());
         r.decided_by = Some(caller.uri());
         r.note = (!reason.is_empty()).then(|| reason.to_owned());
-        let mut b = WriteBatch::new();
-        b.put(
-            &self.table,
-            &req_key(&r.id),
-            &Row::Request(Box::new(r.clone())),
-        )?;
-        self.store.commit_durable(b).await?;
+        let rows = vec![(req_key(&r.id), Row::Request(Box::new(r.clone())))];
+        self.record(audit, entry, rows).await?;
         self.mirror_request(&r);
         Ok(r)
     }
@@ -823,29 +817,13 @@ impl Grants {
                 state: g.state.as_str(),
             });
         }
-        let mut d = Draft::by(
-            caller,
-            "revoke",
-            &g.dataset,
-            EntryKind::GrantChange {
-                op: GrantOp::Revoked,
-            },
-        );
-        d.purpose = Some(g.purpose.as_str().to_owned());
-        d.grant_id = Some(g.id.clone());
-        d.request_id = Some(g.request_id.clone());
-        audit.append(d).await?;
+        let entry = grant_entry(Draft::by(caller, "revoke", &g.dataset, revoked()), &g);
         g.state = GrantState::Revoked;
         g.revoked_at = Some(self.clock.now_unix_secs());
         g.revoked_by = Some(caller.uri());
         g.revocation_reason = (!reason.is_empty()).then(|| reason.to_owned());
-        let mut b = WriteBatch::new();
-        b.put(
-            &self.table,
-            &grant_key(&g.id),
-            &Row::Grant(Box::new(g.clone())),
-        )?;
-        self.store.commit_durable(b).await?;
+        let rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
+        self.record(audit, entry, rows).await?;
         self.mirror_grant(&g);
         self.changed();
         Ok(g)
@@ -881,27 +859,39 @@ impl Grants {
         if g.state != GrantState::Active || g.expired_at.is_some() || now < g.not_after {
             return Ok(false);
         }
-        let mut d = Draft::new(
-            &self.owner,
-            "expire_grant",
-            &g.dataset,
-            EntryKind::GrantChange {
-                op: GrantOp::Expired,
-            },
+        let entry = grant_entry(
+            Draft::new(
+                &self.owner,
+                "expire_grant",
+                &g.dataset,
+                EntryKind::GrantChange {
+                    op: GrantOp::Expired,
+                },
+            ),
+            &g,
         );
-        d.grant_id = Some(g.id.clone());
-        d.request_id = Some(g.request_id.clone());
-        audit.append(d).await?;
         g.expired_at = Some(now);
-        let mut b = WriteBatch::new();
-        b.put(
-            &self.table,
-            &grant_key(&g.id),
-            &Row::Grant(Box::new(g.clone())),
-        )?;
-        self.store.commit_durable(b).await?;
+        let rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
+        self.record(audit, entry, rows).await?;
         self.changed();
         Ok(true)
+    }
+
+    /// Writes `entry`, then commits `rows` in one atomic, durable batch: no
+    /// entry, no change; a stop in between leaves every row as it was.
+    async fn record(
+        &self,
+        audit: &AuditLog,
+        entry: Draft,
+        rows: Vec<(String, Row)>,
+    ) -> Result<(), GrantsError> {
+        audit.append(entry).await?;
+        let mut b = WriteBatch::new();
+        for (k, v) in &rows {
+            b.put(&self.table, k, v)?;
+        }
+        self.store.commit_durable(b).await?;
+        Ok(())
     }
 
     fn changed(&self) {
@@ -997,9 +987,7 @@ impl Grants {
         if let GrantsError::ColumnsOutsideGrant { .. } = &err
             && let Some(g) = self.get_grant(id)?
         {
-            let mut d = Draft::by(caller, "read", &g.dataset, EntryKind::Decision);
-            d.decision = Some(allmende_audit::Decision::Deny);
-            d.policy_ids = vec!["grant-columns".into()];
+            let mut d = refusal(caller, "read", &g.dataset, "grant-columns");
             d.grant_id = Some(g.id);
             audit.append(d).await?;
         }
