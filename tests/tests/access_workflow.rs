@@ -758,3 +758,25 @@ async fn the_command_line_requests_shows_and_approves() {
     assert_eq!(v["grants"].as_array().unwrap().len(), 1);
     sb.shutdown().await.unwrap();
 }
+
+/// Removing a dataset that has requests and grants leaves the node's other
+/// decisions intact (the policy entities stay consistent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_granted_dataset_keeps_other_decisions_working() {
+    let sb = federation(ManualClock::starting_now()).await;
+    let mut alice = grants(&sb, "tum", "alice").await;
+    let r = alice.request_access(ask("k")).await.unwrap().into_inner();
+    approve(&sb, &r).await;
+    alice.request_access(ask("k2")).await.unwrap();
+    pb::connectors_client::ConnectorsClient::new(channel(&sb, "swm", "steward").await)
+        .remove(pb::RemoveConnectorRequest {
+            dataset: SMART_METER.into(),
+        })
+        .await
+        .unwrap();
+    let mut other = ask("k3");
+    other.dataset = OTHER.into();
+    let r = alice.request_access(other).await;
+    assert!(r.is_ok(), "{r:?}");
+    sb.shutdown().await.unwrap();
+}
