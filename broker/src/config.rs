@@ -199,6 +199,9 @@ pub struct Limits {
     pub denials_refused_after: u32,
     /// The denial interval in seconds (also how often aggregates are written).
     pub denials_interval_secs: u64,
+    /// The longest grant, in days, an access request may ask for; a longer
+    /// request is refused with `INVALID_ARGUMENT` naming this maximum.
+    pub max_grant_days: u32,
 }
 
 impl Default for Limits {
@@ -216,6 +219,7 @@ impl Default for Limits {
             denials_audited: 20,
             denials_refused_after: 100,
             denials_interval_secs: 10,
+            max_grant_days: crate::grants::DEFAULT_MAX_GRANT_DAYS,
         }
     }
 }
@@ -246,6 +250,7 @@ impl Limits {
                 u64::from(self.denials_refused_after),
             ),
             ("limits.denials_interval_secs", self.denials_interval_secs),
+            ("limits.max_grant_days", u64::from(self.max_grant_days)),
         ];
         for (key, v) in positive {
             if v == 0 {

@@ -11,6 +11,7 @@ use crate::audit::witness::PinError;
 use crate::catalog::CatalogError;
 use crate::consent::ConsentError;
 use crate::denials::OverBudget;
+use crate::grants::GrantsError;
 use crate::locks::Poisoned;
 use crate::policy::AuthorizeError;
 use crate::registry::RegistryError;
@@ -168,6 +169,26 @@ impl From<FetchError> for ApiError {
     }
 }
 
+impl From<GrantsError> for ApiError {
+    fn from(e: GrantsError) -> Self {
+        match e {
+            GrantsError::Invalid(_) | GrantsError::TooLong { .. } => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            GrantsError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            GrantsError::PublicDataset(_)
+            | GrantsError::Changed { .. }
+            | GrantsError::NotPending { .. }
+            | GrantsError::NotActive { .. }
+            | GrantsError::KeyReused { .. } => ApiError::FailedPrecondition(e.to_string()),
+            GrantsError::ColumnsOutsideGrant { .. } => ApiError::PermissionDenied(e.to_string()),
+            GrantsError::Store(s) => ApiError::from(s),
+            GrantsError::Audit(a) => ApiError::from(a),
+            GrantsError::Signing(_) | GrantsError::Random(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<Poisoned> for ApiError {
     fn from(e: Poisoned) -> Self {
         ApiError::Unavailable(e.to_string())
@@ -286,6 +307,22 @@ mod tests {
             code(AuditError::NotReady("no checkpoint".into())),
             "failed-precondition"
         );
+        assert_eq!(
+            code(GrantsError::TooLong {
+                days: 10_000,
+                max: 365
+            }),
+            "invalid-argument"
+        );
+        assert_eq!(
+            code(GrantsError::Changed {
+                id: "r".into(),
+                seen: "a".into(),
+                current: "b".into()
+            }),
+            "failed-precondition"
+        );
+        assert_eq!(code(GrantsError::Audit(unavailable())), "unavailable");
         // The caller sees the domain's own message.
         let e = ApiError::from(RegistryError::Catalog(CatalogError::NotFound("ds".into())));
         assert_eq!(e.to_string(), "dataset `ds` is not in the catalog");

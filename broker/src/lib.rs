@@ -17,6 +17,7 @@ pub mod demo;
 pub mod denials;
 pub mod error;
 pub mod federation;
+pub mod grants;
 pub mod locks;
 pub mod metrics;
 pub mod node;

@@ -469,8 +469,11 @@ impl Registry {
             .remove_local(dataset)
             .await
             .map_err(RegistryError::Catalog)?;
+        // Grants and requests naming the dataset leave the entity data with
+        // it (the stored ones stay; they are mirrored again at the next
+        // start if the dataset is registered again).
         self.policy.with_entities(|e| {
-            e.remove_dataset(dataset);
+            e.remove_dataset_and_dependents(dataset);
         });
         Ok(true)
     }

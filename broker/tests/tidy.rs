@@ -568,7 +568,7 @@ fn each_closed_vocabulary_and_its_macro_are_defined_once() {
 /// type; `rpc/` maps their types and errors to the wire.
 const DOMAIN: &[&str] = &[
     "error", "locks", "audit", "catalog", "consent", "registry", "policy", "access", "denials",
-    "pki", "store", "config", "ctx",
+    "pki", "store", "config", "ctx", "grants",
 ];
 
 fn in_domain(f: &str) -> bool {

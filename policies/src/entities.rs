@@ -274,6 +274,30 @@ impl EntityStore {
         self.grants.values()
     }
 
+    /// Removes a dataset and the grants, access requests and obligations
+    /// that name it, so that the entity data stays free of dangling
+    /// references (a dangling one would fail every decision). Returns the
+    /// removed dataset.
+    pub fn remove_dataset_and_dependents(&mut self, id: &str) -> Option<Dataset> {
+        let before = (
+            self.grants.len(),
+            self.requests.len(),
+            self.obligations.len(),
+        );
+        self.grants.retain(|_, g| g.dataset != id);
+        self.requests.retain(|_, r| r.dataset != id);
+        self.obligations.retain(|_, o| o.dataset != id);
+        let after = (
+            self.grants.len(),
+            self.requests.len(),
+            self.obligations.len(),
+        );
+        if before != after {
+            self.touch();
+        }
+        self.remove_dataset(id)
+    }
+
     /// Monotonic change counter.
     pub fn generation(&self) -> u64 {
         self.generation

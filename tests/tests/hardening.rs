@@ -106,6 +106,7 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
     use pb::audit_client::AuditClient;
     use pb::connectors_client::ConnectorsClient;
     use pb::consent_client::ConsentClient;
+    use pb::grants_client::GrantsClient;
     let desc = allmende::demo::munich::datasets()
         .into_iter()
         .find(|(_, d)| d.id == SMART_METER)
@@ -206,6 +207,53 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             .map(|_| ()),
         "/allmende.v1.Federation/Hello" => pb::federation_client::FederationClient::new(ch)
             .hello(pb::HelloRequest::default())
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/RequestAccess" => GrantsClient::new(ch)
+            .request_access(pb::RequestAccessRequest {
+                dataset: SMART_METER.into(),
+                purpose: "InsuranceUnderwriting".into(),
+                days: 30,
+                idempotency_key: "probe".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/ListRequests" => GrantsClient::new(ch)
+            .list_requests(pb::ListRequestsRequest::default())
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/GetRequest" => GrantsClient::new(ch)
+            .get_request(pb::GetRequestRequest {
+                request_id: "00".repeat(16),
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/Approve" => GrantsClient::new(ch)
+            .approve(pb::ApproveRequest {
+                request_id: "00".repeat(16),
+                request_hash: "00".repeat(32),
+                note: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/Reject" => GrantsClient::new(ch)
+            .reject(pb::RejectRequest {
+                request_id: "00".repeat(16),
+                request_hash: "00".repeat(32),
+                reason: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/Revoke" => GrantsClient::new(ch)
+            .revoke(pb::RevokeRequest {
+                grant_id: "00".repeat(16),
+                reason: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/ListGrants" => GrantsClient::new(ch)
+            .list_grants(pb::ListGrantsRequest::default())
             .await
             .map(|_| ()),
         "/allmende.v1.Policy/Reload" => pb::policy_client::PolicyClient::new(ch)

@@ -235,6 +235,11 @@ impl Catalog {
         self.signer.public_key().to_vec()
     }
 
+    /// The node's signing key (also signs grant approvals).
+    pub fn signer(&self) -> &NodeSigner {
+        &self.signer
+    }
+
     /// The version of this node's own catalog.
     pub fn local_version(&self) -> u64 {
         *self.version_tx.borrow()

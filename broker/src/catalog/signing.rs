@@ -151,6 +151,18 @@ impl NodeSigner {
         self.key.public_key().as_ref()
     }
 
+    /// Signs `message` of another protocol with the same node key (e.g. a
+    /// grant approval). The message must begin with that protocol's own
+    /// domain string, so that it is never a catalog record's message.
+    pub fn sign_detached(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if message.starts_with(SIGNING_DOMAIN) {
+            return Err(KeyError(
+                "refusing to sign a message in the catalog record domain".into(),
+            ));
+        }
+        Ok(self.key.sign(message).as_ref().to_vec())
+    }
+
     /// Signs a payload: canonical JSON, then the signature over it.
     pub fn sign(&self, payload: &SignedPayload) -> Result<SignedRecord, KeyError> {
         let text = serde_json::to_string(payload)

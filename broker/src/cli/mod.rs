@@ -6,6 +6,7 @@
 //! 4 node unreachable or unavailable · 5 refused (unauthenticated or
 //! permission denied).
 
+pub mod access_cmd;
 mod audit_cmd;
 pub mod catalog_cmd;
 pub mod consent_cmd;
@@ -76,6 +77,10 @@ enum Command {
     /// Consent records: import a utility's CSV, withdraw, show.
     #[command(subcommand)]
     Consent(consent_cmd::ConsentCmd),
+    /// Access requests and grants: request, pending, show, approve,
+    /// reject, revoke, grants.
+    #[command(subcommand)]
+    Access(access_cmd::AccessCmd),
     /// Register and manage your organisation's data sources.
     #[command(subcommand)]
     Connector(data_cmd::ConnectorCmd),
@@ -313,6 +318,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Fetch(args) => data_cmd::fetch(args, json).await,
         Command::Catalog(cmd) => catalog_cmd::run(cmd, json).await,
         Command::Consent(cmd) => consent_cmd::run(cmd, json).await,
+        Command::Access(cmd) => access_cmd::run(cmd, json).await,
     }
 }
 

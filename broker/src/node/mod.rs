@@ -98,6 +98,8 @@ pub struct NodeHandle {
     pub registry: Arc<crate::registry::Registry>,
     /// The release pipeline.
     pub fetcher: Arc<crate::access::Fetcher>,
+    /// Access requests and grants.
+    pub grants: Arc<crate::grants::Grants>,
     peers: SharedPeers,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
@@ -212,6 +214,16 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     .await?;
     tasks.push(grpc_task);
     let replicator = parts.replicator;
+    // Grant expiry: recorded (and audited) at each grant's end.
+    tasks.push(tokio::spawn({
+        let grants = parts.grants.clone();
+        let audit = parts.ctx.audit.clone();
+        let rx = shutdown_rx.clone();
+        async move {
+            grants.run_expiry(audit, rx).await;
+            Ok(())
+        }
+    }));
     // Catalog replication: pull peers on a schedule and on notification,
     // notify peers of local changes.
     tasks.push(tokio::spawn({
@@ -255,6 +267,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         consent: parts.consent,
         registry: parts.registry,
         fetcher: parts.fetcher,
+        grants: parts.grants,
         peers: parts.peer_list,
         shutdown: shutdown_tx,
         tasks,
@@ -344,6 +357,7 @@ pub(crate) struct Parts {
     pub consent: Arc<crate::consent::ConsentStore>,
     pub registry: Arc<crate::registry::Registry>,
     pub fetcher: Arc<crate::access::Fetcher>,
+    pub grants: Arc<crate::grants::Grants>,
     pub replicator: crate::federation::replicator::CatalogReplicator,
     pub peer_list: SharedPeers,
 }
@@ -439,6 +453,17 @@ impl Parts {
             .await
             .map_err(|e| NodeError::Policy(format!("connector registry: {e}")))?,
         );
+        // Access requests and grants, mirrored into the policy entities after
+        // the datasets they name (docs/access-workflow.md).
+        let grants = Arc::new(
+            crate::grants::Grants::open(
+                store.clone(),
+                clock.clone(),
+                policy.clone(),
+                config.limits.max_grant_days,
+            )
+            .map_err(|e| NodeError::Policy(format!("access grants: {e}")))?,
+        );
         let fetcher = Arc::new(crate::access::Fetcher::new(
             policy.clone(),
             audit.clone(),
@@ -468,6 +493,7 @@ impl Parts {
             consent,
             registry,
             fetcher,
+            grants,
             replicator,
             peer_list,
         })

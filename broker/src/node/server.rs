@@ -11,7 +11,7 @@ use crate::metrics::NodeMetrics;
 use crate::pki::Principal;
 use crate::rpc::{
     AccessService, AuditService, AuthLayer, CatalogService, ConnectorsService, ConsentService,
-    FederationService, PolicyService,
+    FederationService, GrantsService, PolicyService,
 };
 use crate::tls;
 use allmende_proto::v1 as pb;
@@ -72,6 +72,9 @@ pub(super) async fn serve_grpc(
     health_reporter
         .set_serving::<pb::consent_server::ConsentServer<ConsentService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::grants_server::GrantsServer<GrantsService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(allmende_proto::FILE_DESCRIPTOR_SET)
@@ -84,6 +87,7 @@ pub(super) async fn serve_grpc(
             .with_service_name("allmende.v1.Connectors")
             .with_service_name("allmende.v1.Catalog")
             .with_service_name("allmende.v1.Consent")
+            .with_service_name("allmende.v1.Grants")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -132,6 +136,7 @@ pub(super) async fn serve_grpc(
         .add_service(
             pb::access_server::AccessServer::new(AccessService {
                 fetcher: parts.fetcher.clone(),
+                grants: parts.grants.clone(),
                 idle_timeout: std::time::Duration::from_secs(limits.stream_idle_secs),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -155,6 +160,15 @@ pub(super) async fn serve_grpc(
                 ctx: ctx.clone(),
             }
             .server(),
+        )
+        .add_service(
+            pb::grants_server::GrantsServer::new(GrantsService {
+                ctx: ctx.clone(),
+                grants: parts.grants.clone(),
+                registry: parts.registry.clone(),
+                catalog: parts.catalog.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         );
     let mut rx = shutdown_rx.clone();
     let mut force_rx = shutdown_rx;

@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 #[derive(Debug)]
 pub struct AccessService {
     pub fetcher: Arc<Fetcher>,
+    /// A read under a grant names only the grant's columns.
+    pub grants: Arc<crate::grants::Grants>,
     /// A fetch whose client takes no message for this long is ended (its
     /// release aborted and audited, its reader and fetch slot freed).
     pub idle_timeout: std::time::Duration,
@@ -64,15 +66,52 @@ impl pb::access_server::Access for AccessService {
     ) -> Result<Response<Self::FetchStream>, Status> {
         let p = principal(&req)?;
         check_request(req.get_ref())?;
-        let params = super::convert::fetch_params(req.into_inner())?;
+        let mut params = super::convert::fetch_params(req.into_inner())?;
+        if let Some(g) = &params.grant_id {
+            params.columns = self
+                .grants
+                .columns_for_read_audited(&self.fetcher.audit, &p, g, &params.columns)
+                .await
+                .map_err(crate::error::ApiError::from)?;
+        }
+        let params_grant = params.grant_id.clone();
         let mut rx = self
             .fetcher
             .start(&p, params)
             .await
             .map_err(crate::error::ApiError::from)?;
         let idle = self.idle_timeout;
+        let revoked = params_grant.map(|g| {
+            let grants = self.grants.clone();
+            async move {
+                grants.until_revoked(&g).await;
+                g
+            }
+        });
         let stream = async_stream(idle, move |tx, ended_idle| async move {
-            while let Some(m) = rx.recv().await {
+            // A revocation ends the stream: dropping `rx` aborts the release
+            // (its completion is audited as aborted).
+            let revoked = async move {
+                match revoked {
+                    Some(r) => r.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(revoked);
+            loop {
+                let m = tokio::select! {
+                    biased;
+                    g = &mut revoked => {
+                        drop(rx);
+                        let e = crate::error::ApiError::PermissionDenied(format!(
+                            "grant `{g}` was revoked; the stream ended"
+                        ));
+                        let _ = tokio::time::timeout(idle, tx.send(Err(Status::from(e)))).await;
+                        return;
+                    }
+                    m = rx.recv() => m,
+                };
+                let Some(m) = m else { return };
                 let item = super::convert::access::fetch_response(m).map_err(Status::from);
                 match tokio::time::timeout(idle, tx.send(item)).await {
                     Ok(Ok(())) => {}

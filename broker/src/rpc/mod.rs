@@ -12,6 +12,7 @@ mod connectors;
 mod consent;
 pub mod convert;
 mod federation;
+mod grants;
 mod layer;
 pub mod limits;
 mod policy;
@@ -24,6 +25,7 @@ pub use catalog::CatalogService;
 pub use connectors::ConnectorsService;
 pub use consent::ConsentService;
 pub use federation::FederationService;
+pub use grants::GrantsService;
 pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource};
 
 use crate::error::ApiError;
@@ -151,6 +153,34 @@ pub const CALLS: &[(&str, CallRule)] = &[
     (
         "/allmende.v1.Federation/GetMembership",
         CallRule::Exempt("the root-signed membership document every member holds"),
+    ),
+    (
+        "/allmende.v1.Grants/RequestAccess",
+        CallRule::Decided(Action::RequestAccess),
+    ),
+    (
+        "/allmende.v1.Grants/ListRequests",
+        CallRule::Decided(Action::ReadAudit),
+    ),
+    (
+        "/allmende.v1.Grants/GetRequest",
+        CallRule::Decided(Action::ReadAudit),
+    ),
+    (
+        "/allmende.v1.Grants/Approve",
+        CallRule::Decided(Action::ApproveRequest),
+    ),
+    (
+        "/allmende.v1.Grants/Reject",
+        CallRule::Decided(Action::ApproveRequest),
+    ),
+    (
+        "/allmende.v1.Grants/Revoke",
+        CallRule::Decided(Action::Revoke),
+    ),
+    (
+        "/allmende.v1.Grants/ListGrants",
+        CallRule::Decided(Action::ReadAudit),
     ),
     (
         "/allmende.v1.Policy/Explain",

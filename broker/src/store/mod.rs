@@ -86,11 +86,13 @@ pub enum TableName {
     /// Retention summaries (canonical encoding) by the sequence of the
     /// retention entry that covers them.
     AuditRetention,
+    /// Access requests, grants and idempotency keys.
+    AccessGrants,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 13] = [
+    pub const ALL: [TableName; 14] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -104,6 +106,7 @@ impl TableName {
         TableName::Connectors,
         TableName::Consent,
         TableName::AuditRetention,
+        TableName::AccessGrants,
     ];
 
     /// The sled tree name.
@@ -122,6 +125,7 @@ impl TableName {
             TableName::Connectors => "connectors",
             TableName::Consent => "consent",
             TableName::AuditRetention => "audit_retention",
+            TableName::AccessGrants => "access_grants",
         }
     }
 }

@@ -1,0 +1,1510 @@
+//! Access requests and grants, kept durably at the node that owns the data.
+//!
+//! - A member's user asks for access to one dataset for a declared purpose,
+//!   some columns and some days ([`Grants::request`]). The request is stored
+//!   with a hash over its canonical encoding ([`request_hash`]); the same
+//!   requester with the same idempotency key gets the same request back.
+//! - The owner's DPO or steward approves the exact request it saw, named by
+//!   that hash ([`Grants::approve`]); the approval creates a grant, signed by
+//!   the owner node over (request hash, approver, time). A replayed approval
+//!   returns the same grant.
+//! - States: a request is `pending`, then `approved` or `rejected`; a grant
+//!   is `active`, then `revoked`, or expired at its `not_after` (recorded by
+//!   [`Grants::expire`], but a read after `not_after` is refused by the
+//!   policies whether or not the expiry was recorded yet).
+//! - Decide → audit → act: who may ask, approve or revoke is decided by the
+//!   node's Cedar policies before these functions run (the handler calls
+//!   `PolicyPoint::authorize`); each change writes its audit entry
+//!   (`GrantChange`) and only then commits its effects in one atomic, durable
+//!   batch, so a node stopped in between comes back with the request and its
+//!   grant agreeing (both changed or neither).
+//! - The policy decision point sees requests and grants as entities
+//!   ([`Grants::mirror_all`] at start, and after each change).
+//!
+//! Ids are 128 random bits in hex. Times are Unix seconds of the node clock.
+//! See `docs/access-workflow.md`.
+
+use crate::audit::{AuditError, AuditLog, Draft};
+use crate::catalog::{KeyError, NodeSigner};
+use crate::clock::SharedClock;
+use crate::pki::{Principal, Subject};
+use crate::policy::{PolicyPoint, user_entity_id};
+use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
+use allmende_audit::{EntryKind, GrantOp};
+use allmende_policies::{self as pol, GrantState, Purpose, RequestState};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Seconds in a day.
+pub const DAY_SECS: i64 = 24 * 60 * 60;
+
+/// The default longest grant in days (`[limits] max_grant_days`).
+pub const DEFAULT_MAX_GRANT_DAYS: u32 = 365;
+
+/// Longest justification, idempotency key, note or reason, in bytes.
+pub const MAX_TEXT_BYTES: usize = 2048;
+
+/// Most columns one request may name.
+pub const MAX_COLUMNS: usize = 256;
+
+/// How long the expiry timer waits before it retries a failed record.
+pub const EXPIRY_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Domain separation of the owner node's approval signature.
+const APPROVAL_DOMAIN: &[u8] = b"allmende grant approval v1\n";
+
+/// Why an access request or grant operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantsError {
+    /// A field of the request is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// More days than the node grants.
+    #[error("a grant lasts at most {max} days on this node; `{days}` days were asked for")]
+    TooLong { days: u32, max: u32 },
+    /// The dataset is public: nobody needs a grant for it.
+    #[error("dataset `{0}` is public: no request is needed, read it directly (nothing was stored)")]
+    PublicDataset(String),
+    /// No such request or grant.
+    #[error("no {what} `{id}` on this node")]
+    NotFound { what: &'static str, id: String },
+    /// The request changed since the approver saw it.
+    #[error(
+        "the request changed: request `{id}` now has hash `{current}`, not `{seen}`; show it again and decide on what it asks now"
+    )]
+    Changed {
+        id: String,
+        seen: String,
+        current: String,
+    },
+    /// The request is already decided.
+    #[error("request `{id}` is {state}, not pending")]
+    NotPending { id: String, state: &'static str },
+    /// The grant is no longer active.
+    #[error("grant `{id}` is {state}, not active")]
+    NotActive { id: String, state: &'static str },
+    /// The same idempotency key was used by this caller for another request.
+    #[error(
+        "idempotency key `{key}` was already used by you for request `{id}`, which asks for something else; use a new key"
+    )]
+    KeyReused { key: String, id: String },
+    /// Columns asked for on a read that the grant does not cover.
+    #[error("grant `{grant}` does not cover column(s) {columns}")]
+    ColumnsOutsideGrant { grant: String, columns: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("approval signature: {0}")]
+    Signing(#[from] KeyError),
+    #[error("no random id: {0}")]
+    Random(String),
+}
+
+/// An access request as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    pub id: String,
+    pub owner: String,
+    pub dataset: String,
+    pub purpose: Purpose,
+    /// Sorted, without duplicates; empty: every column.
+    pub columns: Vec<String>,
+    pub days: u32,
+    pub justification: String,
+    /// Identity URI of the requesting user.
+    pub requester: String,
+    pub requester_org: String,
+    /// The requester's user id (the policy entity is `<org>/<user>`).
+    pub requester_user: String,
+    pub idempotency_key: String,
+    /// Hex SHA-256 of [`request_hash`].
+    pub hash: String,
+    pub state: RequestState,
+    pub requested_at: i64,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub note: Option<String>,
+    pub grant_id: Option<String>,
+}
+
+/// A grant as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub id: String,
+    pub request_id: String,
+    pub request_hash: String,
+    pub owner: String,
+    pub dataset: String,
+    pub purpose: Purpose,
+    /// Sorted; empty: every column.
+    pub columns: Vec<String>,
+    pub grantee_org: String,
+    /// Identity URI of the requesting user.
+    pub grantee_user: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Identity URI of the approver.
+    pub approved_by: String,
+    pub approved_at: i64,
+    /// Hex Ed25519 signature over [`approval_message`].
+    pub signature: String,
+    /// Hex public key of the signing node.
+    pub signer_public_key: String,
+    pub state: GrantState,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+    pub revocation_reason: Option<String>,
+    pub expired_at: Option<i64>,
+}
+
+impl Grant {
+    /// `active`, `revoked` or `expired` at `now`.
+    pub fn state_at(&self, now: i64) -> &'static str {
+        match self.state {
+            GrantState::Active if self.expired_at.is_some() || now >= self.not_after => "expired",
+            s => s.as_str(),
+        }
+    }
+
+    /// The policy entity of this grant.
+    pub fn entity(&self) -> pol::Grant {
+        pol::Grant {
+            id: self.id.clone(),
+            grantee: self.grantee_org.clone(),
+            dataset: self.dataset.clone(),
+            purpose: self.purpose,
+            not_before: self.not_before,
+            not_after: Some(self.not_after),
+            state: self.state,
+        }
+    }
+}
+
+impl AccessRequest {
+    /// The policy entity of this request.
+    pub fn entity(&self) -> pol::AccessRequest {
+        pol::AccessRequest {
+            id: self.id.clone(),
+            requester: user_entity_id(&self.requester_org, &self.requester_user),
+            requester_org: self.requester_org.clone(),
+            dataset: self.dataset.clone(),
+            purpose: self.purpose,
+            not_before: self.requested_at,
+            not_after: Some(self.requested_at + i64::from(self.days) * DAY_SECS),
+            state: self.state,
+        }
+    }
+}
+
+/// One row of the grants table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+enum Row {
+    Request(Box<AccessRequest>),
+    Grant(Box<Grant>),
+    /// An idempotency key's request id.
+    Key(String),
+}
+
+/// What a caller asks for (checked by [`Grants::request`]).
+#[derive(Debug, Clone, Default)]
+pub struct NewRequest {
+    pub dataset: String,
+    pub purpose: Option<Purpose>,
+    pub columns: Vec<String>,
+    pub days: u32,
+    pub justification: String,
+    pub idempotency_key: String,
+}
+
+/// The dataset facts a request is checked against.
+#[derive(Debug, Clone)]
+pub struct DatasetFacts {
+    pub id: String,
+    pub public: bool,
+    pub columns: BTreeSet<String>,
+}
+
+/// SHA-256 over the canonical encoding of what an approval approves: owner
+/// organisation, dataset, purpose, sorted columns, duration in days, and the
+/// requester's identity URI; each field length-prefixed (u32, big-endian).
+pub fn request_hash(
+    owner: &str,
+    dataset: &str,
+    purpose: Purpose,
+    columns: &[String],
+    days: u32,
+    requester: &str,
+) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u32).to_be_bytes());
+        h.update(b);
+    };
+    field(b"allmende access request v1");
+    field(owner.as_bytes());
+    field(dataset.as_bytes());
+    field(purpose.as_str().as_bytes());
+    let mut sorted: Vec<&String> = columns.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    field(&(sorted.len() as u32).to_be_bytes());
+    for c in sorted {
+        field(c.as_bytes());
+    }
+    field(&days.to_be_bytes());
+    field(requester.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The bytes the owner node signs for an approval.
+pub fn approval_message(request_hash: &str, approver: &str, at: i64) -> Vec<u8> {
+    let mut m = APPROVAL_DOMAIN.to_vec();
+    for part in [request_hash, approver, &at.to_string()] {
+        m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
+    m
+}
+
+/// Verifies a grant's approval signature with the owner node's public key.
+pub fn verify_approval(g: &Grant) -> bool {
+    let (Ok(key), Ok(sig)) = (hex::decode(&g.signer_public_key), hex::decode(&g.signature)) else {
+        return false;
+    };
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+        .verify(
+            &approval_message(&g.request_hash, &g.approved_by, g.approved_at),
+            &sig,
+        )
+        .is_ok()
+}
+
+/// 128 random bits, hex.
+fn random_id() -> Result<String, GrantsError> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| GrantsError::Random("the system random source failed".into()))?;
+    Ok(hex::encode(b))
+}
+
+fn text(field: &str, v: &str) -> Result<(), GrantsError> {
+    if v.len() > MAX_TEXT_BYTES {
+        return Err(GrantsError::Invalid(format!(
+            "{field} is longer than {MAX_TEXT_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The `GrantChange` entry of `op` on request `r` by `caller`.
+fn change(
+    caller: &Principal,
+    action: &str,
+    op: GrantOp,
+    r: &AccessRequest,
+    grant: Option<&str>,
+) -> Draft {
+    let mut d = Draft::by(caller, action, &r.dataset, EntryKind::GrantChange { op });
+    d.purpose = Some(r.purpose.as_str().to_owned());
+    d.request_id = Some(r.id.clone());
+    d.grant_id = grant.map(str::to_owned);
+    d
+}
+
+/// `d` naming grant `g` (its purpose, id and request).
+fn grant_entry(mut d: Draft, g: &Grant) -> Draft {
+    d.purpose = Some(g.purpose.as_str().to_owned());
+    d.grant_id = Some(g.id.clone());
+    d.request_id = Some(g.request_id.clone());
+    d
+}
+
+fn revoked() -> EntryKind {
+    EntryKind::GrantChange {
+        op: GrantOp::Revoked,
+    }
+}
+
+/// A refused change by `caller`, audited as a denial by `policy`.
+fn refusal(caller: &Principal, action: &str, dataset: &str, policy: &str) -> Draft {
+    let mut d = Draft::by(caller, action, dataset, EntryKind::Decision);
+    d.decision = Some(allmende_audit::Decision::Deny);
+    d.policy_ids = vec![policy.to_owned()];
+    d
+}
+
+/// User text cut for a message ([`crate::audit::bound_label`]).
+fn short(s: &str) -> String {
+    let mut s = s.to_owned();
+    crate::audit::bound_label(&mut s);
+    s
+}
+
+fn req_key(id: &str) -> String {
+    format!("req/{id}")
+}
+
+fn grant_key(id: &str) -> String {
+    format!("grant/{id}")
+}
+
+/// The key of `requester`'s idempotency key (hashed: keys are caller text).
+fn idem_key(requester: &str, key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(requester.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    format!("key/{}", hex::encode(h.finalize()))
+}
+
+/// The access requests and grants of one node.
+#[derive(Debug)]
+pub struct Grants {
+    store: Store,
+    table: Table<String, Row>,
+    clock: SharedClock,
+    policy: Arc<PolicyPoint>,
+    owner: String,
+    max_days: u32,
+    /// One change at a time (read, check, audit, commit).
+    write: tokio::sync::Mutex<()>,
+    /// Counts grant changes (approval, revocation, expiry): streams reading
+    /// under a grant and the expiry timer watch it.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Grants {
+    /// Opens the table and mirrors every request and grant into the policy
+    /// entities.
+    pub fn open(
+        store: Store,
+        clock: SharedClock,
+        policy: Arc<PolicyPoint>,
+        max_days: u32,
+    ) -> Result<Self, GrantsError> {
+        let table = store.table(TableName::AccessGrants)?;
+        let owner = policy.own_org().to_owned();
+        let g = Self {
+            store,
+            table,
+            clock,
+            policy,
+            owner,
+            max_days,
+            write: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::watch::channel(0).0,
+        };
+        g.mirror_all()?;
+        Ok(g)
+    }
+
+    /// The longest grant in days.
+    pub fn max_days(&self) -> u32 {
+        self.max_days
+    }
+
+    /// Puts every stored request and grant into the policy entities (at
+    /// start; the datasets must be mirrored before).
+    pub fn mirror_all(&self) -> Result<(), GrantsError> {
+        for (_, row) in self.table.entries()? {
+            match row {
+                Row::Request(r) => self.mirror_request(&r),
+                Row::Grant(g) => self.mirror_grant(&g),
+                Row::Key(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Mirrors one request. The requester's user entity is added (without
+    /// roles) if the node does not know it, so that decisions about the
+    /// request can name it; a caller's own certificate binds its roles.
+    /// A request or grant whose dataset is not registered is not mirrored
+    /// (decisions about it are then denied: unknown entity).
+    fn mirror_request(&self, r: &AccessRequest) {
+        let e = r.entity();
+        self.policy.with_entities(|s| {
+            if s.dataset(&r.dataset).is_none() {
+                return;
+            }
+            if s.user(&e.requester).is_none() {
+                s.upsert_user(pol::User::new(
+                    e.requester.clone(),
+                    r.requester_org.clone(),
+                    &[],
+                ));
+            }
+            s.upsert_request(e);
+        });
+    }
+
+    fn mirror_grant(&self, g: &Grant) {
+        self.policy.with_entities(|s| {
+            if s.dataset(&g.dataset).is_some() {
+                s.upsert_grant(g.entity());
+            }
+        });
+    }
+
+    /// One request.
+    pub fn get_request(&self, id: &str) -> Result<Option<AccessRequest>, GrantsError> {
+        Ok(match self.table.get(&req_key(id))? {
+            Some(Row::Request(r)) => Some(*r),
+            _ => None,
+        })
+    }
+
+    /// One grant.
+    pub fn get_grant(&self, id: &str) -> Result<Option<Grant>, GrantsError> {
+        Ok(match self.table.get(&grant_key(id))? {
+            Some(Row::Grant(g)) => Some(*g),
+            _ => None,
+        })
+    }
+
+    /// Every request, optionally of one state, newest first.
+    pub fn list_requests(
+        &self,
+        state: Option<RequestState>,
+    ) -> Result<Vec<AccessRequest>, GrantsError> {
+        let mut out: Vec<AccessRequest> = self
+            .table
+            .entries()?
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                Row::Request(r) if state.is_none_or(|s| r.state == s) => Some(*r),
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| b.requested_at.cmp(&a.requested_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Every grant whose state at `now` is `state` (or every grant), newest
+    /// first.
+    pub fn list_grants(&self, state: Option<&str>) -> Result<Vec<Grant>, GrantsError> {
+        let now = self.clock.now_unix_secs();
+        let mut out: Vec<Grant> = self
+            .table
+            .entries()?
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                Row::Grant(g) if state.is_none_or(|s| g.state_at(now) == s) => Some(*g),
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| b.approved_at.cmp(&a.approved_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Checks `new` against the node's limits and the dataset, without
+    /// storing anything: the canonical columns, or why not.
+    pub fn check(&self, new: &NewRequest, ds: &DatasetFacts) -> Result<Vec<String>, GrantsError> {
+        if ds.public {
+            return Err(GrantsError::PublicDataset(ds.id.clone()));
+        }
+        if new.purpose.is_none() {
+            return Err(GrantsError::Invalid(
+                "a request needs a purpose (e.g. `AcademicResearch`)".into(),
+            ));
+        }
+        if new.days == 0 {
+            return Err(GrantsError::Invalid(
+                "a request needs a duration of at least 1 day".into(),
+            ));
+        }
+        if new.days > self.max_days {
+            return Err(GrantsError::TooLong {
+                days: new.days,
+                max: self.max_days,
+            });
+        }
+        if new.idempotency_key.is_empty() {
+            return Err(GrantsError::Invalid(
+                "a request needs an idempotency key (the CLI makes one)".into(),
+            ));
+        }
+        text("the idempotency key", &new.idempotency_key)?;
+        text("the justification", &new.justification)?;
+        if new.columns.len() > MAX_COLUMNS {
+            return Err(GrantsError::Invalid(format!(
+                "a request names at most {MAX_COLUMNS} columns"
+            )));
+        }
+        let unknown: Vec<String> = new
+            .columns
+            .iter()
+            .filter(|c| !ds.columns.contains(*c))
+            .map(|c| format!("`{}`", short(c)))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(GrantsError::Invalid(format!(
+                "dataset `{}` has no column(s) {}",
+                ds.id,
+                unknown.join(", ")
+            )));
+        }
+        let mut cols = new.columns.clone();
+        cols.sort();
+        cols.dedup();
+        Ok(cols)
+    }
+
+    /// The request `caller` already made with this idempotency key, if any.
+    pub fn replayed_request(
+        &self,
+        caller: &Principal,
+        key: &str,
+    ) -> Result<Option<AccessRequest>, GrantsError> {
+        match self.table.get(&idem_key(&caller.uri(), key))? {
+            Some(Row::Key(id)) => self.get_request(&id),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores `new` by `caller` (decided before): checked, audited, then
+    /// stored durably with its idempotency key. A replay (same caller, same
+    /// key, same request) returns the stored request.
+    pub async fn request(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        new: &NewRequest,
+        ds: &DatasetFacts,
+    ) -> Result<AccessRequest, GrantsError> {
+        let columns = self.check(new, ds)?;
+        let Some(purpose) = new.purpose else {
+            return Err(GrantsError::Invalid("a request needs a purpose".into()));
+        };
+        let Subject::User(user) = &caller.subject else {
+            return Err(GrantsError::Invalid(
+                "access is requested by a person with a user certificate, not by a node".into(),
+            ));
+        };
+        let requester = caller.uri();
+        let hash = request_hash(&self.owner, &ds.id, purpose, &columns, new.days, &requester);
+        let _w = self.write.lock().await;
+        if let Some(r) = self.replayed_request(caller, &new.idempotency_key)? {
+            return if r.hash == hash {
+                Ok(r)
+            } else {
+                Err(GrantsError::KeyReused {
+                    key: short(&new.idempotency_key),
+                    id: r.id,
+                })
+            };
+        }
+        let r = AccessRequest {
+            id: random_id()?,
+            owner: self.owner.clone(),
+            dataset: ds.id.clone(),
+            purpose,
+            columns,
+            days: new.days,
+            justification: new.justification.clone(),
+            requester: requester.clone(),
+            requester_org: caller.organisation.clone(),
+            requester_user: user.clone(),
+            idempotency_key: new.idempotency_key.clone(),
+            hash,
+            state: RequestState::Pending,
+            requested_at: self.clock.now_unix_secs(),
+            decided_at: None,
+            decided_by: None,
+            note: None,
+            grant_id: None,
+        };
+        let entry = change(caller, "request_access", GrantOp::Requested, &r, None);
+        let rows = vec![
+            (req_key(&r.id), Row::Request(Box::new(r.clone()))),
+            (
+                idem_key(&requester, &new.idempotency_key),
+                Row::Key(r.id.clone()),
+            ),
+        ];
+        self.record(audit, entry, rows).await?;
+        self.mirror_request(&r);
+        Ok(r)
+    }
+
+    /// The grant an approval by `caller` of request `id` with `hash` already
+    /// created (a replayed approval), if any.
+    pub fn replayed_approval(
+        &self,
+        caller: &Principal,
+        id: &str,
+        hash: &str,
+    ) -> Result<Option<Grant>, GrantsError> {
+        let Some(r) = self.get_request(id)? else {
+            return Ok(None);
+        };
+        if r.state != RequestState::Approved
+            || r.hash != hash
+            || r.decided_by.as_deref() != Some(caller.uri().as_str())
+        {
+            return Ok(None);
+        }
+        match &r.grant_id {
+            Some(g) => self.get_grant(g),
+            None => Ok(None),
+        }
+    }
+
+    /// Loads a pending request and checks the hash the approver saw.
+    fn pending(&self, id: &str, seen: &str) -> Result<AccessRequest, GrantsError> {
+        let r = self.get_request(id)?.ok_or_else(|| GrantsError::NotFound {
+            what: "access request",
+            id: short(id),
+        })?;
+        if r.hash != seen {
+            return Err(GrantsError::Changed {
+                id: r.id,
+                seen: short(seen),
+                current: r.hash,
+            });
+        }
+        if r.state != RequestState::Pending {
+            return Err(GrantsError::NotPending {
+                id: r.id,
+                state: r.state.as_str(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// [`Grants::pending`], with a changed request's refusal audited (a
+    /// deny of `action` by `caller`, policy id `request-changed`).
+    async fn pending_audited(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        action: &str,
+        id: &str,
+        seen: &str,
+    ) -> Result<AccessRequest, GrantsError> {
+        let err = match self.pending(id, seen) {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        if let GrantsError::Changed { id, .. } = &err {
+            let dataset = self
+                .get_request(id)?
+                .map_or_else(|| id.clone(), |r| r.dataset);
+            let mut d = refusal(caller, action, &dataset, "request-changed");
+            d.request_id = Some(id.clone());
+            audit.append(d).await?;
+        }
+        Err(err)
+    }
+
+    /// Approves request `id`, whose hash `caller` saw as `seen` (decided
+    /// before): the approval entry is written, then the request's new state
+    /// and the signed grant are committed in one batch.
+    pub async fn approve(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        signer: &NodeSigner,
+        id: &str,
+        seen: &str,
+        note: &str,
+    ) -> Result<Grant, GrantsError> {
+        text("the note", note)?;
+        let _w = self.write.lock().await;
+        if let Some(g) = self.replayed_approval(caller, id, seen)? {
+            return Ok(g);
+        }
+        let mut r = self
+            .pending_audited(audit, caller, "approve_request", id, seen)
+            .await?;
+        let now = self.clock.now_unix_secs();
+        let approver = caller.uri();
+        let sig = signer.sign_detached(&approval_message(&r.hash, &approver, now))?;
+        let g = Grant {
+            id: random_id()?,
+            request_id: r.id.clone(),
+            request_hash: r.hash.clone(),
+            owner: r.owner.clone(),
+            dataset: r.dataset.clone(),
+            purpose: r.purpose,
+            columns: r.columns.clone(),
+            grantee_org: r.requester_org.clone(),
+            grantee_user: r.requester.clone(),
+            not_before: now,
+            not_after: now.saturating_add(i64::from(r.days) * DAY_SECS),
+            approved_by: approver.clone(),
+            approved_at: now,
+            signature: hex::encode(sig),
+            signer_public_key: hex::encode(signer.public_key()),
+            state: GrantState::Active,
+            revoked_at: None,
+            revoked_by: None,
+            revocation_reason: None,
+            expired_at: None,
+        };
+        let entry = change(
+            caller,
+            "approve_request",
+            GrantOp::Approved,
+            &r,
+            Some(&g.id),
+        );
+        r.state = RequestState::Approved;
+        r.decided_at = Some(now);
+        r.decided_by = Some(approver);
+        r.note = (!note.is_empty()).then(|| note.to_owned());
+        r.grant_id = Some(g.id.clone());
+        let rows = vec![
+            (req_key(&r.id), Row::Request(Box::new(r.clone()))),
+            (grant_key(&g.id), Row::Grant(Box::new(g.clone()))),
+        ];
+        self.record(audit, entry, rows).await?;
+        self.mirror_request(&r);
+        self.mirror_grant(&g);
+        self.changed();
+        Ok(g)
+    }
+
+    /// Rejects request `id` (decided before): audited, then stored.
+    pub async fn reject(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        id: &str,
+        seen: &str,
+        reason: &str,
+    ) -> Result<AccessRequest, GrantsError> {
+        text("the reason", reason)?;
+        let _w = self.write.lock().await;
+        let mut r = self
+            .pending_audited(audit, caller, "reject_request", id, seen)
+            .await?;
+        let entry = change(caller, "reject_request", GrantOp::Rejected, &r, None);
+        r.state = RequestState::Rejected;
+        r.decided_at = Some(self.clock.now_unix_secs());
+        r.decided_by = Some(caller.uri());
+        r.note = (!reason.is_empty()).then(|| reason.to_owned());
+        let rows = vec![(req_key(&r.id), Row::Request(Box::new(r.clone())))];
+        self.record(audit, entry, rows).await?;
+        self.mirror_request(&r);
+        Ok(r)
+    }
+
+    /// Revokes grant `id` (decided before): audited, then stored; the next
+    /// decision under it is denied (`grant-not-active`).
+    pub async fn revoke(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        id: &str,
+        reason: &str,
+    ) -> Result<Grant, GrantsError> {
+        text("the reason", reason)?;
+        let _w = self.write.lock().await;
+        let mut g = self.get_grant(id)?.ok_or_else(|| GrantsError::NotFound {
+            what: "grant",
+            id: short(id),
+        })?;
+        if g.state != GrantState::Active {
+            return Err(GrantsError::NotActive {
+                id: g.id,
+                state: g.state.as_str(),
+            });
+        }
+        let entry = grant_entry(Draft::by(caller, "revoke", &g.dataset, revoked()), &g);
+        g.state = GrantState::Revoked;
+        g.revoked_at = Some(self.clock.now_unix_secs());
+        g.revoked_by = Some(caller.uri());
+        g.revocation_reason = (!reason.is_empty()).then(|| reason.to_owned());
+        let rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
+        self.record(audit, entry, rows).await?;
+        self.mirror_grant(&g);
+        self.changed();
+        Ok(g)
+    }
+
+    /// Resolves once grant `id` is revoked (at once if it already is); never
+    /// for an unknown grant. A stream reading under the grant ends then.
+    pub async fn until_revoked(&self, id: &str) {
+        let mut changes = self.changes.subscribe();
+        loop {
+            let revoked = matches!(
+                self.get_grant(id),
+                Ok(Some(g)) if g.state == GrantState::Revoked
+            );
+            if revoked {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Records the expiry of grant `id` if it is active and past its
+    /// `not_after` (by this node: audited, then stored). Returns whether it
+    /// recorded one.
+    pub async fn expire(&self, audit: &AuditLog, id: &str) -> Result<bool, GrantsError> {
+        let _w = self.write.lock().await;
+        let Some(mut g) = self.get_grant(id)? else {
+            return Ok(false);
+        };
+        let now = self.clock.now_unix_secs();
+        if g.state != GrantState::Active || g.expired_at.is_some() || now < g.not_after {
+            return Ok(false);
+        }
+        let entry = grant_entry(
+            Draft::new(
+                &self.owner,
+                "expire_grant",
+                &g.dataset,
+                EntryKind::GrantChange {
+                    op: GrantOp::Expired,
+                },
+            ),
+            &g,
+        );
+        g.expired_at = Some(now);
+        let rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
+        self.record(audit, entry, rows).await?;
+        self.changed();
+        Ok(true)
+    }
+
+    /// Writes `entry`, then commits `rows` in one atomic, durable batch: no
+    /// entry, no change; a stop in between leaves every row as it was.
+    async fn record(
+        &self,
+        audit: &AuditLog,
+        entry: Draft,
+        rows: Vec<(String, Row)>,
+    ) -> Result<(), GrantsError> {
+        audit.append(entry).await?;
+        let mut b = WriteBatch::new();
+        for (k, v) in &rows {
+            b.put(&self.table, k, v)?;
+        }
+        self.store.commit_durable(b).await?;
+        Ok(())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Active grants past their end whose expiry is not recorded, and the
+    /// earliest end (ms) of the others.
+    fn due(&self) -> Result<(Vec<String>, Option<i64>), GrantsError> {
+        let now_ms = self.clock.now_unix_ms();
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for (_, row) in self.table.entries()? {
+            let Row::Grant(g) = row else { continue };
+            if g.state != GrantState::Active || g.expired_at.is_some() {
+                continue;
+            }
+            let end_ms = g.not_after.saturating_mul(1000);
+            if end_ms <= now_ms {
+                due.push(g.id);
+            } else {
+                next = Some(next.map_or(end_ms, |n| n.min(end_ms)));
+            }
+        }
+        Ok((due, next))
+    }
+
+    /// The expiry timer: sleeps until the next grant's end (or a grant
+    /// change), records the expiry of each grant past its end (audited),
+    /// until `shutdown`. No polling: with no active grant it waits for a
+    /// change. A failed record is retried after [`EXPIRY_RETRY`].
+    pub async fn run_expiry(
+        self: Arc<Self>,
+        audit: AuditLog,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut changes = self.changes.subscribe();
+        loop {
+            let mut wait = None;
+            match self.due() {
+                Ok((due, next)) => {
+                    for id in due {
+                        if let Err(e) = self.expire(&audit, &id).await {
+                            tracing::warn!(grant = %id, error = %e, "grant expiry not recorded; retrying");
+                            wait = Some(EXPIRY_RETRY);
+                        }
+                    }
+                    if wait.is_none() {
+                        wait = next.map(|end| {
+                            let ms = end.saturating_sub(self.clock.now_unix_ms()).max(0);
+                            std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "grant table unreadable; retrying expiry");
+                    wait = Some(EXPIRY_RETRY);
+                }
+            }
+            let sleep = async move {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => {}
+                r = changes.changed() => if r.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Wakes the expiry timer (after the clock moved, in tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn nudge(&self) {
+        self.changed();
+    }
+
+    /// [`Grants::columns_for_read`], with a refusal audited (a deny of
+    /// `read` by `caller`, policy id `grant-columns`).
+    pub async fn columns_for_read_audited(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        id: &str,
+        asked: &[String],
+    ) -> Result<Vec<String>, GrantsError> {
+        let err = match self.columns_for_read(caller, id, asked) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        if let GrantsError::ColumnsOutsideGrant { .. } = &err
+            && let Some(g) = self.get_grant(id)?
+        {
+            let mut d = refusal(caller, "read", &g.dataset, "grant-columns");
+            d.grant_id = Some(g.id);
+            audit.append(d).await?;
+        }
+        Err(err)
+    }
+
+    /// The columns a read under grant `id` by `caller` may name: `asked`
+    /// if the grant covers them all, the grant's columns if `asked` is
+    /// empty. An unknown grant or one of another organisation returns
+    /// `asked` unchanged: the policies refuse that read (and audit it).
+    pub fn columns_for_read(
+        &self,
+        caller: &Principal,
+        id: &str,
+        asked: &[String],
+    ) -> Result<Vec<String>, GrantsError> {
+        let Some(g) = self.get_grant(id)? else {
+            return Ok(asked.to_vec());
+        };
+        if g.grantee_org != caller.organisation || g.columns.is_empty() {
+            return Ok(asked.to_vec());
+        }
+        if asked.is_empty() {
+            return Ok(g.columns.clone());
+        }
+        let outside: Vec<String> = asked
+            .iter()
+            .filter(|c| g.columns.binary_search(c).is_err())
+            .map(|c| format!("`{}`", short(c)))
+            .collect();
+        if outside.is_empty() {
+            Ok(asked.to_vec())
+        } else {
+            Err(GrantsError::ColumnsOutsideGrant {
+                grant: g.id,
+                columns: outside.join(", "),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::pki::{OrgKind, Role};
+    use crate::policy::PolicyOrigin;
+    use crate::store::StoreOptions;
+    use std::path::Path;
+
+    const NOW: i64 = 1_780_000_000;
+    const DS: &str = "smart-meter-readings";
+
+    fn person(org: &str, user: &str, role: Role) -> Principal {
+        Principal {
+            federation: "munich".into(),
+            organisation: org.into(),
+            organisation_kind: if org == "tum" {
+                OrgKind::University
+            } else {
+                OrgKind::Utility
+            },
+            subject: Subject::User(user.into()),
+            role: Some(role),
+            certificate_sha256: format!("{org}-{user}"),
+            not_after: i64::MAX,
+            issuer_ca_spki_sha256: format!("{org}-ca"),
+        }
+    }
+
+    fn researcher() -> Principal {
+        person("tum", "alice", Role::Researcher)
+    }
+
+    fn dpo() -> Principal {
+        person("swm", "dpo", Role::Dpo)
+    }
+
+    fn facts() -> DatasetFacts {
+        DatasetFacts {
+            id: DS.into(),
+            public: false,
+            columns: ["household_id", "kwh", "ts"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+
+    fn ask(key: &str) -> NewRequest {
+        NewRequest {
+            dataset: DS.into(),
+            purpose: Some(Purpose::AcademicResearch),
+            columns: vec!["kwh".into(), "household_id".into()],
+            days: 90,
+            justification: "load profiles".into(),
+            idempotency_key: key.into(),
+        }
+    }
+
+    fn policy(clock: SharedClock) -> Arc<PolicyPoint> {
+        let p = PolicyPoint::load(PolicyOrigin::Bundled, clock, "munich", "swm", "swm-1").unwrap();
+        p.with_entities(|e| {
+            e.upsert_organisation(pol::Organisation::new("swm", pol::OrgKind::Utility));
+            e.upsert_organisation(pol::Organisation::new("tum", pol::OrgKind::University));
+            e.upsert_dataset(pol::Dataset {
+                id: DS.into(),
+                owner: "swm".into(),
+                classification: pol::Classification::Personal,
+                public_space_origin: false,
+                contains_personal_data: true,
+                legal_basis: pol::LegalBasis::Consent,
+                allowed_purposes: [Purpose::AcademicResearch].into_iter().collect(),
+                anonymisation_required: false,
+            });
+        });
+        Arc::new(p)
+    }
+
+    fn store(dir: &Path) -> Store {
+        Store::open(
+            dir,
+            &StoreOptions {
+                cache_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        audit: AuditLog,
+        audit_store: Store,
+        _audit_tx: tokio::sync::watch::Sender<bool>,
+        signer: NodeSigner,
+    }
+
+    async fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(NOW * 1000);
+        let (audit, audit_store, tx) =
+            crate::audit::open_test_log(&dir.path().join("audit"), clock.clone()).await;
+        World {
+            clock,
+            audit,
+            audit_store,
+            _audit_tx: tx,
+            signer: NodeSigner::generate().unwrap().0,
+            _dir: dir,
+        }
+    }
+
+    impl World {
+        fn grants_path(&self) -> std::path::PathBuf {
+            self._dir.path().join("grants")
+        }
+        fn open(&self) -> (Grants, Arc<PolicyPoint>) {
+            let p = policy(self.clock.clone());
+            let g = Grants::open(
+                store(&self.grants_path()),
+                self.clock.clone(),
+                p.clone(),
+                DEFAULT_MAX_GRANT_DAYS,
+            )
+            .unwrap();
+            (g, p)
+        }
+    }
+
+    /// The hash covers exactly what an approval approves: column order and
+    /// duplicates do not matter, every field does.
+    #[test]
+    fn the_request_hash_covers_what_is_approved() {
+        let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let uri = "allmende://munich/tum/user/alice";
+        let p = Purpose::AcademicResearch;
+        let base = request_hash("swm", DS, p, &cols(&["a", "b"]), 90, uri);
+        assert_eq!(
+            base,
+            request_hash("swm", DS, p, &cols(&["b", "a", "a"]), 90, uri)
+        );
+        for other in [
+            request_hash("stadt", DS, p, &cols(&["a", "b"]), 90, uri),
+            request_hash("swm", "x", p, &cols(&["a", "b"]), 90, uri),
+            request_hash("swm", DS, Purpose::Marketing, &cols(&["a", "b"]), 90, uri),
+            request_hash("swm", DS, p, &cols(&["a"]), 90, uri),
+            request_hash("swm", DS, p, &cols(&["ab"]), 90, uri),
+            request_hash("swm", DS, p, &cols(&["a", "b"]), 91, uri),
+            request_hash(
+                "swm",
+                DS,
+                p,
+                &cols(&["a", "b"]),
+                90,
+                "allmende://munich/tum/user/bob",
+            ),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+
+    /// Same caller and key: the same request, stored once; the key reused
+    /// for something else is refused; another caller with the same key gets
+    /// a request of its own. Ids are 128-bit hex.
+    #[tokio::test]
+    async fn requests_are_idempotent_per_caller_and_key() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let a = g
+            .request(&w.audit, &researcher(), &ask("k1"), &facts())
+            .await
+            .unwrap();
+        let size = w.audit.status().size;
+        let again = g
+            .request(&w.audit, &researcher(), &ask("k1"), &facts())
+            .await
+            .unwrap();
+        assert_eq!(a, again);
+        assert_eq!(w.audit.status().size, size, "a replay writes nothing");
+        assert_eq!(g.list_requests(None).unwrap().len(), 1);
+        assert_eq!(a.id.len(), 32);
+        assert!(a.id.chars().all(|c| c.is_ascii_hexdigit()));
+
+        let mut changed = ask("k1");
+        changed.days = 30;
+        let err = g
+            .request(&w.audit, &researcher(), &changed, &facts())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GrantsError::KeyReused { .. }), "{err}");
+
+        let bob = person("tum", "bob", Role::Researcher);
+        let b = g
+            .request(&w.audit, &bob, &ask("k1"), &facts())
+            .await
+            .unwrap();
+        assert_ne!(a.id, b.id);
+    }
+
+    /// More days than the maximum, a public dataset, unknown columns: refused
+    /// with the reason, nothing stored.
+    #[tokio::test]
+    async fn bad_requests_are_refused_and_not_stored() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let mut long = ask("k");
+        long.days = 10_000;
+        let err = g
+            .request(&w.audit, &researcher(), &long, &facts())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a grant lasts at most 365 days on this node; `10000` days were asked for"
+        );
+        let mut public = facts();
+        public.public = true;
+        let err = g
+            .request(&w.audit, &researcher(), &ask("k"), &public)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no request is needed"), "{err}");
+        let mut cols = ask("k");
+        cols.columns.push("iban".into());
+        let err = g
+            .request(&w.audit, &researcher(), &cols, &facts())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("`iban`"), "{err}");
+        assert!(g.list_requests(None).unwrap().is_empty());
+    }
+
+    /// Approval names the hash it saw: a different hash is refused as a
+    /// changed request; the grant is signed by the node over (hash,
+    /// approver, time); a replay returns the same grant; a decided request
+    /// is not approved again.
+    #[tokio::test]
+    async fn approval_binds_the_hash_and_replays_return_the_same_grant() {
+        let w = world().await;
+        let (g, p) = w.open();
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
+        let other = request_hash("swm", DS, Purpose::AcademicResearch, &[], 90, &r.requester);
+        let err = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &other, "")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().starts_with("the request changed"), "{err}");
+
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "ok")
+            .await
+            .unwrap();
+        assert!(verify_approval(&grant));
+        let mut forged = grant.clone();
+        forged.approved_by = "allmende://munich/swm/user/mallory".into();
+        assert!(!verify_approval(&forged));
+        assert_eq!(grant.not_after - grant.not_before, 90 * DAY_SECS);
+        assert_eq!(grant.columns, vec!["household_id", "kwh"]);
+
+        let again = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "ok")
+            .await
+            .unwrap();
+        assert_eq!(grant, again);
+        assert_eq!(g.list_grants(None).unwrap().len(), 1);
+        let other_dpo = person("swm", "dpo-2", Role::Dpo);
+        let err = g
+            .approve(&w.audit, &other_dpo, &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GrantsError::NotPending { .. }), "{err}");
+        // The policy entities know the grant and the decided request.
+        let (req_state, entity) = p
+            .with_entities(|e| {
+                (
+                    e.request(&r.id).map(|x| x.state),
+                    e.grant(&grant.id).cloned(),
+                )
+            })
+            .unwrap();
+        assert_eq!(req_state, Some(RequestState::Approved));
+        assert_eq!(entity, Some(grant.entity()));
+    }
+
+    /// A node stopped after the approval entry but before the batch comes
+    /// back with the request pending and no grant (never one without the
+    /// other); approving again then works, and a restart keeps both.
+    #[tokio::test]
+    async fn approval_and_grant_are_committed_together() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
+        g.store.fail_writes(true);
+        let err = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GrantsError::Store(_)), "{err}");
+        drop(g);
+
+        let (g, _) = w.open();
+        let back = g.get_request(&r.id).unwrap().unwrap();
+        assert_eq!(back.state, RequestState::Pending);
+        assert!(back.grant_id.is_none());
+        assert!(g.list_grants(None).unwrap().is_empty());
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap();
+        drop(g);
+
+        let (g, p) = w.open();
+        let back = g.get_request(&r.id).unwrap().unwrap();
+        assert_eq!(back.state, RequestState::Approved);
+        assert_eq!(back.grant_id.as_deref(), Some(grant.id.as_str()));
+        assert_eq!(g.get_grant(&grant.id).unwrap(), Some(grant.clone()));
+        // Mirrored again at start.
+        assert!(p.with_entities(|e| e.grant(&grant.id).is_some()).unwrap());
+        assert!(p.with_entities(|e| e.request(&r.id).is_some()).unwrap());
+    }
+
+    /// No audit entry, no change: with the audit log refusing writes,
+    /// neither a request, an approval nor a revocation changes anything.
+    #[tokio::test]
+    async fn a_change_that_cannot_be_audited_is_not_made() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
+        w.audit_store.fail_writes(true);
+        assert!(matches!(
+            g.request(&w.audit, &researcher(), &ask("k2"), &facts())
+                .await,
+            Err(GrantsError::Audit(_))
+        ));
+        assert!(matches!(
+            g.approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+                .await,
+            Err(GrantsError::Audit(_))
+        ));
+        assert_eq!(g.list_requests(None).unwrap().len(), 1);
+        assert!(g.list_grants(None).unwrap().is_empty());
+        assert_eq!(
+            g.get_request(&r.id).unwrap().unwrap().state,
+            RequestState::Pending
+        );
+        w.audit_store.fail_writes(false);
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap();
+        w.audit_store.fail_writes(true);
+        assert!(matches!(
+            g.revoke(&w.audit, &dpo(), &grant.id, "").await,
+            Err(GrantsError::Audit(_))
+        ));
+        assert_eq!(
+            g.get_grant(&grant.id).unwrap().unwrap().state,
+            GrantState::Active
+        );
+    }
+
+    /// The expiry timer records a grant's expiry at its end, audited,
+    /// without polling: it wakes on the end or on a change.
+    #[tokio::test]
+    async fn the_expiry_timer_records_expiry_at_the_end() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let g = Arc::new(g);
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let timer = tokio::spawn(g.clone().run_expiry(w.audit.clone(), rx));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            g.get_grant(&grant.id)
+                .unwrap()
+                .unwrap()
+                .expired_at
+                .is_none()
+        );
+        let size = w.audit.status().size;
+        w.clock
+            .advance(std::time::Duration::from_secs(90 * DAY_SECS as u64));
+        g.nudge();
+        let mut expired = None;
+        for _ in 0..100 {
+            expired = g.get_grant(&grant.id).unwrap().unwrap().expired_at;
+            if expired.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(expired, Some(grant.not_after));
+        assert_eq!(
+            w.audit.status().size,
+            size + 1,
+            "the expiry is audited once"
+        );
+        stop.send(true).unwrap();
+        timer.await.unwrap();
+    }
+
+    /// Revocation and expiry are recorded once; reads name only the
+    /// grant's columns.
+    #[tokio::test]
+    async fn revocation_expiry_and_columns() {
+        let w = world().await;
+        let (g, p) = w.open();
+        let r = g
+            .request(&w.audit, &researcher(), &ask("k"), &facts())
+            .await
+            .unwrap();
+        let grant = g
+            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
+            .await
+            .unwrap();
+        let me = researcher();
+        assert_eq!(
+            g.columns_for_read(&me, &grant.id, &[]).unwrap(),
+            vec!["household_id", "kwh"]
+        );
+        assert_eq!(
+            g.columns_for_read(&me, &grant.id, &["kwh".into()]).unwrap(),
+            vec!["kwh"]
+        );
+        let err = g
+            .columns_for_read(&me, &grant.id, &["kwh".into(), "ts".into()])
+            .unwrap_err();
+        assert!(err.to_string().contains("`ts`"), "{err}");
+
+        assert!(!g.expire(&w.audit, &grant.id).await.unwrap(), "not yet");
+        w.clock
+            .advance(std::time::Duration::from_secs(90 * DAY_SECS as u64));
+        assert_eq!(
+            g.get_grant(&grant.id)
+                .unwrap()
+                .unwrap()
+                .state_at(crate::clock::Clock::now_unix_secs(&*w.clock)),
+            "expired"
+        );
+        assert!(g.expire(&w.audit, &grant.id).await.unwrap());
+        assert!(!g.expire(&w.audit, &grant.id).await.unwrap(), "once");
+
+        let r2 = g
+            .request(&w.audit, &researcher(), &ask("k2"), &facts())
+            .await
+            .unwrap();
+        let g2 = g
+            .approve(&w.audit, &dpo(), &w.signer, &r2.id, &r2.hash, "")
+            .await
+            .unwrap();
+        let revoked = g.revoke(&w.audit, &dpo(), &g2.id, "misuse").await.unwrap();
+        assert_eq!(revoked.state, GrantState::Revoked);
+        assert!(matches!(
+            g.revoke(&w.audit, &dpo(), &g2.id, "").await,
+            Err(GrantsError::NotActive { .. })
+        ));
+        let state = p
+            .with_entities(|e| e.grant(&g2.id).map(|x| x.state))
+            .unwrap();
+        assert_eq!(state, Some(GrantState::Revoked));
+    }
+}
