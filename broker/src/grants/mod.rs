@@ -125,10 +125,21 @@ pub struct AccessRequest {
     pub hash: String,
     pub state: RequestState,
     pub requested_at: i64,
-    pub decided_at: Option<i64>,
-    pub decided_by: Option<String>,
-    pub note: Option<String>,
+    /// The approval or rejection, once made.
+    pub decision: Option<Decided>,
     pub grant_id: Option<String>,
+}
+
+/// Who ended a request's or a grant's waiting state, when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decided {
+    /// Epoch seconds.
+    pub at: i64,
+    /// Identity URI of the deciding user.
+    pub by: String,
+    /// The note or reason given; empty: none.
+    pub note: String,
 }
 
 /// A grant as stored.
@@ -156,9 +167,8 @@ pub struct Grant {
     /// Hex public key of the signing node.
     pub signer_public_key: String,
     pub state: GrantState,
-    pub revoked_at: Option<i64>,
-    pub revoked_by: Option<String>,
-    pub revocation_reason: Option<String>,
+    /// The revocation, once made.
+    pub revocation: Option<Decided>,
     pub expired_at: Option<i64>,
 }
 
@@ -615,9 +625,7 @@ impl Grants {
             hash,
             state: RequestState::Pending,
             requested_at: self.clock.now_unix_secs(),
-            decided_at: None,
-            decided_by: None,
-            note: None,
+            decision: None,
             grant_id: None,
         };
         let entry = change(caller, "request_access", GrantOp::Requested, &r, None);
@@ -646,7 +654,7 @@ impl Grants {
         };
         if r.state != RequestState::Approved
             || r.hash != hash
-            || r.decided_by.as_deref() != Some(caller.uri().as_str())
+            || r.decision.as_ref().map(|d| d.by.as_str()) != Some(caller.uri().as_str())
         {
             return Ok(None);
         }
@@ -743,9 +751,7 @@ impl Grants {
             signature: hex::encode(sig),
             signer_public_key: hex::encode(signer.public_key()),
             state: GrantState::Active,
-            revoked_at: None,
-            revoked_by: None,
-            revocation_reason: None,
+            revocation: None,
             expired_at: None,
         };
         let entry = change(
@@ -756,9 +762,11 @@ impl Grants {
             Some(&g.id),
         );
         r.state = RequestState::Approved;
-        r.decided_at = Some(now);
-        r.decided_by = Some(approver);
-        r.note = (!note.is_empty()).then(|| note.to_owned());
+        r.decision = Some(Decided {
+            at: now,
+            by: approver,
+            note: note.to_owned(),
+        });
         r.grant_id = Some(g.id.clone());
         let rows = vec![
             (req_key(&r.id), Row::Request(Box::new(r.clone()))),
@@ -769,6 +777,15 @@ impl Grants {
         self.mirror_grant(&g);
         self.changed();
         Ok(g)
+    }
+
+    /// A decision by `caller` now, with `note`.
+    fn decided(&self, caller: &Principal, note: &str) -> Decided {
+        Decided {
+            at: self.clock.now_unix_secs(),
+            by: caller.uri(),
+            note: note.to_owned(),
+        }
     }
 
     /// Rejects request `id` (decided before): audited, then stored.
@@ -787,9 +804,7 @@ impl Grants {
             .await?;
         let entry = change(caller, "reject_request", GrantOp::Rejected, &r, None);
         r.state = RequestState::Rejected;
-        r.decided_at = Some(self.clock.now_unix_secs());
-        r.decided_by = Some(caller.uri());
-        r.note = (!reason.is_empty()).then(|| reason.to_owned());
+        r.decision = Some(self.decided(caller, reason));
         let rows = vec![(req_key(&r.id), Row::Request(Box::new(r.clone())))];
         self.record(audit, entry, rows).await?;
         self.mirror_request(&r);
@@ -819,9 +834,7 @@ impl Grants {
         }
         let entry = grant_entry(Draft::by(caller, "revoke", &g.dataset, revoked()), &g);
         g.state = GrantState::Revoked;
-        g.revoked_at = Some(self.clock.now_unix_secs());
-        g.revoked_by = Some(caller.uri());
-        g.revocation_reason = (!reason.is_empty()).then(|| reason.to_owned());
+        g.revocation = Some(self.decided(caller, reason));
         let rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
         self.record(audit, entry, rows).await?;
         self.mirror_grant(&g);
@@ -1143,6 +1156,20 @@ mod tests {
     }
 
     impl World {
+        /// A request by the researcher with idempotency key `key`.
+        async fn requested(&self, g: &Grants, key: &str) -> AccessRequest {
+            g.request(&self.audit, &researcher(), &ask(key), &facts())
+                .await
+                .unwrap()
+        }
+
+        /// `r` approved by SWM's DPO with the hash it was shown.
+        async fn approved(&self, g: &Grants, r: &AccessRequest) -> Grant {
+            g.approve(&self.audit, &dpo(), &self.signer, &r.id, &r.hash, "")
+                .await
+                .unwrap()
+        }
+
         fn grants_path(&self) -> std::path::PathBuf {
             self._dir.path().join("grants")
         }
@@ -1198,15 +1225,9 @@ mod tests {
     async fn requests_are_idempotent_per_caller_and_key() {
         let w = world().await;
         let (g, _) = w.open();
-        let a = g
-            .request(&w.audit, &researcher(), &ask("k1"), &facts())
-            .await
-            .unwrap();
+        let a = w.requested(&g, "k1").await;
         let size = w.audit.status().size;
-        let again = g
-            .request(&w.audit, &researcher(), &ask("k1"), &facts())
-            .await
-            .unwrap();
+        let again = w.requested(&g, "k1").await;
         assert_eq!(a, again);
         assert_eq!(w.audit.status().size, size, "a replay writes nothing");
         assert_eq!(g.list_requests(None).unwrap().len(), 1);
@@ -1270,10 +1291,7 @@ mod tests {
     async fn approval_binds_the_hash_and_replays_return_the_same_grant() {
         let w = world().await;
         let (g, p) = w.open();
-        let r = g
-            .request(&w.audit, &researcher(), &ask("k"), &facts())
-            .await
-            .unwrap();
+        let r = w.requested(&g, "k").await;
         let other = request_hash("swm", DS, Purpose::AcademicResearch, &[], 90, &r.requester);
         let err = g
             .approve(&w.audit, &dpo(), &w.signer, &r.id, &other, "")
@@ -1324,10 +1342,7 @@ mod tests {
     async fn approval_and_grant_are_committed_together() {
         let w = world().await;
         let (g, _) = w.open();
-        let r = g
-            .request(&w.audit, &researcher(), &ask("k"), &facts())
-            .await
-            .unwrap();
+        let r = w.requested(&g, "k").await;
         g.store.fail_writes(true);
         let err = g
             .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
@@ -1341,10 +1356,7 @@ mod tests {
         assert_eq!(back.state, RequestState::Pending);
         assert!(back.grant_id.is_none());
         assert!(g.list_grants(None).unwrap().is_empty());
-        let grant = g
-            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
-            .await
-            .unwrap();
+        let grant = w.approved(&g, &r).await;
         drop(g);
 
         let (g, p) = w.open();
@@ -1363,10 +1375,7 @@ mod tests {
     async fn a_change_that_cannot_be_audited_is_not_made() {
         let w = world().await;
         let (g, _) = w.open();
-        let r = g
-            .request(&w.audit, &researcher(), &ask("k"), &facts())
-            .await
-            .unwrap();
+        let r = w.requested(&g, "k").await;
         w.audit_store.fail_writes(true);
         assert!(matches!(
             g.request(&w.audit, &researcher(), &ask("k2"), &facts())
@@ -1385,10 +1394,7 @@ mod tests {
             RequestState::Pending
         );
         w.audit_store.fail_writes(false);
-        let grant = g
-            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
-            .await
-            .unwrap();
+        let grant = w.approved(&g, &r).await;
         w.audit_store.fail_writes(true);
         assert!(matches!(
             g.revoke(&w.audit, &dpo(), &grant.id, "").await,
@@ -1407,14 +1413,8 @@ mod tests {
         let w = world().await;
         let (g, _) = w.open();
         let g = Arc::new(g);
-        let r = g
-            .request(&w.audit, &researcher(), &ask("k"), &facts())
-            .await
-            .unwrap();
-        let grant = g
-            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
-            .await
-            .unwrap();
+        let r = w.requested(&g, "k").await;
+        let grant = w.approved(&g, &r).await;
         let (stop, rx) = tokio::sync::watch::channel(false);
         let timer = tokio::spawn(g.clone().run_expiry(w.audit.clone(), rx));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -1453,14 +1453,8 @@ mod tests {
     async fn revocation_expiry_and_columns() {
         let w = world().await;
         let (g, p) = w.open();
-        let r = g
-            .request(&w.audit, &researcher(), &ask("k"), &facts())
-            .await
-            .unwrap();
-        let grant = g
-            .approve(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "")
-            .await
-            .unwrap();
+        let r = w.requested(&g, "k").await;
+        let grant = w.approved(&g, &r).await;
         let me = researcher();
         assert_eq!(
             g.columns_for_read(&me, &grant.id, &[]).unwrap(),
@@ -1488,10 +1482,7 @@ mod tests {
         assert!(g.expire(&w.audit, &grant.id).await.unwrap());
         assert!(!g.expire(&w.audit, &grant.id).await.unwrap(), "once");
 
-        let r2 = g
-            .request(&w.audit, &researcher(), &ask("k2"), &facts())
-            .await
-            .unwrap();
+        let r2 = w.requested(&g, "k2").await;
         let g2 = g
             .approve(&w.audit, &dpo(), &w.signer, &r2.id, &r2.hash, "")
             .await

@@ -76,6 +76,21 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5
 /// How often refused authentications are written to the audit log.
 pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The node's domain services, which its handlers share.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The federated catalog: own entries and the peers' replica.
+    pub catalog: Arc<crate::catalog::Catalog>,
+    /// The consent store.
+    pub consent: Arc<crate::consent::ConsentStore>,
+    /// Registered connectors.
+    pub registry: Arc<crate::registry::Registry>,
+    /// The release pipeline.
+    pub fetcher: Arc<crate::access::Fetcher>,
+    /// Access requests and grants.
+    pub grants: Arc<crate::grants::Grants>,
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -90,19 +105,18 @@ pub struct NodeHandle {
     pub audit: AuditLog,
     pub policy: Arc<PolicyPoint>,
     pub ctx: NodeCtx,
-    /// The federated catalog: own entries and the peers' replica.
-    pub catalog: Arc<crate::catalog::Catalog>,
-    /// The consent store.
-    pub consent: Arc<crate::consent::ConsentStore>,
-    /// Registered connectors.
-    pub registry: Arc<crate::registry::Registry>,
-    /// The release pipeline.
-    pub fetcher: Arc<crate::access::Fetcher>,
-    /// Access requests and grants.
-    pub grants: Arc<crate::grants::Grants>,
+    /// The domain services (`handle.catalog`, … through `Deref`).
+    services: Services,
     peers: SharedPeers,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl std::ops::Deref for NodeHandle {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.services
+    }
 }
 
 impl NodeHandle {
@@ -216,7 +230,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     let replicator = parts.replicator;
     // Grant expiry: recorded (and audited) at each grant's end.
     tasks.push(tokio::spawn({
-        let grants = parts.grants.clone();
+        let grants = parts.services.grants.clone();
         let audit = parts.ctx.audit.clone();
         let rx = shutdown_rx.clone();
         async move {
@@ -263,11 +277,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         audit: parts.ctx.audit.clone(),
         policy: parts.ctx.policy.clone(),
         ctx: parts.ctx,
-        catalog: parts.catalog,
-        consent: parts.consent,
-        registry: parts.registry,
-        fetcher: parts.fetcher,
-        grants: parts.grants,
+        services: parts.services,
         peers: parts.peer_list,
         shutdown: shutdown_tx,
         tasks,
@@ -353,11 +363,7 @@ fn own_identity(
 /// pipeline, and the catalog replicator with the peers it dials.
 pub(crate) struct Parts {
     pub ctx: NodeCtx,
-    pub catalog: Arc<crate::catalog::Catalog>,
-    pub consent: Arc<crate::consent::ConsentStore>,
-    pub registry: Arc<crate::registry::Registry>,
-    pub fetcher: Arc<crate::access::Fetcher>,
-    pub grants: Arc<crate::grants::Grants>,
+    pub services: Services,
     pub replicator: crate::federation::replicator::CatalogReplicator,
     pub peer_list: SharedPeers,
 }
@@ -489,11 +495,13 @@ impl Parts {
         )?;
         Ok(Self {
             ctx,
-            catalog,
-            consent,
-            registry,
-            fetcher,
-            grants,
+            services: Services {
+                catalog,
+                consent,
+                registry,
+                fetcher,
+                grants,
+            },
             replicator,
             peer_list,
         })

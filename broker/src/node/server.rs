@@ -135,8 +135,8 @@ pub(super) async fn serve_grpc(
         }))
         .add_service(
             pb::access_server::AccessServer::new(AccessService {
-                fetcher: parts.fetcher.clone(),
-                grants: parts.grants.clone(),
+                fetcher: parts.services.fetcher.clone(),
+                grants: parts.services.grants.clone(),
                 idle_timeout: std::time::Duration::from_secs(limits.stream_idle_secs),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -144,19 +144,19 @@ pub(super) async fn serve_grpc(
         .add_service(
             pb::connectors_server::ConnectorsServer::new(ConnectorsService {
                 ctx: ctx.clone(),
-                registry: parts.registry.clone(),
+                registry: parts.services.registry.clone(),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(pb::catalog_server::CatalogServer::new(CatalogService {
             ctx: ctx.clone(),
-            catalog: parts.catalog.clone(),
+            catalog: parts.services.catalog.clone(),
             trigger: parts.replicator.trigger(),
             federation: own.federation.clone(),
         }))
         .add_service(
             ConsentService {
-                consent: parts.consent.clone(),
+                consent: parts.services.consent.clone(),
                 ctx: ctx.clone(),
             }
             .server(),
@@ -164,9 +164,9 @@ pub(super) async fn serve_grpc(
         .add_service(
             pb::grants_server::GrantsServer::new(GrantsService {
                 ctx: ctx.clone(),
-                grants: parts.grants.clone(),
-                registry: parts.registry.clone(),
-                catalog: parts.catalog.clone(),
+                grants: parts.services.grants.clone(),
+                registry: parts.services.registry.clone(),
+                catalog: parts.services.catalog.clone(),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         );

@@ -49,9 +49,17 @@ pub fn request_view(r: &AccessRequest, explanation: Option<Explanation>) -> pb::
         requester: r.requester.clone(),
         requester_org: r.requester_org.clone(),
         requested_at_unix: r.requested_at,
-        decided_at_unix: r.decided_at.unwrap_or_default(),
-        decided_by: r.decided_by.clone().unwrap_or_default(),
-        decision_note: r.note.clone().unwrap_or_default(),
+        decided_at_unix: r.decision.as_ref().map_or(0, |d| d.at),
+        decided_by: r
+            .decision
+            .as_ref()
+            .map(|d| d.by.clone())
+            .unwrap_or_default(),
+        decision_note: r
+            .decision
+            .as_ref()
+            .map(|d| d.note.clone())
+            .unwrap_or_default(),
         grant_id: r.grant_id.clone().unwrap_or_default(),
         explanation: explanation.map(|x| pb::PolicyExplanation {
             approver: x.approver,
@@ -90,9 +98,17 @@ pub fn grant_view(g: &Grant, now: i64) -> pb::GrantView {
         approved_at_unix: g.approved_at,
         approval_signature: g.signature.clone(),
         signer_public_key: g.signer_public_key.clone(),
-        revoked_at_unix: g.revoked_at.unwrap_or_default(),
-        revoked_by: g.revoked_by.clone().unwrap_or_default(),
-        revocation_reason: g.revocation_reason.clone().unwrap_or_default(),
+        revoked_at_unix: g.revocation.as_ref().map_or(0, |d| d.at),
+        revoked_by: g
+            .revocation
+            .as_ref()
+            .map(|d| d.by.clone())
+            .unwrap_or_default(),
+        revocation_reason: g
+            .revocation
+            .as_ref()
+            .map(|d| d.note.clone())
+            .unwrap_or_default(),
         expired_at_unix: g.expired_at.unwrap_or_default(),
     }
 }
