@@ -35,21 +35,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn every_module_starts_with_a_doc_comment_and_nothing_is_left_undone() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut files = Vec::new();
-    for krate in [
-        "proto",
-        "broker",
-        "connectors",
-        "policies",
-        "audit",
-        "vocab",
-        "tests",
-    ] {
-        for sub in ["src", "tests", "benches"] {
-            rust_files(&root.join(krate).join(sub), &mut files);
-        }
-    }
+    let files = workspace_files();
     assert!(files.len() > 20, "found only {} files", files.len());
     let mut bad = Vec::new();
     for f in &files {
@@ -360,10 +346,9 @@ fn the_checks_see_what_they_look_for() {
     );
 }
 
-/// Every `.rs` file of the workspace's crates (sources, tests, benches) but
-/// this one, relative to the workspace root, with its whole text (a test
-/// module defining a vocabulary of its own is a second definition too).
-fn workspace_sources() -> Vec<(String, String)> {
+/// Every `.rs` file of the workspace's crates (sources, tests, benches),
+/// sorted.
+fn workspace_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files = Vec::new();
     for krate in [
@@ -381,6 +366,14 @@ fn workspace_sources() -> Vec<(String, String)> {
     }
     files.sort();
     files
+}
+
+/// Every `.rs` file of the workspace's crates (sources, tests, benches) but
+/// this one, relative to the workspace root, with its whole text (a test
+/// module defining a vocabulary of its own is a second definition too).
+fn workspace_sources() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    workspace_files()
         .into_iter()
         .filter(|f| !f.ends_with("broker/tests/tidy.rs"))
         .map(|f| {

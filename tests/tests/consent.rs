@@ -13,6 +13,7 @@
 use allmende::catalog::Purpose;
 use allmende::cli::consent_cmd::{self, ConsentCmd};
 use allmende::sandbox::Sandbox;
+use allmende_e2e::unix_now as now;
 use allmende_e2e::{connect_with, material, munich, register_sample_dataset};
 use allmende_proto::v1 as pb;
 use pb::consent_client::ConsentClient;
@@ -31,13 +32,6 @@ async fn client(
     let p = sb.profile(org, user).unwrap();
     let endpoint = sb.node(node).unwrap().grpc_endpoint();
     ConsentClient::new(connect_with(&endpoint, &material(&p)).await.unwrap())
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 fn good_csv() -> String {

@@ -15,14 +15,8 @@ use allmende::federation::client::{PeerError, connect_peer, peer_client_config};
 use allmende::pki::ca;
 use allmende::tls::TlsMaterial;
 use allmende_e2e::munich;
+use allmende_e2e::unix_now as now;
 use allmende_proto::v1 as pb;
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_is_what_its_certificate_proves_and_is_refused_once_revoked() {

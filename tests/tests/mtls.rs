@@ -11,6 +11,7 @@
 use allmende::pki::ca::{self, OrgCa};
 use allmende::pki::{OrgKind, Role};
 use allmende::tls::TlsMaterial;
+use allmende_e2e::unix_now as now;
 use allmende_e2e::{connect_with, material, munich};
 use allmende_proto::v1 as pb;
 use pb::federation_client::FederationClient;
@@ -30,13 +31,6 @@ async fn who_am_i(endpoint: &str, m: &TlsMaterial) -> Result<pb::WhoAmIResponse,
         .await
         .map(|r| r.into_inner())
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
