@@ -549,17 +549,23 @@ fn policy_validate_and_offline_explain() {
     assert!(ids.contains(&"nonuse-insurance-risk-scoring"), "{ids:?}");
 }
 
-#[test]
-fn sighup_reload_refuses_a_bad_set_and_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
+/// An onboarded node whose policies are served from a directory the
+/// operator edits: its base port, config file and policy directory.
+fn onboard_with_policy_dir(dir: &Path) -> (u16, std::path::PathBuf, std::path::PathBuf) {
     let base = free_base_port();
-    let cfg = onboard(dir.path(), base, base + 100);
-    // Serve policies from a directory the operator edits.
-    let pdir = dir.path().join("policy");
+    let cfg = onboard(dir, base, base + 100);
+    let pdir = dir.join("policy");
     copy_policies(&pdir);
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!("[policy]\ndir = \"{}\"\n", pdir.display()));
     std::fs::write(&cfg, text).unwrap();
+    (base, cfg, pdir)
+}
+
+#[test]
+fn sighup_reload_refuses_a_bad_set_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, cfg, pdir) = onboard_with_policy_dir(dir.path());
     let (mut child, _) = spawn_until(
         &["node", "run", "--config", cfg.to_str().unwrap()],
         "listening",
@@ -644,13 +650,7 @@ fn without_cvc5_prove_fails_and_reload_is_refused() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
-    let cfg = onboard(dir.path(), base, base + 100);
-    let pdir = dir.path().join("policy");
-    copy_policies(&pdir);
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!("[policy]\ndir = \"{}\"\n", pdir.display()));
-    std::fs::write(&cfg, text).unwrap();
+    let (base, cfg, pdir) = onboard_with_policy_dir(dir.path());
     let (mut child, _) = spawn_until(
         &["node", "run", "--config", cfg.to_str().unwrap()],
         "listening",

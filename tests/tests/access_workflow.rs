@@ -104,6 +104,18 @@ fn entries_since(sb: &Sandbox, from: u64) -> Vec<Entry> {
         .collect()
 }
 
+/// Waits (up to about 5 s) until SWM's audit log holds, after sequence
+/// `from`, an entry for which `found` is true.
+async fn audited_soon(sb: &Sandbox, from: u64, found: impl Fn(&Entry) -> bool) -> bool {
+    for _ in 0..100 {
+        if entries_since(sb, from).iter().any(&found) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 fn size(sb: &Sandbox) -> u64 {
     sb.node("swm-1").unwrap().audit.status().size
 }
@@ -347,21 +359,15 @@ async fn story_2_request_approval_and_read_story_3_denials() {
     // manual clock jumped; a real clock wakes it at the grant's end).
     let before = size(&sb);
     sb.node("swm-1").unwrap().grants.nudge();
-    let mut recorded = false;
-    for _ in 0..100 {
-        recorded = entries_since(&sb, before).iter().any(|e| {
-            matches!(
-                &e.kind,
-                EntryKind::GrantChange {
-                    op: GrantOp::Expired
-                }
-            ) && e.grant_id.as_deref() == Some(short.id.as_str())
-        });
-        if recorded {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let recorded = audited_soon(&sb, before, |e| {
+        matches!(
+            &e.kind,
+            EntryKind::GrantChange {
+                op: GrantOp::Expired
+            }
+        ) && e.grant_id.as_deref() == Some(short.id.as_str())
+    })
+    .await;
     assert!(recorded, "no audited expiry");
     sb.shutdown().await.unwrap();
 }
@@ -646,22 +652,16 @@ async fn revocation_ends_a_stream_in_flight() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("revoked"), "{}", err.message());
     // The completion is audited as aborted.
-    let mut aborted = false;
-    for _ in 0..100 {
-        aborted = entries_since(&sb, before).iter().any(|e| {
-            matches!(
-                e.kind,
-                EntryKind::ReleaseCompletion {
-                    outcome: allmende_audit::ReleaseOutcome::Aborted,
-                    ..
-                }
-            ) && e.grant_id.as_deref() == Some(g.id.as_str())
-        });
-        if aborted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let aborted = audited_soon(&sb, before, |e| {
+        matches!(
+            e.kind,
+            EntryKind::ReleaseCompletion {
+                outcome: allmende_audit::ReleaseOutcome::Aborted,
+                ..
+            }
+        ) && e.grant_id.as_deref() == Some(g.id.as_str())
+    })
+    .await;
     assert!(aborted, "no aborted completion audited");
     sb.shutdown().await.unwrap();
 }
