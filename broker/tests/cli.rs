@@ -57,7 +57,7 @@ fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
 
 #[test]
 fn stories_not_built_exit_2_and_unknown_story_is_a_usage_error() {
-    let out = run(&["demo", "--story", "3"]);
+    let out = run(&["demo", "--story", "5"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
     let out = run(&["demo", "--story", "11"]);
@@ -495,6 +495,42 @@ fn audit_entries_acknowledged_before_kill_9_survive_and_the_tree_verifies() {
     );
     signal(&child, "-TERM");
     assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+}
+
+#[test]
+fn story_3_passes_in_the_demo_harness_with_reasons_in_german_and_english() {
+    let out = run(&["demo", "--story", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("story 3 passed"), "{text}");
+    // Each denial names its deciding policy with the annotations' reasons.
+    for (policy, de, en) in [
+        (
+            "purpose-grant-mismatch",
+            "Der angegebene Zweck stimmt nicht mit dem Zweck der Berechtigung überein",
+            "The declared purpose differs from the grant's purpose",
+        ),
+        (
+            "grant-other-dataset",
+            "Die vorgelegte Berechtigung gilt für einen anderen Datensatz",
+            "The grant presented is for another dataset",
+        ),
+        (
+            "grant-expired",
+            "Die Berechtigung ist abgelaufen",
+            "The grant has expired",
+        ),
+    ] {
+        assert!(
+            text.contains(&format!("policy {policy}:")),
+            "{policy}: {text}"
+        );
+        assert!(text.contains(&format!("de: {de}")), "{policy}: {text}");
+        assert!(text.contains(&format!("en: {en}")), "{policy}: {text}");
+    }
+    // SWM's audit log as its DPO reads it: the denials and the expiry.
+    assert!(text.contains("-> deny [grant-expired]"), "{text}");
+    assert!(text.contains("grant_change/Expired"), "{text}");
 }
 
 #[test]

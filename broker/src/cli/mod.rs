@@ -49,7 +49,10 @@ enum Command {
     Pki(pki_cmd::PkiCmd),
     /// Start the Munich demo federation, or run an acceptance story.
     Demo {
-        /// Run acceptance story N (1-10) on a fresh federation and exit.
+        /// Run acceptance story N (1-10) on a fresh federation and exit:
+        /// built are 1 (connector, catalog), 2 (research grant, consented
+        /// pseudonymised rows), 3 (denials with reasons), 4 (consent
+        /// withdrawal, who accessed), 6 (insurer refused) and 8 (audit).
         #[arg(long)]
         story: Option<u8>,
         /// Where the demo federation lives (wiped and recreated).

@@ -3,6 +3,7 @@
 //! `allmende demo --story N`, the acceptance harness for story N.
 
 pub mod munich;
+pub mod stories;
 
 use crate::clock::SystemClock;
 use crate::sandbox::{Sandbox, SandboxError, SandboxSpec};
@@ -207,6 +208,7 @@ pub async fn run_story(n: u8) -> Result<StoryOutcome, DemoError> {
     };
     match n {
         1 => story_1().await,
+        2 | 3 | 4 | 6 => stories::run(n).await,
         8 => story_8().await,
         // Not built yet: say so instead of faking success.
         _ => Ok(StoryOutcome::NotBuilt {
@@ -366,12 +368,7 @@ async fn audit_client(
     org: &str,
     user: &str,
 ) -> Result<allmende_proto::v1::audit_client::AuditClient<tonic::transport::Channel>, String> {
-    let mut p = sb.profile(org, user).map_err(|e| e.to_string())?;
-    p.endpoint = sb
-        .node("swm-1")
-        .map(|n| n.grpc_endpoint())
-        .ok_or("swm-1 is not running")?;
-    let ch = p.connect().await.map_err(|e| e.to_string())?;
+    let ch = stories::channel_at(sb, "swm-1", org, user).await?;
     Ok(allmende_proto::v1::audit_client::AuditClient::new(ch))
 }
 

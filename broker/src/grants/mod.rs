@@ -978,8 +978,8 @@ impl Grants {
         }
     }
 
-    /// Wakes the expiry timer (after the clock moved, in tests).
-    #[cfg(any(test, feature = "test-util"))]
+    /// Wakes the expiry timer after the node clock jumped (a manual clock:
+    /// the demo's stories and the tests).
     pub fn nudge(&self) {
         self.changed();
     }
