@@ -130,7 +130,7 @@ async fn story_3_wrong_purpose_other_dataset_and_expired_grant_are_denied() {
     let (sb, clock) = federation().await.unwrap();
     let from = size(&sb, "swm-1");
     let s = stories::story_3(&sb, &clock).await.unwrap();
-    let g = s.granted.grant.id.as_str();
+    let g = s.grant.id.as_str();
     let log = log_of(&sb, "swm-1", from);
     let purpose = denial(&log, "tum", "read", Some(g), "purpose-grant-mismatch").unwrap();
     assert_eq!(purpose.purpose.as_deref(), Some("Marketing"));
@@ -192,7 +192,7 @@ async fn story_4_withdrawal_excludes_the_household_and_it_sees_past_accesses() {
 async fn story_6_insurer_is_refused_even_with_a_grant() {
     let (sb, clock) = federation().await.unwrap();
     let from = size(&sb, "swm-1");
-    let s = stories::story_6(&sb, &clock).await.unwrap();
+    let forced = stories::story_6(&sb, &clock).await.unwrap();
     let log = log_of(&sb, "swm-1", from);
     let asked = denial(
         &log,
@@ -207,7 +207,7 @@ async fn story_6_insurer_is_refused_even_with_a_grant() {
         &log,
         "versicherung-ag",
         "read",
-        Some(&s.forced_grant),
+        Some(forced.as_str()),
         INSURANCE_NON_USE,
     )
     .unwrap();
