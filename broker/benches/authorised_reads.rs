@@ -36,7 +36,7 @@
 mod common;
 
 use allmende_proto::v1 as pb;
-use common::{channel, loadavg, percentile};
+use common::{channel, cpu_time, loadavg, percentile};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -49,12 +49,13 @@ const DATASET: &str = "smart-meter-readings";
 const ROWS: u64 = 10;
 const ECHO_PATH: &str = "/allmende.bench.Echo/Echo";
 
-fn env_secs(name: &str, default: u64) -> u64 {
+/// A number from the environment, `default` if unset, within `1..=max`.
+fn env_number(name: &str, default: u64, max: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-        .clamp(1, 120)
+        .clamp(1, max)
 }
 
 /// The echo's message: bytes, returned as received.
@@ -303,6 +304,9 @@ struct Run {
     bytes: usize,
     /// Successful calls, warm-up included.
     all_ok: u64,
+    /// CPU time of the whole process (nodes, echo and clients) in the
+    /// measured part.
+    cpu: Duration,
 }
 
 impl Run {
@@ -354,6 +358,10 @@ async fn measure(
             (lat, failures, first, bytes, all_ok)
         }));
     }
+    tokio::time::sleep_until(start.into()).await;
+    let cpu_start = cpu_time();
+    tokio::time::sleep_until(end.into()).await;
+    let cpu = cpu_time().saturating_sub(cpu_start);
     let mut run = Run {
         name,
         latencies: Vec::new(),
@@ -362,6 +370,7 @@ async fn measure(
         secs: secs.as_secs_f64(),
         bytes: 0,
         all_ok: 0,
+        cpu,
     };
     for t in tasks {
         let (mut lat, f, first, bytes, all_ok) = t.await.unwrap();
@@ -378,9 +387,9 @@ async fn measure(
 }
 
 fn main() {
-    let secs = env_secs("ALLMENDE_BENCH_SECS", 10);
-    let warmup = env_secs("ALLMENDE_BENCH_WARMUP", 2);
-    let clients = env_secs("ALLMENDE_BENCH_CLIENTS", 64) as usize;
+    let secs = env_number("ALLMENDE_BENCH_SECS", 10, 120);
+    let warmup = env_number("ALLMENDE_BENCH_WARMUP", 2, 120);
+    let clients = env_number("ALLMENDE_BENCH_CLIENTS", 64, 1000) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -404,8 +413,9 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
     sb.stop_node(NODE).await.unwrap();
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(
-        "\n[limits]\nfetches = {m}\nfetches_per_caller = {m}\nfetch_rate_per_caller = 1000000\nfetch_burst_per_caller = 1000000\n",
-        m = n.max(16)
+        "\n[limits]\nfetches = {m}\nfetches_per_caller = {m}\nstreams_per_caller = {s}\nfetch_rate_per_caller = 1000000\nfetch_burst_per_caller = 1000000\n",
+        m = n.max(16),
+        s = (2 * n).max(128)
     ));
     std::fs::write(&cfg, text).unwrap();
     sb.start_node(NODE).await.unwrap();
@@ -436,8 +446,10 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
     let load_before = loadavg();
 
     let audit_before = audit.status().size;
+    let groups_before = audit.group_stats();
     let reads = measure("authorised 10-row `Access.Fetch`", readers, warmup, secs).await;
     let audit_written = audit.status().size - audit_before;
+    let groups_after = audit.group_stats();
     let load_after_reads = loadavg();
     let echo = measure("tonic+rustls unary echo", echoes, warmup, secs).await;
     let load_after_echo = loadavg();
@@ -451,12 +463,14 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
         warmup.as_secs()
     );
     println!();
-    println!("| workload | calls | calls/s | p50 | p99 | max | failed | response bytes |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| workload | calls | calls/s | p50 | p99 | max | failed | response bytes | process CPU per call |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in [&reads, &echo, &who] {
         let mut l = r.latencies.clone();
         println!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} |",
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.0} µs ({:.0} % of {cores} cores) |",
             r.name,
             l.len(),
             r.throughput(),
@@ -465,6 +479,8 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
             ms(l.last().copied().unwrap_or_default()),
             r.failures,
             r.bytes,
+            r.cpu.as_secs_f64() * 1e6 / l.len().max(1) as f64,
+            r.cpu.as_secs_f64() * 100.0 / (r.secs * cores.max(1) as f64),
         );
     }
     let p99 = |r: &Run| ms(percentile(&mut r.latencies.clone(), 0.99));
@@ -480,6 +496,11 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
         "audit entries written at SWM's node during the reads: {audit_written} for {} successful reads (warm-up included), {:.2} per read",
         reads.all_ok,
         audit_written as f64 / reads.all_ok.max(1) as f64
+    );
+    let groups = groups_after.0 - groups_before.0;
+    println!(
+        "audit group commits during the reads: {groups} (one durable flush each), {:.1} entries per group",
+        (groups_after.1 - groups_before.1) as f64 / groups.max(1) as f64
     );
     for r in [&reads, &echo, &who] {
         if let Some(e) = &r.first_failure {
