@@ -18,7 +18,10 @@
 //!    federation root) and nothing else: no decision, no audit, no limits;
 //! 3. `Federation.WhoAmI` at SWM's node (its whole server stack — the
 //!    certificate check, limits, metrics — but no decision and no audit),
-//!    to show where the time between 1 and 2 goes.
+//!    to show where the time between 1 and 2 goes;
+//! 4. the three audit entries of a read alone (decision, intent, completion
+//!    naming the subject), appended in-process to SWM's log by as many
+//!    tasks: the audit's share of a read.
 //!
 //! The node's per-caller fetch caps are raised (`[limits]`) so that they do
 //! not cap the figure: the bench measures the cost of the read path.
@@ -277,11 +280,45 @@ async fn who_am_i(
     }
 }
 
+/// A read's three audit entries alone, in-process on the node's log, as
+/// the release path writes them: the decision, the durable intent, the
+/// durable completion naming the released subject.
+async fn audit_only(log: &allmende::audit::AuditLog, grant: &str) -> Result<usize, String> {
+    use allmende::audit::{Draft, ReleaseStats};
+    use allmende_audit::{Decision, EntryKind, ReleaseOutcome};
+    let draft = |kind| {
+        let mut d = Draft::new("tum", "read", DATASET, kind);
+        d.user = Some("alice".into());
+        d.purpose = Some("AcademicResearch".into());
+        d.decision = Some(Decision::Allow);
+        d.policy_ids = vec!["grant-permits-use".into()];
+        d.grant_id = Some(grant.to_owned());
+        d
+    };
+    let e = |e: allmende::audit::AuditError| e.to_string();
+    log.append(draft(EntryKind::Decision)).await.map_err(e)?;
+    let guard = log
+        .begin_release(draft(EntryKind::ReleaseIntent))
+        .await
+        .map_err(e)?;
+    let stats = ReleaseStats {
+        rows_released: ROWS,
+        rows_filtered: 0,
+        bytes: 1288,
+    };
+    guard
+        .complete_with_subjects(stats, ReleaseOutcome::Completed, vec!["HH-000001".into()])
+        .await
+        .map_err(e)?;
+    Ok(0)
+}
+
 /// One client task's connection and what it calls.
 enum Client {
     Read(pb::access_client::AccessClient<Channel>, Arc<str>),
     Echo(tonic::client::Grpc<Channel>, Arc<[u8]>),
     WhoAmI(pb::federation_client::FederationClient<Channel>),
+    Audit(allmende::audit::AuditLog, Arc<str>),
 }
 
 impl Client {
@@ -290,6 +327,7 @@ impl Client {
             Self::Read(c, grant) => read(c, grant).await,
             Self::Echo(c, payload) => echo(c, payload).await,
             Self::WhoAmI(c) => who_am_i(c).await,
+            Self::Audit(log, grant) => audit_only(log, grant).await,
         }
     }
 }
@@ -454,6 +492,17 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
     let echo = measure("tonic+rustls unary echo", echoes, warmup, secs).await;
     let load_after_echo = loadavg();
     let who = measure("`Federation.WhoAmI` at the node", whoami, warmup, secs).await;
+    let log = sb.node(NODE).unwrap().audit.clone();
+    let alone = (0..n)
+        .map(|_| Client::Audit(log.clone(), grant.clone()))
+        .collect();
+    let audit_alone = measure(
+        "the read's 3 audit entries alone (in-process)",
+        alone,
+        warmup,
+        secs,
+    )
+    .await;
     let load_after = loadavg();
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -467,7 +516,7 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
         "| workload | calls | calls/s | p50 | p99 | max | failed | response bytes | process CPU per call |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for r in [&reads, &echo, &who] {
+    for r in [&reads, &echo, &who, &audit_alone] {
         let mut l = r.latencies.clone();
         println!(
             "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.0} µs ({:.0} % of {cores} cores) |",
@@ -502,7 +551,7 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
         "audit group commits during the reads: {groups} (one durable flush each), {:.1} entries per group",
         (groups_after.1 - groups_before.1) as f64 / groups.max(1) as f64
     );
-    for r in [&reads, &echo, &who] {
+    for r in [&reads, &echo, &who, &audit_alone] {
         if let Some(e) = &r.first_failure {
             println!("first failure of {}: {e}", r.name);
         }
