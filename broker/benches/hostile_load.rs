@@ -18,40 +18,14 @@
     reason = "load generator"
 )]
 
-use allmende::clock::SystemClock;
-use allmende::sandbox::{Sandbox, SandboxSpec};
+mod common;
+
 use allmende_proto::v1 as pb;
+use common::{channel, percentile, rss_kib};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-async fn channel(sb: &Sandbox, org: &str, user: &str, node: &str) -> Channel {
-    let p = sb.profile(org, user).unwrap();
-    allmende::tls::connect(
-        &sb.node(node).unwrap().grpc_endpoint(),
-        &p.identity().unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 struct Honest {
     search: Vec<Duration>,
@@ -175,12 +149,7 @@ fn main() {
 }
 
 async fn run(secs: u64) {
-    let mut spec = SandboxSpec::munich();
-    spec.orgs
-        .retain(|o| ["stadt", "swm", "tum"].contains(&o.name.as_str()));
-    let sb = Sandbox::start(spec, None, Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let sb = common::federation(&["stadt", "swm", "tum"], &[]).await;
     // A public dataset large enough that a client which does not read
     // stalls its release (144 000 rows).
     sb.register_sample(

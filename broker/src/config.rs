@@ -181,6 +181,10 @@ pub struct Limits {
     pub fetches: u32,
     /// Concurrent fetches of one caller.
     pub fetches_per_caller: u32,
+    /// Fetches one caller may start per second (sustained rate).
+    pub fetch_rate_per_caller: u32,
+    /// Fetches one caller may start in a burst above that rate.
+    pub fetch_burst_per_caller: u32,
     /// A fetch whose client takes no message for this many seconds is ended.
     pub stream_idle_secs: u64,
     /// Seconds a client has to complete the TLS handshake.
@@ -212,6 +216,8 @@ impl Default for Limits {
             streams_per_caller: 128,
             fetches: 16,
             fetches_per_caller: 4,
+            fetch_rate_per_caller: 5,
+            fetch_burst_per_caller: 20,
             stream_idle_secs: 60,
             handshake_secs: 10,
             handshakes: 64,
@@ -240,6 +246,14 @@ impl Limits {
             (
                 "limits.fetches_per_caller",
                 u64::from(self.fetches_per_caller),
+            ),
+            (
+                "limits.fetch_rate_per_caller",
+                u64::from(self.fetch_rate_per_caller),
+            ),
+            (
+                "limits.fetch_burst_per_caller",
+                u64::from(self.fetch_burst_per_caller),
             ),
             ("limits.stream_idle_secs", self.stream_idle_secs),
             ("limits.handshake_secs", self.handshake_secs),
@@ -622,6 +636,17 @@ membership = "membership.json"
         assert_eq!(c.limits.fetches, 2);
         assert_eq!(c.limits.stream_idle_secs, 5);
         assert_eq!(c.limits.streams, Limits::default().streams);
+        let c = parse(&format!(
+            "{GOOD}\n[limits]\nfetch_rate_per_caller = 500\nfetch_burst_per_caller = 600\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                c.limits.fetch_rate_per_caller,
+                c.limits.fetch_burst_per_caller
+            ),
+            (500, 600)
+        );
         let err = parse(&format!("{GOOD}\n[limits]\nfetchez = 2\n"))
             .unwrap_err()
             .to_string();

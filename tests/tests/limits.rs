@@ -1,9 +1,10 @@
 //! Bounded resources under hostile load: metrics labels only for served
 //! methods, caps on streams (per connection and node-wide), fetches,
-//! handshakes, idle fetch streams ended, denied requests rate-limited per
-//! caller and audited in aggregate, identifier length limits, and a short
-//! load test (stalled streams, unknown methods, denied requests in a loop)
-//! in which memory stays bounded and an honest client is still served.
+//! handshakes, the per-caller fetch rate, idle fetch streams ended, denied
+//! requests rate-limited per caller and audited in aggregate, identifier
+//! length limits, and a short load test (stalled streams, unknown methods,
+//! denied requests in a loop) in which memory stays bounded and an honest
+//! client is still served.
 
 #![allow(
     clippy::unwrap_used,
@@ -356,6 +357,30 @@ async fn stalled_fetch(ch: Channel) -> Result<tonic::Streaming<pb::FetchResponse
         .fetch(traffic())
         .await
         .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_per_caller_fetch_rate_is_configured() {
+    let mut sb = small().await;
+    register_big_public_dataset(&sb).await;
+    restart_with_limits(
+        &mut sb,
+        "stadt-1",
+        "fetch_rate_per_caller = 1\nfetch_burst_per_caller = 2\n",
+    )
+    .await;
+    let a = channel(&sb, "tum", "alice", "stadt-1").await;
+    // The burst of two, each stream given up at once (its slots freed).
+    for _ in 0..2 {
+        drop(stalled_fetch(a.clone()).await.unwrap());
+    }
+    let e = stalled_fetch(a.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("too many fetches"), "{}", e.message());
+    // Another caller has its own budget.
+    let b = channel(&sb, "swm", "steward", "stadt-1").await;
+    drop(stalled_fetch(b).await.unwrap());
+    sb.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

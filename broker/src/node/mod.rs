@@ -480,6 +480,8 @@ impl Parts {
                 max_concurrent: usize::try_from(config.limits.fetches).unwrap_or(usize::MAX),
                 max_concurrent_per_principal: usize::try_from(config.limits.fetches_per_caller)
                     .unwrap_or(usize::MAX),
+                per_principal_per_second: f64::from(config.limits.fetch_rate_per_caller),
+                per_principal_burst: f64::from(config.limits.fetch_burst_per_caller),
                 ..Default::default()
             },
         ));
