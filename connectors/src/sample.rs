@@ -560,6 +560,9 @@ pub fn consent_fields() -> Vec<FieldSpec> {
     ]
 }
 
+/// How long a dated consent of the sample lasts.
+const CONSENT_YEARS: i64 = 5;
+
 /// Consent records of the smart-meter households: about 55 % consent to `AcademicResearch`,
 /// 10 % only to `ServiceProvision`, 20 % refused, 10 % withdrew, 5 % have no record (plus the
 /// fixed households `HH-000001`..`HH-000004`, see the module docs).
@@ -614,7 +617,9 @@ pub fn consent_records(spec: &SampleSpec) -> Result<RecordBatch, ConnectorError>
             withdrawn.append_null();
         }
         if s == "given" && rng.unit() < 0.7 {
-            expires.append_value((given_at + 2 * 365 * 24 * HOUR) * MICROS);
+            // Five years, so the bundled demo keeps its consenting
+            // households for years after the sample was made.
+            expires.append_value((given_at + CONSENT_YEARS * 365 * 24 * HOUR) * MICROS);
         } else {
             expires.append_null();
         }
@@ -790,5 +795,25 @@ mod tests {
         let u = Xorshift::new(1).uuid();
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
+    }
+
+    #[test]
+    fn sample_consents_outlast_the_demo_years() {
+        use arrow::array::{Array, TimestampMicrosecondArray};
+        let b = consent_records(&SampleSpec::default()).unwrap();
+        let expires = b
+            .column_by_name("expires_at")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        let dated: Vec<i64> = expires.iter().flatten().collect();
+        assert!(!dated.is_empty(), "the sample has dated consents");
+        // 2029-01-01: the bundled demo keeps its consenting households.
+        let earliest = dated.iter().min().copied().unwrap() / MICROS;
+        assert!(
+            earliest >= 1_861_920_000,
+            "a sample consent ends at {earliest}"
+        );
     }
 }
