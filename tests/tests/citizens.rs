@@ -205,15 +205,20 @@ async fn receipts_verify_offline_and_forgeries_do_not() {
     assert!(matches!(err, ReceiptError::NotController { .. }), "{err}");
 
     // A household's own citizen certificate (issued by SWM's CA) binding a
-    // key to SWM's node identity: the certificate is not a node's.
+    // key to its identity and signing a receipt: the certificate is not a
+    // node's.
     let hh = material(&sb.profile("swm", "HH-000002").unwrap());
     let fake_node = LeafIdentity {
         federation: "munich".into(),
         organisation: "swm".into(),
         subject: Subject::Node("swm-1".into()),
     };
+    let citizen = LeafIdentity {
+        subject: Subject::User("HH-000002".into()),
+        ..fake_node.clone()
+    };
     let citizen_signer =
-        ReceiptSigner::new(tum.catalog.clone(), &fake_node, &hh.key_pem, &hh.chain_pem).unwrap();
+        ReceiptSigner::new(tum.catalog.clone(), &citizen, &hh.key_pem, &hh.chain_pem).unwrap();
     let by_citizen = citizen_signer
         .issue(
             &swm.consent.record(DS, "HH-000002").unwrap(),
@@ -223,6 +228,40 @@ async fn receipts_verify_offline_and_forgeries_do_not() {
         .unwrap();
     let err = receipt::verify(by_citizen.to_json().as_bytes(), &root).unwrap_err();
     assert!(matches!(err, ReceiptError::NotController { .. }), "{err}");
+
+    // TUM's organisation CA issuing a node certificate that claims SWM's
+    // node identity: the issuing CA is not SWM's.
+    let mut tum_ca = allmende::pki::ca::OrgCa::load(&sb.org_dir("tum")).unwrap();
+    tum_ca.org = "swm".into();
+    let lie = tum_ca
+        .issue_node(
+            "swm-1",
+            &[],
+            &[],
+            30,
+            &dir.path().join("lie"),
+            allmende_e2e::unix_now(),
+        )
+        .unwrap();
+    let lie_signer = ReceiptSigner::new(
+        tum.catalog.clone(),
+        &fake_node,
+        &std::fs::read_to_string(&lie.key).unwrap(),
+        &std::fs::read_to_string(&lie.chain).unwrap(),
+    )
+    .unwrap();
+    let by_lie = lie_signer
+        .issue(
+            &swm.consent.record(DS, "HH-000002").unwrap(),
+            "consent-given",
+            allmende_e2e::unix_now(),
+        )
+        .unwrap();
+    let err = receipt::verify(by_lie.to_json().as_bytes(), &root).unwrap_err();
+    assert!(
+        matches!(&err, ReceiptError::NotController { reason, .. } if reason.contains("another organisation's")),
+        "{err}"
+    );
 
     // Against another federation's root nothing verifies.
     let other = Sandbox::start(SandboxSpec::munich(), None, Arc::new(SystemClock))
