@@ -175,6 +175,11 @@ async fn withdrawal_racing_a_fetch_is_all_or_nothing_and_next_fetch_excludes() {
         let done = completions(&sb, from, 1).await;
         assert_eq!(done.len(), 1, "one fetch, one completion");
         assert_eq!(released(&done[0]), rows as u64);
+        assert_eq!(
+            done[0].grant_id.as_deref(),
+            Some(g.id.as_str()),
+            "the release names its grant"
+        );
         let names = done[0].subjects.contains(&hash);
         if rows == with {
             assert!(

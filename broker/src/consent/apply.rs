@@ -37,6 +37,17 @@ fn change(
     d
 }
 
+/// The consent-change entry of a withdrawal of `subject`'s consent.
+fn withdrawal(by: &Principal, subject: &str, dataset: Option<&str>) -> Draft {
+    change(
+        by,
+        "withdraw_consent",
+        dataset.unwrap_or("*"),
+        ConsentStatus::Withdrawn,
+        vec![subject.to_owned()],
+    )
+}
+
 impl ConsentStore {
     /// Imports `csv` for `dataset` on behalf of `by`: the size and the whole
     /// file are checked first, then the import is audited, then applied (all
@@ -75,15 +86,7 @@ impl ConsentStore {
         dataset: Option<&str>,
         purpose: Option<Purpose>,
     ) -> Result<WithdrawReport, ConsentError> {
-        audit
-            .append(change(
-                by,
-                "withdraw_consent",
-                dataset.unwrap_or("*"),
-                ConsentStatus::Withdrawn,
-                vec![subject.to_owned()],
-            ))
-            .await?;
+        audit.append(withdrawal(by, subject, dataset)).await?;
         self.withdraw(subject, dataset, purpose, &by.uri()).await
     }
 
@@ -98,15 +101,7 @@ impl ConsentStore {
         dataset: Option<&str>,
         purpose: Option<Purpose>,
     ) -> Result<(WithdrawReport, Vec<Receipt>), ConsentError> {
-        audit
-            .append(change(
-                by,
-                "withdraw_consent",
-                dataset.unwrap_or("*"),
-                ConsentStatus::Withdrawn,
-                vec![subject.to_owned()],
-            ))
-            .await?;
+        audit.append(withdrawal(by, subject, dataset)).await?;
         let method = method_of(by, subject);
         let report = self
             .withdraw_with(subject, dataset, purpose, method, &by.uri())
