@@ -95,6 +95,7 @@ impl From<ConsentError> for ApiError {
             ConsentError::Store(s) => ApiError::from(s),
             ConsentError::Audit(a) => ApiError::from(a),
             ConsentError::Poisoned(p) => ApiError::from(p),
+            ConsentError::Receipt(r) => ApiError::Internal(r.to_string()),
         }
     }
 }

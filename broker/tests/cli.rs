@@ -790,3 +790,46 @@ fn copy_policies(dest: &Path) {
         std::fs::copy(e.path(), dest.join("policies").join(e.file_name())).unwrap();
     }
 }
+
+/// `consent receipt-verify` needs no network and no profile: a receipt that
+/// is not one exits 1 naming the file, a missing root certificate exits 3.
+#[test]
+fn consent_receipt_verify_is_offline_with_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let city = dir.path().join("city");
+    let out = run(&[
+        "pki",
+        "init-federation",
+        "--federation",
+        "munich",
+        "--dir",
+        city.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root = city.join("root-ca.crt");
+    let receipt = dir.path().join("receipt.json");
+    std::fs::write(
+        &receipt,
+        r#"{"payload":"{}","signature":"00","signer_public_key":"00","node":"x","key_binding_signature":"00","certificate_chain_pem":""}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "consent",
+        "receipt-verify",
+        "--receipt",
+        receipt.to_str().unwrap(),
+        "--federation-root",
+        root.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not verify"), "{}", stderr(&out));
+    let out = run(&[
+        "consent",
+        "receipt-verify",
+        "--receipt",
+        receipt.to_str().unwrap(),
+        "--federation-root",
+        dir.path().join("missing.pem").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}

@@ -301,6 +301,7 @@ async fn the_cli_imports_withdraws_and_shows() {
             subject: "HH-000001".into(),
             dataset: String::new(),
             purpose: String::new(),
+            receipt_dir: None,
             profile: household.clone(),
         },
         false,

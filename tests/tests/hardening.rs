@@ -205,6 +205,15 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             })
             .await
             .map(|_| ()),
+        "/allmende.v1.Consent/Give" => ConsentClient::new(ch)
+            .give(pb::GiveConsentRequest {
+                subject_id: "HH-000002".into(),
+                dataset: SMART_METER.into(),
+                purposes: vec!["AcademicResearch".into()],
+                expires_at_unix: 0,
+            })
+            .await
+            .map(|_| ()),
         "/allmende.v1.Federation/Hello" => pb::federation_client::FederationClient::new(ch)
             .hello(pb::HelloRequest::default())
             .await

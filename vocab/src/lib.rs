@@ -278,6 +278,21 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// How a consent record reached the controller (ISO/IEC TS 27560's
+    /// collection method), stored with each consent record.
+    CollectionMethod, "collection method" {
+        /// Imported from the controller's consent CSV.
+        CsvImport => "csv-import",
+        /// Given or withdrawn by the data subject with their citizen
+        /// certificate.
+        CitizenSelfService => "citizen-self-service",
+        /// Recorded by the controller's steward or DPO for the subject (a
+        /// decision that reached them another way, e.g. on paper).
+        RecordedByController => "recorded-by-controller",
+    }
+}
+
+vocabulary! {
     /// Data theme (`dcat:theme`), the EU data-theme vocabulary that DCAT-AP.de uses.
     Theme, "theme", scheme = "http://publications.europa.eu/resource/authority/data-theme" {
         Agriculture => ("AGRI", "AGRI"),
@@ -394,6 +409,7 @@ mod tests {
         RequestState,
         Action,
         ConsentStatus,
+        CollectionMethod,
         Theme,
         AccessRights,
         Frequency
@@ -410,6 +426,7 @@ mod tests {
         strict::<RequestState>("request state");
         strict::<Action>("action");
         strict::<ConsentStatus>("status");
+        strict::<CollectionMethod>("collection method");
         strict::<Theme>("theme");
         strict::<AccessRights>("access rights");
         strict::<Frequency>("update frequency");
@@ -458,6 +475,10 @@ mod tests {
                  import_consent,read_consent,list_connectors,exchange_metadata",
             ),
             (spellings(ConsentStatus::ALL), "given,refused,withdrawn"),
+            (
+                spellings(CollectionMethod::ALL),
+                "csv-import,citizen-self-service,recorded-by-controller",
+            ),
             (
                 spellings(Theme::ALL),
                 "AGRI,ECON,EDUC,ENER,ENVI,GOVE,HEAL,INTR,JUST,REGI,SOCI,TECH,TRAN",

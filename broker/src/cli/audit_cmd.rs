@@ -101,6 +101,7 @@ fn entry_json(e: &pb::AuditEntry) -> serde_json::Value {
         "organisation": e.organisation, "user": e.user_pseudonym, "action": e.action,
         "resource": e.resource, "purpose": e.purpose, "decision": e.decision,
         "policies": e.policy_ids, "kind": e.kind, "detail": e.detail, "subjects": e.subjects,
+        "grant": e.grant_id,
     })
 }
 

@@ -1,5 +1,6 @@
-//! `allmende consent …`: import a utility's consent CSV, withdraw consent,
-//! show a subject's records.
+//! `allmende consent …`: import a utility's consent CSV, give and withdraw
+//! consent (with signed receipts), list a subject's records, verify a
+//! receipt offline, see who accessed a subject's data.
 
 use super::exit;
 use super::{Answer, Failure};
@@ -33,17 +34,60 @@ pub enum ConsentCmd {
         /// Only this purpose (default: every purpose).
         #[arg(long, default_value = "")]
         purpose: String,
+        /// A directory to save the signed receipts in (one
+        /// `<record id>.json` per changed record).
+        #[arg(long)]
+        receipt_dir: Option<PathBuf>,
+        #[arg(long, env = "ALLMENDE_PROFILE")]
+        profile: Option<PathBuf>,
+    },
+    /// Give consent for one dataset (the record then holds exactly these
+    /// purposes); prints the record and saves the node's signed receipt.
+    Give {
+        /// The data subject (a citizen's own user id).
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        dataset: String,
+        /// Purposes, comma separated (e.g. `AcademicResearch`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        purpose: Vec<String>,
+        /// Consent ends after this many days (default: until withdrawn).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Where to save the signed receipt (JSON).
+        #[arg(long)]
+        receipt: Option<PathBuf>,
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
     },
     /// Show a subject's consent records.
-    #[command(alias = "get")]
+    #[command(name = "list", aliases = ["show", "get"])]
     Show {
         /// The data subject.
         #[arg(long)]
         subject: String,
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
+    },
+    /// Verify a consent receipt offline: signed by a node of the controller
+    /// it names, whose certificate chains to the federation root.
+    ReceiptVerify {
+        /// The receipt file (JSON).
+        #[arg(long)]
+        receipt: PathBuf,
+        /// The federation root certificate (PEM).
+        #[arg(long)]
+        federation_root: PathBuf,
+    },
+    /// Who accessed data about me (the audited accesses; data subjects).
+    WhoAccessed {
+        #[arg(long, env = "ALLMENDE_PROFILE")]
+        profile: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        page_after: Option<u64>,
     },
 }
 
@@ -97,6 +141,7 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
             subject,
             dataset,
             purpose,
+            receipt_dir,
             profile,
         } => {
             let p = ClientProfile::resolve(profile.as_deref())?;
@@ -108,10 +153,20 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
                 })
                 .await
                 .answer()?;
+            let mut saved = Vec::new();
+            if let Some(dir) = &receipt_dir {
+                for rc in &r.receipts {
+                    let path = dir.join(format!("{}.json", file_safe(&rc.record_id)));
+                    write_receipt(&path, &rc.json)?;
+                    saved.push(path.display().to_string());
+                }
+            }
             Ok(if json {
                 json_line(&serde_json::json!({
                     "subject": subject, "records_changed": r.records_changed,
                     "withdrawn_at": fmt_secs(r.withdrawn_at_unix),
+                    "record_ids": r.receipts.iter().map(|x| x.record_id.clone()).collect::<Vec<_>>(),
+                    "receipts_saved": saved,
                 }))
             } else if r.records_changed == 0 {
                 format!("no given consent of `{subject}` matched; nothing changed\n")
@@ -122,6 +177,118 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
                     fmt_secs(r.withdrawn_at_unix)
                 )
             })
+        }
+        ConsentCmd::Give {
+            subject,
+            dataset,
+            purpose,
+            days,
+            receipt,
+            profile,
+        } => {
+            let p = ClientProfile::resolve(profile.as_deref())?;
+            let expires_at_unix = match days {
+                None => 0,
+                Some(d) => {
+                    crate::clock::Clock::now_unix_secs(&crate::clock::SystemClock)
+                        + i64::from(d) * 86_400
+                }
+            };
+            let r = pb::consent_client::ConsentClient::new(p.connect().await?)
+                .give(pb::GiveConsentRequest {
+                    subject_id: subject.clone(),
+                    dataset: dataset.clone(),
+                    purposes: purpose,
+                    expires_at_unix,
+                })
+                .await
+                .answer()?;
+            let rc = r.receipt.unwrap_or_default();
+            if let Some(path) = &receipt {
+                write_receipt(path, &rc.json)?;
+            }
+            let records: Vec<pb::ConsentRecord> = r.record.into_iter().collect();
+            Ok(if json {
+                json_line(&serde_json::json!({
+                    "subject": subject, "dataset": dataset, "record_id": rc.record_id,
+                    "receipt": serde_json::from_str::<serde_json::Value>(&rc.json).ok(),
+                }))
+            } else {
+                let mut out = format!(
+                    "consent of `{subject}` for `{dataset}` recorded (record {})\n",
+                    rc.record_id
+                );
+                out.push_str(&render_records(&subject, &records, false));
+                if let Some(path) = &receipt {
+                    out.push_str(&format!("receipt saved to `{}`\n", path.display()));
+                }
+                out
+            })
+        }
+        ConsentCmd::ReceiptVerify {
+            receipt,
+            federation_root,
+        } => {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|e| {
+                    Failure::new(
+                        exit::INPUT,
+                        format!("cannot read `{}`: {e}", path.display()),
+                    )
+                })
+            };
+            let bytes = read(&receipt)?;
+            let root = String::from_utf8_lossy(&read(&federation_root)?).into_owned();
+            let v = crate::consent::receipt::verify(&bytes, &root).map_err(|e| match e {
+                crate::consent::ReceiptError::Root(_) => Failure::new(exit::INPUT, e.to_string()),
+                other => Failure::new(
+                    exit::FAILED,
+                    format!("`{}` does not verify: {other}", receipt.display()),
+                ),
+            })?;
+            let p = &v.payload;
+            Ok(if json {
+                json_line(&serde_json::json!({
+                    "valid": true, "node": v.node.uri(),
+                    "payload": serde_json::to_value(p).unwrap_or_default(),
+                }))
+            } else {
+                format!(
+                    "receipt `{}` is valid: signed by `{}` for controller `{}`\n\
+                     record {} of `{}` for `{}`: {} ({}) at {}; purposes {}; collected by {}\n",
+                    p.receipt_id,
+                    v.node.uri(),
+                    p.controller,
+                    p.record_id,
+                    p.subject,
+                    p.dataset,
+                    p.status,
+                    p.event,
+                    p.issued_at,
+                    p.purposes
+                        .iter()
+                        .map(|x| x.purpose.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    p.collection_method
+                )
+            })
+        }
+        ConsentCmd::WhoAccessed {
+            profile,
+            limit,
+            page_after,
+        } => {
+            super::audit_cmd::run(
+                super::audit_cmd::AuditCmd::MyAccesses {
+                    profile,
+                    limit,
+                    page_after,
+                },
+                json,
+            )
+            .await?;
+            Ok(String::new())
         }
         ConsentCmd::Show { subject, profile } => {
             let p = ClientProfile::resolve(profile.as_deref())?;
@@ -143,6 +310,7 @@ pub fn render_records(subject: &str, records: &[pb::ConsentRecord], json: bool) 
             .iter()
             .map(|r| {
                 serde_json::json!({
+                    "record_id": r.record_id, "collection_method": r.collection_method,
                     "subject": r.subject_id, "controller": r.controller, "dataset": r.dataset,
                     "purposes": r.purposes, "status": r.status,
                     "given_at": fmt_secs(r.given_at_unix),
@@ -178,6 +346,22 @@ pub fn render_records(subject: &str, records: &[pb::ConsentRecord], json: bool) 
         ));
     }
     out
+}
+
+/// A record id as a file name (ids are hex; anything else is replaced).
+fn file_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn write_receipt(path: &std::path::Path, json: &str) -> Result<(), Failure> {
+    std::fs::write(path, json).map_err(|e| {
+        Failure::new(
+            exit::INPUT,
+            format!("cannot write the receipt to `{}`: {e}", path.display()),
+        )
+    })
 }
 
 /// One JSON value as a line of `--json` output.

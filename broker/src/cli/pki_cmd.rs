@@ -73,6 +73,22 @@ pub enum PkiCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// (organisation, controller) Issue a data subject's credential: a
+    /// citizen certificate whose user id is the subject id the controller
+    /// keeps their records under (e.g. a household's meter id). With it the
+    /// subject gives, withdraws and lists their consent and sees who
+    /// accessed their data, at this organisation's node only.
+    IssueCitizen {
+        #[arg(long)]
+        org_dir: PathBuf,
+        /// The subject id (`[A-Za-z0-9._-]{1,64}`).
+        #[arg(long)]
+        subject: String,
+        #[arg(long, default_value_t = ca::USER_DAYS)]
+        days: i64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// (organisation) Renew a user certificate: new key, same identity and role.
     RenewUser {
         #[arg(long)]
@@ -196,6 +212,34 @@ pub fn run(cmd: PkiCmd, json: bool, now: i64) -> Result<(), Failure> {
                     o.org,
                     f.chain.display(),
                     f.key.display()
+                ),
+            );
+        }
+        PkiCmd::IssueCitizen {
+            org_dir,
+            subject,
+            days,
+            out: dir,
+        } => {
+            if !crate::consent::valid_subject_id(&subject) {
+                return Err(Failure::new(
+                    exit::INPUT,
+                    format!(
+                        "subject id `{}` must match [A-Za-z0-9._-]{{1,64}}",
+                        crate::text::shown(&subject, 80)
+                    ),
+                ));
+            }
+            let o = OrgCa::load(&org_dir).map_err(fail)?;
+            let f = o
+                .issue_user(&subject, Role::Citizen, days, &dir, now)
+                .map_err(fail)?;
+            out(
+                serde_json::json!({"key": f.key, "cert": f.chain, "role": Role::Citizen, "subject": subject}),
+                format!(
+                    "subject credential for `{subject}` of controller `{}`, valid {days} days: {}",
+                    o.org,
+                    f.chain.display()
                 ),
             );
         }

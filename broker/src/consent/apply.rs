@@ -7,7 +7,10 @@
 //! authorize` in the handler); these functions are the one place the
 //! audit-then-apply order lives.
 
-use super::{ConsentError, ConsentStore, ImportReport, MAX_IMPORT_BYTES, WithdrawReport};
+use super::{
+    CollectionMethod, ConsentError, ConsentRecord, ConsentStore, Give, ImportReport,
+    MAX_IMPORT_BYTES, Receipt, ReceiptSigner, WithdrawReport,
+};
 use crate::audit::{AuditLog, Draft};
 use crate::pki::{Principal, Subject};
 use allmende_audit::{ConsentStatus, EntryKind};
@@ -32,6 +35,17 @@ fn change(
     }
     d.subjects = subjects;
     d
+}
+
+/// The consent-change entry of a withdrawal of `subject`'s consent.
+fn withdrawal(by: &Principal, subject: &str, dataset: Option<&str>) -> Draft {
+    change(
+        by,
+        "withdraw_consent",
+        dataset.unwrap_or("*"),
+        ConsentStatus::Withdrawn,
+        vec![subject.to_owned()],
+    )
 }
 
 impl ConsentStore {
@@ -72,17 +86,69 @@ impl ConsentStore {
         dataset: Option<&str>,
         purpose: Option<Purpose>,
     ) -> Result<WithdrawReport, ConsentError> {
+        audit.append(withdrawal(by, subject, dataset)).await?;
+        self.withdraw(subject, dataset, purpose, &by.uri()).await
+    }
+
+    /// Withdraws like [`Self::withdraw_audited`], recording `method`, and
+    /// returns a signed receipt for each changed record.
+    pub async fn withdraw_receipted(
+        &self,
+        audit: &AuditLog,
+        signer: &ReceiptSigner,
+        by: &Principal,
+        subject: &str,
+        dataset: Option<&str>,
+        purpose: Option<Purpose>,
+    ) -> Result<(WithdrawReport, Vec<Receipt>), ConsentError> {
+        audit.append(withdrawal(by, subject, dataset)).await?;
+        let method = method_of(by, subject);
+        let report = self
+            .withdraw_with(subject, dataset, purpose, method, &by.uri())
+            .await?;
+        let receipts = report
+            .records
+            .iter()
+            .map(|r| signer.issue(r, "consent-withdrawn", report.withdrawn_at))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((report, receipts))
+    }
+
+    /// Records a consent `by` gives (the subject, or the controller's
+    /// officer for them): validated, audited, applied, then receipted.
+    pub async fn give_receipted(
+        &self,
+        audit: &AuditLog,
+        signer: &ReceiptSigner,
+        by: &Principal,
+        give: &Give,
+    ) -> Result<(ConsentRecord, Receipt), ConsentError> {
+        self.check_give(give)?;
         audit
             .append(change(
                 by,
-                "withdraw_consent",
-                dataset.unwrap_or("*"),
-                ConsentStatus::Withdrawn,
-                vec![subject.to_owned()],
+                "give_consent",
+                &give.dataset,
+                ConsentStatus::Given,
+                vec![give.subject.clone()],
             ))
             .await?;
-        self.withdraw(subject, dataset, purpose, &by.uri()).await
+        let give = Give {
+            method: method_of(by, &give.subject),
+            ..give.clone()
+        };
+        let rec = self.give(&give, &by.uri()).await?;
+        let receipt = signer.issue(&rec, "consent-given", rec.given_at)?;
+        Ok((rec, receipt))
     }
+}
+
+/// The subject themself (their citizen certificate names them) or the
+/// controller's officer for them.
+fn method_of(by: &Principal, subject: &str) -> CollectionMethod {
+    let own = matches!(&by.subject, Subject::User(u) if u == subject)
+        && by.role == Some(crate::pki::Role::Citizen);
+    super::receipt::method_for(own)
 }
 
 #[cfg(test)]

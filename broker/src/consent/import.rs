@@ -4,7 +4,9 @@
 //! never overrides a newer decision already held (a re-imported old file
 //! cannot undo a withdrawal).
 
-use super::{ConsentError, ConsentRecord, ConsentStatus, ConsentStore, valid_subject_id};
+use super::{
+    CollectionMethod, ConsentError, ConsentRecord, ConsentStatus, ConsentStore, valid_subject_id,
+};
 use crate::store::WriteBatch;
 use allmende_policies::Purpose;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -305,6 +307,8 @@ impl ConsentStore {
                 (true, Some(status), Some(given_at)) => out.push((
                     line,
                     ConsentRecord {
+                        record_id: String::new(),
+                        collection_method: CollectionMethod::CsvImport,
                         subject_id: subject,
                         controller,
                         dataset: row_dataset,
@@ -354,8 +358,13 @@ impl ConsentStore {
         {
             let held = self.held()?;
             let current = held.get(dataset);
-            for (_, rec) in rows {
-                match current.and_then(|m| m.get(&rec.subject_id)) {
+            for (_, mut rec) in rows {
+                let old = current.and_then(|m| m.get(&rec.subject_id));
+                rec.record_id = match old.map(|o| o.record_id.clone()) {
+                    Some(id) if !id.is_empty() => id,
+                    _ => super::new_record_id()?,
+                };
+                match old {
                     Some(old) if old.same_decision(&rec) => {
                         report.unchanged += 1;
                         continue;

@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod import;
+pub mod receipt;
 
 pub use import::{
     CSV_COLUMNS, GIVEN_AT_SKEW_SECS, ImportReport, MAX_IMPORT_BYTES, MAX_IMPORT_ROWS, RowError,
@@ -31,13 +32,44 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+/// How a record reached the controller (defined in `allmende-vocab`).
+pub use allmende_vocab::CollectionMethod;
 /// A subject's decision (the one definition is in `allmende-vocab`).
 pub use allmende_vocab::ConsentStatus;
+pub use receipt::{Receipt, ReceiptError, ReceiptSigner, VerifiedReceipt};
 
-/// One subject's consent decision for one dataset.
+/// A fresh record id: 128 random bits, hex (unguessable).
+pub fn new_record_id() -> Result<String, ConsentError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ConsentError::Invalid("no randomness for a consent record id".into()))?;
+    Ok(hex::encode(bytes))
+}
+
+fn csv_import() -> CollectionMethod {
+    CollectionMethod::CsvImport
+}
+
+/// One subject's consent decision for one dataset, shaped after ISO/IEC
+/// TS 27560 (record id, subject, controller, dataset, purposes, status,
+/// given-at, expiry, collection method; the legal basis is always consent,
+/// `dpv:Consent`).
+///
+/// Records stored before record ids and collection methods existed read
+/// with an empty id (the next change gives them one) and `csv-import` (the
+/// only way records came in then).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentRecord {
+    /// 128 random bits, hex; stable for this subject and dataset across
+    /// changes. Empty only in a record stored before ids existed.
+    #[serde(default)]
+    pub record_id: String,
+    /// How the latest decision reached the controller.
+    #[serde(default = "csv_import")]
+    pub collection_method: CollectionMethod,
     pub subject_id: String,
     /// The controller organisation (this node's organisation).
     pub controller: String,
@@ -109,6 +141,9 @@ pub enum ConsentError {
     /// The consent change could not be audited; nothing was changed.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// A receipt could not be signed.
+    #[error(transparent)]
+    Receipt(#[from] ReceiptError),
 }
 
 impl ConsentError {
@@ -133,6 +168,21 @@ pub struct WithdrawReport {
     pub changed: usize,
     /// When it took effect (Unix seconds).
     pub withdrawn_at: i64,
+    /// The changed records, as stored.
+    pub records: Vec<ConsentRecord>,
+}
+
+/// A consent a subject gives for one dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Give {
+    pub subject: String,
+    pub dataset: String,
+    /// Every purpose the subject consents to for the dataset (the record
+    /// holds exactly these afterwards).
+    pub purposes: BTreeSet<Purpose>,
+    /// Unix seconds; none: until withdrawn.
+    pub expires_at: Option<i64>,
+    pub method: CollectionMethod,
 }
 
 type Records = HashMap<String, HashMap<String, ConsentRecord>>;
@@ -280,6 +330,26 @@ impl ConsentStore {
         purpose: Option<Purpose>,
         by: &str,
     ) -> Result<WithdrawReport, ConsentError> {
+        self.withdraw_with(
+            subject,
+            dataset,
+            purpose,
+            CollectionMethod::RecordedByController,
+            by,
+        )
+        .await
+    }
+
+    /// [`Self::withdraw`], recording how the withdrawal reached the
+    /// controller.
+    pub async fn withdraw_with(
+        &self,
+        subject: &str,
+        dataset: Option<&str>,
+        purpose: Option<Purpose>,
+        method: CollectionMethod,
+        by: &str,
+    ) -> Result<WithdrawReport, ConsentError> {
         if !valid_subject_id(subject) {
             return Err(ConsentError::Invalid(format!(
                 "subject id `{}` must match [A-Za-z0-9._-]{{1,64}}",
@@ -322,6 +392,10 @@ impl ConsentStore {
                 }
                 rec.stored_at_ms = stored_at_ms;
                 rec.source = format!("withdraw by {}", crate::text::shown(by, 200));
+                rec.collection_method = method;
+                if rec.record_id.is_empty() {
+                    rec.record_id = new_record_id()?;
+                }
                 batch.put(&self.table, &(ds.clone(), subject.to_owned()), &rec)?;
                 changed.push(rec);
             }
@@ -329,6 +403,7 @@ impl ConsentStore {
         let report = WithdrawReport {
             changed: changed.len(),
             withdrawn_at: now,
+            records: changed.clone(),
         };
         if changed.is_empty() {
             return Ok(report);
@@ -349,6 +424,80 @@ impl ConsentStore {
             "consent withdrawn"
         );
         Ok(report)
+    }
+
+    /// Checks a consent to be given, before anything is audited or stored.
+    pub fn check_give(&self, give: &Give) -> Result<(), ConsentError> {
+        if !valid_subject_id(&give.subject) {
+            return Err(ConsentError::Invalid(format!(
+                "subject id `{}` must match [A-Za-z0-9._-]{{1,64}}",
+                crate::text::shown(&give.subject, 80)
+            )));
+        }
+        if give.dataset.is_empty() {
+            return Err(ConsentError::Invalid("`dataset` is empty".into()));
+        }
+        if give.purposes.is_empty() {
+            return Err(ConsentError::Invalid(
+                "consent names no purpose; give at least one".into(),
+            ));
+        }
+        if let Some(e) = give.expires_at
+            && e <= self.now()
+        {
+            return Err(ConsentError::Invalid(format!(
+                "expiry {} is not in the future",
+                format_time(e)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records a consent the subject gives: the record of `give.dataset`
+    /// holds exactly `give.purposes` from now on, until `give.expires_at`
+    /// or a withdrawal. Durable before it returns; the next query sees it.
+    pub async fn give(&self, give: &Give, by: &str) -> Result<ConsentRecord, ConsentError> {
+        self.check_give(give)?;
+        let _w = self.write.lock().await;
+        let now = self.clock.now_unix_secs();
+        let old = self.record(&give.dataset, &give.subject);
+        let record_id = match old.as_ref().map(|o| o.record_id.clone()) {
+            Some(id) if !id.is_empty() => id,
+            _ => new_record_id()?,
+        };
+        let mut withdrawn_purposes = old
+            .as_ref()
+            .map(|o| o.withdrawn_purposes.clone())
+            .unwrap_or_default();
+        withdrawn_purposes.retain(|p, _| !give.purposes.contains(p));
+        let rec = ConsentRecord {
+            record_id,
+            collection_method: give.method,
+            subject_id: give.subject.clone(),
+            controller: self.controller.clone(),
+            dataset: give.dataset.clone(),
+            purposes: give.purposes.clone(),
+            status: ConsentStatus::Given,
+            given_at: now,
+            withdrawn_at: None,
+            expires_at: give.expires_at,
+            withdrawn_purposes,
+            stored_at_ms: self.clock.now_unix_ms(),
+            source: format!("give by {}", crate::text::shown(by, 200)),
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(
+            &self.table,
+            &(rec.dataset.clone(), rec.subject_id.clone()),
+            &rec,
+        )?;
+        self.store.commit_durable(batch).await?;
+        self.held_mut()?
+            .entry(rec.dataset.clone())
+            .or_default()
+            .insert(rec.subject_id.clone(), rec.clone());
+        tracing::info!(dataset = %give.dataset, purposes = give.purposes.len(), "consent given");
+        Ok(rec)
     }
 }
 
@@ -490,6 +639,70 @@ HH-000006,swm,{DS},ServiceProvision,given,2024-05-01T10:00:00Z,,\n"
             ConsentStatus::Withdrawn
         );
         assert!(c.withdraw("bad id", None, None, "x").await.is_err());
+    }
+
+    /// A record stored before record ids and collection methods existed
+    /// still reads (as a csv import without id), and the next change gives
+    /// it an unguessable id it keeps afterwards.
+    #[tokio::test]
+    async fn an_old_record_still_reads_and_gets_an_id_on_its_next_change() {
+        let old = format!(
+            r#"{{"subject_id":"HH-000001","controller":"swm","dataset":"{DS}","purposes":["AcademicResearch"],"status":"given","given_at":{NOW},"withdrawn_at":null,"expires_at":null,"stored_at_ms":0,"source":"import"}}"#
+        );
+        let rec: ConsentRecord = serde_json::from_str(&old).unwrap();
+        assert_eq!(rec.record_id, "");
+        assert_eq!(rec.collection_method, CollectionMethod::CsvImport);
+        assert!(rec.permits(Purpose::AcademicResearch, NOW));
+
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(NOW * 1000);
+        {
+            let store = Store::open(
+                dir.path(),
+                &StoreOptions {
+                    cache_bytes: 1 << 20,
+                },
+            )
+            .unwrap();
+            let table: Table<(String, String), serde_json::Value> =
+                store.table(TableName::Consent).unwrap();
+            let mut batch = WriteBatch::new();
+            batch
+                .put(
+                    &table,
+                    &(DS.to_owned(), "HH-000001".to_owned()),
+                    &serde_json::from_str::<serde_json::Value>(&old).unwrap(),
+                )
+                .unwrap();
+            store.commit_durable(batch).await.unwrap();
+        }
+        let c = open(dir.path(), clock.clone());
+        assert!(c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW));
+        let w = c
+            .withdraw("HH-000001", None, Some(Purpose::AcademicResearch), "x")
+            .await
+            .unwrap();
+        let id = w.records[0].record_id.clone();
+        assert_eq!(id.len(), 32);
+        let g = c
+            .give(
+                &Give {
+                    subject: "HH-000001".into(),
+                    dataset: DS.into(),
+                    purposes: BTreeSet::from([Purpose::ServiceProvision]),
+                    expires_at: Some(NOW + 86_400),
+                    method: CollectionMethod::CitizenSelfService,
+                },
+                "swm/HH-000001",
+            )
+            .await
+            .unwrap();
+        assert_eq!(g.record_id, id, "the record keeps its id");
+        assert!(c.is_permitted(DS, "HH-000001", Purpose::ServiceProvision, NOW));
+        assert!(!c.is_permitted(DS, "HH-000001", Purpose::AcademicResearch, NOW));
+        assert!(!c.is_permitted(DS, "HH-000001", Purpose::ServiceProvision, NOW + 86_400));
+        // Two records never share an id.
+        assert_ne!(new_record_id().unwrap(), new_record_id().unwrap());
     }
 
     /// A panic while the records were being changed leaves them unusable:

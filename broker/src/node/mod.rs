@@ -89,6 +89,8 @@ pub struct Services {
     pub fetcher: Arc<crate::access::Fetcher>,
     /// Access requests and grants.
     pub grants: Arc<crate::grants::Grants>,
+    /// Signs consent receipts with the node's key, bound to its certificate.
+    pub receipts: Arc<crate::consent::ReceiptSigner>,
 }
 
 /// A running node.
@@ -441,6 +443,19 @@ impl Parts {
             clock.clone(),
             &own.organisation,
         )?);
+        let receipts = Arc::new(
+            crate::consent::ReceiptSigner::new(
+                catalog.clone(),
+                &crate::pki::identity::LeafIdentity {
+                    federation: own.federation.clone(),
+                    organisation: own.organisation.clone(),
+                    subject: Subject::Node(config.name.clone()),
+                },
+                &material.key_pem,
+                &material.chain_pem,
+            )
+            .map_err(|e| NodeError::Policy(e.to_string()))?,
+        );
         // Registered connectors and the release pipeline (docs/access.md).
         // Sources are read only below `sources.roots` (docs/configuration.md).
         let source_roots = config.source_roots();
@@ -503,6 +518,7 @@ impl Parts {
                 registry,
                 fetcher,
                 grants,
+                receipts,
             },
             replicator,
             peer_list,

@@ -158,6 +158,7 @@ pub(super) async fn serve_grpc(
             ConsentService {
                 consent: parts.services.consent.clone(),
                 ctx: ctx.clone(),
+                receipts: parts.services.receipts.clone(),
             }
             .server(),
         )

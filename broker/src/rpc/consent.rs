@@ -9,7 +9,7 @@
 //! for any of its subjects.
 
 use super::principal;
-use crate::consent::{ConsentStore, MAX_IMPORT_BYTES};
+use crate::consent::{ConsentStore, Give, MAX_IMPORT_BYTES, ReceiptSigner};
 use crate::ctx::NodeCtx;
 use crate::error::ApiError;
 use crate::pki::Principal;
@@ -27,6 +27,8 @@ pub struct ConsentService {
     /// they take effect (`consent::apply`); if they cannot be written,
     /// nothing changes.
     pub ctx: NodeCtx,
+    /// Signs the receipts returned for consent given and withdrawn.
+    pub receipts: Arc<ReceiptSigner>,
 }
 
 impl ConsentService {
@@ -126,12 +128,79 @@ impl pb::consent_server::Consent for ConsentService {
         if let Some(pp) = purpose {
             tracing::Span::current().record("purpose", tracing::field::display(pp));
         }
-        let report = self
+        let (report, receipts) = self
             .consent
-            .withdraw_audited(&self.ctx.audit, &p, &r.subject_id, dataset, purpose)
+            .withdraw_receipted(
+                &self.ctx.audit,
+                &self.receipts,
+                &p,
+                &r.subject_id,
+                dataset,
+                purpose,
+            )
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(pb::WithdrawConsentResponse::from(&report)))
+        Ok(Response::new(super::convert::consent::withdraw_response(
+            &report, &receipts,
+        )))
+    }
+
+    async fn give(
+        &self,
+        req: Request<pb::GiveConsentRequest>,
+    ) -> Result<Response<pb::GiveConsentResponse>, Status> {
+        super::limits::check_id("subject_id", &req.get_ref().subject_id)?;
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
+        if req.get_ref().purposes.len() > Purpose::ALL.len() {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} purposes given; there are only {}",
+                req.get_ref().purposes.len(),
+                Purpose::ALL.len()
+            ))
+            .into());
+        }
+        for pp in &req.get_ref().purposes {
+            super::limits::check_id("purpose", pp)?;
+        }
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        self.authorize_subject(&p, Action::RecordConsent, &r.subject_id)
+            .await?;
+        tracing::Span::current().record("dataset", tracing::field::display(&r.dataset));
+        let own = self.ctx.policy.own_org().to_owned();
+        let consent_based = self.ctx.policy.with_entities(|e| {
+            e.dataset(&r.dataset).is_some_and(|d| {
+                d.owner == own && d.legal_basis == allmende_policies::LegalBasis::Consent
+            })
+        });
+        if consent_based != Some(true) {
+            return Err(ApiError::InvalidArgument(format!(
+                "dataset `{}` is not a dataset of `{own}` released under consent",
+                crate::text::shown(&r.dataset, 80)
+            ))
+            .into());
+        }
+        let mut purposes = std::collections::BTreeSet::new();
+        for text in &r.purposes {
+            if let Some(pp) = purpose(text)? {
+                purposes.insert(pp);
+            }
+        }
+        let give = Give {
+            subject: r.subject_id,
+            dataset: r.dataset,
+            purposes,
+            expires_at: (r.expires_at_unix != 0).then_some(r.expires_at_unix),
+            method: crate::consent::CollectionMethod::CitizenSelfService,
+        };
+        let (record, receipt) = self
+            .consent
+            .give_receipted(&self.ctx.audit, &self.receipts, &p, &give)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(super::convert::consent::give_response(
+            &record, &receipt,
+        )))
     }
 
     async fn get(

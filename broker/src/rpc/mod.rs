@@ -139,6 +139,10 @@ pub const CALLS: &[(&str, CallRule)] = &[
         CallRule::Decided(Action::ReadConsent),
     ),
     (
+        "/allmende.v1.Consent/Give",
+        CallRule::Decided(Action::RecordConsent),
+    ),
+    (
         "/allmende.v1.Federation/WhoAmI",
         CallRule::Exempt("echoes the caller's own certificate identity"),
     ),

@@ -1,6 +1,6 @@
 //! `allmende.v1.Consent` messages from consent records and reports.
 
-use crate::consent::{ConsentRecord, ImportReport, WithdrawReport};
+use crate::consent::{ConsentRecord, ImportReport, Receipt, WithdrawReport};
 use allmende_proto::v1 as pb;
 
 impl From<&ConsentRecord> for pb::ConsentRecord {
@@ -22,7 +22,38 @@ impl From<&ConsentRecord> for pb::ConsentRecord {
                     withdrawn_at_unix: *at,
                 })
                 .collect(),
+            record_id: r.record_id.clone(),
+            collection_method: r.collection_method.as_str().to_owned(),
         }
+    }
+}
+
+/// A receipt for the record `record_id`.
+pub fn receipt(record_id: &str, r: &Receipt) -> pb::ConsentReceipt {
+    pb::ConsentReceipt {
+        record_id: record_id.to_owned(),
+        json: r.to_json(),
+    }
+}
+
+/// The answer to a withdrawal: what changed and a receipt per record.
+pub fn withdraw_response(r: &WithdrawReport, receipts: &[Receipt]) -> pb::WithdrawConsentResponse {
+    pb::WithdrawConsentResponse {
+        receipts: r
+            .records
+            .iter()
+            .zip(receipts)
+            .map(|(rec, rc)| receipt(&rec.record_id, rc))
+            .collect(),
+        ..pb::WithdrawConsentResponse::from(r)
+    }
+}
+
+/// The answer to a consent given.
+pub fn give_response(rec: &ConsentRecord, r: &Receipt) -> pb::GiveConsentResponse {
+    pb::GiveConsentResponse {
+        record: Some(pb::ConsentRecord::from(rec)),
+        receipt: Some(receipt(&rec.record_id, r)),
     }
 }
 
@@ -43,6 +74,7 @@ impl From<&WithdrawReport> for pb::WithdrawConsentResponse {
         pb::WithdrawConsentResponse {
             records_changed: u64::try_from(r.changed).unwrap_or(u64::MAX),
             withdrawn_at_unix: r.withdrawn_at,
+            receipts: Vec::new(),
         }
     }
 }
