@@ -35,7 +35,6 @@ async fn federation(clock: Arc<ManualClock>) -> Sandbox {
             "tum" => {
                 o.users
                     .push(("bob".into(), allmende::pki::Role::Researcher));
-                o.users.push(("dpo".into(), allmende::pki::Role::Dpo));
             }
             "swm" => o
                 .users
@@ -200,6 +199,7 @@ async fn approve(sb: &Sandbox, r: &pb::AccessRequestView) -> pb::GrantView {
             request_id: r.id.clone(),
             request_hash: r.request_hash.clone(),
             note: "ok".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -415,6 +415,7 @@ async fn hostile_requests_and_approvals_are_refused_and_audited() {
                     request_id: id,
                     request_hash: hash,
                     note: String::new(),
+                    ..Default::default()
                 })
                 .await
         }

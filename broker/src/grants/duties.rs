@@ -166,9 +166,10 @@ impl Grants {
 
     /// `caller` attests the deletion its organisation owes under duty `id`
     /// (a duty id or a grant id; decided before). Only a user of the
-    /// obligated organisation attests (else `PERMISSION_DENIED`, audited
-    /// with policy id `duty-other-org`); an attested duty is not attested
-    /// again (the stored attestation is returned).
+    /// obligated organisation attests — for a grant's duty its DPO or the
+    /// grantee user — (else `PERMISSION_DENIED`, audited with policy id
+    /// `duty-other-org`); an attested duty is not attested again (the
+    /// stored attestation is returned).
     pub async fn attest_deletion(
         &self,
         audit: &AuditLog,
@@ -191,9 +192,17 @@ impl Grants {
             },
         );
         entry.grant_id = duty.grant_id().map(str::to_owned);
-        if caller.organisation != duty.org
-            || !matches!(caller.subject, crate::pki::Subject::User(_))
-        {
+        // A user of the obligated organisation; for a grant's duty, its DPO
+        // or the grantee user who received the data.
+        let grantee_user = match duty.grant_id() {
+            Some(g) => self.get_grant(g)?.map(|g| g.grantee_user),
+            None => None,
+        };
+        let allowed = caller.organisation == duty.org
+            && matches!(caller.subject, crate::pki::Subject::User(_))
+            && (caller.role == Some(crate::pki::Role::Dpo)
+                || grantee_user.is_none_or(|u| u == caller.uri()));
+        if !allowed {
             entry.kind = EntryKind::Decision;
             entry.decision = Some(allmende_audit::Decision::Deny);
             entry.policy_ids = vec!["duty-other-org".into()];

@@ -270,6 +270,7 @@ impl Grant {
             not_before: self.not_before,
             not_after: Some(self.not_after),
             state: self.state,
+            aggregate_only: self.obligations.is_some_and(|o| o.aggregate_only),
         }
     }
 }
@@ -1876,7 +1877,7 @@ mod tests {
         let swm_node = node("swm", "swm-1");
         let signed = Grants::signed(&w.signer, &out[0]).unwrap();
         let size = w.audit.status().size;
-        let got = tum
+        let (got, replay) = tum
             .receive_notice(
                 &w.audit,
                 &swm_node,
@@ -1887,10 +1888,11 @@ mod tests {
             )
             .await
             .unwrap();
+        assert!(!replay);
         assert_eq!(got.body, out[0].body);
         assert_eq!(got.state(), "received");
         assert_eq!(w.audit.status().size, size + 1, "received and audited");
-        let again = tum
+        let (again, replay) = tum
             .receive_notice(
                 &w.audit,
                 &swm_node,
@@ -1902,6 +1904,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, got);
+        assert!(replay);
         assert_eq!(w.audit.status().size, size + 1, "a replay writes nothing");
         assert_eq!(
             tum.list_notices(Some(Direction::Received)).unwrap().len(),

@@ -422,8 +422,8 @@ impl Grants {
     /// A notice delivered by `caller` (the node authenticated by mTLS):
     /// checked (sender organisation, recipient, pinned key, signature),
     /// audited, stored once. Returns the stored notice; a replay returns the
-    /// stored one and writes nothing. `catalog_key` is the key the catalog
-    /// pinned for that node, if any.
+    /// stored one and writes nothing (the flag says it was a replay).
+    /// `catalog_key` is the key the catalog pinned for that node, if any.
     pub async fn receive_notice(
         &self,
         audit: &AuditLog,
@@ -432,7 +432,7 @@ impl Grants {
         signature: &[u8],
         public_key: &[u8],
         catalog_key: Option<&str>,
-    ) -> Result<StoredNotice, GrantsError> {
+    ) -> Result<(StoredNotice, bool), GrantsError> {
         let _w = self.write.lock().await;
         let checked = self.check_notice(caller, body, signature, public_key, catalog_key);
         let (n, pin) = match checked {
@@ -455,7 +455,7 @@ impl Grants {
         };
         let key = notice_key(Direction::Received, &n.owner, &n.id);
         if let Some(Row::Notice(stored)) = self.table.get(&key)? {
-            return Ok(*stored);
+            return Ok((*stored, true));
         }
         let mut d = Draft::by(
             caller,
@@ -489,7 +489,7 @@ impl Grants {
             rows.push(pin);
         }
         self.commit(rows).await?;
-        Ok(stored)
+        Ok((stored, false))
     }
 
     /// The checks of [`Grants::receive_notice`]; the key to pin, if new.
