@@ -724,6 +724,9 @@ async fn the_command_line_requests_shows_and_approves() {
         AccessCmd::Approve {
             request_id: id.clone(),
             note: String::new(),
+            delete_after: Some("2099-01-01".into()),
+            notify_on_use: true,
+            aggregate_only: false,
             target: at("swm", "dpo"),
         },
         false,
@@ -731,6 +734,36 @@ async fn the_command_line_requests_shows_and_approves() {
     .await
     .unwrap();
     assert!(approved.starts_with("approved:"), "{approved}");
+    assert!(
+        approved.contains("obligations: delete by 2099-01-01")
+            && approved.contains("notify the owner's DPO on use")
+            && !approved.contains("aggregates only"),
+        "{approved}"
+    );
+    // The DPO's views of the duty the grant created and its notice.
+    let duties = output(
+        AccessCmd::Duties {
+            org: "tum".into(),
+            target: at("swm", "dpo"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        duties.contains("(open)") && duties.contains("`tum` deletes `smart-meter-readings`"),
+        "{duties}"
+    );
+    let notices = output(
+        AccessCmd::Notices {
+            direction: "sent".into(),
+            target: at("swm", "dpo"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(notices.contains("sent grant_created"), "{notices}");
     assert!(approved.contains("`tum`"), "{approved}");
 
     // Not the DPO: refused, as a sentence with the refusal exit code.

@@ -507,6 +507,8 @@ pub struct Grants {
     /// Nudged when a notice enters the outbox (the delivery task waits on
     /// it).
     outbox: tokio::sync::Notify,
+    /// The next notice's storing order.
+    order: std::sync::atomic::AtomicU64,
 }
 
 impl Grants {
@@ -530,7 +532,12 @@ impl Grants {
             write: tokio::sync::Mutex::new(()),
             changes: tokio::sync::watch::channel(0).0,
             outbox: tokio::sync::Notify::new(),
+            order: std::sync::atomic::AtomicU64::new(0),
         };
+        g.order.store(
+            Self::first_order(&g.table)?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         g.mirror_all()?;
         Ok(g)
     }

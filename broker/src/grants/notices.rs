@@ -140,6 +140,10 @@ pub struct StoredNotice {
     /// Received: hex signature and key it was verified with.
     pub signature: String,
     pub public_key: String,
+    /// This node's order of storing (notices of the same second keep the
+    /// order of the changes they report).
+    #[serde(default)]
+    pub order: u64,
 }
 
 impl StoredNotice {
@@ -244,8 +248,9 @@ impl NoticeBody {
 }
 
 impl StoredNotice {
-    fn outgoing(body: NoticeBody, direction: Direction) -> Self {
+    fn outgoing(body: NoticeBody, direction: Direction, order: u64) -> Self {
         Self {
+            order,
             body,
             direction,
             delivered_at: None,
@@ -266,7 +271,11 @@ impl Grants {
         let key = notice_key(Direction::Sent, &body.owner, &body.id);
         (
             key,
-            Row::Notice(Box::new(StoredNotice::outgoing(body, Direction::Sent))),
+            Row::Notice(Box::new(StoredNotice::outgoing(
+                body,
+                Direction::Sent,
+                self.next_order(),
+            ))),
         )
     }
 
@@ -324,7 +333,11 @@ impl Grants {
             )?;
             rows.push((
                 notice_key(Direction::Own, &self.owner, &body.id),
-                Row::Notice(Box::new(StoredNotice::outgoing(body, Direction::Own))),
+                Row::Notice(Box::new(StoredNotice::outgoing(
+                    body,
+                    Direction::Own,
+                    self.next_order(),
+                ))),
             ));
         }
         if rows.is_empty() {
@@ -364,8 +377,29 @@ impl Grants {
                 _ => None,
             })
             .collect();
-        out.sort_by(|a, b| b.body.at.cmp(&a.body.at).then(a.body.id.cmp(&b.body.id)));
+        out.sort_by(|a, b| b.body.at.cmp(&a.body.at).then(b.order.cmp(&a.order)));
         Ok(out)
+    }
+
+    /// The next storing order (one more than any stored).
+    fn next_order(&self) -> u64 {
+        self.order
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One more than the largest stored order (at open).
+    pub(super) fn first_order(
+        table: &crate::store::Table<String, Row>,
+    ) -> Result<u64, GrantsError> {
+        Ok(table
+            .entries()?
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                Row::Notice(n) => Some(n.order),
+                _ => None,
+            })
+            .max()
+            .map_or(0, |m| m.saturating_add(1)))
     }
 
     /// Sent notices not yet acknowledged, oldest first.
@@ -483,6 +517,7 @@ impl Grants {
             received_at: Some(self.clock.now_unix_secs()),
             signature: hex::encode(signature),
             public_key: hex::encode(public_key),
+            order: self.next_order(),
         };
         let mut rows = vec![(key, Row::Notice(Box::new(stored.clone())))];
         if let Some(pin) = pin {
