@@ -1746,7 +1746,9 @@ mod tests {
         let mut json = serde_json::to_value(Row::Grant(Box::new(old.clone()))).unwrap();
         json["Grant"].as_object_mut().unwrap().remove("obligations");
         let back: Row = serde_json::from_value(json).unwrap();
-        let Row::Grant(back) = back else { panic!() };
+        let Row::Grant(back) = back else {
+            unreachable!("a grant row")
+        };
         assert_eq!(*back, old);
         assert!(verify_approval(&back));
         assert_eq!(back.delete_after(), back.not_after);
