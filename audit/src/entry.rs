@@ -92,6 +92,16 @@ pub enum GrantOp {
     Revoked,
     /// Expired.
     Expired,
+    /// An access notice from the owner's node was received and stored (at
+    /// the grantee's home node).
+    NoticeReceived,
+    /// The grantee organisation attested the deletion its duty asked for.
+    DeletionAttested,
+    /// A deletion duty not tied to a grant was created (e.g. by an erasure).
+    DutyCreated,
+    /// An access notice sent by another node was refused (bad signature,
+    /// wrong sender).
+    NoticeRefused,
 }
 
 /// Consent status after a change (DPV / ISO/IEC TS 27560 terms), defined
@@ -404,6 +414,10 @@ fn encode_kind(w: &mut Writer, kind: &EntryKind) -> Result<(), EncodeError> {
                 GrantOp::Rejected => 2,
                 GrantOp::Revoked => 3,
                 GrantOp::Expired => 4,
+                GrantOp::NoticeReceived => 5,
+                GrantOp::DeletionAttested => 6,
+                GrantOp::DutyCreated => 7,
+                GrantOp::NoticeRefused => 8,
             });
         }
         EntryKind::ConsentChange { status } => {
@@ -492,6 +506,10 @@ fn decode_kind(r: &mut Reader<'_>) -> Result<EntryKind, EntryError> {
                 2 => GrantOp::Rejected,
                 3 => GrantOp::Revoked,
                 4 => GrantOp::Expired,
+                5 => GrantOp::NoticeReceived,
+                6 => GrantOp::DeletionAttested,
+                7 => GrantOp::DutyCreated,
+                8 => GrantOp::NoticeRefused,
                 v => return Err(invalid("grant_change.op", v)),
             },
         },

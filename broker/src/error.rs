@@ -181,8 +181,11 @@ impl From<GrantsError> for ApiError {
             | GrantsError::Changed { .. }
             | GrantsError::NotPending { .. }
             | GrantsError::NotActive { .. }
-            | GrantsError::KeyReused { .. } => ApiError::FailedPrecondition(e.to_string()),
-            GrantsError::ColumnsOutsideGrant { .. } => ApiError::PermissionDenied(e.to_string()),
+            | GrantsError::KeyReused { .. }
+            | GrantsError::OverdueDuty { .. } => ApiError::FailedPrecondition(e.to_string()),
+            GrantsError::ColumnsOutsideGrant { .. }
+            | GrantsError::NoticeRefused(_)
+            | GrantsError::NotYourDuty { .. } => ApiError::PermissionDenied(e.to_string()),
             GrantsError::Store(s) => ApiError::from(s),
             GrantsError::Audit(a) => ApiError::from(a),
             GrantsError::Signing(_) | GrantsError::Random(_) => ApiError::Internal(e.to_string()),

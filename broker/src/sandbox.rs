@@ -85,7 +85,7 @@ impl SandboxSpec {
                     "tum",
                     OrgKind::University,
                     "Technische Universität München",
-                    &[("alice", Role::Researcher)],
+                    &[("alice", Role::Researcher), ("dpo", Role::Dpo)],
                 ),
                 org(
                     "scooter-co",

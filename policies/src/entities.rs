@@ -312,7 +312,8 @@ impl EntityStore {
     }
 
     /// Active grants on personal datasets of `owner` held by organisation
-    /// `org` at time `now`: the anti-accumulation count the broker puts into
+    /// `org` at time `now` that allow raw rows (not aggregate-only): the
+    /// anti-accumulation count the broker puts into
     /// [`crate::DecisionRequest::raw_personal_grants_at_owner`].
     pub fn raw_personal_grants_at_owner(&self, org: &str, owner: &str, now: i64) -> i64 {
         let count = self
@@ -320,6 +321,7 @@ impl EntityStore {
             .values()
             .filter(|g| {
                 g.grantee == org
+                    && !g.aggregate_only
                     && g.state == GrantState::Active
                     && g.not_before <= now
                     && g.not_after.is_none_or(|end| now < end)
@@ -561,6 +563,9 @@ impl EntityStore {
             ];
             if let Some(end) = g.not_after {
                 attrs.push(("not_after", RestrictedExpression::new_long(end)));
+            }
+            if g.aggregate_only {
+                attrs.push(("aggregate_only", RestrictedExpression::new_bool(true)));
             }
             b.push(&uid, attrs, HashSet::new())?;
             grants.insert(g.id.clone(), uid);

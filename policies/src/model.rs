@@ -121,6 +121,9 @@ pub struct Grant {
     /// Epoch seconds; `None` = open-ended.
     pub not_after: Option<i64>,
     pub state: GrantState,
+    /// Obligation set at approval: raw reads under the grant are refused.
+    #[serde(default)]
+    pub aggregate_only: bool,
 }
 
 /// A request for access, decided by `approve_request`.

@@ -352,8 +352,9 @@ fn the_demo_snapshot_conforms_to_the_schema() {
 fn accumulation_count_helper_counts_active_personal_grants_at_the_owner() {
     let world = common::munich();
     let store = world.store();
-    // tum at swm, now: g-tum-smart-meter, -open, -400d, -revoked(no), -expired(no),
-    // -future(no), district-heating (not personal).
+    // tum at swm, now: g-tum-smart-meter, -open, -400d, -aggregate(no: no raw
+    // rows), -revoked(no), -expired(no), -future(no), district-heating (not
+    // personal).
     assert_eq!(
         store.raw_personal_grants_at_owner("tum", "swm", world.now),
         3
@@ -463,6 +464,7 @@ fn non_personal_grants_need_an_expiry_but_no_consent() {
         not_before: 0,
         not_after: None,
         state: GrantState::Active,
+        aggregate_only: false,
     };
     store.upsert_grant(grant.clone());
     let engine = Engine::bundled().unwrap();

@@ -35,7 +35,6 @@ async fn federation(clock: Arc<ManualClock>) -> Sandbox {
             "tum" => {
                 o.users
                     .push(("bob".into(), allmende::pki::Role::Researcher));
-                o.users.push(("dpo".into(), allmende::pki::Role::Dpo));
             }
             "swm" => o
                 .users
@@ -200,6 +199,7 @@ async fn approve(sb: &Sandbox, r: &pb::AccessRequestView) -> pb::GrantView {
             request_id: r.id.clone(),
             request_hash: r.request_hash.clone(),
             note: "ok".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -415,6 +415,7 @@ async fn hostile_requests_and_approvals_are_refused_and_audited() {
                     request_id: id,
                     request_hash: hash,
                     note: String::new(),
+                    ..Default::default()
                 })
                 .await
         }
@@ -723,6 +724,9 @@ async fn the_command_line_requests_shows_and_approves() {
         AccessCmd::Approve {
             request_id: id.clone(),
             note: String::new(),
+            delete_after: Some("2099-01-01".into()),
+            notify_on_use: true,
+            aggregate_only: false,
             target: at("swm", "dpo"),
         },
         false,
@@ -730,6 +734,36 @@ async fn the_command_line_requests_shows_and_approves() {
     .await
     .unwrap();
     assert!(approved.starts_with("approved:"), "{approved}");
+    assert!(
+        approved.contains("obligations: delete by 2099-01-01")
+            && approved.contains("notify the owner's DPO on use")
+            && !approved.contains("aggregates only"),
+        "{approved}"
+    );
+    // The DPO's views of the duty the grant created and its notice.
+    let duties = output(
+        AccessCmd::Duties {
+            org: "tum".into(),
+            target: at("swm", "dpo"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        duties.contains("(open)") && duties.contains("`tum` deletes `smart-meter-readings`"),
+        "{duties}"
+    );
+    let notices = output(
+        AccessCmd::Notices {
+            direction: "sent".into(),
+            target: at("swm", "dpo"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(notices.contains("sent grant_created"), "{notices}");
     assert!(approved.contains("`tum`"), "{approved}");
 
     // Not the DPO: refused, as a sentence with the refusal exit code.

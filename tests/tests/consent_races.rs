@@ -113,7 +113,7 @@ async fn withdrawal_racing_a_fetch_is_all_or_nothing_and_next_fetch_excludes() {
         .approve(pb::ApproveRequest {
             request_id: r.id.clone(),
             request_hash: r.request_hash.clone(),
-            note: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -52,6 +52,7 @@ fn grant_tum_research(sb: &Sandbox, id: &str) {
             not_before: now - 60,
             not_after: Some(now + 90 * 86_400),
             state: allmende_policies::GrantState::Active,
+            aggregate_only: false,
         })
     });
 }

@@ -243,6 +243,7 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
                 request_id: "00".repeat(16),
                 request_hash: "00".repeat(32),
                 note: String::new(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),
@@ -263,6 +264,28 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             .map(|_| ()),
         "/allmende.v1.Grants/ListGrants" => GrantsClient::new(ch)
             .list_grants(pb::ListGrantsRequest::default())
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/ListNotices" => GrantsClient::new(ch)
+            .list_notices(pb::ListNoticesRequest::default())
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/DeliverNotice" => GrantsClient::new(ch)
+            .deliver_notice(pb::DeliverNoticeRequest {
+                body: b"{}".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/ListDuties" => GrantsClient::new(ch)
+            .list_duties(pb::ListDutiesRequest::default())
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Grants/AttestDeletion" => GrantsClient::new(ch)
+            .attest_deletion(pb::AttestDeletionRequest {
+                duty_id: "00".repeat(16),
+                note: String::new(),
+            })
             .await
             .map(|_| ()),
         "/allmende.v1.Policy/Reload" => pb::policy_client::PolicyClient::new(ch)

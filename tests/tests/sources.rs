@@ -257,6 +257,7 @@ async fn a_link_swapped_in_after_registration_is_refused_on_read_and_on_restart(
             not_before: now - 60,
             not_after: Some(now + 86_400),
             state: allmende_policies::GrantState::Active,
+            aggregate_only: false,
         })
     });
     let fetch = |sb: &Sandbox| {

@@ -261,6 +261,8 @@ vocabulary! {
         /// Node-to-node federation metadata: introductions (`Hello`) and
         /// catalog change notices.
         ExchangeMetadata => "exchange_metadata",
+        /// The grantee organisation attests the deletion a duty asks for.
+        AttestDeletion => "attest_deletion",
     }
 }
 
@@ -472,7 +474,7 @@ mod tests {
                 "read,read_aggregate,subscribe,export,register_connector,publish_open_data,\
                  request_access,approve_request,revoke,record_consent,read_audit,export_audit,\
                  verify_audit,cosign_checkpoint,deliver,read_compliance,manage_federation,\
-                 import_consent,read_consent,list_connectors,exchange_metadata",
+                 import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion",
             ),
             (spellings(ConsentStatus::ALL), "given,refused,withdrawn"),
             (

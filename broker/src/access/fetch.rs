@@ -118,6 +118,8 @@ pub struct Fetcher {
     slots: Arc<tokio::sync::Semaphore>,
     /// Running fetches per principal (`limits.max_concurrent_per_principal`).
     running: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Where a release under a grant is reported (its access notice).
+    grants: Option<Arc<crate::grants::Grants>>,
 }
 
 /// One running fetch of one principal; given back on drop.
@@ -159,7 +161,16 @@ impl Fetcher {
             registry,
             clock,
             limits,
+            grants: None,
         }
+    }
+
+    /// Reports each release under a grant to `grants` once its completion
+    /// entry is durable (the grantee's access notice).
+    #[must_use]
+    pub fn with_grants(mut self, grants: Arc<crate::grants::Grants>) -> Self {
+        self.grants = Some(grants);
+        self
     }
 
     /// Decides and starts a release. On success the rows flow through the
@@ -197,6 +208,7 @@ impl Fetcher {
             max_subjects: self.limits.max_audited_subjects,
             sealer: self.cursors.clone(),
             binding: ds.binding,
+            grants: self.grants.clone(),
         };
         tokio::spawn(async move {
             // The caller's and the node-wide fetch slots end with the release.
@@ -565,6 +577,7 @@ struct Page {
     max_subjects: usize,
     sealer: Arc<CursorSealer>,
     binding: OwnedBinding,
+    grants: Option<Arc<crate::grants::Grants>>,
 }
 
 /// What a page has produced so far.
@@ -641,17 +654,27 @@ impl Page {
             Err(e) => Err(e),
         };
         let subjects: Vec<String> = std::mem::take(&mut out.subjects).into_iter().collect();
+        let columns: Vec<String> = out_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let rows = out.stats.rows_released;
         match result {
             Ok(done) => {
                 // The completion entry is written before the last message, so
                 // the caller can name it.
-                if let Err(e) = guard
+                let seq = match guard
                     .complete_with_subjects(out.stats, ReleaseOutcome::Completed, subjects)
                     .await
                 {
-                    let _ = tx.send(FetchMessage::Failed(e.into())).await;
-                    return;
-                }
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        let _ = tx.send(FetchMessage::Failed(e.into())).await;
+                        return;
+                    }
+                };
+                self.notice(rows, &columns, "completed", seq).await;
                 let _ = tx.send(done).await;
             }
             Err(stop) => {
@@ -662,13 +685,36 @@ impl Page {
                         ReleaseOutcome::Failed
                     }
                 };
-                if let Err(e) = guard
+                match guard
                     .complete_with_subjects(out.stats, outcome, subjects)
                     .await
                 {
-                    tracing::warn!(error = %e, "release completion not audited; the intent stays open");
+                    Ok(seq) => {
+                        let name = match outcome {
+                            ReleaseOutcome::Aborted => "aborted",
+                            _ => "failed",
+                        };
+                        self.notice(rows, &columns, name, seq).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "release completion not audited; the intent stays open");
+                    }
                 }
             }
+        }
+    }
+
+    /// Puts the access notice of this release under a grant (if any) into
+    /// the outbox, after its completion entry `seq` is durable.
+    async fn notice(&self, rows: u64, columns: &[String], outcome: &str, seq: u64) {
+        let (Some(grants), Some(grant)) = (&self.grants, &self.binding.grant) else {
+            return;
+        };
+        if let Err(e) = grants
+            .record_release(grant, rows, columns, outcome, seq)
+            .await
+        {
+            tracing::warn!(grant = %grant, error = %e, "access notice of a release not recorded");
         }
     }
 

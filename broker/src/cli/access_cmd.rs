@@ -68,6 +68,16 @@ pub enum AccessCmd {
         request_id: String,
         #[arg(long, default_value = "")]
         note: String,
+        /// When the grantee must have deleted the data (RFC 3339 or
+        /// YYYY-MM-DD; default: the grant's end, and not before it).
+        #[arg(long)]
+        delete_after: Option<String>,
+        /// Every release under the grant also notifies this node's DPO.
+        #[arg(long)]
+        notify_on_use: bool,
+        /// Raw reads under the grant are refused (aggregates only).
+        #[arg(long)]
+        aggregate_only: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -93,6 +103,34 @@ pub enum AccessCmd {
         /// Only grants in this state: active, revoked or expired.
         #[arg(long, default_value = "")]
         state: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Access notices of this node: sent (with their delivery state),
+    /// received from owners' nodes, or kept for its own DPO (DPO only).
+    Notices {
+        /// Only one direction: sent, received or own.
+        #[arg(long, default_value = "")]
+        direction: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Deletion duties kept at the owner's node: open, overdue, attested.
+    Duties {
+        /// Only the duties of this organisation.
+        #[arg(long, default_value = "")]
+        org: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Attest, at the owner's node, that your organisation deleted what it
+    /// received under a grant.
+    AttestDeletion {
+        /// The grant (or the duty id).
+        #[arg(long)]
+        grant: String,
+        #[arg(long, default_value = "")]
+        note: String,
         #[command(flatten)]
         target: Target,
     },
@@ -165,6 +203,8 @@ fn grant_json(g: &pb::GrantView) -> serde_json::Value {
         "not_before": fmt_secs(g.not_before_unix), "not_after": fmt_secs(g.not_after_unix),
         "approved_by": g.approved_by, "approval_signature": g.approval_signature,
         "signer_public_key": g.signer_public_key,
+        "delete_after": fmt_secs(g.delete_after_unix), "notify_on_use": g.notify_on_use,
+        "aggregate_only": g.aggregate_only,
     })
 }
 
@@ -215,7 +255,7 @@ pub fn render_request(r: &pb::AccessRequestView) -> String {
 /// A grant in words.
 pub fn render_grant(g: &pb::GrantView) -> String {
     format!(
-        "grant {}  ({})\n  `{}` ({}) may read `{}` of `{}` for {}, columns: {}\n  from {} until {}\n  approved by {}, signed by the owner node\n",
+        "grant {}  ({})\n  `{}` ({}) may read `{}` of `{}` for {}, columns: {}\n  from {} until {}\n  approved by {}, signed by the owner node\n  obligations: delete by {}{}{}\n",
         g.id,
         g.state,
         g.grantee_org,
@@ -231,6 +271,17 @@ pub fn render_grant(g: &pb::GrantView) -> String {
         fmt_secs(g.not_before_unix),
         fmt_secs(g.not_after_unix),
         g.approved_by,
+        fmt_secs(g.delete_after_unix),
+        if g.notify_on_use {
+            ", notify the owner's DPO on use"
+        } else {
+            ""
+        },
+        if g.aggregate_only {
+            ", aggregates only"
+        } else {
+            ""
+        },
     )
 }
 
@@ -312,14 +363,24 @@ pub async fn output(cmd: AccessCmd, json: bool) -> Result<String, Failure> {
         AccessCmd::Approve {
             request_id,
             note,
+            delete_after,
+            notify_on_use,
+            aggregate_only,
             target,
         } => {
+            let delete_after_unix = match delete_after {
+                None => 0,
+                Some(s) => parse_date(&s)?,
+            };
             let (mut c, r) = shown(&target, &request_id).await?;
             let g = c
                 .approve(pb::ApproveRequest {
                     request_id,
                     request_hash: r.request_hash.clone(),
                     note,
+                    delete_after_unix,
+                    notify_on_use,
+                    aggregate_only,
                 })
                 .await
                 .answer()?;
@@ -384,5 +445,151 @@ pub async fn output(cmd: AccessCmd, json: bool) -> Result<String, Failure> {
                 list.iter().map(render_grant).collect::<Vec<_>>().join("\n")
             })
         }
+        AccessCmd::Notices { direction, target } => {
+            let list = client(&target)
+                .await?
+                .list_notices(pb::ListNoticesRequest { direction })
+                .await
+                .answer()?
+                .notices;
+            Ok(if json {
+                line(&serde_json::json!({
+                    "notices": list.iter().map(notice_json).collect::<Vec<_>>()
+                }))
+            } else if list.is_empty() {
+                "no access notices\n".to_owned()
+            } else {
+                list.iter().map(render_notice).collect::<String>()
+            })
+        }
+        AccessCmd::Duties { org, target } => {
+            let list = client(&target)
+                .await?
+                .list_duties(pb::ListDutiesRequest { org })
+                .await
+                .answer()?
+                .duties;
+            Ok(if json {
+                line(&serde_json::json!({
+                    "duties": list.iter().map(duty_json).collect::<Vec<_>>()
+                }))
+            } else if list.is_empty() {
+                "no deletion duties\n".to_owned()
+            } else {
+                list.iter().map(render_duty).collect::<String>()
+            })
+        }
+        AccessCmd::AttestDeletion {
+            grant,
+            note,
+            target,
+        } => {
+            let d = client(&target)
+                .await?
+                .attest_deletion(pb::AttestDeletionRequest {
+                    duty_id: grant,
+                    note,
+                })
+                .await
+                .answer()?;
+            Ok(if json {
+                line(&duty_json(&d))
+            } else {
+                format!("deletion attested:\n{}", render_duty(&d))
+            })
+        }
     }
+}
+
+/// A date (`YYYY-MM-DD`, midnight UTC) or RFC 3339 time, in epoch seconds.
+fn parse_date(s: &str) -> Result<i64, Failure> {
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_owned()
+    };
+    crate::timefmt::parse(&full)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| Failure::new(exit::USAGE, format!("--delete-after `{s}`: {e}")))
+}
+
+fn notice_json(n: &pb::NoticeView) -> serde_json::Value {
+    serde_json::json!({
+        "id": n.id, "direction": n.direction, "state": n.state, "kind": n.kind,
+        "owner": n.owner, "recipient": n.recipient, "grant_id": n.grant_id,
+        "dataset": n.dataset, "purpose": n.purpose, "grantee_user": n.grantee_user,
+        "at": fmt_secs(n.at_unix), "rows": n.rows, "columns": n.columns,
+        "outcome": n.outcome, "audit_sequence": n.audit_sequence, "reason": n.reason,
+        "attempts": n.attempts, "last_error": n.last_error, "from_node": n.from_node,
+    })
+}
+
+/// A notice in words.
+pub fn render_notice(n: &pb::NoticeView) -> String {
+    let what = match n.kind.as_str() {
+        "data_released" => format!(
+            "released {} rows ({}) of `{}`, {}, owner's audit entry {}",
+            n.rows,
+            n.columns.join(", "),
+            n.dataset,
+            n.outcome,
+            n.audit_sequence
+        ),
+        "grant_revoked" => format!("revoked the grant on `{}`: {}", n.dataset, n.reason),
+        other => format!("{other} on `{}`", n.dataset),
+    };
+    let mut out = format!(
+        "notice {}  ({} {}, {})\n  `{}` → `{}` at {}: {what}\n  grant {} for {}, grantee {}\n",
+        n.id,
+        n.direction,
+        n.kind,
+        n.state,
+        n.owner,
+        n.recipient,
+        fmt_secs(n.at_unix),
+        n.grant_id,
+        n.purpose,
+        n.grantee_user,
+    );
+    if !n.last_error.is_empty() {
+        out.push_str(&format!(
+            "  {} failed attempts, last: {}\n",
+            n.attempts, n.last_error
+        ));
+    }
+    out
+}
+
+fn duty_json(d: &pb::DutyView) -> serde_json::Value {
+    serde_json::json!({
+        "id": d.id, "org": d.org, "dataset": d.dataset, "reason": d.reason,
+        "grant_id": d.grant_id, "due": fmt_secs(d.due_unix), "state": d.state,
+        "attested_by": d.attested_by, "note": d.note,
+    })
+}
+
+/// A duty in words.
+pub fn render_duty(d: &pb::DutyView) -> String {
+    let mut out = format!(
+        "duty {}  ({})\n  `{}` deletes `{}` ({}{}) by {}\n",
+        d.id,
+        d.state,
+        d.org,
+        d.dataset,
+        d.reason,
+        if d.grant_id.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", d.grant_id)
+        },
+        fmt_secs(d.due_unix),
+    );
+    if !d.attested_by.is_empty() {
+        out.push_str(&format!(
+            "  attested by {} at {}\n",
+            d.attested_by,
+            fmt_secs(d.attested_at_unix)
+        ));
+    }
+    out
 }

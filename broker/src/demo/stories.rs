@@ -222,6 +222,7 @@ async fn research_grant(
             request_id: shown.id.clone(),
             request_hash: shown.request_hash.clone(),
             note: "approved for the study".into(),
+            ..Default::default()
         })
         .await
         .map_err(|e| fail(&e.message()))?
@@ -919,6 +920,7 @@ pub async fn story_6(sb: &Sandbox, clock: &ManualClock) -> Result<String, String
                 not_before: now - 60,
                 not_after: Some(now + 30 * 86_400),
                 state: allmende_policies::GrantState::Active,
+                aggregate_only: false,
             })
         })
     });

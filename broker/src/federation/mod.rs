@@ -3,8 +3,8 @@
 //! server's certificate authenticated against the signed membership), one
 //! peer list ([`peers::SharedPeers`], and the [`peers::Peers`] met through
 //! `Federation.Hello`), and the background tasks that dial peers: the catalog
-//! [`replicator`] and the audit [`witness`] loop. Later issues add access
-//! notices, relay and directory here.
+//! [`replicator`], the audit [`witness`] loop and the delivery of access
+//! [`notices`]. Later issues add relay and directory here.
 //!
 //! Layering: the gRPC server (`rpc`) may use this module (e.g. `Catalog.Notify`
 //! triggers the replicator); this module never uses `rpc`. Server handlers
@@ -12,6 +12,7 @@
 //! modules (`catalog`, `audit::witness`).
 
 pub mod client;
+pub mod notices;
 pub mod peers;
 pub mod replicator;
 pub mod witness;

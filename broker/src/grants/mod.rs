@@ -21,6 +21,11 @@
 //! - The policy decision point sees requests and grants as entities
 //!   ([`Grants::mirror_all`] at start, and after each change).
 //!
+//! - Obligations set at approval ([`Obligations`]: delete-after,
+//!   notify-on-use, aggregate-only) are part of the grant and of the signed
+//!   approval; deletion duties live in [`duties`], access notices to the
+//!   grantee's home node (and their outbox) in [`notices`].
+//!
 //! Ids are 128 random bits in hex. Times are Unix seconds of the node clock.
 //! See `docs/access-workflow.md`.
 
@@ -29,13 +34,19 @@ use crate::catalog::{KeyError, NodeSigner};
 use crate::clock::SharedClock;
 use crate::pki::{Principal, Subject};
 use crate::policy::{PolicyPoint, user_entity_id};
-use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
+use crate::store::{Store, StoreError, Table, TableName};
 use allmende_audit::{EntryKind, GrantOp};
 use allmende_policies::{self as pol, GrantState, Purpose, RequestState};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+
+pub mod duties;
+pub mod notices;
+
+pub use duties::{Attestation, Duty, DutyReason};
+pub use notices::{Direction, NoticeBody, NoticeKind, NoticeRefusal, SignedNotice, StoredNotice};
 
 /// Seconds in a day.
 pub const DAY_SECS: i64 = 24 * 60 * 60;
@@ -54,6 +65,9 @@ pub const EXPIRY_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Domain separation of the owner node's approval signature.
 const APPROVAL_DOMAIN: &[u8] = b"allmende grant approval v1\n";
+
+/// Domain separation of an approval that carries obligations.
+const APPROVAL_DOMAIN_V2: &[u8] = b"allmende grant approval v2\n";
 
 /// Why an access request or grant operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +115,62 @@ pub enum GrantsError {
     Signing(#[from] KeyError),
     #[error("no random id: {0}")]
     Random(String),
+    /// A delivered access notice was refused (audited).
+    #[error("access notice refused: {0}")]
+    NoticeRefused(NoticeRefusal),
+    /// A user of another organisation tried to attest a duty.
+    #[error("deletion duty `{id}` is owed by `{org}`; only its users attest it")]
+    NotYourDuty { id: String, org: String },
+    /// The grantee organisation has an overdue deletion duty.
+    #[error(
+        "organisation `{org}` has an overdue deletion duty `{duty}` (due {due}); no new grant until it attests the deletion"
+    )]
+    OverdueDuty {
+        org: String,
+        duty: String,
+        due: String,
+    },
+}
+
+/// Obligations a grant carries, set at approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Obligations {
+    /// Epoch seconds by which the grantee deletes what it received
+    /// (at or after `not_after`).
+    pub delete_after: i64,
+    /// Every release under the grant also notifies the owner's DPO.
+    pub notify_on_use: bool,
+    /// Raw reads under the grant are refused; aggregates only.
+    pub aggregate_only: bool,
+}
+
+/// The obligations an approver asks for; unset `delete_after`: the grant's
+/// `not_after`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObligationsAsked {
+    pub delete_after: Option<i64>,
+    pub notify_on_use: bool,
+    pub aggregate_only: bool,
+}
+
+impl ObligationsAsked {
+    /// The obligations of a grant ending at `not_after`.
+    pub fn resolve(&self, not_after: i64) -> Result<Obligations, GrantsError> {
+        let delete_after = self.delete_after.unwrap_or(not_after);
+        if delete_after < not_after {
+            return Err(GrantsError::Invalid(format!(
+                "delete-after ({}) must not be before the grant's end ({})",
+                crate::timefmt::format_unix_secs(delete_after),
+                crate::timefmt::format_unix_secs(not_after)
+            )));
+        }
+        Ok(Obligations {
+            delete_after,
+            notify_on_use: self.notify_on_use,
+            aggregate_only: self.aggregate_only,
+        })
+    }
 }
 
 /// An access request as stored.
@@ -170,9 +240,18 @@ pub struct Grant {
     /// The revocation, once made.
     pub revocation: Option<Decided>,
     pub expired_at: Option<i64>,
+    /// Set at approval; none for grants approved before obligations
+    /// existed (their approval signature is of the first format).
+    #[serde(default)]
+    pub obligations: Option<Obligations>,
 }
 
 impl Grant {
+    /// When the grantee must have deleted what it received.
+    pub fn delete_after(&self) -> i64 {
+        self.obligations.map_or(self.not_after, |o| o.delete_after)
+    }
+
     /// `active`, `revoked` or `expired` at `now`.
     pub fn state_at(&self, now: i64) -> &'static str {
         match self.state {
@@ -191,6 +270,7 @@ impl Grant {
             not_before: self.not_before,
             not_after: Some(self.not_after),
             state: self.state,
+            aggregate_only: self.obligations.is_some_and(|o| o.aggregate_only),
         }
     }
 }
@@ -219,6 +299,12 @@ enum Row {
     Grant(Box<Grant>),
     /// An idempotency key's request id.
     Key(String),
+    /// A deletion duty.
+    Duty(Box<Duty>),
+    /// An access notice (sent, received or for the own DPO).
+    Notice(Box<StoredNotice>),
+    /// A peer node's notice key, pinned on first use (hex).
+    NodeKey(String),
 }
 
 /// What a caller asks for (checked by [`Grants::request`]).
@@ -282,16 +368,47 @@ pub fn approval_message(request_hash: &str, approver: &str, at: i64) -> Vec<u8> 
     m
 }
 
+/// The bytes the owner node signs for an approval with obligations: the
+/// first format's fields, then delete-after and the two flags.
+pub fn approval_message_v2(
+    request_hash: &str,
+    approver: &str,
+    at: i64,
+    o: &Obligations,
+) -> Vec<u8> {
+    let mut m = APPROVAL_DOMAIN_V2.to_vec();
+    let flags = format!(
+        "notify_on_use={} aggregate_only={}",
+        o.notify_on_use, o.aggregate_only
+    );
+    for part in [
+        request_hash,
+        approver,
+        &at.to_string(),
+        &o.delete_after.to_string(),
+        &flags,
+    ] {
+        m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
+    m
+}
+
+/// The approval message of `g` in its format.
+fn grant_message(g: &Grant) -> Vec<u8> {
+    match &g.obligations {
+        Some(o) => approval_message_v2(&g.request_hash, &g.approved_by, g.approved_at, o),
+        None => approval_message(&g.request_hash, &g.approved_by, g.approved_at),
+    }
+}
+
 /// Verifies a grant's approval signature with the owner node's public key.
 pub fn verify_approval(g: &Grant) -> bool {
     let (Ok(key), Ok(sig)) = (hex::decode(&g.signer_public_key), hex::decode(&g.signature)) else {
         return false;
     };
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
-        .verify(
-            &approval_message(&g.request_hash, &g.approved_by, g.approved_at),
-            &sig,
-        )
+        .verify(&grant_message(g), &sig)
         .is_ok()
 }
 
@@ -387,6 +504,11 @@ pub struct Grants {
     /// Counts grant changes (approval, revocation, expiry): streams reading
     /// under a grant and the expiry timer watch it.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Nudged when a notice enters the outbox (the delivery task waits on
+    /// it).
+    outbox: tokio::sync::Notify,
+    /// The next notice's storing order.
+    order: std::sync::atomic::AtomicU64,
 }
 
 impl Grants {
@@ -409,7 +531,13 @@ impl Grants {
             max_days,
             write: tokio::sync::Mutex::new(()),
             changes: tokio::sync::watch::channel(0).0,
+            outbox: tokio::sync::Notify::new(),
+            order: std::sync::atomic::AtomicU64::new(0),
         };
+        g.order.store(
+            Self::first_order(&g.table)?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         g.mirror_all()?;
         Ok(g)
     }
@@ -426,7 +554,7 @@ impl Grants {
             match row {
                 Row::Request(r) => self.mirror_request(&r),
                 Row::Grant(g) => self.mirror_grant(&g),
-                Row::Key(_) => {}
+                Row::Key(_) | Row::Duty(_) | Row::Notice(_) | Row::NodeKey(_) => {}
             }
         }
         Ok(())
@@ -723,6 +851,35 @@ impl Grants {
         seen: &str,
         note: &str,
     ) -> Result<Grant, GrantsError> {
+        self.approve_with(
+            audit,
+            caller,
+            signer,
+            id,
+            seen,
+            note,
+            ObligationsAsked::default(),
+        )
+        .await
+    }
+
+    /// [`Grants::approve`] with obligations. The approval is refused while
+    /// the requesting organisation has an overdue deletion duty
+    /// (`FAILED_PRECONDITION`, audited as a deny with policy id
+    /// `overdue-deletion-duty`). A grant over personal data creates the
+    /// grantee's deletion duty, and a notice to the grantee's node enters
+    /// the outbox, in the approval's batch.
+    #[allow(clippy::too_many_arguments, reason = "the approval's inputs")]
+    pub async fn approve_with(
+        &self,
+        audit: &AuditLog,
+        caller: &Principal,
+        signer: &NodeSigner,
+        id: &str,
+        seen: &str,
+        note: &str,
+        asked: ObligationsAsked,
+    ) -> Result<Grant, GrantsError> {
         text("the note", note)?;
         let _w = self.write.lock().await;
         if let Some(g) = self.replayed_approval(caller, id, seen)? {
@@ -731,9 +888,27 @@ impl Grants {
         let mut r = self
             .pending_audited(audit, caller, "approve_request", id, seen)
             .await?;
+        if let Some(d) = self.overdue_duties(&r.requester_org)?.first() {
+            let mut refused = refusal(
+                caller,
+                "approve_request",
+                &r.dataset,
+                "overdue-deletion-duty",
+            );
+            refused.request_id = Some(r.id.clone());
+            audit.append(refused).await?;
+            return Err(GrantsError::OverdueDuty {
+                org: d.org.clone(),
+                duty: d.id.clone(),
+                due: crate::timefmt::format_unix_secs(d.due),
+            });
+        }
         let now = self.clock.now_unix_secs();
         let approver = caller.uri();
-        let sig = signer.sign_detached(&approval_message(&r.hash, &approver, now))?;
+        let not_after = now.saturating_add(i64::from(r.days) * DAY_SECS);
+        let obligations = asked.resolve(not_after)?;
+        let sig =
+            signer.sign_detached(&approval_message_v2(&r.hash, &approver, now, &obligations))?;
         let g = Grant {
             id: random_id()?,
             request_id: r.id.clone(),
@@ -745,7 +920,7 @@ impl Grants {
             grantee_org: r.requester_org.clone(),
             grantee_user: r.requester.clone(),
             not_before: now,
-            not_after: now.saturating_add(i64::from(r.days) * DAY_SECS),
+            not_after,
             approved_by: approver.clone(),
             approved_at: now,
             signature: hex::encode(sig),
@@ -753,6 +928,7 @@ impl Grants {
             state: GrantState::Active,
             revocation: None,
             expired_at: None,
+            obligations: Some(obligations),
         };
         let entry = change(
             caller,
@@ -768,15 +944,49 @@ impl Grants {
             note: note.to_owned(),
         });
         r.grant_id = Some(g.id.clone());
-        let rows = vec![
+        let mut rows = vec![
             (req_key(&r.id), Row::Request(Box::new(r.clone()))),
             (grant_key(&g.id), Row::Grant(Box::new(g.clone()))),
         ];
+        if self.personal(&g.dataset) {
+            let duty = self.new_duty(
+                DutyReason::Grant {
+                    grant_id: g.id.clone(),
+                },
+                &g.grantee_org,
+                &g.dataset,
+                obligations.delete_after,
+            )?;
+            rows.push((duties::duty_key(&duty.id), Row::Duty(Box::new(duty))));
+        }
+        let notices = self.notice_rows(
+            &g,
+            NoticeKind::GrantCreated {
+                not_before: g.not_before,
+                not_after: g.not_after,
+                columns: g.columns.clone(),
+                obligations: g.obligations,
+            },
+        )?;
+        let notify = !notices.is_empty();
+        rows.extend(notices);
         self.record(audit, entry, rows).await?;
         self.mirror_request(&r);
         self.mirror_grant(&g);
         self.changed();
+        if notify {
+            self.outbox.notify_one();
+        }
         Ok(g)
+    }
+
+    /// Whether `dataset` holds personal data (unknown: yes, the careful
+    /// answer: the duty is created).
+    fn personal(&self, dataset: &str) -> bool {
+        self.policy
+            .with_entities(|e| e.dataset(dataset).map(|d| d.contains_personal_data))
+            .flatten()
+            .unwrap_or(true)
     }
 
     /// A decision by `caller` now, with `note`.
@@ -835,10 +1045,17 @@ impl Grants {
         let entry = grant_entry(Draft::by(caller, "revoke", &g.dataset, revoked()), &g);
         g.state = GrantState::Revoked;
         g.revocation = Some(self.decided(caller, reason));
-        let rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
+        let mut rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
+        rows.extend(self.notice_rows(
+            &g,
+            NoticeKind::GrantRevoked {
+                reason: reason.to_owned(),
+            },
+        )?);
         self.record(audit, entry, rows).await?;
         self.mirror_grant(&g);
         self.changed();
+        self.outbox.notify_one();
         Ok(g)
     }
 
@@ -884,9 +1101,11 @@ impl Grants {
             &g,
         );
         g.expired_at = Some(now);
-        let rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
+        let mut rows = vec![(grant_key(&g.id), Row::Grant(Box::new(g.clone())))];
+        rows.extend(self.notice_rows(&g, NoticeKind::GrantExpired)?);
         self.record(audit, entry, rows).await?;
         self.changed();
+        self.outbox.notify_one();
         Ok(true)
     }
 
@@ -899,12 +1118,7 @@ impl Grants {
         rows: Vec<(String, Row)>,
     ) -> Result<(), GrantsError> {
         audit.append(entry).await?;
-        let mut b = WriteBatch::new();
-        for (k, v) in &rows {
-            b.put(&self.table, k, v)?;
-        }
-        self.store.commit_durable(b).await?;
-        Ok(())
+        self.commit(rows).await
     }
 
     fn changed(&self) {
@@ -1445,6 +1659,391 @@ mod tests {
         );
         stop.send(true).unwrap();
         timer.await.unwrap();
+    }
+
+    fn node(org: &str, name: &str) -> Principal {
+        let mut p = person(org, name, Role::Dpo);
+        p.subject = Subject::Node(name.into());
+        p.role = None;
+        p
+    }
+
+    /// TUM's home node: a grants table whose own organisation is `tum`.
+    fn open_tum(w: &World) -> Grants {
+        let p = PolicyPoint::load(
+            PolicyOrigin::Bundled,
+            w.clock.clone(),
+            "munich",
+            "tum",
+            "tum-1",
+        )
+        .unwrap();
+        Grants::open(
+            store(&w._dir.path().join("tum-grants")),
+            w.clock.clone(),
+            Arc::new(p),
+            DEFAULT_MAX_GRANT_DAYS,
+        )
+        .unwrap()
+    }
+
+    /// Obligations are set at approval and signed: delete-after defaults
+    /// to the grant's end and may not precede it; changing any obligation
+    /// breaks the signature; a grant stored before obligations existed
+    /// still reads and verifies with the first format.
+    #[tokio::test]
+    async fn obligations_are_signed_and_old_grants_stay_readable() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let r = w.requested(&g, "k").await;
+        let early = ObligationsAsked {
+            delete_after: Some(NOW + DAY_SECS),
+            ..Default::default()
+        };
+        let err = g
+            .approve_with(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "", early)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("must not be before"), "{err}");
+        let asked = ObligationsAsked {
+            delete_after: Some(NOW + 120 * DAY_SECS),
+            notify_on_use: true,
+            aggregate_only: true,
+        };
+        let grant = g
+            .approve_with(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "", asked)
+            .await
+            .unwrap();
+        let o = grant.obligations.unwrap();
+        assert_eq!(o.delete_after, NOW + 120 * DAY_SECS);
+        assert!(o.notify_on_use && o.aggregate_only);
+        assert!(verify_approval(&grant));
+        for change in [
+            |o: &mut Obligations| o.delete_after += 1,
+            |o: &mut Obligations| o.notify_on_use = false,
+            |o: &mut Obligations| o.aggregate_only = false,
+        ] {
+            let mut forged = grant.clone();
+            change(forged.obligations.as_mut().unwrap());
+            assert!(!verify_approval(&forged));
+        }
+        let r2 = w.requested(&g, "k2").await;
+        let plain = w.approved(&g, &r2).await;
+        assert_eq!(plain.delete_after(), plain.not_after);
+
+        // A grant row written before obligations existed.
+        let mut old = grant.clone();
+        old.obligations = None;
+        old.signature = hex::encode(
+            w.signer
+                .sign_detached(&approval_message(
+                    &old.request_hash,
+                    &old.approved_by,
+                    old.approved_at,
+                ))
+                .unwrap(),
+        );
+        let mut json = serde_json::to_value(Row::Grant(Box::new(old.clone()))).unwrap();
+        json["Grant"].as_object_mut().unwrap().remove("obligations");
+        let back: Row = serde_json::from_value(json).unwrap();
+        let Row::Grant(back) = back else {
+            unreachable!("a grant row")
+        };
+        assert_eq!(*back, old);
+        assert!(verify_approval(&back));
+        assert_eq!(back.delete_after(), back.not_after);
+    }
+
+    /// A personal-data grant creates the grantee's deletion duty, due at
+    /// delete-after. Only a user of the grantee organisation attests it
+    /// (another organisation's user is refused and audited); overdue, it
+    /// blocks new approvals for that organisation only, audited.
+    #[tokio::test]
+    async fn deletion_duties_block_new_grants_when_overdue() {
+        let w = world().await;
+        let (g, p) = w.open();
+        p.with_entities(|e| {
+            e.upsert_organisation(pol::Organisation::new("lmu", pol::OrgKind::University))
+        });
+        let r = w.requested(&g, "k").await;
+        let grant = w.approved(&g, &r).await;
+        let duties = g.list_duties(Some("tum")).unwrap();
+        assert_eq!(duties.len(), 1);
+        let duty = &duties[0];
+        assert_eq!(duty.grant_id(), Some(grant.id.as_str()));
+        assert_eq!(duty.due, grant.not_after);
+        assert_eq!(duty.state_at(NOW), "open");
+
+        // Past due, not attested: overdue, and tum gets no new grant.
+        w.clock
+            .advance(std::time::Duration::from_secs(91 * DAY_SECS as u64));
+        assert_eq!(g.overdue_duties("tum").unwrap().len(), 1);
+        let r2 = w.requested(&g, "k2").await;
+        let size = w.audit.status().size;
+        let err = g
+            .approve(&w.audit, &dpo(), &w.signer, &r2.id, &r2.hash, "")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GrantsError::OverdueDuty { .. }), "{err}");
+        assert!(err.to_string().contains(&duty.id), "{err}");
+        assert_eq!(w.audit.status().size, size + 1, "the refusal is audited");
+        // Another organisation is not blocked.
+        let carol = person("lmu", "carol", Role::Researcher);
+        let r3 = g
+            .request(&w.audit, &carol, &ask("k3"), &facts())
+            .await
+            .unwrap();
+        w.approved(&g, &r3).await;
+
+        // Another organisation cannot attest tum's duty.
+        let size = w.audit.status().size;
+        let err = g
+            .attest_deletion(&w.audit, &carol, &grant.id, "")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GrantsError::NotYourDuty { .. }), "{err}");
+        assert_eq!(w.audit.status().size, size + 1, "the refusal is audited");
+        // Nor can tum's node (a person attests).
+        assert!(
+            g.attest_deletion(&w.audit, &node("tum", "tum-1"), &grant.id, "")
+                .await
+                .is_err()
+        );
+        let done = g
+            .attest_deletion(&w.audit, &researcher(), &grant.id, "wiped")
+            .await
+            .unwrap();
+        assert_eq!(done.state_at(NOW + 365 * DAY_SECS), "attested");
+        assert_eq!(
+            done.attestation.as_ref().unwrap().by,
+            "allmende://munich/tum/user/alice"
+        );
+        assert!(g.overdue_duties("tum").unwrap().is_empty());
+        w.approved(&g, &r2).await;
+    }
+
+    /// A duty not tied to a grant (an erasure) is created audited, listed,
+    /// attested by id, and blocks when overdue like the others.
+    #[tokio::test]
+    async fn erasure_duties_are_added_without_a_grant() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let size = w.audit.status().size;
+        let duty = g
+            .add_duty(
+                &w.audit,
+                DutyReason::Erasure {
+                    subject_ref: "hmac:abc".into(),
+                },
+                "tum",
+                DS,
+                NOW + DAY_SECS,
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.audit.status().size, size + 1);
+        assert_eq!(duty.grant_id(), None);
+        assert_eq!(g.list_duties(Some("tum")).unwrap(), vec![duty.clone()]);
+        assert!(g.list_duties(Some("lmu")).unwrap().is_empty());
+        w.clock
+            .advance(std::time::Duration::from_secs(2 * DAY_SECS as u64));
+        assert_eq!(g.overdue_duties("tum").unwrap().len(), 1);
+        g.attest_deletion(&w.audit, &researcher(), &duty.id, "")
+            .await
+            .unwrap();
+        assert!(g.overdue_duties("tum").unwrap().is_empty());
+    }
+
+    /// Approval, revocation and expiry each put one notice for the grantee's
+    /// organisation into the outbox, in their batch; the receiver (tum)
+    /// accepts a notice signed by swm's node key from a node of swm,
+    /// audits and stores it once; a replay writes nothing.
+    #[tokio::test]
+    async fn grant_changes_send_notices_received_once() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let r = w.requested(&g, "k").await;
+        let grant = w.approved(&g, &r).await;
+        let out = g.undelivered().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].body.kind.name(), "grant_created");
+        assert_eq!(out[0].body.recipient, "tum");
+        assert_eq!(out[0].state(), "pending");
+        g.revoke(&w.audit, &dpo(), &grant.id, "misuse")
+            .await
+            .unwrap();
+        let out = g.undelivered().unwrap();
+        assert_eq!(
+            out.iter().map(|n| n.body.kind.name()).collect::<Vec<_>>(),
+            vec!["grant_created", "grant_revoked"]
+        );
+        // Durable: a reopened table has the same outbox.
+        drop(g);
+        let (g, _) = w.open();
+        assert_eq!(g.undelivered().unwrap(), out);
+
+        let tum = open_tum(&w);
+        let swm_node = node("swm", "swm-1");
+        let signed = Grants::signed(&w.signer, &out[0]).unwrap();
+        let size = w.audit.status().size;
+        let (got, replay) = tum
+            .receive_notice(
+                &w.audit,
+                &swm_node,
+                &signed.body,
+                &signed.signature,
+                &signed.public_key,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(!replay);
+        assert_eq!(got.body, out[0].body);
+        assert_eq!(got.state(), "received");
+        assert_eq!(w.audit.status().size, size + 1, "received and audited");
+        let (again, replay) = tum
+            .receive_notice(
+                &w.audit,
+                &swm_node,
+                &signed.body,
+                &signed.signature,
+                &signed.public_key,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, got);
+        assert!(replay);
+        assert_eq!(w.audit.status().size, size + 1, "a replay writes nothing");
+        assert_eq!(
+            tum.list_notices(Some(Direction::Received)).unwrap().len(),
+            1
+        );
+
+        g.mark_delivered(&out[0].body.id).await.unwrap();
+        assert_eq!(g.undelivered().unwrap().len(), 1);
+        assert_eq!(
+            g.list_notices(Some(Direction::Sent)).unwrap()[1].state(),
+            "delivered"
+        );
+    }
+
+    /// Forged notices are refused and audited: a bad signature, a user
+    /// certificate, a node of another organisation claiming to be swm, a
+    /// notice for another organisation, and a key other than the one pinned.
+    #[tokio::test]
+    async fn forged_notices_are_refused_and_audited() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let r = w.requested(&g, "k").await;
+        w.approved(&g, &r).await;
+        let n = g.undelivered().unwrap().remove(0);
+        let signed = Grants::signed(&w.signer, &n).unwrap();
+        let tum = open_tum(&w);
+        let swm_node = node("swm", "swm-1");
+        let refused = |caller: Principal, body: Vec<u8>, sig: Vec<u8>, key: Vec<u8>| {
+            let tum = &tum;
+            let audit = w.audit.clone();
+            async move {
+                let size = audit.status().size;
+                let err = tum
+                    .receive_notice(&audit, &caller, &body, &sig, &key, None)
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, GrantsError::NoticeRefused(_)), "{err}");
+                assert_eq!(audit.status().size, size + 1, "refusal audited: {err}");
+                err
+            }
+        };
+        let mut bad = signed.signature.clone();
+        bad[0] ^= 1;
+        let e = refused(
+            swm_node.clone(),
+            signed.body.clone(),
+            bad,
+            signed.public_key.clone(),
+        )
+        .await;
+        assert!(e.to_string().contains("signature"), "{e}");
+        let e = refused(
+            person("swm", "dpo", Role::Dpo),
+            signed.body.clone(),
+            signed.signature.clone(),
+            signed.public_key.clone(),
+        )
+        .await;
+        assert!(e.to_string().contains("by nodes"), "{e}");
+        // A node of lmu, signing with its own key, claiming swm.
+        let lmu_key = NodeSigner::generate().unwrap().0;
+        let forged = Grants::signed(&lmu_key, &n).unwrap();
+        let e = refused(
+            node("lmu", "lmu-1"),
+            forged.body.clone(),
+            forged.signature.clone(),
+            forged.public_key.clone(),
+        )
+        .await;
+        assert!(e.to_string().contains("names owner `swm`"), "{e}");
+        // For another organisation.
+        let mut other = n.clone();
+        other.body.recipient = "lmu".into();
+        let s = Grants::signed(&w.signer, &other).unwrap();
+        let e = refused(swm_node.clone(), s.body, s.signature, s.public_key).await;
+        assert!(e.to_string().contains("is for `lmu`"), "{e}");
+        // Pinned on first use; another key of "swm-1" later is refused.
+        tum.receive_notice(
+            &w.audit,
+            &swm_node,
+            &signed.body,
+            &signed.signature,
+            &signed.public_key,
+            None,
+        )
+        .await
+        .unwrap();
+        let mut later = n.clone();
+        later.body.id = "0".repeat(32);
+        let s = Grants::signed(&lmu_key, &later).unwrap();
+        let e = refused(swm_node.clone(), s.body, s.signature, s.public_key).await;
+        assert!(e.to_string().contains("key changed"), "{e}");
+        assert_eq!(tum.list_notices(None).unwrap().len(), 1);
+    }
+
+    /// A release under a grant sends a data-released notice to the grantee,
+    /// and one to the owner's own DPO if the grant says notify-on-use.
+    #[tokio::test]
+    async fn releases_notify_the_grantee_and_on_use_the_owner() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let r = w.requested(&g, "k").await;
+        let asked = ObligationsAsked {
+            notify_on_use: true,
+            ..Default::default()
+        };
+        let grant = g
+            .approve_with(&w.audit, &dpo(), &w.signer, &r.id, &r.hash, "", asked)
+            .await
+            .unwrap();
+        g.record_release(&grant.id, 10, &["kwh".into()], "completed", 42)
+            .await
+            .unwrap();
+        let sent = g.list_notices(Some(Direction::Sent)).unwrap();
+        assert_eq!(sent.len(), 2);
+        let own = g.list_notices(Some(Direction::Own)).unwrap();
+        assert_eq!(own.len(), 1);
+        assert_eq!(
+            own[0].body.kind,
+            NoticeKind::DataReleased {
+                rows: 10,
+                columns: vec!["kwh".into()],
+                outcome: "completed".into(),
+                audit_sequence: 42
+            }
+        );
+        g.record_release("nope", 1, &[], "completed", 1)
+            .await
+            .unwrap();
+        assert_eq!(g.list_notices(None).unwrap().len(), 3);
     }
 
     /// Revocation and expiry are recorded once; reads name only the

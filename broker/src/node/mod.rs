@@ -132,6 +132,8 @@ impl NodeHandle {
         if let Ok(mut p) = crate::locks::write(&self.peers, "peer list") {
             *p = peers;
         }
+        // A recipient of a waiting access notice may be reachable now.
+        self.services.grants.outbox_nudged().notify_one();
     }
 
     /// The peers this node talks to.
@@ -237,6 +239,22 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         let rx = shutdown_rx.clone();
         async move {
             grants.run_expiry(audit, rx).await;
+            Ok(())
+        }
+    }));
+    // Access notices: the outbox delivered to the recipients' nodes.
+    tasks.push(tokio::spawn({
+        let delivery = crate::federation::notices::NoticeDelivery::new(
+            parts.services.grants.clone(),
+            parts.services.catalog.clone(),
+            parts.ctx.trust.clone(),
+            &material,
+            &config.cert,
+            parts.peer_list.clone(),
+        )?;
+        let rx = shutdown_rx.clone();
+        async move {
+            delivery.run(rx).await;
             Ok(())
         }
     }));
@@ -485,21 +503,24 @@ impl Parts {
             )
             .map_err(|e| NodeError::Policy(format!("access grants: {e}")))?,
         );
-        let fetcher = Arc::new(crate::access::Fetcher::new(
-            policy.clone(),
-            audit.clone(),
-            consent.clone(),
-            registry.clone(),
-            clock.clone(),
-            crate::access::FetchLimits {
-                max_concurrent: usize::try_from(config.limits.fetches).unwrap_or(usize::MAX),
-                max_concurrent_per_principal: usize::try_from(config.limits.fetches_per_caller)
-                    .unwrap_or(usize::MAX),
-                per_principal_per_second: f64::from(config.limits.fetch_rate_per_caller),
-                per_principal_burst: f64::from(config.limits.fetch_burst_per_caller),
-                ..Default::default()
-            },
-        ));
+        let fetcher = Arc::new(
+            crate::access::Fetcher::new(
+                policy.clone(),
+                audit.clone(),
+                consent.clone(),
+                registry.clone(),
+                clock.clone(),
+                crate::access::FetchLimits {
+                    max_concurrent: usize::try_from(config.limits.fetches).unwrap_or(usize::MAX),
+                    max_concurrent_per_principal: usize::try_from(config.limits.fetches_per_caller)
+                        .unwrap_or(usize::MAX),
+                    per_principal_per_second: f64::from(config.limits.fetch_rate_per_caller),
+                    per_principal_burst: f64::from(config.limits.fetch_burst_per_caller),
+                    ..Default::default()
+                },
+            )
+            .with_grants(grants.clone()),
+        );
         // The replicator pulls peers' catalogs over connections whose server
         // certificate the trust authenticates.
         let replicator = crate::federation::replicator::CatalogReplicator::new(

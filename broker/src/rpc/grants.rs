@@ -100,7 +100,7 @@ impl GrantsService {
             .policy
             .with_entities(|e| e.dataset(&r.dataset).map(|d| d.contains_personal_data))
             .flatten();
-        let approver = match personal {
+        let mut approver = match personal {
             Some(true) => format!(
                 "the data protection officer of `{}`: the dataset holds personal data",
                 r.owner
@@ -111,6 +111,17 @@ impl GrantsService {
             ),
             None => "nobody: the dataset is no longer served".to_owned(),
         };
+        if r.state == RequestState::Pending
+            && let Ok(overdue) = self.grants.overdue_duties(&r.requester_org)
+            && let Some(d) = overdue.first()
+        {
+            approver.push_str(&format!(
+                "; blocked: `{}` has an overdue deletion duty `{}` (due {}), no new grant until it attests the deletion",
+                d.org,
+                d.id,
+                crate::timefmt::format_unix_secs(d.due)
+            ));
+        }
         let decision = (r.state == RequestState::Pending).then(|| {
             let mut q = self.ctx.policy.request(
                 p,
@@ -272,13 +283,14 @@ impl pb::grants_server::Grants for GrantsService {
             None => {
                 self.authorize_decision(&p, &r.request_id).await?;
                 self.grants
-                    .approve(
+                    .approve_with(
                         &self.ctx.audit,
                         &p,
                         self.catalog.signer(),
                         &r.request_id,
                         &r.request_hash,
                         &r.note,
+                        convert::obligations(&r),
                     )
                     .await
                     .map_err(ApiError::from)?
@@ -356,6 +368,105 @@ impl pb::grants_server::Grants for GrantsService {
             .map_err(ApiError::from)?;
         Ok(Response::new(convert::grants(
             &list,
+            self.ctx.clock.now_unix_secs(),
+        )))
+    }
+
+    async fn list_notices(
+        &self,
+        req: Request<pb::ListNoticesRequest>,
+    ) -> Result<Response<pb::ListNoticesResponse>, Status> {
+        let p = principal(&req)?;
+        let direction = convert::direction(&req.get_ref().direction)?;
+        self.authorize_view(&p, "access-notices").await?;
+        let list = self
+            .grants
+            .list_notices(direction)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::notices(&list)))
+    }
+
+    async fn deliver_notice(
+        &self,
+        req: Request<pb::DeliverNoticeRequest>,
+    ) -> Result<Response<pb::DeliverNoticeResponse>, Status> {
+        let p = principal(&req)?;
+        super::federation::authorize_metadata(&self.ctx, &p, "deliver-notice").await?;
+        let r = req.into_inner();
+        // The key the catalog pinned for the sending node, if it met it.
+        let pinned = self
+            .catalog
+            .peers()
+            .into_iter()
+            .find(|s| s.organisation == p.organisation && s.node == p.subject.name())
+            .map(|s| s.public_key_hex);
+        let (n, replay) = self
+            .grants
+            .receive_notice(
+                &self.ctx.audit,
+                &p,
+                &r.body,
+                &r.signature,
+                &r.public_key,
+                pinned.as_deref(),
+            )
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::delivered(&n.body.id, replay)))
+    }
+
+    async fn list_duties(
+        &self,
+        req: Request<pb::ListDutiesRequest>,
+    ) -> Result<Response<pb::ListDutiesResponse>, Status> {
+        let p = principal(&req)?;
+        let org = req.get_ref().org.clone();
+        if !org.is_empty() {
+            super::limits::check_id("org", &org)?;
+        }
+        self.authorize_view(&p, "deletion-duties").await?;
+        let list = self
+            .grants
+            .list_duties((!org.is_empty()).then_some(org.as_str()))
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::duties(
+            &list,
+            self.ctx.clock.now_unix_secs(),
+        )))
+    }
+
+    async fn attest_deletion(
+        &self,
+        req: Request<pb::AttestDeletionRequest>,
+    ) -> Result<Response<pb::DutyView>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        super::limits::check_id("duty_id", &r.duty_id)?;
+        // Decided on the grant the duty comes from (an unknown id on a
+        // grant of that name, which the policies deny: unknown entity).
+        let duty = self.grants.find_duty(&r.duty_id).map_err(ApiError::from)?;
+        let grant = match &duty {
+            Some(d) => d.grant_id().map(str::to_owned).ok_or_else(|| {
+                ApiError::FailedPrecondition(format!(
+                    "duty `{}` comes from an erasure; it is attested with the erasure's tools, not here",
+                    d.id
+                ))
+            })?,
+            None => r.duty_id.clone(),
+        };
+        let label = duty
+            .as_ref()
+            .map_or_else(|| format!("grant/{grant}"), |d| d.dataset.clone());
+        self.ctx
+            .authorize(&p, Action::AttestDeletion, Resource::Grant(grant), &label)
+            .await?;
+        let d = self
+            .grants
+            .attest_deletion(&self.ctx.audit, &p, &r.duty_id, &r.note)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::duty_view(
+            &d,
             self.ctx.clock.now_unix_secs(),
         )))
     }

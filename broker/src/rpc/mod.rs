@@ -187,6 +187,22 @@ pub const CALLS: &[(&str, CallRule)] = &[
         CallRule::Decided(Action::ReadAudit),
     ),
     (
+        "/allmende.v1.Grants/ListNotices",
+        CallRule::Decided(Action::ReadAudit),
+    ),
+    (
+        "/allmende.v1.Grants/DeliverNotice",
+        CallRule::Decided(Action::ExchangeMetadata),
+    ),
+    (
+        "/allmende.v1.Grants/ListDuties",
+        CallRule::Decided(Action::ReadAudit),
+    ),
+    (
+        "/allmende.v1.Grants/AttestDeletion",
+        CallRule::Decided(Action::AttestDeletion),
+    ),
+    (
         "/allmende.v1.Policy/Explain",
         CallRule::Exempt(
             "a what-if for the caller's own request; decides nothing, changes nothing",

@@ -172,5 +172,6 @@ pub fn overflow_grant() -> Grant {
         not_before: -1,
         not_after: Some(i64::MAX),
         state: GrantState::Active,
+        aggregate_only: false,
     }
 }

@@ -1,6 +1,9 @@
 //! `allmende.v1.Grants` messages from access requests and grants.
 
-use crate::grants::{AccessRequest, Grant, NewRequest};
+use crate::grants::{
+    AccessRequest, Direction, Duty, DutyReason, Grant, NewRequest, NoticeKind, ObligationsAsked,
+    StoredNotice,
+};
 use allmende_policies::{Decision, Purpose};
 use allmende_proto::v1 as pb;
 
@@ -110,6 +113,123 @@ pub fn grant_view(g: &Grant, now: i64) -> pb::GrantView {
             .map(|d| d.note.clone())
             .unwrap_or_default(),
         expired_at_unix: g.expired_at.unwrap_or_default(),
+        delete_after_unix: g.delete_after(),
+        notify_on_use: g.obligations.is_some_and(|o| o.notify_on_use),
+        aggregate_only: g.obligations.is_some_and(|o| o.aggregate_only),
+    }
+}
+
+/// The obligations an approver asks for.
+pub fn obligations(r: &pb::ApproveRequest) -> ObligationsAsked {
+    ObligationsAsked {
+        delete_after: (r.delete_after_unix != 0).then_some(r.delete_after_unix),
+        notify_on_use: r.notify_on_use,
+        aggregate_only: r.aggregate_only,
+    }
+}
+
+/// A notice's direction filter (empty: every direction).
+pub fn direction(s: &str) -> Result<Option<Direction>, crate::error::ApiError> {
+    match s {
+        "" => Ok(None),
+        "sent" => Ok(Some(Direction::Sent)),
+        "received" => Ok(Some(Direction::Received)),
+        "own" => Ok(Some(Direction::Own)),
+        other => Err(crate::error::ApiError::InvalidArgument(format!(
+            "unknown notice direction `{}`; expected one of: sent, received, own",
+            crate::text::shown(other, 64)
+        ))),
+    }
+}
+
+/// The view of a stored notice.
+pub fn notice_view(n: &StoredNotice) -> pb::NoticeView {
+    let b = &n.body;
+    let mut v = pb::NoticeView {
+        id: b.id.clone(),
+        direction: n.direction.as_str().to_owned(),
+        state: n.state().to_owned(),
+        kind: b.kind.name().to_owned(),
+        owner: b.owner.clone(),
+        recipient: b.recipient.clone(),
+        grant_id: b.grant_id.clone(),
+        dataset: b.dataset.clone(),
+        purpose: b.purpose.clone(),
+        grantee_user: b.grantee_user.clone(),
+        at_unix: b.at,
+        attempts: n.attempts,
+        last_error: n.last_error.clone(),
+        delivered_at_unix: n.delivered_at.unwrap_or_default(),
+        from_node: n.from_node.clone(),
+        body_json: serde_json::to_string(b).unwrap_or_default(),
+        ..Default::default()
+    };
+    match &b.kind {
+        NoticeKind::DataReleased {
+            rows,
+            columns,
+            outcome,
+            audit_sequence,
+        } => {
+            v.rows = *rows;
+            v.columns = columns.clone();
+            v.outcome = outcome.clone();
+            v.audit_sequence = *audit_sequence;
+        }
+        NoticeKind::GrantCreated { columns, .. } => v.columns = columns.clone(),
+        NoticeKind::GrantRevoked { reason } => v.reason = reason.clone(),
+        NoticeKind::GrantExpired | NoticeKind::Erasure { .. } => {}
+    }
+    v
+}
+
+/// A list of notices.
+pub fn notices(list: &[StoredNotice]) -> pb::ListNoticesResponse {
+    pb::ListNoticesResponse {
+        notices: list.iter().map(notice_view).collect(),
+    }
+}
+
+/// The receiver's acknowledgement.
+pub fn delivered(id: &str, already_stored: bool) -> pb::DeliverNoticeResponse {
+    pb::DeliverNoticeResponse {
+        notice_id: id.to_owned(),
+        already_stored,
+    }
+}
+
+/// The view of a duty at `now`.
+pub fn duty_view(d: &Duty, now: i64) -> pb::DutyView {
+    let (reason, grant_id) = match &d.reason {
+        DutyReason::Grant { grant_id } => ("grant", grant_id.clone()),
+        DutyReason::Erasure { .. } => ("erasure", String::new()),
+    };
+    pb::DutyView {
+        id: d.id.clone(),
+        org: d.org.clone(),
+        dataset: d.dataset.clone(),
+        reason: reason.to_owned(),
+        grant_id,
+        due_unix: d.due,
+        state: d.state_at(now).to_owned(),
+        attested_at_unix: d.attestation.as_ref().map_or(0, |a| a.at),
+        attested_by: d
+            .attestation
+            .as_ref()
+            .map(|a| a.by.clone())
+            .unwrap_or_default(),
+        note: d
+            .attestation
+            .as_ref()
+            .map(|a| a.note.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// A list of duties at `now`.
+pub fn duties(list: &[Duty], now: i64) -> pb::ListDutiesResponse {
+    pb::ListDutiesResponse {
+        duties: list.iter().map(|d| duty_view(d, now)).collect(),
     }
 }
 
