@@ -206,6 +206,9 @@ pub struct Limits {
     /// The longest grant, in days, an access request may ask for; a longer
     /// request is refused with `INVALID_ARGUMENT` naming this maximum.
     pub max_grant_days: u32,
+    /// Days a recipient has to delete a data subject's rows after the
+    /// subject's erasure (the deletion duty's due date).
+    pub erasure_duty_days: u32,
 }
 
 impl Default for Limits {
@@ -226,6 +229,7 @@ impl Default for Limits {
             denials_refused_after: 100,
             denials_interval_secs: 10,
             max_grant_days: crate::grants::DEFAULT_MAX_GRANT_DAYS,
+            erasure_duty_days: crate::consent::erasure::DEFAULT_ERASURE_DUTY_DAYS,
         }
     }
 }
@@ -265,6 +269,10 @@ impl Limits {
             ),
             ("limits.denials_interval_secs", self.denials_interval_secs),
             ("limits.max_grant_days", u64::from(self.max_grant_days)),
+            (
+                "limits.erasure_duty_days",
+                u64::from(self.erasure_duty_days),
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {

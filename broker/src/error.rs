@@ -96,6 +96,7 @@ impl From<ConsentError> for ApiError {
             ConsentError::Audit(a) => ApiError::from(a),
             ConsentError::Poisoned(p) => ApiError::from(p),
             ConsentError::Receipt(r) => ApiError::Internal(r.to_string()),
+            ConsentError::Erased { .. } => ApiError::FailedPrecondition(e.to_string()),
         }
     }
 }

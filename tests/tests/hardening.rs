@@ -214,6 +214,19 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             })
             .await
             .map(|_| ()),
+        "/allmende.v1.Consent/WhoAccessed" => ConsentClient::new(ch)
+            .who_accessed(pb::WhoAccessedRequest {
+                subject_id: "HH-000002".into(),
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Consent/Erase" => ConsentClient::new(ch)
+            .erase(pb::EraseSubjectRequest {
+                subject_id: "HH-000002".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
         "/allmende.v1.Federation/Hello" => pb::federation_client::FederationClient::new(ch)
             .hello(pb::HelloRequest::default())
             .await

@@ -263,6 +263,9 @@ vocabulary! {
         ExchangeMetadata => "exchange_metadata",
         /// The grantee organisation attests the deletion a duty asks for.
         AttestDeletion => "attest_deletion",
+        /// A data subject's erasure (GDPR Art. 17): excluded from every
+        /// later release, recipients notified.
+        EraseSubject => "erase_subject",
     }
 }
 
@@ -474,7 +477,7 @@ mod tests {
                 "read,read_aggregate,subscribe,export,register_connector,publish_open_data,\
                  request_access,approve_request,revoke,record_consent,read_audit,export_audit,\
                  verify_audit,cosign_checkpoint,deliver,read_compliance,manage_federation,\
-                 import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion",
+                 import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion,erase_subject",
             ),
             (spellings(ConsentStatus::ALL), "given,refused,withdrawn"),
             (

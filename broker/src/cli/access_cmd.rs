@@ -124,10 +124,10 @@ pub enum AccessCmd {
         target: Target,
     },
     /// Attest, at the owner's node, that your organisation deleted what it
-    /// received under a grant.
+    /// received under a grant, or a data subject's rows after an erasure.
     AttestDeletion {
-        /// The grant (or the duty id).
-        #[arg(long)]
+        /// The grant, or the duty id (`--duty`, e.g. an erasure's duty).
+        #[arg(long, alias = "duty")]
         grant: String,
         #[arg(long, default_value = "")]
         note: String,

@@ -61,7 +61,20 @@ pub enum ConsentCmd {
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
     },
-    /// Show a subject's consent records.
+    /// Erase a data subject (GDPR Art. 17): excluded from every later
+    /// release for good; each organisation that received the subject's
+    /// rows gets a signed erasure notice and a deletion duty.
+    Erase {
+        /// The data subject (a citizen's own user id).
+        #[arg(long)]
+        subject: String,
+        /// Only this dataset (default: every dataset).
+        #[arg(long, default_value = "")]
+        dataset: String,
+        #[arg(long, env = "ALLMENDE_PROFILE")]
+        profile: Option<PathBuf>,
+    },
+    /// Show a subject's consent records and erasures.
     #[command(name = "list", aliases = ["show", "get"])]
     Show {
         /// The data subject.
@@ -80,14 +93,16 @@ pub enum ConsentCmd {
         #[arg(long)]
         federation_root: PathBuf,
     },
-    /// Who accessed data about me (the audited accesses; data subjects).
+    /// Who accessed data about me: every audited release that included the
+    /// subject's rows (when, organisation, purpose, grant, rows) and every
+    /// consent change (give, withdraw, erase), in time order.
     WhoAccessed {
+        /// The data subject (default: the profile's own user id, for a
+        /// citizen certificate).
+        #[arg(long)]
+        subject: Option<String>,
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        #[arg(long)]
-        page_after: Option<u64>,
     },
 }
 
@@ -274,21 +289,26 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
                 )
             })
         }
-        ConsentCmd::WhoAccessed {
-            profile,
-            limit,
-            page_after,
-        } => {
-            super::audit_cmd::run(
-                super::audit_cmd::AuditCmd::MyAccesses {
-                    profile,
-                    limit,
-                    page_after,
-                },
-                json,
-            )
-            .await?;
-            Ok(String::new())
+        ConsentCmd::WhoAccessed { subject, profile } => {
+            let p = ClientProfile::resolve(profile.as_deref())?;
+            let ch = p.connect().await?;
+            let subject = match subject {
+                Some(s) => s,
+                None => pb::federation_client::FederationClient::new(ch.clone())
+                    .who_am_i(pb::WhoAmIRequest::default())
+                    .await
+                    .answer()?
+                    .principal
+                    .map(|p| p.name)
+                    .unwrap_or_default(),
+            };
+            let r = pb::consent_client::ConsentClient::new(ch)
+                .who_accessed(pb::WhoAccessedRequest {
+                    subject_id: subject.clone(),
+                })
+                .await
+                .answer()?;
+            Ok(render_history(&subject, &r.events, json))
         }
         ConsentCmd::Show { subject, profile } => {
             let p = ClientProfile::resolve(profile.as_deref())?;
@@ -298,9 +318,138 @@ pub async fn output(cmd: ConsentCmd, json: bool) -> Result<String, Failure> {
                 })
                 .await
                 .answer()?;
-            Ok(render_records(&subject, &r.records, json))
+            if json {
+                return Ok(json_line(&serde_json::json!({
+                    "subject": subject,
+                    "records": serde_json::from_str::<serde_json::Value>(
+                        render_records(&subject, &r.records, true).trim()
+                    ).ok().and_then(|v| v.get("records").cloned()),
+                    "erasures": r.erasures.iter().map(erasure_json).collect::<Vec<_>>(),
+                })));
+            }
+            let mut out = render_records(&subject, &r.records, false);
+            for e in &r.erasures {
+                out.push_str(&render_erasure(e));
+            }
+            Ok(out)
+        }
+        ConsentCmd::Erase {
+            subject,
+            dataset,
+            profile,
+        } => {
+            let p = ClientProfile::resolve(profile.as_deref())?;
+            let r = pb::consent_client::ConsentClient::new(p.connect().await?)
+                .erase(pb::EraseSubjectRequest {
+                    subject_id: subject,
+                    dataset,
+                })
+                .await
+                .answer()?;
+            let e = r.erasure.unwrap_or_default();
+            Ok(if json {
+                json_line(&erasure_json(&e))
+            } else {
+                render_erasure(&e)
+            })
         }
     }
+}
+
+/// A subject's history as a table (or JSON).
+pub fn render_history(subject: &str, events: &[pb::SubjectEvent], json: bool) -> String {
+    let when = |ms: u64| fmt_secs(i64::try_from(ms / 1000).unwrap_or(i64::MAX));
+    if json {
+        let v: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "at": when(e.time_ms), "audit_sequence": e.audit_sequence, "kind": e.kind,
+                    "org": e.org, "dataset": e.dataset, "purpose": e.purpose,
+                    "grant_id": e.grant_id, "rows": e.rows, "outcome": e.outcome,
+                })
+            })
+            .collect();
+        return json_line(&serde_json::json!({ "subject": subject, "events": v }));
+    }
+    if events.is_empty() {
+        return format!(
+            "no release included `{subject}`'s rows and no consent change is recorded\n"
+        );
+    }
+    let mut out = format!(
+        "{:<21} {:<9} {:<14} {:<24} {:<20} {:<34} {}\n",
+        "WHEN", "EVENT", "ORGANISATION", "DATASET", "PURPOSE", "GRANT", "ROWS"
+    );
+    for e in events {
+        out.push_str(&format!(
+            "{:<21} {:<9} {:<14} {:<24} {:<20} {:<34} {}\n",
+            when(e.time_ms),
+            e.kind,
+            e.org,
+            e.dataset,
+            if e.purpose.is_empty() {
+                "-"
+            } else {
+                &e.purpose
+            },
+            if e.grant_id.is_empty() {
+                "-"
+            } else {
+                &e.grant_id
+            },
+            if e.kind == "release" {
+                e.rows.to_string()
+            } else {
+                "-".to_owned()
+            }
+        ));
+    }
+    out
+}
+
+/// An erasure as JSON.
+fn erasure_json(e: &pb::ErasureRecord) -> serde_json::Value {
+    serde_json::json!({
+        "record_id": e.record_id, "subject": e.subject_id,
+        "dataset": if e.dataset.is_empty() { "*" } else { e.dataset.as_str() },
+        "requested_at": fmt_secs(e.requested_at_unix), "requested_by": e.requested_by,
+        "recipients": e.recipients.iter().map(|r| serde_json::json!({
+            "org": r.org, "grant_id": r.grant_id, "dataset": r.dataset,
+            "duty_id": r.duty_id, "due": fmt_secs(r.due_unix), "notice_id": r.notice_id,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// An erasure with its recipients, as text.
+fn render_erasure(e: &pb::ErasureRecord) -> String {
+    let mut out = format!(
+        "erasure {} of `{}` for {} at {} by `{}`: excluded from every later release\n",
+        e.record_id,
+        e.subject_id,
+        if e.dataset.is_empty() {
+            "every dataset".to_owned()
+        } else {
+            format!("`{}`", e.dataset)
+        },
+        fmt_secs(e.requested_at_unix),
+        e.requested_by
+    );
+    if e.recipients.is_empty() {
+        out.push_str("  no organisation received the subject's rows\n");
+    }
+    for r in &e.recipients {
+        out.push_str(&format!(
+            "  recipient `{}` (grant {}, `{}`): erasure notice {}, deletion duty {} due {}\n",
+            r.org,
+            r.grant_id,
+            r.dataset,
+            r.notice_id,
+            r.duty_id,
+            fmt_secs(r.due_unix)
+        ));
+    }
+    out
 }
 
 /// A subject's records as a table (or JSON).

@@ -17,6 +17,8 @@
 //! Times are Unix seconds, like the policy model's. See `docs/consent.md`.
 
 pub mod apply;
+pub mod erasure;
+pub mod history;
 pub mod import;
 pub mod receipt;
 
@@ -144,6 +146,11 @@ pub enum ConsentError {
     /// A receipt could not be signed.
     #[error(transparent)]
     Receipt(#[from] ReceiptError),
+    /// The subject was erased for the dataset; the erasure stands.
+    #[error(
+        "the data subject was erased for `{dataset}`; an erasure is permanent, no consent is recorded for it"
+    )]
+    Erased { dataset: String },
 }
 
 impl ConsentError {
@@ -187,8 +194,15 @@ pub struct Give {
 
 type Records = HashMap<String, HashMap<String, ConsentRecord>>;
 
+/// Erased subjects: subject → (erasure record id, dataset; none: every
+/// dataset).
+type Erased = HashMap<String, Vec<(String, Option<String>)>>;
+
 /// The name the lock helpers log for the records.
 const RECORDS: &str = "consent records";
+
+/// The name the lock helpers log for the erased subjects.
+const ERASED: &str = "erased subjects";
 
 /// The node's consent store.
 #[derive(Debug)]
@@ -201,6 +215,10 @@ pub struct ConsentStore {
     write: tokio::sync::Mutex<()>,
     /// dataset → subject → record.
     records: RwLock<Records>,
+    /// Erasures by (subject, record id).
+    erasures: Table<(String, String), erasure::Erasure>,
+    /// Erased subjects, excluded from every answer below.
+    erased: RwLock<Erased>,
 }
 
 /// Formats Unix seconds as RFC 3339.
@@ -223,6 +241,12 @@ impl ConsentStore {
         for ((dataset, subject), rec) in table.entries()? {
             records.entry(dataset).or_default().insert(subject, rec);
         }
+        let erasures: Table<(String, String), erasure::Erasure> =
+            store.table(TableName::ConsentErasures)?;
+        let mut erased: Erased = HashMap::new();
+        for ((subject, id), e) in erasures.entries()? {
+            erased.entry(subject).or_default().push((id, e.dataset));
+        }
         Ok(Self {
             store,
             table,
@@ -230,6 +254,21 @@ impl ConsentStore {
             controller: controller.to_owned(),
             write: tokio::sync::Mutex::new(()),
             records: RwLock::new(records),
+            erasures,
+            erased: RwLock::new(erased),
+        })
+    }
+
+    /// Erased subjects (poisoned: none readable, the caller fails closed).
+    fn erased(&self) -> Result<RwLockReadGuard<'_, Erased>, Poisoned> {
+        locks::read(&self.erased, ERASED)
+    }
+
+    /// Whether `subject` is erased for `dataset` in `erased`.
+    fn is_erased(erased: &Erased, dataset: &str, subject: &str) -> bool {
+        erased.get(subject).is_some_and(|v| {
+            v.iter()
+                .any(|(_, d)| d.as_deref().is_none_or(|d| d == dataset))
         })
     }
 
@@ -255,14 +294,16 @@ impl ConsentStore {
     /// `now` (Unix seconds): consent given for that purpose, not withdrawn,
     /// not expired. None when the records cannot be read (fail closed).
     pub fn permitted_subjects(&self, dataset: &str, purpose: Purpose, now: i64) -> HashSet<String> {
-        let Ok(records) = self.held() else {
+        let (Ok(records), Ok(erased)) = (self.held(), self.erased()) else {
             return HashSet::new();
         };
         records
             .get(dataset)
             .map(|m| {
                 m.values()
-                    .filter(|r| r.permits(purpose, now))
+                    .filter(|r| {
+                        r.permits(purpose, now) && !Self::is_erased(&erased, dataset, &r.subject_id)
+                    })
                     .map(|r| r.subject_id.clone())
                     .collect()
             })
@@ -271,22 +312,28 @@ impl ConsentStore {
 
     /// Whether one subject's rows of `dataset` may be released for `purpose`.
     pub fn is_permitted(&self, dataset: &str, subject: &str, purpose: Purpose, now: i64) -> bool {
-        let Ok(records) = self.held() else {
+        let (Ok(records), Ok(erased)) = (self.held(), self.erased()) else {
             return false;
         };
-        records
-            .get(dataset)
-            .and_then(|m| m.get(subject))
-            .is_some_and(|r| r.permits(purpose, now))
+        !Self::is_erased(&erased, dataset, subject)
+            && records
+                .get(dataset)
+                .and_then(|m| m.get(subject))
+                .is_some_and(|r| r.permits(purpose, now))
     }
 
     /// The consent facts the policy engine takes.
     pub fn coverage(&self, dataset: &str, purpose: Purpose, now: i64) -> ConsentCoverage {
-        let n = self.held().ok().map_or(0, |r| {
-            r.get(dataset).map_or(0, |m| {
-                m.values().filter(|r| r.permits(purpose, now)).count()
-            })
-        });
+        let n = match (self.held(), self.erased()) {
+            (Ok(r), Ok(erased)) => r.get(dataset).map_or(0, |m| {
+                m.values()
+                    .filter(|r| {
+                        r.permits(purpose, now) && !Self::is_erased(&erased, dataset, &r.subject_id)
+                    })
+                    .count()
+            }),
+            _ => 0,
+        };
         ConsentCoverage {
             purpose_covered: n > 0,
             consenting_subjects: i64::try_from(n).unwrap_or(i64::MAX),
@@ -441,6 +488,11 @@ impl ConsentStore {
             return Err(ConsentError::Invalid(
                 "consent names no purpose; give at least one".into(),
             ));
+        }
+        if Self::is_erased(&*self.erased()?, &give.dataset, &give.subject) {
+            return Err(ConsentError::Erased {
+                dataset: crate::text::shown(&give.dataset, 80),
+            });
         }
         if let Some(e) = give.expires_at
             && e <= self.now()

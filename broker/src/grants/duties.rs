@@ -25,8 +25,15 @@ use serde::{Deserialize, Serialize};
 pub enum DutyReason {
     /// Data received under a grant, to be deleted at its `delete_after`.
     Grant { grant_id: String },
-    /// A data subject's erasure; the subject only as a keyed reference.
-    Erasure { subject_ref: String },
+    /// A data subject's erasure; the subject only as a keyed reference
+    /// (the pseudonym the recipient received under `grant_id`).
+    Erasure {
+        subject_ref: String,
+        /// The grant the recipient received the subject's rows under;
+        /// empty if none (duties stored before it was recorded).
+        #[serde(default)]
+        grant_id: String,
+    },
 }
 
 /// An attestation of deletion.
@@ -71,6 +78,17 @@ impl Duty {
         match &self.reason {
             DutyReason::Grant { grant_id } => Some(grant_id),
             DutyReason::Erasure { .. } => None,
+        }
+    }
+
+    /// The grant an attestation is decided on: the grant the duty comes
+    /// from, or the one an erasure's recipient received the rows under.
+    pub fn decided_on(&self) -> Option<&str> {
+        match &self.reason {
+            DutyReason::Grant { grant_id } => Some(grant_id),
+            DutyReason::Erasure { grant_id, .. } => {
+                (!grant_id.is_empty()).then_some(grant_id.as_str())
+            }
         }
     }
 }
@@ -128,6 +146,59 @@ impl Grants {
         )])
         .await?;
         Ok(duty)
+    }
+
+    /// A data subject's erasure at one recipient: the subject's rows
+    /// released under grant `grant_id` must be deleted by `due`. Audited
+    /// (`GrantChange/duty_created`, naming the grant), then the deletion
+    /// duty of the grantee organisation and the signed `Erasure` notice to
+    /// its node are committed in one batch. `subject_ref` is the pseudonym
+    /// the grantee received, never the subject id. None for an unknown
+    /// grant or one of this node's own organisation.
+    pub async fn erasure_at_recipient(
+        &self,
+        audit: &AuditLog,
+        grant_id: &str,
+        subject_ref: &str,
+        due: i64,
+    ) -> Result<Option<(Duty, String)>, GrantsError> {
+        let Some(g) = self.get_grant(grant_id)? else {
+            return Ok(None);
+        };
+        if g.grantee_org == self.owner {
+            return Ok(None);
+        }
+        let _w = self.write.lock().await;
+        let reason = DutyReason::Erasure {
+            subject_ref: subject_ref.to_owned(),
+            grant_id: g.id.clone(),
+        };
+        let duty = self.new_duty(reason, &g.grantee_org, &g.dataset, due)?;
+        let mut rows = self.notice_rows(
+            &g,
+            super::notices::NoticeKind::Erasure {
+                subject_ref: subject_ref.to_owned(),
+                due,
+            },
+        )?;
+        let notice_id = match rows.first() {
+            Some((_, Row::Notice(n))) => n.body.id.clone(),
+            _ => String::new(),
+        };
+        let mut d = Draft::new(
+            &self.owner,
+            "create_duty",
+            &g.dataset,
+            EntryKind::GrantChange {
+                op: GrantOp::DutyCreated,
+            },
+        );
+        d.grant_id = Some(g.id.clone());
+        audit.append(d).await?;
+        rows.push((duty_key(&duty.id), Row::Duty(Box::new(duty.clone()))));
+        self.commit(rows).await?;
+        self.outbox.notify_one();
+        Ok(Some((duty, notice_id)))
     }
 
     /// Every duty, optionally of one organisation, by due time.
@@ -194,7 +265,7 @@ impl Grants {
         entry.grant_id = duty.grant_id().map(str::to_owned);
         // A user of the obligated organisation; for a grant's duty, its DPO
         // or the grantee user who received the data.
-        let grantee_user = match duty.grant_id() {
+        let grantee_user = match duty.decided_on() {
             Some(g) => self.get_grant(g)?.map(|g| g.grantee_user),
             None => None,
         };

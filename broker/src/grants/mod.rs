@@ -1834,6 +1834,7 @@ mod tests {
                 &w.audit,
                 DutyReason::Erasure {
                     subject_ref: "hmac:abc".into(),
+                    grant_id: String::new(),
                 },
                 "tum",
                 DS,

@@ -159,6 +159,9 @@ pub(super) async fn serve_grpc(
                 consent: parts.services.consent.clone(),
                 ctx: ctx.clone(),
                 receipts: parts.services.receipts.clone(),
+                grants: parts.services.grants.clone(),
+                registry: parts.services.registry.clone(),
+                erasure_duty_days: limits.erasure_duty_days,
             }
             .server(),
         )

@@ -9,11 +9,14 @@
 //! for any of its subjects.
 
 use super::principal;
+use crate::consent::erasure::{Recipient, released_grants};
 use crate::consent::{ConsentStore, Give, MAX_IMPORT_BYTES, ReceiptSigner};
 use crate::ctx::NodeCtx;
 use crate::error::ApiError;
+use crate::grants::Grants;
 use crate::pki::Principal;
 use crate::policy::{Action, Resource};
+use crate::registry::Registry;
 use allmende_policies::Purpose;
 use allmende_proto::v1 as pb;
 use std::sync::Arc;
@@ -29,6 +32,13 @@ pub struct ConsentService {
     pub ctx: NodeCtx,
     /// Signs the receipts returned for consent given and withdrawn.
     pub receipts: Arc<ReceiptSigner>,
+    /// Grants: an erasure's recipients get a deletion duty and a notice.
+    pub grants: Arc<Grants>,
+    /// Registered connectors: the subject column a grant's pseudonyms are
+    /// keyed on.
+    pub registry: Arc<Registry>,
+    /// Days a recipient has to delete after an erasure.
+    pub erasure_duty_days: u32,
 }
 
 impl ConsentService {
@@ -64,6 +74,23 @@ impl ConsentService {
 }
 
 impl ConsentService {
+    /// The pseudonym of `subject` the grantee of `grant_id` received for
+    /// dataset `dataset` (the release pipeline's per-grant key on the
+    /// dataset's subject column).
+    fn subject_ref(&self, grant_id: &str, dataset: &str, subject: &str) -> String {
+        let column = self
+            .registry
+            .served(dataset)
+            .ok()
+            .and_then(|s| s.connector.describe().subject_column.clone())
+            .unwrap_or_default();
+        crate::access::pipeline::Pseudonymiser::new(
+            self.ctx.audit.derive_key(&format!("grant:{grant_id}")),
+            Vec::new(),
+        )
+        .pseudonym(&column, subject)
+    }
+
     /// The gRPC server, with a message limit that fits a large CSV.
     pub fn server(self) -> pb::consent_server::ConsentServer<Self> {
         pb::consent_server::ConsentServer::new(self)
@@ -216,8 +243,88 @@ impl pb::consent_server::Consent for ConsentService {
             .consent
             .records_of(&r.subject_id)
             .map_err(ApiError::from)?;
+        let erasures = self
+            .consent
+            .erasures_of(&r.subject_id)
+            .map_err(ApiError::from)?;
         Ok(Response::new(super::convert::consent::get_response(
-            &records,
+            &records, &erasures,
+        )))
+    }
+
+    async fn who_accessed(
+        &self,
+        req: Request<pb::WhoAccessedRequest>,
+    ) -> Result<Response<pb::WhoAccessedResponse>, Status> {
+        super::limits::check_id("subject_id", &req.get_ref().subject_id)?;
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        // Decided like `Audit.MyAccesses`: the subject themself (citizen
+        // certificate of this organisation for exactly that id) or the
+        // controller's DPO.
+        self.authorize_subject(&p, Action::ReadAudit, &r.subject_id)
+            .await?;
+        let events = crate::consent::history::history(&self.ctx.audit, &r.subject_id)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(
+            super::convert::consent::who_accessed_response(&events),
+        ))
+    }
+
+    async fn erase(
+        &self,
+        req: Request<pb::EraseSubjectRequest>,
+    ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
+        super::limits::check_id("subject_id", &req.get_ref().subject_id)?;
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        self.authorize_subject(&p, Action::EraseSubject, &r.subject_id)
+            .await?;
+        let dataset = (!r.dataset.is_empty()).then_some(r.dataset.as_str());
+        if let Some(d) = dataset {
+            tracing::Span::current().record("dataset", tracing::field::display(d));
+        }
+        // Decided, then the erasure's entry and record (from here on the
+        // subject is excluded), then each recipient told.
+        let erasure = self
+            .consent
+            .erase_audited(&self.ctx.audit, &p, &r.subject_id, dataset)
+            .await
+            .map_err(ApiError::from)?;
+        let due = self
+            .ctx
+            .clock
+            .now_unix_secs()
+            .saturating_add(i64::from(self.erasure_duty_days).saturating_mul(86_400));
+        let mut recipients = Vec::new();
+        for (grant_id, ds) in
+            released_grants(&self.ctx.audit, &r.subject_id, dataset).map_err(ApiError::from)?
+        {
+            let subject_ref = self.subject_ref(&grant_id, &ds, &r.subject_id);
+            let told = self
+                .grants
+                .erasure_at_recipient(&self.ctx.audit, &grant_id, &subject_ref, due)
+                .await
+                .map_err(ApiError::from)?;
+            if let Some((duty, notice_id)) = told {
+                recipients.push(Recipient {
+                    org: duty.org,
+                    grant_id,
+                    dataset: duty.dataset,
+                    duty_id: duty.id,
+                    due: duty.due,
+                    notice_id,
+                });
+            }
+        }
+        let erasure = self
+            .consent
+            .set_recipients(&erasure, recipients)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(super::convert::consent::erase_response(
+            &erasure,
         )))
     }
 }

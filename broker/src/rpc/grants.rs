@@ -442,13 +442,15 @@ impl pb::grants_server::Grants for GrantsService {
         let p = principal(&req)?;
         let r = req.into_inner();
         super::limits::check_id("duty_id", &r.duty_id)?;
-        // Decided on the grant the duty comes from (an unknown id on a
-        // grant of that name, which the policies deny: unknown entity).
+        // Decided on the grant the duty comes from, or for an erasure's
+        // duty the grant the recipient received the rows under (an unknown
+        // id on a grant of that name, which the policies deny: unknown
+        // entity).
         let duty = self.grants.find_duty(&r.duty_id).map_err(ApiError::from)?;
         let grant = match &duty {
-            Some(d) => d.grant_id().map(str::to_owned).ok_or_else(|| {
+            Some(d) => d.decided_on().map(str::to_owned).ok_or_else(|| {
                 ApiError::FailedPrecondition(format!(
-                    "duty `{}` comes from an erasure; it is attested with the erasure's tools, not here",
+                    "duty `{}` names no grant to decide its attestation on",
                     d.id
                 ))
             })?,

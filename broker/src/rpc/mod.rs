@@ -143,6 +143,14 @@ pub const CALLS: &[(&str, CallRule)] = &[
         CallRule::Decided(Action::RecordConsent),
     ),
     (
+        "/allmende.v1.Consent/Erase",
+        CallRule::Decided(Action::EraseSubject),
+    ),
+    (
+        "/allmende.v1.Consent/WhoAccessed",
+        CallRule::Decided(Action::ReadAudit),
+    ),
+    (
         "/allmende.v1.Federation/WhoAmI",
         CallRule::Exempt("echoes the caller's own certificate identity"),
     ),

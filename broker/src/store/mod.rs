@@ -88,11 +88,13 @@ pub enum TableName {
     AuditRetention,
     /// Access requests, grants and idempotency keys.
     AccessGrants,
+    /// Data subjects' erasures.
+    ConsentErasures,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 14] = [
+    pub const ALL: [TableName; 15] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -107,6 +109,7 @@ impl TableName {
         TableName::Consent,
         TableName::AuditRetention,
         TableName::AccessGrants,
+        TableName::ConsentErasures,
     ];
 
     /// The sled tree name.
@@ -126,6 +129,7 @@ impl TableName {
             TableName::Consent => "consent",
             TableName::AuditRetention => "audit_retention",
             TableName::AccessGrants => "access_grants",
+            TableName::ConsentErasures => "consent_erasures",
         }
     }
 }

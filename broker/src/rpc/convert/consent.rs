@@ -1,5 +1,6 @@
 //! `allmende.v1.Consent` messages from consent records and reports.
 
+use crate::consent::erasure::Erasure;
 use crate::consent::{ConsentRecord, ImportReport, Receipt, WithdrawReport};
 use allmende_proto::v1 as pb;
 
@@ -79,9 +80,61 @@ impl From<&WithdrawReport> for pb::WithdrawConsentResponse {
     }
 }
 
-/// A subject's records.
-pub fn get_response(records: &[ConsentRecord]) -> pb::GetConsentResponse {
+/// A subject's records and erasures.
+pub fn get_response(records: &[ConsentRecord], erasures: &[Erasure]) -> pb::GetConsentResponse {
     pb::GetConsentResponse {
         records: records.iter().map(pb::ConsentRecord::from).collect(),
+        erasures: erasures.iter().map(pb::ErasureRecord::from).collect(),
+    }
+}
+
+impl From<&Erasure> for pb::ErasureRecord {
+    fn from(e: &Erasure) -> Self {
+        pb::ErasureRecord {
+            record_id: e.record_id.clone(),
+            subject_id: e.subject_id.clone(),
+            dataset: e.dataset.clone().unwrap_or_default(),
+            requested_at_unix: e.requested_at,
+            requested_by: e.requested_by.clone(),
+            recipients: e
+                .recipients
+                .iter()
+                .map(|r| pb::ErasureRecipient {
+                    org: r.org.clone(),
+                    grant_id: r.grant_id.clone(),
+                    dataset: r.dataset.clone(),
+                    duty_id: r.duty_id.clone(),
+                    due_unix: r.due,
+                    notice_id: r.notice_id.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The answer to an erasure.
+pub fn erase_response(e: &Erasure) -> pb::EraseSubjectResponse {
+    pb::EraseSubjectResponse {
+        erasure: Some(pb::ErasureRecord::from(e)),
+    }
+}
+
+/// A subject's history.
+pub fn who_accessed_response(events: &[crate::consent::history::Event]) -> pb::WhoAccessedResponse {
+    pb::WhoAccessedResponse {
+        events: events
+            .iter()
+            .map(|e| pb::SubjectEvent {
+                audit_sequence: e.sequence,
+                time_ms: e.time_ms,
+                kind: e.kind.to_owned(),
+                org: e.org.clone(),
+                dataset: e.dataset.clone(),
+                purpose: e.purpose.clone(),
+                grant_id: e.grant_id.clone(),
+                rows: e.rows,
+                outcome: e.outcome.clone(),
+            })
+            .collect(),
     }
 }

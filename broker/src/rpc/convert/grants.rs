@@ -178,7 +178,11 @@ pub fn notice_view(n: &StoredNotice) -> pb::NoticeView {
         }
         NoticeKind::GrantCreated { columns, .. } => v.columns = columns.clone(),
         NoticeKind::GrantRevoked { reason } => v.reason = reason.clone(),
-        NoticeKind::GrantExpired | NoticeKind::Erasure { .. } => {}
+        NoticeKind::Erasure { subject_ref, due } => {
+            v.subject_ref = subject_ref.clone();
+            v.due_unix = *due;
+        }
+        NoticeKind::GrantExpired => {}
     }
     v
 }
@@ -202,7 +206,7 @@ pub fn delivered(id: &str, already_stored: bool) -> pb::DeliverNoticeResponse {
 pub fn duty_view(d: &Duty, now: i64) -> pb::DutyView {
     let (reason, grant_id) = match &d.reason {
         DutyReason::Grant { grant_id } => ("grant", grant_id.clone()),
-        DutyReason::Erasure { .. } => ("erasure", String::new()),
+        DutyReason::Erasure { grant_id, .. } => ("erasure", grant_id.clone()),
     };
     pb::DutyView {
         id: d.id.clone(),
