@@ -117,6 +117,21 @@ impl Grants {
         })
     }
 
+    /// The `GrantChange/duty_created` entry of a duty on `dataset`, by
+    /// this node, naming `grant` if any.
+    fn duty_created(&self, dataset: &str, grant: Option<&str>) -> Draft {
+        let mut d = Draft::new(
+            &self.owner,
+            "create_duty",
+            dataset,
+            EntryKind::GrantChange {
+                op: GrantOp::DutyCreated,
+            },
+        );
+        d.grant_id = grant.map(str::to_owned);
+        d
+    }
+
     /// Creates a deletion duty for `org` on `dataset` due at `due` (epoch
     /// seconds), not tied to a grant (e.g. an erasure): audited
     /// (`GrantChange/duty_created` by this node), then stored.
@@ -130,16 +145,9 @@ impl Grants {
     ) -> Result<Duty, GrantsError> {
         let _w = self.write.lock().await;
         let duty = self.new_duty(reason, org, dataset, due)?;
-        let mut d = Draft::new(
-            &self.owner,
-            "create_duty",
-            dataset,
-            EntryKind::GrantChange {
-                op: GrantOp::DutyCreated,
-            },
-        );
-        d.grant_id = duty.grant_id().map(str::to_owned);
-        audit.append(d).await?;
+        audit
+            .append(self.duty_created(dataset, duty.grant_id()))
+            .await?;
         self.commit(vec![(
             duty_key(&duty.id),
             Row::Duty(Box::new(duty.clone())),
@@ -185,16 +193,9 @@ impl Grants {
             Some((_, Row::Notice(n))) => n.body.id.clone(),
             _ => String::new(),
         };
-        let mut d = Draft::new(
-            &self.owner,
-            "create_duty",
-            &g.dataset,
-            EntryKind::GrantChange {
-                op: GrantOp::DutyCreated,
-            },
-        );
-        d.grant_id = Some(g.id.clone());
-        audit.append(d).await?;
+        audit
+            .append(self.duty_created(&g.dataset, Some(&g.id)))
+            .await?;
         rows.push((duty_key(&duty.id), Row::Duty(Box::new(duty.clone()))));
         self.commit(rows).await?;
         self.outbox.notify_one();
