@@ -263,7 +263,18 @@ fn approval_signed(g: &pb::GrantView) -> bool {
     ) else {
         return false;
     };
-    let msg = crate::grants::approval_message(&g.request_hash, &g.approved_by, g.approved_at_unix);
+    // A grant approved today carries its obligations in the signed bytes.
+    let obligations = crate::grants::Obligations {
+        delete_after: g.delete_after_unix,
+        notify_on_use: g.notify_on_use,
+        aggregate_only: g.aggregate_only,
+    };
+    let msg = crate::grants::approval_message_v2(
+        &g.request_hash,
+        &g.approved_by,
+        g.approved_at_unix,
+        &obligations,
+    );
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
         .verify(&msg, &sig)
         .is_ok()
