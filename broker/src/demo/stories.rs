@@ -498,12 +498,13 @@ pub async fn grantee_side(
 /// Checks that TUM's node received and audited one notice of each of
 /// `kinds` for grant `grant`.
 fn check_grantee_side(side: &GranteeSide, grant: &str, kinds: &[&str]) -> Result<(), String> {
-    for k in kinds {
-        let want = kinds.iter().filter(|x| *x == k).count();
+    let distinct: BTreeSet<&str> = kinds.iter().copied().collect();
+    for k in distinct {
+        let want = kinds.iter().filter(|x| **x == k).count();
         check(
             side.notices
                 .iter()
-                .filter(|n| n.kind == *k && n.owner == OWNER)
+                .filter(|n| n.kind == k && n.owner == OWNER)
                 .count()
                 == want,
             &format!("TUM's node received {want} `{k}` notice(s) from SWM for the grant"),
