@@ -206,6 +206,7 @@ async fn setup(sb: &allmende::sandbox::Sandbox) -> String {
             request_id: r.id,
             request_hash: r.request_hash,
             note: "bench".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
