@@ -337,6 +337,8 @@ pub(crate) struct FileCtx<'a> {
     pub config: &'a FileConnectorConfig,
     pub layout: &'a Layout,
     pub batch_size: usize,
+    /// Parsed Parquet footers kept between reads.
+    pub footers: &'a parquet::Footers,
 }
 
 /// A reader that fails once more than a limit was read since the last reset: keeps a single
@@ -529,6 +531,8 @@ struct Inner {
     active_reads: Arc<AtomicUsize>,
     /// Where files may be read from; checked on every listing and every open.
     roots: SourceRoots,
+    /// Parsed Parquet footers, by opened file version.
+    footers: parquet::Footers,
 }
 
 /// A connector reading CSV, JSON lines, GeoJSON or Parquet files.
@@ -634,6 +638,7 @@ impl FileConnector {
                 cursor_column,
                 active_reads: Arc::new(AtomicUsize::new(0)),
                 roots,
+                footers: parquet::Footers::default(),
             }),
         })
     }
@@ -905,6 +910,7 @@ impl ReadPlan {
             config: &inner.config,
             layout: &inner.layout,
             batch_size: self.batch_size,
+            footers: &inner.footers,
         };
         let mut stopped = self.max_rows == Some(0);
         for (i, file) in files.iter().enumerate() {
