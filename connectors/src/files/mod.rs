@@ -395,11 +395,13 @@ pub(crate) fn past_end(file: &FileRef, skip: u64, found: u64) -> ConnectorError 
 }
 
 /// Lists the files of the source, in read order. The source path, every directory descended
-/// into and every file listed are checked against `roots`.
+/// into and every file listed are checked against `roots`, whose canonical forms are taken once
+/// for the listing and the opens of its files ([`SourceRoots::pinned`]).
 pub(crate) fn list_files(
     config: &FileConnectorConfig,
     roots: &SourceRoots,
 ) -> Result<Vec<FileRef>, ConnectorError> {
+    let roots = &roots.pinned();
     let shown = config.display_path();
     let checked = roots.check(&config.path, &shown)?;
     let meta =
