@@ -206,6 +206,7 @@ async fn setup(sb: &allmende::sandbox::Sandbox) -> String {
             request_id: r.id,
             request_hash: r.request_hash,
             note: "bench".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -428,18 +429,21 @@ fn main() {
     let secs = env_number("ALLMENDE_BENCH_SECS", 10, 120);
     let warmup = env_number("ALLMENDE_BENCH_WARMUP", 2, 120);
     let clients = env_number("ALLMENDE_BENCH_CLIENTS", 64, 1000) as usize;
+    // `ALLMENDE_BENCH_ONLY=read`: measure the reads and stop (for a profile).
+    let reads_only = std::env::var("ALLMENDE_BENCH_ONLY").is_ok_and(|v| v == "read");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(run(
         clients,
+        reads_only,
         Duration::from_secs(warmup),
         Duration::from_secs(secs),
     ));
 }
 
-async fn run(n: usize, warmup: Duration, secs: Duration) {
+async fn run(n: usize, reads_only: bool, warmup: Duration, secs: Duration) {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let load_start = loadavg();
     let mut sb = common::federation(&["stadt", "swm", "tum"], &[]).await;
@@ -489,6 +493,23 @@ async fn run(n: usize, warmup: Duration, secs: Duration) {
     let audit_written = audit.status().size - audit_before;
     let groups_after = audit.group_stats();
     let load_after_reads = loadavg();
+    if reads_only {
+        // For a profile of the release path alone (`perf record`).
+        let mut l = reads.latencies.clone();
+        println!(
+            "reads only: {} calls, {:.0} calls/s, p99 {:.2} ms, {} failed, {:.0} µs process CPU per call",
+            l.len(),
+            reads.throughput(),
+            percentile(&mut l, 0.99).as_secs_f64() * 1000.0,
+            reads.failures,
+            reads.cpu.as_secs_f64() * 1e6 / l.len().max(1) as f64,
+        );
+        if let Some(e) = &reads.first_failure {
+            println!("first failure: {e}");
+        }
+        sb.shutdown().await.unwrap();
+        return;
+    }
     let echo = measure("tonic+rustls unary echo", echoes, warmup, secs).await;
     let load_after_echo = loadavg();
     let who = measure("`Federation.WhoAmI` at the node", whoami, warmup, secs).await;

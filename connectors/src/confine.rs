@@ -17,6 +17,11 @@
 //! file, and it must not be a hard link to a reserved file. A link swapped in between the check
 //! and the open is therefore refused too. Connectors check again on every open, not only when
 //! they are registered.
+//!
+//! The canonical forms of the roots and reserved places are taken afresh for every listing of a
+//! source ([`SourceRoots::pinned`]) and used for that listing and the opens of the read that
+//! follows it; the path of every check is still resolved on that check, and every opened file
+//! checked as above.
 
 use std::fmt;
 use std::fs;
@@ -93,6 +98,32 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct SourceRoots {
     inner: Arc<Inner>,
+    /// The canonical forms of the roots and reserved places, when taken once for a listing and
+    /// its read ([`SourceRoots::pinned`]); otherwise taken on every check.
+    forms: Option<Arc<Forms>>,
+}
+
+/// Roots and reserved places, as configured and canonical (when they exist).
+#[derive(Debug, Clone)]
+struct Forms {
+    roots: Vec<(PathBuf, Option<PathBuf>)>,
+    reserved: Vec<(PathBuf, Option<PathBuf>, &'static str)>,
+}
+
+impl Forms {
+    fn of(inner: &Inner) -> Self {
+        Self {
+            roots: inner.roots.iter().flatten().map(|r| forms(r)).collect(),
+            reserved: inner
+                .reserved
+                .iter()
+                .map(|r| {
+                    let (configured, canonical) = forms(&r.path);
+                    (configured, canonical, r.what)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A root or reserved path, as configured and canonical (when it exists).
@@ -113,6 +144,7 @@ impl SourceRoots {
                 roots: Some(roots.into_iter().map(Into::into).collect()),
                 reserved: Vec::new(),
             }),
+            forms: None,
         }
     }
 
@@ -124,6 +156,7 @@ impl SourceRoots {
                 roots: None,
                 reserved: Vec::new(),
             }),
+            forms: None,
         }
     }
 
@@ -135,7 +168,25 @@ impl SourceRoots {
             path: path.into(),
             what,
         });
+        self.forms = None;
         self
+    }
+
+    /// The same roots with the canonical forms of the roots and reserved places taken now, once,
+    /// for one listing of a source and the read that follows it (see the module docs).
+    pub fn pinned(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            forms: Some(Arc::new(Forms::of(&self.inner))),
+        }
+    }
+
+    /// The canonical forms: pinned, or taken now.
+    fn forms(&self) -> std::borrow::Cow<'_, Forms> {
+        match &self.forms {
+            Some(f) => std::borrow::Cow::Borrowed(f.as_ref()),
+            None => std::borrow::Cow::Owned(Forms::of(&self.inner)),
+        }
     }
 
     /// The allowed roots as configured (`None`: anywhere).
@@ -174,18 +225,18 @@ impl SourceRoots {
     /// Checks `path` and returns its canonical form (the path itself when unconfined).
     /// `shown` is how errors name it (the user's input).
     pub fn check(&self, path: &Path, shown: &str) -> Result<PathBuf, ConnectorError> {
-        let Some(roots) = &self.inner.roots else {
+        if self.inner.roots.is_none() {
             return Ok(path.to_path_buf());
-        };
+        }
         if !path.is_absolute() {
             return Err(Self::refuse(shown, Refusal::Relative));
         }
         if path.components().any(|c| c == Component::ParentDir) {
             return Err(Self::refuse(shown, Refusal::ParentComponent));
         }
-        let roots: Vec<(PathBuf, Option<PathBuf>)> = roots.iter().map(|r| forms(r)).collect();
+        let forms = self.forms();
         // Lexically first: nothing outside the roots is looked at.
-        let lexical = roots.iter().any(|(configured, canonical)| {
+        let lexical = forms.roots.iter().any(|(configured, canonical)| {
             path.starts_with(configured) || canonical.as_ref().is_some_and(|c| path.starts_with(c))
         });
         if !lexical {
@@ -203,29 +254,24 @@ impl SourceRoots {
             path: shorten(shown),
             reason: e.to_string(),
         })?;
-        self.contained(&canonical, &roots)
-            .map_err(|r| Self::refuse(shown, r))?;
+        Self::contained(&canonical, &forms).map_err(|r| Self::refuse(shown, r))?;
         Ok(canonical)
     }
 
     /// Whether a canonical path lies below a canonical root and in no reserved place.
-    fn contained(
-        &self,
-        canonical: &Path,
-        roots: &[(PathBuf, Option<PathBuf>)],
-    ) -> Result<(), Refusal> {
-        let inside = roots
+    fn contained(canonical: &Path, forms: &Forms) -> Result<(), Refusal> {
+        let inside = forms
+            .roots
             .iter()
             .any(|(_, c)| c.as_ref().is_some_and(|c| canonical.starts_with(c)));
         if !inside {
             return Err(Refusal::Escapes);
         }
-        for r in &self.inner.reserved {
-            let (configured, resolved) = forms(&r.path);
-            if canonical.starts_with(&configured)
+        for (configured, resolved, what) in &forms.reserved {
+            if canonical.starts_with(configured)
                 || resolved.as_ref().is_some_and(|c| canonical.starts_with(c))
             {
-                return Err(Refusal::Reserved(r.what));
+                return Err(Refusal::Reserved(what));
             }
         }
         Ok(())
@@ -418,6 +464,32 @@ mod tests {
             refusal(f.roots.open(&dir_link.join("secret.key"), "x")),
             Refusal::Escapes
         );
+    }
+
+    #[test]
+    fn pinned_roots_still_check_every_path_and_every_opened_file() {
+        let f = fixture();
+        let pinned = f.roots.pinned();
+        // Made after the forms were taken: each check resolves its own path.
+        let link = f.root.join("link.csv");
+        symlink(&f.outside, &link).unwrap();
+        assert_eq!(refusal(pinned.open(&link, "link.csv")), Refusal::Escapes);
+        let into_store = f.root.join("db-link");
+        symlink(f.root.join("store/db"), &into_store).unwrap();
+        assert_eq!(
+            refusal(pinned.open(&into_store, "x")),
+            Refusal::Reserved("store directory")
+        );
+        let hard = f.root.join("hard.key");
+        fs::hard_link(&f.outside, &hard).unwrap();
+        assert_eq!(
+            refusal(pinned.open(&hard, "x")),
+            Refusal::Reserved("key file")
+        );
+        assert_eq!(refusal(pinned.open(&f.outside, "x")), Refusal::OutsideRoots);
+        let p = f.root.join("ok.csv");
+        assert_eq!(pinned.check(&p, "ok.csv").unwrap(), p);
+        pinned.open(&p, "ok.csv").unwrap();
     }
 
     #[test]

@@ -393,7 +393,7 @@ impl Drop for ReleaseOnDrop {
     }
 }
 
-/// Runs a blocking reader on its own thread and returns the stream it feeds.
+/// Runs a blocking reader on a blocking thread (see `start_blocking`) and returns the stream it feeds.
 ///
 /// `open` runs first on the thread (list and open the source, validate the cursor); its error is
 /// returned from this function. Then `run` produces items into the [`ReadSink`] and returns the
@@ -418,36 +418,34 @@ where
         progress: progress.clone(),
     };
     let thread_progress = progress.clone();
-    std::thread::Builder::new()
-        .name("allmende-read".into())
-        .spawn(move || {
-            let _release = ReleaseOnDrop(thread_progress.clone());
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let state = match open(&thread_progress) {
-                    Ok(state) => state,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                if ready_tx.send(Ok(())).is_err() {
-                    return; // the read future was dropped
+    start_blocking("allmende-read", move || {
+        let _release = ReleaseOnDrop(thread_progress.clone());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let state = match open(&thread_progress) {
+                Ok(state) => state,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
                 }
-                match run(state, &sink) {
-                    Ok(summary) => {
-                        let _ = sink.send(ReadItem::End(summary));
-                    }
-                    Err(e) => sink.fail(e),
-                }
-            }));
-            if let Err(payload) = outcome {
-                sink.fail(ConnectorError::Internal(format!(
-                    "reader panicked: {}",
-                    panic_message(payload.as_ref())
-                )));
+            };
+            if ready_tx.send(Ok(())).is_err() {
+                return; // the read future was dropped
             }
-        })
-        .map_err(|e| ConnectorError::Internal(format!("cannot start reader thread: {e}")))?;
+            match run(state, &sink) {
+                Ok(summary) => {
+                    let _ = sink.send(ReadItem::End(summary));
+                }
+                Err(e) => sink.fail(e),
+            }
+        }));
+        if let Err(payload) = outcome {
+            sink.fail(ConnectorError::Internal(format!(
+                "reader panicked: {}",
+                panic_message(payload.as_ref())
+            )));
+        }
+    })
+    .map_err(|e| ConnectorError::Internal(format!("cannot start reader thread: {e}")))?;
     match ready_rx.await {
         Ok(Ok(())) => Ok(ReadStream {
             schema,
@@ -460,6 +458,23 @@ where
         Err(_) => Err(ConnectorError::Internal(
             "reader thread stopped before the source was opened".into(),
         )),
+    }
+}
+
+/// Runs blocking work off the async threads: on the runtime's blocking pool when called inside
+/// a tokio runtime (its threads are reused, so a read does not pay for a new OS thread), else on
+/// a thread of its own named `name`.
+fn start_blocking(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            // Not awaited: the work reports through its own channels.
+            drop(rt.spawn_blocking(f));
+            Ok(())
+        }
+        Err(_) => std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map(drop),
     }
 }
 
@@ -587,12 +602,10 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ConnectorError> + Send + 'static,
 ) -> Result<T, ConnectorError> {
     let (tx, rx) = futures::channel::oneshot::channel();
-    std::thread::Builder::new()
-        .name("allmende-connector".into())
-        .spawn(move || {
-            let _ = tx.send(crate::error::guard(what, f));
-        })
-        .map_err(|e| ConnectorError::Internal(format!("cannot start {what} thread: {e}")))?;
+    start_blocking("allmende-connector", move || {
+        let _ = tx.send(crate::error::guard(what, f));
+    })
+    .map_err(|e| ConnectorError::Internal(format!("cannot start {what} thread: {e}")))?;
     rx.await
         .map_err(|_| ConnectorError::Internal(format!("{what} thread stopped")))?
 }

@@ -814,3 +814,124 @@ async fn removing_a_granted_dataset_keeps_other_decisions_working() {
     assert!(r.is_ok(), "{r:?}");
     sb.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_are_visible_to_their_requester_and_the_officers_who_decide() {
+    let sb = federation(ManualClock::starting_now()).await;
+    // An internal (non-personal) dataset at SWM: its steward decides.
+    let files = allmende_connectors::sample::write_demo_data(
+        &sb.root.join("sample-data").join("internal"),
+        &allmende_connectors::sample::SampleSpec::default(),
+    )
+    .unwrap();
+    let config = files
+        .datasets
+        .iter()
+        .find(|d| d.name == "air-quality")
+        .unwrap()
+        .config
+        .clone();
+    let mut internal = allmende::demo::munich::air_quality();
+    internal.id = "district-heating-load".into();
+    internal.classification = allmende_policies::Classification::Internal;
+    internal.access_rights = allmende::catalog::entry::AccessRights::NonPublic;
+    internal.public_space_origin = false;
+    internal
+        .allowed_purposes
+        .insert(allmende_policies::Purpose::AcademicResearch);
+    sb.register_dataset("swm", "steward", &internal, &config)
+        .await
+        .unwrap();
+
+    let mut alice = grants(&sb, "tum", "alice").await;
+    let personal = alice.request_access(ask("v-1")).await.unwrap().into_inner();
+    let mut heating = ask("v-2");
+    heating.dataset = "district-heating-load".into();
+    heating.columns = vec![];
+    let heating = alice.request_access(heating).await.unwrap().into_inner();
+
+    // The steward sees (and may approve) only the request for internal data.
+    let mut steward = grants(&sb, "swm", "steward").await;
+    let seen = steward
+        .list_requests(pb::ListRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    let ids: Vec<&str> = seen.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec![heating.id.as_str()], "{seen:?}");
+    let err = steward
+        .get_request(pb::GetRequestRequest {
+            request_id: personal.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let granted = steward
+        .approve(pb::ApproveRequest {
+            request_id: heating.id.clone(),
+            request_hash: heating.request_hash.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(granted.dataset, "district-heating-load");
+
+    // The DPO sees both; the requester sees her own, with their states.
+    let dpo_seen = grants(&sb, "swm", "dpo")
+        .await
+        .list_requests(pb::ListRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    assert_eq!(dpo_seen.len(), 2);
+    let mine = alice
+        .list_requests(pb::ListRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    assert_eq!(mine.len(), 2);
+    let own = alice
+        .get_request(pb::GetRequestRequest {
+            request_id: heating.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.state, "approved");
+
+    // Another researcher of the same university, SWM's operator and an
+    // unknown id asked by a non-officer: refused and audited.
+    let from = size(&sb);
+    let mut bob = grants(&sb, "tum", "bob").await;
+    let err = bob
+        .list_requests(pb::ListRequestsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let err = bob
+        .get_request(pb::GetRequestRequest {
+            request_id: personal.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let err = grants(&sb, "swm", "carol")
+        .await
+        .get_request(pb::GetRequestRequest {
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        audited_soon(&sb, from, |e| e.principal.org == "tum"
+            && e.action == "view_request"
+            && e.decision == Some(allmende_audit::Decision::Deny))
+        .await
+    );
+    sb.shutdown().await.unwrap();
+}

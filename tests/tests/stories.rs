@@ -4,8 +4,8 @@
 //! hold, read from the logs themselves.
 //!
 //! The grantee's home node (TUM) records what its researchers received
-//! through signed access notices; each test has a marked place where those
-//! entries are asserted once the notices exist.
+//! through SWM's signed access notices; each test asserts TUM's audit
+//! entries of their receipt as well.
 
 #![allow(
     clippy::unwrap_used,
@@ -77,10 +77,41 @@ fn denial<'a>(
     })
 }
 
+/// TUM's audit entries recording notices received for `grant`, waited for
+/// (up to about 30 s) until there are `n`: delivery is asynchronous.
+async fn received_at_tum(sb: &Sandbox, from: u64, grant: &str, n: usize) -> Vec<Entry> {
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        got = log_of(sb, "tum-1", from)
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EntryKind::GrantChange {
+                        op: GrantOp::NoticeReceived
+                    }
+                ) && e.grant_id.as_deref() == Some(grant)
+            })
+            .collect();
+        if got.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Each was sent by SWM's node, about SWM's dataset.
+    assert!(
+        got.iter()
+            .all(|e| e.principal.org == "swm" && e.resource == SMART_METER),
+        "{got:?}"
+    );
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_2_research_request_approval_and_pseudonymised_read() {
     let (sb, clock) = federation().await.unwrap();
     let from = size(&sb, "swm-1");
+    let tum_from = size(&sb, "tum-1");
     let s = stories::story_2(&sb, &clock).await.unwrap();
     let g = &s.granted.grant;
     assert_eq!(s.release.rows, s.expected.rows);
@@ -120,8 +151,17 @@ async fn story_2_research_request_approval_and_pseudonymised_read() {
     }
     let hashed = swm.audit.subject_hash(HOUSEHOLD);
     assert!(done[0].subjects.contains(&hashed));
-    // TUM: the access notices (grant created, data released) received by
-    // TUM's node are asserted here once they exist.
+    // TUM's node received and audited the grant's creation and the release;
+    // the release notice names SWM's completion entry.
+    assert_eq!(received_at_tum(&sb, tum_from, &g.id, 2).await.len(), 2);
+    let released = s
+        .tum
+        .notices
+        .iter()
+        .find(|n| n.kind == "data_released")
+        .unwrap();
+    assert_eq!(released.audit_sequence, done[0].sequence);
+    assert_eq!(released.rows, s.release.rows as u64);
     sb.shutdown().await.unwrap();
 }
 
@@ -129,6 +169,7 @@ async fn story_2_research_request_approval_and_pseudonymised_read() {
 async fn story_3_wrong_purpose_other_dataset_and_expired_grant_are_denied() {
     let (sb, clock) = federation().await.unwrap();
     let from = size(&sb, "swm-1");
+    let tum_from = size(&sb, "tum-1");
     let s = stories::story_3(&sb, &clock).await.unwrap();
     let g = s.grant.id.as_str();
     let log = log_of(&sb, "swm-1", from);
@@ -143,8 +184,9 @@ async fn story_3_wrong_purpose_other_dataset_and_expired_grant_are_denied() {
     assert!(recorded.time_ms >= expired.time_ms - 1000);
     // Only the one read for the grant's purpose before its end released rows.
     assert_eq!(completions(&log, g).len(), 1);
-    // TUM: the notices of the grant and its release received by TUM's node
-    // are asserted here once they exist.
+    // TUM's node received and audited the grant's creation, the one
+    // release and the expiry; no notice for the denied reads.
+    assert_eq!(received_at_tum(&sb, tum_from, g, 3).await.len(), 3);
     sb.shutdown().await.unwrap();
 }
 
@@ -152,6 +194,7 @@ async fn story_3_wrong_purpose_other_dataset_and_expired_grant_are_denied() {
 async fn story_4_withdrawal_excludes_the_household_and_it_sees_past_accesses() {
     let (sb, clock) = federation().await.unwrap();
     let from = size(&sb, "swm-1");
+    let tum_from = size(&sb, "tum-1");
     let s = stories::story_4(&sb, &clock).await.unwrap();
     let g = s.granted.grant.id.as_str();
     let swm = sb.node("swm-1").unwrap();
@@ -183,8 +226,9 @@ async fn story_4_withdrawal_excludes_the_household_and_it_sees_past_accesses() {
     assert_eq!(listed[0].sequence, done[0].sequence);
     assert_eq!(listed[0].organisation, "tum");
     assert_eq!(listed[0].purpose, "AcademicResearch");
-    // TUM: the release notices received by TUM's node are asserted here
-    // once they exist.
+    // TUM's node received and audited the grant's creation and both
+    // releases.
+    assert_eq!(received_at_tum(&sb, tum_from, g, 3).await.len(), 3);
     sb.shutdown().await.unwrap();
 }
 

@@ -241,6 +241,8 @@ vocabulary! {
         PublishOpenData => "publish_open_data",
         RequestAccess => "request_access",
         ApproveRequest => "approve_request",
+        /// See one access request: its requester, the owner's officers.
+        ViewRequest => "view_request",
         Revoke => "revoke",
         RecordConsent => "record_consent",
         ReadAudit => "read_audit",
@@ -475,7 +477,7 @@ mod tests {
             (
                 spellings(Action::ALL),
                 "read,read_aggregate,subscribe,export,register_connector,publish_open_data,\
-                 request_access,approve_request,revoke,record_consent,read_audit,export_audit,\
+                 request_access,approve_request,view_request,revoke,record_consent,read_audit,export_audit,\
                  verify_audit,cosign_checkpoint,deliver,read_compliance,manage_federation,\
                  import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion,erase_subject",
             ),

@@ -6,9 +6,10 @@
 //! the owner node's audit log holds about it, as its DPO queries them. A step
 //! passes only if its checks hold.
 //!
-//! The grantee's home node learns of grants and releases through signed
-//! access notices; once they exist, a story shows TUM's side with one more
-//! [`audit_at`] call for `tum`.
+//! The grantee's home node learns of grants and releases through the
+//! owner's signed access notices: stories 2 and 4 show TUM's side too, the
+//! notices TUM's DPO lists and TUM's audit entries of their receipt
+//! ([`grantee_side`]).
 //!
 //! The e2e tests (`tests/tests/stories.rs`) run the same functions and then
 //! assert the audit entries from the nodes' logs themselves.
@@ -55,7 +56,7 @@ pub async fn federation() -> Result<(Sandbox, Arc<ManualClock>), DemoError> {
 pub(super) async fn run(n: u8) -> Result<StoryOutcome, DemoError> {
     let intro = match n {
         2 => {
-            "story 2: a TUM researcher requests access to SWM's smart-meter readings for AcademicResearch, 90 days; SWM's DPO approves; the researcher reads only consenting households' rows, pseudonymised per grant; SWM audits it"
+            "story 2: a TUM researcher requests access to SWM's smart-meter readings for AcademicResearch, 90 days; SWM's DPO approves; the researcher reads only consenting households' rows, pseudonymised per grant; both nodes audit it"
         }
         3 => {
             "story 3: the same researcher reads for Marketing, after the grant expired, and another dataset: each denied with the deciding policies and their reasons; audited"
@@ -263,7 +264,18 @@ fn approval_signed(g: &pb::GrantView) -> bool {
     ) else {
         return false;
     };
-    let msg = crate::grants::approval_message(&g.request_hash, &g.approved_by, g.approved_at_unix);
+    // A grant approved today carries its obligations in the signed bytes.
+    let obligations = crate::grants::Obligations {
+        delete_after: g.delete_after_unix,
+        notify_on_use: g.notify_on_use,
+        aggregate_only: g.aggregate_only,
+    };
+    let msg = crate::grants::approval_message_v2(
+        &g.request_hash,
+        &g.approved_by,
+        g.approved_at_unix,
+        &obligations,
+    );
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
         .verify(&msg, &sig)
         .is_ok()
@@ -423,6 +435,92 @@ pub async fn audit_at(
     Ok(all)
 }
 
+/// What the grantee's home node recorded: the access notices its DPO lists
+/// (waited for until `kinds` have all arrived, one each per kind listed)
+/// and its audit entries of their receipt.
+#[derive(Debug, Clone)]
+pub struct GranteeSide {
+    pub notices: Vec<pb::NoticeView>,
+    pub audit: Vec<pb::AuditEntry>,
+}
+
+/// TUM's DPO lists the notices received for grant `grant` until each of
+/// `kinds` is there (as many times as listed), then reads TUM's audit log.
+pub async fn grantee_side(
+    sb: &Sandbox,
+    grant: &str,
+    kinds: &[&str],
+    from_ms: u64,
+) -> Result<GranteeSide, String> {
+    let mut dpo =
+        pb::grants_client::GrantsClient::new(channel_at(sb, "tum-1", "tum", "dpo").await?);
+    let mut notices = Vec::new();
+    // Delivery is asynchronous with retries; on loopback it takes
+    // milliseconds, the bound only keeps a broken run from hanging.
+    for _ in 0..300 {
+        notices = dpo
+            .list_notices(pb::ListNoticesRequest {
+                direction: "received".into(),
+            })
+            .await
+            .map_err(|e| fail(&e.message()))?
+            .into_inner()
+            .notices;
+        notices.retain(|n| n.grant_id == grant);
+        let all_in = kinds.iter().all(|k| {
+            let want = kinds.iter().filter(|x| *x == k).count();
+            notices.iter().filter(|n| n.kind == *k).count() >= want
+        });
+        if all_in {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("        access notices TUM's node received, as TUM's DPO lists them:");
+    for n in &notices {
+        let rows = if n.kind == "data_released" {
+            format!(
+                " rows={} outcome={} owner-audit-seq={}",
+                n.rows, n.outcome, n.audit_sequence
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "          {} from {} ({}) grant={} dataset={} purpose={}{rows}",
+            n.kind, n.owner, n.from_node, n.grant_id, n.dataset, n.purpose
+        );
+    }
+    let audit = audit_at(sb, "tum", &[SMART_METER], from_ms).await?;
+    Ok(GranteeSide { notices, audit })
+}
+
+/// Checks that TUM's node received and audited one notice of each of
+/// `kinds` for grant `grant`.
+fn check_grantee_side(side: &GranteeSide, grant: &str, kinds: &[&str]) -> Result<(), String> {
+    let distinct: BTreeSet<&str> = kinds.iter().copied().collect();
+    for k in distinct {
+        let want = kinds.iter().filter(|x| **x == k).count();
+        check(
+            side.notices
+                .iter()
+                .filter(|n| n.kind == k && n.owner == OWNER)
+                .count()
+                == want,
+            &format!("TUM's node received {want} `{k}` notice(s) from SWM for the grant"),
+        )?;
+    }
+    let received = side
+        .audit
+        .iter()
+        .filter(|e| e.kind == "grant_change" && e.detail == "NoticeReceived" && e.grant_id == grant)
+        .count();
+    check(
+        received == side.notices.len() && received == kinds.len(),
+        &format!("TUM's audit log records the receipt of each notice ({received})"),
+    )
+}
+
 /// One audit entry in a line.
 pub fn entry_line(e: &pb::AuditEntry) -> String {
     let secs = i64::try_from(e.time_ms / 1000).unwrap_or(i64::MAX);
@@ -550,6 +648,8 @@ pub struct Story2 {
     pub granted: Granted,
     pub release: Release,
     pub expected: ConsentingSample,
+    /// TUM's side: the notices received and TUM's audit entries.
+    pub tum: GranteeSide,
 }
 
 /// Story 2: request, DPO approval by hash, a read under the grant of
@@ -619,10 +719,29 @@ pub async fn story_2(sb: &Sandbox, clock: &ManualClock) -> Result<Story2, String
             .any(|e| e.kind == "release_intent" && e.grant_id == g.id && e.decision == "allow"),
         "the release to `tum` under the grant, decided and completed with its row count",
     )?;
+
+    steps.next("TUM's DPO sees what TUM's researcher received: SWM's signed access notices, audited at TUM");
+    let tum = grantee_side(
+        sb,
+        &g.id,
+        &["grant_created", "data_released"],
+        steps.from_ms,
+    )
+    .await?;
+    check_grantee_side(&tum, &g.id, &["grant_created", "data_released"])?;
+    check(
+        tum.notices.iter().any(|n| {
+            n.kind == "data_released"
+                && n.rows == release.rows as u64
+                && released.is_some_and(|e| e.sequence == n.audit_sequence)
+        }),
+        "the release notice names the rows released and the completion entry in SWM's log",
+    )?;
     Ok(Story2 {
         granted,
         release,
         expected,
+        tum,
     })
 }
 
@@ -869,6 +988,11 @@ pub async fn story_4(sb: &Sandbox, clock: &ManualClock) -> Result<Story4, String
         .filter(|e| e.kind == "release_completion" && e.grant_id == g.id)
         .count();
     check(completions == 2, "both releases are audited")?;
+
+    steps.next("TUM's DPO sees both releases in SWM's notices, audited at TUM");
+    let kinds = ["grant_created", "data_released", "data_released"];
+    let tum = grantee_side(sb, &g.id, &kinds, steps.from_ms).await?;
+    check_grantee_side(&tum, &g.id, &kinds)?;
     Ok(Story4 {
         granted,
         before,

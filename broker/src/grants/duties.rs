@@ -148,6 +148,11 @@ impl Grants {
         audit
             .append(self.duty_created(dataset, duty.grant_id()))
             .await?;
+        self.save_duty(duty).await
+    }
+
+    /// Stores `duty` durably (after its audit entry) and returns it.
+    async fn save_duty(&self, duty: Duty) -> Result<Duty, GrantsError> {
         self.commit(vec![(
             duty_key(&duty.id),
             Row::Duty(Box::new(duty.clone())),
@@ -204,15 +209,10 @@ impl Grants {
 
     /// Every duty, optionally of one organisation, by due time.
     pub fn list_duties(&self, org: Option<&str>) -> Result<Vec<Duty>, GrantsError> {
-        let mut out: Vec<Duty> = self
-            .table
-            .entries()?
-            .into_iter()
-            .filter_map(|(_, r)| match r {
-                Row::Duty(d) if org.is_none_or(|o| d.org == o) => Some(*d),
-                _ => None,
-            })
-            .collect();
+        let mut out = self.rows(|r| match r {
+            Row::Duty(d) if org.is_none_or(|o| d.org == o) => Some(*d),
+            _ => None,
+        })?;
         out.sort_by(|a, b| a.due.cmp(&b.due).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -293,11 +293,6 @@ impl Grants {
             note: note.to_owned(),
         });
         audit.append(entry).await?;
-        self.commit(vec![(
-            duty_key(&duty.id),
-            Row::Duty(Box::new(duty.clone())),
-        )])
-        .await?;
-        Ok(duty)
+        self.save_duty(duty).await
     }
 }

@@ -606,20 +606,25 @@ impl Grants {
         })
     }
 
+    /// The stored rows `pick` takes, in key order.
+    fn rows<T>(&self, pick: impl Fn(Row) -> Option<T>) -> Result<Vec<T>, GrantsError> {
+        Ok(self
+            .table
+            .entries()?
+            .into_iter()
+            .filter_map(|(_, r)| pick(r))
+            .collect())
+    }
+
     /// Every request, optionally of one state, newest first.
     pub fn list_requests(
         &self,
         state: Option<RequestState>,
     ) -> Result<Vec<AccessRequest>, GrantsError> {
-        let mut out: Vec<AccessRequest> = self
-            .table
-            .entries()?
-            .into_iter()
-            .filter_map(|(_, r)| match r {
-                Row::Request(r) if state.is_none_or(|s| r.state == s) => Some(*r),
-                _ => None,
-            })
-            .collect();
+        let mut out = self.rows(|r| match r {
+            Row::Request(r) if state.is_none_or(|s| r.state == s) => Some(*r),
+            _ => None,
+        })?;
         out.sort_by(|a, b| b.requested_at.cmp(&a.requested_at).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -628,15 +633,10 @@ impl Grants {
     /// first.
     pub fn list_grants(&self, state: Option<&str>) -> Result<Vec<Grant>, GrantsError> {
         let now = self.clock.now_unix_secs();
-        let mut out: Vec<Grant> = self
-            .table
-            .entries()?
-            .into_iter()
-            .filter_map(|(_, r)| match r {
-                Row::Grant(g) if state.is_none_or(|s| g.state_at(now) == s) => Some(*g),
-                _ => None,
-            })
-            .collect();
+        let mut out = self.rows(|r| match r {
+            Row::Grant(g) if state.is_none_or(|s| g.state_at(now) == s) => Some(*g),
+            _ => None,
+        })?;
         out.sort_by(|a, b| b.approved_at.cmp(&a.approved_at).then(a.id.cmp(&b.id)));
         Ok(out)
     }

@@ -368,15 +368,10 @@ impl Grants {
         &self,
         direction: Option<Direction>,
     ) -> Result<Vec<StoredNotice>, GrantsError> {
-        let mut out: Vec<StoredNotice> = self
-            .table
-            .entries()?
-            .into_iter()
-            .filter_map(|(_, r)| match r {
-                Row::Notice(n) if direction.is_none_or(|d| n.direction == d) => Some(*n),
-                _ => None,
-            })
-            .collect();
+        let mut out = self.rows(|r| match r {
+            Row::Notice(n) if direction.is_none_or(|d| n.direction == d) => Some(*n),
+            _ => None,
+        })?;
         out.sort_by(|a, b| b.body.at.cmp(&a.body.at).then(b.order.cmp(&a.order)));
         Ok(out)
     }

@@ -59,6 +59,52 @@ impl GrantsService {
             .await
     }
 
+    /// Whether Cedar lets `p` see request `id` (not audited: a filter).
+    fn may_view(&self, p: &Principal, id: &str) -> bool {
+        let q = self.ctx.policy.request(
+            p,
+            Action::ViewRequest,
+            Resource::AccessRequest(id.to_owned()),
+            None,
+        );
+        self.ctx.policy.decide(p, &q).allowed
+    }
+
+    /// Decides `view_request` on this node's organisation for `p`, audited:
+    /// its officers see the list of requests (even empty), nobody else.
+    async fn authorize_request_list(&self, p: &Principal, label: &str) -> Result<(), ApiError> {
+        let request = self.ctx.policy.request(
+            p,
+            Action::ViewRequest,
+            self.ctx.policy.own_org_resource(),
+            None,
+        );
+        self.ctx
+            .policy
+            .authorize(&self.ctx.audit, p, request, label)
+            .await
+            .map(|_| ())
+    }
+
+    /// Decides `view_request` on request `r` for `p`, audited.
+    async fn authorize_view_request(
+        &self,
+        p: &Principal,
+        r: &AccessRequest,
+    ) -> Result<(), ApiError> {
+        let request = self.ctx.policy.request(
+            p,
+            Action::ViewRequest,
+            Resource::AccessRequest(r.id.clone()),
+            None,
+        );
+        self.ctx
+            .policy
+            .authorize(&self.ctx.audit, p, request, &r.dataset)
+            .await
+            .map(|_| ())
+    }
+
     /// Decides `approve_request` on request `id` for `p` (Approve, Reject).
     async fn authorize_decision(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
         let label = match self.grants.get_request(id)? {
@@ -238,14 +284,22 @@ impl pb::grants_server::Grants for GrantsService {
     ) -> Result<Response<pb::ListRequestsResponse>, Status> {
         let p = principal(&req)?;
         let state = request_state(&req.get_ref().state)?;
-        self.authorize_view(&p, "access-requests").await?;
-        let list = self
-            .grants
-            .list_requests(state)
-            .map_err(ApiError::from)?
-            .iter()
-            .map(|r| self.explained(&p, r))
-            .collect();
+        let all = self.grants.list_requests(state).map_err(ApiError::from)?;
+        // Each request is listed only if Cedar lets the caller see it
+        // (`view_request`: the owner's DPO, a steward for non-personal
+        // data, the requester); each one shown is an audited decision.
+        let mut list = Vec::new();
+        for r in &all {
+            if self.may_view(&p, &r.id) {
+                self.authorize_view_request(&p, r).await?;
+                list.push(self.explained(&p, r));
+            }
+        }
+        if list.is_empty() {
+            // Nothing to show: the node's officers get an empty list, anyone
+            // else a denial (both audited).
+            self.authorize_request_list(&p, "access-requests").await?;
+        }
         Ok(Response::new(convert::requests(list)))
     }
 
@@ -256,13 +310,16 @@ impl pb::grants_server::Grants for GrantsService {
         let p = principal(&req)?;
         let id = &req.get_ref().request_id;
         super::limits::check_id("request_id", id)?;
-        self.authorize_view(&p, &format!("access-request/{id}"))
-            .await?;
-        let r = self
-            .grants
-            .get_request(id)
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("no access request `{id}` on this node")))?;
+        let Some(r) = self.grants.get_request(id).map_err(ApiError::from)? else {
+            // Whether a request exists is for the node's officers to learn;
+            // anyone else is denied.
+            self.authorize_request_list(&p, &format!("access-request/{}", short(id)))
+                .await?;
+            return Err(
+                ApiError::NotFound(format!("no access request `{id}` on this node")).into(),
+            );
+        };
+        self.authorize_view_request(&p, &r).await?;
         Ok(Response::new(self.explained(&p, &r)))
     }
 

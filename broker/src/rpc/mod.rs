@@ -172,11 +172,11 @@ pub const CALLS: &[(&str, CallRule)] = &[
     ),
     (
         "/allmende.v1.Grants/ListRequests",
-        CallRule::Decided(Action::ReadAudit),
+        CallRule::Decided(Action::ViewRequest),
     ),
     (
         "/allmende.v1.Grants/GetRequest",
-        CallRule::Decided(Action::ReadAudit),
+        CallRule::Decided(Action::ViewRequest),
     ),
     (
         "/allmende.v1.Grants/Approve",

@@ -337,6 +337,8 @@ pub(crate) struct FileCtx<'a> {
     pub config: &'a FileConnectorConfig,
     pub layout: &'a Layout,
     pub batch_size: usize,
+    /// Parsed Parquet footers kept between reads.
+    pub footers: &'a parquet::Footers,
 }
 
 /// A reader that fails once more than a limit was read since the last reset: keeps a single
@@ -393,11 +395,13 @@ pub(crate) fn past_end(file: &FileRef, skip: u64, found: u64) -> ConnectorError 
 }
 
 /// Lists the files of the source, in read order. The source path, every directory descended
-/// into and every file listed are checked against `roots`.
+/// into and every file listed are checked against `roots`, whose canonical forms are taken once
+/// for the listing and the opens of its files ([`SourceRoots::pinned`]).
 pub(crate) fn list_files(
     config: &FileConnectorConfig,
     roots: &SourceRoots,
 ) -> Result<Vec<FileRef>, ConnectorError> {
+    let roots = &roots.pinned();
     let shown = config.display_path();
     let checked = roots.check(&config.path, &shown)?;
     let meta =
@@ -529,6 +533,8 @@ struct Inner {
     active_reads: Arc<AtomicUsize>,
     /// Where files may be read from; checked on every listing and every open.
     roots: SourceRoots,
+    /// Parsed Parquet footers, by opened file version.
+    footers: parquet::Footers,
 }
 
 /// A connector reading CSV, JSON lines, GeoJSON or Parquet files.
@@ -634,6 +640,7 @@ impl FileConnector {
                 cursor_column,
                 active_reads: Arc::new(AtomicUsize::new(0)),
                 roots,
+                footers: parquet::Footers::default(),
             }),
         })
     }
@@ -905,6 +912,7 @@ impl ReadPlan {
             config: &inner.config,
             layout: &inner.layout,
             batch_size: self.batch_size,
+            footers: &inner.footers,
         };
         let mut stopped = self.max_rows == Some(0);
         for (i, file) in files.iter().enumerate() {
