@@ -388,16 +388,8 @@ pub fn render_history(subject: &str, events: &[pb::SubjectEvent], json: bool) ->
             e.kind,
             e.org,
             e.dataset,
-            if e.purpose.is_empty() {
-                "-"
-            } else {
-                &e.purpose
-            },
-            if e.grant_id.is_empty() {
-                "-"
-            } else {
-                &e.grant_id
-            },
+            dash(&e.purpose),
+            dash(&e.grant_id),
             if e.kind == "release" {
                 e.rows.to_string()
             } else {
@@ -406,6 +398,11 @@ pub fn render_history(subject: &str, events: &[pb::SubjectEvent], json: bool) ->
         ));
     }
     out
+}
+
+/// `-` for an empty cell.
+fn dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
 }
 
 /// An erasure as JSON.
