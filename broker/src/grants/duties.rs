@@ -186,6 +186,11 @@ impl Grants {
             subject_ref: subject_ref.to_owned(),
             grant_id: g.id.clone(),
         };
+        // A recipient already told (an erasure asked again, or one that
+        // stopped half-way and is retried) is not told twice.
+        if let Some(told) = self.erasure_told(&reason)? {
+            return Ok(Some(told));
+        }
         let duty = self.new_duty(reason, &g.grantee_org, &g.dataset, due)?;
         let mut rows = self.notice_rows(
             &g,
@@ -204,6 +209,42 @@ impl Grants {
         rows.push((duty_key(&duty.id), Row::Duty(Box::new(duty.clone()))));
         self.commit(rows).await?;
         self.outbox.notify_one();
+        Ok(Some((duty, notice_id)))
+    }
+
+    /// The duty and the notice id of an erasure already told to its
+    /// recipient (same subject reference, same grant).
+    fn erasure_told(&self, reason: &DutyReason) -> Result<Option<(Duty, String)>, GrantsError> {
+        let DutyReason::Erasure {
+            subject_ref,
+            grant_id,
+        } = reason
+        else {
+            return Ok(None);
+        };
+        let Some(duty) = self
+            .list_duties(None)?
+            .into_iter()
+            .find(|d| &d.reason == reason)
+        else {
+            return Ok(None);
+        };
+        let notice_id = self
+            .rows(|r| match r {
+                Row::Notice(n)
+                    if n.direction == super::notices::Direction::Sent
+                        && &n.body.grant_id == grant_id
+                        && matches!(&n.body.kind,
+                            super::notices::NoticeKind::Erasure { subject_ref: s, .. }
+                                if s == subject_ref) =>
+                {
+                    Some(n.body.id.clone())
+                }
+                _ => None,
+            })?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         Ok(Some((duty, notice_id)))
     }
 

@@ -1855,6 +1855,46 @@ mod tests {
         assert!(g.overdue_duties("tum").unwrap().is_empty());
     }
 
+    /// An erasure told to a recipient is told once: asking again (or
+    /// retrying one that stopped half-way) returns the same duty and notice.
+    #[tokio::test]
+    async fn an_erasure_is_told_to_each_recipient_once() {
+        let w = world().await;
+        let (g, _) = w.open();
+        let r = w.requested(&g, "k").await;
+        let grant = w.approved(&g, &r).await;
+        let before = g.undelivered().unwrap().len();
+        let first = g
+            .erasure_at_recipient(&w.audit, &grant.id, "p-abc", NOW + DAY_SECS)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!first.1.is_empty());
+        let size = w.audit.status().size;
+        let again = g
+            .erasure_at_recipient(&w.audit, &grant.id, "p-abc", NOW + 2 * DAY_SECS)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, first);
+        assert_eq!(w.audit.status().size, size, "nothing new to audit");
+        assert_eq!(g.undelivered().unwrap().len(), before + 1);
+        let erasure_duties = g
+            .list_duties(Some("tum"))
+            .unwrap()
+            .into_iter()
+            .filter(|d| matches!(d.reason, DutyReason::Erasure { .. }))
+            .count();
+        assert_eq!(erasure_duties, 1);
+        // Another subject at the same recipient is a duty of its own.
+        let other = g
+            .erasure_at_recipient(&w.audit, &grant.id, "p-def", NOW + DAY_SECS)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(other.0.id, first.0.id);
+    }
+
     /// Approval, revocation and expiry each put one notice for the grantee's
     /// organisation into the outbox, in their batch; the receiver (tum)
     /// accepts a notice signed by swm's node key from a node of swm,
