@@ -79,3 +79,38 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
+
+/// The size of `node`'s audit log: the sequence its next entry gets.
+#[allow(
+    clippy::panic,
+    reason = "test helper: asking for a node the sandbox does not run fails the test"
+)]
+pub fn audit_size(sb: &Sandbox, node: &str) -> u64 {
+    match sb.node(node) {
+        Some(n) => n.audit.status().size,
+        None => panic!("`{node}` is not running"),
+    }
+}
+
+/// Every entry of `node`'s audit log from sequence `from` on, decoded from
+/// the store's bytes.
+#[allow(
+    clippy::panic,
+    reason = "test helper: an unreadable or undecodable entry fails the test"
+)]
+pub fn audit_since(sb: &Sandbox, node: &str, from: u64) -> Vec<allmende_audit::Entry> {
+    let Some(n) = sb.node(node) else {
+        panic!("`{node}` is not running")
+    };
+    let log = &n.audit;
+    (from..log.status().size)
+        .filter_map(|s| match log.entry_bytes(s) {
+            Ok(b) => b,
+            Err(e) => panic!("entry {s} of `{node}`: {e}"),
+        })
+        .map(|b| match allmende_audit::Entry::decode(&b) {
+            Ok(e) => e,
+            Err(e) => panic!("an entry of `{node}` does not decode: {e}"),
+        })
+        .collect()
+}

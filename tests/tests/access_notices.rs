@@ -17,7 +17,7 @@ use allmende::clock::ManualClock;
 use allmende::grants::{Direction, Grants};
 use allmende::sandbox::{Sandbox, SandboxSpec};
 use allmende_audit::{Decision, Entry, EntryKind, GrantOp};
-use allmende_e2e::{connect_with, material};
+use allmende_e2e::{audit_since, audit_size, connect_with, material};
 use allmende_proto::v1 as pb;
 use pb::grants_client::GrantsClient;
 use std::sync::Arc;
@@ -51,18 +51,6 @@ async fn as_node(sb: &Sandbox, org: &str, node: &str, to: &str) -> GrantsClient<
     let endpoint = sb.node(to).unwrap().grpc_endpoint();
     let p = sb.node_profile(org, node, &endpoint);
     GrantsClient::new(connect_with(&endpoint, &material(&p)).await.unwrap())
-}
-
-fn entries(sb: &Sandbox, node: &str, from: u64) -> Vec<Entry> {
-    let log = &sb.node(node).unwrap().audit;
-    (from..log.status().size)
-        .filter_map(|s| log.entry_bytes(s).unwrap())
-        .map(|b| Entry::decode(&b).unwrap())
-        .collect()
-}
-
-fn size(sb: &Sandbox, node: &str) -> u64 {
-    sb.node(node).unwrap().audit.status().size
 }
 
 fn op_count(entries: &[Entry], op: GrantOp) -> usize {
@@ -157,8 +145,8 @@ async fn received_soon(sb: &Sandbox, n: usize) -> Vec<pb::NoticeView> {
 async fn story_2_is_recorded_on_both_nodes() {
     let clock = ManualClock::starting_now();
     let sb = federation(clock).await;
-    let swm_from = size(&sb, "swm-1");
-    let tum_from = size(&sb, "tum-1");
+    let swm_from = audit_size(&sb, "swm-1");
+    let tum_from = audit_size(&sb, "tum-1");
 
     let g = granted(
         &sb,
@@ -185,7 +173,7 @@ async fn story_2_is_recorded_on_both_nodes() {
     assert!(released.rows > 0);
     assert_eq!(released.columns, vec!["household_id", "kwh", "timestamp"]);
     assert!(released.from_node.ends_with("/swm/node/swm-1"));
-    let tum_log = entries(&sb, "tum-1", tum_from);
+    let tum_log = audit_since(&sb, "tum-1", tum_from);
     assert_eq!(op_count(&tum_log, GrantOp::NoticeReceived), 2);
     assert!(tum_log.iter().all(|e| {
         !matches!(
@@ -196,7 +184,7 @@ async fn story_2_is_recorded_on_both_nodes() {
         ) || (e.principal.org == "swm" && e.grant_id.as_deref() == Some(g.id.as_str()))
     }));
     // The audit sequence named is the release's completion on SWM's node.
-    let swm_log = entries(&sb, "swm-1", swm_from);
+    let swm_log = audit_since(&sb, "swm-1", swm_from);
     let completion = swm_log
         .iter()
         .find(|e| matches!(e.kind, EntryKind::ReleaseCompletion { .. }))
@@ -322,7 +310,7 @@ async fn forged_notices_are_refused_and_audited_and_replays_are_idempotent() {
         };
 
     // A replay of the genuine notice: acknowledged, nothing written.
-    let before = size(&sb, "tum-1");
+    let before = audit_size(&sb, "tum-1");
     let ack = as_node(&sb, "swm", "swm-1", "tum-1")
         .await
         .deliver_notice(request(
@@ -334,7 +322,7 @@ async fn forged_notices_are_refused_and_audited_and_replays_are_idempotent() {
         .unwrap()
         .into_inner();
     assert!(ack.already_stored);
-    let log = entries(&sb, "tum-1", before);
+    let log = audit_since(&sb, "tum-1", before);
     assert_eq!(op_count(&log, GrantOp::NoticeReceived), 0, "{log:?}");
     assert_eq!(received(&sb).await.len(), 1);
 
@@ -342,10 +330,10 @@ async fn forged_notices_are_refused_and_audited_and_replays_are_idempotent() {
         let sb = &sb;
         async move {
             let mut client = client;
-            let before = size(sb, "tum-1");
+            let before = audit_size(sb, "tum-1");
             let err = client.deliver_notice(req).await.unwrap_err();
             assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-            let log = entries(sb, "tum-1", before);
+            let log = audit_since(sb, "tum-1", before);
             assert!(
                 log.iter().any(|e| e.decision == Some(Decision::Deny)),
                 "refusal audited: {log:?}"
@@ -437,7 +425,7 @@ async fn duties_are_attested_by_the_grantee_and_overdue_ones_block_approvals() {
             .approver
             .contains("overdue deletion duty"),
     );
-    let before = size(&sb, "swm-1");
+    let before = audit_size(&sb, "swm-1");
     let err = swm_dpo
         .approve(pb::ApproveRequest {
             request_id: r.id.clone(),
@@ -448,13 +436,13 @@ async fn duties_are_attested_by_the_grantee_and_overdue_ones_block_approvals() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains(&duties[0].id), "{err:?}");
-    assert!(entries(&sb, "swm-1", before).iter().any(|e| {
+    assert!(audit_since(&sb, "swm-1", before).iter().any(|e| {
         e.decision == Some(Decision::Deny)
             && e.policy_ids.contains(&"overdue-deletion-duty".to_owned())
     }));
 
     // Another organisation cannot attest tum's duty (the policies deny it).
-    let before = size(&sb, "swm-1");
+    let before = audit_size(&sb, "swm-1");
     let err = grants(&sb, "swm-1", "versicherung-ag", "analyst")
         .await
         .attest_deletion(pb::AttestDeletionRequest {
@@ -465,7 +453,7 @@ async fn duties_are_attested_by_the_grantee_and_overdue_ones_block_approvals() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(
-        entries(&sb, "swm-1", before)
+        audit_since(&sb, "swm-1", before)
             .iter()
             .any(|e| e.action == "attest_deletion" && e.decision == Some(Decision::Deny))
     );

@@ -20,7 +20,7 @@ use allmende::clock::ManualClock;
 use allmende::pki::Role;
 use allmende::sandbox::{Sandbox, SandboxSpec};
 use allmende_audit::{Decision, Entry, EntryKind, GrantOp};
-use allmende_e2e::{connect_with, material};
+use allmende_e2e::{audit_since, audit_size, connect_with, material};
 use allmende_proto::v1 as pb;
 use arrow::array::{Array, StringArray};
 use pb::consent_client::ConsentClient;
@@ -41,18 +41,6 @@ async fn channel(sb: &Sandbox, node: &str, org: &str, user: &str) -> Channel {
 
 async fn grants(sb: &Sandbox, node: &str, org: &str, user: &str) -> GrantsClient<Channel> {
     GrantsClient::new(channel(sb, node, org, user).await)
-}
-
-fn entries(sb: &Sandbox, node: &str, from: u64) -> Vec<Entry> {
-    let log = &sb.node(node).unwrap().audit;
-    (from..log.status().size)
-        .filter_map(|s| log.entry_bytes(s).unwrap())
-        .map(|b| Entry::decode(&b).unwrap())
-        .collect()
-}
-
-fn size(sb: &Sandbox, node: &str) -> u64 {
-    sb.node(node).unwrap().audit.status().size
 }
 
 /// A research request by TUM's researcher (not yet approved).
@@ -169,7 +157,7 @@ async fn erasure_excludes_the_subject_and_tells_every_recipient() {
 
     // Another household and TUM's DPO cannot erase the household: refused
     // and audited, nothing changes.
-    let from = size(&sb, "swm-1");
+    let from = audit_size(&sb, "swm-1");
     let err = ConsentClient::new(channel(&sb, "swm-1", "swm", "HH-000002").await)
         .erase(pb::EraseSubjectRequest {
             subject_id: SUBJECT.into(),
@@ -186,13 +174,13 @@ async fn erasure_excludes_the_subject_and_tells_every_recipient() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    let log = entries(&sb, "swm-1", from);
+    let log = audit_since(&sb, "swm-1", from);
     assert!(denied(&log, "swm", "erase_subject"), "{log:?}");
     assert!(denied(&log, "tum", "erase_subject"), "{log:?}");
     assert_eq!(fetched_households(&sb, &g.id).await.len(), before.len());
 
     // The household erases itself.
-    let from = size(&sb, "swm-1");
+    let from = audit_size(&sb, "swm-1");
     let mut household = ConsentClient::new(channel(&sb, "swm-1", "swm", SUBJECT).await);
     let e = household
         .erase(pb::EraseSubjectRequest {
@@ -244,7 +232,7 @@ async fn erasure_excludes_the_subject_and_tells_every_recipient() {
 
     // SWM audited the erasure (subject as keyed hash) and the duty; no
     // entry names the subject in clear.
-    let log = entries(&sb, "swm-1", from);
+    let log = audit_since(&sb, "swm-1", from);
     let hash = sb.node("swm-1").unwrap().audit.subject_hash(SUBJECT);
     let erased = log
         .iter()
@@ -342,7 +330,7 @@ async fn erasure_excludes_the_subject_and_tells_every_recipient() {
             .all(|w| w[0].audit_sequence < w[1].audit_sequence)
     );
     // Another household cannot see it (refused, audited).
-    let from = size(&sb, "swm-1");
+    let from = audit_size(&sb, "swm-1");
     let err = ConsentClient::new(channel(&sb, "swm-1", "swm", "HH-000002").await)
         .who_accessed(pb::WhoAccessedRequest {
             subject_id: SUBJECT.into(),
@@ -350,7 +338,11 @@ async fn erasure_excludes_the_subject_and_tells_every_recipient() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(denied(&entries(&sb, "swm-1", from), "swm", "read_audit"));
+    assert!(denied(
+        &audit_since(&sb, "swm-1", from),
+        "swm",
+        "read_audit"
+    ));
 
     // Overdue, the erasure duty blocks a new approval for TUM.
     clock.advance(Duration::from_secs(2 * 86_400));

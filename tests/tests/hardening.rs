@@ -20,7 +20,7 @@ use allmende::pki::{Role, ca};
 use allmende::rpc::{CALLS, CallRule};
 use allmende::sandbox::{Sandbox, SandboxSpec};
 use allmende_audit::{Decision, Entry};
-use allmende_e2e::{connect_with, material};
+use allmende_e2e::{audit_since, audit_size, connect_with, material};
 use allmende_proto::v1 as pb;
 use prost::Message as _;
 use std::collections::BTreeSet;
@@ -58,19 +58,6 @@ async fn channel(sb: &Sandbox, org: &str, user: &str, node: &str) -> Channel {
     let p = sb.profile(org, user).unwrap();
     let endpoint = sb.node(node).unwrap().grpc_endpoint();
     connect_with(&endpoint, &material(&p)).await.unwrap()
-}
-
-/// The entries a node wrote from sequence `from` on.
-fn entries_since(sb: &Sandbox, node: &str, from: u64) -> Vec<Entry> {
-    let log = &sb.node(node).unwrap().audit;
-    (from..log.status().size)
-        .filter_map(|s| log.entry_bytes(s).unwrap())
-        .map(|b| Entry::decode(&b).unwrap())
-        .collect()
-}
-
-fn size(sb: &Sandbox, node: &str) -> u64 {
-    sb.node(node).unwrap().audit.status().size
 }
 
 fn denied_entry(entries: &[Entry], org: &str, action: &str) -> bool {
@@ -353,7 +340,7 @@ async fn every_method_is_decided_and_audited_or_listed_as_exempt() {
             CallRule::Decided(a) | CallRule::Witness(a) => *a,
             CallRule::Exempt(_) => continue,
         };
-        let before = size(&sb, "swm-1");
+        let before = audit_size(&sb, "swm-1");
         let err = probe(method, ch)
             .await
             .expect_err(&format!("`{method}` served an insurer's analyst"));
@@ -365,7 +352,7 @@ async fn every_method_is_decided_and_audited_or_listed_as_exempt() {
         );
         assert!(
             denied_entry(
-                &entries_since(&sb, "swm-1", before),
+                &audit_since(&sb, "swm-1", before),
                 "versicherung-ag",
                 action.as_str()
             ),
@@ -401,7 +388,7 @@ async fn a_data_subject_is_bound_to_its_controller() {
 
     // A TUM certificate with the same user id learns nothing about the
     // household, changes nothing, and every refusal is audited.
-    let before = size(&sb, "swm-1");
+    let before = audit_size(&sb, "swm-1");
     let consent_before = swm.consent.records_of("HH-000001").unwrap();
     let foreign = channel(&sb, "tum", "HH-000001", "swm-1").await;
     let err = AuditClient::new(foreign.clone())
@@ -430,7 +417,7 @@ async fn a_data_subject_is_bound_to_its_controller() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(swm.consent.records_of("HH-000001").unwrap(), consent_before);
-    let entries = entries_since(&sb, "swm-1", before);
+    let entries = audit_since(&sb, "swm-1", before);
     for action in ["read_audit", "read_consent", "record_consent"] {
         assert!(
             denied_entry(&entries, "tum", action),
@@ -456,7 +443,7 @@ async fn a_data_subject_is_bound_to_its_controller() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
     // Reading one's consent is itself audited.
-    let before = size(&sb, "swm-1");
+    let before = audit_size(&sb, "swm-1");
     let own = channel(&sb, "swm", "HH-000001", "swm-1").await;
     ConsentClient::new(own)
         .get(pb::GetConsentRequest {
@@ -465,7 +452,7 @@ async fn a_data_subject_is_bound_to_its_controller() {
         .await
         .unwrap();
     assert!(
-        entries_since(&sb, "swm-1", before)
+        audit_since(&sb, "swm-1", before)
             .iter()
             .any(|e| e.action == "read_consent" && e.decision == Some(Decision::Allow)),
         "a consent read left no audit entry"

@@ -19,19 +19,7 @@ use allmende::demo::stories::{
 };
 use allmende::sandbox::Sandbox;
 use allmende_audit::{Decision, Entry, EntryKind, GrantOp, ReleaseOutcome};
-
-/// Every entry of `node`'s audit log from sequence `from` on.
-fn log_of(sb: &Sandbox, node: &str, from: u64) -> Vec<Entry> {
-    let log = &sb.node(node).unwrap().audit;
-    (from..log.status().size)
-        .filter_map(|s| log.entry_bytes(s).unwrap())
-        .map(|b| Entry::decode(&b).unwrap())
-        .collect()
-}
-
-fn size(sb: &Sandbox, node: &str) -> u64 {
-    sb.node(node).unwrap().audit.status().size
-}
+use allmende_e2e::{audit_since, audit_size};
 
 fn grant_change<'a>(log: &'a [Entry], op: GrantOp, grant: &str) -> Option<&'a Entry> {
     log.iter().find(|e| {
@@ -82,7 +70,7 @@ fn denial<'a>(
 async fn received_at_tum(sb: &Sandbox, from: u64, grant: &str, n: usize) -> Vec<Entry> {
     let mut got = Vec::new();
     for _ in 0..300 {
-        got = log_of(sb, "tum-1", from)
+        got = audit_since(sb, "tum-1", from)
             .into_iter()
             .filter(|e| {
                 matches!(
@@ -110,8 +98,8 @@ async fn received_at_tum(sb: &Sandbox, from: u64, grant: &str, n: usize) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_2_research_request_approval_and_pseudonymised_read() {
     let (sb, clock) = federation().await.unwrap();
-    let from = size(&sb, "swm-1");
-    let tum_from = size(&sb, "tum-1");
+    let from = audit_size(&sb, "swm-1");
+    let tum_from = audit_size(&sb, "tum-1");
     let s = stories::story_2(&sb, &clock).await.unwrap();
     let g = &s.granted.grant;
     assert_eq!(s.release.rows, s.expected.rows);
@@ -120,7 +108,7 @@ async fn story_2_research_request_approval_and_pseudonymised_read() {
 
     // SWM's log, read from the store: request by tum, approval by swm's
     // DPO, the release to tum under the grant with its rows and subjects.
-    let log = log_of(&sb, "swm-1", from);
+    let log = audit_since(&sb, "swm-1", from);
     let requested = log
         .iter()
         .find(|e| {
@@ -168,11 +156,11 @@ async fn story_2_research_request_approval_and_pseudonymised_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_3_wrong_purpose_other_dataset_and_expired_grant_are_denied() {
     let (sb, clock) = federation().await.unwrap();
-    let from = size(&sb, "swm-1");
-    let tum_from = size(&sb, "tum-1");
+    let from = audit_size(&sb, "swm-1");
+    let tum_from = audit_size(&sb, "tum-1");
     let s = stories::story_3(&sb, &clock).await.unwrap();
     let g = s.grant.id.as_str();
-    let log = log_of(&sb, "swm-1", from);
+    let log = audit_since(&sb, "swm-1", from);
     let purpose = denial(&log, "tum", "read", Some(g), "purpose-grant-mismatch").unwrap();
     assert_eq!(purpose.purpose.as_deref(), Some("Marketing"));
     assert_eq!(purpose.resource, SMART_METER);
@@ -193,13 +181,13 @@ async fn story_3_wrong_purpose_other_dataset_and_expired_grant_are_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_4_withdrawal_excludes_the_household_and_it_sees_past_accesses() {
     let (sb, clock) = federation().await.unwrap();
-    let from = size(&sb, "swm-1");
-    let tum_from = size(&sb, "tum-1");
+    let from = audit_size(&sb, "swm-1");
+    let tum_from = audit_size(&sb, "tum-1");
     let s = stories::story_4(&sb, &clock).await.unwrap();
     let g = s.granted.grant.id.as_str();
     let swm = sb.node("swm-1").unwrap();
     let hashed = swm.audit.subject_hash(HOUSEHOLD);
-    let log = log_of(&sb, "swm-1", from);
+    let log = audit_since(&sb, "swm-1", from);
     let done = completions(&log, g);
     assert_eq!(done.len(), 2);
     assert!(done[0].subjects.contains(&hashed), "first release had it");
@@ -235,9 +223,9 @@ async fn story_4_withdrawal_excludes_the_household_and_it_sees_past_accesses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_6_insurer_is_refused_even_with_a_grant() {
     let (sb, clock) = federation().await.unwrap();
-    let from = size(&sb, "swm-1");
+    let from = audit_size(&sb, "swm-1");
     let forced = stories::story_6(&sb, &clock).await.unwrap();
-    let log = log_of(&sb, "swm-1", from);
+    let log = audit_since(&sb, "swm-1", from);
     let asked = denial(
         &log,
         "versicherung-ag",
