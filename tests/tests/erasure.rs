@@ -376,3 +376,93 @@ async fn erasure_excludes_the_subject_and_tells_every_recipient() {
     approve(&sb, &r2).await.unwrap();
     sb.shutdown().await.unwrap();
 }
+
+/// The household's own commands: `consent who-accessed` (its profile's user
+/// id as the subject) lists the release to TUM under the grant, another
+/// household's history is refused with a sentence and the permission exit
+/// code, and `consent erase` names the recipient it told; who-accessed
+/// then shows the erasure after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_household_reads_its_history_and_erases_itself_on_the_command_line() {
+    use allmende::cli::consent_cmd::{ConsentCmd, output};
+    let sb = Sandbox::start(SandboxSpec::munich(), None, ManualClock::starting_now())
+        .await
+        .unwrap();
+    sb.register_demo_datasets().await.unwrap();
+    let g = approve(&sb, &request(&sb, "k-cli").await).await.unwrap();
+    assert!(!fetched_households(&sb, &g.id).await.is_empty());
+    let household = Some(sb.root.join("swm/users/HH-000001.profile.toml"));
+
+    let history = output(
+        ConsentCmd::WhoAccessed {
+            subject: None,
+            profile: household.clone(),
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&history).unwrap();
+    assert_eq!(v["subject"], SUBJECT);
+    let releases: Vec<&serde_json::Value> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "release")
+        .collect();
+    assert_eq!(releases.len(), 1, "{history}");
+    assert_eq!(releases[0]["org"], "tum");
+    assert_eq!(releases[0]["purpose"], "AcademicResearch");
+    assert_eq!(releases[0]["grant_id"], g.id.as_str());
+
+    let refused = output(
+        ConsentCmd::WhoAccessed {
+            subject: Some("HH-000006".into()),
+            profile: household.clone(),
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        refused.code,
+        allmende::cli::exit::REFUSED,
+        "{}",
+        refused.message
+    );
+    assert!(
+        refused.message.starts_with("permission denied"),
+        "{}",
+        refused.message
+    );
+
+    let erased = output(
+        ConsentCmd::Erase {
+            subject: SUBJECT.into(),
+            dataset: String::new(),
+            profile: household.clone(),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        erased.contains("excluded from every later release"),
+        "{erased}"
+    );
+    assert!(erased.contains("tum") && erased.contains(&g.id), "{erased}");
+
+    let after = output(
+        ConsentCmd::WhoAccessed {
+            subject: None,
+            profile: household,
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let release_at = after.find("release").unwrap();
+    let erase_at = after.find("erase").unwrap();
+    assert!(release_at < erase_at, "{after}");
+    sb.shutdown().await.unwrap();
+}
