@@ -410,10 +410,8 @@ impl Fetcher {
             }),
             _ => None,
         };
-        let key_label = match &params.grant_id {
-            Some(g) => format!("grant:{g}"),
-            None => format!("caller:{who}"),
-        };
+        let key_label =
+            crate::access::pipeline::pseudonym_key_label(params.grant_id.as_deref(), who);
         Stages {
             filter: params.filter.clone(),
             consent,

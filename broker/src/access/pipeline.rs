@@ -28,6 +28,16 @@ pub struct ConsentGate {
     pub permitted: HashSet<String>,
 }
 
+/// The label the node's pseudonym key is derived under for a read: per
+/// grant, or per caller without one. The release pipeline and an erasure's
+/// notice (the pseudonym a recipient holds) both use it.
+pub fn pseudonym_key_label(grant_id: Option<&str>, caller: &str) -> String {
+    match grant_id {
+        Some(g) => format!("grant:{g}"),
+        None => format!("caller:{caller}"),
+    }
+}
+
 /// Replaces identifying values by keyed pseudonyms (HMAC-SHA-256, keyed per
 /// grant or per caller): the same subject gets the same pseudonym within one
 /// grant, and different ones across grants.

@@ -85,7 +85,12 @@ impl ConsentService {
             .and_then(|s| s.connector.describe().subject_column.clone())
             .unwrap_or_default();
         crate::access::pipeline::Pseudonymiser::new(
-            self.ctx.audit.derive_key(&format!("grant:{grant_id}")),
+            self.ctx
+                .audit
+                .derive_key(&crate::access::pipeline::pseudonym_key_label(
+                    Some(grant_id),
+                    "",
+                )),
             Vec::new(),
         )
         .pseudonym(&column, subject)
