@@ -569,12 +569,11 @@ impl Store {
         }
     }
 
-    /// Applies the batch atomically and waits until it is on disk
-    /// (`flush_async`). Only after this returns may a write be acknowledged.
+    /// Applies the batch atomically and waits until it is on disk. Only
+    /// after this returns may a write be acknowledged.
     pub async fn commit_durable(&self, batch: WriteBatch) -> Result<(), StoreError> {
         self.apply(batch)?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     /// Applies the batch atomically without waiting for disk; for state that
@@ -583,9 +582,21 @@ impl Store {
         self.apply(batch)
     }
 
-    /// Flushes everything written so far.
+    /// Flushes everything written so far and waits until it is on disk.
+    ///
+    /// This is sled's `flush_async` contract, but the blocking flush runs on
+    /// tokio's blocking pool rather than on sled's IO pool: sled 0.34.7's own
+    /// `flush_async` occupies an IO-pool thread that waits for log writes
+    /// queued on that same pool, and a handful of concurrent flushes
+    /// deadlock the process (sled #1241, #1308; fixed upstream after the
+    /// last release). Test `concurrent_durable_commits_do_not_deadlock`.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| {
+                StoreError::Io(sled::Error::ReportableBug(format!("flush task: {e}")))
+            })??;
         Ok(())
     }
 
@@ -638,6 +649,41 @@ pub(super) mod tests {
             vec![(("swm".into(), "swm-1".into()), Thing { n: 1 })]
         );
         assert_eq!(s.format_version().unwrap(), FORMAT_VERSION);
+    }
+
+    /// Many durable commits at once, on several stores, with reads in
+    /// between: sled 0.34.7's own `flush_async` runs the flush on sled's IO
+    /// pool, whose threads then wait for log writes queued behind them on
+    /// the same pool (sled #1241, #1308). Every durable commit must still
+    /// finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_durable_commits_do_not_deadlock() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<_> = dirs
+            .iter()
+            .map(|d| std::sync::Arc::new(Store::open(d.path(), &opts()).unwrap()))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..48u64 {
+            let s = stores[(w % 3) as usize].clone();
+            tasks.spawn(async move {
+                let meta: Table<String, Thing> = s.table(TableName::Meta).unwrap();
+                for n in 0..25u64 {
+                    let mut b = WriteBatch::new();
+                    b.put(&meta, &format!("{w}-{n}"), &Thing { n }).unwrap();
+                    s.commit_durable(b).await.unwrap();
+                    assert!(meta.get(&format!("{w}-{n}")).unwrap().is_some());
+                }
+            });
+        }
+        let all = async {
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .expect("durable commits deadlocked");
     }
 
     #[test]
