@@ -588,7 +588,7 @@ impl Store {
     /// tokio's blocking pool rather than on sled's IO pool: sled 0.34.7's own
     /// `flush_async` occupies an IO-pool thread that waits for log writes
     /// queued on that same pool, and a handful of concurrent flushes
-    /// deadlock the process (sled #1241, #1308; fixed upstream after the
+    /// deadlock the process (sled issues 1241 and 1308 upstream, fixed after the
     /// last release). Test `concurrent_durable_commits_do_not_deadlock`.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
@@ -654,7 +654,7 @@ pub(super) mod tests {
     /// Many durable commits at once, on several stores, with reads in
     /// between: sled 0.34.7's own `flush_async` runs the flush on sled's IO
     /// pool, whose threads then wait for log writes queued behind them on
-    /// the same pool (sled #1241, #1308). Every durable commit must still
+    /// the same pool (sled issues 1241 and 1308 upstream). Every durable commit must still
     /// finish.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_durable_commits_do_not_deadlock() {
