@@ -721,6 +721,11 @@ fn hostile() -> DatasetDescription {
     d.title = r#"Titel """ mit > und <x> \ ' "" ''' „Zitat“ – Straße 東京 😀"#.into();
     d.description = "Zeile 1 \"\"\"\n> Zeile 2 \\\" \t'''\n\"@de . <urn:x> ] } ;".into();
     d.keywords = vec!["a\"b".into(), "c\\d".into()];
+    // An IRI whose scheme is a prefix of the JSON-LD context.
+    d.spatial = Some(allmende::catalog::Spatial {
+        label: "Ort > \"Mitte\"".into(),
+        iri: Some("dct:ort".into()),
+    });
     d.contact_point = Some(allmende::catalog::ContactPoint {
         name: "Büro \"X\" <y>".into(),
         email: Some("kontakt@tum.example".into()),
@@ -847,6 +852,11 @@ async fn the_whole_federated_catalog_exports_as_dcat_ap_de() {
             "{name}: {} triples, 0 violations, {} warnings: {:#}",
             r["triples"], r["warnings"], r["warning_kinds"]
         );
+        // The one kind of warning: places are named, not given a geometry.
+        for kind in r["warning_kinds"].as_object().unwrap().keys() {
+            assert!(kind.starts_with("dct:Location: SOLL"), "{name}: {kind}");
+        }
+        assert_eq!(r["warnings"], 2, "{name}: one per place");
         let texts: Vec<&str> = r["texts"]
             .as_array()
             .unwrap()
