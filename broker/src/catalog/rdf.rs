@@ -23,7 +23,7 @@ pub const RDF_TYPE: &str = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type";
 pub const XSD: &str = "http://www.w3.org/2001/XMLSchema#";
 
 /// Prefixes both serialisations use, sorted by name.
-pub const PREFIXES: &[(&str, &str)] = &[
+pub const PREFIXES: [(&str, &str); 10] = [
     ("allm", "urn:allmende:vocab:"),
     ("dcat", "http://www.w3.org/ns/dcat#"),
     ("dcatde", "http://dcat-ap.de/def/dcatde/"),
@@ -296,19 +296,14 @@ fn datatype_of(t: &Term) -> Option<&str> {
 fn compact_iri(iri: &str, prefixes: &[(&str, &str)]) -> Option<String> {
     prefixes.iter().find_map(|(name, ns)| {
         let local = iri.strip_prefix(ns)?;
-        let ok = local
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic())
-            && local
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        ok.then(|| format!("{name}:{local}"))
+        let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-');
+        (local.starts_with(|c: char| c.is_ascii_alphabetic()) && local.chars().all(name_char))
+            .then(|| format!("{name}:{local}"))
     })
 }
 
 fn turtle_iri(iri: &str) -> String {
-    compact_iri(iri, PREFIXES).unwrap_or_else(|| format!("<{iri}>"))
+    compact_iri(iri, &PREFIXES).unwrap_or_else(|| format!("<{iri}>"))
 }
 
 /// A Turtle string (`"…"` with escapes).
@@ -415,19 +410,14 @@ mod tests {
             Term::Iri("http://x/a%20b%3E".into())
         );
         let t = sample().to_turtle();
-        assert!(
-            t.contains(r#"dct:title "Titel \"\"\" mit > und \\ und\nZeile, München"@de"#),
-            "{t}"
-        );
-        assert!(
-            t.contains("<allmende://munich/swm/dataset/x>\n    a dcat:Dataset ;"),
-            "{t}"
-        );
-        assert!(t.contains("allm:flag true"), "{t}");
-        assert!(
-            t.contains("_:b0\n    dcat:startDate \"2024-01-01\"^^xsd:date ."),
-            "{t}"
-        );
+        for needle in [
+            r#"dct:title "Titel \"\"\" mit > und \\ und\nZeile, München"@de"#,
+            "<allmende://munich/swm/dataset/x>\n    a dcat:Dataset ;",
+            "allm:flag true",
+            "_:b0\n    dcat:startDate \"2024-01-01\"^^xsd:date .",
+        ] {
+            assert!(t.contains(needle), "missing `{needle}` in\n{t}");
+        }
     }
 
     #[test]
