@@ -2,8 +2,10 @@
 //! reaches every node's replica through change notification; updates and
 //! removals follow; forged listings (wrong owner organisation, bad signature,
 //! another key) are refused while a genuine one from the same peer is taken;
-//! search filters work over gRPC and the CLI; the DCAT-AP.de export passes
-//! the vendored SHACL shapes (pyshacl, offline).
+//! search filters work over gRPC and the CLI; the DCAT-AP.de export of one
+//! entry and of the whole federated catalog (`Catalog.Export`, Turtle and
+//! JSON-LD) passes the vendored SHACL shapes (pyshacl, offline), both formats
+//! give the same graph, and hostile titles and descriptions round-trip.
 
 #![allow(
     clippy::unwrap_used,
@@ -176,6 +178,12 @@ impl pb::catalog_server::Catalog for FakePeer {
         &self,
         _req: tonic::Request<pb::GetCatalogEntryRequest>,
     ) -> Result<tonic::Response<pb::GetCatalogEntryResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn export(
+        &self,
+        _req: tonic::Request<pb::ExportCatalogRequest>,
+    ) -> Result<tonic::Response<pb::ExportCatalogResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("fake"))
     }
 }
@@ -553,9 +561,10 @@ async fn search_filters_and_the_cli() {
 }
 
 const VALIDATE_PY: &str = r#"
-import json, os, sys
+import collections, json, os, sys
 import rdflib
-from rdflib.namespace import RDF, SH
+from rdflib.compare import isomorphic
+from rdflib.namespace import DCAT, DCTERMS, RDF, SH
 import pyshacl
 
 shapes_dir, files = sys.argv[1], sys.argv[2:]
@@ -567,21 +576,37 @@ ont = rdflib.Graph()
 vocab = os.path.join(shapes_dir, "vocab")
 for f in sorted(os.listdir(vocab)):
     ont.parse(os.path.join(vocab, f))
-out = {}
+out, graphs = {}, {}
 for path in files:
     data = rdflib.Graph()
-    data.parse(path, format="turtle")
+    # JSON-LD with its @context inline: rdflib reads it without network.
+    data.parse(path, format="json-ld" if path.endswith(".jsonld") else "turtle")
+    graphs[path] = data
     _, report, _ = pyshacl.validate(data, shacl_graph=shapes, ont_graph=ont,
                                     inference="rdfs", do_owl_imports=False, advanced=True)
-    violations, warnings = [], 0
+    violations, warnings = [], collections.Counter()
     for r in report.subjects(RDF.type, SH.ValidationResult):
         sev = report.value(r, SH.resultSeverity)
         if sev == SH.Violation:
             violations.append(str(report.value(r, SH.resultMessage)))
         else:
-            warnings += 1
-    out[os.path.basename(path)] = {"violations": violations, "warnings": warnings,
-                                   "triples": len(data)}
+            warnings[str(report.value(r, SH.resultMessage))] += 1
+    datasets = list(data.subjects(RDF.type, DCAT.Dataset))
+    texts = sorted(str(o) for d in datasets for p in (DCTERMS.title, DCTERMS.description)
+                   for o in data.objects(d, p))
+    out[os.path.basename(path)] = {"violations": violations,
+                                   "warnings": sum(warnings.values()),
+                                   "warning_kinds": dict(warnings),
+                                   "triples": len(data), "datasets": len(datasets),
+                                   "catalogs": len(list(data.subjects(RDF.type, DCAT.Catalog))),
+                                   "texts": texts}
+# Files of the same name but for the extension are the same graph in two formats.
+stems = collections.defaultdict(list)
+for path in files:
+    stems[os.path.splitext(path)[0]].append(path)
+for stem, paths in stems.items():
+    if len(paths) == 2:
+        out[os.path.basename(stem) + ".isomorphic"] = isomorphic(graphs[paths[0]], graphs[paths[1]])
 print(json.dumps(out))
 "#;
 
@@ -655,8 +680,16 @@ fn dcat_export_conforms_to_the_dcat_ap_de_shapes() {
             // the catalog's own validation refuses it.)
             let broken: String = ttl
                 .lines()
-                .filter(|l| !l.contains("dct:title") && !l.contains("dcat:accessURL"))
-                .map(|l| format!("{l}\n"))
+                .map(|l| {
+                    if !l.contains("dct:title") && !l.contains("dcat:accessURL") {
+                        format!("{l}\n")
+                    } else if l.ends_with(" .") {
+                        // `p o ; .` is valid Turtle: end the subject.
+                        "    .\n".to_owned()
+                    } else {
+                        String::new()
+                    }
+                })
                 .collect();
             let path = dir.path().join("broken.ttl");
             std::fs::write(&path, broken).unwrap();
@@ -679,4 +712,164 @@ fn dcat_export_conforms_to_the_dcat_ap_de_shapes() {
         }
     }
     assert_eq!(report.as_object().unwrap().len(), 6);
+}
+
+/// A dataset whose texts try to break out of Turtle and JSON-LD literals.
+fn hostile() -> DatasetDescription {
+    let mut d = ds::air_quality();
+    d.id = "hostile".into();
+    d.title = r#"Titel """ mit > und <x> \ ' "" ''' „Zitat“ – Straße 東京 😀"#.into();
+    d.description = "Zeile 1 \"\"\"\n> Zeile 2 \\\" \t'''\n\"@de . <urn:x> ] } ;".into();
+    d.keywords = vec!["a\"b".into(), "c\\d".into()];
+    // An IRI whose scheme is a prefix of the JSON-LD context.
+    d.spatial = Some(allmende::catalog::Spatial {
+        label: "Ort > \"Mitte\"".into(),
+        iri: Some("dct:ort".into()),
+    });
+    d.contact_point = Some(allmende::catalog::ContactPoint {
+        name: "Büro \"X\" <y>".into(),
+        email: Some("kontakt@tum.example".into()),
+        url: None,
+    });
+    d
+}
+
+async fn export(
+    c: &mut CatalogClient<tonic::transport::Channel>,
+    format: pb::CatalogFormat,
+) -> pb::ExportCatalogResponse {
+    c.export(pb::ExportCatalogRequest {
+        format: format.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_federated_catalog_exports_as_dcat_ap_de() {
+    let sb = munich().await;
+    publish_demo_datasets(&sb).await;
+    // tum-1's own entry beside its replicas of three other organisations.
+    let tum = sb.node("tum-1").unwrap();
+    tum.catalog.upsert_local(hostile()).await.unwrap();
+    assert_eq!(tum.catalog.entries().len(), 5);
+
+    let mut c = client(&sb, "tum", "alice", "tum-1").await;
+    let ttl = export(&mut c, pb::CatalogFormat::Turtle).await;
+    let jsonld = export(&mut c, pb::CatalogFormat::JsonLd).await;
+    assert_eq!((ttl.datasets, jsonld.datasets), (5, 5));
+    assert_eq!(ttl.media_type, "text/turtle");
+    assert_eq!(jsonld.media_type, "application/ld+json");
+    // The export is deterministic.
+    assert_eq!(
+        export(&mut c, pb::CatalogFormat::Turtle).await.document,
+        ttl.document
+    );
+    // The JSON-LD context is inline, never a reference to fetch.
+    let j: serde_json::Value = serde_json::from_str(&jsonld.document).unwrap();
+    assert!(j["@context"].is_object(), "{}", j["@context"]);
+    assert_eq!(j["@context"]["dcat"], "http://www.w3.org/ns/dcat#");
+    // Every owner organisation is one agent, named as in the membership.
+    for (org, name) in [
+        ("stadt", "Landeshauptstadt München"),
+        ("swm", "Stadtwerke München"),
+        ("scooter-co", "Scooter Co. GmbH"),
+        ("tum", "Technische Universität München"),
+    ] {
+        let agent = format!("<allmende://munich/{org}>\n    a foaf:Agent, foaf:Organization ;");
+        assert_eq!(
+            ttl.document.matches(&agent).count(),
+            1,
+            "{org}: {}",
+            ttl.document
+        );
+        assert!(
+            ttl.document.contains(&format!("foaf:name \"{name}\"")),
+            "{name}"
+        );
+    }
+
+    // Whoever may search may export: the insurer's analyst at swm-1 gets
+    // the datasets an unfiltered search shows him.
+    let mut insurer = client(&sb, "versicherung-ag", "analyst", "swm-1").await;
+    eventually("the hostile entry at swm-1", || {
+        sb.node("swm-1").unwrap().catalog.entries().len() == 5
+    })
+    .await;
+    let searched = insurer
+        .search(pb::SearchCatalogRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let exported = export(&mut insurer, pb::CatalogFormat::Turtle).await;
+    assert_eq!(u64::from(exported.datasets), searched.total);
+    for e in &searched.entries {
+        assert!(
+            exported.document.contains(&format!(
+                "<allmende://munich/{}/dataset/{}>",
+                e.owner, e.dataset
+            )),
+            "{} missing",
+            e.dataset
+        );
+    }
+    let err = insurer
+        .export(pb::ExportCatalogRequest { format: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("turtle, jsonld"),
+        "{}",
+        err.message()
+    );
+    let err = insurer
+        .export(pb::ExportCatalogRequest { format: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Both formats validate, give the same graph and carry the hostile
+    // texts unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    let ttl_path = dir.path().join("catalog.ttl");
+    let jsonld_path = dir.path().join("catalog.jsonld");
+    std::fs::write(&ttl_path, &ttl.document).unwrap();
+    std::fs::write(&jsonld_path, &jsonld.document).unwrap();
+    let report = validate(&[ttl_path, jsonld_path]);
+    eprintln!("{report:#}");
+    for name in ["catalog.ttl", "catalog.jsonld"] {
+        let r = &report[name];
+        let violations = r["violations"].as_array().unwrap();
+        assert!(
+            violations.is_empty(),
+            "{name} has SHACL violations: {violations:#?}"
+        );
+        assert_eq!(r["datasets"], 5, "{name}");
+        assert_eq!(r["catalogs"], 1, "{name}");
+        eprintln!(
+            "{name}: {} triples, 0 violations, {} warnings: {:#}",
+            r["triples"], r["warnings"], r["warning_kinds"]
+        );
+        // The one kind of warning: places are named, not given a geometry.
+        for kind in r["warning_kinds"].as_object().unwrap().keys() {
+            assert!(kind.starts_with("dct:Location: SOLL"), "{name}: {kind}");
+        }
+        assert_eq!(r["warnings"], 2, "{name}: one per place");
+        let texts: Vec<&str> = r["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let h = hostile();
+        assert!(texts.contains(&h.title.as_str()), "{name}: {texts:#?}");
+        assert!(
+            texts.contains(&h.description.as_str()),
+            "{name}: {texts:#?}"
+        );
+    }
+    assert_eq!(report["catalog.isomorphic"], true, "{report:#}");
+    sb.shutdown().await.unwrap();
 }

@@ -1,81 +1,64 @@
-//! DCAT-AP.de 2.0 export of a catalog entry, as Turtle.
+//! DCAT-AP.de 2.0 export: one catalog entry (`catalog show --dcat`) or the
+//! whole federated catalog a node knows (`catalog export`), as Turtle or
+//! JSON-LD.
 //!
-//! The dataset is a `dcat:Dataset` with one `dcat:Distribution` (the owner
-//! node's `Access.Fetch`, or the stated access URL) carrying the licence.
-//! Controlled vocabularies are the ones DCAT-AP.de names: EU data themes,
-//! access rights and frequencies, and the dcat-ap.de licence list. For every
-//! concept it uses, the export states the concept's scheme
-//! (`skos:inScheme`), so that a validator without the EU authority tables
-//! can still check vocabulary membership. Allmende's own facts
-//! (classification, legal basis, purposes, schema) use the `allm:`
+//! Both formats are written from one graph ([`super::rdf::Graph`]), so they
+//! hold the same triples. A dataset is a `dcat:Dataset` with one
+//! `dcat:Distribution` (the owner node's `Access.Fetch`, or the stated
+//! access URL) carrying the licence; each owner organisation is one
+//! `foaf:Agent` (its name from the signed membership when the exporting
+//! node knows it, else from the signed entry). The whole catalog is one
+//! `dcat:Catalog` published by the federation's city, listing every
+//! dataset. Controlled vocabularies are the ones DCAT-AP.de names: EU data
+//! themes, access rights, frequencies and languages, and the dcat-ap.de
+//! licence list. For every concept it uses, the export states the concept's
+//! scheme (`skos:inScheme`) and class, so that a validator without the EU
+//! authority tables can still check vocabulary membership. Allmende's own
+//! facts (classification, legal basis, purposes, schema) use the `allm:`
 //! namespace (`urn:allmende:vocab:`), which DCAT-AP.de leaves open.
 //!
-//! IRIs: dataset `allmende://<federation>/<owner>/dataset/<id>`, publisher
+//! IRIs: catalog `allmende://<federation>/catalog`, dataset
+//! `allmende://<federation>/<owner>/dataset/<id>`, publisher
 //! `allmende://<federation>/<owner>` (the organisation CA's identity URI).
 
 use super::entry::{CatalogEntry, Licence};
-use std::fmt::Write as _;
+use super::rdf::{Graph, Term};
+use std::collections::BTreeMap;
 
 /// The namespace of Allmende's own terms.
 pub const ALLMENDE_NS: &str = "urn:allmende:vocab:";
 
-const PREFIXES: &str = "@prefix dcat: <http://www.w3.org/ns/dcat#> .
-@prefix dct: <http://purl.org/dc/terms/> .
-@prefix dcatde: <http://dcat-ap.de/def/dcatde/> .
-@prefix foaf: <http://xmlns.com/foaf/0.1/> .
-@prefix vcard: <http://www.w3.org/2006/vcard/ns#> .
-@prefix skos: <http://www.w3.org/2004/02/skos/core#> .
-@prefix xsd: <http://www.w3.org/2001/XMLSchema#> .
-@prefix owl: <http://www.w3.org/2002/07/owl#> .
-@prefix allm: <urn:allmende:vocab:> .
-";
+const DCAT: &str = "http://www.w3.org/ns/dcat#";
+const DCT: &str = "http://purl.org/dc/terms/";
+const DCATDE: &str = "http://dcat-ap.de/def/dcatde/";
+const FOAF: &str = "http://xmlns.com/foaf/0.1/";
+const VCARD: &str = "http://www.w3.org/2006/vcard/ns#";
+const SKOS: &str = "http://www.w3.org/2004/02/skos/core#";
+const OWL: &str = "http://www.w3.org/2002/07/owl#";
 
-/// A Turtle string literal (with escapes).
-fn lit(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+/// The EU language vocabulary DCAT-AP.de prescribes for `dct:language`.
+pub const LANGUAGE_SCHEME: &str = "http://publications.europa.eu/resource/authority/language";
 
-/// A language-tagged literal.
-fn text(s: &str, lang: &str) -> String {
-    format!("{}@{lang}", lit(s))
-}
+/// ISO 639-1 codes an entry may state, with their concept in
+/// [`LANGUAGE_SCHEME`]; other languages are left out of `dct:language`.
+const LANGUAGES: &[(&str, &str)] = &[
+    ("cs", "CES"),
+    ("da", "DAN"),
+    ("de", "DEU"),
+    ("el", "ELL"),
+    ("en", "ENG"),
+    ("es", "SPA"),
+    ("fr", "FRA"),
+    ("it", "ITA"),
+    ("nl", "NLD"),
+    ("pl", "POL"),
+    ("pt", "POR"),
+    ("tr", "TUR"),
+    ("uk", "UKR"),
+];
 
-/// An IRI reference. Entries are validated, so IRIs hold no character that
-/// needs escaping; anything unexpected is percent-encoded all the same.
-fn iri(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('<');
-    for c in s.chars() {
-        if c.is_whitespace()
-            || c.is_control()
-            || matches!(c, '<' | '>' | '"' | '{' | '}' | '|' | '^' | '`' | '\\')
-        {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                let _ = write!(out, "%{b:02X}");
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('>');
-    out
+fn ns(namespace: &str, local: &str) -> String {
+    format!("{namespace}{local}")
 }
 
 fn rfc3339_ms(ms: i64) -> String {
@@ -90,89 +73,199 @@ pub fn dataset_iri(entry: &CatalogEntry, federation: &str) -> String {
     )
 }
 
-/// The entry as a DCAT-AP.de Turtle document.
-pub fn to_turtle(entry: &CatalogEntry, federation: &str) -> String {
+/// An organisation's IRI (its CA's identity URI).
+pub fn organisation_iri(federation: &str, org: &str) -> String {
+    format!("allmende://{federation}/{org}")
+}
+
+/// The federated catalog's IRI.
+pub fn catalog_iri(federation: &str) -> String {
+    format!("allmende://{federation}/catalog")
+}
+
+/// The document formats of the export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Turtle,
+    JsonLd,
+}
+
+impl ExportFormat {
+    /// The media type a harvester expects for the document.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ExportFormat::Turtle => "text/turtle",
+            ExportFormat::JsonLd => "application/ld+json",
+        }
+    }
+
+    /// The name on the command line and in docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Turtle => "turtle",
+            ExportFormat::JsonLd => "jsonld",
+        }
+    }
+}
+
+/// Who the exported catalog belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogInfo {
+    pub federation: String,
+    /// The catalog's publisher: the federation's city (organisation and
+    /// display name from the signed membership).
+    pub publisher: (String, String),
+    /// Display names of the member organisations (signed membership).
+    pub names: BTreeMap<String, String>,
+}
+
+/// Adds a concept of a controlled vocabulary with its scheme and classes.
+fn concept(g: &mut Graph, iri: &str, classes: &[&str], scheme: &str) -> Term {
+    let c = Term::iri(iri);
+    g.types(&c, classes);
+    g.add(&c, &ns(SKOS, "inScheme"), Term::iri(scheme));
+    c
+}
+
+fn language(g: &mut Graph, code: &str) -> Option<Term> {
+    let (_, eu) = LANGUAGES.iter().find(|(iso, _)| *iso == code)?;
+    Some(concept(
+        g,
+        &format!("{LANGUAGE_SCHEME}/{eu}"),
+        &[&ns(DCT, "LinguisticSystem"), &ns(SKOS, "Concept")],
+        LANGUAGE_SCHEME,
+    ))
+}
+
+fn agent(g: &mut Graph, federation: &str, org: &str, name: &str) -> Term {
+    let a = Term::iri(&organisation_iri(federation, org));
+    g.types(&a, &[&ns(FOAF, "Agent"), &ns(FOAF, "Organization")]);
+    g.add(&a, &ns(FOAF, "name"), Term::lit(name));
+    a
+}
+
+/// Adds one entry (dataset, distribution, publisher, concepts) to `g`;
+/// `publisher_name` names the owner organisation. Returns the dataset.
+fn add_entry(g: &mut Graph, entry: &CatalogEntry, federation: &str, publisher_name: &str) -> Term {
     let d = &entry.dataset;
     let lang = d.language.as_str();
-    let ds = dataset_iri(entry, federation);
-    let dist = format!("{ds}#distribution");
-    let publisher = format!("allmende://{federation}/{}", entry.owner);
-    let mut t = String::from(PREFIXES);
-    t.push('\n');
+    let ds_iri = dataset_iri(entry, federation);
+    let ds = Term::iri(&ds_iri);
+    let dist = Term::iri(&format!("{ds_iri}#distribution"));
+    let publisher = agent(g, federation, &entry.owner, publisher_name);
 
-    // The dataset.
-    let mut p: Vec<String> = vec![
-        "a dcat:Dataset".into(),
-        format!("dct:identifier {}", lit(&d.id)),
-        format!("dct:title {}", text(&d.title, lang)),
-        format!("dct:description {}", text(&d.description, lang)),
-        format!("dct:publisher {}", iri(&publisher)),
-        format!(
-            "dct:modified {}^^xsd:dateTime",
-            lit(&rfc3339_ms(entry.updated_at_ms))
-        ),
-        format!("dcat:distribution {}", iri(&dist)),
-        format!("dct:accessRights {}", iri(&d.access_rights.iri())),
-        format!("dct:accrualPeriodicity {}", iri(&d.update_frequency.iri())),
-        format!("owl:versionInfo {}", lit(&entry.version.to_string())),
-    ];
+    g.types(&ds, &[&ns(DCAT, "Dataset")]);
+    g.add(&ds, &ns(DCT, "identifier"), Term::lit(&d.id));
+    g.add(&ds, &ns(DCT, "title"), Term::text(&d.title, lang));
+    g.add(
+        &ds,
+        &ns(DCT, "description"),
+        Term::text(&d.description, lang),
+    );
+    g.add(&ds, &ns(DCT, "publisher"), publisher);
+    g.add(
+        &ds,
+        &ns(DCT, "modified"),
+        Term::xsd(&rfc3339_ms(entry.updated_at_ms), "dateTime"),
+    );
+    g.add(&ds, &ns(DCAT, "distribution"), dist.clone());
+    if let Some(l) = language(g, lang) {
+        g.add(&ds, &ns(DCT, "language"), l);
+    }
+    let rights = concept(
+        g,
+        &d.access_rights.iri(),
+        &[&ns(DCT, "RightsStatement"), &ns(SKOS, "Concept")],
+        super::entry::AccessRights::SCHEME,
+    );
+    g.add(&ds, &ns(DCT, "accessRights"), rights);
+    let frequency = concept(
+        g,
+        &d.update_frequency.iri(),
+        &[&ns(DCT, "Frequency"), &ns(SKOS, "Concept")],
+        super::entry::Frequency::SCHEME,
+    );
+    g.add(&ds, &ns(DCT, "accrualPeriodicity"), frequency);
+    g.add(
+        &ds,
+        &ns(OWL, "versionInfo"),
+        Term::lit(&entry.version.to_string()),
+    );
     for k in &d.keywords {
-        p.push(format!("dcat:keyword {}", text(k, lang)));
+        g.add(&ds, &ns(DCAT, "keyword"), Term::text(k, lang));
     }
     for th in &d.themes {
-        p.push(format!("dcat:theme {}", iri(&th.iri())));
+        let t = concept(
+            g,
+            &th.iri(),
+            &[&ns(SKOS, "Concept")],
+            super::entry::Theme::SCHEME,
+        );
+        g.add(&ds, &ns(DCAT, "theme"), t);
     }
     if let Some(s) = &d.spatial {
-        match &s.iri {
-            Some(i) => p.push(format!("dct:spatial {}", iri(i))),
-            None => p.push(format!(
-                "dct:spatial [ a dct:Location ; skos:prefLabel {} ]",
-                text(&s.label, lang)
-            )),
-        }
+        let place = match &s.iri {
+            Some(i) => Term::iri(i),
+            None => g.blank(),
+        };
+        g.types(&place, &[&ns(DCT, "Location")]);
+        g.add(&place, &ns(SKOS, "prefLabel"), Term::text(&s.label, lang));
+        g.add(&ds, &ns(DCT, "spatial"), place);
     }
     if let Some(tm) = &d.temporal {
-        let mut period = vec!["a dct:PeriodOfTime".to_owned()];
+        let period = g.blank();
+        g.types(&period, &[&ns(DCT, "PeriodOfTime")]);
         if let Some(s) = &tm.start {
-            period.push(format!("dcat:startDate {}^^xsd:date", lit(s)));
+            g.add(&period, &ns(DCAT, "startDate"), Term::xsd(s, "date"));
         }
         if let Some(e) = &tm.end {
-            period.push(format!("dcat:endDate {}^^xsd:date", lit(e)));
+            g.add(&period, &ns(DCAT, "endDate"), Term::xsd(e, "date"));
         }
-        p.push(format!("dct:temporal [ {} ]", period.join(" ; ")));
+        g.add(&ds, &ns(DCT, "temporal"), period);
     }
     if let Some(c) = &d.contact_point {
-        let mut v = vec![
-            "a vcard:Organization".to_owned(),
-            format!("vcard:fn {}", lit(&c.name)),
-        ];
+        let v = g.blank();
+        g.types(&v, &[&ns(VCARD, "Organization")]);
+        g.add(&v, &ns(VCARD, "fn"), Term::lit(&c.name));
         if let Some(e) = &c.email {
-            v.push(format!("vcard:hasEmail {}", iri(&format!("mailto:{e}"))));
+            g.add(
+                &v,
+                &ns(VCARD, "hasEmail"),
+                Term::iri(&format!("mailto:{e}")),
+            );
         }
         if let Some(u) = &c.url {
-            v.push(format!("vcard:hasURL {}", iri(u)));
+            g.add(&v, &ns(VCARD, "hasURL"), Term::iri(u));
         }
-        p.push(format!("dcat:contactPoint [ {} ]", v.join(" ; ")));
+        g.add(&ds, &ns(DCAT, "contactPoint"), v);
     }
     // Allmende's facts.
-    p.push(format!(
-        "allm:classification {}",
-        lit(d.classification.as_str())
-    ));
-    p.push(format!("allm:legalBasis {}", lit(d.legal_basis.as_str())));
-    p.push(format!(
-        "allm:containsPersonalData {}",
-        d.contains_personal_data
-    ));
-    p.push(format!("allm:publicSpaceOrigin {}", d.public_space_origin));
-    p.push(format!(
-        "allm:anonymisationRequired {}",
-        d.anonymisation_required
-    ));
+    let allm = |local: &str| ns(ALLMENDE_NS, local);
+    g.add(
+        &ds,
+        &allm("classification"),
+        Term::lit(d.classification.as_str()),
+    );
+    g.add(&ds, &allm("legalBasis"), Term::lit(d.legal_basis.as_str()));
+    g.add(
+        &ds,
+        &allm("containsPersonalData"),
+        Term::boolean(d.contains_personal_data),
+    );
+    g.add(
+        &ds,
+        &allm("publicSpaceOrigin"),
+        Term::boolean(d.public_space_origin),
+    );
+    g.add(
+        &ds,
+        &allm("anonymisationRequired"),
+        Term::boolean(d.anonymisation_required),
+    );
     for purpose in &d.allowed_purposes {
-        p.push(format!("allm:allowedPurpose {}", lit(purpose.as_str())));
+        g.add(&ds, &allm("allowedPurpose"), Term::lit(purpose.as_str()));
     }
-    p.push(format!("allm:ownerNode {}", lit(&entry.owner_node)));
+    g.add(&ds, &allm("ownerNode"), Term::lit(&entry.owner_node));
     for f in &d.schema.fields {
         let role = if d.schema.subject_column.as_ref() == Some(&f.name) {
             "subject"
@@ -181,83 +274,139 @@ pub fn to_turtle(entry: &CatalogEntry, federation: &str) -> String {
         } else {
             "value"
         };
-        p.push(format!(
-            "allm:field [ allm:name {} ; allm:type {} ; allm:nullable {} ; allm:role {} ]",
-            lit(&f.name),
-            lit(f.field_type.name()),
-            f.nullable,
-            lit(role)
-        ));
+        let field = g.blank();
+        g.add(&field, &allm("name"), Term::lit(&f.name));
+        g.add(&field, &allm("type"), Term::lit(f.field_type.name()));
+        g.add(&field, &allm("nullable"), Term::boolean(f.nullable));
+        g.add(&field, &allm("role"), Term::lit(role));
+        g.add(&ds, &allm("field"), field);
     }
-    let _ = writeln!(t, "{}\n    {} .\n", iri(&ds), p.join(" ;\n    "));
-
-    // The publisher.
-    let _ = writeln!(
-        t,
-        "{} a foaf:Organization, foaf:Agent ;\n    foaf:name {} .\n",
-        iri(&publisher),
-        lit(&entry.publisher_name)
-    );
 
     // The distribution.
-    let mut dp = vec![
-        "a dcat:Distribution".to_owned(),
-        format!(
-            "dct:title {}",
-            text(&format!("{} (Allmende)", d.title), lang)
-        ),
-        format!("dcat:accessURL {}", iri(&entry.access_url(federation))),
-    ];
+    g.types(&dist, &[&ns(DCAT, "Distribution")]);
+    g.add(
+        &dist,
+        &ns(DCT, "title"),
+        Term::text(&format!("{} (Allmende)", d.title), lang),
+    );
+    g.add(
+        &dist,
+        &ns(DCAT, "accessURL"),
+        Term::iri(&entry.access_url(federation)),
+    );
     if let Some(l) = Licence::find(&d.licence) {
-        dp.push(format!("dct:license {}", iri(&l.iri())));
+        let licence = concept(
+            g,
+            &l.iri(),
+            &[&ns(DCT, "LicenseDocument"), &ns(SKOS, "Concept")],
+            super::entry::LICENCE_SCHEME,
+        );
+        g.add(&licence, &ns(SKOS, "prefLabel"), Term::text(l.title, "de"));
+        g.add(&dist, &ns(DCT, "license"), licence);
         if l.attribution {
-            dp.push(format!(
-                "dcatde:licenseAttributionByText {}",
-                lit(&entry.publisher_name)
-            ));
+            g.add(
+                &dist,
+                &ns(DCATDE, "licenseAttributionByText"),
+                Term::lit(publisher_name),
+            );
         }
-        let _ = writeln!(
-            t,
-            "{} a dct:LicenseDocument, skos:Concept ;\n    skos:prefLabel {} ;\n    skos:inScheme {} .\n",
-            iri(&l.iri()),
-            text(l.title, "de"),
-            iri(super::entry::LICENCE_SCHEME)
-        );
     }
-    let _ = writeln!(t, "{}\n    {} .\n", iri(&dist), dp.join(" ;\n    "));
+    ds
+}
 
-    // Concepts of the controlled vocabularies used above.
-    for th in &d.themes {
-        let _ = writeln!(
-            t,
-            "{} a skos:Concept ;\n    skos:inScheme {} .\n",
-            iri(&th.iri()),
-            iri(super::entry::Theme::SCHEME)
+/// One entry as a DCAT-AP.de graph.
+pub fn entry_graph(entry: &CatalogEntry, federation: &str) -> Graph {
+    let mut g = Graph::new();
+    add_entry(&mut g, entry, federation, &entry.publisher_name);
+    g
+}
+
+/// The entry as a DCAT-AP.de Turtle document.
+pub fn to_turtle(entry: &CatalogEntry, federation: &str) -> String {
+    entry_graph(entry, federation).to_turtle()
+}
+
+/// The whole catalog (`entries`: own and replicated) as one DCAT-AP.de
+/// graph: a `dcat:Catalog` listing every dataset.
+pub fn catalog_graph(entries: &[CatalogEntry], info: &CatalogInfo) -> Graph {
+    let fed = info.federation.as_str();
+    let mut g = Graph::new();
+    let cat = Term::iri(&catalog_iri(fed));
+    let (city, city_name) = &info.publisher;
+    g.types(&cat, &[&ns(DCAT, "Catalog")]);
+    g.add(
+        &cat,
+        &ns(DCT, "title"),
+        Term::text(
+            &format!("Allmende: föderierter Datenkatalog – {city_name}"),
+            "de",
+        ),
+    );
+    g.add(
+        &cat,
+        &ns(DCT, "title"),
+        Term::text(
+            &format!("Allmende: federated data catalog – {city_name}"),
+            "en",
+        ),
+    );
+    g.add(
+        &cat,
+        &ns(DCT, "description"),
+        Term::text(
+            &format!(
+                "Metadaten aller Datensätze der Allmende-Föderation „{fed}“: die Einträge jeder \
+                 Mitgliedsorganisation, von ihrem Knoten signiert. Die Daten bleiben bei der \
+                 Organisation, die sie hält; jeder Zugriff wird dort entschieden und protokolliert."
+            ),
+            "de",
+        ),
+    );
+    g.add(
+        &cat,
+        &ns(DCT, "description"),
+        Term::text(
+            &format!(
+                "Metadata of every dataset of the Allmende federation `{fed}`: each member \
+                 organisation's entries, signed by its node. The data stays with the organisation \
+                 that holds it; every access is decided and audited there."
+            ),
+            "en",
+        ),
+    );
+    let publisher = agent(&mut g, fed, city, city_name);
+    g.add(&cat, &ns(DCT, "publisher"), publisher);
+    if let Some(de) = language(&mut g, "de") {
+        g.add(&cat, &ns(DCT, "language"), de);
+    }
+    let themes = Term::iri(super::entry::Theme::SCHEME);
+    g.types(&themes, &[&ns(SKOS, "ConceptScheme")]);
+    g.add(&cat, &ns(DCAT, "themeTaxonomy"), themes);
+    if let Some(latest) = entries.iter().map(|e| e.updated_at_ms).max() {
+        g.add(
+            &cat,
+            &ns(DCT, "modified"),
+            Term::xsd(&rfc3339_ms(latest), "dateTime"),
         );
     }
-    let _ = writeln!(
-        t,
-        "{} a dct:RightsStatement, skos:Concept ;\n    skos:inScheme {} .\n",
-        iri(&d.access_rights.iri()),
-        iri(super::entry::AccessRights::SCHEME)
-    );
-    let _ = writeln!(
-        t,
-        "{} a dct:Frequency, skos:Concept ;\n    skos:inScheme {} .\n",
-        iri(&d.update_frequency.iri()),
-        iri(super::entry::Frequency::SCHEME)
-    );
-    if let Some(s) = &d.spatial
-        && let Some(i) = &s.iri
-    {
-        let _ = writeln!(
-            t,
-            "{} a dct:Location ;\n    skos:prefLabel {} .\n",
-            iri(i),
-            text(&s.label, lang)
-        );
+    for e in entries {
+        let name = info
+            .names
+            .get(&e.owner)
+            .map_or(e.publisher_name.as_str(), String::as_str);
+        let ds = add_entry(&mut g, e, fed, name);
+        g.add(&cat, &ns(DCAT, "dataset"), ds);
     }
-    t
+    g
+}
+
+/// The whole catalog as one DCAT-AP.de document.
+pub fn export(entries: &[CatalogEntry], info: &CatalogInfo, format: ExportFormat) -> String {
+    let g = catalog_graph(entries, info);
+    match format {
+        ExportFormat::Turtle => g.to_turtle(),
+        ExportFormat::JsonLd => g.to_json_ld(),
+    }
 }
 
 #[cfg(test)]
@@ -265,12 +414,6 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "test")]
     use super::*;
     use crate::catalog::entry::tests::smart_meter;
-
-    #[test]
-    fn literals_and_iris_are_escaped() {
-        assert_eq!(lit("a \"b\"\n\\"), r#""a \"b\"\n\\""#);
-        assert_eq!(iri("http://x/a b>"), "<http://x/a%20b%3E>");
-    }
 
     #[test]
     fn export_names_the_mandatory_properties() {
@@ -298,5 +441,66 @@ mod tests {
         ] {
             assert!(t.contains(needle), "missing `{needle}` in\n{t}");
         }
+    }
+
+    fn info() -> CatalogInfo {
+        CatalogInfo {
+            federation: "munich".into(),
+            publisher: ("stadt".into(), "Landeshauptstadt München".into()),
+            names: [("swm".to_owned(), "Stadtwerke München GmbH".to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn the_catalog_lists_every_dataset_and_each_publisher_once() {
+        let mut a = smart_meter();
+        a.id = "a".into();
+        let mut b = smart_meter();
+        b.id = "b".into();
+        let entries: Vec<CatalogEntry> = [a, b]
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| CatalogEntry {
+                owner: "swm".into(),
+                owner_node: "swm-1".into(),
+                // A stale name in an older entry: the membership's wins.
+                publisher_name: format!("SWM {i}"),
+                version: 1,
+                updated_at_ms: 1_741_000_000_000 + i as i64 * 1000,
+                dataset: d,
+            })
+            .collect();
+        let t = export(&entries, &info(), ExportFormat::Turtle);
+        assert!(
+            t.contains("<allmende://munich/catalog>\n    a dcat:Catalog ;"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "dcat:dataset <allmende://munich/swm/dataset/a>, <allmende://munich/swm/dataset/b>"
+            ),
+            "{t}"
+        );
+        assert_eq!(
+            t.matches("foaf:name \"Stadtwerke München GmbH\"").count(),
+            1,
+            "{t}"
+        );
+        assert!(!t.contains("SWM 0"), "{t}");
+        assert!(t.contains("foaf:name \"Landeshauptstadt München\""), "{t}");
+        // The catalog's modification time is its newest entry's.
+        assert!(
+            t.contains("dct:modified \"2025-03-03T11:06:41Z\"^^xsd:dateTime"),
+            "{t}"
+        );
+        assert_eq!(t, export(&entries, &info(), ExportFormat::Turtle));
+        let j: serde_json::Value =
+            serde_json::from_str(&export(&entries, &info(), ExportFormat::JsonLd)).unwrap();
+        assert_eq!(j["@graph"][0]["@id"], "allmende://munich/catalog");
+        assert_eq!(j["@graph"][0]["dcat:dataset"].as_array().unwrap().len(), 2);
+        // An empty catalog is still a catalog.
+        let empty = export(&[], &info(), ExportFormat::Turtle);
+        assert!(empty.contains("a dcat:Catalog"), "{empty}");
+        assert!(!empty.contains("dcat:dataset"), "{empty}");
     }
 }

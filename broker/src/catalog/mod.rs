@@ -17,6 +17,7 @@
 pub mod dcat;
 pub mod entry;
 mod keys;
+pub mod rdf;
 pub mod replica;
 pub mod search;
 pub mod signing;

@@ -1,12 +1,26 @@
-//! `allmende catalog …`: search the federated catalog and show one dataset.
-//! Answers come from the node's replica; human tables by default, `--json`
-//! for machines, `--dcat` for the DCAT-AP.de export.
+//! `allmende catalog …`: search the federated catalog, show one dataset and
+//! export the whole catalog. Answers come from the node's replica; human
+//! tables by default, `--json` for machines, `--dcat` for one entry's
+//! DCAT-AP.de Turtle, `export` for the whole catalog as one DCAT-AP.de
+//! document (Turtle or JSON-LD).
 
 use super::{Answer, Failure};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;
+
+/// The document format of `catalog export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    /// Turtle (text/turtle).
+    Turtle,
+    /// JSON-LD with its @context inline (application/ld+json).
+    Jsonld,
+}
+
+/// A catalog export is one message; allow large federations.
+const MAX_EXPORT_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCmd {
@@ -39,6 +53,19 @@ pub enum CatalogCmd {
         /// Print the DCAT-AP.de 2.0 export (Turtle) instead.
         #[arg(long)]
         dcat: bool,
+        #[arg(long, env = "ALLMENDE_PROFILE")]
+        profile: Option<PathBuf>,
+    },
+    /// Export the whole federated catalog the node knows (its own entries
+    /// and its peers' verified entries) as one DCAT-AP.de 2.0 document, for
+    /// open-data portals to harvest.
+    Export {
+        /// Document format.
+        #[arg(long, value_enum, default_value = "turtle")]
+        format: ExportFormatArg,
+        /// Write the document to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
     },
@@ -98,6 +125,53 @@ pub async fn output(cmd: CatalogCmd, json: bool) -> Result<String, Failure> {
                 format!("{}\n", entry_json(&entry))
             } else {
                 render_entry(&entry)
+            })
+        }
+        CatalogCmd::Export {
+            format,
+            output,
+            profile,
+        } => {
+            let p = ClientProfile::resolve(profile.as_deref())?;
+            let format = match format {
+                ExportFormatArg::Turtle => pb::CatalogFormat::Turtle,
+                ExportFormatArg::Jsonld => pb::CatalogFormat::JsonLd,
+            };
+            let resp = pb::catalog_client::CatalogClient::new(p.connect().await?)
+                .max_decoding_message_size(MAX_EXPORT_BYTES)
+                .export(pb::ExportCatalogRequest {
+                    format: format.into(),
+                })
+                .await
+                .answer()?;
+            let Some(path) = output else {
+                return Ok(resp.document);
+            };
+            std::fs::write(&path, &resp.document).map_err(|e| {
+                Failure::new(
+                    super::exit::INPUT,
+                    format!("cannot write `{}`: {e}", path.display()),
+                )
+            })?;
+            let summary = format!(
+                "wrote {} datasets ({}, {} bytes) to `{}`",
+                resp.datasets,
+                resp.media_type,
+                resp.document.len(),
+                path.display()
+            );
+            Ok(if json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "datasets": resp.datasets,
+                        "media_type": resp.media_type,
+                        "bytes": resp.document.len(),
+                        "output": path.display().to_string(),
+                    })
+                )
+            } else {
+                format!("{summary}\n")
             })
         }
     }

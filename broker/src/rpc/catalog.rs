@@ -1,5 +1,5 @@
-//! `allmende.v1.Catalog`: listing, search and lookup of the federated
-//! catalog, and `Notify`, which asks the replicator
+//! `allmende.v1.Catalog`: listing, search, lookup and DCAT-AP.de export of
+//! the federated catalog, and `Notify`, which asks the replicator
 //! (`federation::replicator`) to pull from the notifying peer.
 
 use super::convert::catalog as convert;
@@ -113,5 +113,45 @@ impl pb::catalog_server::Catalog for CatalogService {
             replica,
             dcat_turtle,
         )))
+    }
+
+    async fn export(
+        &self,
+        req: Request<pb::ExportCatalogRequest>,
+    ) -> Result<Response<pb::ExportCatalogResponse>, Status> {
+        // Exempt like `Search`: the export holds exactly the metadata a
+        // search without filters shows the caller, nothing more.
+        let _p = principal(&req)?;
+        let format = convert::export_format(req.get_ref().format)?;
+        let entries = self.catalog.entries();
+        let info = catalog_info(&self.ctx, &self.federation);
+        let document = crate::catalog::dcat::export(&entries, &info, format);
+        Ok(Response::new(convert::export_response(
+            document,
+            format,
+            entries.len(),
+        )))
+    }
+}
+
+/// Who publishes the exported catalog: the federation's city from the
+/// signed membership (else the exporting node's organisation), and every
+/// member's display name.
+fn catalog_info(ctx: &NodeCtx, federation: &str) -> crate::catalog::dcat::CatalogInfo {
+    let snapshot = ctx.trust.snapshot();
+    let members = &snapshot.doc.members;
+    let names = members
+        .iter()
+        .map(|m| (m.org.clone(), m.display_name.clone()))
+        .collect();
+    let publisher = members
+        .iter()
+        .find(|m| m.kind == crate::pki::OrgKind::City)
+        .map(|m| (m.org.clone(), m.display_name.clone()))
+        .unwrap_or_else(|| (ctx.organisation.clone(), ctx.organisation.clone()));
+    crate::catalog::dcat::CatalogInfo {
+        federation: federation.to_owned(),
+        publisher,
+        names,
     }
 }

@@ -111,6 +111,12 @@ pub const CALLS: &[(&str, CallRule)] = &[
         CallRule::Exempt("reads one entry of the federated catalog's public metadata"),
     ),
     (
+        "/allmende.v1.Catalog/Export",
+        CallRule::Exempt(
+            "exports the federated catalog's public metadata, exactly what an unfiltered search shows",
+        ),
+    ),
+    (
         "/allmende.v1.Connectors/Register",
         CallRule::Decided(Action::RegisterConnector),
     ),

@@ -167,3 +167,32 @@ pub fn get_response(
         dcat_turtle,
     }
 }
+
+/// The format a `Catalog.Export` asks for.
+pub fn export_format(
+    format: i32,
+) -> Result<crate::catalog::dcat::ExportFormat, crate::error::ApiError> {
+    use crate::catalog::dcat::ExportFormat;
+    match pb::CatalogFormat::try_from(format) {
+        Ok(pb::CatalogFormat::Turtle) => Ok(ExportFormat::Turtle),
+        Ok(pb::CatalogFormat::JsonLd) => Ok(ExportFormat::JsonLd),
+        Ok(pb::CatalogFormat::Unspecified) | Err(_) => {
+            Err(crate::error::ApiError::InvalidArgument(format!(
+                "catalog format `{format}` is not one of: turtle, jsonld"
+            )))
+        }
+    }
+}
+
+/// The answer to `Catalog.Export`.
+pub fn export_response(
+    document: String,
+    format: crate::catalog::dcat::ExportFormat,
+    datasets: usize,
+) -> pb::ExportCatalogResponse {
+    pb::ExportCatalogResponse {
+        document,
+        media_type: format.media_type().to_owned(),
+        datasets: u32::try_from(datasets).unwrap_or(u32::MAX),
+    }
+}
