@@ -236,6 +236,8 @@ impl Sandbox {
                 );
                 // Connectors read sample data only (`register_demo_datasets`).
                 text.push_str(&NodeConfig::render_sources(&[root.join(SAMPLE_DATA_DIR)]));
+                // PostgreSQL sources only on this machine's loopback (tests, the demo).
+                text.push_str(&NodeConfig::render_postgres_hosts(&["127.0.0.1"]));
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
                 configs.push(cfg_path);
@@ -408,6 +410,22 @@ impl Sandbox {
         desc: &crate::catalog::DatasetDescription,
         config: &allmende_connectors::FileConnectorConfig,
     ) -> Result<tonic::transport::Channel, SandboxError> {
+        let config_json =
+            serde_json::to_string(config).map_err(|e| SandboxError::Demo(e.to_string()))?;
+        self.register_source(org, user, desc, "files", &config_json)
+            .await
+    }
+
+    /// Registers one dataset's connector of `kind` (`files`, `postgres`)
+    /// with its JSON configuration, as [`Sandbox::register_dataset`] does.
+    pub async fn register_source(
+        &self,
+        org: &str,
+        user: &str,
+        desc: &crate::catalog::DatasetDescription,
+        kind: &str,
+        config_json: &str,
+    ) -> Result<tonic::transport::Channel, SandboxError> {
         use allmende_proto::v1 as pb;
         let p = self
             .profile(org, user)
@@ -418,13 +436,11 @@ impl Sandbox {
             .map_err(|e| SandboxError::Demo(e.to_string()))?;
         let dataset_json =
             serde_json::to_string(desc).map_err(|e| SandboxError::Demo(e.to_string()))?;
-        let config_json =
-            serde_json::to_string(config).map_err(|e| SandboxError::Demo(e.to_string()))?;
         pb::connectors_client::ConnectorsClient::new(ch.clone())
             .register(pb::RegisterConnectorRequest {
                 dataset_json,
-                kind: "files".into(),
-                config_json,
+                kind: kind.into(),
+                config_json: config_json.into(),
             })
             .await
             .map_err(|e| SandboxError::Demo(format!("register `{}`: {}", desc.id, e.message())))?;
