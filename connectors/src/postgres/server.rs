@@ -220,6 +220,112 @@ impl LocalServer {
         Ok(self.tcp_connection_string(user, password, "postgres"))
     }
 
+    /// Creates table `public.<table>` with the columns of `batches`' schema (connector types:
+    /// string → text, int64 → int8, float64 → float8, bool → bool, timestamp → timestamptz;
+    /// `NOT NULL` where the field is not nullable) and inserts the rows, every value a bound
+    /// parameter (one `unnest` insert per batch).
+    pub async fn load(
+        &self,
+        table: &str,
+        schema: &arrow::datatypes::Schema,
+        batches: &[arrow::record_batch::RecordBatch],
+    ) -> Result<u64, ConnectorError> {
+        use crate::schema::FieldType;
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+        use tokio_postgres::types::ToSql;
+        crate::postgres::sql::check_identifier("table", table)?;
+        let mut columns = Vec::new();
+        let mut types = Vec::new();
+        for f in schema.fields() {
+            crate::postgres::sql::check_identifier("column", f.name())?;
+            let t = FieldType::from_data_type(f.data_type()).ok_or_else(|| {
+                failed("load", format!("column `{}` has no connector type", f.name()))
+            })?;
+            let sql = match t {
+                FieldType::String => "text",
+                FieldType::Int64 => "int8",
+                FieldType::Float64 => "float8",
+                FieldType::Bool => "bool",
+                FieldType::Timestamp => "timestamptz",
+            };
+            let null = if f.is_nullable() { "" } else { " NOT NULL" };
+            columns.push(format!("\"{}\" {sql}{null}", f.name()));
+            types.push((t, sql));
+        }
+        let (client, connection) =
+            tokio_postgres::connect(&self.admin_connection_string(), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| failed("connect", e))?;
+        let task = tokio::spawn(connection);
+        let result = async {
+            client
+                .batch_execute(&format!("CREATE TABLE public.\"{table}\" ({})", columns.join(", ")))
+                .await
+                .map_err(|e| failed("create table", e))?;
+            let unnest: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(i, (_, sql))| format!("${}::{sql}[]", i + 1))
+                .collect();
+            let insert = client
+                .prepare(&format!(
+                    "INSERT INTO public.\"{table}\" SELECT * FROM unnest({})",
+                    unnest.join(", ")
+                ))
+                .await
+                .map_err(|e| failed("prepare insert", e))?;
+            let mut rows = 0u64;
+            for b in batches {
+                let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+                for (col, (t, _)) in b.columns().iter().zip(&types) {
+                    let p: Box<dyn ToSql + Sync + Send> = match t {
+                        FieldType::String => Box::new(
+                            col.as_string::<i32>()
+                                .iter()
+                                .map(|v| v.map(str::to_owned))
+                                .collect::<Vec<_>>(),
+                        ),
+                        FieldType::Int64 => Box::new(
+                            col.as_primitive::<Int64Type>().iter().collect::<Vec<_>>(),
+                        ),
+                        FieldType::Float64 => Box::new(
+                            col.as_primitive::<Float64Type>().iter().collect::<Vec<_>>(),
+                        ),
+                        FieldType::Bool => Box::new(col.as_boolean().iter().collect::<Vec<_>>()),
+                        FieldType::Timestamp => Box::new(
+                            col.as_primitive::<TimestampMicrosecondType>()
+                                .iter()
+                                .map(|v| {
+                                    v.and_then(|m| {
+                                        time::OffsetDateTime::from_unix_timestamp_nanos(
+                                            i128::from(m) * 1000,
+                                        )
+                                        .ok()
+                                    })
+                                })
+                                .collect::<Vec<_>>(),
+                        ),
+                    };
+                    params.push(p);
+                }
+                let refs: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                rows += client
+                    .execute(&insert, &refs)
+                    .await
+                    .map_err(|e| failed("insert", e))?;
+            }
+            Ok(rows)
+        }
+        .await;
+        drop(client);
+        let _ = task.await;
+        result
+    }
+
     /// Stops the server at once (as a crash would: open connections break).
     pub fn kill(&mut self) -> Result<(), ConnectorError> {
         self.stop("immediate")
