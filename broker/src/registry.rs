@@ -25,9 +25,8 @@ use crate::pki::{Principal, Subject};
 use crate::policy::PolicyPoint;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
 use allmende_connectors::{
-    Connector, ConnectorDescription, ConnectorError, FieldSpec, FileConnector,
-    FileConnectorConfig, HealthReport, PostgresConfig, PostgresConnector, ReadRequest, ReadStream,
-    Refusal, SourceRoots,
+    Connector, ConnectorDescription, ConnectorError, FieldSpec, FileConnector, FileConnectorConfig,
+    HealthReport, PostgresConfig, PostgresConnector, ReadRequest, ReadStream, Refusal, SourceRoots,
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -75,14 +74,7 @@ impl SourceConfig {
 
     /// The declared columns, the subject column, the identifier columns
     /// and the cursor column, to be completed from the dataset.
-    fn columns_mut(
-        &mut self,
-    ) -> (
-        &mut Option<Vec<FieldSpec>>,
-        &mut Option<String>,
-        &mut Vec<String>,
-        &Option<String>,
-    ) {
+    fn columns_mut(&mut self) -> ColumnsMut<'_> {
         match self {
             SourceConfig::Files(c) => (
                 &mut c.schema,
@@ -107,6 +99,15 @@ impl SourceConfig {
         })
     }
 }
+
+/// The columns of a source configuration the dataset completes: declared
+/// schema, subject column, identifier columns, and the cursor column.
+type ColumnsMut<'a> = (
+    &'a mut Option<Vec<FieldSpec>>,
+    &'a mut Option<String>,
+    &'a mut Vec<String>,
+    &'a Option<String>,
+);
 
 /// A stored registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -355,7 +355,10 @@ impl Sandbox {
                 && self.spec.postgres_smart_meter
                 && allmende_connectors::postgres::find_binaries().is_some();
             let in_postgres = if use_postgres {
-                match self.smart_meter_in_postgres(&data_dir, &sample.config).await {
+                match self
+                    .smart_meter_in_postgres(&data_dir, &sample.config)
+                    .await
+                {
                     Ok(json) => Some(json),
                     Err(e) => {
                         // Served from files then; the demo says why.

@@ -23,7 +23,8 @@ pub use confine::{Refusal, SourceRoots};
 pub use connector::{
     BrokenRow, Cancelled, CollectedRead, Connector, ConnectorDescription, Cursor, CursorValue,
     DEFAULT_BATCH_SIZE, ErrorHook, HealthReport, MAX_BATCH_SIZE, Predicate, PredicateOp,
-    PredicateValue, READ_QUEUE_CAPACITY, ReadItem, ReadProgress, ReadRequest, ReadSink, ReadStream, ReadSummary, spawn_reader,
+    PredicateValue, READ_QUEUE_CAPACITY, ReadItem, ReadProgress, ReadRequest, ReadSink, ReadStream,
+    ReadSummary, spawn_reader,
 };
 pub use error::ConnectorError;
 pub use files::{

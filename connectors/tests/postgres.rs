@@ -228,7 +228,10 @@ async fn types_map_to_arrow_and_unsupported_ones_are_named() {
     assert!(b.column(0).is_null(0));
     assert_eq!(b.column(0).as_primitive::<Int64Type>().value(1), -2);
     assert_eq!(b.column(1).as_primitive::<Int64Type>().value(1), 40000);
-    assert_eq!(b.column(2).as_primitive::<Int64Type>().value(1), 9_000_000_000);
+    assert_eq!(
+        b.column(2).as_primitive::<Int64Type>().value(1),
+        9_000_000_000
+    );
     let floats = |i: usize| {
         b.column(i)
             .as_primitive::<arrow::datatypes::Float64Type>()
@@ -238,7 +241,11 @@ async fn types_map_to_arrow_and_unsupported_ones_are_named() {
     assert_eq!(b.column(6).as_string::<i32>().value(1), "text");
     assert_eq!(b.column(7).as_string::<i32>().value(1), "var");
     assert!(b.column(8).as_boolean().value(1));
-    let micros = |i: usize| b.column(i).as_primitive::<TimestampMicrosecondType>().value(1);
+    let micros = |i: usize| {
+        b.column(i)
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(1)
+    };
     // 2025-03-03T12:00:00.123456Z, 2025-03-03T10:00:00Z, 2025-03-04T00:00:00Z.
     assert_eq!(micros(9), 1_741_003_200_123_456);
     assert_eq!(micros(10), 1_740_996_000_000_000);
@@ -249,7 +256,9 @@ async fn types_map_to_arrow_and_unsupported_ones_are_named() {
         .unwrap_err();
     let m = e.to_string();
     assert!(
-        matches!(e, ConnectorError::Config(_)) && m.contains("column `span`") && m.contains("interval"),
+        matches!(e, ConnectorError::Config(_))
+            && m.contains("column `span`")
+            && m.contains("interval"),
         "{m}"
     );
     // A declared type that disagrees with the relation's is named too.
@@ -301,7 +310,10 @@ async fn pushdown_binds_a_hostile_literal_and_rows_match() {
     assert_eq!(b.num_rows(), 1);
     assert_eq!(b.column(1).as_string::<i32>().value(0), hostile);
     // The table is still there, whole.
-    assert_eq!(common::read_all(&c, ReadRequest::new()).await.num_rows(), 31);
+    assert_eq!(
+        common::read_all(&c, ReadRequest::new()).await.num_rows(),
+        31
+    );
 
     // AND of two pushed comparisons, and one it cannot bind (a text literal for a float
     // column) left to the caller: more rows than the full filter, never fewer.
@@ -312,11 +324,7 @@ async fn pushdown_binds_a_hostile_literal_and_rows_match() {
     ]);
     assert_eq!(c.statement(&request).unwrap().pushed, 2);
     let b = common::read_all(&c, request).await.concat().unwrap();
-    let ids: Vec<i64> = b
-        .column(0)
-        .as_primitive::<Int64Type>()
-        .values()
-        .to_vec();
+    let ids: Vec<i64> = b.column(0).as_primitive::<Int64Type>().values().to_vec();
     assert_eq!(ids, vec![13, 16, 19, 22, 25, 28]);
 }
 
@@ -342,13 +350,22 @@ async fn reads_resume_by_the_cursor_column() {
         }
         other => panic!("{other:?}"),
     }
-    let statement = c.statement(&ReadRequest::new().since(Some(cursor.clone()))).unwrap();
-    assert!(statement.sql.contains("\"ts\" >= $1::timestamptz"), "{}", statement.sql);
+    let statement = c
+        .statement(&ReadRequest::new().since(Some(cursor.clone())))
+        .unwrap();
+    assert!(
+        statement.sql.contains("\"ts\" >= $1::timestamptz"),
+        "{}",
+        statement.sql
+    );
     let rest = common::read_all(&c, ReadRequest::new().since(Some(cursor))).await;
     let mut all = vec![first.concat().unwrap()];
     all.push(rest.concat().unwrap());
     let joined = arrow::compute::concat_batches(&all[0].schema(), &all).unwrap();
-    let full = common::read_all(&c, ReadRequest::new()).await.concat().unwrap();
+    let full = common::read_all(&c, ReadRequest::new())
+        .await
+        .concat()
+        .unwrap();
     assert_eq!(joined, full);
     assert_eq!(full.num_rows(), 40);
 }
@@ -404,7 +421,11 @@ async fn a_wrong_password_is_a_clear_error_without_the_secret() {
     assert!(!m.contains(&f.secret.display().to_string()), "{m}");
 
     // A malformed connection string is refused without quoting it.
-    std::fs::write(&f.secret, "host=127.0.0.1 password=leakyPassw0rd port=notaport").unwrap();
+    std::fs::write(
+        &f.secret,
+        "host=127.0.0.1 password=leakyPassw0rd port=notaport",
+    )
+    .unwrap();
     let e = PostgresConnector::open(f.config("t", "id"), f.roots())
         .await
         .unwrap_err();
@@ -445,7 +466,9 @@ async fn hosts_and_the_secret_file_are_confined() {
     std::fs::write(&key, "host=127.0.0.1 user=x").unwrap();
     let mut config = f.config("t", "id");
     config.secret_file = key;
-    let e = PostgresConnector::open(config, f.roots()).await.unwrap_err();
+    let e = PostgresConnector::open(config, f.roots())
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e,

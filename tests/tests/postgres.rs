@@ -122,7 +122,10 @@ async fn fetch(sb: &Sandbox, filter: Option<pb::Filter>) -> Vec<arrow::record_ba
 async fn a_postgresql_table_is_served_through_fetch_decided_audited_and_filtered() {
     let pg_dir = tempfile::tempdir().unwrap();
     let server = LocalServer::start(&pg_dir.path().join("pg")).unwrap_or_else(|e| panic!("{e}"));
-    let conn = server.create_reader("swm_reader", "readerPassw0rd").await.unwrap();
+    let conn = server
+        .create_reader("swm_reader", "readerPassw0rd")
+        .await
+        .unwrap();
     server.execute(&table_sql()).await.unwrap();
 
     let sb = swm_and_tum().await;
@@ -134,8 +137,17 @@ async fn a_postgresql_table_is_served_through_fetch_decided_audited_and_filtered
     let config = PostgresConfig::new(&secret, "public", "air_quality", "timestamp");
     register(&sb, &config).await.unwrap();
     // The catalog and the registration never show the secret.
-    let listed = serde_json::to_string(&sb.node("swm-1").unwrap().registry.list().unwrap()
-        .into_iter().map(|(r, _)| r.dataset).collect::<Vec<_>>()).unwrap();
+    let listed = serde_json::to_string(
+        &sb.node("swm-1")
+            .unwrap()
+            .registry
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r.dataset)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     assert!(!listed.contains("readerPassw0rd"));
 
     let before = sb.node("swm-1").unwrap().audit.status().size;
@@ -200,7 +212,14 @@ async fn a_postgresql_table_is_served_through_fetch_decided_audited_and_filtered
     // Hours 20..=23 have no2 30.5, 31.5, 32.5, 33.5: the OR keeps 20, 21 and 23.
     assert_eq!(stations, vec![HOSTILE.to_string(); 3]);
     // The table is still there.
-    assert_eq!(fetch(&sb, None).await.iter().map(|b| b.num_rows()).sum::<usize>(), 120);
+    assert_eq!(
+        fetch(&sb, None)
+            .await
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        120
+    );
 
     // A registration naming a host the node does not allow is refused and audited.
     let elsewhere = secrets.join("elsewhere.pgpass");
@@ -213,8 +232,11 @@ async fn a_postgresql_table_is_served_through_fetch_decided_audited_and_filtered
     assert!(!e.message().contains("password"), "{e:?}");
     let refused = audit_since(&sb, "swm-1", before);
     assert!(
-        refused.iter().any(|e| e.action == allmende::registry::REFUSED_SOURCE_ACTION
-            && e.policy_ids == vec!["source-confinement:postgres-host-not-allowed".to_string()]),
+        refused
+            .iter()
+            .any(|e| e.action == allmende::registry::REFUSED_SOURCE_ACTION
+                && e.policy_ids
+                    == vec!["source-confinement:postgres-host-not-allowed".to_string()]),
         "{refused:?}"
     );
     sb.shutdown().await.unwrap();

@@ -113,7 +113,11 @@ mod tests {
     #[test]
     fn only_what_every_kept_row_satisfies_goes_down() {
         let f = Filter::All(vec![
-            cmp("district", CompareOp::Eq, FilterValue::String("x'; --".into())),
+            cmp(
+                "district",
+                CompareOp::Eq,
+                FilterValue::String("x'; --".into()),
+            ),
             Filter::Any(vec![
                 cmp("kwh", CompareOp::Gt, FilterValue::Int(1)),
                 cmp("kwh", CompareOp::Lt, FilterValue::Int(0)),

@@ -333,10 +333,7 @@ fn db_error(label: &str, e: &tokio_postgres::Error) -> ConnectorError {
 impl PostgresConnector {
     /// Connects, checks the relation (a table, view or materialised view), maps its columns and
     /// builds the schema. Unsupported column types are refused, naming the column.
-    pub async fn open(
-        config: PostgresConfig,
-        roots: SourceRoots,
-    ) -> Result<Self, ConnectorError> {
+    pub async fn open(config: PostgresConfig, roots: SourceRoots) -> Result<Self, ConnectorError> {
         check_identifier("schema", &config.namespace)?;
         check_identifier("relation", &config.relation)?;
         let cursor_name = config.cursor_column.clone().ok_or_else(|| {
@@ -429,7 +426,11 @@ impl PostgresConnector {
                         },
                         kind,
                         nullable: f.nullable,
-                        read_type: if cast.is_some() { Type::FLOAT8 } else { t.clone() },
+                        read_type: if cast.is_some() {
+                            Type::FLOAT8
+                        } else {
+                            t.clone()
+                        },
                     });
                 }
             }
@@ -445,7 +446,11 @@ impl PostgresConnector {
                         },
                         kind,
                         nullable: true,
-                        read_type: if cast.is_some() { Type::FLOAT8 } else { t.clone() },
+                        read_type: if cast.is_some() {
+                            Type::FLOAT8
+                        } else {
+                            t.clone()
+                        },
                     });
                 }
             }
@@ -833,11 +838,9 @@ impl Inner {
                 complete = false;
                 break;
             }
-            let rows = rt
-                .block_on(tx.query_portal(&portal, fetch))
-                .map_err(|e| {
-                    ConnectorError::source(label, format!("the read broke off: {}", describe(&e)))
-                })?;
+            let rows = rt.block_on(tx.query_portal(&portal, fetch)).map_err(|e| {
+                ConnectorError::source(label, format!("the read broke off: {}", describe(&e)))
+            })?;
             sink.progress().add_scanned(rows.len() as u64);
             let exhausted = rows.len() < request.batch_size;
             let n = rows.len();

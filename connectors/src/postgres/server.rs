@@ -40,8 +40,7 @@ pub fn find_binaries() -> Option<PathBuf> {
         .filter_map(|e| {
             let version: u32 = e.file_name().to_str()?.parse().ok()?;
             let bin = e.path().join("bin");
-            (bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
-                .then_some((version, bin))
+            (bin.join("initdb").is_file() && bin.join("pg_ctl").is_file()).then_some((version, bin))
         })
         .collect();
     found.sort();
@@ -63,7 +62,10 @@ impl LocalServer {
             ))
         })?;
         let shown = dir.display().to_string();
-        if shown.chars().any(|c| c.is_whitespace() || "'\"\\$`".contains(c)) {
+        if shown
+            .chars()
+            .any(|c| c.is_whitespace() || "'\"\\$`".contains(c))
+        {
             return Err(failed(
                 "directory",
                 format!("`{shown}` has spaces or quotes"),
@@ -207,7 +209,11 @@ impl LocalServer {
     /// Creates a login role `user` with `password` (both plain identifiers) that may read every
     /// table and view of schema `public` of database `postgres`, and returns its connection
     /// string over TCP.
-    pub async fn create_reader(&self, user: &str, password: &str) -> Result<String, ConnectorError> {
+    pub async fn create_reader(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<String, ConnectorError> {
         crate::postgres::sql::check_identifier("role", user)?;
         crate::postgres::sql::check_identifier("password", password)?;
         self.execute(&format!(
@@ -240,7 +246,10 @@ impl LocalServer {
         for f in schema.fields() {
             crate::postgres::sql::check_identifier("column", f.name())?;
             let t = FieldType::from_data_type(f.data_type()).ok_or_else(|| {
-                failed("load", format!("column `{}` has no connector type", f.name()))
+                failed(
+                    "load",
+                    format!("column `{}` has no connector type", f.name()),
+                )
             })?;
             let sql = match t {
                 FieldType::String => "text",
@@ -260,7 +269,10 @@ impl LocalServer {
         let task = tokio::spawn(connection);
         let result = async {
             client
-                .batch_execute(&format!("CREATE TABLE public.\"{table}\" ({})", columns.join(", ")))
+                .batch_execute(&format!(
+                    "CREATE TABLE public.\"{table}\" ({})",
+                    columns.join(", ")
+                ))
                 .await
                 .map_err(|e| failed("create table", e))?;
             let unnest: Vec<String> = types
@@ -286,12 +298,12 @@ impl LocalServer {
                                 .map(|v| v.map(str::to_owned))
                                 .collect::<Vec<_>>(),
                         ),
-                        FieldType::Int64 => Box::new(
-                            col.as_primitive::<Int64Type>().iter().collect::<Vec<_>>(),
-                        ),
-                        FieldType::Float64 => Box::new(
-                            col.as_primitive::<Float64Type>().iter().collect::<Vec<_>>(),
-                        ),
+                        FieldType::Int64 => {
+                            Box::new(col.as_primitive::<Int64Type>().iter().collect::<Vec<_>>())
+                        }
+                        FieldType::Float64 => {
+                            Box::new(col.as_primitive::<Float64Type>().iter().collect::<Vec<_>>())
+                        }
                         FieldType::Bool => Box::new(col.as_boolean().iter().collect::<Vec<_>>()),
                         FieldType::Timestamp => Box::new(
                             col.as_primitive::<TimestampMicrosecondType>()

@@ -108,7 +108,11 @@ impl SqlParam {
 }
 
 impl ToSql for SqlParam {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         match self {
             SqlParam::Int(v) => v.to_sql_checked(ty, out),
             SqlParam::Float(v) => v.to_sql_checked(ty, out),
@@ -362,7 +366,9 @@ mod tests {
         let s = select("public", "t", &columns(), 0, Some(&from), &p);
         assert_eq!(s.pushed, 1);
         assert!(
-            s.sql.contains("WHERE \"id\" >= $1::int8 AND \"kwh\"::float8 IS DISTINCT FROM $2::float8 ORDER BY"),
+            s.sql.contains(
+                "WHERE \"id\" >= $1::int8 AND \"kwh\"::float8 IS DISTINCT FROM $2::float8 ORDER BY"
+            ),
             "{}",
             s.sql
         );
