@@ -482,3 +482,56 @@ async fn hosts_and_the_secret_file_are_confined() {
     // The allowed host works.
     f.open(f.config("t", "id")).await;
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (PEM).
+fn ca_and_server_cert() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(Vec::<String>::new()).unwrap();
+    server.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let cert = server.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn verify_full_needs_the_right_ca() {
+    let f = Fixture::start().await;
+    f.server
+        .execute("CREATE TABLE t (id int8 NOT NULL);\nINSERT INTO t SELECT generate_series(1, 10);")
+        .await
+        .unwrap();
+    let (ca, cert, key) = ca_and_server_cert();
+    f.server.enable_tls(&cert, &key).await.unwrap();
+    let ca_file = f.secrets.path().join("db-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let mut config = f.config("t", "id");
+    config.tls = allmende_connectors::TlsMode::VerifyFull;
+    config.ca_file = Some(ca_file.clone());
+    let c = f.open(config.clone()).await;
+    assert_eq!(
+        common::read_all(&c, ReadRequest::new()).await.num_rows(),
+        10
+    );
+
+    // Another CA: the server is not trusted.
+    let (other_ca, _, _) = ca_and_server_cert();
+    std::fs::write(&ca_file, &other_ca).unwrap();
+    let e = PostgresConnector::open(config.clone(), f.roots())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConnectorError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    assert!(!e.to_string().contains(PASSWORD), "{e}");
+
+    // verify-full without a CA file is a configuration error.
+    config.ca_file = None;
+    let e = PostgresConnector::open(config, f.roots())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConnectorError::Config(_)), "{e}");
+}

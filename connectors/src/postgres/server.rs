@@ -338,6 +338,32 @@ impl LocalServer {
         result
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM; the data directory's
+    /// `server.crt` and `server.key`), reloading the configuration.
+    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), ConnectorError> {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = self.data.join("server.crt");
+        let key = self.data.join("server.key");
+        std::fs::write(&cert, cert_pem).map_err(|e| failed("write server.crt", e))?;
+        std::fs::write(&key, key_pem).map_err(|e| failed("write server.key", e))?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| failed("chmod server.key", e))?;
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&cert)
+                .arg(&key)
+                .status()
+                .map_err(|e| failed("chown", e))?;
+            if !status.success() {
+                return Err(failed("chown the tls files", status));
+            }
+        }
+        // Each on its own: ALTER SYSTEM refuses to run inside a transaction block.
+        self.execute("ALTER SYSTEM SET ssl = on").await?;
+        self.execute("SELECT pg_reload_conf()").await
+    }
+
     /// Stops the server at once (as a crash would: open connections break).
     pub fn kill(&mut self) -> Result<(), ConnectorError> {
         self.stop("immediate")
