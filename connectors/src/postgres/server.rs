@@ -108,28 +108,43 @@ impl LocalServer {
                 "--no-sync",
             ],
         )?;
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off",
-            server.port,
-            server.dir.display()
-        );
         let log = server.dir.join("postgresql.log").display().to_string();
+        // The free port may be taken by someone else before the server binds it: try anew.
+        let mut attempt = 0;
+        loop {
+            let options = format!(
+                "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off",
+                server.port,
+                server.dir.display()
+            );
+            let started = server.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &server.data.display().to_string(),
+                    "-l",
+                    &log,
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    &options,
+                    "start",
+                ],
+            );
+            attempt += 1;
+            if started.is_ok() {
+                break;
+            }
+            // A server that started too slowly must not be left running.
+            let data = server.data.display().to_string();
+            let _ = server.run("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
+            match started {
+                Err(e) if attempt >= 3 => return Err(e),
+                _ => server.port = free_port()?,
+            }
+        }
         server.stopped = false;
-        server.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &server.data.display().to_string(),
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                &options,
-                "start",
-            ],
-        )?;
         Ok(server)
     }
 
