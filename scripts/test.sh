@@ -15,13 +15,18 @@ install=1
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if [ "$install" = 1 ]; then
-  # Debian packages the tests need. (PostgreSQL and mosquitto join this list
-  # with the connectors that use them.) mold is optional: a faster linker.
+  # Debian packages the tests need. (mosquitto joins this list with the
+  # connector that uses it.) mold is optional: a faster linker.
   # cvc5 is the SMT solver `allmende policy prove` and the policy property
   # tests use (Cedar's symbolic compiler, policies/README.md).
   missing=()
   command -v mold >/dev/null || missing+=(mold)
   command -v cvc5 >/dev/null || missing+=(cvc5)
+  # PostgreSQL: the postgres connector's tests and the e2e test start their
+  # own server from these binaries (as the postgres user when run as root).
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+    && compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null \
+    || missing+=(postgresql)
   if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
     (as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \

@@ -25,6 +25,7 @@
 //! endpoint = "https://127.0.0.1:7401"
 //! [sources]
 //! roots = ["/srv/allmende/sources"]   # connectors read local files only below these
+//! postgres_hosts = ["db.swm.example"] # PostgreSQL sources connect only to these (default none)
 //! ```
 
 use serde::Deserialize;
@@ -81,6 +82,9 @@ struct RawConfig {
 struct RawSources {
     /// Directories connectors may read local files from.
     roots: Vec<PathBuf>,
+    /// Hosts (names, addresses, unix-socket directories) PostgreSQL sources may connect to.
+    #[serde(default)]
+    postgres_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -334,6 +338,9 @@ pub struct NodeConfig {
     /// Directories connectors may read local files from (absolute; default
     /// `<data_dir>/sources`). See [`NodeConfig::source_roots`].
     pub source_roots: Vec<PathBuf>,
+    /// Hosts PostgreSQL sources may connect to (`sources.postgres_hosts`;
+    /// default none).
+    pub postgres_hosts: Vec<String>,
 }
 
 /// The source directory under `node.data_dir` when `sources.roots` is absent.
@@ -469,14 +476,15 @@ impl NodeConfig {
         }
         raw.limits.check(invalid)?;
         let data_dir = abs(&data_dir);
-        let source_roots = match raw.sources {
-            Some(s) => s.roots.iter().map(|r| abs(r)).collect(),
-            None => vec![data_dir.join(DEFAULT_SOURCES_DIR)],
+        let (source_roots, postgres_hosts) = match raw.sources {
+            Some(s) => (s.roots.iter().map(|r| abs(r)).collect(), s.postgres_hosts),
+            None => (vec![data_dir.join(DEFAULT_SOURCES_DIR)], Vec::new()),
         };
         Ok(Self {
             limits: raw.limits,
             audit_retention_days,
             source_roots,
+            postgres_hosts,
             source: path.to_path_buf(),
             name: raw.node.name,
             data_dir,
@@ -500,6 +508,7 @@ impl NodeConfig {
     pub fn source_roots(&self) -> allmende_connectors::SourceRoots {
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let mut roots = allmende_connectors::SourceRoots::new(self.source_roots.clone())
+            .allow_postgres_hosts(self.postgres_hosts.iter().cloned())
             .reserve(absolute(&self.key), "key file")
             .reserve(absolute(&self.data_dir.join("store")), "store directory")
             .reserve(absolute(&self.source), "config file");
@@ -519,6 +528,16 @@ impl NodeConfig {
             .map(|r| toml::Value::String(r.display().to_string()).to_string())
             .collect();
         format!("\n[sources]\nroots = [{}]\n", list.join(", "))
+    }
+
+    /// A `postgres_hosts` line for the `[sources]` table that
+    /// [`NodeConfig::render_sources`] ends a config with.
+    pub fn render_postgres_hosts(hosts: &[&str]) -> String {
+        let list: Vec<String> = hosts
+            .iter()
+            .map(|h| toml::Value::String((*h).to_owned()).to_string())
+            .collect();
+        format!("postgres_hosts = [{}]\n", list.join(", "))
     }
 
     /// Renders a config file for the given settings (used by the sandbox and
@@ -672,6 +691,7 @@ membership = "membership.json"
             c.source_roots,
             vec![PathBuf::from("/etc/allmende/data/sources")]
         );
+        assert!(c.postgres_hosts.is_empty());
         let c = parse(&format!("{GOOD}\n[sources]\nroots = [\"/srv/a\", \"b\"]\n")).unwrap();
         assert_eq!(
             c.source_roots,

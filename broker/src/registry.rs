@@ -11,6 +11,11 @@
 //! reopened at start or enabled, and on every file open of every read. A
 //! refused source is written to the audit log (`read_source`, deny,
 //! `source-confinement:<reason>`; no path in the entry).
+//!
+//! Two kinds of source: `files` ([`FileConnector`]) and `postgres`
+//! ([`PostgresConnector`]: a table or view; its connection-string secret file
+//! is read through the same roots, and it connects only to the hosts in
+//! `sources.postgres_hosts`; a refused host is audited like a refused path).
 
 use crate::audit::{AuditLog, Draft};
 use crate::catalog::{Catalog, CatalogEntry, CatalogError, DatasetDescription};
@@ -20,8 +25,8 @@ use crate::pki::{Principal, Subject};
 use crate::policy::PolicyPoint;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
 use allmende_connectors::{
-    Connector, ConnectorDescription, ConnectorError, FileConnector, FileConnectorConfig,
-    HealthReport, ReadRequest, ReadStream, Refusal, SourceRoots,
+    Connector, ConnectorDescription, ConnectorError, FieldSpec, FileConnector, FileConnectorConfig,
+    HealthReport, PostgresConfig, PostgresConnector, ReadRequest, ReadStream, Refusal, SourceRoots,
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -32,13 +37,85 @@ use std::sync::{Arc, RwLock};
 const LIVE: &str = "live connectors";
 const PROBLEMS: &str = "connector problems";
 
+/// The connector kinds a registration may name.
+pub const KINDS: [&str; 2] = ["files", "postgres"];
+
+/// A registration's source configuration, stored as the kind's own JSON
+/// object (untagged: registrations stored before there was more than one
+/// kind hold a bare files configuration and still load).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SourceConfig {
+    /// Local files (`kind = "files"`).
+    Files(FileConnectorConfig),
+    /// A PostgreSQL table or view (`kind = "postgres"`).
+    Postgres(PostgresConfig),
+}
+
+impl SourceConfig {
+    /// The connector kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Files(_) => "files",
+            SourceConfig::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Parses the configuration JSON of `kind`.
+    pub fn parse(kind: &str, json: &str) -> Result<Self, RegistryError> {
+        match kind {
+            "files" => Ok(SourceConfig::Files(parse_config(json)?)),
+            "postgres" => Ok(SourceConfig::Postgres(
+                serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
+            )),
+            other => Err(RegistryError::Kind(crate::text::shown(other, 40))),
+        }
+    }
+
+    /// The declared columns, the subject column, the identifier columns
+    /// and the cursor column, to be completed from the dataset.
+    fn columns_mut(&mut self) -> ColumnsMut<'_> {
+        match self {
+            SourceConfig::Files(c) => (
+                &mut c.schema,
+                &mut c.subject_column,
+                &mut c.identifier_columns,
+                &c.cursor_column,
+            ),
+            SourceConfig::Postgres(c) => (
+                &mut c.schema,
+                &mut c.subject_column,
+                &mut c.identifier_columns,
+                &c.cursor_column,
+            ),
+        }
+    }
+
+    /// Opens the source, confined by `roots`.
+    async fn open(&self, roots: SourceRoots) -> Result<Arc<dyn Connector>, ConnectorError> {
+        Ok(match self {
+            SourceConfig::Files(c) => Arc::new(FileConnector::open_async(c.clone(), roots).await?),
+            SourceConfig::Postgres(c) => Arc::new(PostgresConnector::open(c.clone(), roots).await?),
+        })
+    }
+}
+
+/// The columns of a source configuration the dataset completes: declared
+/// schema, subject column, identifier columns, and the cursor column.
+type ColumnsMut<'a> = (
+    &'a mut Option<Vec<FieldSpec>>,
+    &'a mut Option<String>,
+    &'a mut Vec<String>,
+    &'a Option<String>,
+);
+
 /// A stored registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     pub dataset: DatasetDescription,
     pub kind: String,
-    pub config: FileConnectorConfig,
+    pub config: SourceConfig,
     pub enabled: bool,
     /// `<org>/<user>` or `<org>/node/<name>` of who registered it.
     pub registered_by: String,
@@ -48,7 +125,7 @@ pub struct Registration {
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("unknown connector kind `{0}`, expected `files`")]
+    #[error("unknown connector kind `{0}`, expected `files` or `postgres`")]
     Kind(String),
     #[error("invalid connector configuration: {0}")]
     Config(String),
@@ -135,11 +212,11 @@ fn refusal_of(e: &ConnectorError) -> Option<Refusal> {
     }
 }
 
-/// A served file connector whose refused opens (a link swapped in after
+/// A served connector whose refused opens (a link swapped in after
 /// registration, a file moved into the node's own directories) are audited
 /// before the error reaches the caller.
 struct AuditedSource {
-    inner: FileConnector,
+    inner: Arc<dyn Connector>,
     dataset: String,
     org: String,
     node: String,
@@ -262,8 +339,8 @@ impl Registry {
 
     /// Opens a stored registration's source again (at start, on enable): a
     /// refusal is audited with the node as the actor.
-    async fn reopen(&self, r: &Registration) -> Result<FileConnector, ConnectorError> {
-        let opened = FileConnector::open_async(r.config.clone(), self.roots.clone()).await;
+    async fn reopen(&self, r: &Registration) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let opened = r.config.open(self.roots.clone()).await;
         if let Err(e) = &opened
             && let Some(reason) = refusal_of(e)
         {
@@ -281,7 +358,7 @@ impl Registry {
         opened
     }
 
-    fn served_for(&self, registration: Registration, connector: FileConnector) -> Served {
+    fn served_for(&self, registration: Registration, connector: Arc<dyn Connector>) -> Served {
         let id = self.catalog.identity();
         Served {
             connector: Arc::new(AuditedSource {
@@ -342,8 +419,8 @@ impl Registry {
         dataset_json: &str,
         kind: &str,
         config_json: &str,
-    ) -> Result<(DatasetDescription, FileConnectorConfig, FileConnector), RegistryError> {
-        if kind != "files" {
+    ) -> Result<(DatasetDescription, SourceConfig, Arc<dyn Connector>), RegistryError> {
+        if !KINDS.contains(&kind) {
             return Err(RegistryError::Kind(crate::text::shown(kind, 40)));
         }
         let dataset = parse_dataset(dataset_json)?;
@@ -351,34 +428,32 @@ impl Registry {
         if !problems.is_empty() {
             return Err(RegistryError::Dataset(problems.join("; ")));
         }
-        let mut config = parse_config(config_json)?;
+        let mut config = SourceConfig::parse(kind, config_json)?;
+        let (schema, subject_column, identifier_columns, cursor_column) = config.columns_mut();
         // The dataset's declared schema and identifying columns govern.
-        if config.schema.is_none() {
-            config.schema = Some(dataset.schema.fields.clone());
+        if schema.is_none() {
+            *schema = Some(dataset.schema.fields.clone());
         }
-        if config.subject_column.is_none() {
-            config.subject_column = dataset.schema.subject_column.clone();
+        if subject_column.is_none() {
+            subject_column.clone_from(&dataset.schema.subject_column);
         }
-        if config.identifier_columns.is_empty() {
-            config.identifier_columns = dataset.schema.identifier_columns.clone();
+        if identifier_columns.is_empty() {
+            identifier_columns.clone_from(&dataset.schema.identifier_columns);
         }
-        if config.subject_column != dataset.schema.subject_column {
+        if *subject_column != dataset.schema.subject_column {
             return Err(RegistryError::Config(format!(
                 "connector subject column `{}` differs from the dataset's `{}`",
-                config.subject_column.as_deref().unwrap_or("-"),
+                subject_column.as_deref().unwrap_or("-"),
                 dataset.schema.subject_column.as_deref().unwrap_or("-")
             )));
         }
         // A resume cursor never follows an identifying column.
         let mut identifying = dataset.schema.identifying_columns();
-        identifying.extend(config.subject_column.iter().map(String::as_str));
-        identifying.extend(config.identifier_columns.iter().map(String::as_str));
-        crate::access::cursor::identifying_cursor_column(
-            config.cursor_column.as_deref(),
-            &identifying,
-        )
-        .map_err(RegistryError::Config)?;
-        let connector = match FileConnector::open_async(config.clone(), self.roots.clone()).await {
+        identifying.extend(subject_column.iter().map(String::as_str));
+        identifying.extend(identifier_columns.iter().map(String::as_str));
+        crate::access::cursor::identifying_cursor_column(cursor_column.as_deref(), &identifying)
+            .map_err(RegistryError::Config)?;
+        let connector = match config.open(self.roots.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 if let Some(reason) = refusal_of(&e) {
@@ -402,14 +477,14 @@ impl Registry {
     pub async fn register(
         &self,
         dataset: DatasetDescription,
-        config: FileConnectorConfig,
-        connector: FileConnector,
+        config: SourceConfig,
+        connector: Arc<dyn Connector>,
         registered_by: &str,
     ) -> Result<CatalogEntry, RegistryError> {
         let _w = self.write.lock().await;
         let r = Registration {
             dataset: dataset.clone(),
-            kind: "files".into(),
+            kind: config.kind().into(),
             config,
             enabled: true,
             registered_by: registered_by.to_owned(),
@@ -513,5 +588,68 @@ impl Registry {
             })),
             None => Err(RegistryError::Unknown(crate::text::shown(dataset, 100))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+    use super::*;
+    use allmende_connectors::FileFormat;
+
+    /// A registration as stored before there was more than one kind: the
+    /// `config` field held a files configuration.
+    #[derive(Serialize)]
+    struct OldRegistration {
+        dataset: DatasetDescription,
+        kind: String,
+        config: FileConnectorConfig,
+        enabled: bool,
+        registered_by: String,
+        registered_at_ms: i64,
+    }
+
+    #[test]
+    fn registrations_stored_in_the_old_format_still_load() {
+        let mut files = FileConnectorConfig::new("/srv/sources/readings.csv", FileFormat::Csv);
+        files.cursor_column = Some("timestamp".into());
+        let old = OldRegistration {
+            dataset: crate::demo::munich::smart_meter_readings(),
+            kind: "files".into(),
+            config: files.clone(),
+            enabled: true,
+            registered_by: "swm/steward".into(),
+            registered_at_ms: 1,
+        };
+        let stored = serde_json::to_vec(&old).unwrap();
+        let r: Registration = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(r.config, SourceConfig::Files(files));
+        assert_eq!(r.config.kind(), "files");
+        // And the files configuration is stored exactly as before.
+        assert_eq!(serde_json::to_vec(&r).unwrap(), stored);
+
+        let pg = PostgresConfig::new("/srv/sources/pg.secret", "public", "readings", "ts");
+        let r = Registration {
+            config: SourceConfig::Postgres(pg.clone()),
+            kind: "postgres".into(),
+            ..r
+        };
+        let back: Registration = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back.config, SourceConfig::Postgres(pg));
+    }
+
+    #[test]
+    fn configurations_parse_by_kind() {
+        let pg = r#"{"secret_file":"/s/pg.secret","relation":"readings","cursor_column":"ts"}"#;
+        assert!(matches!(
+            SourceConfig::parse("postgres", pg).unwrap(),
+            SourceConfig::Postgres(_)
+        ));
+        // A postgres configuration is not a files one, nor the other way round.
+        assert!(SourceConfig::parse("files", pg).is_err());
+        let files = r#"{"path":"/s/a.csv","format":"csv"}"#;
+        assert!(SourceConfig::parse("postgres", files).is_err());
+        let e = SourceConfig::parse("mysql", files).unwrap_err();
+        assert!(e.to_string().contains("`files` or `postgres`"), "{e}");
     }
 }

@@ -43,6 +43,10 @@ pub struct SandboxSpec {
     pub base_port: Option<u16>,
     /// Start admin listeners.
     pub admin: bool,
+    /// Serve the smart-meter readings from a PostgreSQL started in the
+    /// sandbox directory when PostgreSQL is installed (the demo), else
+    /// from files.
+    pub postgres_smart_meter: bool,
 }
 
 fn org(name: &str, kind: OrgKind, display: &str, users: &[(&str, Role)]) -> OrgSpec {
@@ -102,6 +106,7 @@ impl SandboxSpec {
             ],
             base_port: None,
             admin: true,
+            postgres_smart_meter: false,
         }
     }
 }
@@ -140,6 +145,12 @@ pub struct Sandbox {
     pub spec: SandboxSpec,
     pub nodes: Vec<NodeHandle>,
     pub clock: SharedClock,
+    /// The PostgreSQL serving the smart-meter readings, if one was started
+    /// (stopped when the sandbox is dropped, before its directory goes).
+    postgres: std::sync::OnceLock<allmende_connectors::postgres::LocalServer>,
+    /// Why the smart-meter readings are not served from PostgreSQL although
+    /// it is installed.
+    postgres_problem: std::sync::OnceLock<String>,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -236,6 +247,8 @@ impl Sandbox {
                 );
                 // Connectors read sample data only (`register_demo_datasets`).
                 text.push_str(&NodeConfig::render_sources(&[root.join(SAMPLE_DATA_DIR)]));
+                // PostgreSQL sources only on this machine's loopback (tests, the demo).
+                text.push_str(&NodeConfig::render_postgres_hosts(&["127.0.0.1"]));
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
                 configs.push(cfg_path);
@@ -257,6 +270,8 @@ impl Sandbox {
             spec,
             nodes: Vec::new(),
             clock: clock.clone(),
+            postgres: std::sync::OnceLock::new(),
+            postgres_problem: std::sync::OnceLock::new(),
             _tempdir: tempdir,
         };
         // Every node gets the root certificate and the final membership.
@@ -336,8 +351,36 @@ impl Sandbox {
                 .find(|d| d.name == desc.id)
                 .ok_or_else(|| SandboxError::Demo(format!("no sample data for `{}`", desc.id)))?;
             let user = self.registering_user(org)?;
+            let use_postgres = desc.id == "smart-meter-readings"
+                && self.spec.postgres_smart_meter
+                && allmende_connectors::postgres::find_binaries().is_some();
+            let in_postgres = if use_postgres {
+                match self
+                    .smart_meter_in_postgres(&data_dir, &sample.config)
+                    .await
+                {
+                    Ok(json) => Some(json),
+                    Err(e) => {
+                        // Served from files then; the demo says why.
+                        tracing::warn!(error = %e, "smart-meter readings not in postgresql");
+                        let _ = self.postgres_problem.set(e.to_string());
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let (kind, config_json) = if let Some(json) = in_postgres {
+                ("postgres", json)
+            } else {
+                (
+                    "files",
+                    serde_json::to_string(&sample.config)
+                        .map_err(|e| SandboxError::Demo(e.to_string()))?,
+                )
+            };
             let ch = self
-                .register_dataset(org, &user, &desc, &sample.config)
+                .register_source(org, &user, &desc, kind, &config_json)
                 .await?;
             if desc.id == "smart-meter-readings" {
                 let csv = std::fs::read(&files.consent_csv).map_err(io_err(&files.consent_csv))?;
@@ -352,6 +395,73 @@ impl Sandbox {
             registered.push(desc.id.clone());
         }
         Ok(registered)
+    }
+
+    /// Where the smart-meter readings are served from: `PostgreSQL` or `files`.
+    pub fn smart_meter_backend(&self) -> &'static str {
+        if self.postgres.get().is_some() {
+            "PostgreSQL"
+        } else {
+            "files"
+        }
+    }
+
+    /// Why PostgreSQL, although installed, could not serve the smart-meter
+    /// readings (then files do).
+    pub fn postgres_problem(&self) -> Option<&str> {
+        self.postgres_problem.get().map(String::as_str)
+    }
+
+    /// Starts a PostgreSQL in `<root>/postgresql`, loads the sample
+    /// smart-meter readings into table `smart_meter_readings` and returns the
+    /// postgres connector configuration reading it (the connection string,
+    /// with a fresh password, in a secret file below the source roots).
+    async fn smart_meter_in_postgres(
+        &self,
+        data_dir: &Path,
+        files: &allmende_connectors::FileConnectorConfig,
+    ) -> Result<String, SandboxError> {
+        use allmende_connectors::Connector;
+        let demo = |e: &dyn std::fmt::Display| SandboxError::Demo(format!("postgresql: {e}"));
+        let server =
+            allmende_connectors::postgres::LocalServer::start(&self.root.join("postgresql"))
+                .map_err(|e| demo(&e))?;
+        let mut secret = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| SandboxError::Demo("postgresql: no randomness".into()))?;
+        let password = format!("p{}", hex::encode(secret));
+        let conn = server
+            .create_reader("swm_reader", &password)
+            .await
+            .map_err(|e| demo(&e))?;
+        let source = allmende_connectors::FileConnector::open_async(
+            files.clone(),
+            allmende_connectors::SourceRoots::new([data_dir.to_path_buf()]),
+        )
+        .await
+        .map_err(|e| demo(&e))?;
+        let read = source
+            .read(allmende_connectors::ReadRequest::new())
+            .await
+            .map_err(|e| demo(&e))?
+            .collect_all()
+            .await
+            .map_err(|e| demo(&e))?;
+        let batches: Vec<_> = read.batches.into_iter().map(|(b, _)| b).collect();
+        server
+            .load("smart_meter_readings", &read.schema, &batches)
+            .await
+            .map_err(|e| demo(&e))?;
+        let secret_file = data_dir.join("smart-meter-readings.pgpass");
+        std::fs::write(&secret_file, conn).map_err(io_err(&secret_file))?;
+        let _ = self.postgres.set(server);
+        let config = allmende_connectors::PostgresConfig::new(
+            &secret_file,
+            "public",
+            "smart_meter_readings",
+            "timestamp",
+        );
+        serde_json::to_string(&config).map_err(|e| SandboxError::Demo(e.to_string()))
     }
 
     /// The first steward or operator of `org`: who registers its datasets.
@@ -408,6 +518,22 @@ impl Sandbox {
         desc: &crate::catalog::DatasetDescription,
         config: &allmende_connectors::FileConnectorConfig,
     ) -> Result<tonic::transport::Channel, SandboxError> {
+        let config_json =
+            serde_json::to_string(config).map_err(|e| SandboxError::Demo(e.to_string()))?;
+        self.register_source(org, user, desc, "files", &config_json)
+            .await
+    }
+
+    /// Registers one dataset's connector of `kind` (`files`, `postgres`)
+    /// with its JSON configuration, as [`Sandbox::register_dataset`] does.
+    pub async fn register_source(
+        &self,
+        org: &str,
+        user: &str,
+        desc: &crate::catalog::DatasetDescription,
+        kind: &str,
+        config_json: &str,
+    ) -> Result<tonic::transport::Channel, SandboxError> {
         use allmende_proto::v1 as pb;
         let p = self
             .profile(org, user)
@@ -418,13 +544,11 @@ impl Sandbox {
             .map_err(|e| SandboxError::Demo(e.to_string()))?;
         let dataset_json =
             serde_json::to_string(desc).map_err(|e| SandboxError::Demo(e.to_string()))?;
-        let config_json =
-            serde_json::to_string(config).map_err(|e| SandboxError::Demo(e.to_string()))?;
         pb::connectors_client::ConnectorsClient::new(ch.clone())
             .register(pb::RegisterConnectorRequest {
                 dataset_json,
-                kind: "files".into(),
-                config_json,
+                kind: kind.into(),
+                config_json: config_json.into(),
             })
             .await
             .map_err(|e| SandboxError::Demo(format!("register `{}`: {}", desc.id, e.message())))?;

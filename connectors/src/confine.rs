@@ -45,6 +45,9 @@ pub enum Refusal {
     Reserved(&'static str),
     /// The opened file is not the checked one, or not a regular file.
     Changed,
+    /// A PostgreSQL connection names a host the node's operator did not allow
+    /// (`sources.postgres_hosts`).
+    HostNotAllowed,
 }
 
 impl Refusal {
@@ -57,6 +60,7 @@ impl Refusal {
             Refusal::Escapes => "link-escapes-roots",
             Refusal::Reserved(_) => "node-own-files",
             Refusal::Changed => "changed-while-opening",
+            Refusal::HostNotAllowed => "postgres-host-not-allowed",
         }
     }
 }
@@ -76,6 +80,9 @@ impl fmt::Display for Refusal {
             ),
             Refusal::Reserved(what) => write!(f, "it is or lies in the node's own {what}, which no source may read"),
             Refusal::Changed => f.write_str("the file opened is not a regular file or not the file checked (it changed while it was opened)"),
+            Refusal::HostNotAllowed => f.write_str(
+                "the connection names a database host the node's operator did not allow (`sources.postgres_hosts`)",
+            ),
         }
     }
 }
@@ -91,6 +98,9 @@ struct Inner {
     /// `None`: any path (tests and tools without a node).
     roots: Option<Vec<PathBuf>>,
     reserved: Vec<Reserved>,
+    /// Database hosts (names, addresses, or socket directories) PostgreSQL sources may connect
+    /// to; `None`: any (with `anywhere`).
+    postgres_hosts: Option<Vec<String>>,
 }
 
 /// The directories sources may be read from, and the node's own places they may never touch.
@@ -143,6 +153,7 @@ impl SourceRoots {
             inner: Arc::new(Inner {
                 roots: Some(roots.into_iter().map(Into::into).collect()),
                 reserved: Vec::new(),
+                postgres_hosts: Some(Vec::new()),
             }),
             forms: None,
         }
@@ -155,6 +166,7 @@ impl SourceRoots {
             inner: Arc::new(Inner {
                 roots: None,
                 reserved: Vec::new(),
+                postgres_hosts: None,
             }),
             forms: None,
         }
@@ -186,6 +198,38 @@ impl SourceRoots {
         match &self.forms {
             Some(f) => std::borrow::Cow::Borrowed(f.as_ref()),
             None => std::borrow::Cow::Owned(Forms::of(&self.inner)),
+        }
+    }
+
+    /// Also allows PostgreSQL connections to these hosts: host names or addresses as written in
+    /// a connection string's `host`/`hostaddr`, or the directory of a unix socket.
+    pub fn allow_postgres_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner
+            .postgres_hosts
+            .get_or_insert_with(Vec::new)
+            .extend(hosts.into_iter().map(Into::into));
+        self.forms = None;
+        self
+    }
+
+    /// Whether a PostgreSQL connection may go to `host` (compared exactly, names without case).
+    pub fn check_postgres_host(&self, host: &str) -> Result<(), ConnectorError> {
+        let allowed = match &self.inner.postgres_hosts {
+            None => true,
+            Some(list) => list.iter().any(|h| h.eq_ignore_ascii_case(host)),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ConnectorError::Confined {
+                path: crate::error::snippet(host),
+                reason: Refusal::HostNotAllowed,
+            })
         }
     }
 

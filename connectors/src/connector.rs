@@ -157,6 +157,54 @@ pub struct ReadRequest {
     pub batch_size: usize,
     /// Stop after this many rows; the summary's cursor then resumes exactly after the last one.
     pub max_rows: Option<u64>,
+    /// Comparisons (all must hold) a connector MAY apply at the source to read fewer rows. An
+    /// optimisation only: the caller still evaluates its whole filter on what the connector
+    /// returns, so a connector that ignores some or all of them stays correct. A connector that
+    /// applies them must apply them to the resumed reads of the same request too.
+    pub pushdown: Vec<Predicate>,
+}
+
+/// A comparison operator of a pushed-down [`Predicate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PredicateOp {
+    /// `=`
+    Eq,
+    /// `<>` (a missing value counts as different)
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+/// The literal of a pushed-down [`Predicate`]; typed like the connector's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PredicateValue {
+    /// Compared with a `string` column (byte-wise).
+    Text(String),
+    /// Compared with an `int64` column.
+    Int(i64),
+    /// Compared with a `float64` column.
+    Float(f64),
+    /// Compared with a `bool` column.
+    Bool(bool),
+    /// Compared with a `timestamp` column: microseconds since the epoch, UTC.
+    TimestampMicros(i64),
+}
+
+/// `column op value`: one conjunct of [`ReadRequest::pushdown`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predicate {
+    /// The column compared.
+    pub column: String,
+    /// The comparison.
+    pub op: PredicateOp,
+    /// The literal.
+    pub value: PredicateValue,
 }
 
 impl Default for ReadRequest {
@@ -166,6 +214,7 @@ impl Default for ReadRequest {
             projection: None,
             batch_size: DEFAULT_BATCH_SIZE,
             max_rows: None,
+            pushdown: Vec::new(),
         }
     }
 }
@@ -201,6 +250,12 @@ impl ReadRequest {
     /// Stops after `rows` rows.
     pub fn max_rows(mut self, rows: u64) -> Self {
         self.max_rows = Some(rows);
+        self
+    }
+
+    /// Offers these comparisons to the connector (see [`ReadRequest::pushdown`]).
+    pub fn pushdown(mut self, predicates: Vec<Predicate>) -> Self {
+        self.pushdown = predicates;
         self
     }
 

@@ -293,6 +293,9 @@ impl Fetcher {
             grant: params.grant_id.clone(),
         };
         let cursor = self.open_cursor(caller, params, &binding).await?;
+        // The source may apply what the filter requires (the pipeline still evaluates it all).
+        let mut served = served;
+        served.connector = super::pushdown::with_filter(served.connector, params.filter.as_ref());
         Ok(Resolved {
             served,
             desc,

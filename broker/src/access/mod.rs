@@ -14,6 +14,7 @@ pub mod error;
 pub mod fetch;
 pub mod filter;
 pub mod pipeline;
+pub mod pushdown;
 pub mod ratelimit;
 
 pub use error::FetchError;

@@ -135,6 +135,7 @@ pub async fn start_munich(dir: &Path, base_port: u16) -> Result<Sandbox, DemoErr
     fresh_dir(dir)?;
     let mut spec = SandboxSpec::munich();
     spec.base_port = Some(base_port);
+    spec.postgres_smart_meter = true;
     let sb = Sandbox::start(spec, Some(dir.to_path_buf()), Arc::new(SystemClock)).await?;
     sb.register_demo_datasets().await?;
     Ok(sb)
@@ -149,6 +150,7 @@ pub fn banner(sb: &Sandbox) -> String {
         sb.nodes.len(),
         sb.root.display()
     ));
+    s.push_str(&smart_meter_backend_line(sb));
     s.push_str(&format!(
         "  {:<18} {:<16} {:<11} {:<24} {}\n",
         "NODE", "ORGANISATION", "KIND", "GRPC (mTLS)", "ADMIN (http, loopback)"
@@ -199,6 +201,23 @@ pub enum StoryOutcome {
     Passed,
     Failed(String),
     NotBuilt { arrives_with: &'static str },
+}
+
+/// Which connector serves the smart-meter readings, and why.
+pub fn smart_meter_backend_line(sb: &Sandbox) -> String {
+    match sb.smart_meter_backend() {
+        "PostgreSQL" => format!(
+            "smart-meter readings: served by the postgres connector from a PostgreSQL started in {}\n\n",
+            sb.root.join("postgresql").display()
+        ),
+        _ => match sb.postgres_problem() {
+            Some(why) => format!(
+                "smart-meter readings: served by the files connector (PostgreSQL did not start: {why})\n\n"
+            ),
+            None => "smart-meter readings: served by the files connector (PostgreSQL is not installed)\n\n"
+                .to_string(),
+        },
+    }
 }
 
 /// Runs story `n` against a fresh federation.

@@ -44,7 +44,9 @@ const ARCHIVE_START: i64 = 1_709_510_400;
 /// households' consent records imported.
 pub async fn federation() -> Result<(Sandbox, Arc<ManualClock>), DemoError> {
     let clock = ManualClock::starting_now();
-    let sb = Sandbox::start(SandboxSpec::munich(), None, clock.clone()).await?;
+    let mut spec = SandboxSpec::munich();
+    spec.postgres_smart_meter = true;
+    let sb = Sandbox::start(spec, None, clock.clone()).await?;
     if let Err(e) = sb.register_demo_datasets().await {
         let _ = sb.shutdown().await;
         return Err(e.into());
@@ -71,6 +73,7 @@ pub(super) async fn run(n: u8) -> Result<StoryOutcome, DemoError> {
     };
     println!("{intro}\n");
     let (sb, clock) = federation().await?;
+    print!("{}", super::smart_meter_backend_line(&sb));
     let result = match n {
         2 => story_2(&sb, &clock).await.map(|_| ()),
         3 => story_3(&sb, &clock).await.map(|_| ()),
