@@ -54,6 +54,10 @@ pub enum ApiError {
     /// nothing was done.
     #[error("{0}")]
     Unavailable(String),
+    /// A method the node does not serve (Arrow Flight's upload and action
+    /// calls), with a sentence saying so.
+    #[error("{0}")]
+    Unimplemented(String),
     /// A bug or an unexpected state; details go to the log, not the caller.
     #[error("internal error")]
     Internal(String),
@@ -155,9 +159,11 @@ impl From<FetchError> for ApiError {
             }
             F::Dataset(r) => ApiError::from(r),
             F::NotServed { .. } => ApiError::FailedPrecondition(e.to_string()),
-            F::UnknownColumn { .. } | F::Filter(_) | F::Cursor(_) | F::StaleCursor(_) => {
-                ApiError::InvalidArgument(e.to_string())
-            }
+            F::UnknownColumn { .. }
+            | F::Filter(_)
+            | F::Cursor(_)
+            | F::StaleCursor(_)
+            | F::Ticket(_) => ApiError::InvalidArgument(e.to_string()),
             F::QuasiIdentifier { .. } => ApiError::PermissionDenied(e.to_string()),
             F::SourceUnavailable { .. }
             | F::SourceRead(_)
@@ -166,7 +172,9 @@ impl From<FetchError> for ApiError {
             F::Decision(d) => ApiError::from(d),
             F::Audit(a) => ApiError::from(a),
             F::Poisoned(p) => ApiError::from(p),
-            F::Pipeline(_) | F::Seal(_) | F::Internal(_) => ApiError::Internal(e.to_string()),
+            F::Pipeline(_) | F::Seal(_) | F::SealTicket(_) | F::Internal(_) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }
@@ -230,6 +238,7 @@ mod tests {
             ApiError::FailedPrecondition(_) => "failed-precondition",
             ApiError::ResourceExhausted(_) => "resource-exhausted",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unimplemented(_) => "unimplemented",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -66,9 +66,14 @@ fn denied_entry(entries: &[Entry], org: &str, action: &str) -> bool {
         .any(|e| e.principal.org == org && e.action == action && e.decision == Some(Decision::Deny))
 }
 
-/// Every method of the services a node mounts, from their descriptor sets.
+/// Every method of the services a node mounts, from their descriptor sets,
+/// and Arrow Flight's (arrow-flight ships no descriptor set: its list is
+/// `FLIGHT_METHODS`, each of which `tests/tests/flight.rs` calls).
 fn served_methods() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+    let mut out: BTreeSet<String> = allmende::rpc::limits::FLIGHT_METHODS
+        .iter()
+        .map(|m| (*m).to_owned())
+        .collect();
     for fds in [
         allmende_proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -85,6 +90,17 @@ fn served_methods() -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// A ticket sealed by SWM's node for the smart-meter readings with purpose
+/// `InsuranceUnderwriting` (a ticket is no capability: `DoGet` decides).
+static DO_GET_TICKET: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// A Flight descriptor asking for SWM's smart-meter data for underwriting.
+fn underwriting() -> arrow_flight::FlightDescriptor {
+    arrow_flight::FlightDescriptor::new_cmd(
+        serde_json::json!({"dataset": SMART_METER, "purpose": "InsuranceUnderwriting"}).to_string(),
+    )
 }
 
 /// Calls `method` with a well-formed request naming SWM's data; returns the
@@ -288,6 +304,26 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             })
             .await
             .map(|_| ()),
+        "/arrow.flight.protocol.FlightService/GetFlightInfo" => {
+            arrow_flight::flight_service_client::FlightServiceClient::new(ch)
+                .get_flight_info(underwriting())
+                .await
+                .map(|_| ())
+        }
+        "/arrow.flight.protocol.FlightService/GetSchema" => {
+            arrow_flight::flight_service_client::FlightServiceClient::new(ch)
+                .get_schema(underwriting())
+                .await
+                .map(|_| ())
+        }
+        "/arrow.flight.protocol.FlightService/DoGet" => {
+            let ticket = DO_GET_TICKET.get().expect("a ticket sealed by SWM's node");
+            let mut s = arrow_flight::flight_service_client::FlightServiceClient::new(ch)
+                .do_get(arrow_flight::Ticket::new(ticket.clone()))
+                .await?
+                .into_inner();
+            s.message().await.map(|_| ())
+        }
         "/allmende.v1.Policy/Reload" => pb::policy_client::PolicyClient::new(ch)
             .reload(pb::ReloadRequest::default())
             .await
@@ -330,6 +366,17 @@ async fn every_method_is_decided_and_audited_or_listed_as_exempt() {
     // Every decided method refuses an insurer's analyst at SWM's node with
     // PERMISSION_DENIED, and the refusal is in SWM's audit log.
     let sb = munich_with_lookalikes().await;
+    let ticket = sb
+        .node("swm-1")
+        .unwrap()
+        .fetcher
+        .seal_ticket(&allmende::access::FetchParams {
+            dataset: SMART_METER.into(),
+            purpose: Some("InsuranceUnderwriting".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+    DO_GET_TICKET.set(ticket).unwrap();
     let mut callers = Vec::new();
     for u in ["analyst", "analyst-2", "analyst-3"] {
         callers.push(channel(&sb, "versicherung-ag", u, "swm-1").await);

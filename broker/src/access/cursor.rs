@@ -15,10 +15,8 @@
 //! made by another node or presented by another caller or for another
 //! dataset, purpose or grant does not open.
 
+use super::seal::{Format, SealError, Sealer};
 use allmende_connectors::Cursor;
-use base64::Engine;
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
 
 /// Format version: the token's prefix (before the dot) and part of the
 /// authenticated data.
@@ -27,8 +25,13 @@ pub const VERSION: &str = "c1";
 pub const PAD: usize = 256;
 /// Longest token accepted (characters), checked before anything is decoded.
 pub const MAX_TOKEN_LEN: usize = 4096;
-const TAG_LEN: usize = 16;
 const AAD_DOMAIN: &[u8] = b"allmende resume cursor\n";
+const FORMAT: Format = Format {
+    version: VERSION,
+    domain: AAD_DOMAIN,
+    pad: PAD,
+    max_len: MAX_TOKEN_LEN,
+};
 
 /// What a token is bound to besides the node's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,26 +44,13 @@ pub struct Binding<'a> {
 }
 
 impl Binding<'_> {
-    fn aad(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(AAD_DOMAIN);
-        let mut field = |tag: u8, v: Option<&str>| {
-            out.push(tag);
-            match v {
-                None => out.push(0),
-                Some(s) => {
-                    out.push(1);
-                    out.extend_from_slice(&(s.len() as u64).to_be_bytes());
-                    out.extend_from_slice(s.as_bytes());
-                }
-            }
-        };
-        field(b'v', Some(VERSION));
-        field(b'c', Some(self.caller));
-        field(b'd', Some(self.dataset));
-        field(b'p', self.purpose);
-        field(b'g', self.grant);
-        out
+    fn fields(&self) -> [(u8, Option<&str>); 4] {
+        [
+            (b'c', Some(self.caller)),
+            (b'd', Some(self.dataset)),
+            (b'p', self.purpose),
+            (b'g', self.grant),
+        ]
     }
 }
 
@@ -99,103 +89,45 @@ pub fn identifying_cursor_column(
     }
 }
 
-/// Seals and opens resume cursors with one node key.
-pub struct CursorSealer {
-    key: [u8; 32],
-    rng: SystemRandom,
-}
-
-impl std::fmt::Debug for CursorSealer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CursorSealer").finish_non_exhaustive()
+impl From<SealError> for CursorError {
+    fn from(e: SealError) -> Self {
+        match e {
+            SealError::TooLong => CursorError::TooLong,
+            SealError::UnknownVersion => CursorError::UnknownVersion,
+            SealError::Malformed => CursorError::Malformed,
+            SealError::NotValid => CursorError::NotValid,
+            SealError::Seal => CursorError::Seal,
+        }
     }
 }
 
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
+/// Seals and opens resume cursors with one node key.
+#[derive(Debug)]
+pub struct CursorSealer {
+    sealer: Sealer,
 }
 
 impl CursorSealer {
     /// A sealer with a 32-byte key (derived from the node secret).
     pub fn new(key: [u8; 32]) -> Self {
         Self {
-            key,
-            rng: SystemRandom::new(),
+            sealer: Sealer::new(key, FORMAT),
         }
-    }
-
-    fn aead(&self) -> Result<LessSafeKey, CursorError> {
-        let unbound =
-            UnboundKey::new(&CHACHA20_POLY1305, &self.key).map_err(|_| CursorError::Seal)?;
-        Ok(LessSafeKey::new(unbound))
     }
 
     /// The token for a source position, bound to `binding`.
     pub fn seal(&self, position: &Cursor, binding: &Binding<'_>) -> Result<String, CursorError> {
         let json = position.to_string();
-        let len = u32::try_from(json.len()).map_err(|_| CursorError::Seal)?;
-        let mut plain = Vec::with_capacity(4 + json.len() + PAD);
-        plain.extend_from_slice(&len.to_be_bytes());
-        plain.extend_from_slice(json.as_bytes());
-        let padded = plain.len().div_ceil(PAD) * PAD;
-        plain.resize(padded, 0);
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| CursorError::Seal)?;
-        self.aead()?
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(binding.aad()),
-                &mut plain,
-            )
-            .map_err(|_| CursorError::Seal)?;
-        let mut raw = Vec::with_capacity(NONCE_LEN + plain.len());
-        raw.extend_from_slice(&nonce);
-        raw.extend_from_slice(&plain);
-        let token = format!("{VERSION}.{}", b64().encode(raw));
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(CursorError::Seal);
-        }
-        Ok(token)
+        Ok(self.sealer.seal(json.as_bytes(), &binding.fields())?)
     }
 
     /// The source position of a token, if it opens under `binding`.
     pub fn open(&self, token: &str, binding: &Binding<'_>) -> Result<Cursor, CursorError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(CursorError::TooLong);
-        }
-        let Some((version, body)) = token.split_once('.') else {
-            return Err(CursorError::UnknownVersion);
-        };
-        if version != VERSION {
-            return Err(CursorError::UnknownVersion);
-        }
-        let mut raw = b64().decode(body).map_err(|_| CursorError::Malformed)?;
-        if raw.len() < NONCE_LEN + TAG_LEN + PAD
-            || !(raw.len() - NONCE_LEN - TAG_LEN).is_multiple_of(PAD)
-        {
-            return Err(CursorError::Malformed);
-        }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&raw[..NONCE_LEN]);
-        let key = self.aead().map_err(|_| CursorError::NotValid)?;
-        let plain = key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(binding.aad()),
-                &mut raw[NONCE_LEN..],
-            )
-            .map_err(|_| CursorError::NotValid)?;
-        // Authenticated: from here on a failure is our own format's, not the caller's.
-        let len = plain
-            .get(..4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_be_bytes)
-            .ok_or(CursorError::NotValid)? as usize;
-        let json = plain
-            .get(4..4 + len)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .ok_or(CursorError::NotValid)?;
-        json.parse::<Cursor>().map_err(|_| CursorError::NotValid)
+        let plain = self.sealer.open(token, &binding.fields())?;
+        std::str::from_utf8(&plain)
+            .ok()
+            .and_then(|json| json.parse::<Cursor>().ok())
+            .ok_or(CursorError::NotValid)
     }
 }
 
@@ -203,6 +135,9 @@ impl CursorSealer {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
     use super::*;
+    use crate::access::seal::b64;
+    use base64::Engine;
+    use ring::aead::NONCE_LEN;
 
     fn binding() -> Binding<'static> {
         Binding {

@@ -7,6 +7,7 @@
 use super::cursor::CursorError;
 use super::filter::FilterError;
 use super::pipeline::PipelineError;
+use super::ticket::TicketError;
 use crate::audit::AuditError;
 use crate::locks::Poisoned;
 use crate::policy::AuthorizeError;
@@ -50,6 +51,12 @@ pub enum FetchError {
     /// The presented resume cursor is refused.
     #[error(transparent)]
     Cursor(CursorError),
+    /// The presented Arrow Flight ticket is refused.
+    #[error(transparent)]
+    Ticket(TicketError),
+    /// A ticket could not be sealed (a bug: the node's own key).
+    #[error(transparent)]
+    SealTicket(TicketError),
     /// The cursor was sealed for a source registered again since; the
     /// connector's detail names source files and stays in the log.
     #[error(

@@ -13,9 +13,10 @@ use super::cursor::{Binding, CursorSealer};
 use super::error::FetchError;
 use super::filter::Filter;
 use super::pipeline::{
-    self, ConsentGate, IpcEncoder, Pseudonymiser, Rebatcher, StageStats, Stages,
+    self, ConsentGate, Encode, IpcEncoder, Pseudonymiser, Rebatcher, StageStats, Stages,
 };
 use super::ratelimit::RateLimiter;
+use super::ticket::{TicketRequest, TicketSealer};
 use crate::audit::{AuditLog, Draft, ReleaseGuard, ReleaseStats};
 use crate::consent::ConsentStore;
 use crate::pki::Principal;
@@ -89,12 +90,13 @@ pub struct FetchParams {
     pub request_id: Option<String>,
 }
 
-/// One message towards the client.
+/// One message towards the client, in the face's encoding `O` (Arrow IPC
+/// bytes for `Access.Fetch`).
 #[derive(Debug)]
-pub enum FetchMessage {
-    Ipc(Vec<u8>),
+pub enum FetchMessage<O = Vec<u8>> {
+    Ipc(O),
     Done {
-        ipc: Vec<u8>,
+        ipc: O,
         rows: u64,
         next_cursor: Option<String>,
         complete: bool,
@@ -114,6 +116,7 @@ pub struct Fetcher {
     pub limits: FetchLimits,
     limiter: RateLimiter,
     cursors: Arc<CursorSealer>,
+    tickets: TicketSealer,
     /// One permit per running fetch (`limits.max_concurrent`).
     slots: Arc<tokio::sync::Semaphore>,
     /// Running fetches per principal (`limits.max_concurrent_per_principal`).
@@ -153,6 +156,7 @@ impl Fetcher {
         Self {
             limiter: RateLimiter::new(limits.per_principal_per_second, limits.per_principal_burst),
             cursors: Arc::new(CursorSealer::new(audit.derive_key(CURSOR_KEY_LABEL))),
+            tickets: TicketSealer::new(audit.derive_key(super::ticket::KEY_LABEL)),
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
             running: Arc::default(),
             policy,
@@ -173,6 +177,118 @@ impl Fetcher {
         self
     }
 
+    /// The schema a release of `params` would have for `caller` (after
+    /// projection and pseudonymisation), decided and audited like a read
+    /// (Arrow Flight's `GetFlightInfo` and `GetSchema`): the same checks and
+    /// the same decision as [`Fetcher::start`], no intent, no row read.
+    pub async fn describe(
+        &self,
+        caller: &Principal,
+        params: &FetchParams,
+    ) -> Result<SchemaRef, FetchError> {
+        let who = crate::policy::user_entity_id(&caller.organisation, caller.subject.name());
+        if !self.limiter.allow(&who) {
+            return Err(FetchError::RateLimited);
+        }
+        tracing::Span::current().record("dataset", params.dataset.as_str());
+        let ds = self.resolve(caller, params).await?;
+        let now = self.clock.now_unix_secs();
+        self.decide(caller, params, &ds, now).await?;
+        let stages = self.stages(params, &ds, &who, now, false);
+        Ok(pipeline::output_schema(&ds.desc.schema, &stages)?)
+    }
+
+    /// The served datasets `caller` may read for `purpose` (under `grant`,
+    /// naming `columns`), each with the schema a release would have:
+    /// decided by the same rules as a read, without auditing (no row is
+    /// read, nothing is released; like `Policy.Explain`). A dataset without
+    /// one of `columns` is left out. Arrow Flight's `ListFlights`.
+    pub fn readable(
+        &self,
+        caller: &Principal,
+        purpose: Option<Purpose>,
+        grant: Option<&str>,
+        columns: &[String],
+    ) -> Result<Vec<(FetchParams, SchemaRef)>, FetchError> {
+        let who = crate::policy::user_entity_id(&caller.organisation, caller.subject.name());
+        let now = self.clock.now_unix_secs();
+        let mut out = Vec::new();
+        for (registration, _) in self.registry.list()? {
+            let Ok(served) = self.registry.served(&registration.dataset.id) else {
+                continue;
+            };
+            let Ok((desc, identifying)) = prepare(&served) else {
+                continue;
+            };
+            if columns
+                .iter()
+                .any(|c| desc.schema.field_with_name(c).is_err())
+            {
+                continue;
+            }
+            let params = FetchParams {
+                dataset: registration.dataset.id.clone(),
+                purpose,
+                grant_id: grant.map(str::to_owned),
+                columns: columns.to_vec(),
+                ..FetchParams::default()
+            };
+            let ds = Resolved {
+                binding: OwnedBinding {
+                    caller: caller.uri(),
+                    dataset: params.dataset.clone(),
+                    purpose: None,
+                    grant: None,
+                },
+                served,
+                desc,
+                identifying,
+                cursor: None,
+            };
+            let request = self.decision_request(caller, &params, &ds, now);
+            if !self.policy.decide(caller, &request).allowed {
+                continue;
+            }
+            let stages = self.stages(&params, &ds, &who, now, false);
+            let schema = pipeline::output_schema(&ds.desc.schema, &stages)?;
+            out.push((params, schema));
+        }
+        out.sort_by(|a, b| a.0.dataset.cmp(&b.0.dataset));
+        Ok(out)
+    }
+
+    /// The sealed Arrow Flight ticket naming `params` (dataset, purpose,
+    /// columns, filter, grant).
+    pub fn seal_ticket(&self, params: &FetchParams) -> Result<Vec<u8>, FetchError> {
+        self.tickets
+            .seal(&TicketRequest::of(params))
+            .map_err(FetchError::SealTicket)
+    }
+
+    /// The request a presented ticket names. A refused ticket is audited
+    /// (as a refused read by `caller`, without the ticket) like a refused
+    /// resume cursor. Whoever presents a ticket is decided on their own
+    /// certificate when the release starts: a ticket grants nothing.
+    pub async fn open_ticket(
+        &self,
+        caller: &Principal,
+        ticket: &[u8],
+    ) -> Result<FetchParams, FetchError> {
+        match self.tickets.open(ticket) {
+            Ok(t) => Ok(t.params()),
+            Err(e) => {
+                self.audit_refusal(
+                    caller,
+                    &FetchParams::default(),
+                    "flight-ticket",
+                    "invalid-flight-ticket",
+                )
+                .await?;
+                Err(FetchError::Ticket(e))
+            }
+        }
+    }
+
     /// Decides and starts a release. On success the rows flow through the
     /// returned channel; the last message is `Done` or `Failed`. Everything
     /// that can be refused is refused here, before any row is read: the
@@ -183,18 +299,31 @@ impl Fetcher {
         caller: &Principal,
         params: FetchParams,
     ) -> Result<mpsc::Receiver<FetchMessage>, FetchError> {
+        self.start_with::<IpcEncoder>(caller, params).await
+    }
+
+    /// [`Fetcher::start`] for a face that encodes with `E`: the same steps,
+    /// the same decision, audit and stages; only the encoding of the
+    /// released batches differs. A face that is not paged (`E::PAGED`
+    /// false) gets the whole release in one stream and no resume cursor.
+    pub async fn start_with<E: Encode>(
+        &self,
+        caller: &Principal,
+        params: FetchParams,
+    ) -> Result<mpsc::Receiver<FetchMessage<E::Out>>, FetchError> {
         let (who, slots) = self.admit(caller)?;
         tracing::Span::current().record("dataset", params.dataset.as_str());
         let ds = self.resolve(caller, &params).await?;
         let now = self.clock.now_unix_secs();
         let decision = self.decide(caller, &params, &ds, now).await?;
-        let stages = self.stages(&params, &ds, &who, now);
+        let stages = self.stages(&params, &ds, &who, now, true);
         let out_schema = pipeline::output_schema(&ds.desc.schema, &stages)?;
         let guard = self.write_intent(caller, &params, &ds, &decision).await?;
         let (stream, guard) = self.open_source(&ds, guard).await?;
-        let max_rows = match params.max_rows {
-            0 => self.limits.max_rows_per_response,
-            n => n.min(self.limits.max_rows_per_response),
+        let max_rows = match (E::PAGED, params.max_rows) {
+            (false, _) => u64::MAX,
+            (true, 0) => self.limits.max_rows_per_response,
+            (true, n) => n.min(self.limits.max_rows_per_response),
         };
         let (tx, rx) = mpsc::channel(self.limits.channel_messages.max(1));
         let page = Page {
@@ -213,7 +342,7 @@ impl Fetcher {
         tokio::spawn(async move {
             // The caller's and the node-wide fetch slots end with the release.
             let _slots = slots;
-            page.serve(stream, out_schema, guard, tx).await;
+            page.serve::<E>(stream, out_schema, guard, tx).await;
         });
         Ok(rx)
     }
@@ -263,27 +392,8 @@ impl Fetcher {
                 return Err(e.into());
             }
         };
-        let desc = served.connector.describe().clone();
+        let (desc, identifying) = prepare(&served)?;
         let dataset = &served.registration.dataset;
-        // Identifying: what the connector and the dataset's description name.
-        let mut identifying: Vec<String> = desc
-            .identifying_columns()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        for c in dataset.schema.identifying_columns() {
-            if !identifying.iter().any(|i| i == c) {
-                identifying.push(c.to_owned());
-            }
-        }
-        let ids: Vec<&str> = identifying.iter().map(String::as_str).collect();
-        // A registration from before this check: not served.
-        super::cursor::identifying_cursor_column(desc.cursor_column.as_deref(), &ids).map_err(
-            |reason| FetchError::NotServed {
-                dataset: dataset.id.clone(),
-                reason,
-            },
-        )?;
         self.check_request(caller, params, &served, &desc, &identifying)
             .await?;
         let binding = OwnedBinding {
@@ -374,6 +484,23 @@ impl Fetcher {
         ds: &Resolved,
         now: i64,
     ) -> Result<Decision, FetchError> {
+        let request = self.decision_request(caller, params, ds, now);
+        let dataset = &ds.served.registration.dataset;
+        Ok(self
+            .policy
+            .decide_audited(&self.audit, caller, request, &dataset.id)
+            .await?)
+    }
+
+    /// The request to decide for a read of `ds`, with the context the
+    /// broker builds.
+    fn decision_request(
+        &self,
+        caller: &Principal,
+        params: &FetchParams,
+        ds: &Resolved,
+        now: i64,
+    ) -> allmende_policies::DecisionRequest {
         let dataset = &ds.served.registration.dataset;
         let mut request = self.policy.request(
             caller,
@@ -392,19 +519,25 @@ impl Fetcher {
             .policy
             .with_entities(|e| e.raw_personal_grants_at_owner(&caller.organisation, &owner, now))
             .unwrap_or(i64::MAX);
-        Ok(self
-            .policy
-            .decide_audited(&self.audit, caller, request, &dataset.id)
-            .await?)
+        request
     }
 
     /// The release stages: the filter, the consent gate (rows of subjects
     /// without valid consent never leave), pseudonymisation keyed per grant
     /// or caller, the projection.
-    fn stages(&self, params: &FetchParams, ds: &Resolved, who: &str, now: i64) -> Stages {
+    /// Without `with_consent` the consent gate is left out (for a schema:
+    /// the gate drops rows, it does not change the columns).
+    fn stages(
+        &self,
+        params: &FetchParams,
+        ds: &Resolved,
+        who: &str,
+        now: i64,
+        with_consent: bool,
+    ) -> Stages {
         let dataset = &ds.served.registration.dataset;
         let consent = match (&ds.desc.subject_column, ds.consent_based()) {
-            (Some(col), true) => Some(ConsentGate {
+            (Some(col), true) if with_consent => Some(ConsentGate {
                 subject_column: col.clone(),
                 permitted: match params.purpose {
                     Some(p) => self.consent.permitted_subjects(&dataset.id, p, now),
@@ -511,6 +644,32 @@ impl Fetcher {
     }
 }
 
+/// The description of a served dataset and its identifying columns (the
+/// connector's and the dataset description's); a registration from before
+/// the identifying-cursor check is not served.
+fn prepare(served: &Served) -> Result<(ConnectorDescription, Vec<String>), FetchError> {
+    let desc = served.connector.describe().clone();
+    let dataset = &served.registration.dataset;
+    let mut identifying: Vec<String> = desc
+        .identifying_columns()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    for c in dataset.schema.identifying_columns() {
+        if !identifying.iter().any(|i| i == c) {
+            identifying.push(c.to_owned());
+        }
+    }
+    let ids: Vec<&str> = identifying.iter().map(String::as_str).collect();
+    super::cursor::identifying_cursor_column(desc.cursor_column.as_deref(), &ids).map_err(
+        |reason| FetchError::NotServed {
+            dataset: dataset.id.clone(),
+            reason,
+        },
+    )?;
+    Ok((desc, identifying))
+}
+
 /// The caller's and the node-wide fetch slots, held until a release ends.
 type Slots = (tokio::sync::OwnedSemaphorePermit, PrincipalSlot);
 
@@ -582,15 +741,15 @@ struct Page {
 }
 
 /// What a page has produced so far.
-struct Output {
-    encoder: IpcEncoder,
+struct Output<E: Encode> {
+    encoder: E,
     rebatcher: Rebatcher,
-    pending: Vec<u8>,
+    pending: E::Out,
     stats: ReleaseStats,
     subjects: BTreeSet<String>,
 }
 
-impl Output {
+impl<E: Encode> Output<E> {
     /// Counts the released rows of one batch and sends them on, re-cut into
     /// batches of the fixed size.
     async fn release(
@@ -598,7 +757,7 @@ impl Output {
         rows: RecordBatch,
         st: StageStats,
         max_subjects: usize,
-        tx: &mpsc::Sender<FetchMessage>,
+        tx: &mpsc::Sender<FetchMessage<E::Out>>,
     ) -> Result<(), Stop> {
         self.stats.rows_filtered += st.rows_without_consent;
         self.stats.rows_released += st.rows_out;
@@ -606,10 +765,11 @@ impl Output {
             self.subjects.extend(st.subjects);
         }
         for b in self.rebatcher.push(rows).map_err(internal)? {
-            self.encoder.write(&b).map_err(internal)?;
-            self.pending.extend(self.encoder.take());
+            self.encoder
+                .write(&b, &mut self.pending)
+                .map_err(internal)?;
             let bytes = std::mem::take(&mut self.pending);
-            self.stats.bytes += bytes.len() as u64;
+            self.stats.bytes += E::size(&bytes);
             // The client's pace sets ours: this waits while the channel is full.
             if tx.send(FetchMessage::Ipc(bytes)).await.is_err() {
                 return Err(Stop::Aborted);
@@ -624,14 +784,15 @@ fn internal(e: impl Into<FetchError>) -> Stop {
 }
 
 impl Page {
-    async fn serve(
+    async fn serve<E: Encode>(
         self,
         stream: ReadStream,
         out_schema: SchemaRef,
         guard: ReleaseGuard,
-        tx: mpsc::Sender<FetchMessage>,
+        tx: mpsc::Sender<FetchMessage<E::Out>>,
     ) {
-        let encoder = match IpcEncoder::new(&out_schema) {
+        let mut pending = E::Out::default();
+        let encoder = match E::start(&out_schema, &mut pending) {
             Ok(e) => e,
             Err(e) => {
                 let _ = tx.send(FetchMessage::Failed(e.into())).await;
@@ -642,13 +803,12 @@ impl Page {
             }
         };
         let mut out = Output {
-            pending: Vec::new(),
+            pending,
             encoder,
             rebatcher: Rebatcher::new(self.batch_rows),
             stats: ReleaseStats::default(),
             subjects: BTreeSet::new(),
         };
-        out.pending = out.encoder.take();
         let result = self.pump(stream, &mut out, &tx).await;
         let result = match result {
             Ok(end) => self.finish(end, &mut out, guard.intent_sequence()),
@@ -721,11 +881,11 @@ impl Page {
 
     /// Reads until `target` rows are released and the next released row (or
     /// the end of the source) is found.
-    async fn pump(
+    async fn pump<E: Encode>(
         &self,
         mut stream: ReadStream,
-        out: &mut Output,
-        tx: &mpsc::Sender<FetchMessage>,
+        out: &mut Output<E>,
+        tx: &mpsc::Sender<FetchMessage<E::Out>>,
     ) -> Result<PageEnd, Stop> {
         let mut released = 0u64;
         // Source position before the batch at hand.
@@ -841,19 +1001,17 @@ impl Page {
 
     /// The last message: the rows still held, the end of the IPC stream and
     /// the summary.
-    fn finish(
+    fn finish<E: Encode>(
         &self,
         end: PageEnd,
-        out: &mut Output,
+        out: &mut Output<E>,
         audit_sequence: u64,
-    ) -> Result<FetchMessage, Stop> {
+    ) -> Result<FetchMessage<E::Out>, Stop> {
         if let Some(b) = out.rebatcher.finish().map_err(internal)? {
-            out.encoder.write(&b).map_err(internal)?;
-            out.pending.extend(out.encoder.take());
+            out.encoder.write(&b, &mut out.pending).map_err(internal)?;
         }
-        let tail = out.encoder.finish().map_err(internal)?;
-        out.pending.extend(tail);
-        out.stats.bytes += out.pending.len() as u64;
+        out.encoder.finish(&mut out.pending).map_err(internal)?;
+        out.stats.bytes += E::size(&out.pending);
         let next_cursor = match (end.more, end.next) {
             (false, _) => None,
             (true, Some(c)) => Some(

@@ -10,8 +10,9 @@ use arrow::compute::kernels::cmp;
 use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 
-/// Comparison operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Comparison operators (in a Flight ticket and command: `eq`, `ne`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CompareOp {
     Eq,
     Ne,
@@ -21,8 +22,10 @@ pub enum CompareOp {
     Ge,
 }
 
-/// A literal to compare with.
-#[derive(Debug, Clone, PartialEq)]
+/// A literal to compare with (in a Flight ticket and command:
+/// `{"string": "x"}`, `{"int": 3}`, …).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FilterValue {
     String(String),
     Int(i64),
@@ -31,8 +34,11 @@ pub enum FilterValue {
     TimestampMs(i64),
 }
 
-/// A filter expression.
-#[derive(Debug, Clone, PartialEq)]
+/// A filter expression (in a Flight ticket and command:
+/// `{"compare": {"column": …, "op": …, "value": …}}`, `{"all": […]}`,
+/// `{"any": […]}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Filter {
     Compare {
         column: String,

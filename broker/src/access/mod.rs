@@ -16,6 +16,8 @@ pub mod filter;
 pub mod pipeline;
 pub mod pushdown;
 pub mod ratelimit;
+pub mod seal;
+pub mod ticket;
 
 pub use error::FetchError;
 pub use fetch::{FetchLimits, FetchParams, Fetcher};

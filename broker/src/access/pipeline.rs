@@ -394,6 +394,28 @@ pub fn output_schema(input: &SchemaRef, stages: &Stages) -> Result<SchemaRef, Pi
     Ok(b.schema())
 }
 
+/// How a face of the release pipeline encodes the released batches for its
+/// wire: `Access.Fetch` as one Arrow IPC stream in bytes ([`IpcEncoder`]),
+/// Arrow Flight as `FlightData` messages (in `rpc/`). The release task
+/// encodes each batch once, in the face's own form, with no decode in
+/// between; `Out` is what one message towards the face carries.
+pub trait Encode: Sized + Send + 'static {
+    /// What one message towards the face carries (bytes, or messages).
+    type Out: Default + Send + 'static;
+    /// Whether the face answers in pages of at most `max_rows` released rows
+    /// with a resume cursor (`Access.Fetch`), or streams the whole release.
+    const PAGED: bool;
+    /// Starts the encoding of a release with `schema`; its header (if any)
+    /// goes to `out`.
+    fn start(schema: &SchemaRef, out: &mut Self::Out) -> Result<Self, PipelineError>;
+    /// Encodes one batch into `out`.
+    fn write(&mut self, batch: &RecordBatch, out: &mut Self::Out) -> Result<(), PipelineError>;
+    /// Ends the encoding; its trailer (if any) goes to `out`.
+    fn finish(&mut self, out: &mut Self::Out) -> Result<(), PipelineError>;
+    /// The size of `out` in bytes, as the release's audited `bytes`.
+    fn size(out: &Self::Out) -> u64;
+}
+
 /// Encodes batches as one Arrow IPC stream, handing out the bytes as they
 /// are produced (so nothing accumulates).
 pub struct IpcEncoder {
@@ -415,20 +437,47 @@ impl IpcEncoder {
         })
     }
 
-    /// Encodes one batch.
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), PipelineError> {
-        self.writer.write(batch).map_err(arrow_err)
-    }
-
     /// The bytes encoded since the last call.
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(self.writer.get_mut())
     }
 
-    /// Ends the stream; returns the last bytes.
-    pub fn finish(&mut self) -> Result<Vec<u8>, PipelineError> {
+    /// Moves the bytes encoded since the last call to the end of `out`
+    /// (without a copy when `out` is empty).
+    fn take_into(&mut self, out: &mut Vec<u8>) {
+        if out.is_empty() {
+            *out = self.take();
+        } else {
+            out.extend_from_slice(self.writer.get_ref());
+            self.writer.get_mut().clear();
+        }
+    }
+}
+
+impl Encode for IpcEncoder {
+    type Out = Vec<u8>;
+    const PAGED: bool = true;
+
+    fn start(schema: &SchemaRef, out: &mut Vec<u8>) -> Result<Self, PipelineError> {
+        let mut enc = Self::new(schema)?;
+        enc.take_into(out);
+        Ok(enc)
+    }
+
+    fn write(&mut self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), PipelineError> {
+        self.writer.write(batch).map_err(arrow_err)?;
+        self.take_into(out);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), PipelineError> {
         self.writer.finish().map_err(arrow_err)?;
-        Ok(self.take())
+        self.take_into(out);
+        Ok(())
+    }
+
+    fn size(out: &Vec<u8>) -> u64 {
+        out.len() as u64
     }
 }
 
@@ -507,10 +556,10 @@ mod tests {
         let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(ids.value(0), ids.value(2), "same subject, same pseudonym");
         assert_ne!(ids.value(0), ids.value(1));
-        let mut enc = IpcEncoder::new(&b.schema()).unwrap();
-        enc.write(&b).unwrap();
-        let mut bytes = enc.take();
-        bytes.extend(enc.finish().unwrap());
+        let mut bytes = Vec::new();
+        let mut enc = IpcEncoder::start(&b.schema(), &mut bytes).unwrap();
+        enc.write(&b, &mut bytes).unwrap();
+        enc.finish(&mut bytes).unwrap();
         for raw in [&b"HH-1"[..], b"HH-2", b"M-1", b"M-2"] {
             assert!(
                 !bytes.windows(raw.len()).any(|w| w == raw),

@@ -11,7 +11,7 @@ use crate::metrics::NodeMetrics;
 use crate::pki::Principal;
 use crate::rpc::{
     AccessService, AuditService, AuthLayer, CatalogService, ConnectorsService, ConsentService,
-    FederationService, GrantsService, PolicyService,
+    FederationService, FlightFace, GrantsService, PolicyService,
 };
 use crate::tls;
 use allmende_proto::v1 as pb;
@@ -74,6 +74,9 @@ pub(super) async fn serve_grpc(
         .await;
     health_reporter
         .set_serving::<pb::grants_server::GrantsServer<GrantsService>>()
+        .await;
+    health_reporter
+        .set_serving::<arrow_flight::flight_service_server::FlightServiceServer<FlightFace>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -164,6 +167,16 @@ pub(super) async fn serve_grpc(
                 erasure_duty_days: limits.erasure_duty_days,
             }
             .server(),
+        )
+        // Arrow Flight on the same port, behind the same layers: the
+        // release pipeline's second face.
+        .add_service(
+            arrow_flight::flight_service_server::FlightServiceServer::new(FlightFace {
+                fetcher: parts.services.fetcher.clone(),
+                grants: parts.services.grants.clone(),
+                idle_timeout: std::time::Duration::from_secs(limits.stream_idle_secs),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
             pb::grants_server::GrantsServer::new(GrantsService {

@@ -58,8 +58,24 @@ pub const MAX_LIST_ITEMS: usize = 1024;
 /// Label of an unknown method path in `allmende_rpc_requests_total`.
 pub const UNKNOWN_METHOD: &str = "unknown";
 
+/// The methods of Arrow Flight's `FlightService` (arrow-flight ships no
+/// descriptor set; `tests/tests/hardening.rs` checks that each is routed and
+/// that the router knows no other).
+pub const FLIGHT_METHODS: &[&str] = &[
+    "/arrow.flight.protocol.FlightService/Handshake",
+    "/arrow.flight.protocol.FlightService/ListFlights",
+    "/arrow.flight.protocol.FlightService/GetFlightInfo",
+    "/arrow.flight.protocol.FlightService/PollFlightInfo",
+    "/arrow.flight.protocol.FlightService/GetSchema",
+    "/arrow.flight.protocol.FlightService/DoGet",
+    "/arrow.flight.protocol.FlightService/DoPut",
+    "/arrow.flight.protocol.FlightService/DoExchange",
+    "/arrow.flight.protocol.FlightService/DoAction",
+    "/arrow.flight.protocol.FlightService/ListActions",
+];
+
 /// The gRPC method paths (`/package.Service/Method`) of the services a node
-/// serves, read from their descriptor sets.
+/// serves, read from their descriptor sets, and Arrow Flight's.
 pub fn known_methods() -> &'static BTreeSet<String> {
     static KNOWN: OnceLock<BTreeSet<String>> = OnceLock::new();
     KNOWN.get_or_init(|| {
@@ -70,7 +86,7 @@ pub fn known_methods() -> &'static BTreeSet<String> {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ];
-        let mut out = BTreeSet::new();
+        let mut out: BTreeSet<String> = FLIGHT_METHODS.iter().map(|m| (*m).to_owned()).collect();
         for bytes in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else {
                 continue;

@@ -12,6 +12,7 @@ mod connectors;
 mod consent;
 pub mod convert;
 mod federation;
+mod flight;
 mod grants;
 mod layer;
 pub mod limits;
@@ -25,6 +26,7 @@ pub use catalog::CatalogService;
 pub use connectors::ConnectorsService;
 pub use consent::ConsentService;
 pub use federation::FederationService;
+pub use flight::FlightFace;
 pub use grants::GrantsService;
 pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource};
 
@@ -215,6 +217,48 @@ pub const CALLS: &[(&str, CallRule)] = &[
     (
         "/allmende.v1.Grants/AttestDeletion",
         CallRule::Decided(Action::AttestDeletion),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/GetFlightInfo",
+        CallRule::Decided(Action::Read),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/GetSchema",
+        CallRule::Decided(Action::Read),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/DoGet",
+        CallRule::Decided(Action::Read),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/ListFlights",
+        CallRule::Exempt(
+            "lists the datasets the caller may read with their schema: catalog metadata, each decided by the read rules without auditing; no row is read",
+        ),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/Handshake",
+        CallRule::Exempt("refused with UNIMPLEMENTED; reads and changes nothing"),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/PollFlightInfo",
+        CallRule::Exempt("refused with UNIMPLEMENTED; reads and changes nothing"),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/DoPut",
+        CallRule::Exempt("refused with UNIMPLEMENTED; reads and changes nothing"),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/DoExchange",
+        CallRule::Exempt("refused with UNIMPLEMENTED; reads and changes nothing"),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/DoAction",
+        CallRule::Exempt("refused with UNIMPLEMENTED; reads and changes nothing"),
+    ),
+    (
+        "/arrow.flight.protocol.FlightService/ListActions",
+        CallRule::Exempt("refused with UNIMPLEMENTED; reads and changes nothing"),
     ),
     (
         "/allmende.v1.Policy/Explain",

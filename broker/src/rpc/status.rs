@@ -26,6 +26,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(m) => (Code::NotFound, m),
             ApiError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
             ApiError::ResourceExhausted(m) => (Code::ResourceExhausted, m),
+            ApiError::Unimplemented(m) => (Code::Unimplemented, m),
             ApiError::Unavailable(m) => {
                 tracing::warn!(error = %m, "request failed: unavailable");
                 (Code::Unavailable, m)

@@ -7,6 +7,7 @@ pub mod access;
 pub mod connectors;
 pub mod consent;
 pub mod federation;
+pub mod flight;
 pub mod grants;
 pub mod policy;
 
