@@ -24,14 +24,18 @@ def client(cert_path, key_path):
 alice = client(cert, key)
 cmd = {"dataset": "smart-meter-readings", "purpose": "AcademicResearch", "grant": grant}
 info = alice.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(cmd)))
-table = alice.do_get(info.endpoints[0].ticket).read_all()
 try:
-    df = table.to_pandas()
-    print("dataframe", len(df))
+    import pandas  # noqa: F401  (read_pandas needs it)
 except ImportError:
+    table = alice.do_get(info.endpoints[0].ticket).read_all()
     print("no pandas; table only")
-print("rows", table.num_rows)
-print("columns", ",".join(table.column_names))
+    print("rows", table.num_rows)
+    print("columns", ",".join(table.column_names))
+else:
+    df = alice.do_get(info.endpoints[0].ticket).read_pandas()
+    print("dataframe", len(df))
+    print("rows", len(df))
+    print("columns", ",".join(df.columns))
 
 # The insurer asks for the same data for underwriting: denied, with the reason.
 insurer = client(other_cert, other_key)
