@@ -16,7 +16,7 @@ use super::pipeline::{
     self, ConsentGate, Encode, IpcEncoder, Pseudonymiser, Rebatcher, StageStats, Stages,
 };
 use super::ratelimit::RateLimiter;
-use super::ticket::{TicketRequest, TicketSealer};
+use super::ticket::TicketSealer;
 use crate::audit::{AuditLog, Draft, ReleaseGuard, ReleaseStats};
 use crate::consent::ConsentStore;
 use crate::pki::Principal;
@@ -77,16 +77,23 @@ impl Default for FetchLimits {
 /// Label of the node-secret-derived key that seals resume cursors.
 const CURSOR_KEY_LABEL: &str = "resume-cursor:c1";
 
-/// A fetch request in domain terms.
-#[derive(Debug, Clone, Default)]
+/// A fetch request in domain terms. Serialised (sealed in an Arrow Flight
+/// ticket, `super::ticket`): what a request names, not where a page
+/// resumes, how long it is or the caller's request id.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FetchParams {
     pub dataset: String,
     pub purpose: Option<Purpose>,
     pub columns: Vec<String>,
     pub filter: Option<Filter>,
+    #[serde(skip)]
     pub resume_cursor: Option<String>,
+    #[serde(skip)]
     pub max_rows: u64,
+    #[serde(rename = "grant")]
     pub grant_id: Option<String>,
+    #[serde(skip)]
     pub request_id: Option<String>,
 }
 
@@ -260,9 +267,7 @@ impl Fetcher {
     /// The sealed Arrow Flight ticket naming `params` (dataset, purpose,
     /// columns, filter, grant).
     pub fn seal_ticket(&self, params: &FetchParams) -> Result<Vec<u8>, FetchError> {
-        self.tickets
-            .seal(&TicketRequest::of(params))
-            .map_err(FetchError::SealTicket)
+        self.tickets.seal(params).map_err(FetchError::SealTicket)
     }
 
     /// The request a presented ticket names. A refused ticket is audited
@@ -275,7 +280,7 @@ impl Fetcher {
         ticket: &[u8],
     ) -> Result<FetchParams, FetchError> {
         match self.tickets.open(ticket) {
-            Ok(t) => Ok(t.params()),
+            Ok(t) => Ok(t),
             Err(e) => {
                 self.audit_refusal(
                     caller,

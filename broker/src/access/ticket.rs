@@ -1,7 +1,8 @@
 //! Arrow Flight tickets: opaque tokens sealed by the node, naming a request.
 //!
 //! A ticket names the dataset, purpose, columns, filter and grant of a
-//! release; it is sealed exactly like a resume cursor ([`super::seal`]), with
+//! release (the serialised [`FetchParams`]: no resume position, no page
+//! length); it is sealed exactly like a resume cursor ([`super::seal`]), with
 //! a key of its own (label [`KEY_LABEL`]), its own associated-data domain and
 //! version prefix `t1.`, padded to a multiple of [`PAD`] bytes and refused
 //! beyond [`MAX_TOKEN_LEN`] characters before anything is decoded.
@@ -13,9 +14,7 @@
 //! described.
 
 use super::fetch::FetchParams;
-use super::filter::Filter;
 use super::seal::{Format, SealError, Sealer};
-use crate::policy::Purpose;
 
 /// Format version: the token's prefix and part of the authenticated data.
 pub const VERSION: &str = "t1";
@@ -31,43 +30,6 @@ const FORMAT: Format = Format {
     pad: PAD,
     max_len: MAX_TOKEN_LEN,
 };
-
-/// What a ticket names.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TicketRequest {
-    pub dataset: String,
-    pub purpose: Option<Purpose>,
-    pub columns: Vec<String>,
-    pub filter: Option<Filter>,
-    pub grant: Option<String>,
-}
-
-impl TicketRequest {
-    /// The request as release parameters (no resume cursor: a Flight stream
-    /// is not paged).
-    pub fn params(self) -> FetchParams {
-        FetchParams {
-            dataset: self.dataset,
-            purpose: self.purpose,
-            columns: self.columns,
-            filter: self.filter,
-            grant_id: self.grant,
-            ..FetchParams::default()
-        }
-    }
-
-    /// What a ticket for `params` names.
-    pub fn of(params: &FetchParams) -> Self {
-        Self {
-            dataset: params.dataset.clone(),
-            purpose: params.purpose,
-            columns: params.columns.clone(),
-            filter: params.filter.clone(),
-            grant: params.grant_id.clone(),
-        }
-    }
-}
 
 /// Why a presented ticket is refused. The messages name no secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,13 +76,13 @@ impl TicketSealer {
     }
 
     /// The ticket naming `request`.
-    pub fn seal(&self, request: &TicketRequest) -> Result<Vec<u8>, TicketError> {
+    pub fn seal(&self, request: &FetchParams) -> Result<Vec<u8>, TicketError> {
         let json = serde_json::to_vec(request).map_err(|_| TicketError::Seal)?;
         Ok(self.sealer.seal(&json, &[])?.into_bytes())
     }
 
     /// The request a presented ticket names, if it opens.
-    pub fn open(&self, ticket: &[u8]) -> Result<TicketRequest, TicketError> {
+    pub fn open(&self, ticket: &[u8]) -> Result<FetchParams, TicketError> {
         if ticket.len() > MAX_TOKEN_LEN {
             return Err(TicketError::TooLong);
         }
@@ -135,10 +97,11 @@ impl TicketSealer {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
     use super::*;
-    use crate::access::filter::{CompareOp, FilterValue};
+    use crate::access::filter::{CompareOp, Filter, FilterValue};
+    use crate::policy::Purpose;
 
-    fn request() -> TicketRequest {
-        TicketRequest {
+    fn request() -> FetchParams {
+        FetchParams {
             dataset: "smart-meter-readings".into(),
             purpose: Some(Purpose::AcademicResearch),
             columns: vec!["household_id".into(), "kwh".into()],
@@ -147,7 +110,8 @@ mod tests {
                 op: CompareOp::Eq,
                 value: FilterValue::String("Maxvorstadt".into()),
             }),
-            grant: Some("g-1".into()),
+            grant_id: Some("g-1".into()),
+            ..FetchParams::default()
         }
     }
 
@@ -157,6 +121,12 @@ mod tests {
         let t = s.seal(&request()).unwrap();
         assert!(t.starts_with(b"t1."));
         assert_eq!(s.open(&t).unwrap(), request());
+        // Where a page resumes, its length and the request id are not sealed.
+        let mut paged = request();
+        paged.resume_cursor = Some("c1.x".into());
+        paged.max_rows = 5;
+        paged.request_id = Some("r".into());
+        assert_eq!(s.open(&s.seal(&paged).unwrap()).unwrap(), request());
         let text = String::from_utf8(t.clone()).unwrap();
         assert!(!text.contains("smart-meter") && !text.contains("Maxvorstadt"));
         assert_ne!(t, s.seal(&request()).unwrap());
