@@ -213,6 +213,9 @@ pub struct Limits {
     /// Days a recipient has to delete a data subject's rows after the
     /// subject's erasure (the deletion duty's due date).
     pub erasure_duty_days: u32,
+    /// Released rows one `Access.Fetch` response carries at most; the rest
+    /// follows through its resume cursor (each response decided and audited).
+    pub fetch_rows_per_response: u64,
 }
 
 impl Default for Limits {
@@ -234,6 +237,7 @@ impl Default for Limits {
             denials_interval_secs: 10,
             max_grant_days: crate::grants::DEFAULT_MAX_GRANT_DAYS,
             erasure_duty_days: crate::consent::erasure::DEFAULT_ERASURE_DUTY_DAYS,
+            fetch_rows_per_response: crate::access::FetchLimits::default().max_rows_per_response,
         }
     }
 }
@@ -276,6 +280,10 @@ impl Limits {
             (
                 "limits.erasure_duty_days",
                 u64::from(self.erasure_duty_days),
+            ),
+            (
+                "limits.fetch_rows_per_response",
+                self.fetch_rows_per_response,
             ),
         ];
         for (key, v) in positive {
@@ -663,6 +671,16 @@ membership = "membership.json"
         assert_eq!(c.limits.fetches, 2);
         assert_eq!(c.limits.stream_idle_secs, 5);
         assert_eq!(c.limits.streams, Limits::default().streams);
+        let c = parse(&format!(
+            "{GOOD}\n[limits]\nfetch_rows_per_response = 20000000\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.fetch_rows_per_response, 20_000_000);
+        assert_eq!(Limits::default().fetch_rows_per_response, 100_000);
+        let err = parse(&format!("{GOOD}\n[limits]\nfetch_rows_per_response = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.fetch_rows_per_response"), "{err}");
         let c = parse(&format!(
             "{GOOD}\n[limits]\nfetch_rate_per_caller = 500\nfetch_burst_per_caller = 600\n"
         ))

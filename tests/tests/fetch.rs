@@ -1029,3 +1029,32 @@ async fn filters_on_quasi_identifiers_only_where_the_owner_allows() {
     }
     sb.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_response_carries_at_most_the_configured_rows() {
+    let mut sb = federation().await;
+    let cfg = sb.node_config_path("stadt-1").unwrap();
+    sb.stop_node("stadt-1").await.unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[limits]\nfetch_rows_per_response = 7\n");
+    std::fs::write(&cfg, text).unwrap();
+    sb.start_node("stadt-1").await.unwrap();
+    let mut c = access(&sb, "tum", "alice", "stadt-1").await;
+    let req = |max_rows| pb::FetchRequest {
+        dataset: "air-quality".into(),
+        max_rows,
+        ..Default::default()
+    };
+    // The node's cap, whatever the request asks for above it.
+    for max_rows in [0, 8, 1000] {
+        let f = fetch(&mut c, req(max_rows)).await.unwrap();
+        assert_eq!(rows(&f), 7, "max_rows {max_rows}");
+        assert_eq!(f.summary.rows, 7);
+        assert!(!f.summary.complete);
+        assert!(!f.summary.next_cursor.is_empty());
+    }
+    // A request may ask for fewer.
+    let f = fetch(&mut c, req(3)).await.unwrap();
+    assert_eq!((rows(&f), f.summary.rows), (3, 3));
+    sb.shutdown().await.unwrap();
+}

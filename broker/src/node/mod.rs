@@ -516,6 +516,7 @@ impl Parts {
                         .unwrap_or(usize::MAX),
                     per_principal_per_second: f64::from(config.limits.fetch_rate_per_caller),
                     per_principal_burst: f64::from(config.limits.fetch_burst_per_caller),
+                    max_rows_per_response: config.limits.fetch_rows_per_response,
                     ..Default::default()
                 },
             )
