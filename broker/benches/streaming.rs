@@ -19,7 +19,7 @@
 //! pages (`fetch_rate_per_caller`, `fetch_burst_per_caller`); the city's
 //! steward registers the dataset at the running process.
 //!
-//! Faces (`ALLMENDE_STREAM_FACES`, default `fetch,raw,pyarrow`), each read by
+//! Faces (`ALLMENDE_STREAM_FACES`, default `fetch,flight,raw,pyarrow`), each read by
 //! `tum/alice` over one mTLS connection of the same client stack:
 //!
 //! - `fetch`: `Access.Fetch` at the node process, page after page (one page
@@ -41,10 +41,9 @@
 //!   `FlightServerBase` with mTLS, `do_get` answering a `RecordBatchStream`
 //!   of the same table (read from the same files, cut into batches of the
 //!   same size, held in memory); the client calls `DoGet` over gRPC;
-//! - `flight`: our Flight face. FLIGHT HOOK: not on this branch yet. Add
-//!   `Face::Flight`, whose `stream` gets a ticket for `air-quality` from the
-//!   node (`GetFlightInfo`) and reads it with [`do_get`] on the node's
-//!   endpoint, as `Face::Pyarrow` does on pyarrow's.
+//! - `flight`: our Flight face on the node process: `GetFlightInfo` for
+//!   `air-quality` (a decided, audited call), then [`do_get`] of the sealed
+//!   ticket on the node's endpoint — one release, one decision, no pages.
 //!
 //! Each face is warmed up (the first `ALLMENDE_STREAM_WARMUP_MB`, default
 //! 64, then the stream is dropped), then every face streams the whole
@@ -469,6 +468,24 @@ async fn do_get(ch: Channel, ticket: Vec<u8>, limit: Option<u64>) -> Result<Tall
     Ok(t)
 }
 
+/// The sealed ticket of `GetFlightInfo` for the whole dataset (the node
+/// decides and audits the call; `DoGet` decides again).
+async fn flight_ticket(ch: Channel) -> Result<Vec<u8>, String> {
+    let mut c = arrow_flight::flight_service_client::FlightServiceClient::new(ch);
+    let info = c
+        .get_flight_info(arrow_flight::FlightDescriptor::new_path(vec![
+            DATASET.to_owned(),
+        ]))
+        .await
+        .map_err(|e| e.message().to_owned())?
+        .into_inner();
+    info.endpoint
+        .first()
+        .and_then(|e| e.ticket.as_ref())
+        .map(|t| t.ticket.to_vec())
+        .ok_or_else(|| "the flight info has no ticket".to_owned())
+}
+
 // ---------------------------------------------------------------------------
 // The raw server.
 
@@ -553,6 +570,7 @@ async fn start_raw(node_dir: &Path, msgs: Arc<[Bytes]>) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Face {
     Fetch,
+    Flight,
     Raw,
     Pyarrow,
 }
@@ -563,16 +581,15 @@ impl Face {
             "fetch" => Self::Fetch,
             "raw" => Self::Raw,
             "pyarrow" => Self::Pyarrow,
-            "flight" => panic!(
-                "the Flight face is not on this branch: add `Face::Flight` (see FLIGHT HOOK in the module docs)"
-            ),
-            other => panic!("unknown face `{other}` (fetch, raw, pyarrow)"),
+            "flight" => Self::Flight,
+            other => panic!("unknown face `{other}` (fetch, flight, raw, pyarrow)"),
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Fetch => "`Access.Fetch` (node process)",
+            Self::Flight => "our Flight `DoGet` (node process)",
             Self::Raw => "raw tonic+rustls stream",
             Self::Pyarrow => "pyarrow Flight `do_get`",
         }
@@ -592,6 +609,10 @@ impl Targets {
     async fn stream(&self, face: Face, limit: Option<u64>) -> Result<Tally, String> {
         match face {
             Face::Fetch => fetch_all(self.node.clone(), self.max_rows, limit).await,
+            Face::Flight => {
+                let ticket = flight_ticket(self.node.clone()).await?;
+                do_get(self.node.clone(), ticket, limit).await
+            }
             Face::Raw => {
                 let (ch, rows) = self.raw.clone().ok_or("no raw server")?;
                 raw_all(ch, rows, limit).await
@@ -651,7 +672,7 @@ fn main() {
             .expect("ALLMENDE_STREAM_PAGE_ROWS is a number of rows")
     });
     let faces: Vec<Face> = std::env::var("ALLMENDE_STREAM_FACES")
-        .unwrap_or_else(|_| "fetch,raw,pyarrow".into())
+        .unwrap_or_else(|_| "fetch,flight,raw,pyarrow".into())
         .split(',')
         .map(Face::parse)
         .collect();
@@ -898,6 +919,22 @@ async fn run(target: u64, runs: u64, warmup: u64, faces: Vec<Face>, page_rows: O
         if let Some(py) = py_mean {
             println!(
                 "`Access.Fetch` ÷ pyarrow Flight (means): {:.2} ({})",
+                f / py,
+                if f > py { "faster" } else { "slower" }
+            );
+        }
+    }
+    if let Some(f) = mean(Face::Flight) {
+        if let Some(raw) = raw_mean {
+            let q = f / raw;
+            println!(
+                "our Flight `DoGet` ÷ raw (means): {q:.2} (target ≥ 0.70: {})",
+                if q >= 0.7 { "met" } else { "missed" }
+            );
+        }
+        if let Some(py) = py_mean {
+            println!(
+                "our Flight `DoGet` ÷ pyarrow Flight (means): {:.2} ({})",
                 f / py,
                 if f > py { "faster" } else { "slower" }
             );

@@ -806,7 +806,12 @@ impl Tracker {
 
     fn record_consumed(&mut self, file: &str, ordinal: u64) {
         if let Tracker::Position { at } = self {
-            *at = Some((file.to_string(), ordinal));
+            // Called for every row: the file's name is copied only when
+            // the read moves on to another file.
+            match at {
+                Some((f, n)) if f == file => *n = ordinal,
+                _ => *at = Some((file.to_owned(), ordinal)),
+            }
         }
     }
 
