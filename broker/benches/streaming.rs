@@ -908,33 +908,21 @@ async fn run(target: u64, runs: u64, warmup: u64, faces: Vec<Face>, page_rows: O
         );
     }
     println!();
-    if let Some(f) = mean(Face::Fetch) {
+    for (face, label) in [
+        (Face::Fetch, "`Access.Fetch`"),
+        (Face::Flight, "our Flight `DoGet`"),
+    ] {
+        let Some(f) = mean(face) else { continue };
         if let Some(raw) = raw_mean {
             let q = f / raw;
             println!(
-                "`Access.Fetch` ÷ raw (means): {q:.2} (target ≥ 0.70: {})",
+                "{label} ÷ raw (means): {q:.2} (target ≥ 0.70: {})",
                 if q >= 0.7 { "met" } else { "missed" }
             );
         }
         if let Some(py) = py_mean {
             println!(
-                "`Access.Fetch` ÷ pyarrow Flight (means): {:.2} ({})",
-                f / py,
-                if f > py { "faster" } else { "slower" }
-            );
-        }
-    }
-    if let Some(f) = mean(Face::Flight) {
-        if let Some(raw) = raw_mean {
-            let q = f / raw;
-            println!(
-                "our Flight `DoGet` ÷ raw (means): {q:.2} (target ≥ 0.70: {})",
-                if q >= 0.7 { "met" } else { "missed" }
-            );
-        }
-        if let Some(py) = py_mean {
-            println!(
-                "our Flight `DoGet` ÷ pyarrow Flight (means): {:.2} ({})",
+                "{label} ÷ pyarrow Flight (means): {:.2} ({})",
                 f / py,
                 if f > py { "faster" } else { "slower" }
             );
