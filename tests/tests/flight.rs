@@ -156,6 +156,17 @@ async fn fetch(sb: &Sandbox, org: &str, user: &str, req: pb::FetchRequest) -> Ve
         .collect()
 }
 
+/// What `Access.Fetch` releases to TUM's alice under `grant`, as one batch.
+async fn alice_fetches_under(sb: &Sandbox, grant: &str) -> RecordBatch {
+    let req = pb::FetchRequest {
+        dataset: SMART_METER.into(),
+        purpose: "AcademicResearch".into(),
+        grant_id: grant.to_owned(),
+        ..Default::default()
+    };
+    concat(&fetch(sb, "tum", "alice", req).await)
+}
+
 fn concat(batches: &[RecordBatch]) -> RecordBatch {
     arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap()
 }
@@ -235,20 +246,7 @@ async fn flight_releases_what_fetch_releases_and_tickets_are_judged_per_caller()
             "DoGet's release {kind} is not audited"
         );
     }
-    let fetched = concat(
-        &fetch(
-            &sb,
-            "tum",
-            "alice",
-            pb::FetchRequest {
-                dataset: SMART_METER.into(),
-                purpose: "AcademicResearch".into(),
-                grant_id: grant.clone(),
-                ..Default::default()
-            },
-        )
-        .await,
-    );
+    let fetched = alice_fetches_under(&sb, &grant).await;
     assert!(got.num_rows() > 0);
     assert_eq!(
         got, fetched,
@@ -560,21 +558,7 @@ async fn pyarrow_reads_a_dataframe_over_mtls() {
     let script = sb.root.join("flight.py");
     std::fs::write(&script, include_str!("flight.py")).unwrap();
     let port = sb.node("swm-1").unwrap().grpc_addr.port();
-    let expected = concat(
-        &fetch(
-            &sb,
-            "tum",
-            "alice",
-            pb::FetchRequest {
-                dataset: SMART_METER.into(),
-                purpose: "AcademicResearch".into(),
-                grant_id: grant.clone(),
-                ..Default::default()
-            },
-        )
-        .await,
-    )
-    .num_rows();
+    let expected = alice_fetches_under(&sb, &grant).await.num_rows();
     let mut cmd = tokio::process::Command::new("python3");
     cmd.arg(&script)
         .arg(port.to_string())
