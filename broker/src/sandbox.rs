@@ -59,6 +59,48 @@ fn org(name: &str, kind: OrgKind, display: &str, users: &[(&str, Role)]) -> OrgS
     }
 }
 
+/// The release spec of `scooter-trips` in scooter-co's node config: trips
+/// per day and 1 km grid cell of the start position, cells with fewer than
+/// 10 distinct vehicles suppressed, noisy counts (discrete Laplace, ε = 1 per
+/// release), at most ε = 10 per vehicle per month.
+pub const SCOOTER_TRIPS_RELEASE: &str = r#"
+[[opendata.release]]
+dataset = "scooter-trips"
+unit = "vehicle"
+unit_column = "device_id"
+k = 10
+
+[[opendata.release.group_by]]
+column = "start_time"
+time = "day"
+as = "day"
+
+[[opendata.release.group_by]]
+columns = ["start_lat", "start_lon"]
+grid_m = 1000
+as = "cell"
+
+[[opendata.release.measures]]
+name = "trips"
+count = "rows"
+
+[opendata.release.dp]
+epsilon = 1.0
+delta = 1e-6
+mechanism = "laplace"
+max_cells_per_unit = 4
+max_rows_per_cell = 3
+
+[opendata.release.budget]
+epsilon = 10.0
+period = "month"
+"#;
+
+/// The `[[opendata.release]]` tables of an organisation's node config.
+fn opendata_releases(org: &str) -> Option<&'static str> {
+    (org == "scooter-co").then_some(SCOOTER_TRIPS_RELEASE)
+}
+
 impl SandboxSpec {
     /// The Munich federation of the brief.
     pub fn munich() -> Self {
@@ -95,7 +137,7 @@ impl SandboxSpec {
                     "scooter-co",
                     OrgKind::Company,
                     "Scooter Co. GmbH",
-                    &[("operator", Role::Operator)],
+                    &[("operator", Role::Operator), ("steward", Role::Steward)],
                 ),
                 org(
                     "versicherung-ag",
@@ -249,6 +291,10 @@ impl Sandbox {
                 text.push_str(&NodeConfig::render_sources(&[root.join(SAMPLE_DATA_DIR)]));
                 // PostgreSQL sources only on this machine's loopback (tests, the demo).
                 text.push_str(&NodeConfig::render_postgres_hosts(&["127.0.0.1"]));
+                // The owner's release specs (docs/opendata.md).
+                if let Some(releases) = opendata_releases(&o.name) {
+                    text.push_str(releases);
+                }
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
                 configs.push(cfg_path);

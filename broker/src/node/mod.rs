@@ -91,6 +91,8 @@ pub struct Services {
     pub grants: Arc<crate::grants::Grants>,
     /// Signs consent receipts with the node's key, bound to its certificate.
     pub receipts: Arc<crate::consent::ReceiptSigner>,
+    /// Open-data releases: specs, ε ledger, release directory.
+    pub opendata: Arc<crate::opendata::publish::Publisher>,
 }
 
 /// A running node.
@@ -532,6 +534,27 @@ impl Parts {
             peer_list.clone(),
             crate::federation::replicator::PULL_INTERVAL,
         )?;
+        // Open-data releases (docs/opendata.md): the specs from the config,
+        // the ε ledger in the store, the release directory.
+        let opendata = Arc::new(
+            crate::opendata::publish::Publisher::open(
+                crate::opendata::publish::PublisherParts {
+                    specs: config.opendata_releases.clone(),
+                    public_url: config.opendata.public_url.clone(),
+                    spec_base: config.source.parent().map(std::path::Path::to_path_buf),
+                    releases: crate::opendata::releases::Releases::new(
+                        config.data_dir.join(crate::opendata::releases::DEFAULT_DIR),
+                    ),
+                    registry: registry.clone(),
+                    catalog: catalog.clone(),
+                    audit: audit.clone(),
+                    clock: clock.clone(),
+                    federation: own.federation.clone(),
+                },
+                store.clone(),
+            )
+            .map_err(|e| NodeError::Policy(format!("open-data publisher: {e}")))?,
+        );
         Ok(Self {
             ctx,
             services: Services {
@@ -541,6 +564,7 @@ impl Parts {
                 fetcher,
                 grants,
                 receipts,
+                opendata,
             },
             replicator,
             peer_list,
