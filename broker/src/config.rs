@@ -752,9 +752,12 @@ membership = "membership.json"
             .to_string();
         assert!(err.contains("/etc/allmende/node.toml"), "{err}");
         assert!(err.contains("key `opendata.release[0].k`"), "{err}");
-        let err = parse(&format!("{GOOD}{}", release.replace("grid_m", "grid_metres")))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!(
+            "{GOOD}{}",
+            release.replace("grid_m", "grid_metres")
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown field `grid_metres`"), "{err}");
         let err = parse(&format!("{GOOD}{release}{release}"))
             .unwrap_err()

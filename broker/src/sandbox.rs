@@ -59,10 +59,14 @@ fn org(name: &str, kind: OrgKind, display: &str, users: &[(&str, Role)]) -> OrgS
     }
 }
 
-/// The release spec of `scooter-trips` in scooter-co's node config: trips
-/// per day and 1 km grid cell of the start position, cells with fewer than
-/// 10 distinct vehicles suppressed, noisy counts (discrete Laplace, ε = 1 per
-/// release), at most ε = 10 per vehicle per month.
+/// The release spec of `scooter-trips` in scooter-co's node config:
+/// distinct vehicles per day and 2 km grid cell of the start position, with
+/// differential privacy (discrete Laplace, ε = 1 per release, each vehicle
+/// counted in at most 2 cells), a cell released only when its noisy vehicle
+/// count reaches the threshold (at least k = 10), at most ε = 10 per vehicle
+/// per month. The demo's 150 vehicles make about 4 released cells a release:
+/// 1 km cells, hours or a second measure raise the threshold above what
+/// so few vehicles reach.
 pub const SCOOTER_TRIPS_RELEASE: &str = r#"
 [[opendata.release]]
 dataset = "scooter-trips"
@@ -77,18 +81,18 @@ as = "day"
 
 [[opendata.release.group_by]]
 columns = ["start_lat", "start_lon"]
-grid_m = 1000
+grid_m = 2000
 as = "cell"
 
 [[opendata.release.measures]]
-name = "trips"
-count = "rows"
+name = "vehicles"
+count = "units"
 
 [opendata.release.dp]
 epsilon = 1.0
-delta = 1e-6
+delta = 1e-5
 mechanism = "laplace"
-max_cells_per_unit = 4
+max_cells_per_unit = 2
 max_rows_per_cell = 3
 
 [opendata.release.budget]
