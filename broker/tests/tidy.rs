@@ -818,7 +818,10 @@ fn only_the_publisher_runs_the_release_engine() {
     // The engine (`allmende-opendata`'s `Releaser`) is driven by
     // `opendata/publish.rs` alone, after the decision, the spec check and
     // the ε debit; no other path computes aggregates over a dataset's rows.
-    let needles = [concat!("Relea", "ser"), concat!("allmende_open", "data::engine")];
+    let needles = [
+        concat!("Relea", "ser"),
+        concat!("allmende_open", "data::engine"),
+    ];
     assert!(!offenders(&needles, |_| false).is_empty());
     let bad = offenders(&needles, |f| f == "opendata/publish.rs");
     assert!(

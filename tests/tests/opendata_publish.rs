@@ -388,3 +388,96 @@ async fn a_spec_naming_a_missing_column_is_refused_naming_it_before_any_epsilon_
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("no release spec"), "{}", e.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_publishes_lists_and_shows_the_budget_and_refuses_in_sentences() {
+    use allmende::cli::opendata_cmd::{self, OpenDataCmd};
+    let sb = federation().await;
+    let profile = |org: &str, user: &str| {
+        Some(
+            sb.root
+                .join(org)
+                .join("users")
+                .join(format!("{user}.profile.toml")),
+        )
+    };
+    let out = opendata_cmd::output(
+        OpenDataCmd::Publish {
+            dataset: DS.into(),
+            profile: profile("scooter-co", "steward"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    println!("{out}");
+    assert!(
+        out.starts_with("published release `scooter-trips-"),
+        "{out}"
+    );
+    for part in [
+        "rows read: 800",
+        "(k = 10)",
+        "cells suppressed: ",
+        "ε spent: 1; ε 1 of 10 spent, 9 remaining per vehicle per month",
+        "data.parquet (application/vnd.apache.parquet, ",
+        "data.csv (text/csv, ",
+        "report.json",
+        "dcat.jsonld",
+    ] {
+        assert!(out.contains(part), "`{part}` missing:\n{out}");
+    }
+    let json = opendata_cmd::output(
+        OpenDataCmd::Publish {
+            dataset: DS.into(),
+            profile: profile("scooter-co", "steward"),
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["epsilon_spent"], "1");
+    assert_eq!(v["budget"]["epsilon_remaining"], "8");
+    assert_eq!(v["release"]["files"].as_array().unwrap().len(), 4);
+
+    let list = opendata_cmd::output(
+        OpenDataCmd::Releases {
+            dataset: String::new(),
+            profile: profile("tum", "alice"),
+        },
+        false,
+    )
+    .await;
+    // Alice's profile points at TUM's node, which has published nothing.
+    assert_eq!(list.unwrap(), "no releases published\n");
+    let budget = opendata_cmd::output(
+        OpenDataCmd::Budget {
+            dataset: DS.into(),
+            profile: profile("scooter-co", "steward"),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        budget.starts_with("`scooter-trips`: ε 2 of 10 spent, 8 remaining per vehicle per month ("),
+        "{budget}"
+    );
+
+    let err = opendata_cmd::output(
+        OpenDataCmd::Publish {
+            dataset: DS.into(),
+            profile: profile("scooter-co", "operator"),
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, 5, "{}", err.message);
+    assert!(
+        err.message.starts_with("permission denied: "),
+        "{}",
+        err.message
+    );
+}
