@@ -565,7 +565,7 @@ impl NodeConfig {
         };
         let opendata_releases = match &raw.opendata {
             None => Vec::new(),
-            Some(o) => check_release_specs(&o.release, &invalid)?,
+            Some(o) => check_release_specs(&o.release, invalid)?,
         };
         let opendata = match raw.opendata {
             None => OpenDataConfig::default(),

@@ -191,7 +191,7 @@ impl Ledger {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "test")]
+#[allow(clippy::unwrap_used, clippy::panic, reason = "test")]
 mod tests {
     use super::*;
 
