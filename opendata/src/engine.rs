@@ -896,3 +896,246 @@ impl<'a> NumArray<'a> {
         x.is_finite().then_some(x)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use arrow::array::{StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::TimeUnit;
+    use dashu::rational::RBig;
+
+    use super::*;
+    use crate::noise::NoiseError;
+    use crate::spec::{BudgetPeriod, BudgetSpec, CountOf, DpSpec, GroupBy, Measure};
+
+    /// Noise scripted by the test: Laplace/Gaussian draws from a queue (0 when empty), random
+    /// bits from a fixed linear congruential sequence.
+    struct Scripted {
+        draws: VecDeque<i64>,
+        state: u64,
+    }
+
+    impl Scripted {
+        fn new(draws: &[i64]) -> Scripted {
+            Scripted {
+                draws: draws.iter().copied().collect(),
+                state: 42,
+            }
+        }
+    }
+
+    impl Noise for Scripted {
+        fn discrete_laplace(&mut self, _: &RBig) -> Result<i64, NoiseError> {
+            Ok(self.draws.pop_front().unwrap_or(0))
+        }
+        fn discrete_gaussian(&mut self, _: &RBig) -> Result<i64, NoiseError> {
+            Ok(self.draws.pop_front().unwrap_or(0))
+        }
+        fn random_u64(&mut self) -> Result<u64, NoiseError> {
+            self.state = self
+                .state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            Ok(self.state >> 11)
+        }
+    }
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, true),
+            Field::new("zone", DataType::Utf8, true),
+            Field::new(
+                "start_time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+            Field::new("distance", DataType::Float64, true),
+        ])
+    }
+
+    /// A batch of (unit, zone, distance) rows, all at the same start time.
+    fn batch(rows: &[(&str, &str, f64)]) -> RecordBatch {
+        let units: StringArray = rows.iter().map(|r| Some(r.0)).collect();
+        let zones: StringArray = rows.iter().map(|r| Some(r.1)).collect();
+        let t = TimestampMicrosecondArray::from(vec![1_764_511_200_000_000; rows.len()])
+            .with_timezone("+00:00");
+        let d = Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>());
+        RecordBatch::try_new(
+            Arc::new(schema()),
+            vec![Arc::new(units), Arc::new(zones), Arc::new(t), Arc::new(d)],
+        )
+        .unwrap()
+    }
+
+    fn spec(k: u64) -> ReleaseSpec {
+        ReleaseSpec {
+            dataset: "trips".into(),
+            unit: "vehicle".into(),
+            unit_column: "device_id".into(),
+            k,
+            totals: false,
+            group_by: vec![GroupBy {
+                column: Some("zone".into()),
+                ..GroupBy::default()
+            }],
+            measures: vec![
+                Measure {
+                    name: "trips".into(),
+                    count: Some(CountOf::Rows),
+                    ..Measure::default()
+                },
+                Measure {
+                    name: "vehicles".into(),
+                    count: Some(CountOf::Units),
+                    ..Measure::default()
+                },
+            ],
+            dp: None,
+            budget: None,
+        }
+    }
+
+    fn dp_spec(k: u64, l0: u32) -> ReleaseSpec {
+        let mut s = spec(k);
+        s.measures.remove(0);
+        s.dp = Some(DpSpec {
+            epsilon: 10.0,
+            delta: 1e-3,
+            mechanism: Mechanism::Laplace,
+            max_cells_per_unit: l0,
+            max_rows_per_cell: 1,
+        });
+        s.budget = Some(BudgetSpec {
+            epsilon: 10.0,
+            period: BudgetPeriod::Month,
+        });
+        s
+    }
+
+    fn run(spec: ReleaseSpec, rows: &[(&str, &str, f64)], noise: Scripted) -> Release {
+        let mut r = Releaser::new(spec, &schema(), noise).unwrap();
+        r.push(&batch(rows)).unwrap();
+        r.finish("2026-11-30T21:00:00Z").unwrap()
+    }
+
+    fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+        b.column_by_name(name)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<T>()
+            .unwrap()
+    }
+
+    #[test]
+    fn k_counts_distinct_units_not_rows() {
+        let mut rows = Vec::new();
+        // Zone `a`: one vehicle with 50 trips. Zone `b`: three vehicles. Zone `c`: three too.
+        for _ in 0..50 {
+            rows.push(("v1", "a", 1.0));
+        }
+        for u in ["v1", "v2", "v3"] {
+            rows.push((u, "b", 1.0));
+            rows.push((u, "c", 1.0));
+        }
+        let rel = run(spec(3), &rows, Scripted::new(&[]));
+        let zone = column::<StringArray>(&rel.table, "zone");
+        let trips = column::<Int64Array>(&rel.table, "trips");
+        let units = column::<Int64Array>(&rel.table, "vehicles");
+        let why = column::<StringArray>(&rel.table, SUPPRESSED_COLUMN);
+        assert_eq!(zone.value(0), "a");
+        assert!(
+            trips.is_null(0) && units.is_null(0),
+            "50 rows of one unit released"
+        );
+        assert_eq!(why.value(0), "primary");
+        assert_eq!((trips.value(1), units.value(1)), (3, 3));
+        assert!(why.is_null(1));
+        assert_eq!(rel.report.suppressed_primary, Some(1));
+        assert_eq!(rel.report.cells_released, 2);
+        assert_eq!(rel.report.units, Some(3));
+        assert_eq!(rel.report.rows_read, Some(56));
+    }
+
+    #[test]
+    fn dp_thresholds_on_noisy_counts() {
+        let mut rows = Vec::new();
+        for i in 0..7 {
+            rows.push((format!("a{i}"), "a"));
+        }
+        for i in 0..12 {
+            rows.push((format!("b{i}"), "b"));
+        }
+        let rows: Vec<(&str, &str, f64)> =
+            rows.iter().map(|(u, z)| (u.as_str(), *z, 1.0)).collect();
+        // Cells in key order: `a` (7 units) draws +5, `b` (12 units) draws −5; k = 10.
+        let rel = run(dp_spec(10, 1), &rows, Scripted::new(&[5, -5]));
+        let dp = rel.report.dp.clone().unwrap();
+        assert_eq!(dp.threshold, 10, "k dominates τ here");
+        let zone = column::<StringArray>(&rel.table, "zone");
+        let units = column::<Int64Array>(&rel.table, "vehicles");
+        assert_eq!(rel.table.num_rows(), 1);
+        assert_eq!((zone.value(0), units.value(0)), ("a", 12));
+        assert!(rel.table.column_by_name(SUPPRESSED_COLUMN).is_none());
+        assert_eq!(rel.diagnostics.cells_below_threshold, 1);
+        // The published report carries no exact data-dependent counts in DP mode.
+        assert_eq!(rel.report.units, None);
+        assert_eq!(rel.report.rows_read, None);
+    }
+
+    #[test]
+    fn contribution_bounding_limits_cells_per_unit() {
+        // 20 zones with 10 background vehicles each; vehicle `x` rides in all 20.
+        let mut owned = Vec::new();
+        for z in 0..20 {
+            for u in 0..10 {
+                owned.push((format!("bg{z}-{u}"), format!("z{z:02}")));
+            }
+            owned.push(("x".to_string(), format!("z{z:02}")));
+            owned.push(("x".to_string(), format!("z{z:02}")));
+        }
+        let rows: Vec<(&str, &str, f64)> = owned
+            .iter()
+            .map(|(u, z)| (u.as_str(), z.as_str(), 1.0))
+            .collect();
+        let rel = run(dp_spec(2, 4), &rows, Scripted::new(&[]));
+        let units = column::<Int64Array>(&rel.table, "vehicles");
+        assert_eq!(rel.table.num_rows(), 20);
+        let touched = (0..20).filter(|i| units.value(*i) == 11).count();
+        assert_eq!(touched, 4, "x influenced {touched} cells");
+        assert_eq!(rel.diagnostics.units_bounded, 1);
+        assert_eq!(rel.diagnostics.pairs_dropped, 16);
+        // 16 dropped pairs with 2 rows each, plus one row over l∞ = 1 in each of the 4 kept.
+        assert_eq!(rel.diagnostics.rows_dropped, 36);
+    }
+
+    #[test]
+    fn released_values_are_noisy_sums_and_means() {
+        let mut s = dp_spec(2, 1);
+        s.measures = vec![
+            Measure {
+                name: "trips".into(),
+                count: Some(CountOf::Rows),
+                ..Measure::default()
+            },
+            Measure {
+                name: "mean_d".into(),
+                mean: Some("distance".into()),
+                clip: Some([0.0, 100.0]),
+                ..Measure::default()
+            },
+        ];
+        let rows: Vec<(String, &str, f64)> =
+            (0..20).map(|i| (format!("u{i}"), "a", 250.0)).collect();
+        let rows: Vec<(&str, &str, f64)> =
+            rows.iter().map(|(u, z, d)| (u.as_str(), *z, *d)).collect();
+        // Draws: units +0, rows +5, sum −100.
+        let rel = run(s, &rows, Scripted::new(&[0, 5, -100]));
+        let trips = column::<Int64Array>(&rel.table, "trips");
+        let mean = column::<Float64Array>(&rel.table, "mean_d");
+        assert_eq!(trips.value(0), 25);
+        // Clipped to 100 each: 2000, minus 100 noise, over 25 noisy rows.
+        assert_eq!(mean.value(0), 1900.0 / 25.0);
+        assert_eq!(rel.report.dp.unwrap().noise.len(), 3);
+    }
+}
