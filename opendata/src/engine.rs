@@ -5,6 +5,7 @@
 //! bounding, exact discrete noise and thresholding on noisy distinct-unit counts.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -137,6 +138,36 @@ pub struct Diagnostics {
     pub cells_below_threshold: u64,
 }
 
+/// A fast multiplicative hasher for the engine's internal keys (interned ids and generalised
+/// cell keys, which the data cannot choose freely); unit strings keep std's SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Final avalanche so that the low bits hashbrown uses depend on every input bit.
+        let mut z = self.0;
+        z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        z ^ (z >> 33)
+    }
+}
+
+/// A map keyed by internal ids.
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
 enum Units {
     Str(HashMap<Box<str>, u32>),
     Int(HashMap<i64, u32>),
@@ -160,9 +191,9 @@ pub struct Releaser<N: Noise> {
     reasons: Vec<(String, u64)>,
     units: Units,
     unit_count: u32,
-    cells: HashMap<CellKey, u32>,
+    cells: IdMap<CellKey, u32>,
     cell_keys: Vec<CellKey>,
-    pairs: HashMap<u64, u32>,
+    pairs: IdMap<u64, u32>,
     pair_unit: Vec<u32>,
     pair_cell: Vec<u32>,
     pair_rows: Vec<u32>,
@@ -292,9 +323,9 @@ impl<N: Noise> Releaser<N> {
             reasons,
             units,
             unit_count: 0,
-            cells: HashMap::new(),
+            cells: IdMap::default(),
             cell_keys: Vec::new(),
-            pairs: HashMap::new(),
+            pairs: IdMap::default(),
             pair_unit: Vec::new(),
             pair_cell: Vec::new(),
             pair_rows: Vec::new(),
@@ -498,43 +529,55 @@ impl<N: Noise> Releaser<N> {
         } else {
             vec![0]
         };
-        let mut cube: HashMap<CellKey, usize> = HashMap::new();
-        let mut cells: Vec<Agg> = Vec::new();
-        // Pair indices sorted by unit, so each unit's cells are counted once per cube cell.
-        let mut order: Vec<u32> = (0..self.pair_unit.len() as u32).collect();
-        order.sort_unstable_by_key(|p| self.pair_unit[*p as usize]);
-        let mut touched: Vec<usize> = Vec::new();
-        let mut i = 0;
-        while i < order.len() {
-            let unit = self.pair_unit[order[i] as usize];
-            touched.clear();
-            while i < order.len() && self.pair_unit[order[i] as usize] == unit {
-                let p = order[i] as usize;
-                let base = self.cell_keys[self.pair_cell[p] as usize];
-                for &m in &masks {
-                    let mut key = base;
-                    for (j, k) in key.iter_mut().enumerate().take(d) {
-                        if m & (1 << j) != 0 {
-                            *k = STAR;
-                        }
-                    }
-                    let c = *cube.entry(key).or_insert_with(|| {
-                        cells.push(Agg::new(key, nsums));
-                        cells.len() - 1
-                    });
-                    let agg = &mut cells[c];
-                    agg.rows += u64::from(self.pair_rows[p]);
-                    for s in 0..nsums {
-                        agg.sums[s] += self.pair_sums[p * nsums + s];
-                    }
-                    touched.push(c);
-                }
-                i += 1;
+        // The observed cells keep their ids; margins are added behind them.
+        let mut cells: Vec<Agg> = self.cell_keys.iter().map(|k| Agg::new(*k, nsums)).collect();
+        for p in 0..self.pair_unit.len() {
+            // A (unit, cell) pair is one distinct unit of its cell.
+            let agg = &mut cells[self.pair_cell[p] as usize];
+            agg.units += 1;
+            agg.rows += u64::from(self.pair_rows[p]);
+            for s in 0..nsums {
+                agg.sums[s] += self.pair_sums[p * nsums + s];
             }
-            touched.sort_unstable();
-            touched.dedup();
-            for &c in &touched {
-                cells[c].units += 1;
+        }
+        if masks.len() > 1 {
+            let mut cube: IdMap<CellKey, usize> = IdMap::default();
+            // Pair indices sorted by unit, so each unit counts once per margin cell.
+            let mut order: Vec<u32> = (0..self.pair_unit.len() as u32).collect();
+            order.sort_unstable_by_key(|p| self.pair_unit[*p as usize]);
+            let mut touched: Vec<usize> = Vec::new();
+            let mut i = 0;
+            while i < order.len() {
+                let unit = self.pair_unit[order[i] as usize];
+                touched.clear();
+                while i < order.len() && self.pair_unit[order[i] as usize] == unit {
+                    let p = order[i] as usize;
+                    let base = self.cell_keys[self.pair_cell[p] as usize];
+                    for &m in &masks[1..] {
+                        let mut key = base;
+                        for (j, k) in key.iter_mut().enumerate().take(d) {
+                            if m & (1 << j) != 0 {
+                                *k = STAR;
+                            }
+                        }
+                        let c = *cube.entry(key).or_insert_with(|| {
+                            cells.push(Agg::new(key, nsums));
+                            cells.len() - 1
+                        });
+                        let agg = &mut cells[c];
+                        agg.rows += u64::from(self.pair_rows[p]);
+                        for s in 0..nsums {
+                            agg.sums[s] += self.pair_sums[p * nsums + s];
+                        }
+                        touched.push(c);
+                    }
+                    i += 1;
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                for &c in &touched {
+                    cells[c].units += 1;
+                }
             }
         }
         let k = self.spec.k;
@@ -695,8 +738,11 @@ impl<N: Noise> Releaser<N> {
         idx.sort_unstable_by(|a, b| {
             sort_key(&cells[*a].key, nd).cmp(&sort_key(&cells[*b].key, nd))
         });
+        // The unit-count noise of every non-empty cell first (in parallel when the source can
+        // fork), then the other quantities of the cells released.
+        let unit_noise = unit_noise(&mut self.noise, dpspec.mechanism, &scales[0], idx.len())?;
         let mut rows = Vec::new();
-        for c in idx {
+        for (n, c) in idx.into_iter().enumerate() {
             let agg = &cells[c];
             let draw = |q: usize, noise: &mut N| -> Result<i64, ReleaseError> {
                 match dpspec.mechanism {
@@ -705,7 +751,7 @@ impl<N: Noise> Releaser<N> {
                 }
                 .map_err(noise_err)
             };
-            let noisy_units = (agg.units as i64).saturating_add(draw(0, &mut self.noise)?);
+            let noisy_units = (agg.units as i64).saturating_add(unit_noise[n]);
             // Suppression looks at the noisy count only.
             if noisy_units < plan.threshold {
                 diagnostics.cells_below_threshold += 1;
@@ -760,8 +806,12 @@ impl<N: Noise> Releaser<N> {
         let mut columns: Vec<ArrayRef> = Vec::new();
         for (d, (_, name)) in self.validated.groups.iter().enumerate() {
             let mut b = StringBuilder::new();
+            // Each distinct key is labelled once.
+            let mut labels: IdMap<i64, String> = IdMap::default();
             for r in rows {
-                b.append_value(self.dims[d].label(r.key[d]));
+                let key = r.key[d];
+                let label = labels.entry(key).or_insert_with(|| self.dims[d].label(key));
+                b.append_value(label.as_str());
             }
             fields.push(Field::new(name, DataType::Utf8, false));
             columns.push(Arc::new(b.finish()));
@@ -802,6 +852,68 @@ impl<N: Noise> Releaser<N> {
             columns,
         )?)
     }
+}
+
+/// Cells per thread below which the unit-count noise is drawn on one thread.
+const PARALLEL_MIN: usize = 4096;
+
+/// `n` draws of the unit-count noise: split over threads, each with its own forked source, when
+/// the source forks and `n` is large; otherwise in order from `noise`.
+fn unit_noise<N: Noise>(
+    noise: &mut N,
+    mechanism: Mechanism,
+    scale: &dashu::rational::RBig,
+    n: usize,
+) -> Result<Vec<i64>, ReleaseError> {
+    fn one(
+        noise: &mut (impl Noise + ?Sized),
+        m: Mechanism,
+        scale: &dashu::rational::RBig,
+    ) -> Result<i64, ReleaseError> {
+        match m {
+            Mechanism::Laplace => noise.discrete_laplace(scale),
+            Mechanism::Gaussian => noise.discrete_gaussian(scale),
+        }
+        .map_err(|e| ReleaseError::Noise(e.0))
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .min(8);
+    let forks: Option<Vec<Box<dyn Noise + Send>>> = if threads > 1 && n >= 2 * PARALLEL_MIN {
+        (0..threads).map(|_| noise.fork()).collect()
+    } else {
+        None
+    };
+    let Some(forks) = forks else {
+        return (0..n).map(|_| one(noise, mechanism, scale)).collect();
+    };
+    let chunk = n.div_ceil(forks.len());
+    let parts: Vec<Result<Vec<i64>, ReleaseError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = forks
+            .into_iter()
+            .enumerate()
+            .map(|(t, mut f)| {
+                let len = chunk.min(n.saturating_sub(t * chunk));
+                s.spawn(move || {
+                    (0..len)
+                        .map(|_| one(f.as_mut(), mechanism, scale))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(ReleaseError::Noise("noise thread failed".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(n);
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
 }
 
 fn slot(slots: &Slots, measure: usize) -> Result<usize, ReleaseError> {
