@@ -22,6 +22,9 @@ if [ "$install" = 1 ]; then
   missing=()
   command -v mold >/dev/null || missing+=(mold)
   command -v cvc5 >/dev/null || missing+=(cvc5)
+  # OpenSSL headers: OpenDP's CSPRNG (allmende-opendata) builds against
+  # Debian's libssl-dev, not a vendored copy (.cargo/config.toml).
+  pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
   # PostgreSQL: the postgres connector's tests and the e2e test start their
   # own server from these binaries (as the postgres user when run as root).
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \

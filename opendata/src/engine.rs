@@ -5,6 +5,7 @@
 //! bounding, exact discrete noise and thresholding on noisy distinct-unit counts.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -137,6 +138,36 @@ pub struct Diagnostics {
     pub cells_below_threshold: u64,
 }
 
+/// A fast multiplicative hasher for the engine's internal keys (interned ids and generalised
+/// cell keys, which the data cannot choose freely); unit strings keep std's SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Final avalanche so that the low bits hashbrown uses depend on every input bit.
+        let mut z = self.0;
+        z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        z ^ (z >> 33)
+    }
+}
+
+/// A map keyed by internal ids.
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
 enum Units {
     Str(HashMap<Box<str>, u32>),
     Int(HashMap<i64, u32>),
@@ -160,9 +191,9 @@ pub struct Releaser<N: Noise> {
     reasons: Vec<(String, u64)>,
     units: Units,
     unit_count: u32,
-    cells: HashMap<CellKey, u32>,
+    cells: IdMap<CellKey, u32>,
     cell_keys: Vec<CellKey>,
-    pairs: HashMap<u64, u32>,
+    pairs: IdMap<u64, u32>,
     pair_unit: Vec<u32>,
     pair_cell: Vec<u32>,
     pair_rows: Vec<u32>,
@@ -292,9 +323,9 @@ impl<N: Noise> Releaser<N> {
             reasons,
             units,
             unit_count: 0,
-            cells: HashMap::new(),
+            cells: IdMap::default(),
             cell_keys: Vec::new(),
-            pairs: HashMap::new(),
+            pairs: IdMap::default(),
             pair_unit: Vec::new(),
             pair_cell: Vec::new(),
             pair_rows: Vec::new(),
@@ -498,43 +529,55 @@ impl<N: Noise> Releaser<N> {
         } else {
             vec![0]
         };
-        let mut cube: HashMap<CellKey, usize> = HashMap::new();
-        let mut cells: Vec<Agg> = Vec::new();
-        // Pair indices sorted by unit, so each unit's cells are counted once per cube cell.
-        let mut order: Vec<u32> = (0..self.pair_unit.len() as u32).collect();
-        order.sort_unstable_by_key(|p| self.pair_unit[*p as usize]);
-        let mut touched: Vec<usize> = Vec::new();
-        let mut i = 0;
-        while i < order.len() {
-            let unit = self.pair_unit[order[i] as usize];
-            touched.clear();
-            while i < order.len() && self.pair_unit[order[i] as usize] == unit {
-                let p = order[i] as usize;
-                let base = self.cell_keys[self.pair_cell[p] as usize];
-                for &m in &masks {
-                    let mut key = base;
-                    for (j, k) in key.iter_mut().enumerate().take(d) {
-                        if m & (1 << j) != 0 {
-                            *k = STAR;
-                        }
-                    }
-                    let c = *cube.entry(key).or_insert_with(|| {
-                        cells.push(Agg::new(key, nsums));
-                        cells.len() - 1
-                    });
-                    let agg = &mut cells[c];
-                    agg.rows += u64::from(self.pair_rows[p]);
-                    for s in 0..nsums {
-                        agg.sums[s] += self.pair_sums[p * nsums + s];
-                    }
-                    touched.push(c);
-                }
-                i += 1;
+        // The observed cells keep their ids; margins are added behind them.
+        let mut cells: Vec<Agg> = self.cell_keys.iter().map(|k| Agg::new(*k, nsums)).collect();
+        for p in 0..self.pair_unit.len() {
+            // A (unit, cell) pair is one distinct unit of its cell.
+            let agg = &mut cells[self.pair_cell[p] as usize];
+            agg.units += 1;
+            agg.rows += u64::from(self.pair_rows[p]);
+            for s in 0..nsums {
+                agg.sums[s] += self.pair_sums[p * nsums + s];
             }
-            touched.sort_unstable();
-            touched.dedup();
-            for &c in &touched {
-                cells[c].units += 1;
+        }
+        if masks.len() > 1 {
+            let mut cube: IdMap<CellKey, usize> = IdMap::default();
+            // Pair indices sorted by unit, so each unit counts once per margin cell.
+            let mut order: Vec<u32> = (0..self.pair_unit.len() as u32).collect();
+            order.sort_unstable_by_key(|p| self.pair_unit[*p as usize]);
+            let mut touched: Vec<usize> = Vec::new();
+            let mut i = 0;
+            while i < order.len() {
+                let unit = self.pair_unit[order[i] as usize];
+                touched.clear();
+                while i < order.len() && self.pair_unit[order[i] as usize] == unit {
+                    let p = order[i] as usize;
+                    let base = self.cell_keys[self.pair_cell[p] as usize];
+                    for &m in &masks[1..] {
+                        let mut key = base;
+                        for (j, k) in key.iter_mut().enumerate().take(d) {
+                            if m & (1 << j) != 0 {
+                                *k = STAR;
+                            }
+                        }
+                        let c = *cube.entry(key).or_insert_with(|| {
+                            cells.push(Agg::new(key, nsums));
+                            cells.len() - 1
+                        });
+                        let agg = &mut cells[c];
+                        agg.rows += u64::from(self.pair_rows[p]);
+                        for s in 0..nsums {
+                            agg.sums[s] += self.pair_sums[p * nsums + s];
+                        }
+                        touched.push(c);
+                    }
+                    i += 1;
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                for &c in &touched {
+                    cells[c].units += 1;
+                }
             }
         }
         let k = self.spec.k;
@@ -695,8 +738,11 @@ impl<N: Noise> Releaser<N> {
         idx.sort_unstable_by(|a, b| {
             sort_key(&cells[*a].key, nd).cmp(&sort_key(&cells[*b].key, nd))
         });
+        // The unit-count noise of every non-empty cell first (in parallel when the source can
+        // fork), then the other quantities of the cells released.
+        let unit_noise = unit_noise(&mut self.noise, dpspec.mechanism, &scales[0], idx.len())?;
         let mut rows = Vec::new();
-        for c in idx {
+        for (n, c) in idx.into_iter().enumerate() {
             let agg = &cells[c];
             let draw = |q: usize, noise: &mut N| -> Result<i64, ReleaseError> {
                 match dpspec.mechanism {
@@ -705,7 +751,7 @@ impl<N: Noise> Releaser<N> {
                 }
                 .map_err(noise_err)
             };
-            let noisy_units = (agg.units as i64).saturating_add(draw(0, &mut self.noise)?);
+            let noisy_units = (agg.units as i64).saturating_add(unit_noise[n]);
             // Suppression looks at the noisy count only.
             if noisy_units < plan.threshold {
                 diagnostics.cells_below_threshold += 1;
@@ -760,8 +806,12 @@ impl<N: Noise> Releaser<N> {
         let mut columns: Vec<ArrayRef> = Vec::new();
         for (d, (_, name)) in self.validated.groups.iter().enumerate() {
             let mut b = StringBuilder::new();
+            // Each distinct key is labelled once.
+            let mut labels: IdMap<i64, String> = IdMap::default();
             for r in rows {
-                b.append_value(self.dims[d].label(r.key[d]));
+                let key = r.key[d];
+                let label = labels.entry(key).or_insert_with(|| self.dims[d].label(key));
+                b.append_value(label.as_str());
             }
             fields.push(Field::new(name, DataType::Utf8, false));
             columns.push(Arc::new(b.finish()));
@@ -802,6 +852,68 @@ impl<N: Noise> Releaser<N> {
             columns,
         )?)
     }
+}
+
+/// Cells per thread below which the unit-count noise is drawn on one thread.
+const PARALLEL_MIN: usize = 4096;
+
+/// `n` draws of the unit-count noise: split over threads, each with its own forked source, when
+/// the source forks and `n` is large; otherwise in order from `noise`.
+fn unit_noise<N: Noise>(
+    noise: &mut N,
+    mechanism: Mechanism,
+    scale: &dashu::rational::RBig,
+    n: usize,
+) -> Result<Vec<i64>, ReleaseError> {
+    fn one(
+        noise: &mut (impl Noise + ?Sized),
+        m: Mechanism,
+        scale: &dashu::rational::RBig,
+    ) -> Result<i64, ReleaseError> {
+        match m {
+            Mechanism::Laplace => noise.discrete_laplace(scale),
+            Mechanism::Gaussian => noise.discrete_gaussian(scale),
+        }
+        .map_err(|e| ReleaseError::Noise(e.0))
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .min(8);
+    let forks: Option<Vec<Box<dyn Noise + Send>>> = if threads > 1 && n >= 2 * PARALLEL_MIN {
+        (0..threads).map(|_| noise.fork()).collect()
+    } else {
+        None
+    };
+    let Some(forks) = forks else {
+        return (0..n).map(|_| one(noise, mechanism, scale)).collect();
+    };
+    let chunk = n.div_ceil(forks.len());
+    let parts: Vec<Result<Vec<i64>, ReleaseError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = forks
+            .into_iter()
+            .enumerate()
+            .map(|(t, mut f)| {
+                let len = chunk.min(n.saturating_sub(t * chunk));
+                s.spawn(move || {
+                    (0..len)
+                        .map(|_| one(f.as_mut(), mechanism, scale))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(ReleaseError::Noise("noise thread failed".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(n);
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
 }
 
 fn slot(slots: &Slots, measure: usize) -> Result<usize, ReleaseError> {
@@ -894,5 +1006,248 @@ impl<'a> NumArray<'a> {
             _ => return None,
         };
         x.is_finite().then_some(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use arrow::array::{StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::TimeUnit;
+    use dashu::rational::RBig;
+
+    use super::*;
+    use crate::noise::NoiseError;
+    use crate::spec::{BudgetPeriod, BudgetSpec, CountOf, DpSpec, GroupBy, Measure};
+
+    /// Noise scripted by the test: Laplace/Gaussian draws from a queue (0 when empty), random
+    /// bits from a fixed linear congruential sequence.
+    struct Scripted {
+        draws: VecDeque<i64>,
+        state: u64,
+    }
+
+    impl Scripted {
+        fn new(draws: &[i64]) -> Scripted {
+            Scripted {
+                draws: draws.iter().copied().collect(),
+                state: 42,
+            }
+        }
+    }
+
+    impl Noise for Scripted {
+        fn discrete_laplace(&mut self, _: &RBig) -> Result<i64, NoiseError> {
+            Ok(self.draws.pop_front().unwrap_or(0))
+        }
+        fn discrete_gaussian(&mut self, _: &RBig) -> Result<i64, NoiseError> {
+            Ok(self.draws.pop_front().unwrap_or(0))
+        }
+        fn random_u64(&mut self) -> Result<u64, NoiseError> {
+            self.state = self
+                .state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            Ok(self.state >> 11)
+        }
+    }
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, true),
+            Field::new("zone", DataType::Utf8, true),
+            Field::new(
+                "start_time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+            Field::new("distance", DataType::Float64, true),
+        ])
+    }
+
+    /// A batch of (unit, zone, distance) rows, all at the same start time.
+    fn batch(rows: &[(&str, &str, f64)]) -> RecordBatch {
+        let units: StringArray = rows.iter().map(|r| Some(r.0)).collect();
+        let zones: StringArray = rows.iter().map(|r| Some(r.1)).collect();
+        let t = TimestampMicrosecondArray::from(vec![1_764_511_200_000_000; rows.len()])
+            .with_timezone("+00:00");
+        let d = Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>());
+        RecordBatch::try_new(
+            Arc::new(schema()),
+            vec![Arc::new(units), Arc::new(zones), Arc::new(t), Arc::new(d)],
+        )
+        .unwrap()
+    }
+
+    fn spec(k: u64) -> ReleaseSpec {
+        ReleaseSpec {
+            dataset: "trips".into(),
+            unit: "vehicle".into(),
+            unit_column: "device_id".into(),
+            k,
+            totals: false,
+            group_by: vec![GroupBy {
+                column: Some("zone".into()),
+                ..GroupBy::default()
+            }],
+            measures: vec![
+                Measure {
+                    name: "trips".into(),
+                    count: Some(CountOf::Rows),
+                    ..Measure::default()
+                },
+                Measure {
+                    name: "vehicles".into(),
+                    count: Some(CountOf::Units),
+                    ..Measure::default()
+                },
+            ],
+            dp: None,
+            budget: None,
+        }
+    }
+
+    fn dp_spec(k: u64, l0: u32) -> ReleaseSpec {
+        let mut s = spec(k);
+        s.measures.remove(0);
+        s.dp = Some(DpSpec {
+            epsilon: 10.0,
+            delta: 1e-3,
+            mechanism: Mechanism::Laplace,
+            max_cells_per_unit: l0,
+            max_rows_per_cell: 1,
+        });
+        s.budget = Some(BudgetSpec {
+            epsilon: 10.0,
+            period: BudgetPeriod::Month,
+        });
+        s
+    }
+
+    fn run(spec: ReleaseSpec, rows: &[(&str, &str, f64)], noise: Scripted) -> Release {
+        let mut r = Releaser::new(spec, &schema(), noise).unwrap();
+        r.push(&batch(rows)).unwrap();
+        r.finish("2026-11-30T21:00:00Z").unwrap()
+    }
+
+    fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+        b.column_by_name(name)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<T>()
+            .unwrap()
+    }
+
+    #[test]
+    fn k_counts_distinct_units_not_rows() {
+        let mut rows = Vec::new();
+        // Zone `a`: one vehicle with 50 trips. Zone `b`: three vehicles. Zone `c`: three too.
+        for _ in 0..50 {
+            rows.push(("v1", "a", 1.0));
+        }
+        for u in ["v1", "v2", "v3"] {
+            rows.push((u, "b", 1.0));
+            rows.push((u, "c", 1.0));
+        }
+        let rel = run(spec(3), &rows, Scripted::new(&[]));
+        let zone = column::<StringArray>(&rel.table, "zone");
+        let trips = column::<Int64Array>(&rel.table, "trips");
+        let units = column::<Int64Array>(&rel.table, "vehicles");
+        let why = column::<StringArray>(&rel.table, SUPPRESSED_COLUMN);
+        assert_eq!(zone.value(0), "a");
+        assert!(
+            trips.is_null(0) && units.is_null(0),
+            "50 rows of one unit released"
+        );
+        assert_eq!(why.value(0), "primary");
+        assert_eq!((trips.value(1), units.value(1)), (3, 3));
+        assert!(why.is_null(1));
+        assert_eq!(rel.report.suppressed_primary, Some(1));
+        assert_eq!(rel.report.cells_released, 2);
+        assert_eq!(rel.report.units, Some(3));
+        assert_eq!(rel.report.rows_read, Some(56));
+    }
+
+    #[test]
+    fn dp_thresholds_on_noisy_counts() {
+        let mut rows = Vec::new();
+        for i in 0..7 {
+            rows.push((format!("a{i}"), "a"));
+        }
+        for i in 0..12 {
+            rows.push((format!("b{i}"), "b"));
+        }
+        let rows: Vec<(&str, &str, f64)> =
+            rows.iter().map(|(u, z)| (u.as_str(), *z, 1.0)).collect();
+        // Cells in key order: `a` (7 units) draws +5, `b` (12 units) draws −5; k = 10.
+        let rel = run(dp_spec(10, 1), &rows, Scripted::new(&[5, -5]));
+        let dp = rel.report.dp.clone().unwrap();
+        assert_eq!(dp.threshold, 10, "k dominates τ here");
+        let zone = column::<StringArray>(&rel.table, "zone");
+        let units = column::<Int64Array>(&rel.table, "vehicles");
+        assert_eq!(rel.table.num_rows(), 1);
+        assert_eq!((zone.value(0), units.value(0)), ("a", 12));
+        assert!(rel.table.column_by_name(SUPPRESSED_COLUMN).is_none());
+        assert_eq!(rel.diagnostics.cells_below_threshold, 1);
+        // The published report carries no exact data-dependent counts in DP mode.
+        assert_eq!(rel.report.units, None);
+        assert_eq!(rel.report.rows_read, None);
+    }
+
+    #[test]
+    fn contribution_bounding_limits_cells_per_unit() {
+        // 20 zones with 10 background vehicles each; vehicle `x` rides in all 20.
+        let mut owned = Vec::new();
+        for z in 0..20 {
+            for u in 0..10 {
+                owned.push((format!("bg{z}-{u}"), format!("z{z:02}")));
+            }
+            owned.push(("x".to_string(), format!("z{z:02}")));
+            owned.push(("x".to_string(), format!("z{z:02}")));
+        }
+        let rows: Vec<(&str, &str, f64)> = owned
+            .iter()
+            .map(|(u, z)| (u.as_str(), z.as_str(), 1.0))
+            .collect();
+        let rel = run(dp_spec(2, 4), &rows, Scripted::new(&[]));
+        let units = column::<Int64Array>(&rel.table, "vehicles");
+        assert_eq!(rel.table.num_rows(), 20);
+        let touched = (0..20).filter(|i| units.value(*i) == 11).count();
+        assert_eq!(touched, 4, "x influenced {touched} cells");
+        assert_eq!(rel.diagnostics.units_bounded, 1);
+        assert_eq!(rel.diagnostics.pairs_dropped, 16);
+        // 16 dropped pairs with 2 rows each, plus one row over l∞ = 1 in each of the 4 kept.
+        assert_eq!(rel.diagnostics.rows_dropped, 36);
+    }
+
+    #[test]
+    fn released_values_are_noisy_sums_and_means() {
+        let mut s = dp_spec(2, 1);
+        s.measures = vec![
+            Measure {
+                name: "trips".into(),
+                count: Some(CountOf::Rows),
+                ..Measure::default()
+            },
+            Measure {
+                name: "mean_d".into(),
+                mean: Some("distance".into()),
+                clip: Some([0.0, 100.0]),
+                ..Measure::default()
+            },
+        ];
+        let rows: Vec<(String, &str, f64)> =
+            (0..20).map(|i| (format!("u{i}"), "a", 250.0)).collect();
+        let rows: Vec<(&str, &str, f64)> =
+            rows.iter().map(|(u, z, d)| (u.as_str(), *z, *d)).collect();
+        // Draws: units +0, rows +5, sum −100.
+        let rel = run(s, &rows, Scripted::new(&[0, 5, -100]));
+        let trips = column::<Int64Array>(&rel.table, "trips");
+        let mean = column::<Float64Array>(&rel.table, "mean_d");
+        assert_eq!(trips.value(0), 25);
+        // Clipped to 100 each: 2000, minus 100 noise, over 25 noisy rows.
+        assert_eq!(mean.value(0), 1900.0 / 25.0);
+        assert_eq!(rel.report.dp.unwrap().noise.len(), 3);
     }
 }

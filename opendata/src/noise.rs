@@ -22,6 +22,12 @@ pub trait Noise {
     /// 64 uniformly random bits (contribution bounding's subset choice).
     fn random_u64(&mut self) -> Result<u64, NoiseError>;
 
+    /// An independent source of the same kind for another thread, if this source has one
+    /// (deterministic test sources do not: their draws stay in order on one thread).
+    fn fork(&self) -> Option<Box<dyn Noise + Send>> {
+        None
+    }
+
     /// A uniform integer in `0..n` (rejection sampling, no modulo bias); `n` must be positive.
     fn below(&mut self, n: u64) -> Result<u64, NoiseError> {
         if n <= 1 {
@@ -56,6 +62,10 @@ impl Noise for OpenDpNoise {
         let x = opendp::traits::samplers::sample_discrete_gaussian(scale.clone())
             .map_err(|e| NoiseError(format!("discrete gaussian sampler: {e}")))?;
         to_i64(x)
+    }
+
+    fn fork(&self) -> Option<Box<dyn Noise + Send>> {
+        Some(Box::new(OpenDpNoise))
     }
 
     fn random_u64(&mut self) -> Result<u64, NoiseError> {

@@ -645,3 +645,204 @@ impl ReleaseSpec {
 
 /// The name of the k-anonymity table's suppression-reason column.
 pub const SUPPRESSED_COLUMN: &str = "suppressed";
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::Field;
+
+    use super::*;
+
+    const FULL: &str = r#"
+dataset = "scooter-trips"
+unit = "vehicle"
+unit_column = "device_id"
+k = 10
+group_by = [
+  { column = "start_time", time = "hour" },
+  { columns = ["start_lat", "start_lon"], grid_m = 500, as = "start_cell" },
+  { columns = ["start_lat", "start_lon"], regions = "districts.geojson", property = "name", as = "district" },
+  { column = "age", bands = [0, 18, 30, 45, 65], as = "age_band" },
+  { column = "vehicle_type" },
+]
+measures = [
+  { name = "trips", count = "rows" },
+  { name = "vehicles", count = "units" },
+  { name = "distance_m", sum = "distance", clip = [0, 20000] },
+  { name = "mean_distance_m", mean = "distance", clip = [0, 20000] },
+]
+[dp]
+epsilon = 1.0
+delta = 1e-6
+mechanism = "laplace"
+max_cells_per_unit = 4
+max_rows_per_cell = 3
+[budget]
+epsilon = 10.0
+period = "month"
+"#;
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new(
+                "start_time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("+00:00"))),
+                true,
+            ),
+            Field::new("start_lat", DataType::Float64, true),
+            Field::new("start_lon", DataType::Float64, true),
+            Field::new("age", DataType::Int64, true),
+            Field::new("vehicle_type", DataType::Utf8, true),
+            Field::new("distance", DataType::Float64, true),
+        ])
+    }
+
+    fn parse(text: &str) -> ReleaseSpec {
+        toml::from_str(text).unwrap()
+    }
+
+    /// The error of `FULL` with `from` replaced by `to`.
+    fn error(from: &str, to: &str) -> SpecError {
+        assert!(FULL.contains(from), "{from}");
+        parse(&FULL.replacen(from, to, 1))
+            .validate_schema(&schema())
+            .unwrap_err()
+    }
+
+    #[test]
+    fn the_documented_spec_is_valid() {
+        let s = parse(FULL);
+        let v = s.validate_schema(&schema()).unwrap();
+        assert_eq!(v.groups.len(), 5);
+        assert_eq!(v.groups[1].1, "start_cell");
+        assert_eq!(v.groups[4].1, "vehicle_type");
+        assert_eq!(s.epsilon_cost(), Some(1.0));
+        assert_eq!(s.fingerprint().len(), 64);
+        let mut other = s.clone();
+        other.k = 11;
+        assert_ne!(other.fingerprint(), s.fingerprint());
+        assert_eq!(parse(&FULL.replace("k = 10\n", "")).k, DEFAULT_K);
+    }
+
+    #[test]
+    fn unknown_keys_and_values_are_refused() {
+        assert!(toml::from_str::<ReleaseSpec>(&FULL.replace("k = 10", "k = 10\nkk = 1")).is_err());
+        assert!(toml::from_str::<ReleaseSpec>(&FULL.replace("\"month\"", "\"week\"")).is_err());
+        assert!(toml::from_str::<ReleaseSpec>(&FULL.replace("\"hour\"", "\"minute\"")).is_err());
+        assert!(
+            toml::from_str::<ReleaseSpec>(
+                &FULL.replace("grid_m = 500,", "grid_m = 500, cell = 1,")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_column() {
+        let cases: Vec<(&str, &str, &str, &str)> = vec![
+            ("k = 10", "k = 1", "k", "below the minimum 2"),
+            ("epsilon = 1.0", "epsilon = 0.0", "dp.epsilon", "`0`"),
+            ("epsilon = 1.0", "epsilon = -3.0", "dp.epsilon", "`-3`"),
+            ("epsilon = 1.0", "epsilon = nan", "dp.epsilon", "NaN"),
+            (
+                "epsilon = 1.0",
+                "epsilon = 11.0",
+                "dp.epsilon",
+                "exceeds the budget",
+            ),
+            (
+                "delta = 1e-6",
+                "delta = 0.01",
+                "dp.delta",
+                "outside (0, 0.001]",
+            ),
+            ("delta = 1e-6", "delta = 0.0", "dp.delta", "outside"),
+            ("grid_m = 500", "grid_m = 0", "group_by[1].grid_m", "`0`"),
+            ("grid_m = 500", "grid_m = -5", "group_by[1].grid_m", "`-5`"),
+            (
+                "[0, 18, 30, 45, 65]",
+                "[0, 30, 18]",
+                "group_by[3].bands",
+                "strictly increasing",
+            ),
+            (
+                "clip = [0, 20000] },\n  { name = \"mean",
+                "clip = [5, 1] },\n  { name = \"mean",
+                "measures[2].clip",
+                "`5`",
+            ),
+            (
+                "\"device_id\"",
+                "\"vehicle\"",
+                "unit_column",
+                "column `vehicle` is not in the dataset",
+            ),
+            (
+                "column = \"start_time\"",
+                "column = \"distance\"",
+                "group_by[0].column",
+                "column `distance` has type `Float64`",
+            ),
+            (
+                "\"start_lat\", \"start_lon\"], grid",
+                "\"start_lat\", \"age\"], grid",
+                "group_by[1].columns",
+                "column `age`",
+            ),
+            (
+                "column = \"vehicle_type\"",
+                "column = \"age\"",
+                "group_by[4].column",
+                "column `age` has type `Int64`, expected string",
+            ),
+            (
+                "sum = \"distance\"",
+                "sum = \"vehicle_type\"",
+                "measures[2].sum",
+                "column `vehicle_type`",
+            ),
+            (
+                "mean = \"distance\"",
+                "mean = \"nope\"",
+                "measures[3].mean",
+                "column `nope` is not in the dataset",
+            ),
+            (
+                "mean = \"distance\", clip = [0, 20000]",
+                "mean = \"distance\"",
+                "measures[3].clip",
+                "`distance`",
+            ),
+            (
+                "[budget]\nepsilon = 10.0\nperiod = \"month\"\n",
+                "",
+                "budget",
+                "missing",
+            ),
+            ("k = 10", "k = 10\ntotals = true", "totals", "margins"),
+            (
+                "{ name = \"trips\", count = \"rows\" }",
+                "{ name = \"trips\", count = \"rows\", sum = \"distance\" }",
+                "measures[0]",
+                "exactly one",
+            ),
+            (
+                "as = \"district\"",
+                "as = \"start_cell\"",
+                "group_by[2].as",
+                "`start_cell`",
+            ),
+        ];
+        for (from, to, key, text) in cases {
+            let e = error(from, to);
+            assert_eq!(e.key, key, "{from} → {to}: {e}");
+            assert!(e.message.contains(text), "{from} → {to}: {e}");
+            assert!(
+                e.to_string().starts_with("release `scooter-trips`: `"),
+                "{e}"
+            );
+        }
+    }
+}
