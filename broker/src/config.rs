@@ -75,6 +75,47 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     sources: Option<RawSources>,
+    #[serde(default)]
+    opendata: Option<RawOpenData>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenData {
+    /// Address of the HTTPS open-data listener (absent: off).
+    listen: Option<String>,
+    /// Base URL of download links (default `https://<listen>`).
+    public_url: Option<String>,
+    /// Open-data requests per minute of one public caller.
+    requests_per_minute: Option<u32>,
+    /// Requests a public caller may make at once before the rate applies.
+    burst: Option<u32>,
+}
+
+/// The public tier and the HTTPS open-data listener (`[opendata]`;
+/// `docs/opendata-api.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenDataConfig {
+    /// The HTTPS open-data listener (`None`: off).
+    pub listen: Option<SocketAddr>,
+    /// Base URL of download links, without a trailing `/`.
+    pub public_url: Option<String>,
+    /// Requests per minute of one public caller (pseudonym; on HTTP per
+    /// address), gRPC and HTTP alike.
+    pub requests_per_minute: u32,
+    /// Burst of one public caller.
+    pub burst: u32,
+}
+
+impl Default for OpenDataConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_url: None,
+            requests_per_minute: 120,
+            burst: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -349,6 +390,8 @@ pub struct NodeConfig {
     /// Hosts PostgreSQL sources may connect to (`sources.postgres_hosts`;
     /// default none).
     pub postgres_hosts: Vec<String>,
+    /// The public tier and the open-data listener (`[opendata]`).
+    pub opendata: OpenDataConfig,
 }
 
 /// The source directory under `node.data_dir` when `sources.roots` is absent.
@@ -488,7 +531,42 @@ impl NodeConfig {
             Some(s) => (s.roots.iter().map(|r| abs(r)).collect(), s.postgres_hosts),
             None => (vec![data_dir.join(DEFAULT_SOURCES_DIR)], Vec::new()),
         };
+        let opendata = match raw.opendata {
+            None => OpenDataConfig::default(),
+            Some(o) => {
+                let d = OpenDataConfig::default();
+                let listen = match o.listen.as_deref() {
+                    None | Some("") | Some("off") => None,
+                    Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                        invalid("opendata.listen", format!("`{a}` is not a socket address"))
+                    })?),
+                };
+                if let Some(u) = &o.public_url
+                    && !u.starts_with("https://")
+                {
+                    return Err(invalid(
+                        "opendata.public_url",
+                        format!("`{u}` must be an https:// URL"),
+                    ));
+                }
+                let requests_per_minute = o.requests_per_minute.unwrap_or(d.requests_per_minute);
+                let burst = o.burst.unwrap_or(d.burst);
+                if requests_per_minute == 0 || burst == 0 {
+                    return Err(invalid(
+                        "opendata.requests_per_minute",
+                        "the rate and the burst must be at least 1".into(),
+                    ));
+                }
+                OpenDataConfig {
+                    listen,
+                    public_url: o.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+                    requests_per_minute,
+                    burst,
+                }
+            }
+        };
         Ok(Self {
+            opendata,
             limits: raw.limits,
             audit_retention_days,
             source_roots,
@@ -536,6 +614,11 @@ impl NodeConfig {
             .map(|r| toml::Value::String(r.display().to_string()).to_string())
             .collect();
         format!("\n[sources]\nroots = [{}]\n", list.join(", "))
+    }
+
+    /// An `[opendata]` table with the open-data listener on `listen`.
+    pub fn render_opendata(listen: SocketAddr) -> String {
+        format!("\n[opendata]\nlisten = \"{listen}\"\n")
     }
 
     /// A `postgres_hosts` line for the `[sources]` table that

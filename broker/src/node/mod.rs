@@ -517,6 +517,8 @@ impl Parts {
                     per_principal_per_second: f64::from(config.limits.fetch_rate_per_caller),
                     per_principal_burst: f64::from(config.limits.fetch_burst_per_caller),
                     max_rows_per_response: config.limits.fetch_rows_per_response,
+                    public_per_minute: config.opendata.requests_per_minute,
+                    public_burst: config.opendata.burst,
                     ..Default::default()
                 },
             )
