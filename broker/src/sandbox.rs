@@ -265,6 +265,16 @@ impl Sandbox {
                 text.push_str(&NodeConfig::render_sources(&[root.join(SAMPLE_DATA_DIR)]));
                 // PostgreSQL sources only on this machine's loopback (tests, the demo).
                 text.push_str(&NodeConfig::render_postgres_hosts(&["127.0.0.1"]));
+                // The HTTPS open-data listener: base+200+i (7601… in the
+                // demo), or a free port.
+                let opendata_port = spec.base_port.map_or(0, |b| {
+                    b.saturating_add(200)
+                        .saturating_add(u16::try_from(idx).unwrap_or(u16::MAX))
+                });
+                text.push_str(&NodeConfig::render_opendata(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    opendata_port,
+                )));
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
                 configs.push(cfg_path);

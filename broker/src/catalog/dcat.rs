@@ -119,6 +119,34 @@ pub struct CatalogInfo {
     pub names: BTreeMap<String, String>,
 }
 
+impl CatalogInfo {
+    /// Who publishes the exported catalog: the federation's city from the
+    /// signed membership (else the exporting node's organisation `own_org`),
+    /// and every member's display name.
+    pub fn from_membership(
+        doc: &crate::pki::membership::MembershipDoc,
+        own_org: &str,
+        federation: &str,
+    ) -> Self {
+        let names = doc
+            .members
+            .iter()
+            .map(|m| (m.org.clone(), m.display_name.clone()))
+            .collect();
+        let publisher = doc
+            .members
+            .iter()
+            .find(|m| m.kind == crate::pki::OrgKind::City)
+            .map(|m| (m.org.clone(), m.display_name.clone()))
+            .unwrap_or_else(|| (own_org.to_owned(), own_org.to_owned()));
+        Self {
+            federation: federation.to_owned(),
+            publisher,
+            names,
+        }
+    }
+}
+
 /// Adds a concept of a controlled vocabulary with its scheme and classes.
 fn concept(g: &mut Graph, iri: &str, classes: &[&str], scheme: &str) -> Term {
     let c = Term::iri(iri);

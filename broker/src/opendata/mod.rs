@@ -2,4 +2,5 @@
 //! made from a release spec) and the open-data API that serves them.
 //! `releases` is the on-disk release directory both sides share.
 
+pub mod http;
 pub mod releases;
