@@ -154,7 +154,7 @@ impl From<FetchError> for ApiError {
     fn from(e: FetchError) -> Self {
         use FetchError as F;
         match e {
-            F::RateLimited | F::CallerBusy(_) | F::NodeBusy(_) => {
+            F::RateLimited | F::PublicRateLimited { .. } | F::CallerBusy(_) | F::NodeBusy(_) => {
                 ApiError::ResourceExhausted(e.to_string())
             }
             F::Dataset(r) => ApiError::from(r),

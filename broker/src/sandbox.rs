@@ -23,6 +23,11 @@ use std::path::{Path, PathBuf};
 /// only allowed source root (`sources.roots`).
 pub const SAMPLE_DATA_DIR: &str = "sample-data";
 
+/// The Munich federation's public-tier organisation (kind `public`, no
+/// node) and its one user, whose certificate is a public-tier certificate.
+pub const PUBLIC_TIER_ORG: &str = "oeffentlichkeit";
+pub const PUBLIC_TIER_USER: &str = "portal";
+
 /// One organisation of a sandbox federation.
 #[derive(Debug, Clone)]
 pub struct OrgSpec {
@@ -149,6 +154,17 @@ impl SandboxSpec {
                     "Versicherung AG",
                     &[("analyst", Role::Researcher)],
                 ),
+                // The public tier: certificates for citizens' apps and
+                // portals, no node of its own (the five nodes stay).
+                OrgSpec {
+                    nodes: Vec::new(),
+                    ..org(
+                        PUBLIC_TIER_ORG,
+                        OrgKind::Public,
+                        "Öffentlichkeit / Open-Data-Zugang",
+                        &[(PUBLIC_TIER_USER, Role::Citizen)],
+                    )
+                },
             ],
             base_port: None,
             admin: true,
@@ -295,6 +311,16 @@ impl Sandbox {
                 text.push_str(&NodeConfig::render_sources(&[root.join(SAMPLE_DATA_DIR)]));
                 // PostgreSQL sources only on this machine's loopback (tests, the demo).
                 text.push_str(&NodeConfig::render_postgres_hosts(&["127.0.0.1"]));
+                // The HTTPS open-data listener: base+200+i (7601… in the
+                // demo), or a free port.
+                let opendata_port = spec.base_port.map_or(0, |b| {
+                    b.saturating_add(200)
+                        .saturating_add(u16::try_from(idx).unwrap_or(u16::MAX))
+                });
+                text.push_str(&NodeConfig::render_opendata(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    opendata_port,
+                )));
                 // The owner's release specs (docs/opendata.md).
                 if let Some(releases) = opendata_releases(&o.name) {
                     text.push_str(releases);
@@ -332,9 +358,16 @@ impl Sandbox {
         }
         // With free ports, peers are known only now: tell every node.
         sandbox.spread_peers();
-        // User profiles point at their organisation's first node.
+        // User profiles point at their organisation's first node (users of
+        // an organisation without a node, the public tier, at the first
+        // node of the federation).
+        let first_node = sandbox
+            .spec
+            .orgs
+            .iter()
+            .find_map(|o| o.nodes.first().cloned());
         for o in &sandbox.spec.orgs {
-            let Some(first) = o.nodes.first() else {
+            let Some(first) = o.nodes.first().or(first_node.as_ref()) else {
                 continue;
             };
             let Some(endpoint) = sandbox.node(first).map(NodeHandle::grpc_endpoint) else {

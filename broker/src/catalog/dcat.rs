@@ -119,6 +119,34 @@ pub struct CatalogInfo {
     pub names: BTreeMap<String, String>,
 }
 
+impl CatalogInfo {
+    /// Who publishes the exported catalog: the federation's city from the
+    /// signed membership (else the exporting node's organisation `own_org`),
+    /// and every member's display name.
+    pub fn from_membership(
+        doc: &crate::pki::membership::MembershipDoc,
+        own_org: &str,
+        federation: &str,
+    ) -> Self {
+        let names = doc
+            .members
+            .iter()
+            .map(|m| (m.org.clone(), m.display_name.clone()))
+            .collect();
+        let publisher = doc
+            .members
+            .iter()
+            .find(|m| m.kind == crate::pki::OrgKind::City)
+            .map(|m| (m.org.clone(), m.display_name.clone()))
+            .unwrap_or_else(|| (own_org.to_owned(), own_org.to_owned()));
+        Self {
+            federation: federation.to_owned(),
+            publisher,
+            names,
+        }
+    }
+}
+
 /// Adds a concept of a controlled vocabulary with its scheme and classes.
 fn concept(g: &mut Graph, iri: &str, classes: &[&str], scheme: &str) -> Term {
     let c = Term::iri(iri);
@@ -448,6 +476,58 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_release_is_derived_from_its_dataset_with_download_urls_and_checksums() {
+        let e = CatalogEntry {
+            owner: "swm".into(),
+            owner_node: "swm-1".into(),
+            publisher_name: "Stadtwerke München".into(),
+            version: 4,
+            updated_at_ms: 1_741_000_000_000,
+            dataset: smart_meter(),
+        };
+        let file = |name: &str, media: &str| ReleaseFileDescription {
+            name: name.into(),
+            media_type: media.into(),
+            bytes: 42,
+            sha256: "ab".repeat(32),
+        };
+        let mut r = ReleaseDescription {
+            id: "r-1".into(),
+            title: "Anonymisiert".into(),
+            description: "je Tag".into(),
+            issued: "2025-03-03T00:00:00Z".into(),
+            files: vec![
+                file("data.csv", "text/csv"),
+                file("data.parquet", "application/vnd.apache.parquet"),
+            ],
+            download_base: Some("https://open.example/download/release/r-1/".into()),
+        };
+        let t = release_graph(&e, "munich", &r).to_turtle();
+        for needle in [
+            "<allmende://munich/swm/release/r-1>\n    a dcat:Dataset",
+            "<http://www.w3.org/ns/prov#wasDerivedFrom> <allmende://munich/swm/dataset/smart-meter-readings>",
+            "dcat:downloadURL <https://open.example/download/release/r-1/data.csv>",
+            "dcat:downloadURL <https://open.example/download/release/r-1/data.parquet>",
+            "dcat:mediaType <https://www.iana.org/assignments/media-types/text/csv>",
+            "dcat:byteSize \"42\"^^xsd:nonNegativeInteger",
+            "<http://spdx.org/rdf/terms#checksumValue> \"abab",
+            "dct:accessRights <http://publications.europa.eu/resource/authority/access-right/PUBLIC>",
+            "dct:publisher <allmende://munich/swm>",
+        ] {
+            assert!(t.contains(needle), "missing `{needle}` in\n{t}");
+        }
+        assert_eq!(t.matches("a dcat:Distribution").count(), 2, "{t}");
+        // Without a public URL there is no download URL to state.
+        r.download_base = None;
+        let t = release_graph(&e, "munich", &r).to_turtle();
+        assert!(!t.contains("downloadURL"), "{t}");
+        assert!(
+            t.contains("dcat:accessURL <allmende://munich/swm/release/r-1/data.csv>"),
+            "{t}"
+        );
+    }
+
     fn info() -> CatalogInfo {
         CatalogInfo {
             federation: "munich".into(),
@@ -534,7 +614,7 @@ pub struct ReleaseDescription {
     pub issued: String,
     /// The data files (`dcat:Distribution`s).
     pub files: Vec<ReleaseFileDescription>,
-    /// `<public_url>/releases/<id>` when the node's open-data API is public:
+    /// `<public_url>/download/release/<id>` when the node's open-data API is public:
     /// each file's `dcat:downloadURL` is `<base>/<file>`.
     pub download_base: Option<String>,
 }

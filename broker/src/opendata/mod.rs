@@ -4,6 +4,7 @@
 //! `publish` makes releases from the specs in the node config, debiting
 //! `ledger`, the per-dataset ε budget.
 
+pub mod http;
 pub mod ledger;
 pub mod publish;
 pub mod releases;

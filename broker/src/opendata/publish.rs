@@ -331,7 +331,7 @@ impl Publisher {
             download_base: self
                 .public_url
                 .as_ref()
-                .map(|u| format!("{}/releases/{id}", u.trim_end_matches('/'))),
+                .map(|u| format!("{}/download/release/{id}", u.trim_end_matches('/'))),
         };
         let dcat = dcat::release_graph(&source, &self.federation, &described).to_json_ld();
         let mut files: Vec<NewFile> = data
