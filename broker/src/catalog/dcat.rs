@@ -172,6 +172,22 @@ fn agent(g: &mut Graph, federation: &str, org: &str, name: &str) -> Term {
     a
 }
 
+/// A `dcat:Dataset` with its identifier, title, description (in `lang`)
+/// and publisher.
+fn dataset_head(
+    g: &mut Graph,
+    ds: &Term,
+    [id, title, description]: [&str; 3],
+    lang: &str,
+    publisher: Term,
+) {
+    g.types(ds, &[&ns(DCAT, "Dataset")]);
+    g.add(ds, &ns(DCT, "identifier"), Term::lit(id));
+    g.add(ds, &ns(DCT, "title"), Term::text(title, lang));
+    g.add(ds, &ns(DCT, "description"), Term::text(description, lang));
+    g.add(ds, &ns(DCT, "publisher"), publisher);
+}
+
 /// The dataset's `dct:spatial` and `dct:temporal` coverage, if stated.
 fn place_and_period(g: &mut Graph, ds: &Term, d: &super::entry::DatasetDescription, lang: &str) {
     if let Some(s) = &d.spatial {
@@ -206,15 +222,7 @@ fn add_entry(g: &mut Graph, entry: &CatalogEntry, federation: &str, publisher_na
     let dist = Term::iri(&format!("{ds_iri}#distribution"));
     let publisher = agent(g, federation, &entry.owner, publisher_name);
 
-    g.types(&ds, &[&ns(DCAT, "Dataset")]);
-    g.add(&ds, &ns(DCT, "identifier"), Term::lit(&d.id));
-    g.add(&ds, &ns(DCT, "title"), Term::text(&d.title, lang));
-    g.add(
-        &ds,
-        &ns(DCT, "description"),
-        Term::text(&d.description, lang),
-    );
-    g.add(&ds, &ns(DCT, "publisher"), publisher);
+    dataset_head(g, &ds, [&d.id, &d.title, &d.description], lang, publisher);
     g.add(
         &ds,
         &ns(DCT, "modified"),
@@ -641,15 +649,13 @@ pub fn release_graph(
     let iri = release_iri(federation, &source.owner, &release.id);
     let ds = Term::iri(&iri);
     let publisher = agent(&mut g, federation, &source.owner, &source.publisher_name);
-    g.types(&ds, &[&ns(DCAT, "Dataset")]);
-    g.add(&ds, &ns(DCT, "identifier"), Term::lit(&release.id));
-    g.add(&ds, &ns(DCT, "title"), Term::text(&release.title, lang));
-    g.add(
+    dataset_head(
+        &mut g,
         &ds,
-        &ns(DCT, "description"),
-        Term::text(&release.description, lang),
+        [&release.id, &release.title, &release.description],
+        lang,
+        publisher,
     );
-    g.add(&ds, &ns(DCT, "publisher"), publisher);
     g.add(
         &ds,
         &ns(DCT, "issued"),

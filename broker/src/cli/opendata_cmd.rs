@@ -77,12 +77,21 @@ fn release_json(r: &pb::ReleaseInfo) -> serde_json::Value {
     })
 }
 
+async fn client(
+    profile: Option<PathBuf>,
+) -> Result<pb::open_data_client::OpenDataClient<tonic::transport::Channel>, Failure> {
+    let p = ClientProfile::resolve(profile.as_deref())?;
+    Ok(pb::open_data_client::OpenDataClient::new(
+        p.connect().await?,
+    ))
+}
+
 /// Runs an open-data command and returns what it would print.
 pub async fn output(cmd: OpenDataCmd, json: bool) -> Result<String, Failure> {
     match cmd {
         OpenDataCmd::Publish { dataset, profile } => {
-            let p = ClientProfile::resolve(profile.as_deref())?;
-            let r = pb::open_data_client::OpenDataClient::new(p.connect().await?)
+            let r = client(profile)
+                .await?
                 .publish(pb::PublishReleaseRequest { dataset })
                 .await
                 .answer()?;
@@ -129,8 +138,8 @@ pub async fn output(cmd: OpenDataCmd, json: bool) -> Result<String, Failure> {
             Ok(out)
         }
         OpenDataCmd::Releases { dataset, profile } => {
-            let p = ClientProfile::resolve(profile.as_deref())?;
-            let r = pb::open_data_client::OpenDataClient::new(p.connect().await?)
+            let r = client(profile)
+                .await?
                 .list_releases(pb::ListReleasesRequest { dataset })
                 .await
                 .answer()?;
@@ -158,8 +167,8 @@ pub async fn output(cmd: OpenDataCmd, json: bool) -> Result<String, Failure> {
             Ok(out)
         }
         OpenDataCmd::Budget { dataset, profile } => {
-            let p = ClientProfile::resolve(profile.as_deref())?;
-            let b = pb::open_data_client::OpenDataClient::new(p.connect().await?)
+            let b = client(profile)
+                .await?
                 .budget(pb::ReleaseBudgetRequest { dataset })
                 .await
                 .answer()?;
