@@ -2,8 +2,10 @@
 //! through the real PKI flow, running until Ctrl-C or SIGTERM; and
 //! `allmende demo --story N`, the acceptance harness for story N.
 
+mod https;
 pub mod munich;
 pub mod stories;
+mod story5;
 
 use crate::clock::SystemClock;
 use crate::sandbox::{Sandbox, SandboxError, SandboxSpec};
@@ -235,6 +237,7 @@ pub async fn run_story(n: u8) -> Result<StoryOutcome, DemoError> {
     match n {
         1 => story_1().await,
         2 | 3 | 4 | 6 => stories::run(n).await,
+        5 => story5::run().await,
         8 => story_8().await,
         // Not built yet: say so instead of faking success.
         _ => Ok(StoryOutcome::NotBuilt {
