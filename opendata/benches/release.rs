@@ -4,7 +4,10 @@
 //! OpenDP) and, for the like-for-like comparison, k-anonymity only — timed as the median of five
 //! runs including the Parquet read, against `release_pandas.py` (pandas groupby + nunique + size
 //! + primary suppression; pandas has no exact DP sampler) on the same file in the same run.
+//!
 //! Run: `cargo bench -p allmende-opendata --bench release`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs::File;
 use std::process::Command;
@@ -140,7 +143,7 @@ fn spec(dp: bool) -> ReleaseSpec {
                 ..Measure::default()
             },
         ],
-        dp: dp.then(|| DpSpec {
+        dp: dp.then_some(DpSpec {
             epsilon: 1.0,
             delta: 1e-6,
             mechanism: Mechanism::Laplace,

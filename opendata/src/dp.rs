@@ -146,6 +146,7 @@ pub(crate) fn plan(dp: &DpSpec, k: u64, quantities: &[(String, f64)]) -> Plan {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

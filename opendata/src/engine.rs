@@ -1010,6 +1010,7 @@ impl<'a> NumArray<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use std::collections::VecDeque;
 

@@ -87,6 +87,7 @@ pub fn scale_to_rbig(scale: f64) -> Result<RBig, NoiseError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

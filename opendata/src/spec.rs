@@ -647,6 +647,7 @@ impl ReleaseSpec {
 pub const SUPPRESSED_COLUMN: &str = "suppressed";
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use std::sync::Arc;
 

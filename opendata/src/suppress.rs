@@ -92,6 +92,7 @@ pub(crate) fn secondary(keys: &[CellKey], d: usize, size: &[(u64, u64)], status:
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -136,8 +137,8 @@ mod tests {
             .collect();
         secondary(&keys, 2, &size, &mut status);
         // Every inner cell ends up suppressed (each line needs a second one).
-        for i in 0..4 {
-            assert_ne!(status[i], Status::Released, "cell {i}");
+        for (i, s) in status.iter().enumerate().take(4) {
+            assert_ne!(*s, Status::Released, "cell {i}");
         }
         for l in lines(&keys, 2) {
             let n = l

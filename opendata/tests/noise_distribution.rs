@@ -2,6 +2,8 @@
 //! tests of OpenDP's discrete Laplace and discrete Gaussian samplers (over OpenSSL's CSPRNG) at a
 //! configured scale, with false-alarm rate α = 1e-6, and the same test rejecting a wrong scale.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use allmende_opendata::noise::scale_to_rbig;
 use allmende_opendata::{Noise, OpenDpNoise};
 

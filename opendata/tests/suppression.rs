@@ -4,6 +4,8 @@
 //! line (one column varying, the other fixed, with its total) has zero or at least two
 //! suppressed entries.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -39,8 +41,13 @@ fn schema() -> Schema {
     ])
 }
 
+/// One generated row: unit, row label, column label, value.
+type Row = (String, String, String, f64);
+/// A cell of the table: (row label, column label).
+type Key = (String, String);
+
 struct Data {
-    rows: Vec<(String, String, String, f64)>,
+    rows: Vec<Row>,
 }
 
 /// A table of `nr` × `nc` cells; most cells have many units, some only a few; units sometimes
@@ -78,9 +85,8 @@ fn generate(seed: u64, nr: u64, nc: u64, k: u64) -> Data {
 }
 
 fn batch(d: &Data) -> RecordBatch {
-    let col = |f: &dyn Fn(&(String, String, String, f64)) -> &str| -> StringArray {
-        d.rows.iter().map(|r| Some(f(r))).collect()
-    };
+    let col =
+        |f: &dyn Fn(&Row) -> &str| -> StringArray { d.rows.iter().map(|r| Some(f(r))).collect() };
     RecordBatch::try_new(
         Arc::new(schema()),
         vec![
@@ -191,9 +197,7 @@ fn true_units(d: &Data) -> HashMap<(String, String), usize> {
 }
 
 /// The lines of a two-column table with margins: (entries, total).
-fn lines(
-    cells: &BTreeMap<(String, String), Cell>,
-) -> Vec<(Vec<(String, String)>, (String, String))> {
+fn lines(cells: &BTreeMap<(String, String), Cell>) -> Vec<(Vec<Key>, Key)> {
     let star = STAR_LABEL.to_string();
     let mut by_row: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let mut by_col: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
