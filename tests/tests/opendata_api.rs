@@ -854,3 +854,68 @@ async fn an_address_over_its_rate_gets_429_with_retry_after() {
     );
     sb.shutdown().await.unwrap();
 }
+
+/// The real `ckanapi` client (a portal harvesting the node): listing,
+/// search with `q`/`fq`/`rows`/`start`, `package_show`, `organization_list`,
+/// `NotFound` and `ValidationError`, and the downloads of a public dataset
+/// and of a release file, TLS verified against the federation root.
+/// Skipped (with a note) where python3 has no ckanapi; `scripts/test.sh`
+/// installs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ckanapi_harvests_the_open_data_api() {
+    let has_ckanapi = std::process::Command::new("python3")
+        .args(["-c", "import ckanapi, requests"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_ckanapi {
+        if std::env::var_os("CI").is_some() {
+            panic!("python3 has no ckanapi in CI: scripts/test.sh installs it");
+        }
+        eprintln!("skipped: python3 has no ckanapi (scripts/test.sh installs it)");
+        return;
+    }
+    let sb = federation().await;
+    let (_, csv) = write_release(&sb);
+    let url = |node: &str| format!("https://{}", sb.node(node).unwrap().opendata_addr.unwrap());
+    let script = sb.root.join("ckan.py");
+    std::fs::write(&script, include_str!("ckan.py")).unwrap();
+    let mut c = public_at(&sb, "stadt-1").await;
+    let rows = fetch_rows(&mut c, AIR).await.unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(url("stadt-1"))
+            .arg(url("scooter-co-1"))
+            .arg(sb.federation.root_cert())
+            // requests prefers these over a session's `verify`.
+            .env("REQUESTS_CA_BUNDLE", sb.federation.root_cert())
+            .env_remove("CURL_CA_BUNDLE")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ckanapi failed:\n{stdout}\n{stderr}");
+    for line in [
+        "packages air-quality,traffic-counts\n".to_owned(),
+        "search 1 air-quality\n".to_owned(),
+        "page 2 1\n".to_owned(),
+        "show air-quality stadt dl-de-by-2.0\n".to_owned(),
+        "unknown NotFound\n".to_owned(),
+        "bad fq ValidationError\n".to_owned(),
+        format!("csv text/csv;charset=utf-8 {rows} "),
+        "scooter packages scooter-trips-2025-03\n".to_owned(),
+        format!("release CSV {0} {0} hour,cell,trips\n", csv.len()),
+        "raw 403 Authorization Error\n".to_owned(),
+    ] {
+        assert!(stdout.contains(&line), "expected `{line}` in:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("organizations ") && stdout.contains("stadt"),
+        "{stdout}"
+    );
+    sb.shutdown().await.unwrap();
+}

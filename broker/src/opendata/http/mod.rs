@@ -75,17 +75,7 @@ pub fn server_config(
     material: &TlsMaterial,
     cert_path: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = material.chain();
-    if chain.is_empty() {
-        return Err(TlsError::Empty {
-            path: cert_path.to_path_buf(),
-            what: "certificate",
-        });
-    }
-    let key = material.key().ok_or_else(|| TlsError::Empty {
-        path: cert_path.with_extension("key"),
-        what: "private key",
-    })?;
+    let (chain, key) = crate::tls::own_chain_and_key(material, cert_path)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
