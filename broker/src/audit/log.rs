@@ -884,6 +884,51 @@ pub(super) mod tests {
         assert_eq!(d.peer_node, None);
     }
 
+    /// A public caller is stored as `public/<pseudonym>`: the keyed
+    /// pseudonym as it is (not hashed again), stable per certificate or
+    /// address, different between them, an IPv4-mapped IPv6 address the
+    /// same caller as its IPv4 address, and never the input in clear.
+    #[tokio::test]
+    async fn a_public_caller_is_stored_under_its_keyed_pseudonym_only() {
+        use crate::access::PublicCaller;
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _store, _tx) = open(dir.path()).await;
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
+        let other = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let a = PublicCaller::by_ip(&log, v4);
+        assert_eq!(a, PublicCaller::by_ip(&log, v4));
+        assert_eq!(a, PublicCaller::by_ip(&log, mapped));
+        assert_ne!(a, PublicCaller::by_ip(&log, other));
+        let mut cert = caller(Subject::User("portal".into()));
+        cert.certificate_sha256 = "ab".repeat(32);
+        let c = PublicCaller::by_certificate(&log, &cert);
+        assert_ne!(a, c);
+        for p in [&a, &c] {
+            assert!(p.pseudonym().starts_with("p-") && p.pseudonym().len() == 26);
+        }
+        let seq = log
+            .append(Draft::by_public(
+                &a,
+                "read",
+                "air-quality",
+                EntryKind::Decision,
+            ))
+            .await
+            .unwrap();
+        let bytes = log.entry_bytes(seq).unwrap().unwrap();
+        let e = Entry::decode(&bytes).unwrap();
+        assert_eq!(e.principal.org, "public");
+        assert_eq!(e.principal.user.as_deref(), Some(a.pseudonym()));
+        assert_eq!(e.peer_node, None);
+        assert!(!bytes.windows(9).any(|w| w == b"192.0.2.7"));
+        // Another node's secret: another pseudonym for the same address.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (log2, _store2, _tx2) = open(dir2.path()).await;
+        assert_ne!(a, PublicCaller::by_ip(&log2, v4));
+    }
+
     /// A findings list poisoned by a panic is refused (`UNAVAILABLE`), not
     /// shown empty: an empty list would hide a split view. A new finding is
     /// still logged.
