@@ -146,7 +146,11 @@ impl SandboxSpec {
                     "scooter-co",
                     OrgKind::Company,
                     "Scooter Co. GmbH",
-                    &[("operator", Role::Operator), ("steward", Role::Steward)],
+                    &[
+                        ("operator", Role::Operator),
+                        ("steward", Role::Steward),
+                        ("dpo", Role::Dpo),
+                    ],
                 ),
                 org(
                     "versicherung-ag",

@@ -57,7 +57,7 @@ fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
 
 #[test]
 fn stories_not_built_exit_2_and_unknown_story_is_a_usage_error() {
-    let out = run(&["demo", "--story", "5"]);
+    let out = run(&["demo", "--story", "7"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
     let out = run(&["demo", "--story", "11"]);
@@ -539,6 +539,17 @@ fn story_1_passes_in_the_demo_harness() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
     assert!(text.contains("story 1 passed"), "{text}");
+}
+
+#[test]
+fn story_5_passes_in_the_demo_harness() {
+    let out = run(&["demo", "--story", "5"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("story 5 passed"), "{text}");
+    // The anonymous download and the refusal as the caller saw them.
+    assert!(text.contains("200 OK, 240 rows"), "{text}");
+    assert!(text.contains("403: Access denied: Raw personal data"), "{text}");
 }
 
 #[test]
