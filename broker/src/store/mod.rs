@@ -90,11 +90,13 @@ pub enum TableName {
     AccessGrants,
     /// Data subjects' erasures.
     ConsentErasures,
+    /// The open-data ε budget ledger: ε spent per dataset and period window.
+    OpendataBudget,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 15] = [
+    pub const ALL: [TableName; 16] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -110,6 +112,7 @@ impl TableName {
         TableName::AuditRetention,
         TableName::AccessGrants,
         TableName::ConsentErasures,
+        TableName::OpendataBudget,
     ];
 
     /// The sled tree name.
@@ -130,6 +133,7 @@ impl TableName {
             TableName::AuditRetention => "audit_retention",
             TableName::AccessGrants => "access_grants",
             TableName::ConsentErasures => "consent_erasures",
+            TableName::OpendataBudget => "opendata_budget",
         }
     }
 }
