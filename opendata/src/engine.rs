@@ -516,6 +516,25 @@ impl<N: Noise> Releaser<N> {
         }
     }
 
+    /// Pair indices grouped by unit (a counting sort over the dense unit ids), each unit's pairs
+    /// in the order they were first seen.
+    fn pairs_by_unit(&self) -> Vec<u32> {
+        let mut start = vec![0u32; self.unit_count as usize + 1];
+        for &u in &self.pair_unit {
+            start[u as usize + 1] += 1;
+        }
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        let mut order = vec![0u32; self.pair_unit.len()];
+        for (p, &u) in self.pair_unit.iter().enumerate() {
+            let slot = &mut start[u as usize];
+            order[*slot as usize] = p as u32;
+            *slot += 1;
+        }
+        order
+    }
+
     fn ndims(&self) -> usize {
         self.dims.len()
     }
@@ -543,8 +562,7 @@ impl<N: Noise> Releaser<N> {
         if masks.len() > 1 {
             let mut cube: IdMap<CellKey, usize> = IdMap::default();
             // Pair indices sorted by unit, so each unit counts once per margin cell.
-            let mut order: Vec<u32> = (0..self.pair_unit.len() as u32).collect();
-            order.sort_unstable_by_key(|p| self.pair_unit[*p as usize]);
+            let order = self.pairs_by_unit();
             let mut touched: Vec<usize> = Vec::new();
             let mut i = 0;
             while i < order.len() {
@@ -682,8 +700,7 @@ impl<N: Noise> Releaser<N> {
         let nsums = self.sums.len();
         let noise_err = |e: crate::noise::NoiseError| ReleaseError::Noise(e.0);
         // l0: each unit keeps a CSPRNG-chosen subset of at most l0 of its cells.
-        let mut order: Vec<u32> = (0..self.pair_unit.len() as u32).collect();
-        order.sort_unstable_by_key(|p| (self.pair_unit[*p as usize], self.pair_cell[*p as usize]));
+        let mut order = self.pairs_by_unit();
         let mut keep = vec![true; self.pair_unit.len()];
         let mut i = 0;
         while i < order.len() {
