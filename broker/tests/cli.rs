@@ -549,7 +549,10 @@ fn story_5_passes_in_the_demo_harness() {
     assert!(text.contains("story 5 passed"), "{text}");
     // The anonymous download and the refusal as the caller saw them.
     assert!(text.contains("200 OK, 240 rows"), "{text}");
-    assert!(text.contains("403: Access denied: Raw personal data"), "{text}");
+    assert!(
+        text.contains("403: Access denied: Raw personal data"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -242,19 +242,29 @@ fn only_the_federation_layer_dials_other_nodes() {
     // One peer TLS client: a rustls client configuration, a TLS connector or
     // a hand-made connection under a tonic channel only in `federation/`
     // (the CLI's user-side channel in `tls` is tonic's own TLS, checked by
-    // name against the root).
+    // name against the root). The demo's HTTPS GET is no node: it is the
+    // anonymous citizen of story 5, without a client certificate, talking
+    // to the open-data listener.
     let bad = offenders(
         &[
             concat!("rustls::", "ClientConfig"),
             concat!("TlsConn", "ector"),
             concat!("connect_with", "_connector"),
         ],
-        |f| f.starts_with("federation/"),
+        |f| f.starts_with("federation/") || f == "demo/https.rs",
     );
     assert!(
         bad.is_empty(),
         "node-to-node TLS client outside `federation/`:\n{}",
         bad.join("\n")
+    );
+    let demo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo/https.rs"))
+            .unwrap_or_default();
+    assert!(
+        demo.contains(".with_no_client_auth()")
+            && !demo.contains(concat!("with_client_", "auth_cert")),
+        "the demo's HTTPS client presents no certificate"
     );
     // Generated gRPC clients: the node calls out only from `federation/`;
     // the user side (CLI, demo, sandbox) calls as a person.

@@ -374,7 +374,11 @@ pub fn under(grant: &str, purpose: &str) -> pb::FetchRequest {
 /// Prints a refusal's deciding policies with their reasons in German and
 /// English; returns their ids. Passes only if the refusal is
 /// `PERMISSION_DENIED` naming `policy`, with both reasons given.
-pub(super) fn denied_by<T>(r: Result<T, tonic::Status>, policy: &str, what: &str) -> Result<(), String> {
+pub(super) fn denied_by<T>(
+    r: Result<T, tonic::Status>,
+    policy: &str,
+    what: &str,
+) -> Result<(), String> {
     use prost::Message as _;
     let e = match r {
         Ok(_) => return Err(format!("{what}: allowed")),

@@ -71,13 +71,16 @@ async fn steps(sb: &Sandbox) -> Result<(), String> {
         .ckan_result()?;
     println!("        package_list: {list}");
     check(
-        list.as_array()
-            .is_some_and(|l| l.iter().any(|p| p == AIR)),
+        list.as_array().is_some_and(|l| l.iter().any(|p| p == AIR)),
         "`air-quality` is listed",
     )?;
-    let show = get(sb, CITY_NODE, &format!("/api/3/action/package_show?id={AIR}"))
-        .await?
-        .ckan_result()?;
+    let show = get(
+        sb,
+        CITY_NODE,
+        &format!("/api/3/action/package_show?id={AIR}"),
+    )
+    .await?
+    .ckan_result()?;
     let url = show["resources"][0]["url"].as_str().unwrap_or_default();
     println!("        resource: {url}");
     let target = url
@@ -143,7 +146,12 @@ async fn steps(sb: &Sandbox) -> Result<(), String> {
     )?;
 
     step("the anonymous caller tries the raw download of `scooter-trips`");
-    let raw = get(sb, SCOOTER_NODE, &format!("/download/dataset/{SCOOTER}.csv")).await?;
+    let raw = get(
+        sb,
+        SCOOTER_NODE,
+        &format!("/download/dataset/{SCOOTER}.csv"),
+    )
+    .await?;
     let message = raw.ckan_error().unwrap_or_default();
     println!("        {}: {message}", raw.status);
     check(
@@ -223,7 +231,9 @@ async fn steps(sb: &Sandbox) -> Result<(), String> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     check(
-        !header.iter().any(|c| c.contains("device") || c.contains("trip_id")),
+        !header
+            .iter()
+            .any(|c| c.contains("device") || c.contains("trip_id")),
         "no vehicle or trip identifier in it",
     )?;
     let vehicles = header
