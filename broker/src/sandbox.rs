@@ -249,6 +249,8 @@ impl Sandbox {
                 text.push_str(&NodeConfig::render_sources(&[root.join(SAMPLE_DATA_DIR)]));
                 // PostgreSQL sources only on this machine's loopback (tests, the demo).
                 text.push_str(&NodeConfig::render_postgres_hosts(&["127.0.0.1"]));
+                // MQTT brokers likewise (a test's own mosquitto).
+                text.push_str(&NodeConfig::render_mqtt_hosts(&["127.0.0.1"]));
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
                 configs.push(cfg_path);

@@ -166,6 +166,9 @@ impl NodeHandle {
     /// Stops accepting, drains in-flight requests, flushes the store.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
+        // MQTT subscribers stop first: what they have not acknowledged the
+        // broker delivers again to the next start.
+        self.services.registry.stop_subscribers();
         let mut first_err = None;
         for t in self.tasks {
             match t.await {
@@ -194,6 +197,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     let store = open_store(&config, &trust).await?;
     let own = own_identity(&config, &material, &trust)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics = NodeMetrics::new(&config.name);
     let parts = Parts::open(
         &config,
         &own,
@@ -202,10 +206,10 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         &clock,
         &material,
         &shutdown_rx,
+        &metrics,
     )
     .await?;
 
-    let metrics = NodeMetrics::new(&config.name);
     metrics
         .membership_version
         .set(i64::try_from(trust.snapshot().doc.version).unwrap_or(i64::MAX));
@@ -397,6 +401,7 @@ impl Parts {
         clock: &SharedClock,
         material: &TlsMaterial,
         shutdown_rx: &watch::Receiver<bool>,
+        metrics: &Arc<NodeMetrics>,
     ) -> Result<Self, NodeError> {
         let audit = AuditLog::open(
             store.clone(),
@@ -488,6 +493,7 @@ impl Parts {
                 clock.clone(),
                 source_roots,
                 audit.clone(),
+                metrics.clone(),
             )
             .await
             .map_err(|e| NodeError::Policy(format!("connector registry: {e}")))?,

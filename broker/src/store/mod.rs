@@ -90,11 +90,15 @@ pub enum TableName {
     AccessGrants,
     /// Data subjects' erasures.
     ConsentErasures,
+    /// MQTT uplinks buffered per dataset, by receive sequence.
+    MqttUplinks,
+    /// Deduplication keys of the buffered MQTT uplinks.
+    MqttSeen,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 15] = [
+    pub const ALL: [TableName; 17] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -110,6 +114,8 @@ impl TableName {
         TableName::AuditRetention,
         TableName::AccessGrants,
         TableName::ConsentErasures,
+        TableName::MqttUplinks,
+        TableName::MqttSeen,
     ];
 
     /// The sled tree name.
@@ -130,6 +136,8 @@ impl TableName {
             TableName::AuditRetention => "audit_retention",
             TableName::AccessGrants => "access_grants",
             TableName::ConsentErasures => "consent_erasures",
+            TableName::MqttUplinks => "mqtt_uplinks",
+            TableName::MqttSeen => "mqtt_seen",
         }
     }
 }
@@ -292,6 +300,16 @@ impl<K: Key> RawTable<K> {
             out.push((decode_key(self.name, &k)?, v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Number of entries with keys in `[from, to)` (values are not copied).
+    pub fn count_range(&self, from: &K, to: &K) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for item in self.tree.range(from.encode()..to.encode()) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Calls `f` with the entry of the greatest key `<= key` (without
