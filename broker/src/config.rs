@@ -497,7 +497,11 @@ impl NodeConfig {
                 s.postgres_hosts,
                 s.mqtt_hosts,
             ),
-            None => (vec![data_dir.join(DEFAULT_SOURCES_DIR)], Vec::new(), Vec::new()),
+            None => (
+                vec![data_dir.join(DEFAULT_SOURCES_DIR)],
+                Vec::new(),
+                Vec::new(),
+            ),
         };
         Ok(Self {
             limits: raw.limits,

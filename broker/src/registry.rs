@@ -28,9 +28,9 @@ use crate::audit::{AuditLog, Draft};
 use crate::catalog::{Catalog, CatalogEntry, CatalogError, DatasetDescription};
 use crate::clock::SharedClock;
 use crate::locks::{self, Poisoned};
+use crate::metrics::NodeMetrics;
 use crate::pki::{Principal, Subject};
 use crate::policy::PolicyPoint;
-use crate::metrics::NodeMetrics;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
 use crate::uplinks::{UplinkMetrics, Uplinks};
 use allmende_connectors::mqtt::{IngestHandle, MqttBufferConnector, MqttConfig};
@@ -761,8 +761,12 @@ mod tests {
         let files = r#"{"path":"/s/a.csv","format":"csv"}"#;
         assert!(SourceConfig::parse("postgres", files).is_err());
         let e = SourceConfig::parse("mysql", files).unwrap_err();
-        assert!(e.to_string().contains("`files`, `postgres` or `mqtt`"), "{e}");
-        let mqtt = r#"{"broker":"mqtt://127.0.0.1:1883","topic":"v3/a@t/devices/+/up","client_id":"n"}"#;
+        assert!(
+            e.to_string().contains("`files`, `postgres` or `mqtt`"),
+            "{e}"
+        );
+        let mqtt =
+            r#"{"broker":"mqtt://127.0.0.1:1883","topic":"v3/a@t/devices/+/up","client_id":"n"}"#;
         let parsed = SourceConfig::parse("mqtt", mqtt).unwrap();
         assert!(matches!(parsed, SourceConfig::Mqtt(_)));
         assert_eq!(parsed.kind(), "mqtt");

@@ -299,3 +299,154 @@ impl IngestObserver for UplinkMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test")]
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::StoreOptions;
+    use allmende_connectors::mqtt::{MqttBufferConnector, MqttConfig, UplinkMapping};
+    use allmende_connectors::{Connector, FieldSpec, FieldType, ReadRequest, SourceRoots};
+
+    fn fields() -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::required("seq", FieldType::Int64),
+            FieldSpec::required("device_id", FieldType::String),
+            FieldSpec::required("received_at", FieldType::Timestamp),
+            FieldSpec::required("f_cnt", FieldType::Int64),
+            FieldSpec::new("temperature", FieldType::Float64),
+        ]
+    }
+
+    fn uplink(device: u32, f_cnt: u64) -> NewUplink {
+        let json = serde_json::json!({
+            "end_device_ids": {"device_id": format!("air-{device}"), "dev_eui": "70B3D57ED0050001"},
+            "received_at": format!("2025-05-01T10:00:{:02}Z", f_cnt % 60),
+            "uplink_message": {"f_cnt": f_cnt, "decoded_payload": {"temperature": 20.5}}
+        });
+        UplinkMapping::new(&fields(), "seq", &Default::default())
+            .unwrap()
+            .parse(json.to_string().as_bytes())
+            .unwrap()
+    }
+
+    fn open(dir: &std::path::Path, clock: Arc<ManualClock>) -> (Store, Uplinks) {
+        let store = Store::open(&dir.join("store"), &StoreOptions::default()).unwrap();
+        let uplinks = Uplinks::open(store.clone(), clock).unwrap();
+        (store, uplinks)
+    }
+
+    fn seqs(b: &DatasetUplinks) -> Vec<u64> {
+        b.scan(0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn uplinks_are_deduplicated_ordered_and_kept_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(1_746_093_600_000);
+        let (store, uplinks) = open(dir.path(), clock.clone());
+        let air = uplinks.dataset("air");
+        let other = uplinks.dataset("air-2");
+        let batch: Vec<NewUplink> = (1..=5).map(|i| uplink(1, i)).collect();
+        assert_eq!(
+            air.append(&batch).await.unwrap(),
+            Appended {
+                stored: 5,
+                duplicates: 0
+            }
+        );
+        // Redelivered (and doubled within one group): stored once.
+        let again = vec![uplink(1, 5), uplink(1, 6), uplink(1, 6)];
+        assert_eq!(
+            air.append(&again).await.unwrap(),
+            Appended {
+                stored: 1,
+                duplicates: 2
+            }
+        );
+        // Another dataset has its own sequence and keys.
+        assert_eq!(other.append(&[uplink(1, 1)]).await.unwrap().stored, 1);
+        assert_eq!(seqs(&air), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(seqs(&other), vec![1]);
+        assert_eq!(air.scan(4, 10).unwrap().len(), 2);
+        assert_eq!(air.scan(u64::MAX, 10).unwrap().len(), 0);
+        assert_eq!(air.len().unwrap(), 6);
+        drop((air, other, uplinks));
+        drop(store);
+
+        // The node restarts: the buffer and the keys are still there.
+        let (_store, uplinks) = open(dir.path(), clock);
+        let air = uplinks.dataset("air");
+        assert_eq!(seqs(&air), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(air.append(&[uplink(1, 3)]).await.unwrap().duplicates, 1);
+        assert_eq!(air.append(&[uplink(1, 7)]).await.unwrap().stored, 1);
+        assert_eq!(seqs(&air).last(), Some(&7));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_what_is_past_retention_and_never_reuses_a_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(1_746_093_600_000);
+        let (_store, uplinks) = open(dir.path(), clock.clone());
+        let air = uplinks.dataset("air");
+        air.append(&[uplink(1, 1), uplink(1, 2)]).await.unwrap();
+        clock.advance(Duration::from_secs(3600));
+        air.append(&[uplink(1, 3)]).await.unwrap();
+        clock.advance(Duration::from_secs(1800));
+        // Retention 1 h: the first two are 90 minutes old, the third 30 minutes.
+        assert_eq!(air.sweep(Duration::from_secs(3600)).await.unwrap(), 2);
+        assert_eq!(seqs(&air), vec![3]);
+        assert_eq!(air.sweep(Duration::from_secs(3600)).await.unwrap(), 0);
+        // The swept uplinks' keys went with them; their sequence numbers are not handed out again.
+        assert_eq!(air.append(&[uplink(1, 1)]).await.unwrap().stored, 1);
+        assert_eq!(seqs(&air), vec![3, 4]);
+        clock.advance(Duration::from_secs(7200));
+        assert_eq!(air.sweep(Duration::from_secs(3600)).await.unwrap(), 2);
+        assert!(seqs(&air).is_empty());
+        assert_eq!(air.append(&[uplink(1, 9)]).await.unwrap().stored, 1);
+        assert_eq!(seqs(&air), vec![5]);
+        // Purge (registration removed) empties the buffer.
+        assert_eq!(air.purge().await.unwrap(), 1);
+        assert_eq!(air.len().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_store_buffer_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(1_746_093_600_000);
+        let (_store, uplinks) = open(dir.path(), clock);
+        let air = uplinks.dataset("air");
+        let batch: Vec<NewUplink> = (1..=40)
+            .map(|i| uplink(u32::try_from(i % 3).unwrap(), i))
+            .collect();
+        air.append(&batch).await.unwrap();
+        let mut config = MqttConfig::new("mqtt://127.0.0.1", "v3/air@munich/devices/+/up", "n");
+        config.schema = Some(fields());
+        config.identifier_columns = vec!["device_id".into()];
+        let c = MqttBufferConnector::open(&config, &SourceRoots::anywhere(), Arc::new(air), "air")
+            .unwrap();
+        let report = allmende_connectors::conformance::run_all(
+            &c,
+            &allmende_connectors::conformance::Expectations {
+                rows: Some(40),
+                broken: Some(0),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.rows, 40);
+        let read = c
+            .read(ReadRequest::new())
+            .await
+            .unwrap()
+            .collect_all()
+            .await
+            .unwrap();
+        assert_eq!(read.num_rows(), 40);
+    }
+}
