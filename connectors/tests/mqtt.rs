@@ -523,3 +523,70 @@ async fn an_oversized_message_is_refused_and_later_ones_arrive() {
     // The broker dropped it (MQTT 5 maximum packet size): the connection never broke.
     assert_eq!(handle.status().connects(), 1);
 }
+
+/// A buffer whose durable writes fail while `failing` is set.
+#[derive(Debug, Default)]
+struct FlakyBuffer {
+    inner: MemoryBuffer,
+    failing: std::sync::atomic::AtomicBool,
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+impl UplinkBuffer for FlakyBuffer {
+    fn append<'a>(
+        &'a self,
+        uplinks: &'a [allmende_connectors::mqtt::NewUplink],
+    ) -> futures::future::BoxFuture<'a, Result<allmende_connectors::mqtt::Appended, ConnectorError>>
+    {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err(ConnectorError::Internal("disk full".into())) });
+        }
+        self.inner.append(uplinks)
+    }
+    fn scan(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<allmende_connectors::mqtt::StoredUplink>, ConnectorError> {
+        self.inner.scan(after, limit)
+    }
+    fn sweep(&self, retention: Duration) -> futures::future::BoxFuture<'_, Result<u64, ConnectorError>> {
+        self.inner.sweep(retention)
+    }
+    fn len(&self) -> Result<u64, ConnectorError> {
+        self.inner.len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_acknowledged_before_it_is_stored() {
+    let Some((b, _dir)) = broker() else { return };
+    let flaky = Arc::new(FlakyBuffer::default());
+    flaky.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cfg = config(&b.url(), "node-flaky");
+    let roots = SourceRoots::anywhere();
+    let counters = Arc::new(IngestCounters::default());
+    let handle = spawn_ingest(&cfg, &roots, flaky.clone(), counters.clone(), "air").unwrap();
+    wait_for("connect", 10, || handle.status().connected()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 1..=5 {
+        publish(&b, 5, i, i as u32);
+    }
+    wait_for("a failed write", 10, || {
+        flaky.attempts.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handle.status().acknowledged(), 0, "acknowledged what was not stored");
+    assert_eq!(flaky.len().unwrap(), 0);
+    // The node dies with the messages unstored; the next start gets every one of them.
+    drop(handle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let buffer = Arc::new(MemoryBuffer::new());
+    let handle = spawn_ingest(&cfg, &roots, buffer.clone(), counters, "air").unwrap();
+    wait_for("the unacknowledged messages again", 20, || buffer.len().unwrap() == 5).await;
+    assert_eq!(frames(&buffer), vec![1, 2, 3, 4, 5]);
+    wait_for("acknowledgements", 10, || handle.status().acknowledged() == 5).await;
+}
