@@ -14,6 +14,12 @@
 //!
 //! `ALLMENDE_MQTT_MESSAGES` sets the count (default 20000); `ALLMENDE_MQTT_ROUNDS` the rounds
 //! (default 3). Loopback only; stops by itself. Not part of CI.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "bench"
+)]
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -70,7 +76,16 @@ fn uplink_lines(n: usize, round: usize) -> (Vec<u8>, usize) {
 /// Runs `mosquitto_pub -l` on `lines` to `topic` and returns when it has published them all.
 fn publish(port: u16, topic: &str, lines: &[u8]) {
     let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "5", "-q", "1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "5",
+            "-q",
+            "1",
+        ])
         .args(["-t", topic, "-l"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -110,6 +125,8 @@ async fn node_round(
 ) -> f64 {
     let mut config = MqttConfig::new(&broker.url(), "v3/air@munich/devices/+/up", client_id);
     config.schema = Some(schema());
+    // The session ends with the round: no workload queues messages for another's absent client.
+    config.session_expiry_secs = 0;
     let counters = Arc::new(IngestCounters::default());
     let handle = spawn_ingest(
         &config,
@@ -125,7 +142,7 @@ async fn node_round(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await; // the subscription
-    let before = buffer.len().expect("len");
+    let before = buffer.buffered().expect("len");
     let start = Instant::now();
     let port = broker.port();
     let lines = lines.to_vec();
@@ -133,8 +150,11 @@ async fn node_round(
         publish(port, "v3/air@munich/devices/air-001/up", &lines)
     });
     let deadline = Instant::now() + Duration::from_secs(600);
-    while buffer.len().expect("len") < before + n as u64 {
-        assert!(Instant::now() < deadline, "the node did not get every uplink");
+    while buffer.buffered().expect("len") < before + n as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not get every uplink"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -147,7 +167,16 @@ async fn node_round(
 /// Publishes `lines` to a plain `mosquitto_sub -C n`; returns the seconds until it exits.
 fn sub_round(broker: &LocalMosquitto, lines: &[u8], n: usize) -> f64 {
     let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-V", "5", "-q", "1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port().to_string(),
+            "-V",
+            "5",
+            "-q",
+            "1",
+        ])
         .args(["-t", "bench/plain", "-C", &n.to_string()])
         .stdout(Stdio::null())
         .spawn()
@@ -162,7 +191,9 @@ fn sub_round(broker: &LocalMosquitto, lines: &[u8], n: usize) -> f64 {
 
 fn main() {
     if find_mosquitto().is_none() {
-        eprintln!("SKIPPED: mosquitto is not installed (Debian packages mosquitto, mosquitto-clients)");
+        eprintln!(
+            "SKIPPED: mosquitto is not installed (Debian packages mosquitto, mosquitto-clients)"
+        );
         return;
     }
     let n = env_usize("ALLMENDE_MQTT_MESSAGES", 20_000);
@@ -188,13 +219,21 @@ fn main() {
         size = s;
         results[0].1.push(sub_round(&broker, &lines, n));
         let durable: Arc<dyn UplinkBuffer> = Arc::new(uplinks.dataset("bench"));
-        results[1]
-            .1
-            .push(rt.block_on(node_round(&broker, durable, "bench-durable", &lines, n)));
+        results[1].1.push(rt.block_on(node_round(
+            &broker,
+            durable,
+            &format!("bench-durable-{round}"),
+            &lines,
+            n,
+        )));
         let memory: Arc<dyn UplinkBuffer> = Arc::new(MemoryBuffer::new());
-        results[2]
-            .1
-            .push(rt.block_on(node_round(&broker, memory, "bench-memory", &lines, n)));
+        results[2].1.push(rt.block_on(node_round(
+            &broker,
+            memory,
+            &format!("bench-memory-{round}"),
+            &lines,
+            n,
+        )));
         println!(
             "round {}: sub {:.0}/s, durable {:.0}/s, memory {:.0}/s",
             round + 1,

@@ -261,7 +261,7 @@ impl UplinkBuffer for DatasetUplinks {
         })
     }
 
-    fn len(&self) -> Result<u64, ConnectorError> {
+    fn buffered(&self) -> Result<u64, ConnectorError> {
         self.shared
             .rows
             .count_range(&self.row_key(0), &self.end_key())
@@ -337,6 +337,14 @@ mod tests {
         (store, uplinks)
     }
 
+    /// A fresh store in a temporary directory, its clock and buffers.
+    fn fresh() -> (tempfile::TempDir, Arc<ManualClock>, Store, Uplinks) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_unix_ms(1_746_093_600_000);
+        let (store, uplinks) = open(dir.path(), clock.clone());
+        (dir, clock, store, uplinks)
+    }
+
     fn seqs(b: &DatasetUplinks) -> Vec<u64> {
         b.scan(0, usize::MAX)
             .unwrap()
@@ -347,9 +355,7 @@ mod tests {
 
     #[tokio::test]
     async fn uplinks_are_deduplicated_ordered_and_kept_across_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::at_unix_ms(1_746_093_600_000);
-        let (store, uplinks) = open(dir.path(), clock.clone());
+        let (dir, clock, store, uplinks) = fresh();
         let air = uplinks.dataset("air");
         let other = uplinks.dataset("air-2");
         let batch: Vec<NewUplink> = (1..=5).map(|i| uplink(1, i)).collect();
@@ -375,7 +381,7 @@ mod tests {
         assert_eq!(seqs(&other), vec![1]);
         assert_eq!(air.scan(4, 10).unwrap().len(), 2);
         assert_eq!(air.scan(u64::MAX, 10).unwrap().len(), 0);
-        assert_eq!(air.len().unwrap(), 6);
+        assert_eq!(air.buffered().unwrap(), 6);
         drop((air, other, uplinks));
         drop(store);
 
@@ -390,9 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_sweep_removes_what_is_past_retention_and_never_reuses_a_sequence() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::at_unix_ms(1_746_093_600_000);
-        let (_store, uplinks) = open(dir.path(), clock.clone());
+        let (_dir, clock, _store, uplinks) = fresh();
         let air = uplinks.dataset("air");
         air.append(&[uplink(1, 1), uplink(1, 2)]).await.unwrap();
         clock.advance(Duration::from_secs(3600));
@@ -412,14 +416,12 @@ mod tests {
         assert_eq!(seqs(&air), vec![5]);
         // Purge (registration removed) empties the buffer.
         assert_eq!(air.purge().await.unwrap(), 1);
-        assert_eq!(air.len().unwrap(), 0);
+        assert_eq!(air.buffered().unwrap(), 0);
     }
 
     #[tokio::test]
     async fn the_store_buffer_passes_the_conformance_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::at_unix_ms(1_746_093_600_000);
-        let (_store, uplinks) = open(dir.path(), clock);
+        let (_dir, _clock, _store, uplinks) = fresh();
         let air = uplinks.dataset("air");
         let batch: Vec<NewUplink> = (1..=40)
             .map(|i| uplink(u32::try_from(i % 3).unwrap(), i))

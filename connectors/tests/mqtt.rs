@@ -454,7 +454,7 @@ async fn broker_restarts_lose_and_double_nothing() {
     for i in 1..=10 {
         publish(&b, 3, i, i as u32);
     }
-    wait_for("the first 10", 20, || buffer.len().unwrap() == 10).await;
+    wait_for("the first 10", 20, || buffer.buffered().unwrap() == 10).await;
 
     // The broker restarts mid-stream; the node reconnects on its own, and what is published
     // before it is back is queued in its persistent session.
@@ -463,7 +463,7 @@ async fn broker_restarts_lose_and_double_nothing() {
         publish(&b, 3, i, i as u32);
     }
     wait_for("the next 10 after the restart", 30, || {
-        buffer.len().unwrap() == 20
+        buffer.buffered().unwrap() == 20
     })
     .await;
     assert!(
@@ -471,25 +471,43 @@ async fn broker_restarts_lose_and_double_nothing() {
         "the client did not reconnect"
     );
 
+    // Killed outright (SIGKILL) and started again on the same port with the same database: the
+    // node reconnects and subscribes again, whatever of its session the broker had saved.
+    let connects = handle.status().connects();
+    b.kill();
+    b.restart().unwrap();
+    wait_for("a reconnect after the kill", 30, || {
+        handle.status().connects() > connects
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 21..=25 {
+        publish(&b, 3, i, i as u32);
+    }
+    wait_for("the 5 after the kill", 30, || {
+        buffer.buffered().unwrap() == 25
+    })
+    .await;
+
     // The node goes away; messages published meanwhile, and a broker restart on top.
     drop(handle);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for i in 21..=30 {
+    for i in 26..=35 {
         publish(&b, 3, i, i as u32);
     }
     b.restart().unwrap();
-    for i in 31..=35 {
+    for i in 36..=40 {
         publish(&b, 3, i, i as u32);
     }
     let handle = spawn_ingest(&cfg, &roots, buffer.clone(), counters.clone(), "air").unwrap();
     wait_for("the 15 published while the node was away", 30, || {
-        buffer.len().unwrap() >= 35
+        buffer.buffered().unwrap() >= 40
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         frames(&buffer),
-        (1..=35).collect::<Vec<_>>(),
+        (1..=40).collect::<Vec<_>>(),
         "lost or doubled"
     );
     drop(handle);
@@ -515,7 +533,7 @@ async fn an_oversized_message_is_refused_and_later_ones_arrive() {
         publish(&b, 4, i, i as u32);
     }
     wait_for("the messages after the big one", 20, || {
-        buffer.len().unwrap() == 4
+        buffer.buffered().unwrap() == 4
     })
     .await;
     assert_eq!(frames(&buffer), vec![1, 3, 4, 5]);
@@ -552,11 +570,14 @@ impl UplinkBuffer for FlakyBuffer {
     ) -> Result<Vec<allmende_connectors::mqtt::StoredUplink>, ConnectorError> {
         self.inner.scan(after, limit)
     }
-    fn sweep(&self, retention: Duration) -> futures::future::BoxFuture<'_, Result<u64, ConnectorError>> {
+    fn sweep(
+        &self,
+        retention: Duration,
+    ) -> futures::future::BoxFuture<'_, Result<u64, ConnectorError>> {
         self.inner.sweep(retention)
     }
-    fn len(&self) -> Result<u64, ConnectorError> {
-        self.inner.len()
+    fn buffered(&self) -> Result<u64, ConnectorError> {
+        self.inner.buffered()
     }
 }
 
@@ -564,7 +585,9 @@ impl UplinkBuffer for FlakyBuffer {
 async fn nothing_is_acknowledged_before_it_is_stored() {
     let Some((b, _dir)) = broker() else { return };
     let flaky = Arc::new(FlakyBuffer::default());
-    flaky.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    flaky
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let cfg = config(&b.url(), "node-flaky");
     let roots = SourceRoots::anywhere();
     let counters = Arc::new(IngestCounters::default());
@@ -579,14 +602,24 @@ async fn nothing_is_acknowledged_before_it_is_stored() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(handle.status().acknowledged(), 0, "acknowledged what was not stored");
-    assert_eq!(flaky.len().unwrap(), 0);
+    assert_eq!(
+        handle.status().acknowledged(),
+        0,
+        "acknowledged what was not stored"
+    );
+    assert_eq!(flaky.buffered().unwrap(), 0);
     // The node dies with the messages unstored; the next start gets every one of them.
     drop(handle);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let buffer = Arc::new(MemoryBuffer::new());
     let handle = spawn_ingest(&cfg, &roots, buffer.clone(), counters, "air").unwrap();
-    wait_for("the unacknowledged messages again", 20, || buffer.len().unwrap() == 5).await;
+    wait_for("the unacknowledged messages again", 20, || {
+        buffer.buffered().unwrap() == 5
+    })
+    .await;
     assert_eq!(frames(&buffer), vec![1, 2, 3, 4, 5]);
-    wait_for("acknowledgements", 10, || handle.status().acknowledged() == 5).await;
+    wait_for("acknowledgements", 10, || {
+        handle.status().acknowledged() == 5
+    })
+    .await;
 }

@@ -197,7 +197,6 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     let store = open_store(&config, &trust).await?;
     let own = own_identity(&config, &material, &trust)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let metrics = NodeMetrics::new(&config.name);
     let parts = Parts::open(
         &config,
         &own,
@@ -206,10 +205,10 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         &clock,
         &material,
         &shutdown_rx,
-        &metrics,
     )
     .await?;
 
+    let metrics = parts.metrics.clone();
     metrics
         .membership_version
         .set(i64::try_from(trust.snapshot().doc.version).unwrap_or(i64::MAX));
@@ -390,6 +389,8 @@ pub(crate) struct Parts {
     pub services: Services,
     pub replicator: crate::federation::replicator::CatalogReplicator,
     pub peer_list: SharedPeers,
+    /// The node's metrics (the registry's MQTT subscribers count into them).
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl Parts {
@@ -401,8 +402,8 @@ impl Parts {
         clock: &SharedClock,
         material: &TlsMaterial,
         shutdown_rx: &watch::Receiver<bool>,
-        metrics: &Arc<NodeMetrics>,
     ) -> Result<Self, NodeError> {
+        let metrics = NodeMetrics::new(&config.name);
         let audit = AuditLog::open(
             store.clone(),
             &own.federation,
@@ -550,6 +551,7 @@ impl Parts {
             },
             replicator,
             peer_list,
+            metrics,
         })
     }
 }

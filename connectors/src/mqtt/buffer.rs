@@ -50,7 +50,7 @@ pub trait UplinkBuffer: Send + Sync + fmt::Debug {
     fn sweep(&self, retention: Duration) -> BoxFuture<'_, Result<u64, ConnectorError>>;
 
     /// Uplinks buffered.
-    fn len(&self) -> Result<u64, ConnectorError>;
+    fn buffered(&self) -> Result<u64, ConnectorError>;
 }
 
 #[derive(Debug, Default)]
@@ -144,7 +144,7 @@ impl UplinkBuffer for MemoryBuffer {
         })
     }
 
-    fn len(&self) -> Result<u64, ConnectorError> {
+    fn buffered(&self) -> Result<u64, ConnectorError> {
         Ok(self.lock()?.rows.len() as u64)
     }
 }

@@ -646,7 +646,7 @@ impl Connector for MqttBufferConnector {
 
     fn health(&self) -> BoxFuture<'_, Result<HealthReport, ConnectorError>> {
         Box::pin(async move {
-            let n = self.buffer.len()?;
+            let n = self.buffer.buffered()?;
             Ok(HealthReport {
                 detail: format!("{n} uplinks buffered"),
             })
