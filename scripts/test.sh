@@ -21,6 +21,9 @@ if [ "$install" = 1 ]; then
   missing=()
   command -v mold >/dev/null || missing+=(mold)
   command -v cvc5 >/dev/null || missing+=(cvc5)
+  # OpenSSL headers: OpenDP's CSPRNG (allmende-opendata) builds against
+  # Debian's libssl-dev, not a vendored copy (.cargo/config.toml).
+  pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
   # PostgreSQL: the postgres connector's tests and the e2e test start their
   # own server from these binaries (as the postgres user when run as root).
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
@@ -38,11 +41,12 @@ if [ "$install" = 1 ]; then
   fi
   # Python grpcio: the standard-client test (reflection v1alpha/v1, health);
   # pyshacl: the DCAT-AP.de export test (tests/tests/catalog.rs);
-  # pyarrow and pandas: the Arrow Flight client test (tests/tests/flight.rs).
-  if ! python3 -c 'import grpc, grpc_reflection, grpc_health, pyshacl, pyarrow.flight, pandas' >/dev/null 2>&1; then
-    echo "== installing python grpcio, pyshacl, pyarrow, pandas"
+  # pyarrow and pandas: the Arrow Flight client test (tests/tests/flight.rs);
+  # ckanapi: the open-data API test (tests/tests/opendata_api.rs).
+  if ! python3 -c 'import grpc, grpc_reflection, grpc_health, pyshacl, pyarrow.flight, pandas, ckanapi' >/dev/null 2>&1; then
+    echo "== installing python grpcio, pyshacl, pyarrow, pandas, ckanapi"
     python3 -m pip install -q --disable-pip-version-check \
-      grpcio grpcio-reflection grpcio-health-checking pyshacl pyarrow pandas
+      grpcio grpcio-reflection grpcio-health-checking pyshacl pyarrow pandas ckanapi
   fi
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"

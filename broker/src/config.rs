@@ -76,6 +76,51 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     sources: Option<RawSources>,
+    #[serde(default)]
+    opendata: Option<RawOpenData>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenData {
+    /// Address of the HTTPS open-data listener (absent: off).
+    listen: Option<String>,
+    /// Base URL of download links (default `https://<listen>`).
+    public_url: Option<String>,
+    /// Open-data requests per minute of one public caller.
+    requests_per_minute: Option<u32>,
+    /// Requests a public caller may make at once before the rate applies.
+    burst: Option<u32>,
+    /// Release specs of this node's datasets (`[[opendata.release]]`,
+    /// `docs/opendata.md`).
+    #[serde(default)]
+    release: Vec<allmende_opendata::ReleaseSpec>,
+}
+
+/// The public tier and the HTTPS open-data listener (`[opendata]`;
+/// `docs/opendata-api.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenDataConfig {
+    /// The HTTPS open-data listener (`None`: off).
+    pub listen: Option<SocketAddr>,
+    /// Base URL of download links, without a trailing `/`.
+    pub public_url: Option<String>,
+    /// Requests per minute of one public caller (pseudonym; on HTTP per
+    /// address), gRPC and HTTP alike.
+    pub requests_per_minute: u32,
+    /// Burst of one public caller.
+    pub burst: u32,
+}
+
+impl Default for OpenDataConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_url: None,
+            requests_per_minute: 120,
+            burst: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +356,30 @@ impl Limits {
     }
 }
 
+/// Checks the release specs' structure (numbers, keys, one spec per
+/// dataset); an error names `opendata.release[<i>].<key>`.
+fn check_release_specs(
+    specs: &[allmende_opendata::ReleaseSpec],
+    invalid: impl Fn(&str, String) -> ConfigError,
+) -> Result<Vec<allmende_opendata::ReleaseSpec>, ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, spec) in specs.iter().enumerate() {
+        if let Err(e) = spec.validate() {
+            return Err(invalid(
+                &format!("opendata.release[{i}].{}", e.key),
+                e.message,
+            ));
+        }
+        if !seen.insert(spec.dataset.as_str()) {
+            return Err(invalid(
+                &format!("opendata.release[{i}].dataset"),
+                format!("`{}` has a release spec already", spec.dataset),
+            ));
+        }
+    }
+    Ok(specs.to_vec())
+}
+
 /// A peer node this node talks to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,6 +425,12 @@ pub struct NodeConfig {
     /// Hosts of the MQTT brokers MQTT sources may subscribe on
     /// (`sources.mqtt_hosts`; default none).
     pub mqtt_hosts: Vec<String>,
+    /// The public tier and the open-data listener (`[opendata]`).
+    pub opendata: OpenDataConfig,
+    /// Release specs of this node's datasets (`[[opendata.release]]`),
+    /// validated without a schema; checked against the dataset's schema at
+    /// each publish.
+    pub opendata_releases: Vec<allmende_opendata::ReleaseSpec>,
 }
 
 /// The source directory under `node.data_dir` when `sources.roots` is absent.
@@ -503,7 +578,47 @@ impl NodeConfig {
                 Vec::new(),
             ),
         };
+        let opendata_releases = match &raw.opendata {
+            None => Vec::new(),
+            Some(o) => check_release_specs(&o.release, invalid)?,
+        };
+        let opendata = match raw.opendata {
+            None => OpenDataConfig::default(),
+            Some(o) => {
+                let d = OpenDataConfig::default();
+                let listen = match o.listen.as_deref() {
+                    None | Some("") | Some("off") => None,
+                    Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                        invalid("opendata.listen", format!("`{a}` is not a socket address"))
+                    })?),
+                };
+                if let Some(u) = &o.public_url
+                    && !u.starts_with("https://")
+                {
+                    return Err(invalid(
+                        "opendata.public_url",
+                        format!("`{u}` must be an https:// URL"),
+                    ));
+                }
+                let requests_per_minute = o.requests_per_minute.unwrap_or(d.requests_per_minute);
+                let burst = o.burst.unwrap_or(d.burst);
+                if requests_per_minute == 0 || burst == 0 {
+                    return Err(invalid(
+                        "opendata.requests_per_minute",
+                        "the rate and the burst must be at least 1".into(),
+                    ));
+                }
+                OpenDataConfig {
+                    listen,
+                    public_url: o.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+                    requests_per_minute,
+                    burst,
+                }
+            }
+        };
         Ok(Self {
+            opendata,
+            opendata_releases,
             limits: raw.limits,
             audit_retention_days,
             source_roots,
@@ -553,6 +668,11 @@ impl NodeConfig {
             .map(|r| toml::Value::String(r.display().to_string()).to_string())
             .collect();
         format!("\n[sources]\nroots = [{}]\n", list.join(", "))
+    }
+
+    /// An `[opendata]` table with the open-data listener on `listen`.
+    pub fn render_opendata(listen: SocketAddr) -> String {
+        format!("\n[opendata]\nlisten = \"{listen}\"\n")
     }
 
     /// A `postgres_hosts` line for the `[sources]` table that
@@ -646,6 +766,30 @@ membership = "membership.json"
         assert!(err.contains("/etc/allmende/node.toml"), "{err}");
         assert!(err.contains("unknown field `grcp`"), "{err}");
         assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn release_specs_parse_and_structural_errors_name_file_and_key() {
+        let c = parse(&format!("{GOOD}{}", crate::sandbox::SCOOTER_TRIPS_RELEASE)).unwrap();
+        assert_eq!(c.opendata_releases.len(), 1);
+        assert_eq!(c.opendata_releases[0].dataset, "scooter-trips");
+        let release = crate::sandbox::SCOOTER_TRIPS_RELEASE;
+        let err = parse(&format!("{GOOD}{}", release.replace("k = 10", "k = 1")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/allmende/node.toml"), "{err}");
+        assert!(err.contains("key `opendata.release[0].k`"), "{err}");
+        let err = parse(&format!(
+            "{GOOD}{}",
+            release.replace("grid_m", "grid_metres")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `grid_metres`"), "{err}");
+        let err = parse(&format!("{GOOD}{release}{release}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `opendata.release[1].dataset`"), "{err}");
     }
 
     #[test]

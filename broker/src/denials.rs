@@ -277,7 +277,39 @@ impl Denials {
                 },
             ),
         };
-        match self.note(&key, &c, action, now_ms) {
+        self.verdict(&key, &c, action, now_ms)
+    }
+
+    /// [`Denials::on_deny`] for a public caller, counted under its
+    /// pseudonym (its aggregate names `public` and the pseudonym's keyed
+    /// hash, never an address or a certificate).
+    pub fn on_deny_public(
+        &self,
+        caller: &crate::access::PublicCaller,
+        action: &str,
+        now_ms: i64,
+    ) -> Result<bool, OverBudget> {
+        let c = Caller {
+            org: allmende_policies::PUBLIC_ORG_ID.to_owned(),
+            user: Some(caller.pseudonym().to_owned()),
+            peer_node: None,
+        };
+        self.verdict(
+            &format!("public:{}", caller.pseudonym()),
+            &c,
+            action,
+            now_ms,
+        )
+    }
+
+    fn verdict(
+        &self,
+        key: &str,
+        c: &Caller,
+        action: &str,
+        now_ms: i64,
+    ) -> Result<bool, OverBudget> {
+        match self.note(key, c, action, now_ms) {
             Verdict::Audit => Ok(true),
             Verdict::Aggregate => Ok(false),
             Verdict::Refuse => Err(OverBudget {

@@ -154,7 +154,7 @@ impl From<FetchError> for ApiError {
     fn from(e: FetchError) -> Self {
         use FetchError as F;
         match e {
-            F::RateLimited | F::CallerBusy(_) | F::NodeBusy(_) => {
+            F::RateLimited | F::PublicRateLimited { .. } | F::CallerBusy(_) | F::NodeBusy(_) => {
                 ApiError::ResourceExhausted(e.to_string())
             }
             F::Dataset(r) => ApiError::from(r),
@@ -198,6 +198,28 @@ impl From<GrantsError> for ApiError {
             GrantsError::Store(s) => ApiError::from(s),
             GrantsError::Audit(a) => ApiError::from(a),
             GrantsError::Signing(_) | GrantsError::Random(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::opendata::publish::PublishError> for ApiError {
+    fn from(e: crate::opendata::publish::PublishError) -> Self {
+        use crate::opendata::publish::PublishError as P;
+        use crate::opendata::releases::ReleasesError as R;
+        match e {
+            P::NoSpec(_) | P::NotOwned(_) | P::Spec { .. } => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
+            // A quota that renews with the next period: the caller may
+            // retry then, as with any exhausted quota.
+            P::Budget(..) => ApiError::ResourceExhausted(e.to_string()),
+            P::Source { .. } => ApiError::Unavailable(e.to_string()),
+            P::Registry(r) => ApiError::from(r),
+            P::Audit(a) => ApiError::from(a),
+            P::Store(s) => ApiError::from(s),
+            P::Releases(R::BadId(_)) => ApiError::InvalidArgument(e.to_string()),
+            P::Engine { .. } => ApiError::FailedPrecondition(e.to_string()),
+            P::Releases(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

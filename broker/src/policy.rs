@@ -206,8 +206,13 @@ impl PolicyPoint {
             .map(|mut e| f(&mut e))
     }
 
-    /// The Cedar principal id for a bound caller.
+    /// The Cedar principal for a bound caller: `Allmende::Public` for a
+    /// certificate of an organisation whose kind in the signed membership is
+    /// `public` (never anything in a request), else its user or node.
     fn principal(p: &Principal) -> pol::Principal {
+        if p.organisation_kind == crate::pki::OrgKind::Public {
+            return pol::Principal::Public;
+        }
         match &p.subject {
             Subject::Node(n) => pol::Principal::Node(user_entity_id(&p.organisation, n)),
             Subject::User(u) => pol::Principal::User(user_entity_id(&p.organisation, u)),
@@ -237,11 +242,13 @@ impl PolicyPoint {
     ///   for this decision only, if the node does not know it otherwise.
     fn snapshot_for(
         &self,
-        caller: &Principal,
+        caller: Option<&Principal>,
         request: &pol::DecisionRequest,
     ) -> Result<std::sync::Arc<pol::EntitySnapshot>, String> {
         let mut e = locks::write(&self.entities, ENTITIES).map_err(|e| e.to_string())?;
-        bind_principal(&mut e, caller);
+        if let Some(caller) = caller.filter(|_| request.principal != pol::Principal::Public) {
+            bind_principal(&mut e, caller);
+        }
         let mut scratch_user = None;
         let mut scratch_subject = None;
         if let Resource::DataSubject(id) = &request.resource
@@ -274,6 +281,22 @@ impl PolicyPoint {
     /// Decides without auditing (for `Policy.Explain`, a what-if, and the
     /// witness protocol).
     pub fn decide(&self, caller: &Principal, request: &pol::DecisionRequest) -> Decision {
+        self.decide_bound(Some(caller), request)
+    }
+
+    /// [`PolicyPoint::decide`] for a caller of the release pipeline.
+    pub fn decide_for(
+        &self,
+        caller: &crate::access::Caller,
+        request: &pol::DecisionRequest,
+    ) -> Decision {
+        match caller {
+            crate::access::Caller::Member(p) => self.decide_bound(Some(p), request),
+            crate::access::Caller::Public(_) => self.decide_bound(None, request),
+        }
+    }
+
+    fn decide_bound(&self, caller: Option<&Principal>, request: &pol::DecisionRequest) -> Decision {
         match self.snapshot_for(caller, request) {
             Ok(s) => self.engine.decide(request, &s),
             Err(e) => Decision {
@@ -304,6 +327,30 @@ impl PolicyPoint {
         r
     }
 
+    /// [`PolicyPoint::request`] for a caller of the release pipeline: the
+    /// public is decided as `Allmende::Public`.
+    pub fn request_for(
+        &self,
+        caller: &crate::access::Caller,
+        action: Action,
+        resource: Resource,
+        purpose: Option<Purpose>,
+    ) -> pol::DecisionRequest {
+        match caller {
+            crate::access::Caller::Member(p) => self.request(p, action, resource, purpose),
+            crate::access::Caller::Public(_) => {
+                let mut r = pol::DecisionRequest::new(
+                    pol::Principal::Public,
+                    action,
+                    resource,
+                    self.clock.now_unix_secs(),
+                );
+                r.purpose = purpose;
+                r
+            }
+        }
+    }
+
     /// [`PolicyPoint::decide_audited`] for a caller that answers with an
     /// [`ApiError`]: a decision that cannot be audited fails the call with
     /// `UNAVAILABLE`, a deny is `PERMISSION_DENIED` with the deciding
@@ -331,19 +378,32 @@ impl PolicyPoint {
         request: pol::DecisionRequest,
         resource_label: &str,
     ) -> Result<Decision, AuthorizeError> {
-        let decision = self.decide(caller, &request);
+        let caller = crate::access::Caller::of(caller, audit);
+        self.decide_audited_for(audit, &caller, request, resource_label)
+            .await
+    }
+
+    /// [`PolicyPoint::decide_audited`] for a caller of the release
+    /// pipeline; a public caller is audited as `public/<pseudonym>`.
+    pub async fn decide_audited_for(
+        &self,
+        audit: &AuditLog,
+        caller: &crate::access::Caller,
+        request: pol::DecisionRequest,
+        resource_label: &str,
+    ) -> Result<Decision, AuthorizeError> {
+        use crate::access::Caller;
+        let decision = self.decide_for(caller, &request);
         // A denial beyond the caller's budget is counted into an aggregate
         // entry instead (or refused); see `crate::denials`.
+        let now_ms = self.clock.now_unix_ms();
+        let action = request.action.as_str();
         let one_by_one = decision.allowed
-            || self
-                .denials
-                .on_deny(caller, request.action.as_str(), self.clock.now_unix_ms())?;
-        let mut d = Draft::by(
-            caller,
-            request.action.as_str(),
-            resource_label,
-            EntryKind::Decision,
-        );
+            || match caller {
+                Caller::Member(p) => self.denials.on_deny(p, action, now_ms)?,
+                Caller::Public(c) => self.denials.on_deny_public(c, action, now_ms)?,
+            };
+        let mut d = caller.draft(action, resource_label, EntryKind::Decision);
         d.purpose = request.purpose.map(|p| p.as_str().to_owned());
         d.decision = Some(if decision.allowed {
             AuditDecision::Allow
@@ -362,7 +422,7 @@ impl PolicyPoint {
         } else {
             if one_by_one {
                 tracing::info!(
-                    org = %caller.organisation,
+                    org = %caller.organisation(),
                     action = request.action.as_str(),
                     resource = %resource_label,
                     policies = ?decision.deciding_ids(),

@@ -23,6 +23,11 @@ use std::path::{Path, PathBuf};
 /// only allowed source root (`sources.roots`).
 pub const SAMPLE_DATA_DIR: &str = "sample-data";
 
+/// The Munich federation's public-tier organisation (kind `public`, no
+/// node) and its one user, whose certificate is a public-tier certificate.
+pub const PUBLIC_TIER_ORG: &str = "oeffentlichkeit";
+pub const PUBLIC_TIER_USER: &str = "portal";
+
 /// One organisation of a sandbox federation.
 #[derive(Debug, Clone)]
 pub struct OrgSpec {
@@ -57,6 +62,52 @@ fn org(name: &str, kind: OrgKind, display: &str, users: &[(&str, Role)]) -> OrgS
         nodes: vec![format!("{name}-1")],
         users: users.iter().map(|(u, r)| ((*u).to_owned(), *r)).collect(),
     }
+}
+
+/// The release spec of `scooter-trips` in scooter-co's node config:
+/// distinct vehicles per day and 2 km grid cell of the start position, with
+/// differential privacy (discrete Laplace, ε = 1 per release, each vehicle
+/// counted in at most 2 cells), a cell released only when its noisy vehicle
+/// count reaches the threshold (at least k = 10), at most ε = 10 per vehicle
+/// per month. The demo's 150 vehicles make about 4 released cells a release:
+/// 1 km cells, hours or a second measure raise the threshold above what
+/// so few vehicles reach.
+pub const SCOOTER_TRIPS_RELEASE: &str = r#"
+[[opendata.release]]
+dataset = "scooter-trips"
+unit = "vehicle"
+unit_column = "device_id"
+k = 10
+
+[[opendata.release.group_by]]
+column = "start_time"
+time = "day"
+as = "day"
+
+[[opendata.release.group_by]]
+columns = ["start_lat", "start_lon"]
+grid_m = 2000
+as = "cell"
+
+[[opendata.release.measures]]
+name = "vehicles"
+count = "units"
+
+[opendata.release.dp]
+epsilon = 1.0
+delta = 1e-5
+mechanism = "laplace"
+max_cells_per_unit = 2
+max_rows_per_cell = 3
+
+[opendata.release.budget]
+epsilon = 10.0
+period = "month"
+"#;
+
+/// The `[[opendata.release]]` tables of an organisation's node config.
+fn opendata_releases(org: &str) -> Option<&'static str> {
+    (org == "scooter-co").then_some(SCOOTER_TRIPS_RELEASE)
 }
 
 impl SandboxSpec {
@@ -95,7 +146,7 @@ impl SandboxSpec {
                     "scooter-co",
                     OrgKind::Company,
                     "Scooter Co. GmbH",
-                    &[("operator", Role::Operator)],
+                    &[("operator", Role::Operator), ("steward", Role::Steward)],
                 ),
                 org(
                     "versicherung-ag",
@@ -103,6 +154,17 @@ impl SandboxSpec {
                     "Versicherung AG",
                     &[("analyst", Role::Researcher)],
                 ),
+                // The public tier: certificates for citizens' apps and
+                // portals, no node of its own (the five nodes stay).
+                OrgSpec {
+                    nodes: Vec::new(),
+                    ..org(
+                        PUBLIC_TIER_ORG,
+                        OrgKind::Public,
+                        "Öffentlichkeit / Open-Data-Zugang",
+                        &[(PUBLIC_TIER_USER, Role::Citizen)],
+                    )
+                },
             ],
             base_port: None,
             admin: true,
@@ -251,6 +313,20 @@ impl Sandbox {
                 text.push_str(&NodeConfig::render_postgres_hosts(&["127.0.0.1"]));
                 // MQTT brokers likewise (a test's own mosquitto).
                 text.push_str(&NodeConfig::render_mqtt_hosts(&["127.0.0.1"]));
+                // The HTTPS open-data listener: base+200+i (7601… in the
+                // demo), or a free port.
+                let opendata_port = spec.base_port.map_or(0, |b| {
+                    b.saturating_add(200)
+                        .saturating_add(u16::try_from(idx).unwrap_or(u16::MAX))
+                });
+                text.push_str(&NodeConfig::render_opendata(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    opendata_port,
+                )));
+                // The owner's release specs (docs/opendata.md).
+                if let Some(releases) = opendata_releases(&o.name) {
+                    text.push_str(releases);
+                }
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
                 configs.push(cfg_path);
@@ -284,9 +360,16 @@ impl Sandbox {
         }
         // With free ports, peers are known only now: tell every node.
         sandbox.spread_peers();
-        // User profiles point at their organisation's first node.
+        // User profiles point at their organisation's first node (users of
+        // an organisation without a node, the public tier, at the first
+        // node of the federation).
+        let first_node = sandbox
+            .spec
+            .orgs
+            .iter()
+            .find_map(|o| o.nodes.first().cloned());
         for o in &sandbox.spec.orgs {
-            let Some(first) = o.nodes.first() else {
+            let Some(first) = o.nodes.first().or(first_node.as_ref()) else {
                 continue;
             };
             let Some(endpoint) = sandbox.node(first).map(NodeHandle::grpc_endpoint) else {

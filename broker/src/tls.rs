@@ -159,13 +159,12 @@ pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server side: our verifier, HTTP/2 only, TLS 1.2+ with ring.
-pub fn server_config(
-    trust: Arc<Trust>,
+/// The node's own certificate chain and key (read from `cert_path` and its
+/// `.key`), refused when either is missing.
+pub(crate) fn own_chain_and_key(
     material: &TlsMaterial,
-    metrics: Arc<NodeMetrics>,
     cert_path: &Path,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain = material.chain();
     if chain.is_empty() {
         return Err(TlsError::Empty {
@@ -177,6 +176,17 @@ pub fn server_config(
         path: cert_path.with_extension("key"),
         what: "private key",
     })?;
+    Ok((chain, key))
+}
+
+/// The server side: our verifier, HTTP/2 only, TLS 1.2+ with ring.
+pub fn server_config(
+    trust: Arc<Trust>,
+    material: &TlsMaterial,
+    metrics: Arc<NodeMetrics>,
+    cert_path: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = own_chain_and_key(material, cert_path)?;
     let verifier = Arc::new(FederationClientVerifier::new(trust, metrics));
     let mut cfg = ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?

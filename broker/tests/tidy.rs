@@ -810,3 +810,23 @@ fn user_text_is_shortened_one_way() {
         bad.join("\n")
     );
 }
+
+// Open data: every aggregate that leaves a node comes from a release spec.
+
+#[test]
+fn only_the_publisher_runs_the_release_engine() {
+    // The engine (`allmende-opendata`'s `Releaser`) is driven by
+    // `opendata/publish.rs` alone, after the decision, the spec check and
+    // the ε debit; no other path computes aggregates over a dataset's rows.
+    let needles = [
+        concat!("Relea", "ser"),
+        concat!("allmende_open", "data::engine"),
+    ];
+    assert!(!offenders(&needles, |_| false).is_empty());
+    let bad = offenders(&needles, |f| f == "opendata/publish.rs");
+    assert!(
+        bad.is_empty(),
+        "the release engine used outside the publisher (aggregates leave only through a release spec):\n{}",
+        bad.join("\n")
+    );
+}

@@ -324,6 +324,18 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
                 .into_inner();
             s.message().await.map(|_| ())
         }
+        "/allmende.v1.OpenData/Publish" => pb::open_data_client::OpenDataClient::new(ch)
+            .publish(pb::PublishReleaseRequest {
+                dataset: SMART_METER.into(),
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.OpenData/Budget" => pb::open_data_client::OpenDataClient::new(ch)
+            .budget(pb::ReleaseBudgetRequest {
+                dataset: SMART_METER.into(),
+            })
+            .await
+            .map(|_| ()),
         "/allmende.v1.Policy/Reload" => pb::policy_client::PolicyClient::new(ch)
             .reload(pb::ReloadRequest::default())
             .await

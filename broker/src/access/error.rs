@@ -21,6 +21,9 @@ pub enum FetchError {
     /// The caller's fetch rate is over its budget.
     #[error("too many fetches; slow down and retry")]
     RateLimited,
+    /// A public caller is over its open-data request rate.
+    #[error("too many open-data requests from this caller; retry in {retry_after_secs} s")]
+    PublicRateLimited { retry_after_secs: u64 },
     /// The caller runs as many fetches as one caller may.
     #[error("caller has `{0}` fetches running, the most one caller may; retry later")]
     CallerBusy(usize),

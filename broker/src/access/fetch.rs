@@ -9,6 +9,7 @@
 //! of a fixed size, and the resume cursor is sealed by the node
 //! ([`super::cursor`]).
 
+use super::caller::{Caller, PublicCaller};
 use super::cursor::{Binding, CursorSealer};
 use super::error::FetchError;
 use super::filter::Filter;
@@ -17,7 +18,7 @@ use super::pipeline::{
 };
 use super::ratelimit::RateLimiter;
 use super::ticket::TicketSealer;
-use crate::audit::{AuditLog, Draft, ReleaseGuard, ReleaseStats};
+use crate::audit::{AuditLog, ReleaseGuard, ReleaseStats};
 use crate::consent::ConsentStore;
 use crate::pki::Principal;
 use crate::policy::{Action, Decision, PolicyPoint, Purpose, Resource};
@@ -57,6 +58,17 @@ pub struct FetchLimits {
     /// Fetches running at once per principal (so that one caller cannot
     /// take every slot).
     pub max_concurrent_per_principal: usize,
+    /// Open-data requests per minute of one public caller (a public-tier
+    /// certificate, an address on the open-data listener), and burst.
+    pub public_per_minute: u32,
+    pub public_burst: u32,
+}
+
+impl FetchLimits {
+    /// Seconds until a public caller over its rate has a request again.
+    pub fn public_retry_after_secs(&self) -> u64 {
+        60u64.div_ceil(u64::from(self.public_per_minute.max(1)))
+    }
 }
 
 impl Default for FetchLimits {
@@ -70,6 +82,8 @@ impl Default for FetchLimits {
             max_audited_subjects: 100_000,
             max_concurrent: 16,
             max_concurrent_per_principal: 4,
+            public_per_minute: 120,
+            public_burst: 20,
         }
     }
 }
@@ -122,6 +136,8 @@ pub struct Fetcher {
     pub clock: crate::clock::SharedClock,
     pub limits: FetchLimits,
     limiter: RateLimiter,
+    /// Open-data requests per public caller (pseudonym).
+    public_limiter: RateLimiter,
     cursors: Arc<CursorSealer>,
     tickets: TicketSealer,
     /// One permit per running fetch (`limits.max_concurrent`).
@@ -162,6 +178,10 @@ impl Fetcher {
     ) -> Self {
         Self {
             limiter: RateLimiter::new(limits.per_principal_per_second, limits.per_principal_burst),
+            public_limiter: RateLimiter::new(
+                f64::from(limits.public_per_minute) / 60.0,
+                f64::from(limits.public_burst),
+            ),
             cursors: Arc::new(CursorSealer::new(audit.derive_key(CURSOR_KEY_LABEL))),
             tickets: TicketSealer::new(audit.derive_key(super::ticket::KEY_LABEL)),
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
@@ -193,10 +213,9 @@ impl Fetcher {
         caller: &Principal,
         params: &FetchParams,
     ) -> Result<SchemaRef, FetchError> {
-        let who = crate::policy::user_entity_id(&caller.organisation, caller.subject.name());
-        if !self.limiter.allow(&who) {
-            return Err(FetchError::RateLimited);
-        }
+        let caller = &Caller::of(caller, &self.audit);
+        let who = caller.key();
+        self.rate(caller)?;
         tracing::Span::current().record("dataset", params.dataset.as_str());
         let ds = self.resolve(caller, params).await?;
         let now = self.clock.now_unix_secs();
@@ -217,7 +236,8 @@ impl Fetcher {
         grant: Option<&str>,
         columns: &[String],
     ) -> Result<Vec<(FetchParams, SchemaRef)>, FetchError> {
-        let who = crate::policy::user_entity_id(&caller.organisation, caller.subject.name());
+        let caller = &Caller::of(caller, &self.audit);
+        let who = caller.key();
         let now = self.clock.now_unix_secs();
         let mut out = Vec::new();
         for (registration, _) in self.registry.list()? {
@@ -242,7 +262,7 @@ impl Fetcher {
             };
             let ds = Resolved {
                 binding: OwnedBinding {
-                    caller: caller.uri(),
+                    caller: caller.binding(),
                     dataset: params.dataset.clone(),
                     purpose: None,
                     grant: None,
@@ -253,7 +273,7 @@ impl Fetcher {
                 cursor: None,
             };
             let request = self.decision_request(caller, &params, &ds, now);
-            if !self.policy.decide(caller, &request).allowed {
+            if !self.policy.decide_for(caller, &request).allowed {
                 continue;
             }
             let stages = self.stages(&params, &ds, &who, now, false);
@@ -283,7 +303,7 @@ impl Fetcher {
             Ok(t) => Ok(t),
             Err(e) => {
                 self.audit_refusal(
-                    caller,
+                    &Caller::of(caller, &self.audit),
                     &FetchParams::default(),
                     "flight-ticket",
                     "invalid-flight-ticket",
@@ -314,6 +334,47 @@ impl Fetcher {
     pub async fn start_with<E: Encode>(
         &self,
         caller: &Principal,
+        params: FetchParams,
+    ) -> Result<mpsc::Receiver<FetchMessage<E::Out>>, FetchError> {
+        self.start_for::<E>(&Caller::of(caller, &self.audit), params)
+            .await
+    }
+
+    /// [`Fetcher::start_with`] for an anonymous public caller (the open-data
+    /// HTTP listener): decided as `Allmende::Public`, audited under its
+    /// pseudonym, limited by the open-data request rate.
+    pub async fn start_public<E: Encode>(
+        &self,
+        caller: &PublicCaller,
+        params: FetchParams,
+    ) -> Result<mpsc::Receiver<FetchMessage<E::Out>>, FetchError> {
+        self.start_for::<E>(&Caller::Public(caller.clone()), params)
+            .await
+    }
+
+    /// Takes one open-data request of a public caller from its rate budget
+    /// (the open-data HTTP listener, for requests that release no rows).
+    pub fn admit_public(&self, caller: &PublicCaller) -> Result<(), FetchError> {
+        self.rate(&Caller::Public(caller.clone()))
+    }
+
+    /// The caller's request rate: a member's fetch rate, or a public
+    /// caller's open-data rate (per pseudonym).
+    fn rate(&self, caller: &Caller) -> Result<(), FetchError> {
+        match caller {
+            Caller::Member(_) if !self.limiter.allow(&caller.key()) => Err(FetchError::RateLimited),
+            Caller::Public(_) if !self.public_limiter.allow(&caller.key()) => {
+                Err(FetchError::PublicRateLimited {
+                    retry_after_secs: self.limits.public_retry_after_secs(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn start_for<E: Encode>(
+        &self,
+        caller: &Caller,
         params: FetchParams,
     ) -> Result<mpsc::Receiver<FetchMessage<E::Out>>, FetchError> {
         let (who, slots) = self.admit(caller)?;
@@ -354,11 +415,9 @@ impl Fetcher {
 
     /// Admits the caller under its fetch rate and takes a slot under the
     /// caller's and the node-wide cap, held until the release ends.
-    fn admit(&self, caller: &Principal) -> Result<(String, Slots), FetchError> {
-        let who = crate::policy::user_entity_id(&caller.organisation, caller.subject.name());
-        if !self.limiter.allow(&who) {
-            return Err(FetchError::RateLimited);
-        }
+    fn admit(&self, caller: &Caller) -> Result<(String, Slots), FetchError> {
+        let who = caller.key();
+        self.rate(caller)?;
         let mine = {
             let mut m = crate::locks::lock(&self.running, RUNNING)?;
             let n = m.entry(who.clone()).or_insert(0);
@@ -383,11 +442,7 @@ impl Fetcher {
 
     /// The served dataset, the request checked against its schema and the
     /// resume cursor opened; refusals a caller could probe with are audited.
-    async fn resolve(
-        &self,
-        caller: &Principal,
-        params: &FetchParams,
-    ) -> Result<Resolved, FetchError> {
+    async fn resolve(&self, caller: &Caller, params: &FetchParams) -> Result<Resolved, FetchError> {
         let served = match self.registry.served(&params.dataset) {
             Ok(s) => s,
             Err(e) => {
@@ -402,7 +457,7 @@ impl Fetcher {
         self.check_request(caller, params, &served, &desc, &identifying)
             .await?;
         let binding = OwnedBinding {
-            caller: caller.uri(),
+            caller: caller.binding(),
             dataset: dataset.id.clone(),
             purpose: params.purpose.map(|p| p.as_str().to_owned()),
             grant: params.grant_id.clone(),
@@ -425,7 +480,7 @@ impl Fetcher {
     /// quasi-identifiers the owner allows filters on.
     async fn check_request(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         params: &FetchParams,
         served: &Served,
         desc: &ConnectorDescription,
@@ -462,7 +517,7 @@ impl Fetcher {
     /// refused one is audited without the token (the node's ciphertext).
     async fn open_cursor(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         params: &FetchParams,
         binding: &OwnedBinding,
     ) -> Result<Option<Cursor>, FetchError> {
@@ -484,7 +539,7 @@ impl Fetcher {
     /// audit log before it is acted upon.
     async fn decide(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         params: &FetchParams,
         ds: &Resolved,
         now: i64,
@@ -493,7 +548,7 @@ impl Fetcher {
         let dataset = &ds.served.registration.dataset;
         Ok(self
             .policy
-            .decide_audited(&self.audit, caller, request, &dataset.id)
+            .decide_audited_for(&self.audit, caller, request, &dataset.id)
             .await?)
     }
 
@@ -501,13 +556,13 @@ impl Fetcher {
     /// broker builds.
     fn decision_request(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         params: &FetchParams,
         ds: &Resolved,
         now: i64,
     ) -> allmende_policies::DecisionRequest {
         let dataset = &ds.served.registration.dataset;
-        let mut request = self.policy.request(
+        let mut request = self.policy.request_for(
             caller,
             Action::Read,
             Resource::Dataset(dataset.id.clone()),
@@ -522,7 +577,7 @@ impl Fetcher {
         let owner = self.registry_owner();
         request.raw_personal_grants_at_owner = self
             .policy
-            .with_entities(|e| e.raw_personal_grants_at_owner(&caller.organisation, &owner, now))
+            .with_entities(|e| e.raw_personal_grants_at_owner(caller.organisation(), &owner, now))
             .unwrap_or(i64::MAX);
         request
     }
@@ -568,13 +623,13 @@ impl Fetcher {
     /// closed): the guard it yields is the only way to rows.
     async fn write_intent(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         params: &FetchParams,
         ds: &Resolved,
         decision: &Decision,
     ) -> Result<ReleaseGuard, FetchError> {
         let dataset = &ds.served.registration.dataset;
-        let mut intent = Draft::by(caller, "read", &dataset.id, EntryKind::ReleaseIntent);
+        let mut intent = caller.draft("read", &dataset.id, EntryKind::ReleaseIntent);
         intent.purpose = params.purpose.map(|p| p.as_str().to_owned());
         intent.decision = Some(allmende_audit::Decision::Allow);
         intent.policy_ids = decision
@@ -629,12 +684,12 @@ impl Fetcher {
     /// Writes a refused request to the audit log (no data follows).
     async fn audit_refusal(
         &self,
-        caller: &Principal,
+        caller: &Caller,
         params: &FetchParams,
         resource: &str,
         reason: &str,
     ) -> Result<(), FetchError> {
-        let mut d = Draft::by(caller, "read", resource, EntryKind::Decision);
+        let mut d = caller.draft("read", resource, EntryKind::Decision);
         d.purpose = params.purpose.map(|p| p.as_str().to_owned());
         d.decision = Some(allmende_audit::Decision::Deny);
         d.policy_ids = vec![reason.into()];

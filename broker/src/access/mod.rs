@@ -9,6 +9,7 @@
 //! record batches; [`fetch`] is the only code that sends rows, and it obtains
 //! them only after holding a `ReleaseGuard`.
 
+pub mod caller;
 pub mod cursor;
 pub mod error;
 pub mod fetch;
@@ -19,6 +20,7 @@ pub mod ratelimit;
 pub mod seal;
 pub mod ticket;
 
+pub use caller::{Caller, PublicCaller};
 pub use error::FetchError;
 pub use fetch::{FetchLimits, FetchParams, Fetcher};
 pub use filter::{CompareOp, Filter, FilterValue};

@@ -69,6 +69,9 @@ pub struct Draft {
     pub kind: EntryKind,
     /// Clear data-subject ids; the log stores only their keyed hashes.
     pub subjects: Vec<String>,
+    /// A public caller's keyed pseudonym, stored as it is (set only by
+    /// [`Draft::by_public`]; `user` is `None` then).
+    public_pseudonym: Option<String>,
 }
 
 /// Longest label (resource, action, purpose, grant, request id, peer node,
@@ -146,6 +149,21 @@ impl Draft {
         d
     }
 
+    /// A draft of `kind` by a public caller (a public-tier certificate or an
+    /// anonymous open-data caller): the one way the public becomes an
+    /// entry's principal, `public/<pseudonym>` — the keyed pseudonym only,
+    /// never a certificate, its fingerprint or an IP address.
+    pub fn by_public(
+        caller: &crate::access::PublicCaller,
+        action: &str,
+        resource: &str,
+        kind: EntryKind,
+    ) -> Self {
+        let mut d = Self::new(allmende_policies::PUBLIC_ORG_ID, action, resource, kind);
+        d.public_pseudonym = Some(caller.pseudonym().to_owned());
+        d
+    }
+
     /// A draft of `kind` by `org` with no user or node (the node's own
     /// housekeeping, or refusals before anyone is authenticated).
     pub fn new(org: &str, action: &str, resource: &str, kind: EntryKind) -> Self {
@@ -163,6 +181,7 @@ impl Draft {
             peer_node: None,
             kind,
             subjects: Vec::new(),
+            public_pseudonym: None,
         }
     }
 }
@@ -407,7 +426,10 @@ impl AuditLog {
     pub async fn append(&self, mut draft: Draft) -> Result<u64, AuditError> {
         draft.bound_labels();
         let (reply, rx) = oneshot::channel();
-        let user = draft.user.as_ref().map(|u| self.pseudonym(&draft.org, u));
+        let user = match draft.public_pseudonym.take() {
+            Some(p) => Some(p),
+            None => draft.user.as_ref().map(|u| self.pseudonym(&draft.org, u)),
+        };
         let subjects = std::mem::take(&mut draft.subjects)
             .iter()
             .map(|s| self.inner.subjects.hash(s))

@@ -119,6 +119,34 @@ pub struct CatalogInfo {
     pub names: BTreeMap<String, String>,
 }
 
+impl CatalogInfo {
+    /// Who publishes the exported catalog: the federation's city from the
+    /// signed membership (else the exporting node's organisation `own_org`),
+    /// and every member's display name.
+    pub fn from_membership(
+        doc: &crate::pki::membership::MembershipDoc,
+        own_org: &str,
+        federation: &str,
+    ) -> Self {
+        let names = doc
+            .members
+            .iter()
+            .map(|m| (m.org.clone(), m.display_name.clone()))
+            .collect();
+        let publisher = doc
+            .members
+            .iter()
+            .find(|m| m.kind == crate::pki::OrgKind::City)
+            .map(|m| (m.org.clone(), m.display_name.clone()))
+            .unwrap_or_else(|| (own_org.to_owned(), own_org.to_owned()));
+        Self {
+            federation: federation.to_owned(),
+            publisher,
+            names,
+        }
+    }
+}
+
 /// Adds a concept of a controlled vocabulary with its scheme and classes.
 fn concept(g: &mut Graph, iri: &str, classes: &[&str], scheme: &str) -> Term {
     let c = Term::iri(iri);
@@ -144,6 +172,46 @@ fn agent(g: &mut Graph, federation: &str, org: &str, name: &str) -> Term {
     a
 }
 
+/// A `dcat:Dataset` with its identifier, title, description (in `lang`)
+/// and publisher.
+fn dataset_head(
+    g: &mut Graph,
+    ds: &Term,
+    [id, title, description]: [&str; 3],
+    lang: &str,
+    publisher: Term,
+) {
+    g.types(ds, &[&ns(DCAT, "Dataset")]);
+    g.add(ds, &ns(DCT, "identifier"), Term::lit(id));
+    g.add(ds, &ns(DCT, "title"), Term::text(title, lang));
+    g.add(ds, &ns(DCT, "description"), Term::text(description, lang));
+    g.add(ds, &ns(DCT, "publisher"), publisher);
+}
+
+/// The dataset's `dct:spatial` and `dct:temporal` coverage, if stated.
+fn place_and_period(g: &mut Graph, ds: &Term, d: &super::entry::DatasetDescription, lang: &str) {
+    if let Some(s) = &d.spatial {
+        let place = match &s.iri {
+            Some(i) => Term::iri(i),
+            None => g.blank(),
+        };
+        g.types(&place, &[&ns(DCT, "Location")]);
+        g.add(&place, &ns(SKOS, "prefLabel"), Term::text(&s.label, lang));
+        g.add(ds, &ns(DCT, "spatial"), place);
+    }
+    if let Some(tm) = &d.temporal {
+        let period = g.blank();
+        g.types(&period, &[&ns(DCT, "PeriodOfTime")]);
+        if let Some(s) = &tm.start {
+            g.add(&period, &ns(DCAT, "startDate"), Term::xsd(s, "date"));
+        }
+        if let Some(e) = &tm.end {
+            g.add(&period, &ns(DCAT, "endDate"), Term::xsd(e, "date"));
+        }
+        g.add(ds, &ns(DCT, "temporal"), period);
+    }
+}
+
 /// Adds one entry (dataset, distribution, publisher, concepts) to `g`;
 /// `publisher_name` names the owner organisation. Returns the dataset.
 fn add_entry(g: &mut Graph, entry: &CatalogEntry, federation: &str, publisher_name: &str) -> Term {
@@ -154,15 +222,7 @@ fn add_entry(g: &mut Graph, entry: &CatalogEntry, federation: &str, publisher_na
     let dist = Term::iri(&format!("{ds_iri}#distribution"));
     let publisher = agent(g, federation, &entry.owner, publisher_name);
 
-    g.types(&ds, &[&ns(DCAT, "Dataset")]);
-    g.add(&ds, &ns(DCT, "identifier"), Term::lit(&d.id));
-    g.add(&ds, &ns(DCT, "title"), Term::text(&d.title, lang));
-    g.add(
-        &ds,
-        &ns(DCT, "description"),
-        Term::text(&d.description, lang),
-    );
-    g.add(&ds, &ns(DCT, "publisher"), publisher);
+    dataset_head(g, &ds, [&d.id, &d.title, &d.description], lang, publisher);
     g.add(
         &ds,
         &ns(DCT, "modified"),
@@ -203,26 +263,7 @@ fn add_entry(g: &mut Graph, entry: &CatalogEntry, federation: &str, publisher_na
         );
         g.add(&ds, &ns(DCAT, "theme"), t);
     }
-    if let Some(s) = &d.spatial {
-        let place = match &s.iri {
-            Some(i) => Term::iri(i),
-            None => g.blank(),
-        };
-        g.types(&place, &[&ns(DCT, "Location")]);
-        g.add(&place, &ns(SKOS, "prefLabel"), Term::text(&s.label, lang));
-        g.add(&ds, &ns(DCT, "spatial"), place);
-    }
-    if let Some(tm) = &d.temporal {
-        let period = g.blank();
-        g.types(&period, &[&ns(DCT, "PeriodOfTime")]);
-        if let Some(s) = &tm.start {
-            g.add(&period, &ns(DCAT, "startDate"), Term::xsd(s, "date"));
-        }
-        if let Some(e) = &tm.end {
-            g.add(&period, &ns(DCAT, "endDate"), Term::xsd(e, "date"));
-        }
-        g.add(&ds, &ns(DCT, "temporal"), period);
-    }
+    place_and_period(g, &ds, d, lang);
     if let Some(c) = &d.contact_point {
         let v = g.blank();
         g.types(&v, &[&ns(VCARD, "Organization")]);
@@ -443,6 +484,58 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_release_is_derived_from_its_dataset_with_download_urls_and_checksums() {
+        let e = CatalogEntry {
+            owner: "swm".into(),
+            owner_node: "swm-1".into(),
+            publisher_name: "Stadtwerke München".into(),
+            version: 4,
+            updated_at_ms: 1_741_000_000_000,
+            dataset: smart_meter(),
+        };
+        let file = |name: &str, media: &str| ReleaseFileDescription {
+            name: name.into(),
+            media_type: media.into(),
+            bytes: 42,
+            sha256: "ab".repeat(32),
+        };
+        let mut r = ReleaseDescription {
+            id: "r-1".into(),
+            title: "Anonymisiert".into(),
+            description: "je Tag".into(),
+            issued: "2025-03-03T00:00:00Z".into(),
+            files: vec![
+                file("data.csv", "text/csv"),
+                file("data.parquet", "application/vnd.apache.parquet"),
+            ],
+            download_base: Some("https://open.example/download/release/r-1/".into()),
+        };
+        let t = release_graph(&e, "munich", &r).to_turtle();
+        for needle in [
+            "<allmende://munich/swm/release/r-1>\n    a dcat:Dataset",
+            "<http://www.w3.org/ns/prov#wasDerivedFrom> <allmende://munich/swm/dataset/smart-meter-readings>",
+            "dcat:downloadURL <https://open.example/download/release/r-1/data.csv>",
+            "dcat:downloadURL <https://open.example/download/release/r-1/data.parquet>",
+            "dcat:mediaType <https://www.iana.org/assignments/media-types/text/csv>",
+            "dcat:byteSize \"42\"^^xsd:nonNegativeInteger",
+            "<http://spdx.org/rdf/terms#checksumValue> \"abab",
+            "dct:accessRights <http://publications.europa.eu/resource/authority/access-right/PUBLIC>",
+            "dct:publisher <allmende://munich/swm>",
+        ] {
+            assert!(t.contains(needle), "missing `{needle}` in\n{t}");
+        }
+        assert_eq!(t.matches("a dcat:Distribution").count(), 2, "{t}");
+        // Without a public URL there is no download URL to state.
+        r.download_base = None;
+        let t = release_graph(&e, "munich", &r).to_turtle();
+        assert!(!t.contains("downloadURL"), "{t}");
+        assert!(
+            t.contains("dcat:accessURL <allmende://munich/swm/release/r-1/data.csv>"),
+            "{t}"
+        );
+    }
+
     fn info() -> CatalogInfo {
         CatalogInfo {
             federation: "munich".into(),
@@ -503,4 +596,153 @@ mod tests {
         assert!(empty.contains("a dcat:Catalog"), "{empty}");
         assert!(!empty.contains("dcat:dataset"), "{empty}");
     }
+}
+
+const PROV: &str = "http://www.w3.org/ns/prov#";
+const SPDX: &str = "http://spdx.org/rdf/terms#";
+const IANA_MEDIA_TYPES: &str = "https://www.iana.org/assignments/media-types/";
+
+/// One file of an open-data release, described as a `dcat:Distribution`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseFileDescription {
+    pub name: String,
+    pub media_type: String,
+    pub bytes: u64,
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+}
+
+/// An anonymised open-data release of a catalog entry's dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseDescription {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    /// When it was published, RFC 3339 UTC (`dct:issued`).
+    pub issued: String,
+    /// The data files (`dcat:Distribution`s).
+    pub files: Vec<ReleaseFileDescription>,
+    /// `<public_url>/download/release/<id>` when the node's open-data API is public:
+    /// each file's `dcat:downloadURL` is `<base>/<file>`.
+    pub download_base: Option<String>,
+}
+
+/// A release's IRI.
+pub fn release_iri(federation: &str, owner: &str, id: &str) -> String {
+    format!("allmende://{federation}/{owner}/release/{id}")
+}
+
+/// The DCAT-AP.de graph of `release`: a `dcat:Dataset` derived from
+/// `source`'s dataset (`prov:wasDerivedFrom` its catalog IRI), published by
+/// the owner with the source's licence, themes, spatial and temporal
+/// coverage, public access rights, and one `dcat:Distribution` per file with
+/// media type, byte size, `spdx:checksum` and, with a public URL, its
+/// `dcat:downloadURL`.
+pub fn release_graph(
+    source: &CatalogEntry,
+    federation: &str,
+    release: &ReleaseDescription,
+) -> Graph {
+    let mut g = Graph::new();
+    let d = &source.dataset;
+    let lang = d.language.as_str();
+    let iri = release_iri(federation, &source.owner, &release.id);
+    let ds = Term::iri(&iri);
+    let publisher = agent(&mut g, federation, &source.owner, &source.publisher_name);
+    dataset_head(
+        &mut g,
+        &ds,
+        [&release.id, &release.title, &release.description],
+        lang,
+        publisher,
+    );
+    g.add(
+        &ds,
+        &ns(DCT, "issued"),
+        Term::xsd(&release.issued, "dateTime"),
+    );
+    g.add(
+        &ds,
+        &ns(PROV, "wasDerivedFrom"),
+        Term::iri(&dataset_iri(source, federation)),
+    );
+    if let Some(l) = language(&mut g, lang) {
+        g.add(&ds, &ns(DCT, "language"), l);
+    }
+    let rights = concept(
+        &mut g,
+        &super::entry::AccessRights::Public.iri(),
+        &[&ns(DCT, "RightsStatement"), &ns(SKOS, "Concept")],
+        super::entry::AccessRights::SCHEME,
+    );
+    g.add(&ds, &ns(DCT, "accessRights"), rights);
+    for th in &d.themes {
+        let t = concept(
+            &mut g,
+            &th.iri(),
+            &[&ns(SKOS, "Concept")],
+            super::entry::Theme::SCHEME,
+        );
+        g.add(&ds, &ns(DCAT, "theme"), t);
+    }
+    for k in &d.keywords {
+        g.add(&ds, &ns(DCAT, "keyword"), Term::text(k, lang));
+    }
+    place_and_period(&mut g, &ds, d, lang);
+    let licence = Licence::find(&d.licence).map(|l| {
+        let t = concept(
+            &mut g,
+            &l.iri(),
+            &[&ns(DCT, "LicenseDocument"), &ns(SKOS, "Concept")],
+            super::entry::LICENCE_SCHEME,
+        );
+        g.add(&t, &ns(SKOS, "prefLabel"), Term::text(l.title, "de"));
+        (t, l.attribution)
+    });
+    for f in &release.files {
+        let dist = Term::iri(&format!("{iri}/{}", f.name));
+        g.add(&ds, &ns(DCAT, "distribution"), dist.clone());
+        g.types(&dist, &[&ns(DCAT, "Distribution")]);
+        g.add(&dist, &ns(DCT, "title"), Term::text(&f.name, lang));
+        let media = Term::iri(&format!("{IANA_MEDIA_TYPES}{}", f.media_type));
+        g.types(&media, &[&ns(DCT, "MediaType")]);
+        g.add(&dist, &ns(DCAT, "mediaType"), media);
+        g.add(
+            &dist,
+            &ns(DCAT, "byteSize"),
+            Term::xsd(&f.bytes.to_string(), "nonNegativeInteger"),
+        );
+        let sum = g.blank();
+        g.types(&sum, &[&ns(SPDX, "Checksum")]);
+        g.add(
+            &sum,
+            &ns(SPDX, "algorithm"),
+            Term::iri(&ns(SPDX, "checksumAlgorithm_sha256")),
+        );
+        g.add(
+            &sum,
+            &ns(SPDX, "checksumValue"),
+            Term::xsd(&f.sha256, "hexBinary"),
+        );
+        g.add(&dist, &ns(SPDX, "checksum"), sum);
+        match &release.download_base {
+            Some(base) => {
+                let url = Term::iri(&format!("{}/{}", base.trim_end_matches('/'), f.name));
+                g.add(&dist, &ns(DCAT, "accessURL"), url.clone());
+                g.add(&dist, &ns(DCAT, "downloadURL"), url);
+            }
+            None => g.add(&dist, &ns(DCAT, "accessURL"), dist.clone()),
+        }
+        if let Some((l, attribution)) = &licence {
+            g.add(&dist, &ns(DCT, "license"), l.clone());
+            if *attribution {
+                g.add(
+                    &dist,
+                    &ns(DCATDE, "licenseAttributionByText"),
+                    Term::lit(&source.publisher_name),
+                );
+            }
+        }
+    }
+    g
 }

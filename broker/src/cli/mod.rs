@@ -11,6 +11,7 @@ mod audit_cmd;
 pub mod catalog_cmd;
 pub mod consent_cmd;
 mod data_cmd;
+pub mod opendata_cmd;
 mod pki_cmd;
 mod policy_cmd;
 mod template;
@@ -89,6 +90,9 @@ enum Command {
     Connector(data_cmd::ConnectorCmd),
     /// Fetch rows of a dataset from the node that owns it.
     Fetch(data_cmd::FetchArgs),
+    /// Open data: publish anonymised releases, list them, see the ε budget.
+    #[command(subcommand)]
+    Opendata(opendata_cmd::OpenDataCmd),
     /// Print the version.
     Version,
 }
@@ -322,6 +326,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Catalog(cmd) => catalog_cmd::run(cmd, json).await,
         Command::Consent(cmd) => consent_cmd::run(cmd, json).await,
         Command::Access(cmd) => access_cmd::run(cmd, json).await,
+        Command::Opendata(cmd) => opendata_cmd::run(cmd, json).await,
     }
 }
 

@@ -174,6 +174,13 @@ pub fn banner(sb: &Sandbox) -> String {
                 .unwrap_or_else(|| "-".into())
         ));
     }
+    if let Some(a) = sb.node("stadt-1").and_then(|n| n.opendata_addr) {
+        s.push_str(&format!(
+            "\nOpen data without a certificate (CKAN API, /catalog.jsonld; every node on its open-data port):\n\
+             \x20 curl --cacert {} https://{a}/api/3/action/package_list\n",
+            sb.federation.root_cert().display()
+        ));
+    }
     let tum_profile = sb.root.join("tum/users/alice.profile.toml");
     let tum = sb
         .node("tum-1")

@@ -91,6 +91,8 @@ pub struct Services {
     pub grants: Arc<crate::grants::Grants>,
     /// Signs consent receipts with the node's key, bound to its certificate.
     pub receipts: Arc<crate::consent::ReceiptSigner>,
+    /// Open-data releases: specs, ε ledger, release directory.
+    pub opendata: Arc<crate::opendata::publish::Publisher>,
 }
 
 /// A running node.
@@ -101,6 +103,8 @@ pub struct NodeHandle {
     pub organisation: String,
     pub grpc_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The HTTPS open-data listener (`[opendata] listen`), if on.
+    pub opendata_addr: Option<SocketAddr>,
     pub trust: Arc<Trust>,
     pub metrics: Arc<NodeMetrics>,
     pub store: Store,
@@ -234,6 +238,15 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     )
     .await?;
     tasks.push(grpc_task);
+    let opendata_addr = match config.opendata.listen {
+        None => None,
+        Some(addr) => {
+            let (bound, task) =
+                serve_opendata(addr, &config, &own, &parts, &material, shutdown_rx.clone()).await?;
+            tasks.push(task);
+            Some(bound)
+        }
+    };
     let replicator = parts.replicator;
     // Grant expiry: recorded (and audited) at each grant's end.
     tasks.push(tokio::spawn({
@@ -294,6 +307,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         organisation: own.organisation.clone(),
         grpc_addr,
         admin_addr,
+        opendata_addr,
         trust,
         metrics,
         store,
@@ -305,6 +319,45 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         shutdown: shutdown_tx,
         tasks,
     })
+}
+
+/// Binds the HTTPS open-data listener (no client certificate; the node's
+/// own certificate) and serves it until shutdown (`crate::opendata::http`).
+async fn serve_opendata(
+    addr: SocketAddr,
+    config: &NodeConfig,
+    own: &Principal,
+    parts: &Parts,
+    material: &TlsMaterial,
+    shutdown_rx: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<Result<(), NodeError>>), NodeError> {
+    use crate::opendata::http;
+    let tls = http::server_config(material, &config.cert)?;
+    let (listener, bound) = http::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let state = Arc::new(http::OpenData {
+        fetcher: parts.services.fetcher.clone(),
+        catalog: parts.services.catalog.clone(),
+        policy: parts.ctx.policy.clone(),
+        audit: parts.ctx.audit.clone(),
+        trust: parts.ctx.trust.clone(),
+        releases: crate::opendata::releases::Releases::new(
+            config.data_dir.join(crate::opendata::releases::DEFAULT_DIR),
+        ),
+        public_url: config
+            .opendata
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{bound}")),
+        federation: own.federation.clone(),
+        organisation: own.organisation.clone(),
+    });
+    let task = tokio::spawn(async move {
+        http::serve(listener, tls, state, shutdown_rx).await;
+        Ok(())
+    });
+    Ok((bound, task))
 }
 
 /// The federation's trust from the root certificate and the membership
@@ -524,6 +577,8 @@ impl Parts {
                     per_principal_per_second: f64::from(config.limits.fetch_rate_per_caller),
                     per_principal_burst: f64::from(config.limits.fetch_burst_per_caller),
                     max_rows_per_response: config.limits.fetch_rows_per_response,
+                    public_per_minute: config.opendata.requests_per_minute,
+                    public_burst: config.opendata.burst,
                     ..Default::default()
                 },
             )
@@ -539,6 +594,27 @@ impl Parts {
             peer_list.clone(),
             crate::federation::replicator::PULL_INTERVAL,
         )?;
+        // Open-data releases (docs/opendata.md): the specs from the config,
+        // the ε ledger in the store, the release directory.
+        let opendata = Arc::new(
+            crate::opendata::publish::Publisher::open(
+                crate::opendata::publish::PublisherParts {
+                    specs: config.opendata_releases.clone(),
+                    public_url: config.opendata.public_url.clone(),
+                    spec_base: config.source.parent().map(std::path::Path::to_path_buf),
+                    releases: crate::opendata::releases::Releases::new(
+                        config.data_dir.join(crate::opendata::releases::DEFAULT_DIR),
+                    ),
+                    registry: registry.clone(),
+                    catalog: catalog.clone(),
+                    audit: audit.clone(),
+                    clock: clock.clone(),
+                    federation: own.federation.clone(),
+                },
+                store.clone(),
+            )
+            .map_err(|e| NodeError::Policy(format!("open-data publisher: {e}")))?,
+        );
         Ok(Self {
             ctx,
             services: Services {
@@ -548,6 +624,7 @@ impl Parts {
                 fetcher,
                 grants,
                 receipts,
+                opendata,
             },
             replicator,
             peer_list,

@@ -11,7 +11,7 @@ use crate::metrics::NodeMetrics;
 use crate::pki::Principal;
 use crate::rpc::{
     AccessService, AuditService, AuthLayer, CatalogService, ConnectorsService, ConsentService,
-    FederationService, FlightFace, GrantsService, PolicyService,
+    FederationService, FlightFace, GrantsService, OpenDataService, PolicyService,
 };
 use crate::tls;
 use allmende_proto::v1 as pb;
@@ -78,6 +78,9 @@ pub(super) async fn serve_grpc(
     health_reporter
         .set_serving::<arrow_flight::flight_service_server::FlightServiceServer<FlightFace>>()
         .await;
+    health_reporter
+        .set_serving::<pb::open_data_server::OpenDataServer<OpenDataService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(allmende_proto::FILE_DESCRIPTOR_SET)
@@ -91,6 +94,7 @@ pub(super) async fn serve_grpc(
             .with_service_name("allmende.v1.Catalog")
             .with_service_name("allmende.v1.Consent")
             .with_service_name("allmende.v1.Grants")
+            .with_service_name("allmende.v1.OpenData")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -186,7 +190,11 @@ pub(super) async fn serve_grpc(
                 catalog: parts.services.catalog.clone(),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
-        );
+        )
+        .add_service(pb::open_data_server::OpenDataServer::new(OpenDataService {
+            ctx: ctx.clone(),
+            publisher: parts.services.opendata.clone(),
+        }));
     let mut rx = shutdown_rx.clone();
     let mut force_rx = shutdown_rx;
     let hr = health_reporter.clone();

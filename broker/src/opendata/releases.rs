@@ -246,9 +246,22 @@ impl Releases {
     /// `manifest.files` is filled in from `files`.
     pub fn write(
         &self,
-        mut manifest: Manifest,
+        manifest: Manifest,
         files: Vec<NewFile>,
     ) -> Result<Manifest, ReleasesError> {
+        let prepared = self.prepare(manifest, files)?;
+        self.commit(prepared)
+    }
+
+    /// The first half of [`Releases::write`]: writes and syncs the files and
+    /// the manifest into a hidden temporary directory that no reader lists
+    /// or serves. The release becomes visible only with
+    /// [`Releases::commit`]; dropping the [`Prepared`] removes it.
+    pub fn prepare(
+        &self,
+        mut manifest: Manifest,
+        files: Vec<NewFile>,
+    ) -> Result<Prepared, ReleasesError> {
         let id = self.checked_id(&manifest.id)?.to_owned();
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let target = self.root.join(&id);
@@ -260,10 +273,14 @@ impl Releases {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        let mut prepared = Prepared {
+            tmp: tmp.clone(),
+            target,
+            manifest: None,
+        };
         manifest.files.clear();
         for f in files {
             if !valid_file_name(&f.name) || manifest.file(&f.name).is_some() {
-                let _ = std::fs::remove_dir_all(&tmp);
                 return Err(ReleasesError::BadFileName(crate::text::shown(&f.name, 60)));
             }
             let path = tmp.join(&f.name);
@@ -281,11 +298,52 @@ impl Releases {
             message: e.to_string(),
         })?;
         write_synced(&tmp.join(MANIFEST), &json)?;
-        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+        prepared.manifest = Some(manifest);
+        Ok(prepared)
+    }
+
+    /// The second half of [`Releases::write`]: renames the prepared
+    /// directory into place (atomic) and syncs the release directory.
+    pub fn commit(&self, mut prepared: Prepared) -> Result<Manifest, ReleasesError> {
+        let manifest = prepared
+            .manifest
+            .take()
+            .ok_or_else(|| ReleasesError::Manifest {
+                path: prepared.tmp.clone(),
+                message: "committed twice".to_owned(),
+            })?;
+        if prepared.target.exists() {
+            return Err(ReleasesError::Exists(manifest.id));
+        }
+        std::fs::rename(&prepared.tmp, &prepared.target).map_err(io(&prepared.target))?;
         std::fs::File::open(&self.root)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.root))?;
         Ok(manifest)
+    }
+}
+
+/// A release written but not yet visible ([`Releases::prepare`]); dropped
+/// without [`Releases::commit`], its temporary directory is removed.
+#[derive(Debug)]
+pub struct Prepared {
+    tmp: PathBuf,
+    target: PathBuf,
+    manifest: Option<Manifest>,
+}
+
+impl Prepared {
+    /// The manifest the release will have.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.manifest.is_some() || !self.target.exists() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
     }
 }
 
@@ -358,6 +416,25 @@ mod tests {
             assert!(matches!(e, Err(ReleasesError::BadFileName(_))), "{name}");
         }
         assert!(r.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_prepared_release_is_invisible_until_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Releases::new(dir.path());
+        let p = r
+            .prepare(manifest("d-1", "2025-03-03T00:00:00Z"), vec![csv("x\n1\n")])
+            .unwrap();
+        assert!(r.list().unwrap().is_empty());
+        assert!(r.get("d-1").unwrap().is_none());
+        let m = r.commit(p).unwrap();
+        assert_eq!(r.get("d-1").unwrap().unwrap(), m);
+        // Dropped without a commit: nothing stays behind.
+        drop(
+            r.prepare(manifest("d-2", "2025-03-03T00:00:00Z"), vec![csv("x")])
+                .unwrap(),
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -124,34 +124,16 @@ impl pb::catalog_server::Catalog for CatalogService {
         let _p = principal(&req)?;
         let format = convert::export_format(req.get_ref().format)?;
         let entries = self.catalog.entries();
-        let info = catalog_info(&self.ctx, &self.federation);
+        let info = crate::catalog::dcat::CatalogInfo::from_membership(
+            &self.ctx.trust.snapshot().doc,
+            &self.ctx.organisation,
+            &self.federation,
+        );
         let document = crate::catalog::dcat::export(&entries, &info, format);
         Ok(Response::new(convert::export_response(
             document,
             format,
             entries.len(),
         )))
-    }
-}
-
-/// Who publishes the exported catalog: the federation's city from the
-/// signed membership (else the exporting node's organisation), and every
-/// member's display name.
-fn catalog_info(ctx: &NodeCtx, federation: &str) -> crate::catalog::dcat::CatalogInfo {
-    let snapshot = ctx.trust.snapshot();
-    let members = &snapshot.doc.members;
-    let names = members
-        .iter()
-        .map(|m| (m.org.clone(), m.display_name.clone()))
-        .collect();
-    let publisher = members
-        .iter()
-        .find(|m| m.kind == crate::pki::OrgKind::City)
-        .map(|m| (m.org.clone(), m.display_name.clone()))
-        .unwrap_or_else(|| (ctx.organisation.clone(), ctx.organisation.clone()));
-    crate::catalog::dcat::CatalogInfo {
-        federation: federation.to_owned(),
-        publisher,
-        names,
     }
 }

@@ -16,6 +16,7 @@ mod flight;
 mod grants;
 mod layer;
 pub mod limits;
+mod opendata;
 mod policy;
 mod recheck;
 pub mod status;
@@ -28,6 +29,7 @@ pub use consent::ConsentService;
 pub use federation::FederationService;
 pub use flight::FlightFace;
 pub use grants::GrantsService;
+pub use opendata::OpenDataService;
 pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource};
 
 use crate::error::ApiError;
@@ -217,6 +219,20 @@ pub const CALLS: &[(&str, CallRule)] = &[
     (
         "/allmende.v1.Grants/AttestDeletion",
         CallRule::Decided(Action::AttestDeletion),
+    ),
+    (
+        "/allmende.v1.OpenData/Publish",
+        CallRule::Decided(Action::PublishOpenData),
+    ),
+    (
+        "/allmende.v1.OpenData/ListReleases",
+        CallRule::Exempt(
+            "lists the published open-data releases: public by design, the open-data API serves the same manifests to anyone",
+        ),
+    ),
+    (
+        "/allmende.v1.OpenData/Budget",
+        CallRule::Decided(Action::PublishOpenData),
     ),
     (
         "/arrow.flight.protocol.FlightService/GetFlightInfo",

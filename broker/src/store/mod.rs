@@ -94,11 +94,13 @@ pub enum TableName {
     MqttUplinks,
     /// Deduplication keys of the buffered MQTT uplinks.
     MqttSeen,
+    /// The open-data ε budget ledger: ε spent per dataset and period window.
+    OpendataBudget,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 17] = [
+    pub const ALL: [TableName; 18] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -116,6 +118,7 @@ impl TableName {
         TableName::ConsentErasures,
         TableName::MqttUplinks,
         TableName::MqttSeen,
+        TableName::OpendataBudget,
     ];
 
     /// The sled tree name.
@@ -138,6 +141,7 @@ impl TableName {
             TableName::ConsentErasures => "consent_erasures",
             TableName::MqttUplinks => "mqtt_uplinks",
             TableName::MqttSeen => "mqtt_seen",
+            TableName::OpendataBudget => "opendata_budget",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod consent;
 pub mod federation;
 pub mod flight;
 pub mod grants;
+pub mod opendata;
 pub mod policy;
 
 pub use access::fetch_params;
