@@ -15,8 +15,7 @@ install=1
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if [ "$install" = 1 ]; then
-  # Debian packages the tests need. (mosquitto joins this list with the
-  # connector that uses it.) mold is optional: a faster linker.
+  # Debian packages the tests need. mold is optional: a faster linker.
   # cvc5 is the SMT solver `allmende policy prove` and the policy property
   # tests use (Cedar's symbolic compiler, policies/README.md).
   missing=()
@@ -30,6 +29,11 @@ if [ "$install" = 1 ]; then
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
     && compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null \
     || missing+=(postgresql)
+  # mosquitto: the MQTT connector's tests start their own broker on loopback
+  # (as the mosquitto user when run as root); mosquitto-clients brings
+  # mosquitto_pub, which they and the ingest benchmark publish with.
+  command -v /usr/sbin/mosquitto >/dev/null || missing+=(mosquitto)
+  command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
   if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
     (as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \

@@ -26,6 +26,7 @@
 //! [sources]
 //! roots = ["/srv/allmende/sources"]   # connectors read local files only below these
 //! postgres_hosts = ["db.swm.example"] # PostgreSQL sources connect only to these (default none)
+//! mqtt_hosts = ["mqtt.swm.example"]     # MQTT sources subscribe only on these brokers (default none)
 //! ```
 
 use serde::Deserialize;
@@ -130,6 +131,9 @@ struct RawSources {
     /// Hosts (names, addresses, unix-socket directories) PostgreSQL sources may connect to.
     #[serde(default)]
     postgres_hosts: Vec<String>,
+    /// Hosts (names, addresses) of the MQTT brokers MQTT sources may subscribe on.
+    #[serde(default)]
+    mqtt_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +422,9 @@ pub struct NodeConfig {
     /// Hosts PostgreSQL sources may connect to (`sources.postgres_hosts`;
     /// default none).
     pub postgres_hosts: Vec<String>,
+    /// Hosts of the MQTT brokers MQTT sources may subscribe on
+    /// (`sources.mqtt_hosts`; default none).
+    pub mqtt_hosts: Vec<String>,
     /// The public tier and the open-data listener (`[opendata]`).
     pub opendata: OpenDataConfig,
     /// Release specs of this node's datasets (`[[opendata.release]]`),
@@ -559,9 +566,17 @@ impl NodeConfig {
         }
         raw.limits.check(invalid)?;
         let data_dir = abs(&data_dir);
-        let (source_roots, postgres_hosts) = match raw.sources {
-            Some(s) => (s.roots.iter().map(|r| abs(r)).collect(), s.postgres_hosts),
-            None => (vec![data_dir.join(DEFAULT_SOURCES_DIR)], Vec::new()),
+        let (source_roots, postgres_hosts, mqtt_hosts) = match raw.sources {
+            Some(s) => (
+                s.roots.iter().map(|r| abs(r)).collect(),
+                s.postgres_hosts,
+                s.mqtt_hosts,
+            ),
+            None => (
+                vec![data_dir.join(DEFAULT_SOURCES_DIR)],
+                Vec::new(),
+                Vec::new(),
+            ),
         };
         let opendata_releases = match &raw.opendata {
             None => Vec::new(),
@@ -608,6 +623,7 @@ impl NodeConfig {
             audit_retention_days,
             source_roots,
             postgres_hosts,
+            mqtt_hosts,
             source: path.to_path_buf(),
             name: raw.node.name,
             data_dir,
@@ -632,6 +648,7 @@ impl NodeConfig {
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let mut roots = allmende_connectors::SourceRoots::new(self.source_roots.clone())
             .allow_postgres_hosts(self.postgres_hosts.iter().cloned())
+            .allow_mqtt_hosts(self.mqtt_hosts.iter().cloned())
             .reserve(absolute(&self.key), "key file")
             .reserve(absolute(&self.data_dir.join("store")), "store directory")
             .reserve(absolute(&self.source), "config file");
@@ -666,6 +683,16 @@ impl NodeConfig {
             .map(|h| toml::Value::String((*h).to_owned()).to_string())
             .collect();
         format!("postgres_hosts = [{}]\n", list.join(", "))
+    }
+
+    /// An `mqtt_hosts` line for the `[sources]` table that
+    /// [`NodeConfig::render_sources`] ends a config with.
+    pub fn render_mqtt_hosts(hosts: &[&str]) -> String {
+        let list: Vec<String> = hosts
+            .iter()
+            .map(|h| toml::Value::String((*h).to_owned()).to_string())
+            .collect();
+        format!("mqtt_hosts = [{}]\n", list.join(", "))
     }
 
     /// Renders a config file for the given settings (used by the sandbox and

@@ -32,6 +32,7 @@ pub mod telemetry;
 pub mod text;
 pub mod timefmt;
 pub mod tls;
+pub mod uplinks;
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -23,6 +23,14 @@ pub struct RpcLabels {
     pub code: String,
 }
 
+/// What became of an MQTT message of a dataset's source.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UplinkLabels {
+    pub dataset: String,
+    /// `stored`, `duplicate`, or why it was skipped (`malformed-json`, …).
+    pub outcome: String,
+}
+
 /// Refused authentications per source, between two drains (written to the
 /// audit log in aggregate, never one entry per handshake).
 #[derive(Debug, Default)]
@@ -48,6 +56,8 @@ pub struct NodeMetrics {
     pub connections_refused: Counter,
     /// Denied requests counted into an aggregate audit entry, not written one by one.
     pub denials_aggregated: Counter,
+    /// MQTT messages by dataset and outcome (stored, duplicate, skipped reasons).
+    pub mqtt_uplinks: Family<UplinkLabels, Counter>,
 }
 
 impl NodeMetrics {
@@ -69,6 +79,12 @@ impl NodeMetrics {
         let streams_refused = Counter::default();
         let connections_refused = Counter::default();
         let denials_aggregated = Counter::default();
+        let mqtt_uplinks = Family::<UplinkLabels, Counter>::default();
+        registry.register(
+            "mqtt_uplinks",
+            "MQTT messages of MQTT sources by dataset and outcome (stored, duplicate, or the reason they were skipped)",
+            mqtt_uplinks.clone(),
+        );
         registry.register(
             "streams_refused",
             "requests refused at the node-wide stream cap",
@@ -120,6 +136,7 @@ impl NodeMetrics {
             streams_refused,
             connections_refused,
             denials_aggregated,
+            mqtt_uplinks,
         })
     }
 

@@ -16,14 +16,24 @@
 //! ([`PostgresConnector`]: a table or view; its connection-string secret file
 //! is read through the same roots, and it connects only to the hosts in
 //! `sources.postgres_hosts`; a refused host is audited like a refused path).
+//!
+//! A third kind, `mqtt` ([`MqttBufferConnector`]): sensor uplinks an MQTT
+//! subscriber buffers durably in the node's store (`crate::uplinks`); the
+//! broker's host must be in `sources.mqtt_hosts` (refused and audited like a
+//! postgres host otherwise). The subscriber runs while the dataset is served:
+//! started when it is registered, enabled or reopened at start, stopped when
+//! it is disabled, replaced or removed (removal also drops its buffer).
 
 use crate::audit::{AuditLog, Draft};
 use crate::catalog::{Catalog, CatalogEntry, CatalogError, DatasetDescription};
 use crate::clock::SharedClock;
 use crate::locks::{self, Poisoned};
+use crate::metrics::NodeMetrics;
 use crate::pki::{Principal, Subject};
 use crate::policy::PolicyPoint;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
+use crate::uplinks::{UplinkMetrics, Uplinks};
+use allmende_connectors::mqtt::{IngestHandle, MqttBufferConnector, MqttConfig};
 use allmende_connectors::{
     Connector, ConnectorDescription, ConnectorError, FieldSpec, FileConnector, FileConnectorConfig,
     HealthReport, PostgresConfig, PostgresConnector, ReadRequest, ReadStream, Refusal, SourceRoots,
@@ -36,9 +46,10 @@ use std::sync::{Arc, RwLock};
 /// The names the lock helpers log for the registry's state.
 const LIVE: &str = "live connectors";
 const PROBLEMS: &str = "connector problems";
+const INGESTS: &str = "mqtt subscribers";
 
 /// The connector kinds a registration may name.
-pub const KINDS: [&str; 2] = ["files", "postgres"];
+pub const KINDS: [&str; 3] = ["files", "postgres", "mqtt"];
 
 /// A registration's source configuration, stored as the kind's own JSON
 /// object (untagged: registrations stored before there was more than one
@@ -50,6 +61,8 @@ pub enum SourceConfig {
     Files(FileConnectorConfig),
     /// A PostgreSQL table or view (`kind = "postgres"`).
     Postgres(PostgresConfig),
+    /// MQTT sensor uplinks, buffered by the node (`kind = "mqtt"`).
+    Mqtt(MqttConfig),
 }
 
 impl SourceConfig {
@@ -58,6 +71,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Files(_) => "files",
             SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Mqtt(_) => "mqtt",
         }
     }
 
@@ -66,6 +80,9 @@ impl SourceConfig {
         match kind {
             "files" => Ok(SourceConfig::Files(parse_config(json)?)),
             "postgres" => Ok(SourceConfig::Postgres(
+                serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
+            )),
+            "mqtt" => Ok(SourceConfig::Mqtt(
                 serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
             )),
             other => Err(RegistryError::Kind(crate::text::shown(other, 40))),
@@ -88,14 +105,32 @@ impl SourceConfig {
                 &mut c.identifier_columns,
                 &c.cursor_column,
             ),
+            SourceConfig::Mqtt(c) => (
+                &mut c.schema,
+                &mut c.subject_column,
+                &mut c.identifier_columns,
+                &c.cursor_column,
+            ),
         }
     }
 
-    /// Opens the source, confined by `roots`.
-    async fn open(&self, roots: SourceRoots) -> Result<Arc<dyn Connector>, ConnectorError> {
+    /// Opens the source of `dataset`, confined by `roots` (an mqtt source
+    /// serves its buffer in `uplinks`; its subscriber is started apart).
+    async fn open(
+        &self,
+        roots: SourceRoots,
+        uplinks: &Uplinks,
+        dataset: &str,
+    ) -> Result<Arc<dyn Connector>, ConnectorError> {
         Ok(match self {
             SourceConfig::Files(c) => Arc::new(FileConnector::open_async(c.clone(), roots).await?),
             SourceConfig::Postgres(c) => Arc::new(PostgresConnector::open(c.clone(), roots).await?),
+            SourceConfig::Mqtt(c) => Arc::new(MqttBufferConnector::open(
+                c,
+                &roots,
+                Arc::new(uplinks.dataset(dataset)),
+                dataset,
+            )?),
         })
     }
 }
@@ -125,7 +160,7 @@ pub struct Registration {
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("unknown connector kind `{0}`, expected `files` or `postgres`")]
+    #[error("unknown connector kind `{0}`, expected `files`, `postgres` or `mqtt`")]
     Kind(String),
     #[error("invalid connector configuration: {0}")]
     Config(String),
@@ -179,6 +214,11 @@ pub struct Registry {
     write: tokio::sync::Mutex<()>,
     roots: SourceRoots,
     audit: AuditLog,
+    /// The buffers of mqtt sources.
+    uplinks: Uplinks,
+    metrics: Arc<NodeMetrics>,
+    /// The running subscribers of served mqtt sources, by dataset.
+    ingests: std::sync::Mutex<BTreeMap<String, IngestHandle>>,
 }
 
 /// The action of a refused source in the audit log.
@@ -304,8 +344,10 @@ impl Registry {
         clock: SharedClock,
         roots: SourceRoots,
         audit: AuditLog,
+        metrics: Arc<NodeMetrics>,
     ) -> Result<Self, RegistryError> {
         let table: Table<String, Registration> = store.table(TableName::Connectors)?;
+        let uplinks = Uplinks::open(store.clone(), clock.clone())?;
         let reg = Self {
             store,
             table,
@@ -317,6 +359,9 @@ impl Registry {
             write: tokio::sync::Mutex::new(()),
             roots,
             audit,
+            uplinks,
+            metrics,
+            ingests: std::sync::Mutex::new(BTreeMap::new()),
         };
         for (id, r) in reg.table.entries()? {
             reg.mirror_policy(&r);
@@ -340,7 +385,10 @@ impl Registry {
     /// Opens a stored registration's source again (at start, on enable): a
     /// refusal is audited with the node as the actor.
     async fn reopen(&self, r: &Registration) -> Result<Arc<dyn Connector>, ConnectorError> {
-        let opened = r.config.open(self.roots.clone()).await;
+        let opened = r
+            .config
+            .open(self.roots.clone(), &self.uplinks, &r.dataset.id)
+            .await;
         if let Err(e) = &opened
             && let Some(reason) = refusal_of(e)
         {
@@ -378,6 +426,7 @@ impl Registry {
     }
 
     fn set_live(&self, id: &str, served: Option<Served>) {
+        self.set_ingest(id, served.as_ref().map(|s| &s.registration.config));
         if let Ok(mut l) = locks::write(&self.live, LIVE) {
             match served {
                 Some(s) => {
@@ -388,6 +437,53 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Stops the subscriber of `id`, if one runs, and starts the one of
+    /// `config` if it is an mqtt source (a subscriber that cannot start is
+    /// the dataset's problem; its buffer is still served).
+    fn set_ingest(&self, id: &str, config: Option<&SourceConfig>) {
+        let Ok(mut ingests) = locks::lock(&self.ingests, INGESTS) else {
+            return;
+        };
+        // The old subscriber stops before the new one connects with the same client id.
+        drop(ingests.remove(id));
+        let Some(SourceConfig::Mqtt(c)) = config else {
+            return;
+        };
+        let started = allmende_connectors::mqtt::spawn_ingest(
+            c,
+            &self.roots,
+            Arc::new(self.uplinks.dataset(id)),
+            Arc::new(UplinkMetrics::new(self.metrics.clone(), id)),
+            id,
+        );
+        match started {
+            Ok(handle) => {
+                ingests.insert(id.to_owned(), handle);
+            }
+            Err(e) => {
+                tracing::warn!(dataset = %id, error = %e, "mqtt subscriber not started");
+                drop(ingests);
+                self.set_problem(id, Some(format!("mqtt subscriber not started: {e}")));
+            }
+        }
+    }
+
+    /// Stops every mqtt subscriber (the node is stopping).
+    pub fn stop_subscribers(&self) {
+        if let Ok(mut ingests) = locks::lock(&self.ingests, INGESTS) {
+            ingests.clear();
+        }
+    }
+
+    /// Whether the mqtt subscriber of `dataset` is connected to its broker
+    /// (`None`: no subscriber runs).
+    pub fn mqtt_connected(&self, dataset: &str) -> Option<bool> {
+        locks::lock(&self.ingests, INGESTS)
+            .ok()?
+            .get(dataset)
+            .map(|h| h.status().connected())
     }
 
     fn set_problem(&self, id: &str, problem: Option<String>) {
@@ -453,7 +549,10 @@ impl Registry {
         identifying.extend(identifier_columns.iter().map(String::as_str));
         crate::access::cursor::identifying_cursor_column(cursor_column.as_deref(), &identifying)
             .map_err(RegistryError::Config)?;
-        let connector = match config.open(self.roots.clone()).await {
+        let connector = match config
+            .open(self.roots.clone(), &self.uplinks, &dataset.id)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 if let Some(reason) = refusal_of(&e) {
@@ -540,6 +639,8 @@ impl Registry {
         b.remove(&self.table, &dataset.to_owned());
         self.store.commit_durable(b).await?;
         self.set_live(dataset, None);
+        // An mqtt source's buffered uplinks go with it.
+        self.uplinks.dataset(dataset).purge().await?;
         self.catalog
             .remove_local(dataset)
             .await
@@ -636,6 +737,16 @@ mod tests {
         };
         let back: Registration = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back.config, SourceConfig::Postgres(pg));
+
+        // An mqtt registration round-trips as its own kind (untagged: by its fields).
+        let mqtt = MqttConfig::new("mqtt://127.0.0.1:1883", "v3/air@munich/devices/+/up", "n");
+        let r = Registration {
+            config: SourceConfig::Mqtt(mqtt.clone()),
+            kind: "mqtt".into(),
+            ..back
+        };
+        let back: Registration = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back.config, SourceConfig::Mqtt(mqtt));
     }
 
     #[test]
@@ -650,6 +761,17 @@ mod tests {
         let files = r#"{"path":"/s/a.csv","format":"csv"}"#;
         assert!(SourceConfig::parse("postgres", files).is_err());
         let e = SourceConfig::parse("mysql", files).unwrap_err();
-        assert!(e.to_string().contains("`files` or `postgres`"), "{e}");
+        assert!(
+            e.to_string().contains("`files`, `postgres` or `mqtt`"),
+            "{e}"
+        );
+        let mqtt =
+            r#"{"broker":"mqtt://127.0.0.1:1883","topic":"v3/a@t/devices/+/up","client_id":"n"}"#;
+        let parsed = SourceConfig::parse("mqtt", mqtt).unwrap();
+        assert!(matches!(parsed, SourceConfig::Mqtt(_)));
+        assert_eq!(parsed.kind(), "mqtt");
+        assert!(SourceConfig::parse("mqtt", files).is_err());
+        assert!(SourceConfig::parse("files", mqtt).is_err());
+        assert!(SourceConfig::parse("postgres", mqtt).is_err());
     }
 }

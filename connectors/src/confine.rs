@@ -48,6 +48,9 @@ pub enum Refusal {
     /// A PostgreSQL connection names a host the node's operator did not allow
     /// (`sources.postgres_hosts`).
     HostNotAllowed,
+    /// An MQTT source names a broker host the node's operator did not allow
+    /// (`sources.mqtt_hosts`).
+    MqttHostNotAllowed,
 }
 
 impl Refusal {
@@ -61,6 +64,7 @@ impl Refusal {
             Refusal::Reserved(_) => "node-own-files",
             Refusal::Changed => "changed-while-opening",
             Refusal::HostNotAllowed => "postgres-host-not-allowed",
+            Refusal::MqttHostNotAllowed => "mqtt-host-not-allowed",
         }
     }
 }
@@ -83,6 +87,9 @@ impl fmt::Display for Refusal {
             Refusal::HostNotAllowed => f.write_str(
                 "the connection names a database host the node's operator did not allow (`sources.postgres_hosts`)",
             ),
+            Refusal::MqttHostNotAllowed => f.write_str(
+                "the source names an MQTT broker host the node's operator did not allow (`sources.mqtt_hosts`)",
+            ),
         }
     }
 }
@@ -101,6 +108,9 @@ struct Inner {
     /// Database hosts (names, addresses, or socket directories) PostgreSQL sources may connect
     /// to; `None`: any (with `anywhere`).
     postgres_hosts: Option<Vec<String>>,
+    /// MQTT broker hosts (names or addresses) MQTT sources may connect to; `None`: any (with
+    /// `anywhere`).
+    mqtt_hosts: Option<Vec<String>>,
 }
 
 /// The directories sources may be read from, and the node's own places they may never touch.
@@ -154,6 +164,7 @@ impl SourceRoots {
                 roots: Some(roots.into_iter().map(Into::into).collect()),
                 reserved: Vec::new(),
                 postgres_hosts: Some(Vec::new()),
+                mqtt_hosts: Some(Vec::new()),
             }),
             forms: None,
         }
@@ -167,6 +178,7 @@ impl SourceRoots {
                 roots: None,
                 reserved: Vec::new(),
                 postgres_hosts: None,
+                mqtt_hosts: None,
             }),
             forms: None,
         }
@@ -229,6 +241,39 @@ impl SourceRoots {
             Err(ConnectorError::Confined {
                 path: crate::error::snippet(host),
                 reason: Refusal::HostNotAllowed,
+            })
+        }
+    }
+
+    /// Also allows MQTT sources to connect to brokers on these hosts (names or addresses as
+    /// written in the broker URL).
+    pub fn allow_mqtt_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner
+            .mqtt_hosts
+            .get_or_insert_with(Vec::new)
+            .extend(hosts.into_iter().map(Into::into));
+        self.forms = None;
+        self
+    }
+
+    /// Whether an MQTT source may connect to a broker on `host` (compared exactly, names
+    /// without case).
+    pub fn check_mqtt_host(&self, host: &str) -> Result<(), ConnectorError> {
+        let allowed = match &self.inner.mqtt_hosts {
+            None => true,
+            Some(list) => list.iter().any(|h| h.eq_ignore_ascii_case(host)),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ConnectorError::Confined {
+                path: crate::error::snippet(host),
+                reason: Refusal::MqttHostNotAllowed,
             })
         }
     }

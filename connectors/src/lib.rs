@@ -4,13 +4,15 @@
 //! columns), streams rows as Arrow record batches with a resume cursor, reports broken rows
 //! instead of dropping them, and checks its health. [`FileConnector`] reads CSV, JSON lines,
 //! GeoJSON and Parquet, only below the directories a [`SourceRoots`] allows;
-//! [`PostgresConnector`] reads a PostgreSQL table or view, only on the hosts it allows. The `conformance` feature exposes the suite every connector must pass;
+//! [`PostgresConnector`] reads a PostgreSQL table or view, only on the hosts it allows;
+//! [`MqttBufferConnector`] serves sensor uplinks an MQTT subscriber buffered durably. The `conformance` feature exposes the suite every connector must pass;
 //! [`sample`] generates the Munich demo data. See `README.md` for the semantics.
 
 pub mod confine;
 pub mod connector;
 pub mod error;
 pub mod files;
+pub mod mqtt;
 pub mod postgres;
 pub mod sample;
 pub mod schema;
@@ -30,5 +32,6 @@ pub use error::ConnectorError;
 pub use files::{
     CsvOptions, FileConnector, FileConnectorConfig, FileFormat, GeoJsonOptions, GeometryEncoding,
 };
+pub use mqtt::{MqttBufferConnector, MqttConfig};
 pub use postgres::{PostgresConfig, PostgresConnector, TlsMode};
 pub use schema::{FieldSpec, FieldType};

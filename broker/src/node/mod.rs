@@ -170,6 +170,9 @@ impl NodeHandle {
     /// Stops accepting, drains in-flight requests, flushes the store.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
+        // MQTT subscribers stop first: what they have not acknowledged the
+        // broker delivers again to the next start.
+        self.services.registry.stop_subscribers();
         let mut first_err = None;
         for t in self.tasks {
             match t.await {
@@ -209,7 +212,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     )
     .await?;
 
-    let metrics = NodeMetrics::new(&config.name);
+    let metrics = parts.metrics.clone();
     metrics
         .membership_version
         .set(i64::try_from(trust.snapshot().doc.version).unwrap_or(i64::MAX));
@@ -439,6 +442,8 @@ pub(crate) struct Parts {
     pub services: Services,
     pub replicator: crate::federation::replicator::CatalogReplicator,
     pub peer_list: SharedPeers,
+    /// The node's metrics (the registry's MQTT subscribers count into them).
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl Parts {
@@ -451,6 +456,7 @@ impl Parts {
         material: &TlsMaterial,
         shutdown_rx: &watch::Receiver<bool>,
     ) -> Result<Self, NodeError> {
+        let metrics = NodeMetrics::new(&config.name);
         let audit = AuditLog::open(
             store.clone(),
             &own.federation,
@@ -541,6 +547,7 @@ impl Parts {
                 clock.clone(),
                 source_roots,
                 audit.clone(),
+                metrics.clone(),
             )
             .await
             .map_err(|e| NodeError::Policy(format!("connector registry: {e}")))?,
@@ -621,6 +628,7 @@ impl Parts {
             },
             replicator,
             peer_list,
+            metrics,
         })
     }
 }

@@ -90,13 +90,17 @@ pub enum TableName {
     AccessGrants,
     /// Data subjects' erasures.
     ConsentErasures,
+    /// MQTT uplinks buffered per dataset, by receive sequence.
+    MqttUplinks,
+    /// Deduplication keys of the buffered MQTT uplinks.
+    MqttSeen,
     /// The open-data ε budget ledger: ε spent per dataset and period window.
     OpendataBudget,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 16] = [
+    pub const ALL: [TableName; 18] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -112,6 +116,8 @@ impl TableName {
         TableName::AuditRetention,
         TableName::AccessGrants,
         TableName::ConsentErasures,
+        TableName::MqttUplinks,
+        TableName::MqttSeen,
         TableName::OpendataBudget,
     ];
 
@@ -133,6 +139,8 @@ impl TableName {
             TableName::AuditRetention => "audit_retention",
             TableName::AccessGrants => "access_grants",
             TableName::ConsentErasures => "consent_erasures",
+            TableName::MqttUplinks => "mqtt_uplinks",
+            TableName::MqttSeen => "mqtt_seen",
             TableName::OpendataBudget => "opendata_budget",
         }
     }
@@ -296,6 +304,16 @@ impl<K: Key> RawTable<K> {
             out.push((decode_key(self.name, &k)?, v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Number of entries with keys in `[from, to)` (values are not copied).
+    pub fn count_range(&self, from: &K, to: &K) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for item in self.tree.range(from.encode()..to.encode()) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Calls `f` with the entry of the greatest key `<= key` (without

@@ -21,7 +21,7 @@
 
 mod server;
 pub mod sql;
-mod tls;
+pub(crate) mod tls;
 
 use std::io::Read;
 use std::path::PathBuf;
