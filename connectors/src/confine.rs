@@ -231,18 +231,11 @@ impl SourceRoots {
 
     /// Whether a PostgreSQL connection may go to `host` (compared exactly, names without case).
     pub fn check_postgres_host(&self, host: &str) -> Result<(), ConnectorError> {
-        let allowed = match &self.inner.postgres_hosts {
-            None => true,
-            Some(list) => list.iter().any(|h| h.eq_ignore_ascii_case(host)),
-        };
-        if allowed {
-            Ok(())
-        } else {
-            Err(ConnectorError::Confined {
-                path: crate::error::snippet(host),
-                reason: Refusal::HostNotAllowed,
-            })
-        }
+        host_allowed(
+            self.inner.postgres_hosts.as_deref(),
+            host,
+            Refusal::HostNotAllowed,
+        )
     }
 
     /// Also allows MQTT sources to connect to brokers on these hosts (names or addresses as
@@ -264,18 +257,11 @@ impl SourceRoots {
     /// Whether an MQTT source may connect to a broker on `host` (compared exactly, names
     /// without case).
     pub fn check_mqtt_host(&self, host: &str) -> Result<(), ConnectorError> {
-        let allowed = match &self.inner.mqtt_hosts {
-            None => true,
-            Some(list) => list.iter().any(|h| h.eq_ignore_ascii_case(host)),
-        };
-        if allowed {
-            Ok(())
-        } else {
-            Err(ConnectorError::Confined {
-                path: crate::error::snippet(host),
-                reason: Refusal::MqttHostNotAllowed,
-            })
-        }
+        host_allowed(
+            self.inner.mqtt_hosts.as_deref(),
+            host,
+            Refusal::MqttHostNotAllowed,
+        )
     }
 
     /// The allowed roots as configured (`None`: anywhere).
@@ -694,5 +680,22 @@ mod tests {
             SourceRoots::new([f.root.join("store")]).reserve(f.root.clone(), "config directory");
         assert_eq!(roots.overlaps().len(), 1);
         assert!(f.roots.overlaps().is_empty());
+    }
+}
+
+/// Whether a source may connect to `host`: it is in `list` (compared exactly, names without
+/// case), or there is no list (roots made with `anywhere`).
+fn host_allowed(
+    list: Option<&[String]>,
+    host: &str,
+    reason: Refusal,
+) -> Result<(), ConnectorError> {
+    if list.is_none_or(|l| l.iter().any(|h| h.eq_ignore_ascii_case(host))) {
+        Ok(())
+    } else {
+        Err(ConnectorError::Confined {
+            path: crate::error::snippet(host),
+            reason,
+        })
     }
 }
