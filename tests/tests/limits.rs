@@ -492,9 +492,24 @@ async fn streams_are_capped_per_connection_and_node_wide() {
         "{}",
         e.message()
     );
-    // Another connection gets the node's last stream.
+    // Another connection gets the node's last stream. The peers witness
+    // this node's audit log every second, and each such call holds a slot
+    // while it runs: retry while one of them has the last slot.
     let b = channel(&sb, "swm", "steward", "stadt-1").await;
-    let _s3 = stalled_fetch(b.clone()).await.unwrap();
+    let mut s3 = None;
+    for _ in 0..50 {
+        match stalled_fetch(b.clone()).await {
+            Ok(s) => {
+                s3 = Some(s);
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let _s3 = s3.expect("the node's last stream slot never came free");
     // Node-wide, no stream is left: refused at once, not queued.
     let c = channel(&sb, "stadt", "dpo", "stadt-1").await;
     let e = pb::federation_client::FederationClient::new(c.clone())
