@@ -21,6 +21,7 @@ pub mod grants;
 pub mod locks;
 pub mod metrics;
 pub mod node;
+pub mod obligations;
 pub mod opendata;
 pub mod pki;
 pub mod policy;

@@ -96,11 +96,22 @@ pub enum TableName {
     MqttSeen,
     /// The open-data ε budget ledger: ε spent per dataset and period window.
     OpendataBudget,
+    /// Obligations recorded by this node (who must deliver what, when).
+    Obligations,
+    /// Attempts to take obliged deliveries, by organisation, dataset,
+    /// window and attempt time.
+    ObligationDeliveries,
+    /// Imported MDS batches (accepted) and rejected ones kept for
+    /// inspection.
+    MdsBatches,
+    /// MLS state of the node's groups (openmls' storage, written per
+    /// operation in one atomic batch).
+    MlsState,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 18] = [
+    pub const ALL: [TableName; 22] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -119,6 +130,10 @@ impl TableName {
         TableName::MqttUplinks,
         TableName::MqttSeen,
         TableName::OpendataBudget,
+        TableName::Obligations,
+        TableName::ObligationDeliveries,
+        TableName::MdsBatches,
+        TableName::MlsState,
     ];
 
     /// The sled tree name.
@@ -142,6 +157,10 @@ impl TableName {
             TableName::MqttUplinks => "mqtt_uplinks",
             TableName::MqttSeen => "mqtt_seen",
             TableName::OpendataBudget => "opendata_budget",
+            TableName::Obligations => "obligations",
+            TableName::ObligationDeliveries => "obligation_deliveries",
+            TableName::MdsBatches => "mds_batches",
+            TableName::MlsState => "mls_state",
         }
     }
 }
@@ -245,6 +264,17 @@ impl<K: Key, V: Serialize + DeserializeOwned> Table<K, V> {
             None => Ok(None),
             Some(bytes) => decode_value(self.name, &bytes).map(Some),
         }
+    }
+
+    /// Entries with keys in `[from, to)`, in key order. A corrupt entry is
+    /// an error, never skipped.
+    pub fn range(&self, from: &K, to: &K) -> Result<Vec<(K, V)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.range(from.encode()..to.encode()) {
+            let (k, v) = item?;
+            out.push((decode_key(self.name, &k)?, decode_value(self.name, &v)?));
+        }
+        Ok(out)
     }
 
     /// Every entry in key order. A corrupt entry is an error, never skipped.
