@@ -20,6 +20,7 @@ pub mod federation;
 pub mod grants;
 pub mod locks;
 pub mod metrics;
+pub mod mls;
 pub mod node;
 pub mod obligations;
 pub mod opendata;

@@ -586,6 +586,7 @@ const DOMAIN: &[&str] = &[
     "config",
     "ctx",
     "grants",
+    "mls",
     "opendata/publish",
     "opendata/ledger",
     "opendata/releases",
