@@ -26,12 +26,15 @@ pub mod sample;
 pub mod validate;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::confine::SourceRoots;
 use crate::error::{ConnectorError, snippet};
-use crate::schema::FieldSpec;
+use crate::mqtt::{Columns, MqttBufferConnector, UplinkBuffer};
+use crate::schema::{FieldSpec, FieldType};
 
 /// One UTC hour in milliseconds.
 pub const HOUR_MS: i64 = 3_600_000;
@@ -270,6 +273,92 @@ impl MdsConfig {
     pub fn ca_pem(&self, roots: &SourceRoots) -> Result<Vec<u8>, ConnectorError> {
         read_small(roots, &self.ca_file, "CA file", MAX_CA_BYTES)
     }
+}
+
+/// The columns of the trips an mds source serves: the demo's `scooter-trips` columns
+/// ([`crate::sample::scooter_trip_fields`]) and the node's import sequence `seq` (the cursor:
+/// hours may arrive out of order, a late hour after later ones, so reads resume by import
+/// order, not by trip time).
+pub fn trip_fields() -> Vec<FieldSpec> {
+    let mut f = crate::sample::scooter_trip_fields();
+    f.push(FieldSpec::required("seq", FieldType::Int64));
+    f
+}
+
+/// The served row of one validated MDS trip: times in microseconds, positions split into
+/// columns, the grid cells of both ends; `seq` is filled by the buffer.
+pub fn trip_row(trip: &Value, vehicle_type: &str) -> Map<String, Value> {
+    let mut row = Map::new();
+    for f in [
+        "trip_id",
+        "provider_id",
+        "device_id",
+        "duration",
+        "distance",
+    ] {
+        if let Some(v) = trip.get(f) {
+            row.insert(f.into(), v.clone());
+        }
+    }
+    row.insert("vehicle_type".into(), Value::from(vehicle_type));
+    for f in ["start_time", "end_time"] {
+        if let Some(ms) = trip.get(f).and_then(Value::as_f64) {
+            row.insert(f.into(), Value::from((ms as i64).saturating_mul(1000)));
+        }
+    }
+    for (end, loc) in [("start", "start_location"), ("end", "end_location")] {
+        let lat = trip
+            .get(loc)
+            .and_then(|l| l.get("lat"))
+            .and_then(Value::as_f64);
+        let lng = trip
+            .get(loc)
+            .and_then(|l| l.get("lng"))
+            .and_then(Value::as_f64);
+        if let (Some(lat), Some(lng)) = (lat, lng) {
+            row.insert(format!("{end}_lat"), Value::from(lat));
+            row.insert(format!("{end}_lon"), Value::from(lng));
+            row.insert(
+                format!("{end}_cell"),
+                Value::from(crate::sample::cell_id(lat, lng)),
+            );
+        }
+    }
+    row
+}
+
+/// The connector serving the trips an mds source imported into `buffer` (`label`: the
+/// dataset). Checks the configuration (provider host allowed, token and CA files readable
+/// through `roots`, a declared schema with an `int64` sequence column); does not connect: the
+/// node's puller takes the deliveries.
+pub fn open_connector(
+    config: &MdsConfig,
+    roots: &SourceRoots,
+    buffer: Arc<dyn UplinkBuffer>,
+    label: &str,
+) -> Result<MqttBufferConnector, ConnectorError> {
+    config.check(roots)?;
+    config.token(roots)?;
+    client::tls_config(&config.ca_pem(roots)?, None)?;
+    let fields = config
+        .schema
+        .as_ref()
+        .ok_or_else(|| ConnectorError::Config("an mds source needs its declared schema".into()))?;
+    MqttBufferConnector::serving(
+        Columns {
+            fields,
+            subject_column: config.subject_column.as_deref(),
+            identifier_columns: &config.identifier_columns,
+            sequence_column: config.sequence_column()?,
+        },
+        "mds",
+        format!(
+            "mds trips of `{}` delivered to `{label}`",
+            snippet(&config.organisation)
+        ),
+        buffer,
+        label,
+    )
 }
 
 /// Reads a bearer token file through `roots`: its first line, trimmed, printable ASCII.
