@@ -27,6 +27,13 @@
 //! roots = ["/srv/allmende/sources"]   # connectors read local files only below these
 //! postgres_hosts = ["db.swm.example"] # PostgreSQL sources connect only to these (default none)
 //! mqtt_hosts = ["mqtt.swm.example"]     # MQTT sources subscribe only on these brokers (default none)
+//! mds_hosts = ["mds.scooter.example"]   # MDS sources pull only from these providers (default none)
+//! [mds_provider]                         # this organisation's MDS provider endpoint (docs/mds.md)
+//! listen = "0.0.0.0:7800"
+//! dir = "/srv/allmende/sources/mds"      # hourly batch files, below `sources.roots`
+//! token_file = "/srv/allmende/sources/mds.token"
+//! recipients = ["stadt"]
+//! dataset = "scooter-trips"
 //! ```
 
 use serde::Deserialize;
@@ -78,6 +85,35 @@ struct RawConfig {
     sources: Option<RawSources>,
     #[serde(default)]
     opendata: Option<RawOpenData>,
+    #[serde(default)]
+    mds_provider: Option<RawMdsProvider>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMdsProvider {
+    listen: String,
+    dir: PathBuf,
+    token_file: PathBuf,
+    recipients: Vec<String>,
+    dataset: String,
+}
+
+/// This organisation's MDS provider endpoint (`[mds_provider]`;
+/// `docs/mds.md`): HTTPS with the node's certificate, a federation client
+/// certificate and the bearer token required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdsProviderConfig {
+    pub listen: SocketAddr,
+    /// The directory of hourly batch files `YYYY-MM-DDTHH.json`, read
+    /// through the source roots.
+    pub dir: PathBuf,
+    /// The bearer token's secret (first line), read through the source roots.
+    pub token_file: PathBuf,
+    /// Organisations whose nodes may pull.
+    pub recipients: Vec<String>,
+    /// The registered dataset the feed delivers (the policy's resource).
+    pub dataset: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +170,9 @@ struct RawSources {
     /// Hosts (names, addresses) of the MQTT brokers MQTT sources may subscribe on.
     #[serde(default)]
     mqtt_hosts: Vec<String>,
+    /// Hosts (names, addresses) of the MDS providers MDS sources may pull from.
+    #[serde(default)]
+    mds_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,6 +464,12 @@ pub struct NodeConfig {
     /// Hosts of the MQTT brokers MQTT sources may subscribe on
     /// (`sources.mqtt_hosts`; default none).
     pub mqtt_hosts: Vec<String>,
+    /// Hosts of the MDS providers MDS sources may pull from
+    /// (`sources.mds_hosts`; default none).
+    pub mds_hosts: Vec<String>,
+    /// This organisation's MDS provider endpoint (`[mds_provider]`; off
+    /// when absent).
+    pub mds_provider: Option<MdsProviderConfig>,
     /// The public tier and the open-data listener (`[opendata]`).
     pub opendata: OpenDataConfig,
     /// Release specs of this node's datasets (`[[opendata.release]]`),
@@ -566,17 +611,49 @@ impl NodeConfig {
         }
         raw.limits.check(invalid)?;
         let data_dir = abs(&data_dir);
-        let (source_roots, postgres_hosts, mqtt_hosts) = match raw.sources {
+        let (source_roots, postgres_hosts, mqtt_hosts, mds_hosts) = match raw.sources {
             Some(s) => (
                 s.roots.iter().map(|r| abs(r)).collect(),
                 s.postgres_hosts,
                 s.mqtt_hosts,
+                s.mds_hosts,
             ),
             None => (
                 vec![data_dir.join(DEFAULT_SOURCES_DIR)],
                 Vec::new(),
                 Vec::new(),
+                Vec::new(),
             ),
+        };
+        let mds_provider = match raw.mds_provider {
+            None => None,
+            Some(m) => {
+                let listen = m.listen.parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "mds_provider.listen",
+                        format!("`{}` is not a socket address", m.listen),
+                    )
+                })?;
+                if m.recipients.is_empty() {
+                    return Err(invalid(
+                        "mds_provider.recipients",
+                        "name at least one organisation".into(),
+                    ));
+                }
+                if m.dataset.is_empty() {
+                    return Err(invalid(
+                        "mds_provider.dataset",
+                        "name the registered dataset the feed delivers".into(),
+                    ));
+                }
+                Some(MdsProviderConfig {
+                    listen,
+                    dir: abs(&m.dir),
+                    token_file: abs(&m.token_file),
+                    recipients: m.recipients,
+                    dataset: m.dataset,
+                })
+            }
         };
         let opendata_releases = match &raw.opendata {
             None => Vec::new(),
@@ -624,6 +701,8 @@ impl NodeConfig {
             source_roots,
             postgres_hosts,
             mqtt_hosts,
+            mds_hosts,
+            mds_provider,
             source: path.to_path_buf(),
             name: raw.node.name,
             data_dir,
@@ -649,6 +728,7 @@ impl NodeConfig {
         let mut roots = allmende_connectors::SourceRoots::new(self.source_roots.clone())
             .allow_postgres_hosts(self.postgres_hosts.iter().cloned())
             .allow_mqtt_hosts(self.mqtt_hosts.iter().cloned())
+            .allow_mds_hosts(self.mds_hosts.iter().cloned())
             .reserve(absolute(&self.key), "key file")
             .reserve(absolute(&self.data_dir.join("store")), "store directory")
             .reserve(absolute(&self.source), "config file");
@@ -693,6 +773,30 @@ impl NodeConfig {
             .map(|h| toml::Value::String((*h).to_owned()).to_string())
             .collect();
         format!("mqtt_hosts = [{}]\n", list.join(", "))
+    }
+
+    /// An `mds_hosts` line for the `[sources]` table that
+    /// [`NodeConfig::render_sources`] ends a config with.
+    pub fn render_mds_hosts(hosts: &[&str]) -> String {
+        let list: Vec<String> = hosts
+            .iter()
+            .map(|h| toml::Value::String((*h).to_owned()).to_string())
+            .collect();
+        format!("mds_hosts = [{}]\n", list.join(", "))
+    }
+
+    /// An `[mds_provider]` table (appended to a rendered config).
+    pub fn render_mds_provider(p: &MdsProviderConfig) -> String {
+        let s = |v: &str| toml::Value::String(v.to_owned()).to_string();
+        let recipients: Vec<String> = p.recipients.iter().map(|r| s(r)).collect();
+        format!(
+            "\n[mds_provider]\nlisten = {}\ndir = {}\ntoken_file = {}\nrecipients = [{}]\ndataset = {}\n",
+            s(&p.listen.to_string()),
+            s(&p.dir.display().to_string()),
+            s(&p.token_file.display().to_string()),
+            recipients.join(", "),
+            s(&p.dataset)
+        )
     }
 
     /// Renders a config file for the given settings (used by the sandbox and

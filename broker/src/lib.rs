@@ -19,6 +19,7 @@ pub mod error;
 pub mod federation;
 pub mod grants;
 pub mod locks;
+pub mod mds;
 pub mod metrics;
 pub mod mls;
 pub mod node;

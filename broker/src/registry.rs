@@ -23,16 +23,25 @@
 //! postgres host otherwise). The subscriber runs while the dataset is served:
 //! started when it is registered, enabled or reopened at start, stopped when
 //! it is disabled, replaced or removed (removal also drops its buffer).
+//!
+//! A fourth kind, `mds` (`allmende_connectors::mds`): the hourly MDS batches an
+//! obliged company's provider endpoint delivers; the provider's host must be
+//! in `sources.mds_hosts` (refused and audited otherwise), its token and CA
+//! files are read through the roots. A puller (`crate::mds::puller`) runs
+//! while the dataset is served, like an mqtt subscriber; the served rows are
+//! the imported trips (`crate::mds::batches`), dropped with the registration.
 
 use crate::audit::{AuditLog, Draft};
 use crate::catalog::{Catalog, CatalogEntry, CatalogError, DatasetDescription};
 use crate::clock::SharedClock;
 use crate::locks::{self, Poisoned};
+use crate::mds::{MdsBatches, PullHandle, Pulls};
 use crate::metrics::NodeMetrics;
 use crate::pki::{Principal, Subject};
 use crate::policy::PolicyPoint;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
 use crate::uplinks::{UplinkMetrics, Uplinks};
+use allmende_connectors::mds::MdsConfig;
 use allmende_connectors::mqtt::{IngestHandle, MqttBufferConnector, MqttConfig};
 use allmende_connectors::{
     Connector, ConnectorDescription, ConnectorError, FieldSpec, FileConnector, FileConnectorConfig,
@@ -47,9 +56,10 @@ use std::sync::{Arc, RwLock};
 const LIVE: &str = "live connectors";
 const PROBLEMS: &str = "connector problems";
 const INGESTS: &str = "mqtt subscribers";
+const PULLERS: &str = "mds pullers";
 
 /// The connector kinds a registration may name.
-pub const KINDS: [&str; 3] = ["files", "postgres", "mqtt"];
+pub const KINDS: [&str; 4] = ["files", "postgres", "mqtt", "mds"];
 
 /// A registration's source configuration, stored as the kind's own JSON
 /// object (untagged: registrations stored before there was more than one
@@ -63,6 +73,8 @@ pub enum SourceConfig {
     Postgres(PostgresConfig),
     /// MQTT sensor uplinks, buffered by the node (`kind = "mqtt"`).
     Mqtt(MqttConfig),
+    /// Hourly MDS batches pulled from an obliged provider (`kind = "mds"`).
+    Mds(MdsConfig),
 }
 
 impl SourceConfig {
@@ -72,6 +84,7 @@ impl SourceConfig {
             SourceConfig::Files(_) => "files",
             SourceConfig::Postgres(_) => "postgres",
             SourceConfig::Mqtt(_) => "mqtt",
+            SourceConfig::Mds(_) => "mds",
         }
     }
 
@@ -83,6 +96,9 @@ impl SourceConfig {
                 serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
             )),
             "mqtt" => Ok(SourceConfig::Mqtt(
+                serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
+            )),
+            "mds" => Ok(SourceConfig::Mds(
                 serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
             )),
             other => Err(RegistryError::Kind(crate::text::shown(other, 40))),
@@ -111,15 +127,23 @@ impl SourceConfig {
                 &mut c.identifier_columns,
                 &c.cursor_column,
             ),
+            SourceConfig::Mds(c) => (
+                &mut c.schema,
+                &mut c.subject_column,
+                &mut c.identifier_columns,
+                &c.cursor_column,
+            ),
         }
     }
 
     /// Opens the source of `dataset`, confined by `roots` (an mqtt source
-    /// serves its buffer in `uplinks`; its subscriber is started apart).
+    /// serves its buffer in `uplinks`, an mds source its imported trips in
+    /// `batches`; subscriber and puller are started apart).
     async fn open(
         &self,
         roots: SourceRoots,
         uplinks: &Uplinks,
+        batches: &MdsBatches,
         dataset: &str,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
         Ok(match self {
@@ -129,6 +153,12 @@ impl SourceConfig {
                 c,
                 &roots,
                 Arc::new(uplinks.dataset(dataset)),
+                dataset,
+            )?),
+            SourceConfig::Mds(c) => Arc::new(allmende_connectors::mds::open_connector(
+                c,
+                &roots,
+                Arc::new(batches.dataset(dataset)),
                 dataset,
             )?),
         })
@@ -160,7 +190,7 @@ pub struct Registration {
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("unknown connector kind `{0}`, expected `files`, `postgres` or `mqtt`")]
+    #[error("unknown connector kind `{0}`, expected `files`, `postgres`, `mqtt` or `mds`")]
     Kind(String),
     #[error("invalid connector configuration: {0}")]
     Config(String),
@@ -219,6 +249,10 @@ pub struct Registry {
     metrics: Arc<NodeMetrics>,
     /// The running subscribers of served mqtt sources, by dataset.
     ingests: std::sync::Mutex<BTreeMap<String, IngestHandle>>,
+    /// What the pullers of mds sources share (their imported batches too).
+    pulls: Arc<Pulls>,
+    /// The running pullers of served mds sources, by dataset.
+    pullers: std::sync::Mutex<BTreeMap<String, PullHandle>>,
 }
 
 /// The action of a refused source in the audit log.
@@ -345,9 +379,22 @@ impl Registry {
         roots: SourceRoots,
         audit: AuditLog,
         metrics: Arc<NodeMetrics>,
+        mds_identity: Option<crate::tls::ClientIdentity>,
     ) -> Result<Self, RegistryError> {
         let table: Table<String, Registration> = store.table(TableName::Connectors)?;
         let uplinks = Uplinks::open(store.clone(), clock.clone())?;
+        let id = catalog.identity();
+        let pulls = Arc::new(Pulls {
+            batches: MdsBatches::open(store.clone())?,
+            deliveries: crate::obligations::Deliveries::open(store.clone())?,
+            audit: audit.clone(),
+            clock: clock.clone(),
+            roots: roots.clone(),
+            organisation: id.organisation.clone(),
+            node: id.node.clone(),
+            identity: mds_identity,
+            write: tokio::sync::Mutex::new(()),
+        });
         let reg = Self {
             store,
             table,
@@ -362,6 +409,8 @@ impl Registry {
             uplinks,
             metrics,
             ingests: std::sync::Mutex::new(BTreeMap::new()),
+            pulls,
+            pullers: std::sync::Mutex::new(BTreeMap::new()),
         };
         for (id, r) in reg.table.entries()? {
             reg.mirror_policy(&r);
@@ -387,7 +436,12 @@ impl Registry {
     async fn reopen(&self, r: &Registration) -> Result<Arc<dyn Connector>, ConnectorError> {
         let opened = r
             .config
-            .open(self.roots.clone(), &self.uplinks, &r.dataset.id)
+            .open(
+                self.roots.clone(),
+                &self.uplinks,
+                &self.pulls.batches,
+                &r.dataset.id,
+            )
             .await;
         if let Err(e) = &opened
             && let Some(reason) = refusal_of(e)
@@ -427,6 +481,7 @@ impl Registry {
 
     fn set_live(&self, id: &str, served: Option<Served>) {
         self.set_ingest(id, served.as_ref().map(|s| &s.registration.config));
+        self.set_pull(id, served.as_ref().map(|s| &s.registration.config));
         if let Ok(mut l) = locks::write(&self.live, LIVE) {
             match served {
                 Some(s) => {
@@ -470,10 +525,41 @@ impl Registry {
         }
     }
 
-    /// Stops every mqtt subscriber (the node is stopping).
+    /// Stops the puller of `id`, if one runs, and starts the one of
+    /// `config` if it is an mds source (a puller that cannot start is the
+    /// dataset's problem; what it imported is still served).
+    fn set_pull(&self, id: &str, config: Option<&SourceConfig>) {
+        let Ok(mut pullers) = locks::lock(&self.pullers, PULLERS) else {
+            return;
+        };
+        drop(pullers.remove(id));
+        let Some(SourceConfig::Mds(c)) = config else {
+            return;
+        };
+        match crate::mds::puller::spawn(self.pulls.clone(), c, id) {
+            Ok(handle) => {
+                pullers.insert(id.to_owned(), handle);
+            }
+            Err(e) => {
+                tracing::warn!(dataset = %id, error = %e, "mds puller not started");
+                drop(pullers);
+                self.set_problem(id, Some(format!("mds puller not started: {e}")));
+            }
+        }
+    }
+
+    /// The batches mds sources imported (the rejected ones kept too).
+    pub fn mds_batches(&self) -> &MdsBatches {
+        &self.pulls.batches
+    }
+
+    /// Stops every mqtt subscriber and mds puller (the node is stopping).
     pub fn stop_subscribers(&self) {
         if let Ok(mut ingests) = locks::lock(&self.ingests, INGESTS) {
             ingests.clear();
+        }
+        if let Ok(mut pullers) = locks::lock(&self.pullers, PULLERS) {
+            pullers.clear();
         }
     }
 
@@ -550,7 +636,12 @@ impl Registry {
         crate::access::cursor::identifying_cursor_column(cursor_column.as_deref(), &identifying)
             .map_err(RegistryError::Config)?;
         let connector = match config
-            .open(self.roots.clone(), &self.uplinks, &dataset.id)
+            .open(
+                self.roots.clone(),
+                &self.uplinks,
+                &self.pulls.batches,
+                &dataset.id,
+            )
             .await
         {
             Ok(c) => c,
@@ -639,8 +730,10 @@ impl Registry {
         b.remove(&self.table, &dataset.to_owned());
         self.store.commit_durable(b).await?;
         self.set_live(dataset, None);
-        // An mqtt source's buffered uplinks go with it.
+        // An mqtt source's buffered uplinks go with it, an mds source's
+        // imported batches too (its delivery records stay).
         self.uplinks.dataset(dataset).purge().await?;
+        self.pulls.batches.dataset(dataset).purge().await?;
         self.catalog
             .remove_local(dataset)
             .await
@@ -762,7 +855,8 @@ mod tests {
         assert!(SourceConfig::parse("postgres", files).is_err());
         let e = SourceConfig::parse("mysql", files).unwrap_err();
         assert!(
-            e.to_string().contains("`files`, `postgres` or `mqtt`"),
+            e.to_string()
+                .contains("`files`, `postgres`, `mqtt` or `mds`"),
             "{e}"
         );
         let mqtt =
@@ -773,5 +867,16 @@ mod tests {
         assert!(SourceConfig::parse("mqtt", files).is_err());
         assert!(SourceConfig::parse("files", mqtt).is_err());
         assert!(SourceConfig::parse("postgres", mqtt).is_err());
+        let mds = r#"{"provider":"https://127.0.0.1:7800","organisation":"scooter-co","obligation_dataset":"scooter-trips","token_file":"/s/t","ca_file":"/s/ca.pem","start":"2026-11-30T10"}"#;
+        let parsed = SourceConfig::parse("mds", mds).unwrap();
+        assert_eq!(parsed.kind(), "mds");
+        for other in ["files", "postgres", "mqtt"] {
+            assert!(SourceConfig::parse(other, mds).is_err(), "{other}");
+        }
+        assert!(SourceConfig::parse("mds", mqtt).is_err());
+        // Stored untagged, it loads back as its own kind.
+        let back: SourceConfig =
+            serde_json::from_slice(&serde_json::to_vec(&parsed).unwrap()).unwrap();
+        assert_eq!(back, parsed);
     }
 }

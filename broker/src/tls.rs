@@ -229,6 +229,11 @@ fn closing(
 }
 
 impl AuthedStream {
+    /// The principal the connection is bound to, and its address.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.info
+    }
+
     fn check_closed(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
         // A finished future must not be polled again.
         if !self.is_closed && self.closed.as_mut().poll(cx).is_ready() {

@@ -51,6 +51,9 @@ pub enum Refusal {
     /// An MQTT source names a broker host the node's operator did not allow
     /// (`sources.mqtt_hosts`).
     MqttHostNotAllowed,
+    /// An MDS source names a provider host the node's operator did not allow
+    /// (`sources.mds_hosts`).
+    MdsHostNotAllowed,
 }
 
 impl Refusal {
@@ -65,6 +68,7 @@ impl Refusal {
             Refusal::Changed => "changed-while-opening",
             Refusal::HostNotAllowed => "postgres-host-not-allowed",
             Refusal::MqttHostNotAllowed => "mqtt-host-not-allowed",
+            Refusal::MdsHostNotAllowed => "mds-host-not-allowed",
         }
     }
 }
@@ -90,6 +94,9 @@ impl fmt::Display for Refusal {
             Refusal::MqttHostNotAllowed => f.write_str(
                 "the source names an MQTT broker host the node's operator did not allow (`sources.mqtt_hosts`)",
             ),
+            Refusal::MdsHostNotAllowed => f.write_str(
+                "the source names an MDS provider host the node's operator did not allow (`sources.mds_hosts`)",
+            ),
         }
     }
 }
@@ -111,6 +118,8 @@ struct Inner {
     /// MQTT broker hosts (names or addresses) MQTT sources may connect to; `None`: any (with
     /// `anywhere`).
     mqtt_hosts: Option<Vec<String>>,
+    /// MDS provider hosts MDS sources may connect to; `None`: any (with `anywhere`).
+    mds_hosts: Option<Vec<String>>,
 }
 
 /// The directories sources may be read from, and the node's own places they may never touch.
@@ -165,6 +174,7 @@ impl SourceRoots {
                 reserved: Vec::new(),
                 postgres_hosts: Some(Vec::new()),
                 mqtt_hosts: Some(Vec::new()),
+                mds_hosts: Some(Vec::new()),
             }),
             forms: None,
         }
@@ -179,6 +189,7 @@ impl SourceRoots {
                 reserved: Vec::new(),
                 postgres_hosts: None,
                 mqtt_hosts: None,
+                mds_hosts: None,
             }),
             forms: None,
         }
@@ -261,6 +272,32 @@ impl SourceRoots {
             self.inner.mqtt_hosts.as_deref(),
             host,
             Refusal::MqttHostNotAllowed,
+        )
+    }
+
+    /// Also allows MDS sources to connect to providers on these hosts (names or addresses as
+    /// written in the provider URL).
+    pub fn allow_mds_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner
+            .mds_hosts
+            .get_or_insert_with(Vec::new)
+            .extend(hosts.into_iter().map(Into::into));
+        self.forms = None;
+        self
+    }
+
+    /// Whether an MDS source may connect to a provider on `host` (compared exactly, names
+    /// without case).
+    pub fn check_mds_host(&self, host: &str) -> Result<(), ConnectorError> {
+        host_allowed(
+            self.inner.mds_hosts.as_deref(),
+            host,
+            Refusal::MdsHostNotAllowed,
         )
     }
 

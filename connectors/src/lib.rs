@@ -5,13 +5,15 @@
 //! instead of dropping them, and checks its health. [`FileConnector`] reads CSV, JSON lines,
 //! GeoJSON and Parquet, only below the directories a [`SourceRoots`] allows;
 //! [`PostgresConnector`] reads a PostgreSQL table or view, only on the hosts it allows;
-//! [`MqttBufferConnector`] serves sensor uplinks an MQTT subscriber buffered durably. The `conformance` feature exposes the suite every connector must pass;
+//! [`MqttBufferConnector`] serves sensor uplinks an MQTT subscriber buffered durably; [`mds`]
+//! pulls, validates and serves hourly MDS 2.0 batches of an obliged mobility provider. The `conformance` feature exposes the suite every connector must pass;
 //! [`sample`] generates the Munich demo data. See `README.md` for the semantics.
 
 pub mod confine;
 pub mod connector;
 pub mod error;
 pub mod files;
+pub mod mds;
 pub mod mqtt;
 pub mod postgres;
 pub mod sample;

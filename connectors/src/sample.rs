@@ -427,18 +427,19 @@ pub fn scooter_trip_fields() -> Vec<FieldSpec> {
     ]
 }
 
-/// One generated trip.
-struct Trip {
-    id: String,
-    device: String,
-    start: i64,
-    end: i64,
-    distance: i64,
-    from: (f64, f64),
-    to: (f64, f64),
+/// One generated trip (times in Unix seconds; also the source of the MDS batches in
+/// [`crate::mds::sample`]).
+pub(crate) struct Trip {
+    pub(crate) id: String,
+    pub(crate) device: String,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) distance: i64,
+    pub(crate) from: (f64, f64),
+    pub(crate) to: (f64, f64),
 }
 
-fn trips(spec: &SampleSpec) -> Vec<Trip> {
+pub(crate) fn trips(spec: &SampleSpec) -> Vec<Trip> {
     let mut rng = Xorshift::new(spec.seed ^ 0x5C00_7004);
     let devices: Vec<String> = (0..150).map(|_| rng.uuid()).collect();
     let mut out = Vec::new();

@@ -268,6 +268,9 @@ vocabulary! {
         /// A data subject's erasure (GDPR Art. 17): excluded from every
         /// later release, recipients notified.
         EraseSubject => "erase_subject",
+        /// An obliged organisation's node answers the entitled body's pull
+        /// of a dataset it must deliver (the MDS provider endpoint).
+        DeliverObligation => "deliver_obligation",
     }
 }
 
@@ -479,7 +482,8 @@ mod tests {
                 "read,read_aggregate,subscribe,export,register_connector,publish_open_data,\
                  request_access,approve_request,view_request,revoke,record_consent,read_audit,export_audit,\
                  verify_audit,cosign_checkpoint,deliver,read_compliance,manage_federation,\
-                 import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion,erase_subject",
+                 import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion,erase_subject,\
+                 deliver_obligation",
             ),
             (spellings(ConsentStatus::ALL), "given,refused,withdrawn"),
             (

@@ -105,6 +105,8 @@ pub struct NodeHandle {
     pub admin_addr: Option<SocketAddr>,
     /// The HTTPS open-data listener (`[opendata] listen`), if on.
     pub opendata_addr: Option<SocketAddr>,
+    /// The MDS provider endpoint (`[mds_provider] listen`), if on.
+    pub mds_provider_addr: Option<SocketAddr>,
     pub trust: Arc<Trust>,
     pub metrics: Arc<NodeMetrics>,
     pub store: Store,
@@ -247,6 +249,23 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             Some(bound)
         }
     };
+    let mds_provider_addr = match &config.mds_provider {
+        None => None,
+        Some(p) => {
+            let (bound, task) = serve_mds_provider(
+                p,
+                &config,
+                &own,
+                &parts,
+                &metrics,
+                &material,
+                shutdown_rx.clone(),
+            )
+            .await?;
+            tasks.push(task);
+            Some(bound)
+        }
+    };
     let replicator = parts.replicator;
     // Grant expiry: recorded (and audited) at each grant's end.
     tasks.push(tokio::spawn({
@@ -308,6 +327,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         grpc_addr,
         admin_addr,
         opendata_addr,
+        mds_provider_addr,
         trust,
         metrics,
         store,
@@ -355,6 +375,56 @@ async fn serve_opendata(
     });
     let task = tokio::spawn(async move {
         http::serve(listener, tls, state, shutdown_rx).await;
+        Ok(())
+    });
+    Ok((bound, task))
+}
+
+/// Binds the MDS provider endpoint (HTTPS, the node's certificate, a
+/// federation client certificate and the bearer token required) and serves
+/// it until shutdown (`crate::mds::provider`).
+async fn serve_mds_provider(
+    p: &crate::config::MdsProviderConfig,
+    config: &NodeConfig,
+    own: &Principal,
+    parts: &Parts,
+    metrics: &Arc<NodeMetrics>,
+    material: &TlsMaterial,
+    shutdown_rx: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<Result<(), NodeError>>), NodeError> {
+    use crate::mds::provider;
+    let tls = provider::server_config(
+        parts.ctx.trust.clone(),
+        material,
+        metrics.clone(),
+        &config.cert,
+    )?;
+    let listener = tokio::net::TcpListener::bind(p.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: p.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: p.listen,
+        source,
+    })?;
+    let state = Arc::new(provider::Provider {
+        policy: parts.ctx.policy.clone(),
+        audit: parts.ctx.audit.clone(),
+        trust: parts.ctx.trust.clone(),
+        metrics: metrics.clone(),
+        clock: parts.ctx.clock.clone(),
+        roots: config.source_roots(),
+        dir: p.dir.clone(),
+        token_file: p.token_file.clone(),
+        recipients: p.recipients.clone(),
+        dataset: p.dataset.clone(),
+        organisation: own.organisation.clone(),
+    });
+    let limits = tls::AcceptLimits::from(&config.limits);
+    let task = tokio::spawn(async move {
+        provider::serve(listener, tls, state, limits, shutdown_rx).await;
         Ok(())
     });
     Ok((bound, task))
@@ -548,6 +618,7 @@ impl Parts {
                 source_roots,
                 audit.clone(),
                 metrics.clone(),
+                Some(material.clone()),
             )
             .await
             .map_err(|e| NodeError::Policy(format!("connector registry: {e}")))?,

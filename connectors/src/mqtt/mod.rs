@@ -320,6 +320,19 @@ impl Endpoint {
     }
 }
 
+/// The declared columns of a buffer served by [`MqttBufferConnector::serving`].
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    /// Every column, the sequence column included.
+    pub fields: &'a [FieldSpec],
+    /// The data-subject column, if any.
+    pub subject_column: Option<&'a str>,
+    /// Other identifying columns.
+    pub identifier_columns: &'a [String],
+    /// The `int64` sequence (cursor) column.
+    pub sequence_column: &'a str,
+}
+
 /// A dataset's uplink buffer as a [`Connector`].
 #[derive(Clone)]
 pub struct MqttBufferConnector {
@@ -357,11 +370,40 @@ impl MqttBufferConnector {
         })?;
         let sequence_column = config.sequence_column()?;
         UplinkMapping::new(fields, sequence_column, &config.columns)?;
-        let schema = build_schema(
+        Self::serving(
+            Columns {
+                fields,
+                subject_column: config.subject_column.as_deref(),
+                identifier_columns: &config.identifier_columns,
+                sequence_column,
+            },
+            "mqtt",
+            format!(
+                "mqtt uplinks of `{label}` (topic `{}`)",
+                snippet(&config.topic)
+            ),
+            buffer,
+            label,
+        )
+    }
+
+    /// A connector serving any buffer of rows numbered by a sequence (the uplinks of an mqtt
+    /// source, the trips an mds source imported): `columns` declare the schema, the `int64`
+    /// sequence column is the cursor column; `kind` and `source` describe it.
+    pub fn serving(
+        columns: Columns<'_>,
+        kind: &str,
+        source: String,
+        buffer: Arc<dyn UplinkBuffer>,
+        label: &str,
+    ) -> Result<Self, ConnectorError> {
+        let Columns {
             fields,
-            config.subject_column.as_deref(),
-            &config.identifier_columns,
-        )?;
+            subject_column,
+            identifier_columns,
+            sequence_column,
+        } = columns;
+        let schema = build_schema(fields, subject_column, identifier_columns)?;
         let sequence = schema.index_of(sequence_column).map_err(|_| {
             ConnectorError::Config(format!(
                 "sequence column `{}` is not in the schema",
@@ -373,11 +415,8 @@ impl MqttBufferConnector {
                 "sequence column `{sequence_column}` must be int64"
             )));
         }
-        if config.subject_column.as_deref() == Some(sequence_column)
-            || config
-                .identifier_columns
-                .iter()
-                .any(|c| c == sequence_column)
+        if subject_column == Some(sequence_column)
+            || identifier_columns.iter().any(|c| c == sequence_column)
         {
             return Err(ConnectorError::Config(format!(
                 "sequence column `{sequence_column}` cannot identify anyone"
@@ -385,14 +424,11 @@ impl MqttBufferConnector {
         }
         Ok(Self {
             description: ConnectorDescription {
-                kind: "mqtt".into(),
-                source: format!(
-                    "mqtt uplinks of `{label}` (topic `{}`)",
-                    snippet(&config.topic)
-                ),
+                kind: kind.into(),
+                source,
                 schema,
-                subject_column: config.subject_column.clone(),
-                identifier_columns: config.identifier_columns.clone(),
+                subject_column: subject_column.map(str::to_owned),
+                identifier_columns: identifier_columns.to_vec(),
                 cursor_column: Some(sequence_column.to_owned()),
             },
             buffer,
