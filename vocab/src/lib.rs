@@ -268,6 +268,8 @@ vocabulary! {
         /// A data subject's erasure (GDPR Art. 17): excluded from every
         /// later release, recipients notified.
         EraseSubject => "erase_subject",
+        /// Record, change or end the obligations a node holds.
+        ManageObligations => "manage_obligations",
     }
 }
 
@@ -479,7 +481,8 @@ mod tests {
                 "read,read_aggregate,subscribe,export,register_connector,publish_open_data,\
                  request_access,approve_request,view_request,revoke,record_consent,read_audit,export_audit,\
                  verify_audit,cosign_checkpoint,deliver,read_compliance,manage_federation,\
-                 import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion,erase_subject",
+                 import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion,erase_subject,\
+                 manage_obligations",
             ),
             (spellings(ConsentStatus::ALL), "given,refused,withdrawn"),
             (
