@@ -224,6 +224,21 @@ impl From<crate::opendata::publish::PublishError> for ApiError {
     }
 }
 
+impl From<crate::obligations::ObligationsError> for ApiError {
+    fn from(e: crate::obligations::ObligationsError) -> Self {
+        use crate::obligations::ObligationsError as O;
+        match e {
+            O::NotObligable(_) | O::Ended(_) | O::Duplicate { .. } => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
+            O::BadName { .. } | O::BadTime(_) => ApiError::InvalidArgument(e.to_string()),
+            O::Unknown(_) => ApiError::NotFound(e.to_string()),
+            O::Store(e) => e.into(),
+            O::Audit(e) => e.into(),
+        }
+    }
+}
+
 impl From<Poisoned> for ApiError {
     fn from(e: Poisoned) -> Self {
         ApiError::Unavailable(e.to_string())
@@ -271,6 +286,13 @@ mod tests {
     #[test]
     fn domain_errors_are_classified_in_one_place() {
         let unavailable = || AuditError::Unavailable("writer stopped".into());
+        {
+            use crate::obligations::ObligationsError as O;
+            assert_eq!(code(O::NotObligable("x".into())), "failed-precondition");
+            assert_eq!(code(O::BadTime("x".into())), "invalid-argument");
+            assert_eq!(code(O::Unknown("x".into())), "not-found");
+            assert_eq!(code(O::Audit(unavailable())), "unavailable");
+        }
         assert_eq!(code(CatalogError::NotFound("x".into())), "not-found");
         assert_eq!(
             code(CatalogError::OwnedByOtherNode {

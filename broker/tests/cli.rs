@@ -847,3 +847,193 @@ fn consent_receipt_verify_is_offline_with_exit_codes() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+/// A sandbox user's profile aimed at the city's node, written to `dir`.
+fn profile_at_city(
+    sb: &allmende::sandbox::Sandbox,
+    dir: &Path,
+    org: &str,
+    user: &str,
+) -> std::path::PathBuf {
+    let mut p = sb.profile(org, user).unwrap();
+    p.endpoint = sb.node("stadt-1").unwrap().grpc_endpoint();
+    let path = dir.join(format!("{org}-{user}.profile.toml"));
+    std::fs::write(&path, p.to_toml()).unwrap();
+    path
+}
+
+async fn allmende(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_allmende"))
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// `obligations status` shows one block per company with each window's
+/// status, `--json` the same windows machine-readably; recording as the
+/// obliged company is refused with a sentence and exit code 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obligations_status_table_json_and_a_refusal() {
+    use allmende::clock::{Clock, ManualClock};
+    use allmende::obligations::{Delivery, HOUR_MS, Outcome};
+    let clock = ManualClock::starting_now();
+    let sb = allmende::sandbox::Sandbox::start(
+        allmende::sandbox::SandboxSpec::munich(),
+        None,
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let operator = profile_at_city(&sb, dir.path(), "stadt", "operator");
+    let company = profile_at_city(&sb, dir.path(), "scooter-co", "operator");
+    let now = clock.now_unix_ms();
+    let w = now - now.rem_euclid(HOUR_MS) + HOUR_MS;
+    let hour = |ms: i64| allmende::timefmt::format_unix_ms(ms)[..13].to_owned();
+    let from = hour(w);
+    let out = allmende(&[
+        "obligations",
+        "record",
+        "--organisation",
+        "scooter-co",
+        "--dataset",
+        "scooter-trips",
+        "--grace",
+        "15m",
+        "--from",
+        &from,
+        "--profile",
+        operator.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.starts_with("recorded obl-1 v1: `scooter-co` delivers `scooter-trips` per hour within 15m"),
+        "{text}"
+    );
+    // The obliged company may not record (or change) obligations.
+    let out = allmende(&[
+        "obligations",
+        "record",
+        "--organisation",
+        "scooter-co",
+        "--dataset",
+        "other",
+        "--grace",
+        "1h",
+        "--profile",
+        company.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("denied"), "{}", stderr(&out));
+    // A bad grace is an input error, before any call.
+    let out = allmende(&[
+        "obligations",
+        "record",
+        "--organisation",
+        "scooter-co",
+        "--dataset",
+        "x",
+        "--grace",
+        "15 minutes",
+        "--profile",
+        operator.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("grace `15 minutes` is not a duration"));
+
+    let deliveries = sb.node("stadt-1").unwrap().obligations.deliveries().clone();
+    let d = |window: i64, at: i64, outcome: Outcome| Delivery {
+        organisation: "scooter-co".into(),
+        dataset: "scooter-trips".into(),
+        window_start_ms: window,
+        at_ms: at,
+        outcome,
+    };
+    deliveries
+        .record(&d(
+            w,
+            w + HOUR_MS + 60_000,
+            Outcome::Accepted {
+                rows: vec![("trips".into(), 4)],
+            },
+        ))
+        .await
+        .unwrap();
+    deliveries
+        .record(&d(
+            w + HOUR_MS,
+            w + 2 * HOUR_MS,
+            Outcome::Rejected {
+                reasons: vec!["trip `t-3` ends before it starts".into()],
+                kept_as: None,
+            },
+        ))
+        .await
+        .unwrap();
+    clock.set_unix_ms(w + 3 * HOUR_MS + 16 * 60_000);
+    let to = hour(w + 3 * HOUR_MS);
+    let args = |json: bool| {
+        let mut a = vec![
+            "obligations",
+            "status",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--profile",
+            company.to_str().unwrap(),
+        ];
+        if json {
+            a.insert(0, "--json");
+        }
+        a
+    };
+    let out = allmende(&args(false)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines.contains(&"scooter-co"), "{table}");
+    let row = |status: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!(" {status} ")))
+            .unwrap_or_else(|| panic!("no `{status}` row in\n{table}"))
+            .to_string()
+    };
+    assert!(row("delivered").contains(&allmende::timefmt::format_unix_ms(w)));
+    assert!(row("invalid").contains("trip `t-3` ends before it starts"));
+    assert!(row("missing").contains(&allmende::timefmt::format_unix_ms(w + 2 * HOUR_MS)));
+    let out = allmende(&args(true)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statuses: Vec<&str> = v["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["delivered", "invalid", "missing"]);
+    assert_eq!(v["windows"][0]["organisation"], "scooter-co");
+    assert_eq!(v["windows"][0]["rejected_at"], serde_json::Value::Null);
+    assert_eq!(
+        v["windows"][1]["reasons"][0],
+        "trip `t-3` ends before it starts"
+    );
+    // Another company's windows are refused.
+    let out = allmende(&[
+        "obligations",
+        "status",
+        "--organisation",
+        "versicherung-ag",
+        "--profile",
+        company.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    sb.shutdown().await.unwrap();
+}

@@ -336,6 +336,34 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             })
             .await
             .map(|_| ()),
+        "/allmende.v1.Obligations/Record" => pb::obligations_client::ObligationsClient::new(ch)
+            .record(pb::RecordObligationRequest {
+                organisation: "versicherung-ag".into(),
+                dataset: SMART_METER.into(),
+                grace_seconds: 900,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Obligations/Change" => pb::obligations_client::ObligationsClient::new(ch)
+            .change(pb::ChangeObligationRequest {
+                id: "obl-1".into(),
+                end: true,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Obligations/List" => pb::obligations_client::ObligationsClient::new(ch)
+            .list(pb::ListObligationsRequest::default())
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Obligations/Status" => pb::obligations_client::ObligationsClient::new(ch)
+            .status(pb::ObligationStatusRequest {
+                organisation: "swm".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
         "/allmende.v1.Policy/Reload" => pb::policy_client::PolicyClient::new(ch)
             .reload(pb::ReloadRequest::default())
             .await

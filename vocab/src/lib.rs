@@ -270,7 +270,7 @@ vocabulary! {
         EraseSubject => "erase_subject",
         /// An obliged organisation's node answers the entitled body's pull
         /// of a dataset it must deliver (the MDS provider endpoint).
-        DeliverObligation => "deliver_obligation",
+        DeliverObligation => "deliver_obligation,manage_obligations",
     }
 }
 
@@ -483,7 +483,7 @@ mod tests {
                  request_access,approve_request,view_request,revoke,record_consent,read_audit,export_audit,\
                  verify_audit,cosign_checkpoint,deliver,read_compliance,manage_federation,\
                  import_consent,read_consent,list_connectors,exchange_metadata,attest_deletion,erase_subject,\
-                 deliver_obligation",
+                 deliver_obligation,manage_obligations",
             ),
             (spellings(ConsentStatus::ALL), "given,refused,withdrawn"),
             (

@@ -93,6 +93,9 @@ pub struct Services {
     pub receipts: Arc<crate::consent::ReceiptSigner>,
     /// Open-data releases: specs, ε ledger, release directory.
     pub opendata: Arc<crate::opendata::publish::Publisher>,
+    /// Obligations this node holds, their deliveries (`obligations.deliveries()`,
+    /// the one handle takers record through) and compliance.
+    pub obligations: Arc<crate::obligations::Obligations>,
 }
 
 /// A running node.
@@ -274,6 +277,17 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         let rx = shutdown_rx.clone();
         async move {
             grants.run_expiry(audit, rx).await;
+            Ok(())
+        }
+    }));
+    // Obligations: each window judged at its deadline, non-compliant ones
+    // flagged (audited) once.
+    tasks.push(tokio::spawn({
+        let obligations = parts.services.obligations.clone();
+        let audit = parts.ctx.audit.clone();
+        let rx = shutdown_rx.clone();
+        async move {
+            obligations.run(audit, rx).await;
             Ok(())
         }
     }));
@@ -686,6 +700,13 @@ impl Parts {
             )
             .map_err(|e| NodeError::Policy(format!("open-data publisher: {e}")))?,
         );
+        // Obligations and their deliveries (docs/obligations.md).
+        let obligations = Arc::new(crate::obligations::Obligations::open(
+            store.clone(),
+            crate::obligations::Deliveries::open(store.clone())?,
+            clock.clone(),
+            &own.organisation,
+        )?);
         Ok(Self {
             ctx,
             services: Services {
@@ -696,6 +717,7 @@ impl Parts {
                 grants,
                 receipts,
                 opendata,
+                obligations,
             },
             replicator,
             peer_list,

@@ -11,7 +11,7 @@ use crate::metrics::NodeMetrics;
 use crate::pki::Principal;
 use crate::rpc::{
     AccessService, AuditService, AuthLayer, CatalogService, ConnectorsService, ConsentService,
-    FederationService, FlightFace, GrantsService, OpenDataService, PolicyService,
+    FederationService, FlightFace, GrantsService, ObligationsService, OpenDataService, PolicyService,
 };
 use crate::tls;
 use allmende_proto::v1 as pb;
@@ -81,6 +81,9 @@ pub(super) async fn serve_grpc(
     health_reporter
         .set_serving::<pb::open_data_server::OpenDataServer<OpenDataService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::obligations_server::ObligationsServer<ObligationsService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(allmende_proto::FILE_DESCRIPTOR_SET)
@@ -95,6 +98,7 @@ pub(super) async fn serve_grpc(
             .with_service_name("allmende.v1.Consent")
             .with_service_name("allmende.v1.Grants")
             .with_service_name("allmende.v1.OpenData")
+            .with_service_name("allmende.v1.Obligations")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -194,7 +198,13 @@ pub(super) async fn serve_grpc(
         .add_service(pb::open_data_server::OpenDataServer::new(OpenDataService {
             ctx: ctx.clone(),
             publisher: parts.services.opendata.clone(),
-        }));
+        }))
+        .add_service(pb::obligations_server::ObligationsServer::new(
+            ObligationsService {
+                ctx: ctx.clone(),
+                obligations: parts.services.obligations.clone(),
+            },
+        ));
     let mut rx = shutdown_rx.clone();
     let mut force_rx = shutdown_rx;
     let hr = health_reporter.clone();

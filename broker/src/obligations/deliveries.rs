@@ -9,6 +9,8 @@
 //! puller) and whoever judges compliance (the obligations): the puller
 //! [`Deliveries::record`]s each attempt before it acknowledges anything,
 //! the obligations read [`Deliveries::window`] and [`Deliveries::range`].
+//! Each recorded attempt wakes whoever waits on [`Deliveries::recorded`]
+//! (the compliance monitor); clones share it.
 
 use crate::store::{Key, Store, StoreError, Table, TableName, WriteBatch};
 use serde::{Deserialize, Serialize};
@@ -125,13 +127,30 @@ impl Key for DeliveryKey {
 pub struct Deliveries {
     store: Store,
     table: Table<DeliveryKey, Delivery>,
+    recorded: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Deliveries {
     /// The deliveries in `store`.
     pub fn open(store: Store) -> Result<Self, StoreError> {
         let table = store.table(TableName::ObligationDeliveries)?;
-        Ok(Self { store, table })
+        Ok(Self {
+            store,
+            table,
+            recorded: std::sync::Arc::default(),
+        })
+    }
+
+    /// Notified after each attempt recorded through this handle or its
+    /// clones (and after [`Deliveries::notify_recorded`]).
+    pub fn recorded(&self) -> &tokio::sync::Notify {
+        &self.recorded
+    }
+
+    /// Tells the waiters that attempts were committed through
+    /// [`Deliveries::stage`] and a batch of the taker's own.
+    pub fn notify_recorded(&self) {
+        self.recorded.notify_one();
     }
 
     fn key(d: &Delivery) -> Result<DeliveryKey, DeliveryError> {
@@ -164,6 +183,7 @@ impl Deliveries {
         let mut b = WriteBatch::new();
         self.stage(&mut b, d)?;
         self.store.commit_durable(b).await?;
+        self.notify_recorded();
         Ok(())
     }
 

@@ -16,6 +16,7 @@ mod flight;
 mod grants;
 mod layer;
 pub mod limits;
+mod obligations;
 mod opendata;
 mod policy;
 mod recheck;
@@ -29,6 +30,7 @@ pub use consent::ConsentService;
 pub use federation::FederationService;
 pub use flight::FlightFace;
 pub use grants::GrantsService;
+pub use obligations::ObligationsService;
 pub use opendata::OpenDataService;
 pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource};
 
@@ -233,6 +235,22 @@ pub const CALLS: &[(&str, CallRule)] = &[
     (
         "/allmende.v1.OpenData/Budget",
         CallRule::Decided(Action::PublishOpenData),
+    ),
+    (
+        "/allmende.v1.Obligations/Record",
+        CallRule::Decided(Action::ManageObligations),
+    ),
+    (
+        "/allmende.v1.Obligations/Change",
+        CallRule::Decided(Action::ManageObligations),
+    ),
+    (
+        "/allmende.v1.Obligations/List",
+        CallRule::Decided(Action::ReadCompliance),
+    ),
+    (
+        "/allmende.v1.Obligations/Status",
+        CallRule::Decided(Action::ReadCompliance),
     ),
     (
         "/arrow.flight.protocol.FlightService/GetFlightInfo",

@@ -9,6 +9,7 @@ pub mod consent;
 pub mod federation;
 pub mod flight;
 pub mod grants;
+pub mod obligations;
 pub mod opendata;
 pub mod policy;
 
