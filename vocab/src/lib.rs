@@ -270,7 +270,9 @@ vocabulary! {
         EraseSubject => "erase_subject",
         /// An obliged organisation's node answers the entitled body's pull
         /// of a dataset it must deliver (the MDS provider endpoint).
-        DeliverObligation => "deliver_obligation,manage_obligations",
+        DeliverObligation => "deliver_obligation",
+        /// Record, change or end the obligations a node holds.
+        ManageObligations => "manage_obligations",
     }
 }
 
