@@ -633,12 +633,7 @@ impl Obligations {
                     Some(MONITOR_RETRY)
                 }
             };
-            let sleep = async move {
-                match wait {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::clock::sleep_or_forever(wait);
             tokio::select! {
                 () = sleep => {}
                 () = self.wake.notified() => {}
@@ -695,6 +690,16 @@ mod tests {
         Obligations::open(store, d, clock, "stadt").unwrap()
     }
 
+    /// Records `n` for an organisation of `kind` by the city's operator.
+    async fn rec(
+        o: &Obligations,
+        audit: &AuditLog,
+        kind: Option<OrgKind>,
+        n: NewObligation,
+    ) -> Result<Version, ObligationsError> {
+        o.record(audit, &operator(), kind, n).await
+    }
+
     fn new(org: &str) -> NewObligation {
         NewObligation {
             organisation: org.into(),
@@ -746,7 +751,7 @@ mod tests {
         let mut bad = new("scooter-co");
         bad.dataset = "a\nb".into();
         assert!(matches!(
-            o.record(&audit, &operator(), Some(OrgKind::Company), bad)
+            rec(&o, &audit, Some(OrgKind::Company), bad)
                 .await
                 .unwrap_err(),
             ObligationsError::BadName { .. }
@@ -754,34 +759,22 @@ mod tests {
         let mut off = new("scooter-co");
         off.from_ms = Some(W + 1);
         assert!(matches!(
-            o.record(&audit, &operator(), Some(OrgKind::Company), off)
+            rec(&o, &audit, Some(OrgKind::Company), off)
                 .await
                 .unwrap_err(),
             ObligationsError::BadTime(_)
         ));
-        let v = o
-            .record(
-                &audit,
-                &operator(),
-                Some(OrgKind::Company),
-                new("scooter-co"),
-            )
+        let v = rec(&o, &audit, Some(OrgKind::Company), new("scooter-co"))
             .await
             .unwrap();
         assert_eq!((v.id.as_str(), v.version, v.from_ms), ("obl-1", 1, W));
         assert!(v.recorded_by.starts_with("stadt/") && !v.recorded_by.contains("olga"));
-        let dup = o
-            .record(
-                &audit,
-                &operator(),
-                Some(OrgKind::Company),
-                new("scooter-co"),
-            )
+        let dup = rec(&o, &audit, Some(OrgKind::Company), new("scooter-co"))
             .await
             .unwrap_err();
         assert!(matches!(dup, ObligationsError::Duplicate { .. }), "{dup}");
         assert!(
-            o.record(&audit, &operator(), Some(OrgKind::Utility), new("swm"))
+            rec(&o, &audit, Some(OrgKind::Utility), new("swm"))
                 .await
                 .is_ok()
         );
@@ -797,14 +790,9 @@ mod tests {
         let path = dir.path().join("o");
         {
             let o = open(&path, clock.clone());
-            o.record(
-                &audit,
-                &operator(),
-                Some(OrgKind::Company),
-                new("scooter-co"),
-            )
-            .await
-            .unwrap();
+            rec(&o, &audit, Some(OrgKind::Company), new("scooter-co"))
+                .await
+                .unwrap();
             // 10:00 delivered on time, 11:00 rejected, 12:00 nothing, 13:00
             // accepted late.
             deliver(&o, W, W + HOUR_MS + 60_000, accepted()).await;
@@ -904,14 +892,9 @@ mod tests {
         let (audit, _s, _tx) =
             crate::audit::open_test_log(&dir.path().join("a"), clock.clone()).await;
         let o = open(&dir.path().join("o"), clock.clone());
-        o.record(
-            &audit,
-            &operator(),
-            Some(OrgKind::Company),
-            new("scooter-co"),
-        )
-        .await
-        .unwrap();
+        rec(&o, &audit, Some(OrgKind::Company), new("scooter-co"))
+            .await
+            .unwrap();
         // Accepted at 11:10: on time under 15 minutes of grace.
         deliver(&o, W, W + HOUR_MS + 10 * 60_000, accepted()).await;
         clock.set_unix_ms(W + HOUR_MS + 20 * 60_000);
@@ -983,14 +966,9 @@ mod tests {
         let o = Arc::new(open(&dir.path().join("o"), clock.clone()));
         let (stop, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(o.clone().run(audit.clone(), rx));
-        o.record(
-            &audit,
-            &operator(),
-            Some(OrgKind::Company),
-            new("scooter-co"),
-        )
-        .await
-        .unwrap();
+        rec(&o, &audit, Some(OrgKind::Company), new("scooter-co"))
+            .await
+            .unwrap();
         clock.set_unix_ms(W + HOUR_MS + GRACE + 1);
         o.nudge();
         let mut flagged = Vec::new();
