@@ -40,6 +40,16 @@ impl Clock for SystemClock {
     }
 }
 
+/// Sleeps for `d` of monotonic time, or forever when there is nothing to
+/// wait for (`None`): the timers that wake at the next deadline of the node
+/// clock or on a change.
+pub async fn sleep_or_forever(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A clock that only moves when told to.
 #[derive(Debug)]
 pub struct ManualClock {

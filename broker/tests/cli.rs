@@ -910,7 +910,9 @@ async fn obligations_status_table_json_and_a_refusal() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        text.starts_with("recorded obl-1 v1: `scooter-co` delivers `scooter-trips` per hour within 15m"),
+        text.starts_with(
+            "recorded obl-1 v1: `scooter-co` delivers `scooter-trips` per hour within 15m"
+        ),
         "{text}"
     );
     // The obliged company may not record (or change) obligations.

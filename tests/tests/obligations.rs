@@ -130,10 +130,7 @@ async fn the_city_obliges_scooter_co_and_flags_each_missed_window_once() {
         .into_inner();
     let id = o.current.unwrap().id;
     // A university cannot be obliged.
-    let err = city
-        .record(record("tum", "papers", w))
-        .await
-        .unwrap_err();
+    let err = city.record(record("tum", "papers", w)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("`tum`"), "{}", err.message());
     let other = city
@@ -170,7 +167,13 @@ async fn the_city_obliges_scooter_co_and_flags_each_missed_window_once() {
     clock.set_unix_ms(w + 3 * HOUR_MS + GRACE + 1_000);
     sb.node(CITY).unwrap().obligations.nudge();
     flagged(&sb, &id, 2).await;
-    deliver(&sb, w + 3 * HOUR_MS, w + 4 * HOUR_MS + GRACE + 5_000, accepted()).await;
+    deliver(
+        &sb,
+        w + 3 * HOUR_MS,
+        w + 4 * HOUR_MS + GRACE + 5_000,
+        accepted(),
+    )
+    .await;
     clock.set_unix_ms(w + 4 * HOUR_MS + GRACE + 10_000);
     sb.node(CITY).unwrap().obligations.nudge();
     flagged(&sb, &id, 3).await;
@@ -225,7 +228,13 @@ async fn the_city_obliges_scooter_co_and_flags_each_missed_window_once() {
     let got: Vec<(&str, &str, &str)> = mine
         .windows
         .iter()
-        .map(|x| (x.organisation.as_str(), x.status.as_str(), x.flagged.as_str()))
+        .map(|x| {
+            (
+                x.organisation.as_str(),
+                x.status.as_str(),
+                x.flagged.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -237,7 +246,10 @@ async fn the_city_obliges_scooter_co_and_flags_each_missed_window_once() {
             ("scooter-co", "pending", ""),
         ]
     );
-    assert_eq!(mine.windows[1].reasons, vec!["trip `t-17` ends before it starts"]);
+    assert_eq!(
+        mine.windows[1].reasons,
+        vec!["trip `t-17` ends before it starts"]
+    );
     let before = audit_size(&sb, CITY);
     let err = client(&sb, "scooter-co", "operator")
         .await

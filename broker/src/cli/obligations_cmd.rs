@@ -115,14 +115,12 @@ pub fn parse_hour(s: &str) -> Result<String, String> {
         16 => format!("{s}:00Z"),
         _ => s.to_owned(),
     };
-    crate::timefmt::parse(&full)
-        .map(|_| full)
-        .map_err(|_| {
-            format!(
-                "`{}` is not a UTC hour like `2026-11-30T10`",
-                crate::text::shown(s, 40)
-            )
-        })
+    crate::timefmt::parse(&full).map(|_| full).map_err(|_| {
+        format!(
+            "`{}` is not a UTC hour like `2026-11-30T10`",
+            crate::text::shown(s, 40)
+        )
+    })
 }
 
 fn hour(s: Option<String>) -> Result<String, Failure> {
@@ -141,9 +139,9 @@ async fn client(
 }
 
 fn grace_text(secs: u64) -> String {
-    if secs % 3600 == 0 && secs > 0 {
+    if secs.is_multiple_of(3600) && secs > 0 {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
@@ -385,7 +383,10 @@ mod tests {
             assert!(parse_grace(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_hour("2026-11-30T10").unwrap(), "2026-11-30T10:00:00Z");
-        assert_eq!(parse_hour("2026-11-30T10:00").unwrap(), "2026-11-30T10:00:00Z");
+        assert_eq!(
+            parse_hour("2026-11-30T10:00").unwrap(),
+            "2026-11-30T10:00:00Z"
+        );
         assert!(parse_hour("2026-11-30").is_err());
         assert_eq!(grace_text(900), "15m");
         assert_eq!(grace_text(3600), "1h");

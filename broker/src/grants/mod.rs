@@ -1178,12 +1178,7 @@ impl Grants {
                     wait = Some(EXPIRY_RETRY);
                 }
             }
-            let sleep = async move {
-                match wait {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::clock::sleep_or_forever(wait);
             tokio::select! {
                 () = sleep => {}
                 r = changes.changed() => if r.is_err() { return },

@@ -11,7 +11,8 @@ use crate::metrics::NodeMetrics;
 use crate::pki::Principal;
 use crate::rpc::{
     AccessService, AuditService, AuthLayer, CatalogService, ConnectorsService, ConsentService,
-    FederationService, FlightFace, GrantsService, ObligationsService, OpenDataService, PolicyService,
+    FederationService, FlightFace, GrantsService, ObligationsService, OpenDataService,
+    PolicyService,
 };
 use crate::tls;
 use allmende_proto::v1 as pb;

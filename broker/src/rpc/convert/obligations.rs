@@ -11,7 +11,8 @@ pub fn time(field: &str, s: &str) -> Result<Option<i64>, ApiError> {
     if s.is_empty() {
         return Ok(None);
     }
-    let t = crate::timefmt::parse(s).map_err(|e| ApiError::InvalidArgument(format!("{field}: {e}")))?;
+    let t =
+        crate::timefmt::parse(s).map_err(|e| ApiError::InvalidArgument(format!("{field}: {e}")))?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
         .map(Some)
         .map_err(|_| ApiError::InvalidArgument(format!("{field}: out of range")))
@@ -86,8 +87,16 @@ pub fn status(rows: &[WindowStatus], now_ms: i64) -> pb::ObligationStatusRespons
                 window_start: format_unix_ms(r.judgement.window_start_ms),
                 deadline: format_unix_ms(r.judgement.deadline_ms),
                 status: r.judgement.status.as_str().to_owned(),
-                accepted_at: r.judgement.accepted_at_ms.map(format_unix_ms).unwrap_or_default(),
-                rejected_at: r.judgement.rejected_at_ms.map(format_unix_ms).unwrap_or_default(),
+                accepted_at: r
+                    .judgement
+                    .accepted_at_ms
+                    .map(format_unix_ms)
+                    .unwrap_or_default(),
+                rejected_at: r
+                    .judgement
+                    .rejected_at_ms
+                    .map(format_unix_ms)
+                    .unwrap_or_default(),
                 attempts: u32::try_from(r.judgement.attempts).unwrap_or(u32::MAX),
                 reasons: r.judgement.reasons.clone(),
                 flagged: r.flagged.map(|s| s.as_str().to_owned()).unwrap_or_default(),
