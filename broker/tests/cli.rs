@@ -57,7 +57,7 @@ fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
 
 #[test]
 fn stories_not_built_exit_2_and_unknown_story_is_a_usage_error() {
-    let out = run(&["demo", "--story", "7"]);
+    let out = run(&["demo", "--story", "9"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
     let out = run(&["demo", "--story", "11"]);
@@ -553,6 +553,20 @@ fn story_5_passes_in_the_demo_harness() {
         text.contains("403: Access denied: Raw personal data"),
         "{text}"
     );
+}
+
+#[test]
+fn story_7_passes_in_the_demo_harness() {
+    let out = run(&["demo", "--story", "7"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("story 7 passed"), "{text}");
+    // The missed hour as the city's DPO saw it, and the flag in the audit.
+    assert!(
+        text.contains("is missing and flagged non-compliant"),
+        "{text}"
+    );
+    assert!(text.contains("flag_obligation"), "{text}");
 }
 
 #[test]

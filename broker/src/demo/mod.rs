@@ -6,6 +6,7 @@ mod https;
 pub mod munich;
 pub mod stories;
 mod story5;
+mod story7;
 
 use crate::clock::SystemClock;
 use crate::sandbox::{Sandbox, SandboxError, SandboxSpec};
@@ -238,12 +239,32 @@ pub async fn run_story(n: u8) -> Result<StoryOutcome, DemoError> {
         1 => story_1().await,
         2 | 3 | 4 | 6 => stories::run(n).await,
         5 => story5::run().await,
+        7 => story7::run().await,
         8 => story_8().await,
         // Not built yet: say so instead of faking success.
         _ => Ok(StoryOutcome::NotBuilt {
             arrives_with: arrives,
         }),
     }
+}
+
+/// The entries `node` wrote from sequence `from` on, read from its log.
+fn audit_entries(
+    sb: &Sandbox,
+    node: &str,
+    from: u64,
+) -> Result<Vec<allmende_audit::Entry>, String> {
+    let log = &sb
+        .node(node)
+        .ok_or_else(|| format!("{node} is not running"))?
+        .audit;
+    let mut out = Vec::new();
+    for seq in from..log.status().size {
+        if let Some(bytes) = log.entry_bytes(seq).map_err(|e| e.to_string())? {
+            out.push(allmende_audit::Entry::decode(&bytes).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(out)
 }
 
 fn step(n: u32, text: &str) {
