@@ -1,7 +1,7 @@
 //! MLS commit latency for the group sizes Allmende's design produces: the
 //! nodes of a pair of organisations (2, 3), and larger groups for margin
 //! (5, 10). Measures, at the committing node, adding the n-th member
-//! (commit and welcome) and removing one member of n — each including the
+//! (commit and welcome; for n = 2 the group's creation with its peer) and removing one member of n — each including the
 //! atomic commit of the operation's writes to the in-memory store.
 //!
 //! Run: `cargo bench -p allmende-mls --bench mls` (not in CI; figures in
@@ -42,7 +42,8 @@ fn uri(i: usize) -> String {
 struct Setup {
     owner_kv: MemoryKv,
     owner_cert: Cert,
-    group: MlsGroupId,
+    /// None for a group of one (the owner alone: no group yet).
+    group: Option<MlsGroupId>,
     extra_kp: Vec<u8>,
     extra_cert: Cert,
 }
@@ -76,7 +77,7 @@ async fn setup(n: usize) -> Setup {
     Setup {
         owner_kv,
         owner_cert,
-        group: group.unwrap(),
+        group,
         extra_kp,
         extra_cert,
     }
@@ -96,9 +97,19 @@ fn bench(c: &mut Criterion) {
                     rt.block_on(MlsNode::open(ident(&s.owner_cert), s.owner_kv.snapshot()))
                         .unwrap()
                 },
-                |mut owner| {
-                    rt.block_on(owner.add(&s.group, &s.extra_kp, &s.extra_cert.der))
-                        .unwrap()
+                |mut owner| match &s.group {
+                    // The second member: creating the group is the commit
+                    // that adds it.
+                    None => {
+                        rt.block_on(owner.create_group(&s.extra_kp, &s.extra_cert.der))
+                            .unwrap()
+                            .welcome
+                    }
+                    Some(g) => {
+                        rt.block_on(owner.add(g, &s.extra_kp, &s.extra_cert.der))
+                            .unwrap()
+                            .welcome
+                    }
                 },
                 BatchSize::PerIteration,
             )
@@ -116,7 +127,10 @@ fn bench(c: &mut Criterion) {
                     rt.block_on(MlsNode::open(ident(&s.owner_cert), s.owner_kv.snapshot()))
                         .unwrap()
                 },
-                |mut owner| rt.block_on(owner.remove(&s.group, &victim)).unwrap(),
+                |mut owner| {
+                    let g = s.group.as_ref().unwrap();
+                    rt.block_on(owner.remove(g, &victim)).unwrap()
+                },
                 BatchSize::PerIteration,
             )
         });

@@ -4,12 +4,16 @@
 //! Chunk format (all integers big-endian):
 //!
 //! ```text
-//! version u8 = 1 | epoch u64 | index u64 | flags u8 (1 = last) | ChaCha20-Poly1305 ciphertext and tag
+//! version u8 = 1 | epoch u64 | salt [16] | index u64 | flags u8 (1 = last) | ChaCha20-Poly1305 ciphertext and tag
 //! ```
 //!
-//! The nonce is the chunk index (4 zero bytes, then the index); the
-//! additional data is a domain label, the group id, dataset and stream id
-//! (length-prefixed), the epoch, the index and the flags. The receiver
+//! The chunk key is HKDF-SHA256 of the exported secret with a random salt
+//! the sealer draws per stream, so a stream id used again in the same epoch
+//! (a node restarted mid-stream starting the stream over) never reuses a
+//! key and nonce. The nonce is the chunk index (4 zero bytes, then the
+//! index); the additional data is a domain label, the group id, dataset and
+//! stream id (length-prefixed), the epoch, the salt, the index and the
+//! flags. The receiver
 //! expects indexes 0, 1, 2 … in order and a chunk flagged last before
 //! [`Opener::finish`]: a dropped end (truncation), a reordered or repeated
 //! chunk, a chunk of another stream or epoch, or a chunk after the last all
@@ -19,13 +23,17 @@
 //! keys of later epochs.
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf;
+use ring::rand::{SecureRandom, SystemRandom};
 
 /// The exporter label of stream keys.
 pub(crate) const EXPORT_LABEL: &str = "allmende stream v1";
 const AAD_DOMAIN: &[u8] = b"allmende sealed chunk v1\0";
 const VERSION: u8 = 1;
 const LAST: u8 = 1;
-const HEADER: usize = 1 + 8 + 8 + 1;
+const KEY_INFO: &[u8] = b"allmende stream key v1";
+const SALT: usize = 16;
+const HEADER: usize = 1 + 8 + SALT + 8 + 1;
 
 /// Errors of sealing and opening.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +46,8 @@ pub enum SealError {
     OutOfOrder { expected: u64, got: u64 },
     #[error("chunk after the end of the stream")]
     AfterEnd,
+    #[error("chunk belongs to another stream")]
+    OtherStream,
     #[error("chunk failed authentication")]
     Authentication,
     #[error("stream ended without its authenticated last chunk")]
@@ -73,20 +83,24 @@ impl StreamIds {
         c
     }
 
-    fn aad(&self, epoch: u64, index: u64, flags: u8) -> Vec<u8> {
+    fn aad(&self, epoch: u64, salt: &[u8; SALT], index: u64, flags: u8) -> Vec<u8> {
         let mut a = AAD_DOMAIN.to_vec();
         a.extend_from_slice(&self.context());
         a.extend_from_slice(&epoch.to_be_bytes());
+        a.extend_from_slice(salt);
         a.extend_from_slice(&index.to_be_bytes());
         a.push(flags);
         a
     }
 }
 
-fn key(secret: &mut [u8]) -> Result<LessSafeKey, SealError> {
-    let unbound = UnboundKey::new(&CHACHA20_POLY1305, secret).map_err(|_| SealError::Key);
-    secret.fill(0);
-    Ok(LessSafeKey::new(unbound?))
+/// The stream's chunk key: HKDF-SHA256(salt, exported secret).
+fn key(secret: &[u8], salt: &[u8; SALT]) -> Result<LessSafeKey, SealError> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(secret);
+    let okm = prk
+        .expand(&[KEY_INFO], &CHACHA20_POLY1305)
+        .map_err(|_| SealError::Key)?;
+    Ok(LessSafeKey::new(UnboundKey::from(okm)))
 }
 
 fn nonce(index: u64) -> Nonce {
@@ -99,6 +113,7 @@ fn nonce(index: u64) -> Nonce {
 pub struct Sealer {
     ids: StreamIds,
     epoch: u64,
+    salt: [u8; SALT],
     key: LessSafeKey,
     next: u64,
     finished: bool,
@@ -115,10 +130,17 @@ impl std::fmt::Debug for Sealer {
 
 impl Sealer {
     pub(crate) fn new(ids: StreamIds, epoch: u64, mut secret: Vec<u8>) -> Result<Self, SealError> {
+        let mut salt = [0u8; SALT];
+        let drawn = SystemRandom::new().fill(&mut salt);
+        let k = drawn
+            .map_err(|_| SealError::Key)
+            .and_then(|()| key(&secret, &salt));
+        secret.fill(0);
         Ok(Self {
-            key: key(&mut secret)?,
+            key: k?,
             ids,
             epoch,
+            salt,
             next: 0,
             finished: false,
         })
@@ -151,13 +173,14 @@ impl Sealer {
         let mut out = Vec::with_capacity(HEADER + plaintext.len() + 16);
         out.push(VERSION);
         out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.salt);
         out.extend_from_slice(&index.to_be_bytes());
         out.push(flags);
         let mut body = plaintext.to_vec();
         self.key
             .seal_in_place_append_tag(
                 nonce(index),
-                Aad::from(self.ids.aad(self.epoch, index, flags)),
+                Aad::from(self.ids.aad(self.epoch, &self.salt, index, flags)),
                 &mut body,
             )
             .map_err(|_| SealError::TooLarge)?;
@@ -179,9 +202,17 @@ pub struct Chunk {
 pub struct Opener {
     ids: StreamIds,
     epoch: u64,
-    key: LessSafeKey,
+    secret: Vec<u8>,
+    /// The stream's salt and key, from its first chunk.
+    keyed: Option<([u8; SALT], LessSafeKey)>,
     next: u64,
     ended: bool,
+}
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        self.secret.fill(0);
+    }
 }
 
 impl std::fmt::Debug for Opener {
@@ -195,9 +226,10 @@ impl std::fmt::Debug for Opener {
 }
 
 impl Opener {
-    pub(crate) fn new(ids: StreamIds, epoch: u64, mut secret: Vec<u8>) -> Result<Self, SealError> {
+    pub(crate) fn new(ids: StreamIds, epoch: u64, secret: Vec<u8>) -> Result<Self, SealError> {
         Ok(Self {
-            key: key(&mut secret)?,
+            secret,
+            keyed: None,
             ids,
             epoch,
             next: 0,
@@ -216,8 +248,11 @@ impl Opener {
             return Err(SealError::Malformed);
         }
         let epoch = u64::from_be_bytes(array8(&sealed[1..9])?);
-        let index = u64::from_be_bytes(array8(&sealed[9..17])?);
-        let flags = sealed[17];
+        let salt: [u8; SALT] = sealed[9..9 + SALT]
+            .try_into()
+            .map_err(|_| SealError::Malformed)?;
+        let index = u64::from_be_bytes(array8(&sealed[9 + SALT..17 + SALT])?);
+        let flags = sealed[HEADER - 1];
         if flags & !LAST != 0 {
             return Err(SealError::Malformed);
         }
@@ -236,12 +271,16 @@ impl Opener {
                 got: index,
             });
         }
+        let k = match &self.keyed {
+            Some((s, k)) if *s == salt => k,
+            Some(_) => return Err(SealError::OtherStream),
+            None => &self.keyed.insert((salt, key(&self.secret, &salt)?)).1,
+        };
         let mut body = sealed[HEADER..].to_vec();
-        let plain = self
-            .key
+        let plain = k
             .open_in_place(
                 nonce(index),
-                Aad::from(self.ids.aad(epoch, index, flags)),
+                Aad::from(self.ids.aad(epoch, &salt, index, flags)),
                 &mut body,
             )
             .map_err(|_| SealError::Authentication)?;

@@ -98,6 +98,9 @@ fn open_all(opener: &mut Opener, sealed: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Sea
 
 const MARKER: &[u8] = b"MARKER-7f3a-row";
 
+/// Sealed chunk header: version, epoch, salt, index, flags.
+const HEADER_FOR_TESTS: usize = 1 + 8 + 16 + 8 + 1;
+
 #[tokio::test]
 async fn a_pair_seals_and_opens_a_stream_and_the_wire_holds_no_plaintext() {
     let (swm, tum, g) = pair().await;
@@ -134,7 +137,7 @@ async fn truncated_reordered_duplicated_spliced_and_tampered_streams_fail() {
 
     // Truncation by relabelling: a middle chunk flagged as the last.
     let mut forged = a[1].clone();
-    forged[17] = 1;
+    forged[33] = 1;
     let mut o = open();
     o.open(&a[0]).unwrap();
     assert_eq!(o.open(&forged), Err(SealError::Authentication));
@@ -152,7 +155,7 @@ async fn truncated_reordered_duplicated_spliced_and_tampered_streams_fail() {
 
     // Reordering with the index rewritten to the expected one.
     let mut moved = a[2].clone();
-    moved[9..17].copy_from_slice(&1u64.to_be_bytes());
+    moved[25..33].copy_from_slice(&1u64.to_be_bytes());
     let mut o = open();
     o.open(&a[0]).unwrap();
     assert_eq!(o.open(&moved), Err(SealError::Authentication));
@@ -178,11 +181,27 @@ async fn truncated_reordered_duplicated_spliced_and_tampered_streams_fail() {
     let b = seal_all(&swm.node, &g, "b", &[b"0", b"1", b"end"]);
     let mut o = open();
     o.open(&a[0]).unwrap();
-    assert_eq!(o.open(&b[1]), Err(SealError::Authentication));
+    assert_eq!(o.open(&b[1]), Err(SealError::OtherStream));
+    // … also with its salt rewritten to the stream's: the key differs.
+    let mut resalted = b[1].clone();
+    resalted[9..25].copy_from_slice(&a[0][9..25]);
+    assert_eq!(o.open(&resalted), Err(SealError::Authentication));
     let mut other = swm.node.seal_stream(&g, "swm/other", "a").unwrap();
     let c0 = other.seal(b"0").unwrap();
     let mut o = open();
     assert_eq!(o.open(&c0), Err(SealError::Authentication));
+
+    // The same stream id sealed again in the same epoch (a sender
+    // restarted mid-stream): another salt, so another key — no nonce is
+    // reused, and the runs do not mix.
+    let again = seal_all(&swm.node, &g, "a", &[b"0", b"1", b"2", b"end"]);
+    assert_ne!(again[0][HEADER_FOR_TESTS..], a[0][HEADER_FOR_TESTS..]);
+    let mut o = open();
+    o.open(&a[0]).unwrap();
+    assert_eq!(o.open(&again[1]), Err(SealError::OtherStream));
+    let mut o = open();
+    open_all(&mut o, &again).unwrap();
+    o.finish().unwrap();
 
     // A flipped ciphertext bit.
     let mut flipped = a[0].clone();
