@@ -478,6 +478,15 @@ pub struct NodeConfig {
     pub opendata_releases: Vec<allmende_opendata::ReleaseSpec>,
 }
 
+/// A `<key> = [hosts]` line of the `[sources]` table.
+fn hosts_line(key: &str, hosts: &[&str]) -> String {
+    let list: Vec<String> = hosts
+        .iter()
+        .map(|h| toml::Value::String((*h).to_owned()).to_string())
+        .collect();
+    format!("{key} = [{}]\n", list.join(", "))
+}
+
 /// The source directory under `node.data_dir` when `sources.roots` is absent.
 pub const DEFAULT_SOURCES_DIR: &str = "sources";
 
@@ -758,31 +767,19 @@ impl NodeConfig {
     /// A `postgres_hosts` line for the `[sources]` table that
     /// [`NodeConfig::render_sources`] ends a config with.
     pub fn render_postgres_hosts(hosts: &[&str]) -> String {
-        let list: Vec<String> = hosts
-            .iter()
-            .map(|h| toml::Value::String((*h).to_owned()).to_string())
-            .collect();
-        format!("postgres_hosts = [{}]\n", list.join(", "))
+        hosts_line("postgres_hosts", hosts)
     }
 
     /// An `mqtt_hosts` line for the `[sources]` table that
     /// [`NodeConfig::render_sources`] ends a config with.
     pub fn render_mqtt_hosts(hosts: &[&str]) -> String {
-        let list: Vec<String> = hosts
-            .iter()
-            .map(|h| toml::Value::String((*h).to_owned()).to_string())
-            .collect();
-        format!("mqtt_hosts = [{}]\n", list.join(", "))
+        hosts_line("mqtt_hosts", hosts)
     }
 
     /// An `mds_hosts` line for the `[sources]` table that
     /// [`NodeConfig::render_sources`] ends a config with.
     pub fn render_mds_hosts(hosts: &[&str]) -> String {
-        let list: Vec<String> = hosts
-            .iter()
-            .map(|h| toml::Value::String((*h).to_owned()).to_string())
-            .collect();
-        format!("mds_hosts = [{}]\n", list.join(", "))
+        hosts_line("mds_hosts", hosts)
     }
 
     /// An `[mds_provider]` table (appended to a rendered config).

@@ -371,6 +371,10 @@ impl Registry {
     /// Opens the registry and reopens every enabled connector. A connector
     /// whose source is gone is kept registered, not served, and reported.
     /// Every source is read only where `roots` allows; refusals go to `audit`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the node's parts a registry serves sources with"
+    )]
     pub async fn open(
         store: Store,
         catalog: Arc<Catalog>,

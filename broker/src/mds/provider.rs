@@ -20,7 +20,7 @@ use crate::audit::{AuditLog, Draft};
 use crate::clock::SharedClock;
 use crate::metrics::NodeMetrics;
 use crate::pki::Principal;
-use crate::pki::verifier::{FederationClientVerifier, Trust};
+use crate::pki::verifier::Trust;
 use crate::policy::{Action, AuthorizeError, PolicyPoint, Resource};
 use crate::tls::{TlsError, TlsMaterial};
 use allmende_connectors::SourceRoots;
@@ -75,12 +75,8 @@ pub fn server_config(
     metrics: Arc<NodeMetrics>,
     cert_path: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let (chain, key) = crate::tls::own_chain_and_key(material, cert_path)?;
-    let verifier = Arc::new(FederationClientVerifier::new(trust, metrics));
-    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+    // The gRPC port's configuration, speaking HTTP/1.1 instead of h2.
+    let mut cfg = (*crate::tls::server_config(trust, material, metrics, cert_path)?).clone();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

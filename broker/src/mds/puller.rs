@@ -233,32 +233,20 @@ impl Puller {
                     return Attempt::Accepted;
                 }
                 let mut b = WriteBatch::new();
-                let staged = self
-                    .batches
-                    .stage_accepted(&mut b, hour, at, &checked, rows, counts.clone())
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| {
-                        self.pulls
-                            .deliveries
-                            .stage(
-                                &mut b,
-                                &self.delivery(hour, at, Outcome::Accepted { rows: counts }),
-                            )
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(e) = staged {
+                if let Err(e) =
+                    self.batches
+                        .stage_accepted(&mut b, hour, at, &checked, rows, counts.clone())
+                {
                     tracing::warn!(hour = %label, error = %e, "mds batch not imported");
                     return Attempt::Again;
                 }
-                match self.pulls.batches.store().commit_durable(b).await {
-                    Ok(()) => {
-                        tracing::info!(dataset = %self.config.obligation_dataset, hour = %label, "mds batch imported");
-                        Attempt::Accepted
-                    }
-                    Err(e) => {
-                        tracing::warn!(hour = %label, error = %e, "mds batch not imported");
-                        Attempt::Again
-                    }
+                if self
+                    .commit(b, hour, at, Outcome::Accepted { rows: counts }, "imported")
+                    .await
+                {
+                    Attempt::Accepted
+                } else {
+                    Attempt::Again
                 }
             }
             Err(reasons) => {
@@ -279,39 +267,63 @@ impl Puller {
                     .collect();
                 let _w = self.pulls.write.lock().await;
                 let mut b = WriteBatch::new();
-                let staged = self
-                    .batches
-                    .stage_rejected(&mut b, kept_as.clone(), hour, at, reasons.clone(), &raw)
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| {
-                        self.pulls
-                            .deliveries
-                            .stage(
-                                &mut b,
-                                &self.delivery(
-                                    hour,
-                                    at,
-                                    Outcome::Rejected {
-                                        reasons,
-                                        kept_as: Some(kept_as),
-                                    },
-                                ),
-                            )
-                            .map_err(|e| e.to_string())
-                    });
-                match staged {
+                match self.batches.stage_rejected(
+                    &mut b,
+                    kept_as.clone(),
+                    hour,
+                    at,
+                    reasons.clone(),
+                    &raw,
+                ) {
                     Ok(()) => {
-                        if let Err(e) = self.pulls.batches.store().commit_durable(b).await {
-                            tracing::warn!(hour = %label, error = %e, "rejected mds batch not recorded");
-                        } else {
-                            tracing::info!(dataset = %self.config.obligation_dataset, hour = %label, "mds batch rejected");
-                        }
+                        let outcome = Outcome::Rejected {
+                            reasons,
+                            kept_as: Some(kept_as),
+                        };
+                        self.commit(b, hour, at, outcome, "rejected").await;
                     }
                     Err(e) => {
-                        tracing::warn!(hour = %label, error = %e, "rejected mds batch not recorded");
+                        tracing::warn!(hour = %label, error = %e, "mds batch not rejected");
                     }
                 }
                 Attempt::Again
+            }
+        }
+    }
+
+    /// Stages the delivery of `outcome` into `b` (which holds the hour's rows or its kept
+    /// batch) and commits both in one durable write; `false` if nothing was written.
+    async fn commit(
+        &self,
+        mut b: WriteBatch,
+        hour: i64,
+        at: i64,
+        outcome: Outcome,
+        what: &str,
+    ) -> bool {
+        let label = format_hour(hour).unwrap_or_default();
+        let written = match self
+            .pulls
+            .deliveries
+            .stage(&mut b, &self.delivery(hour, at, outcome))
+        {
+            Ok(()) => self
+                .pulls
+                .batches
+                .store()
+                .commit_durable(b)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
+            Ok(()) => {
+                tracing::info!(dataset = %self.config.obligation_dataset, hour = %label, "mds batch {what}");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(hour = %label, error = %e, "mds batch not {what}");
+                false
             }
         }
     }
