@@ -51,6 +51,9 @@ pub enum Refusal {
     /// An MQTT source names a broker host the node's operator did not allow
     /// (`sources.mqtt_hosts`).
     MqttHostNotAllowed,
+    /// An HTTP(S) source (SensorThings) names a host the node's operator did not allow
+    /// (`sources.http_hosts`).
+    HttpHostNotAllowed,
 }
 
 impl Refusal {
@@ -65,6 +68,7 @@ impl Refusal {
             Refusal::Changed => "changed-while-opening",
             Refusal::HostNotAllowed => "postgres-host-not-allowed",
             Refusal::MqttHostNotAllowed => "mqtt-host-not-allowed",
+            Refusal::HttpHostNotAllowed => "http-host-not-allowed",
         }
     }
 }
@@ -90,6 +94,9 @@ impl fmt::Display for Refusal {
             Refusal::MqttHostNotAllowed => f.write_str(
                 "the source names an MQTT broker host the node's operator did not allow (`sources.mqtt_hosts`)",
             ),
+            Refusal::HttpHostNotAllowed => f.write_str(
+                "the source names an HTTP host the node's operator did not allow (`sources.http_hosts`)",
+            ),
         }
     }
 }
@@ -111,6 +118,9 @@ struct Inner {
     /// MQTT broker hosts (names or addresses) MQTT sources may connect to; `None`: any (with
     /// `anywhere`).
     mqtt_hosts: Option<Vec<String>>,
+    /// HTTP(S) hosts (names or addresses) SensorThings sources may fetch from; `None`: any (with
+    /// `anywhere`).
+    http_hosts: Option<Vec<String>>,
 }
 
 /// The directories sources may be read from, and the node's own places they may never touch.
@@ -165,6 +175,7 @@ impl SourceRoots {
                 reserved: Vec::new(),
                 postgres_hosts: Some(Vec::new()),
                 mqtt_hosts: Some(Vec::new()),
+                http_hosts: Some(Vec::new()),
             }),
             forms: None,
         }
@@ -179,6 +190,7 @@ impl SourceRoots {
                 reserved: Vec::new(),
                 postgres_hosts: None,
                 mqtt_hosts: None,
+                http_hosts: None,
             }),
             forms: None,
         }
@@ -261,6 +273,31 @@ impl SourceRoots {
             self.inner.mqtt_hosts.as_deref(),
             host,
             Refusal::MqttHostNotAllowed,
+        )
+    }
+
+    /// Also allows HTTP(S) sources (SensorThings) to fetch from these hosts (names or addresses
+    /// as written in the service URL).
+    pub fn allow_http_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner
+            .http_hosts
+            .get_or_insert_with(Vec::new)
+            .extend(hosts.into_iter().map(Into::into));
+        self.forms = None;
+        self
+    }
+
+    /// Whether an HTTP(S) source may fetch from `host` (compared exactly, names without case).
+    pub fn check_http_host(&self, host: &str) -> Result<(), ConnectorError> {
+        host_allowed(
+            self.inner.http_hosts.as_deref(),
+            host,
+            Refusal::HttpHostNotAllowed,
         )
     }
 

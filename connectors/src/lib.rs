@@ -5,7 +5,8 @@
 //! instead of dropping them, and checks its health. [`FileConnector`] reads CSV, JSON lines,
 //! GeoJSON and Parquet, only below the directories a [`SourceRoots`] allows;
 //! [`PostgresConnector`] reads a PostgreSQL table or view, only on the hosts it allows;
-//! [`MqttBufferConnector`] serves sensor uplinks an MQTT subscriber buffered durably. The `conformance` feature exposes the suite every connector must pass;
+//! [`MqttBufferConnector`] serves sensor uplinks an MQTT subscriber buffered durably;
+//! [`SensorThingsConnector`] reads observations of an OGC SensorThings API service. The `conformance` feature exposes the suite every connector must pass;
 //! [`sample`] generates the Munich demo data. See `README.md` for the semantics.
 
 pub mod confine;
@@ -16,6 +17,7 @@ pub mod mqtt;
 pub mod postgres;
 pub mod sample;
 pub mod schema;
+pub mod sensorthings;
 pub mod write;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -35,3 +37,4 @@ pub use files::{
 pub use mqtt::{MqttBufferConnector, MqttConfig};
 pub use postgres::{PostgresConfig, PostgresConnector, TlsMode};
 pub use schema::{FieldSpec, FieldType};
+pub use sensorthings::{SensorThingsConfig, SensorThingsConnector};
