@@ -27,6 +27,7 @@
 //! roots = ["/srv/allmende/sources"]   # connectors read local files only below these
 //! postgres_hosts = ["db.swm.example"] # PostgreSQL sources connect only to these (default none)
 //! mqtt_hosts = ["mqtt.swm.example"]     # MQTT sources subscribe only on these brokers (default none)
+//! http_hosts = ["sta.swm.example"]      # SensorThings (HTTP) sources fetch only from these (default none)
 //! ```
 
 use serde::Deserialize;
@@ -134,6 +135,9 @@ struct RawSources {
     /// Hosts (names, addresses) of the MQTT brokers MQTT sources may subscribe on.
     #[serde(default)]
     mqtt_hosts: Vec<String>,
+    /// Hosts (names, addresses) SensorThings (HTTP/HTTPS) sources may fetch from.
+    #[serde(default)]
+    http_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,6 +429,9 @@ pub struct NodeConfig {
     /// Hosts of the MQTT brokers MQTT sources may subscribe on
     /// (`sources.mqtt_hosts`; default none).
     pub mqtt_hosts: Vec<String>,
+    /// Hosts SensorThings (HTTP/HTTPS) sources may fetch from
+    /// (`sources.http_hosts`; default none).
+    pub http_hosts: Vec<String>,
     /// The public tier and the open-data listener (`[opendata]`).
     pub opendata: OpenDataConfig,
     /// Release specs of this node's datasets (`[[opendata.release]]`),
@@ -566,6 +573,11 @@ impl NodeConfig {
         }
         raw.limits.check(invalid)?;
         let data_dir = abs(&data_dir);
+        let http_hosts = raw
+            .sources
+            .as_ref()
+            .map(|s| s.http_hosts.clone())
+            .unwrap_or_default();
         let (source_roots, postgres_hosts, mqtt_hosts) = match raw.sources {
             Some(s) => (
                 s.roots.iter().map(|r| abs(r)).collect(),
@@ -624,6 +636,7 @@ impl NodeConfig {
             source_roots,
             postgres_hosts,
             mqtt_hosts,
+            http_hosts,
             source: path.to_path_buf(),
             name: raw.node.name,
             data_dir,
@@ -649,6 +662,7 @@ impl NodeConfig {
         let mut roots = allmende_connectors::SourceRoots::new(self.source_roots.clone())
             .allow_postgres_hosts(self.postgres_hosts.iter().cloned())
             .allow_mqtt_hosts(self.mqtt_hosts.iter().cloned())
+            .allow_http_hosts(self.http_hosts.iter().cloned())
             .reserve(absolute(&self.key), "key file")
             .reserve(absolute(&self.data_dir.join("store")), "store directory")
             .reserve(absolute(&self.source), "config file");
@@ -693,6 +707,16 @@ impl NodeConfig {
             .map(|h| toml::Value::String((*h).to_owned()).to_string())
             .collect();
         format!("mqtt_hosts = [{}]\n", list.join(", "))
+    }
+
+    /// An `http_hosts` line for the `[sources]` table that
+    /// [`NodeConfig::render_sources`] ends a config with.
+    pub fn render_http_hosts(hosts: &[&str]) -> String {
+        let list: Vec<String> = hosts
+            .iter()
+            .map(|h| toml::Value::String((*h).to_owned()).to_string())
+            .collect();
+        format!("http_hosts = [{}]\n", list.join(", "))
     }
 
     /// Renders a config file for the given settings (used by the sandbox and

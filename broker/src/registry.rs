@@ -23,6 +23,11 @@
 //! postgres host otherwise). The subscriber runs while the dataset is served:
 //! started when it is registered, enabled or reopened at start, stopped when
 //! it is disabled, replaced or removed (removal also drops its buffer).
+//!
+//! A fourth kind, `sensorthings` ([`SensorThingsConnector`]): observations of
+//! an OGC SensorThings API service over HTTP(S), fetched on every read; its
+//! host must be in `sources.http_hosts` (refused and audited like a postgres
+//! host otherwise), its CA file is read through the roots.
 
 use crate::audit::{AuditLog, Draft};
 use crate::catalog::{Catalog, CatalogEntry, CatalogError, DatasetDescription};
@@ -36,7 +41,8 @@ use crate::uplinks::{UplinkMetrics, Uplinks};
 use allmende_connectors::mqtt::{IngestHandle, MqttBufferConnector, MqttConfig};
 use allmende_connectors::{
     Connector, ConnectorDescription, ConnectorError, FieldSpec, FileConnector, FileConnectorConfig,
-    HealthReport, PostgresConfig, PostgresConnector, ReadRequest, ReadStream, Refusal, SourceRoots,
+    HealthReport, PostgresConfig, PostgresConnector, ReadRequest, ReadStream, Refusal,
+    SensorThingsConfig, SensorThingsConnector, SourceRoots,
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -49,7 +55,7 @@ const PROBLEMS: &str = "connector problems";
 const INGESTS: &str = "mqtt subscribers";
 
 /// The connector kinds a registration may name.
-pub const KINDS: [&str; 3] = ["files", "postgres", "mqtt"];
+pub const KINDS: [&str; 4] = ["files", "postgres", "mqtt", "sensorthings"];
 
 /// A registration's source configuration, stored as the kind's own JSON
 /// object (untagged: registrations stored before there was more than one
@@ -63,6 +69,8 @@ pub enum SourceConfig {
     Postgres(PostgresConfig),
     /// MQTT sensor uplinks, buffered by the node (`kind = "mqtt"`).
     Mqtt(MqttConfig),
+    /// Observations of an OGC SensorThings API service (`kind = "sensorthings"`).
+    SensorThings(SensorThingsConfig),
 }
 
 impl SourceConfig {
@@ -72,6 +80,7 @@ impl SourceConfig {
             SourceConfig::Files(_) => "files",
             SourceConfig::Postgres(_) => "postgres",
             SourceConfig::Mqtt(_) => "mqtt",
+            SourceConfig::SensorThings(_) => "sensorthings",
         }
     }
 
@@ -83,6 +92,9 @@ impl SourceConfig {
                 serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
             )),
             "mqtt" => Ok(SourceConfig::Mqtt(
+                serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
+            )),
+            "sensorthings" => Ok(SourceConfig::SensorThings(
                 serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
             )),
             other => Err(RegistryError::Kind(crate::text::shown(other, 40))),
@@ -111,6 +123,12 @@ impl SourceConfig {
                 &mut c.identifier_columns,
                 &c.cursor_column,
             ),
+            SourceConfig::SensorThings(c) => (
+                &mut c.schema,
+                &mut c.subject_column,
+                &mut c.identifier_columns,
+                &c.cursor_column,
+            ),
         }
     }
 
@@ -131,6 +149,9 @@ impl SourceConfig {
                 Arc::new(uplinks.dataset(dataset)),
                 dataset,
             )?),
+            SourceConfig::SensorThings(c) => {
+                Arc::new(SensorThingsConnector::open(c.clone(), roots).await?)
+            }
         })
     }
 }
@@ -160,7 +181,7 @@ pub struct Registration {
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("unknown connector kind `{0}`, expected `files`, `postgres` or `mqtt`")]
+    #[error("unknown connector kind `{0}`, expected `files`, `postgres`, `mqtt` or `sensorthings`")]
     Kind(String),
     #[error("invalid connector configuration: {0}")]
     Config(String),
@@ -762,7 +783,8 @@ mod tests {
         assert!(SourceConfig::parse("postgres", files).is_err());
         let e = SourceConfig::parse("mysql", files).unwrap_err();
         assert!(
-            e.to_string().contains("`files`, `postgres` or `mqtt`"),
+            e.to_string()
+                .contains("`files`, `postgres`, `mqtt` or `sensorthings`"),
             "{e}"
         );
         let mqtt =
@@ -773,5 +795,16 @@ mod tests {
         assert!(SourceConfig::parse("mqtt", files).is_err());
         assert!(SourceConfig::parse("files", mqtt).is_err());
         assert!(SourceConfig::parse("postgres", mqtt).is_err());
+        let sta = r#"{"service":"http://127.0.0.1:8080/v1.1","datastreams":[1,"a"],"columns":{"t":"observation.phenomenonTime"},"cursor_column":"t"}"#;
+        let parsed = SourceConfig::parse("sensorthings", sta).unwrap();
+        assert!(matches!(parsed, SourceConfig::SensorThings(_)));
+        assert_eq!(parsed.kind(), "sensorthings");
+        assert!(SourceConfig::parse("mqtt", sta).is_err());
+        assert!(SourceConfig::parse("sensorthings", mqtt).is_err());
+        assert!(SourceConfig::parse("sensorthings", files).is_err());
+        // Stored untagged, read back as its own kind.
+        let back: SourceConfig =
+            serde_json::from_slice(&serde_json::to_vec(&parsed).unwrap()).unwrap();
+        assert_eq!(back, parsed);
     }
 }

@@ -317,6 +317,8 @@ impl Sandbox {
                 text.push_str(&NodeConfig::render_postgres_hosts(&["127.0.0.1"]));
                 // MQTT brokers likewise (a test's own mosquitto).
                 text.push_str(&NodeConfig::render_mqtt_hosts(&["127.0.0.1"]));
+                // SensorThings services likewise (a test's own server).
+                text.push_str(&NodeConfig::render_http_hosts(&["127.0.0.1"]));
                 // The HTTPS open-data listener: base+200+i (7601… in the
                 // demo), or a free port.
                 let opendata_port = spec.base_port.map_or(0, |b| {
