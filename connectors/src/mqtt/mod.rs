@@ -21,6 +21,7 @@
 
 mod buffer;
 pub mod ingest;
+pub mod recorded;
 mod server;
 pub mod uplink;
 

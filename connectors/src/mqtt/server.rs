@@ -256,12 +256,42 @@ impl LocalMosquitto {
         }
     }
 
+    /// Publishes each of `lines` as one message to `topic` with QoS `qos` through one
+    /// `mosquitto_pub -l` (Debian package `mosquitto-clients`); no line may hold a line break.
+    pub fn publish_lines(
+        &self,
+        topic: &str,
+        lines: &[&str],
+        qos: u8,
+    ) -> Result<(), ConnectorError> {
+        let mut payload = Vec::new();
+        for l in lines {
+            if l.contains(['\n', '\r']) {
+                return Err(failed("mosquitto_pub", "a message holds a line break"));
+            }
+            payload.extend_from_slice(l.as_bytes());
+            payload.push(b'\n');
+        }
+        self.run_pub(topic, qos, "-l", &payload)
+    }
+
     /// Publishes `payload` to `topic` with QoS `qos` through `mosquitto_pub` (Debian package
     /// `mosquitto-clients`).
     pub fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), ConnectorError> {
+        self.run_pub(topic, qos, "-s", payload)
+    }
+
+    /// Runs `mosquitto_pub` with `mode` (`-s`: stdin is one message, `-l`: one per line).
+    fn run_pub(
+        &self,
+        topic: &str,
+        qos: u8,
+        mode: &str,
+        payload: &[u8],
+    ) -> Result<(), ConnectorError> {
         let mut child = Command::new(MOSQUITTO_PUB)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-V", "5"])
-            .args(["-q", &qos.to_string(), "-t", topic, "-s"])
+            .args(["-q", &qos.to_string(), "-t", topic, mode])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
