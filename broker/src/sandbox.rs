@@ -217,6 +217,9 @@ pub struct Sandbox {
     /// Why the smart-meter readings are not served from PostgreSQL although
     /// it is installed.
     postgres_problem: std::sync::OnceLock<String>,
+    /// The demo's LoRaWAN environment sensors (their mosquitto, if one was
+    /// started, is stopped when the sandbox is dropped).
+    pub lorawan: std::sync::OnceLock<crate::demo::lorawan::Lorawan>,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -356,6 +359,7 @@ impl Sandbox {
             clock: clock.clone(),
             postgres: std::sync::OnceLock::new(),
             postgres_problem: std::sync::OnceLock::new(),
+            lorawan: std::sync::OnceLock::new(),
             _tempdir: tempdir,
         };
         // Every node gets the root certificate and the final membership.

@@ -41,7 +41,7 @@ use serde_json::Value;
 
 pub use buffer::{Appended, MemoryBuffer, StoredUplink, UplinkBuffer};
 pub use ingest::{IngestCounters, IngestHandle, IngestObserver, IngestStatus, spawn_ingest};
-pub use server::{LocalMosquitto, find_mosquitto};
+pub use server::{LocalMosquitto, find_mosquitto, find_mosquitto_pub};
 pub use uplink::{NewUplink, Skip, UplinkMapping};
 
 use crate::confine::SourceRoots;

@@ -26,6 +26,12 @@ const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// Where the Debian package `mosquitto-clients` installs the publisher.
 const MOSQUITTO_PUB: &str = "/usr/bin/mosquitto_pub";
 
+/// The publisher (`mosquitto_pub`), if installed.
+pub fn find_mosquitto_pub() -> Option<PathBuf> {
+    let p = PathBuf::from(MOSQUITTO_PUB);
+    p.is_file().then_some(p)
+}
+
 /// The broker binary, if installed.
 pub fn find_mosquitto() -> Option<PathBuf> {
     let p = PathBuf::from(MOSQUITTO);
