@@ -34,6 +34,7 @@
 //! token_file = "/srv/allmende/sources/mds.token"
 //! recipients = ["stadt"]
 //! dataset = "scooter-trips"
+//! http_hosts = ["sta.swm.example"]      # SensorThings (HTTP) sources fetch only from these (default none)
 //! ```
 
 use serde::Deserialize;
@@ -173,6 +174,9 @@ struct RawSources {
     /// Hosts (names, addresses) of the MDS providers MDS sources may pull from.
     #[serde(default)]
     mds_hosts: Vec<String>,
+    /// Hosts (names, addresses) SensorThings (HTTP/HTTPS) sources may fetch from.
+    #[serde(default)]
+    http_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -470,6 +474,9 @@ pub struct NodeConfig {
     /// This organisation's MDS provider endpoint (`[mds_provider]`; off
     /// when absent).
     pub mds_provider: Option<MdsProviderConfig>,
+    /// Hosts SensorThings (HTTP/HTTPS) sources may fetch from
+    /// (`sources.http_hosts`; default none).
+    pub http_hosts: Vec<String>,
     /// The public tier and the open-data listener (`[opendata]`).
     pub opendata: OpenDataConfig,
     /// Release specs of this node's datasets (`[[opendata.release]]`),
@@ -620,6 +627,11 @@ impl NodeConfig {
         }
         raw.limits.check(invalid)?;
         let data_dir = abs(&data_dir);
+        let http_hosts = raw
+            .sources
+            .as_ref()
+            .map(|s| s.http_hosts.clone())
+            .unwrap_or_default();
         let (source_roots, postgres_hosts, mqtt_hosts, mds_hosts) = match raw.sources {
             Some(s) => (
                 s.roots.iter().map(|r| abs(r)).collect(),
@@ -712,6 +724,7 @@ impl NodeConfig {
             mqtt_hosts,
             mds_hosts,
             mds_provider,
+            http_hosts,
             source: path.to_path_buf(),
             name: raw.node.name,
             data_dir,
@@ -738,6 +751,7 @@ impl NodeConfig {
             .allow_postgres_hosts(self.postgres_hosts.iter().cloned())
             .allow_mqtt_hosts(self.mqtt_hosts.iter().cloned())
             .allow_mds_hosts(self.mds_hosts.iter().cloned())
+            .allow_http_hosts(self.http_hosts.iter().cloned())
             .reserve(absolute(&self.key), "key file")
             .reserve(absolute(&self.data_dir.join("store")), "store directory")
             .reserve(absolute(&self.source), "config file");
@@ -794,6 +808,16 @@ impl NodeConfig {
             recipients.join(", "),
             s(&p.dataset)
         )
+    }
+
+    /// An `http_hosts` line for the `[sources]` table that
+    /// [`NodeConfig::render_sources`] ends a config with.
+    pub fn render_http_hosts(hosts: &[&str]) -> String {
+        let list: Vec<String> = hosts
+            .iter()
+            .map(|h| toml::Value::String((*h).to_owned()).to_string())
+            .collect();
+        format!("http_hosts = [{}]\n", list.join(", "))
     }
 
     /// Renders a config file for the given settings (used by the sandbox and

@@ -30,6 +30,10 @@
 //! files are read through the roots. A puller (`crate::mds::puller`) runs
 //! while the dataset is served, like an mqtt subscriber; the served rows are
 //! the imported trips (`crate::mds::batches`), dropped with the registration.
+//! A fifth kind, `sensorthings` ([`SensorThingsConnector`]): observations of
+//! an OGC SensorThings API service over HTTP(S), fetched on every read; its
+//! host must be in `sources.http_hosts` (refused and audited like a postgres
+//! host otherwise), its CA file is read through the roots.
 
 use crate::audit::{AuditLog, Draft};
 use crate::catalog::{Catalog, CatalogEntry, CatalogError, DatasetDescription};
@@ -45,7 +49,8 @@ use allmende_connectors::mds::MdsConfig;
 use allmende_connectors::mqtt::{IngestHandle, MqttBufferConnector, MqttConfig};
 use allmende_connectors::{
     Connector, ConnectorDescription, ConnectorError, FieldSpec, FileConnector, FileConnectorConfig,
-    HealthReport, PostgresConfig, PostgresConnector, ReadRequest, ReadStream, Refusal, SourceRoots,
+    HealthReport, PostgresConfig, PostgresConnector, ReadRequest, ReadStream, Refusal,
+    SensorThingsConfig, SensorThingsConnector, SourceRoots,
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -59,7 +64,7 @@ const INGESTS: &str = "mqtt subscribers";
 const PULLERS: &str = "mds pullers";
 
 /// The connector kinds a registration may name.
-pub const KINDS: [&str; 4] = ["files", "postgres", "mqtt", "mds"];
+pub const KINDS: [&str; 5] = ["files", "postgres", "mqtt", "mds", "sensorthings"];
 
 /// A registration's source configuration, stored as the kind's own JSON
 /// object (untagged: registrations stored before there was more than one
@@ -75,6 +80,8 @@ pub enum SourceConfig {
     Mqtt(MqttConfig),
     /// Hourly MDS batches pulled from an obliged provider (`kind = "mds"`).
     Mds(MdsConfig),
+    /// Observations of an OGC SensorThings API service (`kind = "sensorthings"`).
+    SensorThings(SensorThingsConfig),
 }
 
 impl SourceConfig {
@@ -85,6 +92,7 @@ impl SourceConfig {
             SourceConfig::Postgres(_) => "postgres",
             SourceConfig::Mqtt(_) => "mqtt",
             SourceConfig::Mds(_) => "mds",
+            SourceConfig::SensorThings(_) => "sensorthings",
         }
     }
 
@@ -99,6 +107,9 @@ impl SourceConfig {
                 serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
             )),
             "mds" => Ok(SourceConfig::Mds(
+                serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
+            )),
+            "sensorthings" => Ok(SourceConfig::SensorThings(
                 serde_json::from_str(json).map_err(RegistryError::ConfigJson)?,
             )),
             other => Err(RegistryError::Kind(crate::text::shown(other, 40))),
@@ -133,6 +144,12 @@ impl SourceConfig {
                 &mut c.identifier_columns,
                 &c.cursor_column,
             ),
+            SourceConfig::SensorThings(c) => (
+                &mut c.schema,
+                &mut c.subject_column,
+                &mut c.identifier_columns,
+                &c.cursor_column,
+            ),
         }
     }
 
@@ -161,6 +178,9 @@ impl SourceConfig {
                 Arc::new(batches.dataset(dataset)),
                 dataset,
             )?),
+            SourceConfig::SensorThings(c) => {
+                Arc::new(SensorThingsConnector::open(c.clone(), roots).await?)
+            }
         })
     }
 }
@@ -190,7 +210,7 @@ pub struct Registration {
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("unknown connector kind `{0}`, expected `files`, `postgres`, `mqtt` or `mds`")]
+    #[error("unknown connector kind `{0}`, expected `files`, `postgres`, `mqtt`, `mds` or `sensorthings`")]
     Kind(String),
     #[error("invalid connector configuration: {0}")]
     Config(String),
@@ -860,7 +880,7 @@ mod tests {
         let e = SourceConfig::parse("mysql", files).unwrap_err();
         assert!(
             e.to_string()
-                .contains("`files`, `postgres`, `mqtt` or `mds`"),
+                .contains("`files`, `postgres`, `mqtt`, `mds` or `sensorthings`"),
             "{e}"
         );
         let mqtt =
@@ -878,7 +898,17 @@ mod tests {
             assert!(SourceConfig::parse(other, mds).is_err(), "{other}");
         }
         assert!(SourceConfig::parse("mds", mqtt).is_err());
-        // Stored untagged, it loads back as its own kind.
+        let back: SourceConfig =
+            serde_json::from_slice(&serde_json::to_vec(&parsed).unwrap()).unwrap();
+        assert_eq!(back, parsed);
+        let sta = r#"{"service":"http://127.0.0.1:8080/v1.1","datastreams":[1,"a"],"columns":{"t":"observation.phenomenonTime"},"cursor_column":"t"}"#;
+        let parsed = SourceConfig::parse("sensorthings", sta).unwrap();
+        assert!(matches!(parsed, SourceConfig::SensorThings(_)));
+        assert_eq!(parsed.kind(), "sensorthings");
+        assert!(SourceConfig::parse("mqtt", sta).is_err());
+        assert!(SourceConfig::parse("sensorthings", mqtt).is_err());
+        assert!(SourceConfig::parse("sensorthings", files).is_err());
+        // Stored untagged, read back as its own kind.
         let back: SourceConfig =
             serde_json::from_slice(&serde_json::to_vec(&parsed).unwrap()).unwrap();
         assert_eq!(back, parsed);

@@ -217,6 +217,9 @@ pub struct Sandbox {
     /// Why the smart-meter readings are not served from PostgreSQL although
     /// it is installed.
     postgres_problem: std::sync::OnceLock<String>,
+    /// The demo's LoRaWAN environment sensors (their mosquitto, if one was
+    /// started, is stopped when the sandbox is dropped).
+    pub lorawan: std::sync::OnceLock<crate::demo::lorawan::Lorawan>,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -319,6 +322,8 @@ impl Sandbox {
                 text.push_str(&NodeConfig::render_mqtt_hosts(&["127.0.0.1"]));
                 // MDS providers likewise (a test's or the demo's provider node).
                 text.push_str(&NodeConfig::render_mds_hosts(&["127.0.0.1"]));
+                // SensorThings services likewise (a test's own server).
+                text.push_str(&NodeConfig::render_http_hosts(&["127.0.0.1"]));
                 // The HTTPS open-data listener: base+200+i (7601… in the
                 // demo), or a free port.
                 let opendata_port = spec.base_port.map_or(0, |b| {
@@ -356,6 +361,7 @@ impl Sandbox {
             clock: clock.clone(),
             postgres: std::sync::OnceLock::new(),
             postgres_problem: std::sync::OnceLock::new(),
+            lorawan: std::sync::OnceLock::new(),
             _tempdir: tempdir,
         };
         // Every node gets the root certificate and the final membership.

@@ -54,6 +54,9 @@ pub enum Refusal {
     /// An MDS source names a provider host the node's operator did not allow
     /// (`sources.mds_hosts`).
     MdsHostNotAllowed,
+    /// An HTTP(S) source (SensorThings) names a host the node's operator did not allow
+    /// (`sources.http_hosts`).
+    HttpHostNotAllowed,
 }
 
 impl Refusal {
@@ -69,6 +72,7 @@ impl Refusal {
             Refusal::HostNotAllowed => "postgres-host-not-allowed",
             Refusal::MqttHostNotAllowed => "mqtt-host-not-allowed",
             Refusal::MdsHostNotAllowed => "mds-host-not-allowed",
+            Refusal::HttpHostNotAllowed => "http-host-not-allowed",
         }
     }
 }
@@ -97,6 +101,9 @@ impl fmt::Display for Refusal {
             Refusal::MdsHostNotAllowed => f.write_str(
                 "the source names an MDS provider host the node's operator did not allow (`sources.mds_hosts`)",
             ),
+            Refusal::HttpHostNotAllowed => f.write_str(
+                "the source names an HTTP host the node's operator did not allow (`sources.http_hosts`)",
+            ),
         }
     }
 }
@@ -120,6 +127,9 @@ struct Inner {
     mqtt_hosts: Option<Vec<String>>,
     /// MDS provider hosts MDS sources may connect to; `None`: any (with `anywhere`).
     mds_hosts: Option<Vec<String>>,
+    /// HTTP(S) hosts (names or addresses) SensorThings sources may fetch from; `None`: any (with
+    /// `anywhere`).
+    http_hosts: Option<Vec<String>>,
 }
 
 /// The directories sources may be read from, and the node's own places they may never touch.
@@ -175,6 +185,7 @@ impl SourceRoots {
                 postgres_hosts: Some(Vec::new()),
                 mqtt_hosts: Some(Vec::new()),
                 mds_hosts: Some(Vec::new()),
+                http_hosts: Some(Vec::new()),
             }),
             forms: None,
         }
@@ -190,6 +201,7 @@ impl SourceRoots {
                 postgres_hosts: None,
                 mqtt_hosts: None,
                 mds_hosts: None,
+                http_hosts: None,
             }),
             forms: None,
         }
@@ -298,6 +310,31 @@ impl SourceRoots {
             self.inner.mds_hosts.as_deref(),
             host,
             Refusal::MdsHostNotAllowed,
+        )
+    }
+
+    /// Also allows HTTP(S) sources (SensorThings) to fetch from these hosts (names or addresses
+    /// as written in the service URL).
+    pub fn allow_http_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner
+            .http_hosts
+            .get_or_insert_with(Vec::new)
+            .extend(hosts.into_iter().map(Into::into));
+        self.forms = None;
+        self
+    }
+
+    /// Whether an HTTP(S) source may fetch from `host` (compared exactly, names without case).
+    pub fn check_http_host(&self, host: &str) -> Result<(), ConnectorError> {
+        host_allowed(
+            self.inner.http_hosts.as_deref(),
+            host,
+            Refusal::HttpHostNotAllowed,
         )
     }
 

@@ -6,7 +6,8 @@
 //! GeoJSON and Parquet, only below the directories a [`SourceRoots`] allows;
 //! [`PostgresConnector`] reads a PostgreSQL table or view, only on the hosts it allows;
 //! [`MqttBufferConnector`] serves sensor uplinks an MQTT subscriber buffered durably; [`mds`]
-//! pulls, validates and serves hourly MDS 2.0 batches of an obliged mobility provider. The `conformance` feature exposes the suite every connector must pass;
+//! pulls, validates and serves hourly MDS 2.0 batches of an obliged mobility provider;
+//! [`SensorThingsConnector`] reads observations of an OGC SensorThings API service. The `conformance` feature exposes the suite every connector must pass;
 //! [`sample`] generates the Munich demo data. See `README.md` for the semantics.
 
 pub mod confine;
@@ -18,6 +19,7 @@ pub mod mqtt;
 pub mod postgres;
 pub mod sample;
 pub mod schema;
+pub mod sensorthings;
 pub mod write;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -37,3 +39,4 @@ pub use files::{
 pub use mqtt::{MqttBufferConnector, MqttConfig};
 pub use postgres::{PostgresConfig, PostgresConnector, TlsMode};
 pub use schema::{FieldSpec, FieldType};
+pub use sensorthings::{SensorThingsConfig, SensorThingsConnector};

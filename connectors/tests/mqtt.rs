@@ -2,7 +2,8 @@
 //! the conformance suite, and the subscriber against a real mosquitto (the Debian package,
 //! started on loopback with persistence for each test): ingest, deduplication, broker restarts
 //! mid-stream with messages published while the node was away, an oversized message, and host
-//! confinement. The live tests are skipped, saying so, when mosquitto is not installed.
+//! confinement, and a subscription over `mqtts://` to mosquitto's TLS listener (certificates made
+//! by the test; a wrong CA refused). The live tests are skipped, saying so, when mosquitto is not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -622,4 +623,119 @@ async fn nothing_is_acknowledged_before_it_is_stored() {
         handle.status().acknowledged() == 5
     })
     .await;
+}
+
+/// A CA and a server certificate for 127.0.0.1 and `localhost` signed by it (PEM: CA, server
+/// certificate, server key).
+fn ca_and_server_cert() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = server.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplinks_arrive_over_mqtts_and_a_wrong_ca_is_refused() {
+    if find_mosquitto().is_none() {
+        eprintln!(
+            "SKIPPED: mosquitto is not installed (Debian package `mosquitto`; scripts/test.sh installs it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server_cert();
+    let b = LocalMosquitto::start_tls(&dir.path().join("mosquitto"), &cert, &key).unwrap();
+    let url = b.tls_url().unwrap();
+    assert!(url.starts_with("mqtts://127.0.0.1:"), "{url}");
+    // The CA file is read through the source roots.
+    let sources = dir.path().join("sources");
+    std::fs::create_dir_all(&sources).unwrap();
+    let ca_file = sources.join("broker-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let roots = SourceRoots::new([sources.clone()]).allow_mqtt_hosts(["127.0.0.1", "localhost"]);
+
+    let buffer = Arc::new(MemoryBuffer::new());
+    let counters = Arc::new(IngestCounters::default());
+    let mut cfg = config(&url, "node-tls");
+    cfg.ca_file = Some(ca_file.clone());
+    let handle = spawn_ingest(&cfg, &roots, buffer.clone(), counters.clone(), "air").unwrap();
+    wait_for("a TLS connect", 15, || handle.status().connected()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the subscription
+    // Published on the plain listener of the same broker, received over TLS.
+    for i in 1..=6 {
+        publish(&b, 3, i, i as u32);
+    }
+    wait_for("6 uplinks stored", 20, || counters.get("stored") >= 6).await;
+    assert_eq!(frames(&buffer), (1..=6).collect::<Vec<_>>());
+    wait_for("acknowledgements", 10, || {
+        handle.status().acknowledged() >= 6
+    })
+    .await;
+    drop(handle);
+
+    // By name too (the certificate names `localhost`).
+    let mut by_name = cfg.clone();
+    by_name.broker = url.replace("127.0.0.1", "localhost");
+    by_name.client_id = "node-tls-name".into();
+    let named = spawn_ingest(
+        &by_name,
+        &roots,
+        Arc::new(MemoryBuffer::new()),
+        counters.clone(),
+        "air",
+    )
+    .unwrap();
+    wait_for("a TLS connect by name", 15, || named.status().connected()).await;
+    drop(named);
+
+    // Another CA: the handshake is refused, the subscriber never connects and says why.
+    let (other_ca, _, _) = ca_and_server_cert();
+    let wrong = sources.join("other-ca.pem");
+    std::fs::write(&wrong, &other_ca).unwrap();
+    let mut bad = cfg.clone();
+    bad.ca_file = Some(wrong);
+    bad.client_id = "node-wrong-ca".into();
+    let refused = spawn_ingest(
+        &bad,
+        &roots,
+        Arc::new(MemoryBuffer::new()),
+        counters.clone(),
+        "air",
+    )
+    .unwrap();
+    wait_for("the refusal", 15, || {
+        refused.status().last_error().is_some()
+    })
+    .await;
+    let why = refused.status().last_error().unwrap();
+    assert!(!refused.status().connected());
+    assert_eq!(refused.status().connects(), 0);
+    assert!(
+        why.contains("UnknownIssuer") || why.contains("certificate"),
+        "{why}"
+    );
+    drop(refused);
+    // A CA file outside the roots is refused before anything connects.
+    let outside = dir.path().join("ca-outside.pem");
+    std::fs::write(&outside, &ca).unwrap();
+    let mut confined = cfg.clone();
+    confined.ca_file = Some(outside);
+    let e = spawn_ingest(
+        &confined,
+        &roots,
+        Arc::new(MemoryBuffer::new()),
+        counters,
+        "air",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ConnectorError::Confined { .. }), "{e}");
 }

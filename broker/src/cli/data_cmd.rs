@@ -15,7 +15,7 @@ pub enum ConnectorCmd {
     Register {
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
-        /// Connector kind: `files`, `postgres`, `mqtt` or `mds` (docs/connectors.md, docs/mds.md).
+        /// Connector kind: `files`, `postgres`, `mqtt`, `mds` or `sensorthings` (docs/connectors.md, docs/mds.md).
         #[arg(long, default_value = "files")]
         kind: String,
         /// The dataset id; must match the file's `dataset.id`.

@@ -3,6 +3,7 @@
 //! `allmende demo --story N`, the acceptance harness for story N.
 
 mod https;
+pub mod lorawan;
 pub mod munich;
 pub mod stories;
 mod story5;
@@ -141,6 +142,7 @@ pub async fn start_munich(dir: &Path, base_port: u16) -> Result<Sandbox, DemoErr
     spec.postgres_smart_meter = true;
     let sb = Sandbox::start(spec, Some(dir.to_path_buf()), Arc::new(SystemClock)).await?;
     sb.register_demo_datasets().await?;
+    lorawan::register(&sb).await?;
     Ok(sb)
 }
 
@@ -154,6 +156,9 @@ pub fn banner(sb: &Sandbox) -> String {
         sb.root.display()
     ));
     s.push_str(&smart_meter_backend_line(sb));
+    if let Some(l) = sb.lorawan.get() {
+        s.push_str(&l.line);
+    }
     s.push_str(&format!(
         "  {:<18} {:<16} {:<11} {:<24} {}\n",
         "NODE", "ORGANISATION", "KIND", "GRPC (mTLS)", "ADMIN (http, loopback)"

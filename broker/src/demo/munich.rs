@@ -203,6 +203,25 @@ pub fn scooter_trips() -> DatasetDescription {
     }
 }
 
+/// `swm`: the LoRaWAN environment sensors (public space, open data), fed
+/// by MQTT uplinks in the demo (`demo::lorawan`); registered by the running
+/// demo only, so it is not among [`datasets`].
+pub fn lorawan_environment() -> DatasetDescription {
+    let mut d = city_open_data(
+        "lorawan-environment",
+        "LoRaWAN-Umweltsensoren der SWM",
+        "Temperatur (°C), relative Luftfeuchte (%) und Feinstaub PM10 (µg/m³) der \
+         LoRaWAN-Umweltsensoren der Stadtwerke München, viertelstündlich über The \
+         Things Stack empfangen.",
+        &[Theme::Environment],
+        &["LoRaWAN", "Sensoren", "Temperatur", "Feinstaub"],
+        contact("SWM Smart City", "smartcity@swm.example"),
+        allmende_connectors::mqtt::recorded::environment_fields(),
+    );
+    d.update_frequency = Frequency::Continuous;
+    d
+}
+
 /// Every demo dataset with its owner organisation.
 pub fn datasets() -> Vec<(&'static str, DatasetDescription)> {
     vec![

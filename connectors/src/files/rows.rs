@@ -233,9 +233,14 @@ impl JsonRows {
         self.len = 0;
     }
 
-    #[cfg(test)]
+    /// Rows pushed since the last batch.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether no row was pushed since the last batch.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Checks a whole row, then appends it; a row with any bad value is not appended.

@@ -21,6 +21,7 @@
 
 mod buffer;
 pub mod ingest;
+pub mod recorded;
 mod server;
 pub mod uplink;
 
@@ -40,7 +41,7 @@ use serde_json::Value;
 
 pub use buffer::{Appended, MemoryBuffer, StoredUplink, UplinkBuffer};
 pub use ingest::{IngestCounters, IngestHandle, IngestObserver, IngestStatus, spawn_ingest};
-pub use server::{LocalMosquitto, find_mosquitto};
+pub use server::{LocalMosquitto, find_mosquitto, find_mosquitto_pub};
 pub use uplink::{NewUplink, Skip, UplinkMapping};
 
 use crate::confine::SourceRoots;

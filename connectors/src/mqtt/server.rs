@@ -6,6 +6,11 @@
 //! [`LocalMosquitto::stop`] stops it gracefully (it writes its persistence database) and
 //! [`LocalMosquitto::restart`] starts it again on the same port with the same database: sessions
 //! and the QoS 1 messages queued for them survive.
+//!
+//! [`LocalMosquitto::start_tls`] adds a second listener speaking MQTT over TLS
+//! (`mqtts://127.0.0.1:<tls port>`) with a certificate and key the caller supplies (tests
+//! generate them); both listeners belong to the same broker, so what is published on one
+//! arrives on the other.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -21,10 +26,26 @@ const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// Where the Debian package `mosquitto-clients` installs the publisher.
 const MOSQUITTO_PUB: &str = "/usr/bin/mosquitto_pub";
 
+/// The publisher (`mosquitto_pub`), if installed.
+pub fn find_mosquitto_pub() -> Option<PathBuf> {
+    let p = PathBuf::from(MOSQUITTO_PUB);
+    p.is_file().then_some(p)
+}
+
 /// The broker binary, if installed.
 pub fn find_mosquitto() -> Option<PathBuf> {
     let p = PathBuf::from(MOSQUITTO);
     p.is_file().then_some(p)
+}
+
+/// The broker binary, or the error saying how to install it.
+fn installed() -> Result<PathBuf, ConnectorError> {
+    find_mosquitto().ok_or_else(|| {
+        ConnectorError::Internal(format!(
+            "mosquitto is not installed: no `{MOSQUITTO}` (install the Debian package \
+             `mosquitto`; scripts/test.sh does)"
+        ))
+    })
 }
 
 fn failed(what: &str, reason: impl std::fmt::Display) -> ConnectorError {
@@ -42,33 +63,61 @@ pub struct LocalMosquitto {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// The TLS listener's port, if any (its certificate and key lie in `dir`).
+    tls_port: Option<u16>,
 }
 
 impl LocalMosquitto {
     /// Starts a broker in `dir` (created if missing). Fails with a clear message if mosquitto is
     /// not installed.
     pub fn start(dir: &Path) -> Result<Self, ConnectorError> {
-        let bin = find_mosquitto().ok_or_else(|| {
-            ConnectorError::Internal(format!(
-                "mosquitto is not installed: no `{MOSQUITTO}` (install the Debian package \
-                 `mosquitto`; scripts/test.sh does)"
-            ))
-        })?;
+        let bin = installed()?;
         std::fs::create_dir_all(dir).map_err(|e| failed("create directory", e))?;
         let mut broker = Self {
             bin,
             dir: dir.to_path_buf(),
             port: free_port()?,
             child: None,
+            tls_port: None,
         };
+        broker.launch_retrying()?;
+        Ok(broker)
+    }
+
+    /// Starts a broker in `dir` with a plain listener and a TLS listener presenting
+    /// `cert_pem` (the server certificate chain) with `key_pem` (its private key).
+    pub fn start_tls(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<Self, ConnectorError> {
+        let bin = installed()?;
+        std::fs::create_dir_all(dir).map_err(|e| failed("create directory", e))?;
+        std::fs::write(dir.join("server.crt"), cert_pem)
+            .map_err(|e| failed("write the certificate", e))?;
+        std::fs::write(dir.join("server.key"), key_pem).map_err(|e| failed("write the key", e))?;
+        let mut broker = Self {
+            bin,
+            dir: dir.to_path_buf(),
+            port: free_port()?,
+            child: None,
+            tls_port: Some(free_port()?),
+        };
+        broker.launch_retrying()?;
+        Ok(broker)
+    }
+
+    fn launch_retrying(&mut self) -> Result<(), ConnectorError> {
+        let broker = self;
         let mut attempt = 0;
         loop {
             attempt += 1;
             match broker.launch() {
-                Ok(()) => return Ok(broker),
+                Ok(()) => return Ok(()),
                 Err(e) if attempt >= 3 => return Err(e),
                 // The free port may have been taken in between: try another.
-                Err(_) => broker.port = free_port()?,
+                Err(_) => {
+                    broker.port = free_port()?;
+                    if broker.tls_port.is_some() {
+                        broker.tls_port = Some(free_port()?);
+                    }
+                }
             }
         }
     }
@@ -80,7 +129,7 @@ impl LocalMosquitto {
     fn launch(&mut self) -> Result<(), ConnectorError> {
         let data = self.dir.join("data");
         std::fs::create_dir_all(&data).map_err(|e| failed("create data directory", e))?;
-        let config = format!(
+        let mut config = format!(
             "listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
              persistence true\n\
@@ -96,6 +145,15 @@ impl LocalMosquitto {
             data = data.display(),
             log = self.dir.join("mosquitto.log").display(),
         );
+        if let Some(tls_port) = self.tls_port {
+            config.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\n\
+                 certfile {cert}\n\
+                 keyfile {key}\n",
+                cert = self.dir.join("server.crt").display(),
+                key = self.dir.join("server.key").display(),
+            ));
+        }
         std::fs::write(self.config_path(), config).map_err(|e| failed("write config", e))?;
         if running_as_root() {
             let status = Command::new("chown")
@@ -125,7 +183,11 @@ impl LocalMosquitto {
                 self.child = None;
                 return Err(failed("exited at start", status));
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self
+                    .tls_port
+                    .is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -142,6 +204,16 @@ impl LocalMosquitto {
     /// The broker URL for an MQTT source (`mqtt://127.0.0.1:<port>`).
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS listener's port on 127.0.0.1 (brokers made by [`LocalMosquitto::start_tls`]).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// The broker URL of the TLS listener (`mqtts://127.0.0.1:<tls port>`), if any.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("mqtts://127.0.0.1:{p}"))
     }
 
     /// Whether the broker runs.
@@ -190,12 +262,42 @@ impl LocalMosquitto {
         }
     }
 
+    /// Publishes each of `lines` as one message to `topic` with QoS `qos` through one
+    /// `mosquitto_pub -l` (Debian package `mosquitto-clients`); no line may hold a line break.
+    pub fn publish_lines(
+        &self,
+        topic: &str,
+        lines: &[&str],
+        qos: u8,
+    ) -> Result<(), ConnectorError> {
+        let mut payload = Vec::new();
+        for l in lines {
+            if l.contains(['\n', '\r']) {
+                return Err(failed("mosquitto_pub", "a message holds a line break"));
+            }
+            payload.extend_from_slice(l.as_bytes());
+            payload.push(b'\n');
+        }
+        self.run_pub(topic, qos, "-l", &payload)
+    }
+
     /// Publishes `payload` to `topic` with QoS `qos` through `mosquitto_pub` (Debian package
     /// `mosquitto-clients`).
     pub fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), ConnectorError> {
+        self.run_pub(topic, qos, "-s", payload)
+    }
+
+    /// Runs `mosquitto_pub` with `mode` (`-s`: stdin is one message, `-l`: one per line).
+    fn run_pub(
+        &self,
+        topic: &str,
+        qos: u8,
+        mode: &str,
+        payload: &[u8],
+    ) -> Result<(), ConnectorError> {
         let mut child = Command::new(MOSQUITTO_PUB)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-V", "5"])
-            .args(["-q", &qos.to_string(), "-t", topic, "-s"])
+            .args(["-q", &qos.to_string(), "-t", topic, mode])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
