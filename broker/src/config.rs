@@ -78,6 +78,46 @@ struct RawConfig {
     sources: Option<RawSources>,
     #[serde(default)]
     opendata: Option<RawOpenData>,
+    #[serde(default)]
+    federation: Option<RawFederation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    /// The city node's gRPC endpoint to fetch the directory from (absent:
+    /// the membership file only).
+    directory: Option<String>,
+    /// Seconds between directory fetches.
+    directory_refresh_secs: Option<u64>,
+    /// The city node only: the federation directory (root key, root
+    /// certificate, `membership.json`) it signs the directory with.
+    root_dir: Option<PathBuf>,
+}
+
+/// The federation directory (`[federation]`; `docs/federation.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// `https://…` of the city node to fetch the directory from.
+    pub directory: Option<String>,
+    /// Time between directory fetches.
+    pub directory_refresh: std::time::Duration,
+    /// The city node's federation directory (root key): it signs
+    /// directory changes (`federation remove`).
+    pub root_dir: Option<PathBuf>,
+}
+
+/// Default seconds between directory fetches.
+pub const DEFAULT_DIRECTORY_REFRESH_SECS: u64 = 5;
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            directory: None,
+            directory_refresh: std::time::Duration::from_secs(DEFAULT_DIRECTORY_REFRESH_SECS),
+            root_dir: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -431,6 +471,9 @@ pub struct NodeConfig {
     /// validated without a schema; checked against the dataset's schema at
     /// each publish.
     pub opendata_releases: Vec<allmende_opendata::ReleaseSpec>,
+    /// The federation directory: where it is fetched, how often, and (the
+    /// city) the root it is signed with (`[federation]`).
+    pub federation: FederationConfig,
 }
 
 /// The source directory under `node.data_dir` when `sources.roots` is absent.
@@ -616,7 +659,35 @@ impl NodeConfig {
                 }
             }
         };
+        let federation = match raw.federation {
+            None => FederationConfig::default(),
+            Some(f) => {
+                if let Some(d) = &f.directory
+                    && !d.starts_with("https://")
+                {
+                    return Err(invalid(
+                        "federation.directory",
+                        format!("`{d}` is not an https:// URL"),
+                    ));
+                }
+                let secs = f
+                    .directory_refresh_secs
+                    .unwrap_or(DEFAULT_DIRECTORY_REFRESH_SECS);
+                if !(1..=3600).contains(&secs) {
+                    return Err(invalid(
+                        "federation.directory_refresh_secs",
+                        format!("must be between 1 and 3600, got {secs}"),
+                    ));
+                }
+                FederationConfig {
+                    directory: f.directory,
+                    directory_refresh: std::time::Duration::from_secs(secs),
+                    root_dir: f.root_dir.map(|d| abs(&d)),
+                }
+            }
+        };
         Ok(Self {
+            federation,
             opendata,
             opendata_releases,
             limits: raw.limits,
@@ -668,6 +739,15 @@ impl NodeConfig {
             .map(|r| toml::Value::String(r.display().to_string()).to_string())
             .collect();
         format!("\n[sources]\nroots = [{}]\n", list.join(", "))
+    }
+
+    /// A `[federation]` table naming the federation directory the city node
+    /// signs the directory with.
+    pub fn render_federation_root(root_dir: &Path) -> String {
+        format!(
+            "\n[federation]\nroot_dir = {}\n",
+            toml::Value::String(root_dir.display().to_string())
+        )
     }
 
     /// An `[opendata]` table with the open-data listener on `listen`.

@@ -11,6 +11,7 @@ mod audit_cmd;
 pub mod catalog_cmd;
 pub mod consent_cmd;
 mod data_cmd;
+mod federation_cmd;
 pub mod opendata_cmd;
 mod pki_cmd;
 mod policy_cmd;
@@ -93,6 +94,10 @@ enum Command {
     /// Open data: publish anonymised releases, list them, see the ε budget.
     #[command(subcommand)]
     Opendata(opendata_cmd::OpenDataCmd),
+    /// The federation's members: show the directory, remove an
+    /// organisation (city operators).
+    #[command(subcommand)]
+    Federation(federation_cmd::FederationCmd),
     /// Print the version.
     Version,
 }
@@ -327,6 +332,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Consent(cmd) => consent_cmd::run(cmd, json).await,
         Command::Access(cmd) => access_cmd::run(cmd, json).await,
         Command::Opendata(cmd) => opendata_cmd::run(cmd, json).await,
+        Command::Federation(cmd) => federation_cmd::run(cmd, json).await,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::federation::peers::SharedPeers;
 use crate::metrics::NodeMetrics;
 use crate::pki::{Principal, Subject, Trust};
 use crate::policy::{PolicyOrigin, PolicyPoint};
-use crate::store::{Store, StoreError, StoreOptions, Table, TableName, WriteBatch};
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::{self, TlsMaterial};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,8 +54,6 @@ pub enum NodeError {
     Consent(#[from] crate::consent::ConsentError),
 }
 
-const MEMBERSHIP_KEY: &str = "current";
-
 /// Largest request message a node decodes (data requests are small; rows
 /// only flow out). Larger ones are refused by the gRPC server with
 /// `OUT_OF_RANGE`.
@@ -93,6 +91,8 @@ pub struct Services {
     pub receipts: Arc<crate::consent::ReceiptSigner>,
     /// Open-data releases: specs, ε ledger, release directory.
     pub opendata: Arc<crate::opendata::publish::Publisher>,
+    /// The federation directory in force (`crate::directory`).
+    pub directory: Arc<crate::directory::Directory>,
 }
 
 /// A running node.
@@ -114,6 +114,8 @@ pub struct NodeHandle {
     /// The domain services (`handle.catalog`, … through `Deref`).
     services: Services,
     peers: SharedPeers,
+    /// Where the directory is fetched from (`[federation] directory`).
+    directory_source: watch::Sender<crate::federation::directory::DirectorySource>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
 }
@@ -138,6 +140,14 @@ impl NodeHandle {
         }
         // A recipient of a waiting access notice may be reachable now.
         self.services.grants.outbox_nudged().notify_one();
+    }
+
+    /// Fetches the federation directory from `endpoint` (the city node)
+    /// every `refresh` from now on (`None`: stop fetching); the first fetch
+    /// runs at once.
+    pub fn set_directory_source(&self, endpoint: Option<String>, refresh: std::time::Duration) {
+        self.directory_source
+            .send_replace(crate::federation::directory::DirectorySource { endpoint, refresh });
     }
 
     /// The peers this node talks to.
@@ -290,8 +300,29 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         &metrics,
         &material,
         membership_file,
+        &parts.services.directory,
         &shutdown_rx,
     )?);
+    // The federation directory fetched from the city node
+    // (`[federation] directory`, or set at run time).
+    let (directory_source, source_rx) =
+        watch::channel(crate::federation::directory::DirectorySource {
+            endpoint: config.federation.directory.clone(),
+            refresh: config.federation.directory_refresh,
+        });
+    tasks.push(tokio::spawn({
+        let fetcher = crate::federation::directory::DirectoryFetcher {
+            directory: parts.services.directory.clone(),
+            trust: parts.ctx.trust.clone(),
+            tls: crate::federation::client::peer_client_config(&material, &config.cert)?,
+            metrics: metrics.clone(),
+        };
+        let rx = shutdown_rx.clone();
+        async move {
+            fetcher.run(source_rx, rx).await;
+            Ok(())
+        }
+    }));
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -316,6 +347,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         ctx: parts.ctx,
         services: parts.services,
         peers: parts.peer_list,
+        directory_source,
         shutdown: shutdown_tx,
         tasks,
     })
@@ -391,13 +423,12 @@ async fn open_store(config: &NodeConfig, trust: &Trust) -> Result<Store, NodeErr
         },
         crate::audit::STORE_MIGRATIONS,
     )?;
-    let memberships: Table<String, String> = store.table(TableName::Membership)?;
-    if let Some(stored) = memberships.get(&MEMBERSHIP_KEY.to_owned())?
+    if let Some(stored) = crate::directory::stored_membership(&store)?
         && let Err(e) = trust.install_membership(stored.as_bytes())
     {
         tracing::warn!(error = %e, "stored membership not installed");
     }
-    persist_membership(&store, &memberships, trust).await?;
+    crate::directory::persist_membership(&store, trust).await?;
     Ok(store)
 }
 
@@ -615,6 +646,27 @@ impl Parts {
             )
             .map_err(|e| NodeError::Policy(format!("open-data publisher: {e}")))?,
         );
+        // The federation directory: every new membership is installed
+        // through it (`docs/federation.md`).
+        let directory = Arc::new(crate::directory::Directory::new(
+            crate::directory::DirectoryParts {
+                trust: trust.clone(),
+                policy: policy.clone(),
+                store: store.clone(),
+                audit: audit.clone(),
+                grants: grants.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+                own: own.clone(),
+                root: config
+                    .federation
+                    .root_dir
+                    .clone()
+                    .map(crate::pki::ca::FederationDir),
+            },
+        ));
+        // Grants of organisations removed while this node was down.
+        directory.revoke_non_members().await;
         Ok(Self {
             ctx,
             services: Services {
@@ -625,25 +677,11 @@ impl Parts {
                 grants,
                 receipts,
                 opendata,
+                directory,
             },
             replicator,
             peer_list,
             metrics,
         })
     }
-}
-
-pub(crate) async fn persist_membership(
-    store: &Store,
-    table: &Table<String, String>,
-    trust: &Trust,
-) -> Result<(), StoreError> {
-    let snap = trust.snapshot();
-    let text = String::from_utf8_lossy(&snap.signed_json).into_owned();
-    if table.get(&MEMBERSHIP_KEY.to_owned())?.as_deref() == Some(text.as_str()) {
-        return Ok(());
-    }
-    let mut b = WriteBatch::new();
-    b.put(table, &MEMBERSHIP_KEY.to_owned(), &text)?;
-    store.commit_durable(b).await
 }
