@@ -830,6 +830,39 @@ membership = "membership.json"
     }
 
     #[test]
+    fn federation_directory_settings_are_checked() {
+        let p = Path::new("/etc/allmende/node.toml");
+        let c = NodeConfig::parse(p, GOOD, |_| None).unwrap();
+        assert_eq!(c.federation, FederationConfig::default());
+        let text = format!(
+            "{GOOD}\n[federation]\ndirectory = \"https://127.0.0.1:7401\"\ndirectory_refresh_secs = 2\nroot_dir = \"fed\"\n"
+        );
+        let c = NodeConfig::parse(p, &text, |_| None).unwrap();
+        assert_eq!(
+            c.federation.directory.as_deref(),
+            Some("https://127.0.0.1:7401")
+        );
+        assert_eq!(
+            c.federation.directory_refresh,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            c.federation.root_dir,
+            Some(PathBuf::from("/etc/allmende/fed"))
+        );
+        let bad = format!("{GOOD}\n[federation]\ndirectory = \"http://x\"\n");
+        let err = NodeConfig::parse(p, &bad, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("federation.directory"), "{err}");
+        let bad = format!("{GOOD}\n[federation]\ndirectory_refresh_secs = 0\n");
+        let err = NodeConfig::parse(p, &bad, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("federation.directory_refresh_secs"), "{err}");
+    }
+
+    #[test]
     fn good_config_resolves_relative_paths() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.data_dir, Path::new("/etc/allmende/data"));

@@ -18,13 +18,13 @@
 use crate::audit::AuditLog;
 use crate::clock::SharedClock;
 use crate::grants::{Grants, GrantsError};
-use allmende_vocab::GrantState;
 use crate::metrics::{NodeMetrics, ReasonLabel};
 use crate::pki::ca::{self, FederationDir, PkiError};
 use crate::pki::membership::MembershipError;
 use crate::pki::{Principal, Trust};
 use crate::policy::PolicyPoint;
 use crate::store::{Store, StoreError, Table, TableName, WriteBatch};
+use allmende_vocab::GrantState;
 use std::sync::Arc;
 
 /// The key of the newest accepted membership in the `membership` table.

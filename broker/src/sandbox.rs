@@ -334,7 +334,9 @@ impl Sandbox {
                 // The city's node signs directory changes with the root
                 // (`federation remove`; docs/federation.md).
                 if o.kind == OrgKind::City {
-                    text.push_str(&NodeConfig::render_federation_root(&root.join("federation")));
+                    text.push_str(&NodeConfig::render_federation_root(
+                        &root.join("federation"),
+                    ));
                 }
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
@@ -724,10 +726,7 @@ impl Sandbox {
     /// the directory and re-signs it; every other node fetches it from the
     /// city node every `refresh` from now on (no file is copied). Returns
     /// the directory's version at the city node.
-    pub async fn use_directory(
-        &self,
-        refresh: std::time::Duration,
-    ) -> Result<u64, SandboxError> {
+    pub async fn use_directory(&self, refresh: std::time::Duration) -> Result<u64, SandboxError> {
         let city = self
             .city_node()
             .ok_or_else(|| SandboxError::Demo("the sandbox has no running city node".into()))?;
@@ -735,7 +734,12 @@ impl Sandbox {
         for o in &self.spec.orgs {
             for name in &o.nodes {
                 let Some(n) = self.node(name) else { continue };
-                let cert = self.root.join(&o.name).join("nodes").join(name).join("node.crt");
+                let cert = self
+                    .root
+                    .join(&o.name)
+                    .join("nodes")
+                    .join(name)
+                    .join("node.crt");
                 let pem = std::fs::read_to_string(&cert).map_err(io_err(&cert))?;
                 let facts = ca::cert_facts_from_pem(&cert, &pem)?;
                 entries.push(crate::pki::membership::NodeEntry {

@@ -149,7 +149,12 @@ async fn a_rolled_back_or_tampered_directory_is_refused_and_the_old_one_kept() {
     }
     .to_json();
     // Signed by another key: refused through the directory, too.
-    assert!(swm.directory.install(&forged.to_json(), "test").await.is_err());
+    assert!(
+        swm.directory
+            .install(&forged.to_json(), "test")
+            .await
+            .is_err()
+    );
     std::fs::write(sb.root.join("swm/nodes/swm-1/membership.json"), &tampered).unwrap();
     let t0 = Instant::now();
     while refused(&sb, "swm-1", "signature") == 0 && t0.elapsed() < Duration::from_secs(5) {
@@ -319,7 +324,13 @@ async fn a_removed_member_is_refused_cut_off_and_its_grants_revoked_within_one_r
     // TUM's grant at SWM is revoked, audited by SWM's node.
     let t0 = Instant::now();
     let g = loop {
-        let g = sb.node("swm-1").unwrap().grants.get_grant(&grant).unwrap().unwrap();
+        let g = sb
+            .node("swm-1")
+            .unwrap()
+            .grants
+            .get_grant(&grant)
+            .unwrap()
+            .unwrap();
         if g.state == allmende_policies::GrantState::Revoked || t0.elapsed() > ONE_REFRESH {
             break g;
         }
@@ -359,7 +370,11 @@ async fn only_the_city_operators_remove_members_at_the_city_node() {
     };
     // Another organisation's operator, the city's steward: refused and
     // audited at the city node; nothing changes.
-    for (org, user) in [("scooter-co", "operator"), ("stadt", "steward"), ("swm", "dpo")] {
+    for (org, user) in [
+        ("scooter-co", "operator"),
+        ("stadt", "steward"),
+        ("swm", "dpo"),
+    ] {
         let from = audit_size(&sb, "stadt-1");
         let err = FederationClient::new(channel(&sb, org, user, "stadt-1").await)
             .remove_member(remove("versicherung-ag"))
@@ -378,7 +393,12 @@ async fn only_the_city_operators_remove_members_at_the_city_node() {
     let mut op = FederationClient::new(channel(&sb, "stadt", "operator", "stadt-1").await);
     // The city itself cannot be removed; an unknown organisation is not found.
     let err = op.remove_member(remove("stadt")).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
     let err = op.remove_member(remove("nobody")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
     // A node without the root (SWM's) cannot sign a removal.
@@ -386,7 +406,12 @@ async fn only_the_city_operators_remove_members_at_the_city_node() {
         .remove_member(remove("versicherung-ag"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
     assert_eq!(version(&sb, "stadt-1"), v0);
     assert_eq!(version(&sb, "swm-1"), v0);
     sb.shutdown().await.unwrap();

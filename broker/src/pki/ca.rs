@@ -652,7 +652,10 @@ pub fn set_nodes(
         doc.nodes.retain(|n| !(n.org == e.org && n.node == e.node));
         doc.nodes.push(e.clone());
     }
-    doc.version = doc.version.saturating_add(1).max(above_version.saturating_add(1));
+    doc.version = doc
+        .version
+        .saturating_add(1)
+        .max(above_version.saturating_add(1));
     doc.issued_at = now_unix;
     let json = fed.store_membership(&doc)?;
     Ok((doc.version, json))
@@ -891,5 +894,43 @@ mod tests {
         revoke(&fed, &f.chain, "lost", NOW).unwrap();
         let doc = fed.load_membership().unwrap();
         assert_eq!((doc.version, doc.denied.len()), (4, 1));
+    }
+
+    #[test]
+    fn removal_refuses_the_city_and_strangers_and_outranks_the_node() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let csr = org_request(&d.path().join("stadt"), "munich", "stadt").unwrap();
+        org_sign(
+            &fed,
+            &csr,
+            OrgKind::City,
+            "Stadt",
+            &d.path().join("stadt").join(ORG_CERT),
+            NOW,
+        )
+        .unwrap();
+        assert!(matches!(
+            remove_member(&fed, "stadt", "x", NOW, 0),
+            Err(PkiError::RootOrganisation(_))
+        ));
+        assert!(matches!(
+            remove_member(&fed, "nobody", "x", NOW, 0),
+            Err(PkiError::NotMember(_))
+        ));
+        let t = trust(&fed, NOW);
+        // The node already trusts a higher version than the file: the
+        // removal is signed above it, so no node takes it as a no-op.
+        let (v, json) = remove_member(&fed, "tum", "left", NOW, 40).unwrap();
+        assert_eq!(v, 41);
+        assert_eq!(t.install_membership(&json).unwrap(), 41);
+        let doc = fed.load_membership().unwrap();
+        assert!(doc.member("tum").is_none());
+        let tum_ca = cert_facts_from_pem(
+            Path::new("tum"),
+            &std::fs::read_to_string(d.path().join("tum").join(ORG_CERT)).unwrap(),
+        )
+        .unwrap();
+        assert!(t.snapshot().is_denied(&tum_ca.sha256));
     }
 }

@@ -273,6 +273,66 @@ mod tests {
         assert!(signed.verify(other.public_key_raw()).is_err());
     }
 
+    fn member(org: &str) -> Member {
+        Member {
+            org: org.into(),
+            kind: OrgKind::University,
+            display_name: org.into(),
+            ca_cert_pem: String::new(),
+            ca_spki_sha256: format!("{org}-spki"),
+            ca_cert_sha256: format!("{org}-ca"),
+            added_at: 0,
+        }
+    }
+
+    fn node(org: &str, name: &str) -> NodeEntry {
+        NodeEntry {
+            org: org.into(),
+            node: name.into(),
+            endpoint: "https://127.0.0.1:7401".into(),
+            cert_sha256: format!("{name}-cert"),
+            mls_key_package: String::new(),
+        }
+    }
+
+    #[test]
+    fn removing_a_member_denies_its_ca_and_nodes_and_bumps_the_version() {
+        let mut d = doc();
+        d.members = vec![member("tum"), member("swm")];
+        d.nodes = vec![node("tum", "tum-1"), node("swm", "swm-1")];
+        d.validate().unwrap();
+        assert!(d.remove_member("tum", "left", 7));
+        assert_eq!(d.version, 2);
+        assert!(d.member("tum").is_none());
+        assert_eq!(d.nodes, vec![node("swm", "swm-1")]);
+        let denied: Vec<&str> = d.denied.iter().map(|x| x.cert_sha256.as_str()).collect();
+        assert_eq!(denied, ["tum-ca", "tum-1-cert"]);
+        assert!(!d.remove_member("tum", "again", 8));
+        assert_eq!(d.version, 2);
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn directory_entries_are_validated() {
+        let mut d = doc();
+        d.members = vec![member("tum")];
+        d.nodes = vec![node("swm", "swm-1")];
+        assert!(d.validate().is_err(), "a node of a non-member");
+        d.nodes = vec![node("tum", "tum-1"), node("tum", "tum-1")];
+        assert!(d.validate().is_err(), "a node listed twice");
+        let mut plain = node("tum", "tum-1");
+        plain.endpoint = "http://127.0.0.1:1".into();
+        d.nodes = vec![plain];
+        assert!(d.validate().is_err(), "an endpoint without TLS");
+        // A document without nodes keeps its bytes (no `nodes` key).
+        d.nodes.clear();
+        assert!(
+            !String::from_utf8(serde_json::to_vec(&d).unwrap())
+                .unwrap()
+                .contains("nodes")
+        );
+    }
+
     #[test]
     fn malformed_envelopes_are_refused() {
         assert!(SignedMembership::from_json(b"{").is_err());

@@ -142,7 +142,9 @@ impl pb::federation_server::Federation for FederationService {
             )
             .await?;
         if body.organisation.is_empty() {
-            return Err(ApiError::InvalidArgument("name the `organisation` to remove".into()).into());
+            return Err(
+                ApiError::InvalidArgument("name the `organisation` to remove".into()).into(),
+            );
         }
         let reason = if body.reason.is_empty() {
             "removed from the federation"
