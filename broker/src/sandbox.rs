@@ -716,9 +716,7 @@ impl Sandbox {
     /// federation root and publishes the directory).
     pub fn city_node(&self) -> Option<&NodeHandle> {
         let city = self.spec.orgs.iter().find(|o| o.kind == OrgKind::City)?;
-        self.nodes
-            .iter()
-            .find(|n| city.nodes.iter().any(|c| *c == n.name))
+        self.nodes.iter().find(|n| city.nodes.contains(&n.name))
     }
 
     /// Switches the federation to the network directory: the city node

@@ -299,10 +299,15 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         &parts.peer_list,
         &metrics,
         &material,
-        membership_file,
-        &parts.services.directory,
         &shutdown_rx,
     )?);
+    // The membership file, re-read every second.
+    tasks.push(tasks::membership_watcher(
+        &parts.services.directory,
+        config.membership.clone(),
+        membership_file,
+        shutdown_rx.clone(),
+    ));
     // The federation directory fetched from the city node
     // (`[federation] directory`, or set at run time).
     let (directory_source, source_rx) =

@@ -51,8 +51,6 @@ pub(super) fn spawn_background(
     peers: &SharedPeers,
     metrics: &Arc<NodeMetrics>,
     material: &TlsMaterial,
-    membership_file: Vec<u8>,
-    directory: &Arc<crate::directory::Directory>,
     shutdown_rx: &watch::Receiver<bool>,
 ) -> Result<Vec<Task>, NodeError> {
     let mut tasks = vec![
@@ -78,12 +76,6 @@ pub(super) fn spawn_background(
             Ok(())
         }
     }));
-    tasks.push(membership_watcher(
-        directory,
-        config.membership.clone(),
-        membership_file,
-        shutdown_rx.clone(),
-    ));
     Ok(tasks)
 }
 
@@ -202,7 +194,7 @@ fn retention(ctx: &NodeCtx, days: u32, mut rx: watch::Receiver<bool>) -> Task {
 /// Picks up a re-signed membership (e.g. a revocation) from the membership
 /// file without a restart; the directory installs it (verified, rollback
 /// refused, kept in the store, grants of removed members revoked).
-fn membership_watcher(
+pub(super) fn membership_watcher(
     directory: &Arc<crate::directory::Directory>,
     path: std::path::PathBuf,
     mut last: Vec<u8>,
