@@ -78,28 +78,22 @@ pub async fn run(cmd: FederationCmd, json: bool) -> Result<(), Failure> {
                 print_json(&doc);
             } else {
                 println!("directory version {}", r.version);
-                for m in doc["members"].as_array().into_iter().flatten() {
-                    println!(
-                        "member {} ({}) {}",
-                        m["org"].as_str().unwrap_or(""),
-                        m["kind"].as_str().unwrap_or(""),
-                        m["display_name"].as_str().unwrap_or("")
-                    );
-                }
-                for n in doc["nodes"].as_array().into_iter().flatten() {
-                    println!(
-                        "node {}/{} {}",
-                        n["org"].as_str().unwrap_or(""),
-                        n["node"].as_str().unwrap_or(""),
-                        n["endpoint"].as_str().unwrap_or("")
-                    );
-                }
-                for d in doc["denied"].as_array().into_iter().flatten() {
-                    println!(
-                        "denied {} {}",
-                        d["subject"].as_str().unwrap_or(""),
-                        d["reason"].as_str().unwrap_or("")
-                    );
+                let rows = [
+                    ("member", "members", ["org", "kind", "display_name"]),
+                    ("node", "nodes", ["org", "node", "endpoint"]),
+                    ("denied", "denied", ["subject", "reason", "at"]),
+                ];
+                for (label, key, fields) in rows {
+                    for item in doc[key].as_array().into_iter().flatten() {
+                        let cols: Vec<String> = fields
+                            .iter()
+                            .map(|f| match &item[*f] {
+                                serde_json::Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            })
+                            .collect();
+                        println!("{label} {}", cols.join(" "));
+                    }
                 }
             }
             Ok(())
