@@ -88,6 +88,8 @@ struct RawConfig {
     opendata: Option<RawOpenData>,
     #[serde(default)]
     mds_provider: Option<RawMdsProvider>,
+    #[serde(default)]
+    federation: Option<RawFederation>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +117,44 @@ pub struct MdsProviderConfig {
     pub recipients: Vec<String>,
     /// The registered dataset the feed delivers (the policy's resource).
     pub dataset: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    /// The city node's gRPC endpoint to fetch the directory from (absent:
+    /// the membership file only).
+    directory: Option<String>,
+    /// Seconds between directory fetches.
+    directory_refresh_secs: Option<u64>,
+    /// The city node only: the federation directory (root key, root
+    /// certificate, `membership.json`) it signs the directory with.
+    root_dir: Option<PathBuf>,
+}
+
+/// The federation directory (`[federation]`; `docs/federation.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// `https://…` of the city node to fetch the directory from.
+    pub directory: Option<String>,
+    /// Time between directory fetches.
+    pub directory_refresh: std::time::Duration,
+    /// The city node's federation directory (root key): it signs
+    /// directory changes (`federation remove`).
+    pub root_dir: Option<PathBuf>,
+}
+
+/// Default seconds between directory fetches.
+pub const DEFAULT_DIRECTORY_REFRESH_SECS: u64 = 5;
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            directory: None,
+            directory_refresh: std::time::Duration::from_secs(DEFAULT_DIRECTORY_REFRESH_SECS),
+            root_dir: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -483,6 +523,9 @@ pub struct NodeConfig {
     /// validated without a schema; checked against the dataset's schema at
     /// each publish.
     pub opendata_releases: Vec<allmende_opendata::ReleaseSpec>,
+    /// The federation directory: where it is fetched, how often, and (the
+    /// city) the root it is signed with (`[federation]`).
+    pub federation: FederationConfig,
 }
 
 /// A `<key> = [hosts]` line of the `[sources]` table.
@@ -714,7 +757,35 @@ impl NodeConfig {
                 }
             }
         };
+        let federation = match raw.federation {
+            None => FederationConfig::default(),
+            Some(f) => {
+                if let Some(d) = &f.directory
+                    && !d.starts_with("https://")
+                {
+                    return Err(invalid(
+                        "federation.directory",
+                        format!("`{d}` is not an https:// URL"),
+                    ));
+                }
+                let secs = f
+                    .directory_refresh_secs
+                    .unwrap_or(DEFAULT_DIRECTORY_REFRESH_SECS);
+                if !(1..=3600).contains(&secs) {
+                    return Err(invalid(
+                        "federation.directory_refresh_secs",
+                        format!("must be between 1 and 3600, got {secs}"),
+                    ));
+                }
+                FederationConfig {
+                    directory: f.directory,
+                    directory_refresh: std::time::Duration::from_secs(secs),
+                    root_dir: f.root_dir.map(|d| abs(&d)),
+                }
+            }
+        };
         Ok(Self {
+            federation,
             opendata,
             opendata_releases,
             limits: raw.limits,
@@ -771,6 +842,15 @@ impl NodeConfig {
             .map(|r| toml::Value::String(r.display().to_string()).to_string())
             .collect();
         format!("\n[sources]\nroots = [{}]\n", list.join(", "))
+    }
+
+    /// A `[federation]` table naming the federation directory the city node
+    /// signs the directory with.
+    pub fn render_federation_root(root_dir: &Path) -> String {
+        format!(
+            "\n[federation]\nroot_dir = {}\n",
+            toml::Value::String(root_dir.display().to_string())
+        )
     }
 
     /// An `[opendata]` table with the open-data listener on `listen`.
@@ -872,6 +952,39 @@ membership = "membership.json"
 
     fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::parse(Path::new("/etc/allmende/node.toml"), text, |_| None)
+    }
+
+    #[test]
+    fn federation_directory_settings_are_checked() {
+        let p = Path::new("/etc/allmende/node.toml");
+        let c = NodeConfig::parse(p, GOOD, |_| None).unwrap();
+        assert_eq!(c.federation, FederationConfig::default());
+        let text = format!(
+            "{GOOD}\n[federation]\ndirectory = \"https://127.0.0.1:7401\"\ndirectory_refresh_secs = 2\nroot_dir = \"fed\"\n"
+        );
+        let c = NodeConfig::parse(p, &text, |_| None).unwrap();
+        assert_eq!(
+            c.federation.directory.as_deref(),
+            Some("https://127.0.0.1:7401")
+        );
+        assert_eq!(
+            c.federation.directory_refresh,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            c.federation.root_dir,
+            Some(PathBuf::from("/etc/allmende/fed"))
+        );
+        let bad = format!("{GOOD}\n[federation]\ndirectory = \"http://x\"\n");
+        let err = NodeConfig::parse(p, &bad, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("federation.directory"), "{err}");
+        let bad = format!("{GOOD}\n[federation]\ndirectory_refresh_secs = 0\n");
+        let err = NodeConfig::parse(p, &bad, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("federation.directory_refresh_secs"), "{err}");
     }
 
     #[test]

@@ -179,6 +179,21 @@ impl From<FetchError> for ApiError {
     }
 }
 
+impl From<crate::directory::DirectoryError> for ApiError {
+    fn from(e: crate::directory::DirectoryError) -> Self {
+        use crate::directory::DirectoryError as D;
+        use crate::pki::ca::PkiError as P;
+        match e {
+            D::Pki(P::NotMember(_)) => ApiError::NotFound(e.to_string()),
+            D::NotRoot | D::Pki(P::RootOrganisation(_)) => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
+            D::Store(s) => ApiError::from(s),
+            D::Refused(_) | D::Pki(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<GrantsError> for ApiError {
     fn from(e: GrantsError) -> Self {
         match e {

@@ -15,6 +15,7 @@ pub mod consent;
 pub mod ctx;
 pub mod demo;
 pub mod denials;
+pub mod directory;
 pub mod error;
 pub mod federation;
 pub mod grants;

@@ -58,6 +58,11 @@ pub struct NodeMetrics {
     pub denials_aggregated: Counter,
     /// MQTT messages by dataset and outcome (stored, duplicate, skipped reasons).
     pub mqtt_uplinks: Family<UplinkLabels, Counter>,
+    /// Directory (membership) documents refused, by reason (signature,
+    /// rollback, federation, …; `crate::directory`).
+    pub directory_refused: Family<ReasonLabel, Counter>,
+    /// Directory fetches from the city node that got no document.
+    pub directory_fetch_failed: Counter,
 }
 
 impl NodeMetrics {
@@ -80,6 +85,18 @@ impl NodeMetrics {
         let connections_refused = Counter::default();
         let denials_aggregated = Counter::default();
         let mqtt_uplinks = Family::<UplinkLabels, Counter>::default();
+        let directory_refused = Family::<ReasonLabel, Counter>::default();
+        let directory_fetch_failed = Counter::default();
+        registry.register(
+            "directory_refused",
+            "federation directory documents refused (the node keeps its current one), by reason",
+            directory_refused.clone(),
+        );
+        registry.register(
+            "directory_fetch_failed",
+            "directory fetches from the city node that got no document",
+            directory_fetch_failed.clone(),
+        );
         registry.register(
             "mqtt_uplinks",
             "MQTT messages of MQTT sources by dataset and outcome (stored, duplicate, or the reason they were skipped)",
@@ -137,6 +154,8 @@ impl NodeMetrics {
             connections_refused,
             denials_aggregated,
             mqtt_uplinks,
+            directory_refused,
+            directory_fetch_failed,
         })
     }
 

@@ -210,7 +210,9 @@ pub struct Registration {
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("unknown connector kind `{0}`, expected `files`, `postgres`, `mqtt`, `mds` or `sensorthings`")]
+    #[error(
+        "unknown connector kind `{0}`, expected `files`, `postgres`, `mqtt`, `mds` or `sensorthings`"
+    )]
     Kind(String),
     #[error("invalid connector configuration: {0}")]
     Config(String),

@@ -338,6 +338,13 @@ impl Sandbox {
                 if let Some(releases) = opendata_releases(&o.name) {
                     text.push_str(releases);
                 }
+                // The city's node signs directory changes with the root
+                // (`federation remove`; docs/federation.md).
+                if o.kind == OrgKind::City {
+                    text.push_str(&NodeConfig::render_federation_root(
+                        &root.join("federation"),
+                    ));
+                }
                 let cfg_path = nd.join("node.toml");
                 std::fs::write(&cfg_path, text).map_err(io_err(&cfg_path))?;
                 configs.push(cfg_path);
@@ -711,6 +718,56 @@ impl Sandbox {
                 .collect();
             n.set_peers(peers);
         }
+    }
+
+    /// The running node of the organisation of kind city (it holds the
+    /// federation root and publishes the directory).
+    pub fn city_node(&self) -> Option<&NodeHandle> {
+        let city = self.spec.orgs.iter().find(|o| o.kind == OrgKind::City)?;
+        self.nodes.iter().find(|n| city.nodes.contains(&n.name))
+    }
+
+    /// Switches the federation to the network directory: the city node
+    /// records every running node (endpoint, certificate fingerprint) in
+    /// the directory and re-signs it; every other node fetches it from the
+    /// city node every `refresh` from now on (no file is copied). Returns
+    /// the directory's version at the city node.
+    pub async fn use_directory(&self, refresh: std::time::Duration) -> Result<u64, SandboxError> {
+        let city = self
+            .city_node()
+            .ok_or_else(|| SandboxError::Demo("the sandbox has no running city node".into()))?;
+        let mut entries = Vec::new();
+        for o in &self.spec.orgs {
+            for name in &o.nodes {
+                let Some(n) = self.node(name) else { continue };
+                let cert = self
+                    .root
+                    .join(&o.name)
+                    .join("nodes")
+                    .join(name)
+                    .join("node.crt");
+                let pem = std::fs::read_to_string(&cert).map_err(io_err(&cert))?;
+                let facts = ca::cert_facts_from_pem(&cert, &pem)?;
+                entries.push(crate::pki::membership::NodeEntry {
+                    org: o.name.clone(),
+                    node: name.clone(),
+                    endpoint: n.grpc_endpoint(),
+                    cert_sha256: facts.sha256,
+                    mls_key_package: String::new(),
+                });
+            }
+        }
+        let version = city
+            .directory
+            .set_nodes(&entries)
+            .await
+            .map_err(|e| SandboxError::Demo(format!("directory: {e}")))?;
+        for n in &self.nodes {
+            if n.name != city.name {
+                n.set_directory_source(Some(city.grpc_endpoint()), refresh);
+            }
+        }
+        Ok(version)
     }
 
     /// A running node by name.

@@ -581,6 +581,7 @@ const DOMAIN: &[&str] = &[
     "policy",
     "access",
     "denials",
+    "directory",
     "pki",
     "store",
     "config",

@@ -234,6 +234,15 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             .hello(pb::HelloRequest::default())
             .await
             .map(|_| ()),
+        "/allmende.v1.Federation/RemoveMember" => {
+            pb::federation_client::FederationClient::new(ch)
+                .remove_member(pb::RemoveMemberRequest {
+                    organisation: "versicherung-ag".into(),
+                    reason: String::new(),
+                })
+                .await
+                .map(|_| ())
+        }
         "/allmende.v1.Grants/RequestAccess" => GrantsClient::new(ch)
             .request_access(pb::RequestAccessRequest {
                 dataset: SMART_METER.into(),

@@ -11,6 +11,7 @@ mod audit_cmd;
 pub mod catalog_cmd;
 pub mod consent_cmd;
 mod data_cmd;
+mod federation_cmd;
 pub mod obligations_cmd;
 pub mod opendata_cmd;
 mod pki_cmd;
@@ -98,6 +99,10 @@ enum Command {
     /// window.
     #[command(subcommand)]
     Obligations(obligations_cmd::ObligationsCmd),
+    /// The federation's members: show the directory, remove an
+    /// organisation (city operators).
+    #[command(subcommand)]
+    Federation(federation_cmd::FederationCmd),
     /// Print the version.
     Version,
 }
@@ -333,6 +338,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Access(cmd) => access_cmd::run(cmd, json).await,
         Command::Opendata(cmd) => opendata_cmd::run(cmd, json).await,
         Command::Obligations(cmd) => obligations_cmd::run(cmd, json).await,
+        Command::Federation(cmd) => federation_cmd::run(cmd, json).await,
     }
 }
 

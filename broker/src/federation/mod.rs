@@ -4,7 +4,8 @@
 //! peer list ([`peers::SharedPeers`], and the [`peers::Peers`] met through
 //! `Federation.Hello`), and the background tasks that dial peers: the catalog
 //! [`replicator`], the audit [`witness`] loop and the delivery of access
-//! [`notices`]. Later issues add relay and directory here.
+//! [`notices`], and the [`directory`] loop that fetches the signed
+//! federation directory from the city node. Later issues add relay here.
 //!
 //! Layering: the gRPC server (`rpc`) may use this module (e.g. `Catalog.Notify`
 //! triggers the replicator); this module never uses `rpc`. Server handlers
@@ -12,6 +13,7 @@
 //! modules (`catalog`, `audit::witness`).
 
 pub mod client;
+pub mod directory;
 pub mod notices;
 pub mod peers;
 pub mod replicator;

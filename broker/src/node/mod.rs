@@ -14,7 +14,7 @@ use crate::federation::peers::SharedPeers;
 use crate::metrics::NodeMetrics;
 use crate::pki::{Principal, Subject, Trust};
 use crate::policy::{PolicyOrigin, PolicyPoint};
-use crate::store::{Store, StoreError, StoreOptions, Table, TableName, WriteBatch};
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::{self, TlsMaterial};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,8 +53,6 @@ pub enum NodeError {
     #[error("consent store: {0}")]
     Consent(#[from] crate::consent::ConsentError),
 }
-
-const MEMBERSHIP_KEY: &str = "current";
 
 /// Largest request message a node decodes (data requests are small; rows
 /// only flow out). Larger ones are refused by the gRPC server with
@@ -96,6 +94,8 @@ pub struct Services {
     /// Obligations this node holds, their deliveries (`obligations.deliveries()`,
     /// the one handle takers record through) and compliance.
     pub obligations: Arc<crate::obligations::Obligations>,
+    /// The federation directory in force (`crate::directory`).
+    pub directory: Arc<crate::directory::Directory>,
 }
 
 /// A running node.
@@ -119,6 +119,8 @@ pub struct NodeHandle {
     /// The domain services (`handle.catalog`, … through `Deref`).
     services: Services,
     peers: SharedPeers,
+    /// Where the directory is fetched from (`[federation] directory`).
+    directory_source: watch::Sender<crate::federation::directory::DirectorySource>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
 }
@@ -143,6 +145,14 @@ impl NodeHandle {
         }
         // A recipient of a waiting access notice may be reachable now.
         self.services.grants.outbox_nudged().notify_one();
+    }
+
+    /// Fetches the federation directory from `endpoint` (the city node)
+    /// every `refresh` from now on (`None`: stop fetching); the first fetch
+    /// runs at once.
+    pub fn set_directory_source(&self, endpoint: Option<String>, refresh: std::time::Duration) {
+        self.directory_source
+            .send_replace(crate::federation::directory::DirectorySource { endpoint, refresh });
     }
 
     /// The peers this node talks to.
@@ -322,9 +332,35 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         &parts.peer_list,
         &metrics,
         &material,
-        membership_file,
         &shutdown_rx,
     )?);
+    // The membership file, re-read every second.
+    tasks.push(tasks::membership_watcher(
+        &parts.services.directory,
+        config.membership.clone(),
+        membership_file,
+        shutdown_rx.clone(),
+    ));
+    // The federation directory fetched from the city node
+    // (`[federation] directory`, or set at run time).
+    let (directory_source, source_rx) =
+        watch::channel(crate::federation::directory::DirectorySource {
+            endpoint: config.federation.directory.clone(),
+            refresh: config.federation.directory_refresh,
+        });
+    tasks.push(tokio::spawn({
+        let fetcher = crate::federation::directory::DirectoryFetcher {
+            directory: parts.services.directory.clone(),
+            trust: parts.ctx.trust.clone(),
+            tls: crate::federation::client::peer_client_config(&material, &config.cert)?,
+            metrics: metrics.clone(),
+        };
+        let rx = shutdown_rx.clone();
+        async move {
+            fetcher.run(source_rx, rx).await;
+            Ok(())
+        }
+    }));
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -350,6 +386,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         ctx: parts.ctx,
         services: parts.services,
         peers: parts.peer_list,
+        directory_source,
         shutdown: shutdown_tx,
         tasks,
     })
@@ -475,13 +512,12 @@ async fn open_store(config: &NodeConfig, trust: &Trust) -> Result<Store, NodeErr
         },
         crate::audit::STORE_MIGRATIONS,
     )?;
-    let memberships: Table<String, String> = store.table(TableName::Membership)?;
-    if let Some(stored) = memberships.get(&MEMBERSHIP_KEY.to_owned())?
+    if let Some(stored) = crate::directory::stored_membership(&store)?
         && let Err(e) = trust.install_membership(stored.as_bytes())
     {
         tracing::warn!(error = %e, "stored membership not installed");
     }
-    persist_membership(&store, &memberships, trust).await?;
+    crate::directory::persist_membership(&store, trust).await?;
     Ok(store)
 }
 
@@ -707,6 +743,27 @@ impl Parts {
             clock.clone(),
             &own.organisation,
         )?);
+        // The federation directory: every new membership is installed
+        // through it (`docs/federation.md`).
+        let directory = Arc::new(crate::directory::Directory::new(
+            crate::directory::DirectoryParts {
+                trust: trust.clone(),
+                policy: policy.clone(),
+                store: store.clone(),
+                audit: audit.clone(),
+                grants: grants.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+                own: own.clone(),
+                root: config
+                    .federation
+                    .root_dir
+                    .clone()
+                    .map(crate::pki::ca::FederationDir),
+            },
+        ));
+        // Grants of organisations removed while this node was down.
+        directory.revoke_non_members().await;
         Ok(Self {
             ctx,
             services: Services {
@@ -718,25 +775,11 @@ impl Parts {
                 receipts,
                 opendata,
                 obligations,
+                directory,
             },
             replicator,
             peer_list,
             metrics,
         })
     }
-}
-
-pub(crate) async fn persist_membership(
-    store: &Store,
-    table: &Table<String, String>,
-    trust: &Trust,
-) -> Result<(), StoreError> {
-    let snap = trust.snapshot();
-    let text = String::from_utf8_lossy(&snap.signed_json).into_owned();
-    if table.get(&MEMBERSHIP_KEY.to_owned())?.as_deref() == Some(text.as_str()) {
-        return Ok(());
-    }
-    let mut b = WriteBatch::new();
-    b.put(table, &MEMBERSHIP_KEY.to_owned(), &text)?;
-    store.commit_durable(b).await
 }

@@ -50,6 +50,7 @@ pub(super) async fn serve_grpc(
         trust: trust.clone(),
         peers: Arc::new(Peers::open(ctx.store.clone(), ctx.clock.clone())?),
         facts: crate::rpc::federation_facts(own),
+        directory: parts.services.directory.clone(),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

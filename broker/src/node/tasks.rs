@@ -2,14 +2,13 @@
 //! authentications and denials written to the audit log in aggregate,
 //! audit retention, witnessing peers' logs, and the membership watcher.
 
-use super::{NodeError, REFUSAL_INTERVAL, RETENTION_INTERVAL, persist_membership};
+use super::{NodeError, REFUSAL_INTERVAL, RETENTION_INTERVAL};
 use crate::admin::{self, AdminState};
 use crate::audit::AuditLog;
 use crate::config::NodeConfig;
 use crate::ctx::NodeCtx;
 use crate::federation::peers::SharedPeers;
 use crate::metrics::NodeMetrics;
-use crate::store::TableName;
 use crate::tls::TlsMaterial;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,7 +51,6 @@ pub(super) fn spawn_background(
     peers: &SharedPeers,
     metrics: &Arc<NodeMetrics>,
     material: &TlsMaterial,
-    membership_file: Vec<u8>,
     shutdown_rx: &watch::Receiver<bool>,
 ) -> Result<Vec<Task>, NodeError> {
     let mut tasks = vec![
@@ -78,13 +76,6 @@ pub(super) fn spawn_background(
             Ok(())
         }
     }));
-    tasks.push(membership_watcher(
-        ctx,
-        metrics,
-        config.membership.clone(),
-        membership_file,
-        shutdown_rx.clone(),
-    ));
     Ok(tasks)
 }
 
@@ -201,18 +192,15 @@ fn retention(ctx: &NodeCtx, days: u32, mut rx: watch::Receiver<bool>) -> Task {
 }
 
 /// Picks up a re-signed membership (e.g. a revocation) from the membership
-/// file without a restart, and keeps the newest accepted one in the store.
-fn membership_watcher(
-    ctx: &NodeCtx,
-    metrics: &Arc<NodeMetrics>,
+/// file without a restart; the directory installs it (verified, rollback
+/// refused, kept in the store, grants of removed members revoked).
+pub(super) fn membership_watcher(
+    directory: &Arc<crate::directory::Directory>,
     path: std::path::PathBuf,
     mut last: Vec<u8>,
     mut rx: watch::Receiver<bool>,
 ) -> Task {
-    let policy = ctx.policy.clone();
-    let trust = ctx.trust.clone();
-    let metrics = metrics.clone();
-    let store = ctx.store.clone();
+    let directory = directory.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::pki::verifier::MEMBERSHIP_POLL);
         loop {
@@ -227,21 +215,8 @@ fn membership_watcher(
                 continue;
             }
             last = bytes.clone();
-            match trust.install_membership(&bytes) {
-                Ok(v) => {
-                    policy.sync_membership(&trust.snapshot().doc);
-                    metrics
-                        .membership_version
-                        .set(i64::try_from(v).unwrap_or(i64::MAX));
-                    if let Ok(t) = store.table::<String, String>(TableName::Membership)
-                        && let Err(e) = persist_membership(&store, &t, &trust).await
-                    {
-                        tracing::warn!(error = %e, "membership not persisted");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "membership file refused")
-                }
+            if let Err(e) = directory.install(&bytes, "membership file").await {
+                tracing::warn!(path = %path.display(), error = %e, "membership file refused");
             }
         }
     })

@@ -10,12 +10,15 @@
 //! | `org-sign` | city | federation dir, `org-ca.csr` | `org-ca.crt`, new `membership.json` |
 //! | `issue-node` / `issue-user` | organisation | org dir | leaf key + chain |
 //! | `revoke` | city | federation dir, a certificate | new `membership.json` |
+//! | `remove_member` | city (its node: `federation remove`) | federation dir | new `membership.json` |
+//! | `set_nodes` | city | federation dir, node certificates | new `membership.json` (directory entries) |
 
 use super::identity::{
     LeafIdentity, OrgKind, Role, Subject, org_uri, parse_org_uri, valid_leaf_name, valid_org_name,
 };
 use super::membership::{
-    Denied, MEMBERSHIP_FORMAT, Member, MembershipDoc, MembershipError, SignedMembership, sha256_hex,
+    Denied, MEMBERSHIP_FORMAT, Member, MembershipDoc, MembershipError, NodeEntry, SignedMembership,
+    sha256_hex,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -72,6 +75,10 @@ pub enum PkiError {
     AlreadyMember(String),
     #[error("membership: {0}")]
     Membership(#[from] MembershipError),
+    #[error("organisation `{0}` is not a member of the federation")]
+    NotMember(String),
+    #[error("organisation `{0}` holds the federation root and cannot be removed")]
+    RootOrganisation(String),
     #[error("validity must be between 1 and {max} days, got {got}")]
     BadValidity { got: i64, max: i64 },
 }
@@ -234,10 +241,12 @@ impl FederationDir {
         Ok(signed.verify(&root.public_key)?)
     }
 
-    fn store_membership(&self, doc: &MembershipDoc) -> Result<(), PkiError> {
+    fn store_membership(&self, doc: &MembershipDoc) -> Result<Vec<u8>, PkiError> {
+        doc.validate()?;
         let key = load_key(&self.root_key())?;
-        let signed = doc.sign(&key.serialize_der())?;
-        write_public(&self.membership(), &signed.to_json())
+        let json = doc.sign(&key.serialize_der())?.to_json();
+        write_public(&self.membership(), &json)?;
+        Ok(json)
     }
 }
 
@@ -277,6 +286,7 @@ pub fn init_federation(
         root_ca_sha256: sha256_hex(cert.der()),
         members: vec![],
         denied: vec![],
+        nodes: vec![],
     };
     fed.store_membership(&doc)?;
     Ok(fed)
@@ -597,6 +607,60 @@ pub fn revoke(
     Ok(denied)
 }
 
+/// Takes organisation `org` out of the federation
+/// ([`MembershipDoc::remove_member`]: member and node entries gone, its CA
+/// and node certificates denied) and re-signs the membership with a version
+/// above both the file's and `above_version` (the version a node already
+/// trusts). The organisation of kind city holds the root and is never
+/// removed. Returns the new version and the signed document.
+pub fn remove_member(
+    fed: &FederationDir,
+    org: &str,
+    reason: &str,
+    now_unix: i64,
+    above_version: u64,
+) -> Result<(u64, Vec<u8>), PkiError> {
+    let mut doc = fed.load_membership()?;
+    match doc.member(org) {
+        None => return Err(PkiError::NotMember(org.to_owned())),
+        Some(m) if m.kind == OrgKind::City => {
+            return Err(PkiError::RootOrganisation(org.to_owned()));
+        }
+        Some(_) => {}
+    }
+    doc.remove_member(org, reason, now_unix);
+    doc.version = doc.version.max(above_version.saturating_add(1));
+    let json = fed.store_membership(&doc)?;
+    Ok((doc.version, json))
+}
+
+/// Records (or replaces) node entries in the directory and re-signs it
+/// with a version above both the file's and `above_version`. Each entry's
+/// organisation must be a member. Returns the new version and the signed
+/// document.
+pub fn set_nodes(
+    fed: &FederationDir,
+    entries: &[NodeEntry],
+    now_unix: i64,
+    above_version: u64,
+) -> Result<(u64, Vec<u8>), PkiError> {
+    let mut doc = fed.load_membership()?;
+    for e in entries {
+        if doc.member(&e.org).is_none() {
+            return Err(PkiError::NotMember(e.org.clone()));
+        }
+        doc.nodes.retain(|n| !(n.org == e.org && n.node == e.node));
+        doc.nodes.push(e.clone());
+    }
+    doc.version = doc
+        .version
+        .saturating_add(1)
+        .max(above_version.saturating_add(1));
+    doc.issued_at = now_unix;
+    let json = fed.store_membership(&doc)?;
+    Ok((doc.version, json))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test")]
@@ -830,5 +894,43 @@ mod tests {
         revoke(&fed, &f.chain, "lost", NOW).unwrap();
         let doc = fed.load_membership().unwrap();
         assert_eq!((doc.version, doc.denied.len()), (4, 1));
+    }
+
+    #[test]
+    fn removal_refuses_the_city_and_strangers_and_outranks_the_node() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let csr = org_request(&d.path().join("stadt"), "munich", "stadt").unwrap();
+        org_sign(
+            &fed,
+            &csr,
+            OrgKind::City,
+            "Stadt",
+            &d.path().join("stadt").join(ORG_CERT),
+            NOW,
+        )
+        .unwrap();
+        assert!(matches!(
+            remove_member(&fed, "stadt", "x", NOW, 0),
+            Err(PkiError::RootOrganisation(_))
+        ));
+        assert!(matches!(
+            remove_member(&fed, "nobody", "x", NOW, 0),
+            Err(PkiError::NotMember(_))
+        ));
+        let t = trust(&fed, NOW);
+        // The node already trusts a higher version than the file: the
+        // removal is signed above it, so no node takes it as a no-op.
+        let (v, json) = remove_member(&fed, "tum", "left", NOW, 40).unwrap();
+        assert_eq!(v, 41);
+        assert_eq!(t.install_membership(&json).unwrap(), 41);
+        let doc = fed.load_membership().unwrap();
+        assert!(doc.member("tum").is_none());
+        let tum_ca = cert_facts_from_pem(
+            Path::new("tum"),
+            &std::fs::read_to_string(d.path().join("tum").join(ORG_CERT)).unwrap(),
+        )
+        .unwrap();
+        assert!(t.snapshot().is_denied(&tum_ca.sha256));
     }
 }

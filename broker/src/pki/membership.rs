@@ -7,8 +7,15 @@
 //! On disk (`membership.json`) it is a JSON envelope
 //! `{"payload": base64(JSON document), "signature": base64(ECDSA P-256 SHA-256 ASN.1)}`
 //! so the signed bytes are exactly the payload bytes (no canonicalisation).
+//!
+//! The same document is the federation **directory**: besides the members
+//! and the deny list it lists the members' nodes ([`NodeEntry`]: gRPC
+//! endpoint, certificate fingerprint, an MLS key-package slot). One
+//! signature and one version cover both, so a node never holds a directory
+//! that disagrees with the membership it verifies certificates against
+//! (`docs/federation.md`).
 
-use super::identity::{OrgKind, valid_org_name};
+use super::identity::{OrgKind, valid_leaf_name, valid_org_name};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
@@ -47,6 +54,21 @@ pub struct Denied {
     pub at: i64,
 }
 
+/// One node of a member organisation, as the directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub org: String,
+    pub node: String,
+    /// The node's gRPC endpoint, `https://host:port`.
+    pub endpoint: String,
+    /// Lower-case hex SHA-256 of the node's certificate (DER).
+    pub cert_sha256: String,
+    /// The node's MLS key package (base64), empty until the node has one.
+    #[serde(default)]
+    pub mls_key_package: String,
+}
+
 /// The signed document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +82,10 @@ pub struct MembershipDoc {
     pub root_ca_sha256: String,
     pub members: Vec<Member>,
     pub denied: Vec<Denied>,
+    /// The directory's node entries (absent in documents without any, so
+    /// those keep their bytes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeEntry>,
 }
 
 /// The envelope as stored in `membership.json`.
@@ -110,7 +136,7 @@ impl MembershipDoc {
         })
     }
 
-    fn validate(&self) -> Result<(), MembershipError> {
+    pub(crate) fn validate(&self) -> Result<(), MembershipError> {
         let bad = |m: String| Err(MembershipError::Document(m));
         if self.format != MEMBERSHIP_FORMAT {
             return bad(format!("unsupported format `{}`", self.format));
@@ -127,7 +153,51 @@ impl MembershipDoc {
                 return bad(format!("organisation `{}` listed twice", m.org));
             }
         }
+        let mut nodes = std::collections::HashSet::new();
+        for n in &self.nodes {
+            if !seen.contains_key(n.org.as_str()) {
+                return bad(format!("node `{}` of non-member `{}`", n.node, n.org));
+            }
+            if !valid_leaf_name(&n.node) || !n.endpoint.starts_with("https://") {
+                return bad(format!("node entry `{}/{}` is malformed", n.org, n.node));
+            }
+            if !nodes.insert((n.org.as_str(), n.node.as_str())) {
+                return bad(format!("node `{}/{}` listed twice", n.org, n.node));
+            }
+        }
         Ok(())
+    }
+
+    /// Takes organisation `org` out of the federation: its member entry and
+    /// its nodes leave the document, its CA certificate and its nodes'
+    /// certificates go on the deny list, the version goes up. Returns
+    /// `false` (and changes nothing) when `org` is not a member.
+    pub fn remove_member(&mut self, org: &str, reason: &str, now_unix: i64) -> bool {
+        let Some(pos) = self.members.iter().position(|m| m.org == org) else {
+            return false;
+        };
+        let m = self.members.remove(pos);
+        let mut deny = vec![(m.ca_cert_sha256.clone(), format!("org/{org}"))];
+        deny.extend(
+            self.nodes
+                .iter()
+                .filter(|n| n.org == org)
+                .map(|n| (n.cert_sha256.clone(), format!("node/{org}/{}", n.node))),
+        );
+        self.nodes.retain(|n| n.org != org);
+        for (cert_sha256, subject) in deny {
+            if !self.denied.iter().any(|d| d.cert_sha256 == cert_sha256) {
+                self.denied.push(Denied {
+                    cert_sha256,
+                    subject,
+                    reason: reason.to_owned(),
+                    at: now_unix,
+                });
+            }
+        }
+        self.version += 1;
+        self.issued_at = now_unix;
+        true
     }
 
     /// The member with this organisation name.
@@ -182,6 +252,7 @@ mod tests {
             root_ca_sha256: "00".into(),
             members: vec![],
             denied: vec![],
+            nodes: vec![],
         }
     }
 
@@ -200,6 +271,66 @@ mod tests {
         ));
         let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         assert!(signed.verify(other.public_key_raw()).is_err());
+    }
+
+    fn member(org: &str) -> Member {
+        Member {
+            org: org.into(),
+            kind: OrgKind::University,
+            display_name: org.into(),
+            ca_cert_pem: String::new(),
+            ca_spki_sha256: format!("{org}-spki"),
+            ca_cert_sha256: format!("{org}-ca"),
+            added_at: 0,
+        }
+    }
+
+    fn node(org: &str, name: &str) -> NodeEntry {
+        NodeEntry {
+            org: org.into(),
+            node: name.into(),
+            endpoint: "https://127.0.0.1:7401".into(),
+            cert_sha256: format!("{name}-cert"),
+            mls_key_package: String::new(),
+        }
+    }
+
+    #[test]
+    fn removing_a_member_denies_its_ca_and_nodes_and_bumps_the_version() {
+        let mut d = doc();
+        d.members = vec![member("tum"), member("swm")];
+        d.nodes = vec![node("tum", "tum-1"), node("swm", "swm-1")];
+        d.validate().unwrap();
+        assert!(d.remove_member("tum", "left", 7));
+        assert_eq!(d.version, 2);
+        assert!(d.member("tum").is_none());
+        assert_eq!(d.nodes, vec![node("swm", "swm-1")]);
+        let denied: Vec<&str> = d.denied.iter().map(|x| x.cert_sha256.as_str()).collect();
+        assert_eq!(denied, ["tum-ca", "tum-1-cert"]);
+        assert!(!d.remove_member("tum", "again", 8));
+        assert_eq!(d.version, 2);
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn directory_entries_are_validated() {
+        let mut d = doc();
+        d.members = vec![member("tum")];
+        d.nodes = vec![node("swm", "swm-1")];
+        assert!(d.validate().is_err(), "a node of a non-member");
+        d.nodes = vec![node("tum", "tum-1"), node("tum", "tum-1")];
+        assert!(d.validate().is_err(), "a node listed twice");
+        let mut plain = node("tum", "tum-1");
+        plain.endpoint = "http://127.0.0.1:1".into();
+        d.nodes = vec![plain];
+        assert!(d.validate().is_err(), "an endpoint without TLS");
+        // A document without nodes keeps its bytes (no `nodes` key).
+        d.nodes.clear();
+        assert!(
+            !String::from_utf8(serde_json::to_vec(&d).unwrap())
+                .unwrap()
+                .contains("nodes")
+        );
     }
 
     #[test]

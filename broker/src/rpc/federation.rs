@@ -43,6 +43,8 @@ pub struct FederationService {
     pub trust: Arc<Trust>,
     pub peers: Arc<Peers>,
     pub facts: ServerFacts,
+    /// The directory this node holds (and, at the city node, signs).
+    pub directory: Arc<crate::directory::Directory>,
 }
 
 impl FederationService {
@@ -117,6 +119,47 @@ impl pb::federation_server::Federation for FederationService {
         Ok(Response::new(convert::membership_response(
             &snap.signed_json,
             snap.doc.version,
+        )))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let p = principal(&req)?;
+        let body = req.into_inner();
+        check_id("organisation", &body.organisation)?;
+        check_id("reason", &body.reason)?;
+        self.ctx
+            .authorize(
+                &p,
+                Action::ManageFederation,
+                Resource::Federation(self.ctx.federation.clone()),
+                &format!(
+                    "federation/{}/remove/{}",
+                    self.ctx.federation, body.organisation
+                ),
+            )
+            .await?;
+        if body.organisation.is_empty() {
+            return Err(
+                ApiError::InvalidArgument("name the `organisation` to remove".into()).into(),
+            );
+        }
+        let reason = if body.reason.is_empty() {
+            "removed from the federation"
+        } else {
+            body.reason.as_str()
+        };
+        let version = self
+            .directory
+            .remove_member(&body.organisation, reason)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(org = %body.organisation, version, "member removed from the federation");
+        Ok(Response::new(convert::remove_member_response(
+            &body.organisation,
+            version,
         )))
     }
 }

@@ -179,6 +179,10 @@ pub const CALLS: &[(&str, CallRule)] = &[
         CallRule::Exempt("the root-signed membership document every member holds"),
     ),
     (
+        "/allmende.v1.Federation/RemoveMember",
+        CallRule::Decided(Action::ManageFederation),
+    ),
+    (
         "/allmende.v1.Grants/RequestAccess",
         CallRule::Decided(Action::RequestAccess),
     ),

@@ -48,3 +48,11 @@ pub fn membership_response(signed_json: &[u8], version: u64) -> pb::GetMembershi
         version,
     }
 }
+
+/// The directory version after a member's removal.
+pub fn remove_member_response(organisation: &str, version: u64) -> pb::RemoveMemberResponse {
+    pb::RemoveMemberResponse {
+        organisation: organisation.to_owned(),
+        version,
+    }
+}
