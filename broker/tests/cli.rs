@@ -556,6 +556,37 @@ fn story_5_passes_in_the_demo_harness() {
 }
 
 #[test]
+fn a_killed_demo_leaves_no_mosquitto_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port().to_string();
+    let (mut child, lines) =
+        spawn_until_in(dir.path(), &["demo", "--base-port", &base], "Press Ctrl-C");
+    let banner = lines.join("\n");
+    if allmende_connectors::mqtt::find_mosquitto().is_none() {
+        eprintln!("skipped: mosquitto is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let port = banner
+        .split("through a local mosquitto on mqtt://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no mosquitto port in the banner:\n{banner}"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    // SIGKILL: the demo cannot stop its broker itself.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo's mosquitto on port {port} outlived the demo"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn story_7_passes_in_the_demo_harness() {
     let out = run(&["demo", "--story", "7"]);
     let text = String::from_utf8_lossy(&out.stdout);

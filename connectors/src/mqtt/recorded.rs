@@ -108,11 +108,26 @@ pub fn generate() -> String {
                     "settings": { "data_rate": { "lora": { "bandwidth": 125_000, "spreading_factor": 7 + d % 3 } } },
                 },
             });
-            out.push_str(&message.to_string());
+            out.push_str(&sorted(message).to_string());
             out.push('\n');
         }
     }
     out
+}
+
+/// `v` with every object's keys in sorted order, whether or not serde_json
+/// keeps insertion order (its `preserve_order` feature, which another crate
+/// in the build may turn on), so the recording is the same bytes either way.
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let keys: BTreeMap<String, Value> =
+                m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            Value::Object(keys.into_iter().collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
 }
 
 /// Each recorded uplink with the topic it is published on.

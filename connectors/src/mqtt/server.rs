@@ -63,6 +63,10 @@ pub struct LocalMosquitto {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// A shell waiting on a pipe from this process: when this process ends
+    /// without stopping the broker (killed, even by SIGKILL), the pipe
+    /// closes and the shell stops the broker, so none is left behind.
+    watchdog: Option<Child>,
     /// The TLS listener's port, if any (its certificate and key lie in `dir`).
     tls_port: Option<u16>,
 }
@@ -78,6 +82,7 @@ impl LocalMosquitto {
             dir: dir.to_path_buf(),
             port: free_port()?,
             child: None,
+            watchdog: None,
             tls_port: None,
         };
         broker.launch_retrying()?;
@@ -97,6 +102,7 @@ impl LocalMosquitto {
             dir: dir.to_path_buf(),
             port: free_port()?,
             child: None,
+            watchdog: None,
             tls_port: Some(free_port()?),
         };
         broker.launch_retrying()?;
@@ -174,13 +180,24 @@ impl LocalMosquitto {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| failed("spawn", e))?;
+        let pid = child.id();
         self.child = Some(child);
+        self.watchdog = Command::new("sh")
+            .arg("-c")
+            .arg("read _; kill -TERM \"$0\" 2>/dev/null")
+            .arg(pid.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(child) = &mut self.child
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
+                self.stop_watchdog();
                 return Err(failed("exited at start", status));
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
@@ -223,6 +240,7 @@ impl LocalMosquitto {
 
     /// Stops the broker gracefully (SIGTERM: it saves its persistence database) and waits.
     pub fn stop(&mut self) -> Result<(), ConnectorError> {
+        self.stop_watchdog();
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -242,9 +260,19 @@ impl LocalMosquitto {
 
     /// Kills the broker at once (SIGKILL: what it had not saved is lost).
     pub fn kill(&mut self) {
+        self.stop_watchdog();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Ends the watchdog first, so that it cannot signal a process id the
+    /// broker no longer holds.
+    fn stop_watchdog(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
         }
     }
 
