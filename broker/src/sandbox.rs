@@ -220,6 +220,9 @@ pub struct Sandbox {
     /// The demo's LoRaWAN environment sensors (their mosquitto, if one was
     /// started, is stopped when the sandbox is dropped).
     pub lorawan: std::sync::OnceLock<crate::demo::lorawan::Lorawan>,
+    /// The demo's MDS feed from scooter-co (its export task ends when the
+    /// sandbox is dropped).
+    pub scooter: std::sync::OnceLock<crate::demo::scooter::Feed>,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -369,6 +372,7 @@ impl Sandbox {
             postgres: std::sync::OnceLock::new(),
             postgres_problem: std::sync::OnceLock::new(),
             lorawan: std::sync::OnceLock::new(),
+            scooter: std::sync::OnceLock::new(),
             _tempdir: tempdir,
         };
         // Every node gets the root certificate and the final membership.

@@ -50,6 +50,46 @@ fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
         assert_eq!(v["you"]["organisation"], org);
         assert_eq!(v["you"]["name"], user);
     }
+    // scooter-co's MDS feed: the last six hours delivered to the city; the
+    // obligation the demo recorded judges the hours from the current one.
+    assert!(
+        banner.contains("scooter-trips (scooter-co → stadt)")
+            && banner.contains("(6 of 6 delivered so far)"),
+        "{banner}"
+    );
+    let operator = demo_dir.join("stadt/users/operator.profile.toml");
+    let out = run(&[
+        "obligations",
+        "status",
+        "--profile",
+        operator.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let windows = v["windows"].as_array().unwrap();
+    assert!(!windows.is_empty(), "{v}");
+    assert!(
+        windows.iter().all(|w| w["organisation"] == "scooter-co"
+            && (w["status"] == "pending" || w["status"] == "delivered")),
+        "{v}"
+    );
+    // The delivered trips, read by the city's steward.
+    let steward = demo_dir.join("stadt/users/steward.profile.toml");
+    let trips = dir.path().join("trips.csv");
+    let out = run(&[
+        "fetch",
+        "mds-scooter-trips",
+        "--purpose",
+        "PublicInterest",
+        "--profile",
+        steward.to_str().unwrap(),
+        "--out",
+        trips.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = std::fs::read_to_string(&trips).unwrap().lines().count();
+    assert!(rows > 100, "{rows} lines");
     signal(&child, "-TERM");
     let status = wait_exit(&mut child, 30);
     assert_eq!(status.code(), Some(0));

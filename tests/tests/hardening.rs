@@ -373,6 +373,13 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             })
             .await
             .map(|_| ()),
+        "/allmende.v1.Obligations/Rejected" => pb::obligations_client::ObligationsClient::new(ch)
+            .rejected(pb::RejectedBatchesRequest {
+                organisation: "swm".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
         "/allmende.v1.Policy/Reload" => pb::policy_client::PolicyClient::new(ch)
             .reload(pb::ReloadRequest::default())
             .await

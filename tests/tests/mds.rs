@@ -264,6 +264,95 @@ fn client(w: &World, chain: &Path, key: &Path, token: &str) -> MdsClient {
     )
 }
 
+async fn obligations_as(
+    w: &World,
+    org: &str,
+    user: &str,
+) -> pb::obligations_client::ObligationsClient<tonic::transport::Channel> {
+    let p = w.sb.profile(org, user).unwrap();
+    let ch = connect_with(
+        &w.sb.node("stadt-1").unwrap().grpc_endpoint(),
+        &material(&p),
+    )
+    .await
+    .unwrap();
+    pb::obligations_client::ObligationsClient::new(ch).max_decoding_message_size(8 << 20)
+}
+
+/// The rejected batch is inspected through `Obligations.Rejected`: listed
+/// with its reasons for the city's DPO and for scooter-co itself, its raw
+/// answers by id; another organisation is refused, and an id outside the
+/// caller's windows is not found.
+async fn inspect_rejected(w: &World, first: i64, bad: i64, kept: &allmende::mds::Kept) {
+    let rfc = |ms: i64| allmende::timefmt::format_unix_ms(ms);
+    let mut operator = obligations_as(w, "stadt", "operator").await;
+    operator
+        .record(pb::RecordObligationRequest {
+            organisation: "scooter-co".into(),
+            dataset: "scooter-trips".into(),
+            cadence: "hour".into(),
+            grace_seconds: 900,
+            from: rfc(first),
+            until: String::new(),
+        })
+        .await
+        .unwrap();
+    let range = |id: &str| pb::RejectedBatchesRequest {
+        from: rfc(first),
+        to: rfc(first + 4 * HOUR_MS),
+        id: id.into(),
+        ..Default::default()
+    };
+    for (org, user) in [("stadt", "dpo"), ("scooter-co", "operator")] {
+        let listed = obligations_as(w, org, user)
+            .await
+            .rejected(range(""))
+            .await
+            .unwrap()
+            .into_inner()
+            .batches;
+        assert_eq!(listed.len(), 1, "{org}: {listed:?}");
+        let b = &listed[0];
+        assert_eq!(b.id, kept.id);
+        assert_eq!(b.window_start, rfc(bad));
+        assert_eq!(
+            b.reasons,
+            vec!["trip 0: `end_time` precedes `start_time`".to_owned()]
+        );
+        assert_eq!(b.answers.len(), kept.answers.len());
+        assert!(b.answers.iter().all(|a| a.body.is_empty() && a.bytes > 0));
+    }
+    let one = obligations_as(w, "stadt", "dpo")
+        .await
+        .rejected(range(&kept.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .batches;
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].answers[0].part, "trips");
+    assert_eq!(one[0].answers[0].body, kept.answers[0].1);
+    // Another organisation may not look; an id outside the range is unknown.
+    let refused = obligations_as(w, "tum", "alice")
+        .await
+        .rejected(pb::RejectedBatchesRequest {
+            organisation: "scooter-co".into(),
+            ..range("")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let outside = obligations_as(w, "stadt", "dpo")
+        .await
+        .rejected(pb::RejectedBatchesRequest {
+            to: rfc(bad),
+            ..range(&kept.id)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(outside.code(), tonic::Code::NotFound, "{outside:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hourly_batches_are_pulled_validated_and_read_by_the_city() {
     let mut w = world().await;
@@ -302,6 +391,7 @@ async fn hourly_batches_are_pulled_validated_and_read_by_the_city() {
     assert_eq!(Some(&kept[0].id), kept_as.as_ref());
     assert_eq!(kept[0].answers[0].0, "trips");
     assert!(kept[0].answers[0].1.contains("\"trips\""));
+    inspect_rejected(&w, first, bad, &kept[0]).await;
 
     // The city reads exactly the valid hours; nothing of the rejected one.
     let read = city_reads(&w).await;

@@ -55,13 +55,16 @@ enum Command {
         /// Run acceptance story N (1-10) on a fresh federation and exit:
         /// built are 1 (connector, catalog), 2 (research grant, consented
         /// pseudonymised rows), 3 (denials with reasons), 4 (consent
-        /// withdrawal, who accessed), 6 (insurer refused) and 8 (audit).
+        /// withdrawal, who accessed), 5 (open data, anonymised release),
+        /// 6 (insurer refused), 7 (MDS obligation, a missed hour) and 8
+        /// (audit).
         #[arg(long)]
         story: Option<u8>,
         /// Where the demo federation lives (wiped and recreated).
         #[arg(long, default_value = "allmende-demo")]
         dir: PathBuf,
-        /// First gRPC port (nodes use base..base+4, admin base+100..).
+        /// First gRPC port (nodes use base..base+4, admin base+100..,
+        /// open data base+200.., scooter-co's MDS endpoint base+300).
         #[arg(long, default_value_t = 7401)]
         base_port: u16,
     },

@@ -73,7 +73,36 @@ pub enum ObligationsCmd {
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
     },
+    /// Rejected batches kept for inspection, with their reasons; with
+    /// `--id`, one batch's raw answers (saved with `--save DIR`).
+    Rejected {
+        #[arg(long)]
+        organisation: Option<String>,
+        #[arg(long)]
+        dataset: Option<String>,
+        /// First window, a UTC hour (`2026-11-30T10`); default: 24 hours
+        /// before `--to`.
+        #[arg(long)]
+        from: Option<String>,
+        /// Windows starting before this UTC hour; default: after the
+        /// current one.
+        #[arg(long)]
+        to: Option<String>,
+        /// One kept batch, as a listing names it.
+        #[arg(long)]
+        id: Option<String>,
+        /// Write the batch's answers as `<part>.json` into this directory
+        /// (with `--id`).
+        #[arg(long, requires = "id")]
+        save: Option<PathBuf>,
+        #[arg(long, env = "ALLMENDE_PROFILE")]
+        profile: Option<PathBuf>,
+    },
 }
+
+/// Largest answer of `Rejected` the command line takes: one kept batch
+/// (at most 4 MiB of answers) and its envelope.
+const MAX_REJECTED_ANSWER: usize = 8 << 20;
 
 /// Runs an obligations command and prints its output.
 pub async fn run(cmd: ObligationsCmd, json: bool) -> Result<(), Failure> {
@@ -199,6 +228,79 @@ fn window_json(w: &pb::ObligationWindow) -> serde_json::Value {
         "accepted_at": opt(&w.accepted_at), "rejected_at": opt(&w.rejected_at),
         "attempts": w.attempts, "reasons": w.reasons, "flagged": opt(&w.flagged),
     })
+}
+
+fn rejected_json(b: &pb::RejectedBatch) -> serde_json::Value {
+    serde_json::json!({
+        "id": opt(&b.id), "organisation": b.organisation, "dataset": b.dataset,
+        "window_start": b.window_start, "attempted_at": b.attempted_at,
+        "reasons": b.reasons, "truncated": b.truncated,
+        "answers": b.answers.iter().map(|a| serde_json::json!({
+            "part": a.part, "bytes": a.bytes, "body": opt(&a.body),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The rejected batches: one block per attempt, its reasons below it.
+pub fn rejected_table(r: &pb::RejectedBatchesResponse) -> String {
+    if r.batches.is_empty() {
+        return "no rejected batches in this range\n".into();
+    }
+    let mut out = format!(
+        "{:<20} {:<12} {:<20} {:<24} {}\n",
+        "WINDOW", "ORGANISATION", "DATASET", "ATTEMPTED", "KEPT AS"
+    );
+    for b in &r.batches {
+        let sizes: Vec<String> = b
+            .answers
+            .iter()
+            .map(|a| format!("{} {} B", a.part, a.bytes))
+            .collect();
+        out.push_str(&format!(
+            "{:<20} {:<12} {:<20} {:<24} {}\n",
+            b.window_start,
+            crate::text::shown(&b.organisation, 12),
+            crate::text::shown(&b.dataset, 20),
+            b.attempted_at,
+            if b.id.is_empty() { "(not kept)" } else { &b.id },
+        ));
+        if !sizes.is_empty() {
+            out.push_str(&format!(
+                "  answers: {}{}\n",
+                sizes.join(", "),
+                if b.truncated { " (cut when kept)" } else { "" }
+            ));
+        }
+        for reason in &b.reasons {
+            out.push_str(&format!("  - {}\n", crate::text::shown(reason, 200)));
+        }
+    }
+    out
+}
+
+/// Writes each answer of `b` as `<part>.json` into `dir`; returns the
+/// lines saying where.
+fn save_answers(b: &pb::RejectedBatch, dir: &std::path::Path) -> Result<String, Failure> {
+    let failed = |e: std::io::Error| {
+        Failure::new(
+            exit::INPUT,
+            format!("cannot write into `{}`: {e}", dir.display()),
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let mut out = String::new();
+    for a in &b.answers {
+        // Part names come from the node; keep them to a plain file name.
+        let name: String = a
+            .part
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, &a.body).map_err(failed)?;
+        out.push_str(&format!("saved {} ({} B)\n", path.display(), a.body.len()));
+    }
+    Ok(out)
 }
 
 /// The status table: one block per company, one line per window.
@@ -366,6 +468,46 @@ pub async fn output(cmd: ObligationsCmd, json: bool) -> Result<String, Failure> 
                 status_table(&r)
             })
         }
+        ObligationsCmd::Rejected {
+            organisation,
+            dataset,
+            from,
+            to,
+            id,
+            save,
+            profile,
+        } => {
+            let req = pb::RejectedBatchesRequest {
+                organisation: organisation.unwrap_or_default(),
+                dataset: dataset.unwrap_or_default(),
+                from: hour(from)?,
+                to: hour(to)?,
+                id: id.unwrap_or_default(),
+            };
+            let r = client(profile)
+                .await?
+                .max_decoding_message_size(MAX_REJECTED_ANSWER)
+                .rejected(req)
+                .await
+                .answer()?;
+            let mut out = if json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "batches": r.batches.iter().map(rejected_json).collect::<Vec<_>>(),
+                    })
+                )
+            } else {
+                rejected_table(&r)
+            };
+            if let (Some(dir), Some(b)) = (save, r.batches.first()) {
+                let saved = save_answers(b, &dir)?;
+                if !json {
+                    out.push_str(&saved);
+                }
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -390,5 +532,47 @@ mod tests {
         assert!(parse_hour("2026-11-30").is_err());
         assert_eq!(grace_text(900), "15m");
         assert_eq!(grace_text(3600), "1h");
+    }
+
+    #[test]
+    fn rejected_batches_show_reasons_sizes_and_save_as_plain_names() {
+        let b = pb::RejectedBatch {
+            id: "mds-scooter-trips@2026-11-30T10#5".into(),
+            organisation: "scooter-co".into(),
+            dataset: "scooter-trips".into(),
+            window_start: "2026-11-30T10:00:00Z".into(),
+            attempted_at: "2026-11-30T11:01:00Z".into(),
+            reasons: vec!["trip 0: `end_time` precedes `start_time`".into()],
+            answers: vec![pb::RawAnswer {
+                part: "../trips".into(),
+                bytes: 2,
+                body: "{}".into(),
+            }],
+            truncated: true,
+        };
+        let table = rejected_table(&pb::RejectedBatchesResponse {
+            batches: vec![b.clone()],
+        });
+        assert!(
+            table.contains("mds-scooter-trips@2026-11-30T10#5"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  - trip 0: `end_time` precedes `start_time`"),
+            "{table}"
+        );
+        assert!(table.contains("../trips 2 B (cut when kept)"), "{table}");
+        assert_eq!(
+            rejected_table(&pb::RejectedBatchesResponse::default()),
+            "no rejected batches in this range\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let said = save_answers(&b, dir.path()).unwrap();
+        assert!(said.contains("trips.json (2 B)"), "{said}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("trips.json")).unwrap(),
+            "{}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -5,12 +5,14 @@
 mod https;
 pub mod lorawan;
 pub mod munich;
+pub mod scooter;
 pub mod stories;
 mod story5;
 mod story7;
 
 use crate::clock::SystemClock;
 use crate::sandbox::{Sandbox, SandboxError, SandboxSpec};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -140,9 +142,15 @@ pub async fn start_munich(dir: &Path, base_port: u16) -> Result<Sandbox, DemoErr
     let mut spec = SandboxSpec::munich();
     spec.base_port = Some(base_port);
     spec.postgres_smart_meter = true;
-    let sb = Sandbox::start(spec, Some(dir.to_path_buf()), Arc::new(SystemClock)).await?;
+    let mut sb = Sandbox::start(spec, Some(dir.to_path_buf()), Arc::new(SystemClock)).await?;
     sb.register_demo_datasets().await?;
     lorawan::register(&sb).await?;
+    // scooter-co's MDS provider endpoint: base+300 (7701 in the demo).
+    let mds = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        base_port.saturating_add(300),
+    );
+    scooter::start(&mut sb, mds).await?;
     Ok(sb)
 }
 
@@ -158,6 +166,9 @@ pub fn banner(sb: &Sandbox) -> String {
     s.push_str(&smart_meter_backend_line(sb));
     if let Some(l) = sb.lorawan.get() {
         s.push_str(&l.line);
+    }
+    if let Some(f) = sb.scooter.get() {
+        s.push_str(&f.line);
     }
     s.push_str(&format!(
         "  {:<18} {:<16} {:<11} {:<24} {}\n",

@@ -9,27 +9,18 @@
 //! federation's manual clock, four hours in four steps; one hour's batch
 //! file is missing at the company (its export failed).
 
+use super::scooter::{
+    CITY_NODE, DELIVERED, GRACE_SECS, OBLIGED, SCOOTER_NODE, batch_dir, record_obligation,
+    register_source, serve_provider, write_batch,
+};
 use super::stories::channel_at;
 use super::{DemoError, StoryOutcome, check};
 use crate::clock::{Clock, ManualClock};
-use crate::config::{MdsProviderConfig, NodeConfig};
-use crate::sandbox::{SAMPLE_DATA_DIR, Sandbox, SandboxSpec};
-use allmende_connectors::mds::sample::{PROVIDER_ID, batch_file_name, hourly_batches};
-use allmende_connectors::mds::{HOUR_MS, MdsConfig, format_hour, trip_fields};
-use allmende_connectors::sample::SampleSpec;
+use crate::sandbox::{Sandbox, SandboxSpec};
+use allmende_connectors::mds::HOUR_MS;
+use allmende_connectors::mds::sample::batch_file_name;
 use allmende_proto::v1 as pb;
-use std::path::PathBuf;
 use std::time::Duration;
-
-const CITY_NODE: &str = "stadt-1";
-const SCOOTER_NODE: &str = "scooter-co-1";
-const OBLIGED: &str = "scooter-trips";
-/// The city's dataset of the delivered trips.
-const DELIVERED: &str = "mds-scooter-trips";
-/// The grace period after each hour.
-const GRACE_SECS: u64 = 15 * 60;
-/// The demo's bearer token (a file at both ends, never shown).
-const TOKEN: &str = "demo-scooter-co-mds-token-not-secret";
 
 pub(super) async fn run() -> Result<StoryOutcome, DemoError> {
     println!(
@@ -53,18 +44,6 @@ fn rfc(ms: i64) -> String {
     crate::timefmt::format_unix_ms(ms)
 }
 
-/// The city's description of the delivered trips: the city holds them
-/// (personal: device ids), read for the public interest.
-fn delivered_description() -> crate::catalog::DatasetDescription {
-    let mut d = super::munich::scooter_trips();
-    d.id = DELIVERED.into();
-    d.title = "E-Scooter-Fahrten (MDS-Lieferungen an die Stadt)".into();
-    d.schema.fields = trip_fields();
-    d.allowed_purposes = [crate::policy::Purpose::PublicInterest].into();
-    d.anonymisation_required = false;
-    d
-}
-
 /// Writes scooter-co's hourly batch files for `hours` except `missed`, and
 /// returns the number of trips in each written hour.
 fn write_batches(
@@ -72,28 +51,12 @@ fn write_batches(
     hours: &[i64],
     missed: i64,
 ) -> Result<Vec<(i64, usize)>, String> {
-    let first_day = hours.first().copied().unwrap_or(0).div_euclid(86_400_000) * 86_400;
-    let batches = hourly_batches(
-        &SampleSpec {
-            start: first_day,
-            days: 2,
-            trips_per_day: 4000,
-            ..SampleSpec::default()
-        },
-        PROVIDER_ID,
-    );
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut written = Vec::new();
-    for h in hours.iter().copied().filter(|h| *h != missed) {
-        let batch = batches
-            .get(&h)
-            .ok_or_else(|| format!("no generated batch for {}", rfc(h)))?;
-        let name = batch_file_name(h).map_err(|e| e.to_string())?;
-        let bytes = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join(&name), bytes).map_err(|e| format!("{name}: {e}"))?;
-        written.push((h, batch["trips"].as_array().map_or(0, Vec::len)));
-    }
-    Ok(written)
+    hours
+        .iter()
+        .copied()
+        .filter(|h| *h != missed)
+        .map(|h| Ok((h, write_batch(dir, h)?)))
+        .collect()
 }
 
 async fn steps(sb: &mut Sandbox, clock: &ManualClock) -> Result<(), String> {
@@ -102,7 +65,6 @@ async fn steps(sb: &mut Sandbox, clock: &ManualClock) -> Result<(), String> {
         n += 1;
         super::step(n, text);
     };
-    let data: PathBuf = sb.root.join(SAMPLE_DATA_DIR);
     // The four hours: the one now running and the next three.
     let first = clock.now_unix_ms().div_euclid(HOUR_MS) * HOUR_MS;
     let hours: Vec<i64> = (0..4).map(|i| first + i * HOUR_MS).collect();
@@ -111,7 +73,7 @@ async fn steps(sb: &mut Sandbox, clock: &ManualClock) -> Result<(), String> {
     step(
         "scooter-co exports an MDS 2.0 batch per UTC hour and serves them on its provider endpoint (mTLS + bearer token); its export of one hour fails",
     );
-    let written = write_batches(&data.join("mds"), &hours, missed)?;
+    let written = write_batches(&batch_dir(sb), &hours, missed)?;
     for (h, trips) in &written {
         println!(
             "        {}: {trips} trips",
@@ -122,30 +84,8 @@ async fn steps(sb: &mut Sandbox, clock: &ManualClock) -> Result<(), String> {
         "        {}: not written (the export failed)",
         batch_file_name(missed).unwrap_or_default()
     );
-    std::fs::write(data.join("mds.token"), format!("{TOKEN}\n")).map_err(|e| e.to_string())?;
-    std::fs::copy(sb.federation.root_cert(), data.join("federation-root.pem"))
-        .map_err(|e| e.to_string())?;
-    sb.stop_node(SCOOTER_NODE)
-        .await
-        .map_err(|e| e.to_string())?;
-    let cfg = sb
-        .node_config_path(SCOOTER_NODE)
-        .ok_or("scooter-co's node has no config")?;
-    let mut text = std::fs::read_to_string(&cfg).map_err(|e| e.to_string())?;
-    text.push_str(&NodeConfig::render_mds_provider(&MdsProviderConfig {
-        listen: "127.0.0.1:0".parse().map_err(|_| "address")?,
-        dir: data.join("mds"),
-        token_file: data.join("mds.token"),
-        recipients: vec!["stadt".into()],
-        dataset: OBLIGED.into(),
-    }));
-    std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
-    let provider = sb
-        .start_node(SCOOTER_NODE)
-        .await
-        .map_err(|e| e.to_string())?
-        .mds_provider_addr
-        .ok_or("scooter-co's provider endpoint did not start")?;
+    let listen = "127.0.0.1:0".parse().map_err(|_| "address")?;
+    let provider = serve_provider(sb, listen).await?;
     println!("        provider endpoint: https://{provider}");
     let scooter_before = sb
         .node(SCOOTER_NODE)
@@ -159,21 +99,7 @@ async fn steps(sb: &mut Sandbox, clock: &ManualClock) -> Result<(), String> {
     step(
         "the city's operator records the obligation: scooter-co delivers `scooter-trips` per UTC hour, 15 minutes grace",
     );
-    let mut ops = pb::obligations_client::ObligationsClient::new(
-        channel_at(sb, CITY_NODE, "stadt", "operator").await?,
-    );
-    let recorded = ops
-        .record(pb::RecordObligationRequest {
-            organisation: "scooter-co".into(),
-            dataset: OBLIGED.into(),
-            cadence: "hour".into(),
-            grace_seconds: GRACE_SECS,
-            from: rfc(first),
-            until: String::new(),
-        })
-        .await
-        .map_err(|e| format!("recording the obligation: {}", e.message()))?
-        .into_inner();
+    let recorded = record_obligation(sb, first).await?;
     if let Some(v) = &recorded.current {
         println!(
             "        obligation `{}` v{}: {} delivers `{}` per {}, {} s grace, from {}, recorded by {}",
@@ -216,20 +142,7 @@ async fn steps(sb: &mut Sandbox, clock: &ManualClock) -> Result<(), String> {
     step(
         "the city's steward registers the `mds` source: the city's node pulls each ended hour from scooter-co's endpoint",
     );
-    let mut source = MdsConfig::new(
-        &format!("https://{provider}"),
-        "scooter-co",
-        OBLIGED,
-        data.join("mds.token"),
-        data.join("federation-root.pem"),
-        &format_hour(first).map_err(|e| e.to_string())?,
-    );
-    source.provider_id = Some(PROVIDER_ID.into());
-    source.retry_secs = 1;
-    let config = serde_json::to_string(&source).map_err(|e| e.to_string())?;
-    sb.register_source("stadt", "steward", &delivered_description(), "mds", &config)
-        .await
-        .map_err(|e| format!("registering the mds source: {e}"))?;
+    register_source(sb, provider, first, 1).await?;
     check(
         true,
         "source registered as `mds-scooter-trips` at the city's node",

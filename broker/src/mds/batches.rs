@@ -101,6 +101,19 @@ impl MdsBatches {
         }
     }
 
+    /// The rejected batch kept under `id` (`<dataset>@<hour>#<attempt ms>`,
+    /// as a delivery record names it) for the hour starting at `hour_ms`.
+    pub fn kept(&self, id: &str, hour_ms: i64) -> Result<Option<Kept>, StoreError> {
+        let Some((dataset, _)) = id.rsplit_once('#').and_then(|(r, _)| r.rsplit_once('@')) else {
+            return Ok(None);
+        };
+        Ok(self
+            .dataset(dataset)
+            .rejected(hour_ms, hour_ms.saturating_add(1))?
+            .into_iter()
+            .find(|k| k.id == id))
+    }
+
     /// The store the batches live in (the taker commits through it).
     pub fn store(&self) -> &Store {
         &self.store
@@ -420,6 +433,18 @@ mod tests {
         assert!(kept[0].truncated);
         assert_eq!(kept[0].answers[0].1.len(), MAX_KEPT_BYTES);
         assert_eq!(kept[0].id, "scooter-trips@2025-12-01T02#9");
+        // Found by the id its delivery record names, in its hour only.
+        let batches = MdsBatches::open(store.clone()).unwrap();
+        let found = batches.kept(&kept[0].id, h + 7_200_000).unwrap();
+        assert_eq!(found.as_ref(), Some(&kept[0]));
+        assert!(batches.kept(&kept[0].id, h).unwrap().is_none());
+        assert!(
+            batches
+                .kept("scooter-trips@2025-12-01T02#8", h + 7_200_000)
+                .unwrap()
+                .is_none()
+        );
+        assert!(batches.kept("no id", h + 7_200_000).unwrap().is_none());
 
         assert!(d.purge().await.unwrap() >= 4);
         assert_eq!(d.buffered().unwrap(), 0);

@@ -205,6 +205,7 @@ pub(super) async fn serve_grpc(
             ObligationsService {
                 ctx: ctx.clone(),
                 obligations: parts.services.obligations.clone(),
+                batches: parts.services.registry.mds_batches().clone(),
             },
         ));
     let mut rx = shutdown_rx.clone();

@@ -406,10 +406,9 @@ impl Obligations {
         Ok(v)
     }
 
-    /// The windows of the obligations matching `filter`, judged at the
-    /// node's time.
-    pub fn status(&self, filter: &StatusFilter) -> Result<Vec<WindowStatus>, ObligationsError> {
-        let now = self.clock.now_unix_ms();
+    /// The window range `filter` asks for, at the node's time `now`:
+    /// `[from, to)`, by default the last 24 windows up to the current one.
+    fn range_of(filter: &StatusFilter, now: i64) -> Result<(i64, i64), ObligationsError> {
         let to = filter
             .to_ms
             .unwrap_or_else(|| Cadence::Hour.floor(now).saturating_add(HOUR_MS));
@@ -423,17 +422,51 @@ impl Obligations {
                 crate::timefmt::format_unix_ms(to)
             )));
         }
+        Ok((from, to))
+    }
+
+    /// The obligations `filter` names (by their current version).
+    fn matching(&self, filter: &StatusFilter) -> Result<Vec<Obligation>, ObligationsError> {
+        let mut all = self.list()?;
+        all.retain(|o| {
+            o.current().is_some_and(|cur| {
+                filter
+                    .organisation
+                    .as_ref()
+                    .is_none_or(|x| *x == cur.organisation)
+                    && filter.dataset.as_ref().is_none_or(|x| *x == cur.dataset)
+            })
+        });
+        Ok(all)
+    }
+
+    /// The rejected attempts at the windows `filter` names (as
+    /// [`Obligations::status`] would show them), oldest window first: each
+    /// with the id its batch is kept under, if it was kept.
+    pub fn rejected(&self, filter: &StatusFilter) -> Result<Vec<Delivery>, ObligationsError> {
+        let (from, to) = Self::range_of(filter, self.clock.now_unix_ms())?;
         let mut out = Vec::new();
-        for o in self.list()? {
+        for o in self.matching(filter)? {
             let Some(cur) = o.current() else { continue };
-            if filter
-                .organisation
-                .as_ref()
-                .is_some_and(|x| *x != cur.organisation)
-                || filter.dataset.as_ref().is_some_and(|x| *x != cur.dataset)
-            {
-                continue;
-            }
+            out.extend(
+                self.deliveries
+                    .range(&cur.organisation, &cur.dataset, from, to)?
+                    .into_iter()
+                    .filter(|d| matches!(d.outcome, Outcome::Rejected { .. })),
+            );
+        }
+        out.sort_by_key(|d| (d.window_start_ms, d.at_ms));
+        Ok(out)
+    }
+
+    /// The windows of the obligations matching `filter`, judged at the
+    /// node's time.
+    pub fn status(&self, filter: &StatusFilter) -> Result<Vec<WindowStatus>, ObligationsError> {
+        let now = self.clock.now_unix_ms();
+        let (from, to) = Self::range_of(filter, now)?;
+        let mut out = Vec::new();
+        for o in self.matching(filter)? {
+            let Some(cur) = o.current() else { continue };
             let windows = o.windows(from, to, MAX_STATUS_WINDOWS);
             let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
                 continue;

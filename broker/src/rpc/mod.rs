@@ -257,6 +257,10 @@ pub const CALLS: &[(&str, CallRule)] = &[
         CallRule::Decided(Action::ReadCompliance),
     ),
     (
+        "/allmende.v1.Obligations/Rejected",
+        CallRule::Decided(Action::ReadCompliance),
+    ),
+    (
         "/arrow.flight.protocol.FlightService/GetFlightInfo",
         CallRule::Decided(Action::Read),
     ),

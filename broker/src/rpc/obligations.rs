@@ -7,7 +7,8 @@ use super::convert::obligations as convert;
 use super::principal;
 use crate::ctx::NodeCtx;
 use crate::error::ApiError;
-use crate::obligations::{Change, NewObligation, Obligations, StatusFilter};
+use crate::mds::MdsBatches;
+use crate::obligations::{Change, NewObligation, Obligations, Outcome, StatusFilter};
 use crate::pki::Principal;
 use crate::policy::{Action, Resource};
 use allmende_proto::v1 as pb;
@@ -18,6 +19,8 @@ use tonic::{Request, Response, Status};
 pub struct ObligationsService {
     pub ctx: NodeCtx,
     pub obligations: Arc<Obligations>,
+    /// Where the node's `mds` sources keep rejected batches.
+    pub batches: MdsBatches,
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -168,5 +171,58 @@ impl pb::obligations_server::Obligations for ObligationsService {
         let now = self.ctx.clock.now_unix_ms();
         let rows = self.obligations.status(&filter).map_err(ApiError::from)?;
         Ok(Response::new(convert::status(&rows, now)))
+    }
+
+    async fn rejected(
+        &self,
+        req: Request<pb::RejectedBatchesRequest>,
+    ) -> Result<Response<pb::RejectedBatchesResponse>, Status> {
+        super::limits::check_id("organisation", &req.get_ref().organisation)?;
+        super::limits::check_id("dataset", &req.get_ref().dataset)?;
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let asked = non_empty(r.organisation);
+        let visible = self.decide_read(&p, asked.as_deref()).await?;
+        let filter = StatusFilter {
+            organisation: visible,
+            dataset: non_empty(r.dataset),
+            from_ms: convert::time("from", &r.from)?,
+            to_ms: convert::time("to", &r.to)?,
+        };
+        let mut attempts = self.obligations.rejected(&filter).map_err(ApiError::from)?;
+        let one = !r.id.is_empty();
+        if one {
+            // Only a batch of a window the caller may see.
+            attempts.retain(|d| {
+                matches!(&d.outcome, Outcome::Rejected { kept_as: Some(id), .. } if *id == r.id)
+            });
+            if attempts.is_empty() {
+                return Err(ApiError::NotFound(format!(
+                    "no rejected batch `{}` in the windows you may see (from `{}` to `{}`)",
+                    crate::text::shown(&r.id, 80),
+                    if r.from.is_empty() {
+                        "24 hours ago"
+                    } else {
+                        &r.from
+                    },
+                    if r.to.is_empty() { "now" } else { &r.to },
+                ))
+                .into());
+            }
+        }
+        let mut batches = Vec::with_capacity(attempts.len());
+        for d in &attempts {
+            let kept = match &d.outcome {
+                Outcome::Rejected {
+                    kept_as: Some(id), ..
+                } => self
+                    .batches
+                    .kept(id, d.window_start_ms)
+                    .map_err(|e| ApiError::from(crate::obligations::ObligationsError::from(e)))?,
+                _ => None,
+            };
+            batches.push(convert::rejected(d, kept.as_ref(), one));
+        }
+        Ok(Response::new(pb::RejectedBatchesResponse { batches }))
     }
 }

@@ -2,7 +2,8 @@
 //! judgements, and the request times parsed into unix milliseconds.
 
 use crate::error::ApiError;
-use crate::obligations::{Obligation, Version, WindowStatus};
+use crate::mds::Kept;
+use crate::obligations::{Delivery, Obligation, Outcome, Version, WindowStatus};
 use crate::timefmt::format_unix_ms;
 use allmende_proto::v1 as pb;
 
@@ -103,5 +104,35 @@ pub fn status(rows: &[WindowStatus], now_ms: i64) -> pb::ObligationStatusRespons
             })
             .collect(),
         judged_at: format_unix_ms(now_ms),
+    }
+}
+
+/// One rejected attempt, with the batch kept for it (`kept`): its answers'
+/// sizes, and their bodies when `bodies`.
+pub fn rejected(d: &Delivery, kept: Option<&Kept>, bodies: bool) -> pb::RejectedBatch {
+    let (reasons, id) = match &d.outcome {
+        Outcome::Rejected { reasons, kept_as } => (reasons.clone(), kept_as.clone()),
+        Outcome::Accepted { .. } | Outcome::Unavailable { .. } => (Vec::new(), None),
+    };
+    pb::RejectedBatch {
+        id: id.unwrap_or_default(),
+        organisation: d.organisation.clone(),
+        dataset: d.dataset.clone(),
+        window_start: format_unix_ms(d.window_start_ms),
+        attempted_at: format_unix_ms(d.at_ms),
+        reasons: kept.map_or(reasons, |k| k.reasons.clone()),
+        answers: kept
+            .map(|k| {
+                k.answers
+                    .iter()
+                    .map(|(part, body)| pb::RawAnswer {
+                        part: part.clone(),
+                        bytes: body.len() as u64,
+                        body: if bodies { body.clone() } else { String::new() },
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        truncated: kept.is_some_and(|k| k.truncated),
     }
 }
