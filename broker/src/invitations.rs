@@ -278,8 +278,7 @@ impl Invitations {
         let now = self.clock.now_unix_secs();
         let expires_at = now.saturating_add(i64::try_from(valid).unwrap_or(i64::MAX));
         let id = hex::encode(random_bytes::<16>()?);
-        let secret =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
         let onboarding = ca::issue_onboarding(
             root,
             org,
@@ -372,7 +371,11 @@ impl Invitations {
         secret: &str,
         csr_pem: &str,
     ) -> Result<Joined, InvitationError> {
-        let root = self.directory.root().ok_or(InvitationError::NotRoot)?.clone();
+        let root = self
+            .directory
+            .root()
+            .ok_or(InvitationError::NotRoot)?
+            .clone();
         let _one = self.redeem.lock().await;
         let label = join_label(&self.federation, &o.organisation);
         let mut inv = match self.check(o, secret, csr_pem) {

@@ -140,7 +140,10 @@ async fn an_invited_organisation_joins_over_the_network_and_its_node_serves() {
     )
     .await
     .unwrap();
-    assert_eq!((out.organisation.as_str(), out.kind), ("fz", OrgKind::University));
+    assert_eq!(
+        (out.organisation.as_str(), out.kind),
+        ("fz", OrgKind::University)
+    );
     assert!(out.version > v0);
     for f in [ca::ORG_KEY, ca::ORG_CERT, ca::ROOT_CERT, ca::MEMBERSHIP] {
         assert!(org_dir.join(f).exists(), "{f}");
@@ -150,13 +153,23 @@ async fn an_invited_organisation_joins_over_the_network_and_its_node_serves() {
     assert_eq!(doc.member("fz").unwrap().kind, OrgKind::University);
     let (node_dir, _) = out.node.clone().unwrap();
     let node_cert = std::fs::read_to_string(node_dir.join("node.crt")).unwrap();
-    let node_sha = ca::cert_facts_from_pem(&node_dir, &node_cert).unwrap().sha256;
+    let node_sha = ca::cert_facts_from_pem(&node_dir, &node_cert)
+        .unwrap()
+        .sha256;
     let entry = doc.nodes.iter().find(|n| n.node == "fz-1").unwrap();
-    assert_eq!((entry.endpoint.as_str(), entry.cert_sha256.as_str()), (endpoint.as_str(), node_sha.as_str()));
+    assert_eq!(
+        (entry.endpoint.as_str(), entry.cert_sha256.as_str()),
+        (endpoint.as_str(), node_sha.as_str())
+    );
     // The join was audited at the city: the invitation allowed, the
     // invite decided for the operator.
     let entries = audit_since(&sb, "stadt-1", before);
-    assert!(join_entry(&entries, "fz", Decision::Allow, "invitation:valid"));
+    assert!(join_entry(
+        &entries,
+        "fz",
+        Decision::Allow,
+        "invitation:valid"
+    ));
     assert!(entries.iter().any(|e| e.principal.org == "stadt"
         && e.action == "manage_federation"
         && e.decision == Some(Decision::Allow)
@@ -165,8 +178,18 @@ async fn an_invited_organisation_joins_over_the_network_and_its_node_serves() {
     // Another node fetches the directory and finds fz's node.
     let t0 = Instant::now();
     let swm = sb.node("swm-1").unwrap();
-    while !swm.trust.snapshot().doc.nodes.iter().any(|n| n.node == "fz-1") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "swm-1 never saw fz-1");
+    while !swm
+        .trust
+        .snapshot()
+        .doc
+        .nodes
+        .iter()
+        .any(|n| n.node == "fz-1")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "swm-1 never saw fz-1"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -190,13 +213,11 @@ async fn an_invited_organisation_joins_over_the_network_and_its_node_serves() {
     assert_eq!(node.grpc_endpoint(), endpoint);
     // A member node greets it: it is known, with the kind the city chose.
     let swm_node = sb.node_profile("swm", "swm-1", &endpoint);
-    let hello = FederationClient::new(
-        connect_with(&endpoint, &material(&swm_node)).await.unwrap(),
-    )
-    .who_am_i(pb::WhoAmIRequest {})
-    .await
-    .unwrap()
-    .into_inner();
+    let hello = FederationClient::new(connect_with(&endpoint, &material(&swm_node)).await.unwrap())
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(hello.server.unwrap().organisation, "fz");
 
     // A researcher of fz, issued from the joined CA, reads a public
@@ -246,19 +267,55 @@ async fn invitations_are_single_use_expire_and_bind_their_organisation() {
     let err = join_rpc(&file, "not-the-secret", csr(&dir.path().join("a"), "fz"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{}", err.message());
-    assert!(err.message().contains("secret does not match"), "{}", err.message());
-    assert!(join_entry(&audit_since(&sb, "stadt-1", before), "fz", Decision::Deny, "invitation:secret"));
+    assert_eq!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("secret does not match"),
+        "{}",
+        err.message()
+    );
+    assert!(join_entry(
+        &audit_since(&sb, "stadt-1", before),
+        "fz",
+        Decision::Deny,
+        "invitation:secret"
+    ));
 
     // Another organisation's request under fz's invitation: refused.
     let before = audit_size(&sb, "stadt-1");
     let err = join_rpc(&file, &file.secret, csr(&dir.path().join("b"), "other"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{}", err.message());
-    assert!(err.message().contains("invitation is for `munich/fz`"), "{}", err.message());
-    assert!(join_entry(&audit_since(&sb, "stadt-1", before), "fz", Decision::Deny, "invitation:organisation"));
-    assert!(sb.city_node().unwrap().trust.snapshot().doc.member("other").is_none());
+    assert_eq!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("invitation is for `munich/fz`"),
+        "{}",
+        err.message()
+    );
+    assert!(join_entry(
+        &audit_since(&sb, "stadt-1", before),
+        "fz",
+        Decision::Deny,
+        "invitation:organisation"
+    ));
+    assert!(
+        sb.city_node()
+            .unwrap()
+            .trust
+            .snapshot()
+            .doc
+            .member("other")
+            .is_none()
+    );
 
     // The right secret and request: joined, with the kind the city chose.
     let r = join_rpc(&file, &file.secret, csr(&dir.path().join("c"), "fz"))
@@ -268,15 +325,41 @@ async fn invitations_are_single_use_expire_and_bind_their_organisation() {
 
     // Replayed: refused as used, audited; no second CA for fz.
     let before = audit_size(&sb, "stadt-1");
-    let ca_before = sb.city_node().unwrap().trust.snapshot().doc.member("fz").unwrap().ca_cert_sha256.clone();
+    let ca_before = sb
+        .city_node()
+        .unwrap()
+        .trust
+        .snapshot()
+        .doc
+        .member("fz")
+        .unwrap()
+        .ca_cert_sha256
+        .clone();
     let err = join_rpc(&file, &file.secret, csr(&dir.path().join("d"), "fz"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
-    assert!(err.message().contains("already used"), "{}", err.message());
-    assert!(join_entry(&audit_since(&sb, "stadt-1", before), "fz", Decision::Deny, "invitation:used"));
     assert_eq!(
-        sb.city_node().unwrap().trust.snapshot().doc.member("fz").unwrap().ca_cert_sha256,
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("already used"), "{}", err.message());
+    assert!(join_entry(
+        &audit_since(&sb, "stadt-1", before),
+        "fz",
+        Decision::Deny,
+        "invitation:used"
+    ));
+    assert_eq!(
+        sb.city_node()
+            .unwrap()
+            .trust
+            .snapshot()
+            .doc
+            .member("fz")
+            .unwrap()
+            .ca_cert_sha256,
         ca_before
     );
 
@@ -288,9 +371,19 @@ async fn invitations_are_single_use_expire_and_bind_their_organisation() {
     let err = join_rpc(&late, &late.secret, csr(&dir.path().join("e"), "late"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
     assert!(err.message().contains("expired"), "{}", err.message());
-    assert!(join_entry(&audit_since(&sb, "stadt-1", before), "late", Decision::Deny, "invitation:expired"));
+    assert!(join_entry(
+        &audit_since(&sb, "stadt-1", before),
+        "late",
+        Decision::Deny,
+        "invitation:expired"
+    ));
     sb.shutdown().await.unwrap();
 }
 
@@ -298,7 +391,9 @@ async fn invitations_are_single_use_expire_and_bind_their_organisation() {
 async fn the_onboarding_certificate_opens_the_join_call_only_and_only_operators_invite() {
     let sb = allmende_e2e::munich().await;
     let file = invite(&sb, "fz", "company", 0).await;
-    let ch = connect_with(&file.city_endpoint, &onboarding(&file)).await.unwrap();
+    let ch = connect_with(&file.city_endpoint, &onboarding(&file))
+        .await
+        .unwrap();
 
     // Every other call on the onboarding connection: refused, audited.
     let before = audit_size(&sb, "stadt-1");
@@ -306,8 +401,17 @@ async fn the_onboarding_certificate_opens_the_join_call_only_and_only_operators_
         .who_am_i(pb::WhoAmIRequest {})
         .await
         .unwrap_err();
-    assert_eq!(who.code(), tonic::Code::PermissionDenied, "{}", who.message());
-    assert!(who.message().contains("`Federation.Join` only"), "{}", who.message());
+    assert_eq!(
+        who.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        who.message()
+    );
+    assert!(
+        who.message().contains("`Federation.Join` only"),
+        "{}",
+        who.message()
+    );
     let membership = FederationClient::new(ch.clone())
         .get_membership(pb::GetMembershipRequest {})
         .await
@@ -332,7 +436,12 @@ async fn the_onboarding_certificate_opens_the_join_call_only_and_only_operators_
     assert!(
         refused
             .iter()
-            .filter(|e| join_entry(std::slice::from_ref(e), "fz", Decision::Deny, "onboarding:join-only"))
+            .filter(|e| join_entry(
+                std::slice::from_ref(e),
+                "fz",
+                Decision::Deny,
+                "onboarding:join-only"
+            ))
             .count()
             >= 4,
         "{refused:?}"
@@ -345,7 +454,10 @@ async fn the_onboarding_certificate_opens_the_join_call_only_and_only_operators_
         Ok(ch) => FederationClient::new(ch)
             .join(pb::JoinRequest::default())
             .await
-            .is_err_and(|s| s.code() != tonic::Code::PermissionDenied && s.code() != tonic::Code::FailedPrecondition),
+            .is_err_and(|s| {
+                s.code() != tonic::Code::PermissionDenied
+                    && s.code() != tonic::Code::FailedPrecondition
+            }),
     };
     assert!(at_swm, "swm-1 took an onboarding certificate");
 
@@ -367,9 +479,13 @@ async fn the_onboarding_certificate_opens_the_join_call_only_and_only_operators_
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{org}/{user}");
-        assert!(audit_since(&sb, "stadt-1", before).iter().any(|e| e.principal.org == org
-            && e.action == "manage_federation"
-            && e.decision == Some(Decision::Deny)));
+        assert!(
+            audit_since(&sb, "stadt-1", before)
+                .iter()
+                .any(|e| e.principal.org == org
+                    && e.action == "manage_federation"
+                    && e.decision == Some(Decision::Deny))
+        );
     }
     // A person cannot record a node entry: nodes only.
     let err = FederationClient::new(channel(&sb, "stadt", "operator", "stadt-1").await)

@@ -103,7 +103,10 @@ pub async fn run(cmd: FederationCmd, json: bool, now: i64) -> Result<(), Failure
                 .answer()?;
             let mut file: crate::invitations::InvitationFile =
                 serde_json::from_slice(&r.invitation).map_err(|e| {
-                    Failure::new(exit::FAILED, format!("the node's invitation is unreadable: {e}"))
+                    Failure::new(
+                        exit::FAILED,
+                        format!("the node's invitation is unreadable: {e}"),
+                    )
                 })?;
             file.city_endpoint = endpoint.unwrap_or(p.endpoint);
             let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();

@@ -517,12 +517,11 @@ pub fn issue_onboarding(
     params.use_authority_key_identifier_extension = true;
     let (nb, _) = validity(now_unix, 1, 1)?;
     params.not_before = nb;
-    params.not_after = OffsetDateTime::from_unix_timestamp(not_after_unix).map_err(|_| {
-        PkiError::BadValidity {
+    params.not_after =
+        OffsetDateTime::from_unix_timestamp(not_after_unix).map_err(|_| PkiError::BadValidity {
             got: not_after_unix,
             max: i64::MAX,
-        }
-    })?;
+        })?;
     let root_pem = read_string(&fed.root_cert())?;
     let issuer = Issuer::from_ca_cert_pem(&root_pem, load_key(&fed.root_key())?)?;
     let cert = params.signed_by(&key, &issuer)?;

@@ -32,7 +32,9 @@ pub struct Onboarding {
 
 /// Checks an invitation id: 16 to 64 lower-case hex digits.
 pub fn valid_invitation_id(s: &str) -> bool {
-    (16..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    (16..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The SAN URI of an onboarding certificate.
@@ -51,7 +53,9 @@ pub fn parse_onboarding_uri(s: &str) -> Result<(String, String, String), Identit
         .ok_or_else(|| err("expected scheme `allmende://`"))?;
     let parts: Vec<&str> = rest.split('/').collect();
     let [fed, org, JOIN, id] = parts.as_slice() else {
-        return Err(err("expected `allmende://<federation>/<org>/join/<invitation>`"));
+        return Err(err(
+            "expected `allmende://<federation>/<org>/join/<invitation>`",
+        ));
     };
     if !valid_org_name(fed) || !valid_org_name(org) {
         return Err(err("invalid federation or organisation name"));

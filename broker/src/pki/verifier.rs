@@ -346,8 +346,8 @@ impl Trust {
                 facts.uris.len()
             )));
         };
-        let (federation, organisation, invitation) = parse_onboarding_uri(uri)
-            .map_err(|e| AuthError::BadIdentity(e.to_string()))?;
+        let (federation, organisation, invitation) =
+            parse_onboarding_uri(uri).map_err(|e| AuthError::BadIdentity(e.to_string()))?;
         if federation != snap.doc.federation {
             return Err(AuthError::WrongFederation(federation));
         }

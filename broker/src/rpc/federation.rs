@@ -191,7 +191,12 @@ impl pb::federation_server::Federation for FederationService {
             .map_err(|e: allmende_vocab::UnknownValue| ApiError::InvalidArgument(e.to_string()))?;
         let file = self
             .invitations
-            .invite(&body.organisation, kind, &body.display_name, body.valid_secs)
+            .invite(
+                &body.organisation,
+                kind,
+                &body.display_name,
+                body.valid_secs,
+            )
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(convert::invite_response(&file)?))

@@ -497,7 +497,8 @@ impl AuthLayer {
                 return Ok(status.into_http());
             }
             req.extensions_mut().insert(peer);
-            let span = tracing::info_span!("rpc", %method, org = %o.organisation, user = "onboarding");
+            let span =
+                tracing::info_span!("rpc", %method, org = %o.organisation, user = "onboarding");
             let resp = inner.call(req).instrument(span).await?;
             count(&layer.metrics, &method, response_code(&resp));
             Ok(resp)
