@@ -1100,4 +1100,94 @@ mod tests {
         .unwrap();
         assert!(t.snapshot().is_denied(&tum_ca.sha256));
     }
+
+    /// An onboarding certificate is no member certificate: the member
+    /// path refuses it; the onboarding path binds it to its invitation and
+    /// refuses member leaves and other organisations' roots.
+    #[test]
+    fn onboarding_certificates_are_refused_as_members_and_bound_to_their_invitation() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let id = "0123456789abcdef0123456789abcdef";
+        let o = issue_onboarding(&fed, "fz", id, NOW + 3600, NOW).unwrap();
+        let leaf = CertificateDer::from_pem_slice(o.cert_pem.as_bytes()).unwrap();
+        let t = trust(&fed, NOW + 60);
+        assert_eq!(
+            t.authenticate(&leaf, &[]),
+            Err(crate::pki::AuthError::NotAMemberCa)
+        );
+        let bound = t.authenticate_onboarding(&leaf).unwrap();
+        assert_eq!(
+            (bound.organisation.as_str(), bound.invitation.as_str()),
+            ("fz", id)
+        );
+        assert_eq!(bound.certificate_sha256, o.sha256);
+        // Expired with its lifetime.
+        assert_eq!(
+            trust(&fed, NOW + 7200).authenticate_onboarding(&leaf),
+            Err(crate::pki::AuthError::Expired)
+        );
+        // A member's node certificate is no onboarding certificate.
+        let swm = OrgCa::load(&d.path().join("swm")).unwrap();
+        let f = swm
+            .issue_node("swm-1", &[], &[], 30, &d.path().join("n"), NOW)
+            .unwrap();
+        let c = chain(&f.chain);
+        assert!(t.authenticate_onboarding(&c[0]).is_err());
+        // Another federation's onboarding certificate does not chain.
+        let other = init_federation(&d.path().join("berlin"), "berlin", NOW).unwrap();
+        let o2 = issue_onboarding(&other, "fz", id, NOW + 3600, NOW).unwrap();
+        let leaf2 = CertificateDer::from_pem_slice(o2.cert_pem.as_bytes()).unwrap();
+        assert!(matches!(
+            t.authenticate_onboarding(&leaf2),
+            Err(crate::pki::AuthError::UnknownIssuer(_))
+        ));
+    }
+
+    /// Recording a node keeps its MLS key package while its certificate
+    /// stays the same, and drops it with a new certificate.
+    #[test]
+    fn upserting_a_node_keeps_its_key_package_for_the_same_certificate() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let entry = |cert: &str, kp: &str| NodeEntry {
+            org: "swm".into(),
+            node: "swm-1".into(),
+            endpoint: "https://127.0.0.1:7401".into(),
+            cert_sha256: cert.into(),
+            mls_key_package: kp.into(),
+        };
+        set_nodes(&fed, &[entry("aa", "KP")], NOW, 0).unwrap();
+        let mut moved = entry("aa", "");
+        moved.endpoint = "https://127.0.0.1:7402".into();
+        let (v, _) = upsert_node(&fed, &moved, NOW, 0).unwrap();
+        let doc = fed.load_membership().unwrap();
+        assert_eq!(doc.version, v);
+        assert_eq!(doc.nodes.len(), 1);
+        assert_eq!(
+            (
+                doc.nodes[0].endpoint.as_str(),
+                doc.nodes[0].mls_key_package.as_str()
+            ),
+            ("https://127.0.0.1:7402", "KP")
+        );
+        upsert_node(&fed, &entry("bb", ""), NOW, 0).unwrap();
+        assert!(
+            fed.load_membership().unwrap().nodes[0]
+                .mls_key_package
+                .is_empty()
+        );
+        assert!(matches!(
+            upsert_node(
+                &fed,
+                &NodeEntry {
+                    org: "nobody".into(),
+                    ..entry("cc", "")
+                },
+                NOW,
+                0
+            ),
+            Err(PkiError::NotMember(_))
+        ));
+    }
 }

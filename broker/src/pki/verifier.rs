@@ -231,27 +231,7 @@ impl Trust {
         now: UnixTime,
     ) -> Result<Principal, AuthError> {
         let snap = self.snapshot.load();
-        let anchor = webpki::anchor_from_trusted_cert(&self.root_der)
-            .map_err(|e| AuthError::UnknownIssuer(e.to_string()))?;
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| AuthError::BadIdentity(e.to_string()))?;
-        let anchors = [anchor];
-        let path = ee
-            .verify_for_usage(
-                self.algs.all,
-                &anchors,
-                intermediates,
-                now,
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .map_err(|e| match e {
-                webpki::Error::CertExpired { .. } => AuthError::Expired,
-                webpki::Error::CertNotValidYet { .. } => AuthError::NotYetValid,
-                other => AuthError::UnknownIssuer(format!("{other:?}")),
-            })?;
-        let issuer_spki = sha256_hex(path.issuer_spki().as_ref());
+        let issuer_spki = self.client_path(end_entity, intermediates, now)?;
         let member = snap
             .by_ca_spki
             .get(&issuer_spki)
@@ -304,6 +284,38 @@ impl Trust {
         })
     }
 
+    /// Verifies a client certificate's path (webpki, client-auth usage) to
+    /// the root at `now` through `intermediates`; returns the lower-case
+    /// hex SHA-256 of the issuing certificate's SPKI.
+    fn client_path(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<String, AuthError> {
+        let anchor = webpki::anchor_from_trusted_cert(&self.root_der)
+            .map_err(|e| AuthError::UnknownIssuer(e.to_string()))?;
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| AuthError::BadIdentity(e.to_string()))?;
+        let anchors = [anchor];
+        let path = ee
+            .verify_for_usage(
+                self.algs.all,
+                &anchors,
+                intermediates,
+                now,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| match e {
+                webpki::Error::CertExpired { .. } => AuthError::Expired,
+                webpki::Error::CertNotValidYet { .. } => AuthError::NotYetValid,
+                other => AuthError::UnknownIssuer(format!("{other:?}")),
+            })?;
+        Ok(sha256_hex(path.issuer_spki().as_ref()))
+    }
+
     /// Authenticates an invitation's onboarding certificate
     /// (`pki::onboarding`): issued directly by the federation root (the
     /// presented intermediates are ignored), valid now, client-auth usage,
@@ -318,24 +330,8 @@ impl Trust {
     ) -> Result<Onboarding, AuthError> {
         let now = UnixTime::since_unix_epoch(self.clock.since_epoch());
         let snap = self.snapshot.load();
-        let anchor = webpki::anchor_from_trusted_cert(&self.root_der)
-            .map_err(|e| AuthError::UnknownIssuer(e.to_string()))?;
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| AuthError::BadIdentity(e.to_string()))?;
-        ee.verify_for_usage(
-            self.algs.all,
-            &[anchor],
-            &[],
-            now,
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| match e {
-            webpki::Error::CertExpired { .. } => AuthError::Expired,
-            webpki::Error::CertNotValidYet { .. } => AuthError::NotYetValid,
-            other => AuthError::UnknownIssuer(format!("{other:?}")),
-        })?;
+        // No intermediates: only a certificate the root signed itself.
+        self.client_path(end_entity, &[], now)?;
         let facts = cert_facts(end_entity.as_ref()).map_err(AuthError::BadIdentity)?;
         if snap.is_denied(&facts.sha256) {
             return Err(AuthError::Revoked);

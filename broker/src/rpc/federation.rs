@@ -50,6 +50,19 @@ pub struct FederationService {
 }
 
 impl FederationService {
+    /// Decides (and audits) `manage_federation` on the federation for
+    /// `p`; `what` names the change in the audit entry's resource.
+    async fn manage(&self, p: &Principal, what: &str) -> Result<(), ApiError> {
+        self.ctx
+            .authorize(
+                p,
+                Action::ManageFederation,
+                Resource::Federation(self.ctx.federation.clone()),
+                &format!("federation/{}/{what}", self.ctx.federation),
+            )
+            .await
+    }
+
     fn node_info(&self) -> pb::NodeInfo {
         convert::node_info(&self.facts, self.trust.snapshot().doc.version)
     }
@@ -132,16 +145,7 @@ impl pb::federation_server::Federation for FederationService {
         let body = req.into_inner();
         check_id("organisation", &body.organisation)?;
         check_id("reason", &body.reason)?;
-        self.ctx
-            .authorize(
-                &p,
-                Action::ManageFederation,
-                Resource::Federation(self.ctx.federation.clone()),
-                &format!(
-                    "federation/{}/remove/{}",
-                    self.ctx.federation, body.organisation
-                ),
-            )
+        self.manage(&p, &format!("remove/{}", body.organisation))
             .await?;
         if body.organisation.is_empty() {
             return Err(
@@ -174,16 +178,7 @@ impl pb::federation_server::Federation for FederationService {
         check_id("organisation", &body.organisation)?;
         check_id("kind", &body.kind)?;
         check_id("display_name", &body.display_name)?;
-        self.ctx
-            .authorize(
-                &p,
-                Action::ManageFederation,
-                Resource::Federation(self.ctx.federation.clone()),
-                &format!(
-                    "federation/{}/invite/{}",
-                    self.ctx.federation, body.organisation
-                ),
-            )
+        self.manage(&p, &format!("invite/{}", body.organisation))
             .await?;
         let kind: crate::pki::OrgKind = body
             .kind
@@ -214,14 +209,7 @@ impl pb::federation_server::Federation for FederationService {
             // A member: decided (only the root's operators manage the
             // federation) and audited; even they cannot join again.
             let p = principal(&req)?;
-            self.ctx
-                .authorize(
-                    &p,
-                    Action::ManageFederation,
-                    Resource::Federation(self.ctx.federation.clone()),
-                    &format!("federation/{}/join", self.ctx.federation),
-                )
-                .await?;
+            self.manage(&p, "join").await?;
             return Err(ApiError::FailedPrecondition(
                 "`Federation.Join` takes the onboarding certificate of an invitation; a member certificate cannot join".into(),
             )
