@@ -447,6 +447,25 @@ async fn the_onboarding_certificate_opens_the_join_call_only_and_only_operators_
         "{refused:?}"
     );
 
+    // Beyond a bound per certificate, refusals are counted, not written:
+    // an invitation's holder cannot grow the audit log.
+    for _ in 0..allmende::rpc::ONBOARDING_AUDITED_REFUSALS {
+        let _ = FederationClient::new(ch.clone())
+            .list_peers(pb::ListPeersRequest {})
+            .await
+            .unwrap_err();
+    }
+    let size = audit_size(&sb, "stadt-1");
+    for _ in 0..10 {
+        let err = FederationClient::new(ch.clone())
+            .list_peers(pb::ListPeersRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+    let later = audit_since(&sb, "stadt-1", size);
+    assert!(!later.iter().any(|e| e.principal.org == "fz"), "{later:?}");
+
     // A node that does not hold the root refuses it in the handshake.
     let swm = sb.node("swm-1").unwrap().grpc_endpoint();
     let at_swm = match connect_with(&swm, &onboarding(&file)).await {

@@ -146,6 +146,7 @@ pub(super) async fn serve_grpc(
             trust: trust.clone(),
             metrics: metrics.clone(),
             audit: ctx.audit.clone(),
+            onboarding_refusals: crate::rpc::OnboardingRefusals::default(),
         })
         .layer(crate::rpc::limits::StreamLimitLayer::new(
             usize::try_from(limits.streams).unwrap_or(usize::MAX),

@@ -371,6 +371,34 @@ pub struct AuthLayer {
     pub metrics: Arc<NodeMetrics>,
     /// Where an onboarding connection's refused calls are audited.
     pub audit: crate::audit::AuditLog,
+    /// Refused calls audited so far per onboarding certificate.
+    pub onboarding_refusals: OnboardingRefusals,
+}
+
+/// How many refused calls of one onboarding certificate are audited one by
+/// one; later ones are refused alike and only counted
+/// (`allmende_tls_handshakes_refused_total{reason="onboarding_scope"}`), so
+/// an invitation's holder cannot grow the audit log without bound.
+pub const ONBOARDING_AUDITED_REFUSALS: u32 = 16;
+
+/// Refused calls audited per onboarding certificate (one small entry per
+/// invitation the city issued).
+#[derive(Debug, Clone, Default)]
+pub struct OnboardingRefusals(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
+
+impl OnboardingRefusals {
+    /// Whether the next refusal of certificate `sha256` is audited one by
+    /// one (a poisoned count audits: better one entry too many).
+    fn audit_next(&self, sha256: &str) -> bool {
+        match crate::locks::lock(&self.0, "onboarding refusals") {
+            Ok(mut m) => {
+                let n = m.entry(sha256.to_owned()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n <= ONBOARDING_AUDITED_REFUSALS
+            }
+            Err(_) => true,
+        }
+    }
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -482,8 +510,12 @@ impl AuthLayer {
                         false,
                         "onboarding:join-only",
                     );
-                    if let Err(e) = layer.audit.append(draft).await {
-                        tracing::warn!(error = %e, "refused onboarding call not audited");
+                    if layer.onboarding_refusals.audit_next(&o.certificate_sha256) {
+                        if let Err(e) = layer.audit.append(draft).await {
+                            tracing::warn!(error = %e, "refused onboarding call not audited");
+                        }
+                    } else {
+                        layer.metrics.refuse("onboarding_scope");
                     }
                     Some(ApiError::PermissionDenied(format!(
                         "an invitation's onboarding certificate is accepted for `Federation.Join` only, not for `{shown}`"
