@@ -204,6 +204,56 @@ impl Directory {
     }
 }
 
+impl Directory {
+    /// Admits an organisation (the city node, joining by invitation, after
+    /// the invitation was checked, audited and marked used): signs its CA
+    /// request, adds it with the admission's kind, re-signs the directory
+    /// and installs it here. Returns the signed organisation with the
+    /// version in force.
+    pub async fn admit_member(
+        &self,
+        csr_pem: &str,
+        admission: &ca::OrgAdmission<'_>,
+    ) -> Result<ca::SignedOrg, DirectoryError> {
+        let root = self.parts.root.as_ref().ok_or(DirectoryError::NotRoot)?;
+        let _w = self.write.lock().await;
+        let current = self.parts.trust.snapshot().doc.version;
+        let now = self.parts.clock.now_unix_secs();
+        let mut signed = ca::sign_org(
+            root,
+            csr_pem,
+            std::path::Path::new("join request"),
+            admission,
+            now,
+            current,
+        )?;
+        signed.version = self
+            .install_locked(&signed.signed_json, "federation join")
+            .await?;
+        Ok(signed)
+    }
+
+    /// Records one node's entry (endpoint, certificate fingerprint) at the
+    /// city node, keeping its other fields (`ca::upsert_node`), and
+    /// installs the re-signed directory here. Returns the new version.
+    pub async fn upsert_node(
+        &self,
+        entry: &crate::pki::membership::NodeEntry,
+    ) -> Result<u64, DirectoryError> {
+        let root = self.parts.root.as_ref().ok_or(DirectoryError::NotRoot)?;
+        let _w = self.write.lock().await;
+        let current = self.parts.trust.snapshot().doc.version;
+        let now = self.parts.clock.now_unix_secs();
+        let (_, json) = ca::upsert_node(root, entry, now, current)?;
+        self.install_locked(&json, "directory node entry").await
+    }
+
+    /// The federation directory with the root key, at the city node.
+    pub fn root(&self) -> Option<&FederationDir> {
+        self.parts.root.as_ref()
+    }
+}
+
 /// Keeps the membership in force in the store (only when it changed), so
 /// a restart never goes back to an older one.
 pub async fn persist_membership(store: &Store, trust: &Trust) -> Result<(), StoreError> {

@@ -185,11 +185,35 @@ impl From<crate::directory::DirectoryError> for ApiError {
         use crate::pki::ca::PkiError as P;
         match e {
             D::Pki(P::NotMember(_)) => ApiError::NotFound(e.to_string()),
-            D::NotRoot | D::Pki(P::RootOrganisation(_)) => {
+            D::NotRoot | D::Pki(P::RootOrganisation(_)) | D::Pki(P::AlreadyMember(_)) => {
                 ApiError::FailedPrecondition(e.to_string())
             }
+            D::Pki(P::WrongOrganisation { .. }) => ApiError::PermissionDenied(e.to_string()),
+            D::Pki(P::BadCsr { .. }) => ApiError::InvalidArgument(e.to_string()),
             D::Store(s) => ApiError::from(s),
             D::Refused(_) | D::Pki(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::invitations::InvitationError> for ApiError {
+    fn from(e: crate::invitations::InvitationError) -> Self {
+        use crate::invitations::InvitationError as I;
+        match e {
+            I::InvalidOrganisation(_)
+            | I::InvalidDisplayName(_)
+            | I::BadLifetime { .. }
+            | I::BadRequest(_) => ApiError::InvalidArgument(e.to_string()),
+            I::Unknown | I::BadSecret | I::WrongOrganisation { .. } => {
+                ApiError::PermissionDenied(e.to_string())
+            }
+            I::NotRoot | I::AlreadyMember(_) | I::Used(_) | I::Expired { .. } => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
+            I::Directory(d) => ApiError::from(d),
+            I::Store(s) => ApiError::from(s),
+            I::Audit(a) => ApiError::from(a),
+            I::Pki(_) | I::Random(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod directory;
 pub mod error;
 pub mod federation;
 pub mod grants;
+pub mod invitations;
 pub mod locks;
 pub mod mds;
 pub mod metrics;

@@ -12,6 +12,7 @@
 
 use crate::metrics::NodeMetrics;
 use crate::pki::Principal;
+use crate::pki::onboarding::Onboarding;
 use crate::pki::verifier::{AuthError, FederationClientVerifier, Trust};
 use futures::Stream;
 use rustls::ServerConfig;
@@ -186,8 +187,23 @@ pub fn server_config(
     metrics: Arc<NodeMetrics>,
     cert_path: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_onboarding(trust, material, metrics, cert_path, false)
+}
+
+/// [`server_config`] that also accepts invitations' onboarding
+/// certificates when `onboarding` is set (the node holding the federation
+/// root; `pki::onboarding`): the auth layer then lets such a connection
+/// make the join call only.
+pub fn server_config_with_onboarding(
+    trust: Arc<Trust>,
+    material: &TlsMaterial,
+    metrics: Arc<NodeMetrics>,
+    cert_path: &Path,
+    onboarding: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = own_chain_and_key(material, cert_path)?;
-    let verifier = Arc::new(FederationClientVerifier::new(trust, metrics));
+    let verifier =
+        Arc::new(FederationClientVerifier::new(trust, metrics).with_onboarding(onboarding));
     let mut cfg = ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -203,10 +219,27 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
 }
 
-/// A TLS connection bound to a principal.
+/// A connection made with an invitation's onboarding certificate: not a
+/// member, served the join call only (`rpc::AuthLayer`).
+#[derive(Debug, Clone)]
+pub struct OnboardingPeer {
+    pub onboarding: Arc<Onboarding>,
+    pub remote: SocketAddr,
+}
+
+/// Who a connection is bound to. The auth layer turns a member's into the
+/// [`PeerInfo`] handlers read, and lets an onboarding connection reach the
+/// join call only.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    Member(PeerInfo),
+    Onboarding(OnboardingPeer),
+}
+
+/// A TLS connection bound to a principal (or an onboarding identity).
 pub struct AuthedStream {
     inner: TlsStream<TcpStream>,
-    info: PeerInfo,
+    info: Peer,
     metrics: Arc<NodeMetrics>,
     /// This connection's slot under the node-wide connection cap.
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -229,9 +262,13 @@ fn closing(
 }
 
 impl AuthedStream {
-    /// The principal the connection is bound to, and its address.
-    pub fn peer(&self) -> &PeerInfo {
-        &self.info
+    /// The principal the connection is bound to, and its address (`None`
+    /// for an onboarding connection).
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        match &self.info {
+            Peer::Member(p) => Some(p),
+            Peer::Onboarding(_) => None,
+        }
     }
 
     fn check_closed(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
@@ -264,8 +301,8 @@ impl Drop for AuthedStream {
 }
 
 impl Connected for AuthedStream {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
+    type ConnectInfo = Peer;
+    fn connect_info(&self) -> Peer {
         self.info.clone()
     }
 }
@@ -410,7 +447,24 @@ pub fn incoming_with(
                 let principal = {
                     let (_, conn) = tls.get_ref();
                     match conn.peer_certificates() {
-                        Some([leaf, rest @ ..]) => trust.authenticate(leaf, rest),
+                        Some([leaf, rest @ ..]) => match trust.authenticate(leaf, rest) {
+                            Ok(p) => Ok(Peer::Member(PeerInfo {
+                                principal: Arc::new(p),
+                                remote,
+                            })),
+                            // The verifier let a non-member through only
+                            // when this node accepts onboarding certificates.
+                            Err(AuthError::NotAMemberCa) => trust
+                                .authenticate_onboarding(leaf)
+                                .map(|o| {
+                                    Peer::Onboarding(OnboardingPeer {
+                                        onboarding: Arc::new(o),
+                                        remote,
+                                    })
+                                })
+                                .map_err(|_| AuthError::NotAMemberCa),
+                            Err(e) => Err(e),
+                        },
                         _ => Err(AuthError::NoCertificate),
                     }
                 };
@@ -420,15 +474,12 @@ pub fn incoming_with(
                     return;
                 };
                 match principal {
-                    Ok(p) => {
+                    Ok(info) => {
                         metrics.handshakes_accepted.inc();
                         metrics.connections_open.inc();
                         let stream = AuthedStream {
                             inner: tls,
-                            info: PeerInfo {
-                                principal: Arc::new(p),
-                                remote,
-                            },
+                            info,
                             metrics,
                             _slot: slot,
                             closed: closing(close_all),

@@ -1124,3 +1124,252 @@ async fn obligations_status_table_json_and_a_refusal() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     sb.shutdown().await.unwrap();
 }
+
+/// `federation invite` and `federation join` exactly as the city operator
+/// and the new organisation type them: the city node signs, the new
+/// organisation gets its files over the network; replays, strangers and
+/// bad input are refused with sentences and exit codes.
+#[test]
+fn invite_and_join_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_owned();
+    let ok = |args: &[&str]| {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    let grpc = free_base_port();
+    ok(&[
+        "pki",
+        "init-federation",
+        "--federation",
+        "munich",
+        "--dir",
+        &d("city"),
+    ]);
+    ok(&[
+        "pki",
+        "org-request",
+        "--federation",
+        "munich",
+        "--org",
+        "stadt",
+        "--dir",
+        &d("stadt"),
+    ]);
+    ok(&[
+        "pki",
+        "org-sign",
+        "--federation-dir",
+        &d("city"),
+        "--csr",
+        &d("stadt/org-ca.csr"),
+        "--kind",
+        "city",
+        "--display-name",
+        "Stadt",
+        "--out",
+        &d("stadt/org-ca.crt"),
+    ]);
+    ok(&[
+        "pki",
+        "issue-node",
+        "--org-dir",
+        &d("stadt"),
+        "--name",
+        "stadt-1",
+        "--out",
+        &d("nodes/stadt-1"),
+    ]);
+    for (id, role) in [("operator", "operator"), ("steward", "steward")] {
+        ok(&[
+            "pki",
+            "issue-user",
+            "--org-dir",
+            &d("stadt"),
+            "--id",
+            id,
+            "--role",
+            role,
+            "--out",
+            &d("users"),
+        ]);
+        std::fs::write(
+            dir.path().join(format!("{id}.profile.toml")),
+            format!(
+                "endpoint = \"https://127.0.0.1:{grpc}\"\nroot_ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                d("city/root-ca.crt"),
+                d(&format!("users/{id}.crt")),
+                d(&format!("users/{id}.key"))
+            ),
+        )
+        .unwrap();
+    }
+    let cfg = dir.path().join("nodes/stadt-1/node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nname = \"stadt-1\"\ndata_dir = \"data\"\n[listen]\ngrpc = \"127.0.0.1:{grpc}\"\n[tls]\nroot_ca = \"../../city/root-ca.crt\"\ncert = \"node.crt\"\nkey = \"node.key\"\nmembership = \"../../city/membership.json\"\n[store]\ncache_mb = 8\n[federation]\nroot_dir = \"{}\"\n",
+            d("city")
+        ),
+    )
+    .unwrap();
+    let (mut child, _) = spawn_until(
+        &["node", "run", "--config", cfg.to_str().unwrap()],
+        "listening",
+        &[],
+    );
+    let operator = d("operator.profile.toml");
+
+    // A steward may not invite: refused (exit 5), in a sentence.
+    let o = run(&[
+        "federation",
+        "invite",
+        "--organisation",
+        "fz",
+        "--kind",
+        "university",
+        "--name",
+        "FZ",
+        "--out",
+        &d("x.json"),
+        "--profile",
+        &d("steward.profile.toml"),
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("permission denied"), "{}", stderr(&o));
+    assert!(!dir.path().join("x.json").exists());
+    // An unknown kind is bad input (exit 3).
+    let o = run(&[
+        "federation",
+        "invite",
+        "--organisation",
+        "fz",
+        "--kind",
+        "research",
+        "--name",
+        "FZ",
+        "--out",
+        &d("x.json"),
+        "--profile",
+        &operator,
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`research`"), "{}", stderr(&o));
+
+    // The operator invites; the file is private.
+    let o = ok(&[
+        "--json",
+        "federation",
+        "invite",
+        "--organisation",
+        "fz",
+        "--kind",
+        "university",
+        "--name",
+        "Forschungszentrum",
+        "--out",
+        &d("fz-invitation.json"),
+        "--profile",
+        &operator,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"], "university");
+    assert_eq!(mode(&dir.path().join("fz-invitation.json")), 0o600);
+
+    // `--node` without `--endpoint` is a usage error.
+    let o = run(&[
+        "federation",
+        "join",
+        "--invitation",
+        &d("fz-invitation.json"),
+        "--dir",
+        &d("fz"),
+        "--node",
+        "fz-1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A missing or garbled invitation is bad input.
+    let o = run(&[
+        "federation",
+        "join",
+        "--invitation",
+        &d("none.json"),
+        "--dir",
+        &d("fz"),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot read invitation"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The organisation joins, with a node.
+    let node_port = free_base_port();
+    let o = ok(&[
+        "--json",
+        "federation",
+        "join",
+        "--invitation",
+        &d("fz-invitation.json"),
+        "--dir",
+        &d("fz"),
+        "--node",
+        "fz-1",
+        "--endpoint",
+        &format!("https://127.0.0.1:{node_port}"),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["organisation"].as_str(), v["kind"].as_str()),
+        (Some("fz"), Some("university"))
+    );
+    assert_eq!(mode(&dir.path().join("fz/org-ca.key")), 0o600);
+    for f in [
+        "fz/org-ca.crt",
+        "fz/root-ca.crt",
+        "fz/membership.json",
+        "fz/nodes/fz-1/node.crt",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    // The city's membership lists fz as a university, with its node.
+    let o = ok(&[
+        "--json",
+        "pki",
+        "membership",
+        "--federation-dir",
+        &d("city"),
+    ]);
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["org"] == "fz" && x["kind"] == "university")
+    );
+    assert!(
+        m["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["node"] == "fz-1")
+    );
+    // The same invitation again: refused as used, in a sentence (exit 1).
+    let o = run(&[
+        "federation",
+        "join",
+        "--invitation",
+        &d("fz-invitation.json"),
+        "--dir",
+        &d("fz-again"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("was already used"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("Status {"), "{}", stderr(&o));
+
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child, 30).code(), Some(0));
+}

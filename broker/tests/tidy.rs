@@ -587,6 +587,7 @@ const DOMAIN: &[&str] = &[
     "config",
     "ctx",
     "grants",
+    "invitations",
     "mls",
     "opendata/publish",
     "opendata/ledger",

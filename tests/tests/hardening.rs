@@ -243,6 +243,30 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
                 .await
                 .map(|_| ())
         }
+        "/allmende.v1.Federation/Invite" => pb::federation_client::FederationClient::new(ch)
+            .invite(pb::InviteRequest {
+                organisation: "fz".into(),
+                kind: "company".into(),
+                display_name: "Forschungszentrum".into(),
+                valid_secs: 0,
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Federation/Join" => pb::federation_client::FederationClient::new(ch)
+            .join(pb::JoinRequest {
+                secret: "guess".into(),
+                csr_pem: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        "/allmende.v1.Federation/RegisterNode" => {
+            pb::federation_client::FederationClient::new(ch)
+                .register_node(pb::RegisterNodeRequest {
+                    endpoint: "https://127.0.0.1:1".into(),
+                })
+                .await
+                .map(|_| ())
+        }
         "/allmende.v1.Grants/RequestAccess" => GrantsClient::new(ch)
             .request_access(pb::RequestAccessRequest {
                 dataset: SMART_METER.into(),

@@ -1,7 +1,7 @@
 //! `allmende federation …`: the federation's membership, run against the
 //! city node (it holds the root and signs the directory).
 
-use super::{Answer, Failure, print_json};
+use super::{Answer, Failure, exit, print_json};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
 use clap::Subcommand;
@@ -24,6 +24,55 @@ pub enum FederationCmd {
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
     },
+    /// Invite a new organisation (city operators, at the city node; decided
+    /// by Cedar and audited). Writes the invitation file (mode 0600: it
+    /// holds a one-time secret and an onboarding key) to give to the new
+    /// organisation only. The kind is yours to set; the joiner cannot.
+    Invite {
+        #[arg(long)]
+        organisation: String,
+        /// city, utility, university, company or public.
+        #[arg(long)]
+        kind: String,
+        /// The organisation's display name.
+        #[arg(long)]
+        name: String,
+        /// Hours the invitation stays valid (default 24).
+        #[arg(long, default_value_t = 24)]
+        valid_hours: u64,
+        /// Where to write the invitation file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The city node's endpoint as the new organisation reaches it
+        /// (default: the profile's).
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long, env = "ALLMENDE_PROFILE")]
+        profile: Option<PathBuf>,
+    },
+    /// Join the federation with an invitation (the new organisation): the
+    /// organisation CA key is made in `--dir` and never leaves it; the city
+    /// signs the request over mTLS. With `--node` and `--endpoint`, also
+    /// issue that node's certificate and record its directory entry.
+    Join {
+        #[arg(long)]
+        invitation: PathBuf,
+        /// The organisation directory (org-ca.key, org-ca.crt, root-ca.crt,
+        /// membership.json; nodes/<name>/ for the node).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, requires = "endpoint")]
+        node: Option<String>,
+        /// The node's gRPC endpoint, `https://host:port`.
+        #[arg(long, requires = "node")]
+        endpoint: Option<String>,
+        /// DNS names of the node certificate.
+        #[arg(long = "dns", default_value = "localhost")]
+        dns: Vec<String>,
+        /// IP addresses of the node certificate.
+        #[arg(long = "ip", default_value = "127.0.0.1")]
+        ips: Vec<std::net::IpAddr>,
+    },
     /// The directory the node holds: version, members, nodes, deny list.
     Show {
         #[arg(long, env = "ALLMENDE_PROFILE")]
@@ -31,8 +80,101 @@ pub enum FederationCmd {
     },
 }
 
-pub async fn run(cmd: FederationCmd, json: bool) -> Result<(), Failure> {
+pub async fn run(cmd: FederationCmd, json: bool, now: i64) -> Result<(), Failure> {
     match cmd {
+        FederationCmd::Invite {
+            organisation,
+            kind,
+            name,
+            valid_hours,
+            out,
+            endpoint,
+            profile,
+        } => {
+            let p = ClientProfile::resolve(profile.as_deref())?;
+            let r = pb::federation_client::FederationClient::new(p.connect().await?)
+                .invite(pb::InviteRequest {
+                    organisation,
+                    kind,
+                    display_name: name,
+                    valid_secs: valid_hours.saturating_mul(3600),
+                })
+                .await
+                .answer()?;
+            let mut file: crate::invitations::InvitationFile =
+                serde_json::from_slice(&r.invitation).map_err(|e| {
+                    Failure::new(
+                        exit::FAILED,
+                        format!("the node's invitation is unreadable: {e}"),
+                    )
+                })?;
+            file.city_endpoint = endpoint.unwrap_or(p.endpoint);
+            let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+            crate::pki::ca::write_secret(&out, &bytes)
+                .map_err(|e| Failure::new(exit::INPUT, e.to_string()))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "invitation": r.invitation_id,
+                    "organisation": r.organisation,
+                    "kind": file.kind,
+                    "expires_unix": r.expires_unix,
+                    "file": out,
+                }));
+            } else {
+                println!(
+                    "invited `{}` ({}) until {}; give {} (mode 0600) to the organisation only",
+                    r.organisation,
+                    file.kind,
+                    crate::timefmt::format_unix_secs(r.expires_unix),
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        FederationCmd::Join {
+            invitation,
+            dir,
+            node,
+            endpoint,
+            dns,
+            ips,
+        } => {
+            let file = super::join::read_invitation(&invitation)?;
+            let node = match (node, endpoint) {
+                (Some(name), Some(endpoint)) => Some(super::join::NodeRequest {
+                    name,
+                    endpoint,
+                    dns,
+                    ips,
+                }),
+                _ => None,
+            };
+            let j = super::join::join(&file, &dir, node.as_ref(), now).await?;
+            if json {
+                print_json(&serde_json::json!({
+                    "organisation": j.organisation,
+                    "kind": j.kind,
+                    "version": j.version,
+                    "dir": j.org_dir,
+                    "node_dir": j.node.as_ref().map(|n| &n.0),
+                }));
+            } else {
+                println!(
+                    "joined as `{}` ({}); directory version {}; organisation CA in {}",
+                    j.organisation,
+                    j.kind,
+                    j.version,
+                    j.org_dir.display()
+                );
+                if let Some((nd, v)) = &j.node {
+                    println!(
+                        "node certificate in {}; its directory entry recorded (version {v})",
+                        nd.display()
+                    );
+                }
+            }
+            Ok(())
+        }
         FederationCmd::Remove {
             organisation,
             reason,

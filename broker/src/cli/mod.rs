@@ -12,6 +12,7 @@ pub mod catalog_cmd;
 pub mod consent_cmd;
 mod data_cmd;
 mod federation_cmd;
+pub mod join;
 pub mod obligations_cmd;
 pub mod opendata_cmd;
 mod pki_cmd;
@@ -341,7 +342,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Access(cmd) => access_cmd::run(cmd, json).await,
         Command::Opendata(cmd) => opendata_cmd::run(cmd, json).await,
         Command::Obligations(cmd) => obligations_cmd::run(cmd, json).await,
-        Command::Federation(cmd) => federation_cmd::run(cmd, json).await,
+        Command::Federation(cmd) => {
+            federation_cmd::run(cmd, json, SystemClock.now_unix_secs()).await
+        }
     }
 }
 

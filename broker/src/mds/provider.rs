@@ -106,7 +106,10 @@ pub async fn serve(
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let principal = stream.peer().principal.clone();
+        // The provider never accepts onboarding certificates.
+        let Some(principal) = stream.peer().map(|p| p.principal.clone()) else {
+            continue;
+        };
         let state = state.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {

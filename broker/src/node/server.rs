@@ -33,7 +33,15 @@ pub(super) async fn serve_grpc(
 ) -> Result<(SocketAddr, JoinHandle<Result<(), NodeError>>), NodeError> {
     let ctx = &parts.ctx;
     let trust = &ctx.trust;
-    let server_cfg = tls::server_config(trust.clone(), material, metrics.clone(), &config.cert)?;
+    // The node holding the root accepts invitations' onboarding
+    // certificates (for `Federation.Join` only).
+    let server_cfg = tls::server_config_with_onboarding(
+        trust.clone(),
+        material,
+        metrics.clone(),
+        &config.cert,
+        config.federation.root_dir.is_some(),
+    )?;
     let listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .map_err(|source| NodeError::Bind {
@@ -51,6 +59,13 @@ pub(super) async fn serve_grpc(
         peers: Arc::new(Peers::open(ctx.store.clone(), ctx.clock.clone())?),
         facts: crate::rpc::federation_facts(own),
         directory: parts.services.directory.clone(),
+        invitations: Arc::new(crate::invitations::Invitations::open(
+            ctx.store.clone(),
+            ctx.audit.clone(),
+            ctx.clock.clone(),
+            parts.services.directory.clone(),
+            &ctx.federation,
+        )?),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -130,6 +145,8 @@ pub(super) async fn serve_grpc(
         .layer(AuthLayer {
             trust: trust.clone(),
             metrics: metrics.clone(),
+            audit: ctx.audit.clone(),
+            onboarding_refusals: crate::rpc::OnboardingRefusals::default(),
         })
         .layer(crate::rpc::limits::StreamLimitLayer::new(
             usize::try_from(limits.streams).unwrap_or(usize::MAX),

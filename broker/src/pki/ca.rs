@@ -79,6 +79,8 @@ pub enum PkiError {
     NotMember(String),
     #[error("organisation `{0}` holds the federation root and cannot be removed")]
     RootOrganisation(String),
+    #[error("the request names organisation `{requested}`, the invitation is for `{invited}`")]
+    WrongOrganisation { requested: String, invited: String },
     #[error("validity must be between 1 and {max} days, got {got}")]
     BadValidity { got: i64, max: i64 },
 }
@@ -327,28 +329,77 @@ pub fn org_sign(
     out_cert: &Path,
     now_unix: i64,
 ) -> Result<Member, PkiError> {
+    let csr_pem = read_string(csr_path)?;
+    let signed = sign_org(
+        fed,
+        &csr_pem,
+        csr_path,
+        &OrgAdmission {
+            kind,
+            display_name,
+            invited_org: None,
+        },
+        now_unix,
+        0,
+    )?;
+    write_public(out_cert, signed.cert_pem.as_bytes())?;
+    Ok(signed.member)
+}
+
+/// What the city decided about an organisation it admits: its kind and
+/// name, and (joining by invitation) the one organisation the request may
+/// name.
+#[derive(Debug, Clone, Copy)]
+pub struct OrgAdmission<'a> {
+    pub kind: OrgKind,
+    pub display_name: &'a str,
+    pub invited_org: Option<&'a str>,
+}
+
+/// An organisation CA signed and added to the membership.
+#[derive(Debug, Clone)]
+pub struct SignedOrg {
+    pub member: Member,
+    /// The organisation CA certificate (PEM).
+    pub cert_pem: String,
+    /// The re-signed membership: its version and its signed bytes.
+    pub version: u64,
+    pub signed_json: Vec<u8>,
+}
+
+/// Signs the organisation CA request `csr_pem` (`origin` names it in
+/// errors) and adds the organisation with the admission's kind to the
+/// membership, re-signed with a version above both the file's and
+/// `above_version`. Only the public key and the organisation name are taken
+/// from the request; with an invited organisation, the request must name
+/// exactly it.
+pub fn sign_org(
+    fed: &FederationDir,
+    csr_pem: &str,
+    origin: &Path,
+    admission: &OrgAdmission<'_>,
+    now_unix: i64,
+    above_version: u64,
+) -> Result<SignedOrg, PkiError> {
     let bad = |reason: String| PkiError::BadCsr {
-        path: csr_path.to_path_buf(),
+        path: origin.to_path_buf(),
         reason,
     };
-    let csr = CertificateSigningRequestParams::from_pem(&read_string(csr_path)?)
-        .map_err(|e| bad(e.to_string()))?;
-    let uri = csr
-        .params
-        .subject_alt_names
-        .iter()
-        .find_map(|s| match s {
-            SanType::URI(u) => Some(u.as_str().to_owned()),
-            _ => None,
-        })
-        .ok_or_else(|| bad("no `allmende://<federation>/<org>` URI".into()))?;
-    let (federation, org) = parse_org_uri(&uri).map_err(|e| bad(e.to_string()))?;
+    let (csr, uri, federation, org) = parse_csr(csr_pem).map_err(bad)?;
     let mut doc = fed.load_membership()?;
     if federation != doc.federation {
         return Err(bad(format!(
             "requests membership of federation `{federation}`, this is `{}`",
             doc.federation
         )));
+    }
+    if let Some(invited) = admission.invited_org
+        && invited != org
+    {
+        return Err(PkiError::WrongOrganisation {
+            requested: org,
+            invited: invited.to_owned(),
+        });
     }
     if doc.member(&org).is_some() {
         return Err(PkiError::AlreadyMember(org));
@@ -374,21 +425,111 @@ pub fn org_sign(
     let issuer = Issuer::from_ca_cert_pem(&root_pem, load_key(&fed.root_key())?)?;
     let cert = params.signed_by(&csr.public_key, &issuer)?;
     let facts = cert_facts(cert.der()).map_err(bad)?;
-    write_public(out_cert, cert.pem().as_bytes())?;
     let member = Member {
         org,
-        kind,
-        display_name: display_name.to_owned(),
+        kind: admission.kind,
+        display_name: admission.display_name.to_owned(),
         ca_cert_pem: cert.pem(),
         ca_spki_sha256: facts.spki_sha256,
         ca_cert_sha256: facts.sha256,
         added_at: now_unix,
     };
     doc.members.push(member.clone());
-    doc.version += 1;
+    doc.version = doc
+        .version
+        .saturating_add(1)
+        .max(above_version.saturating_add(1));
     doc.issued_at = now_unix;
-    fed.store_membership(&doc)?;
-    Ok(member)
+    let signed_json = fed.store_membership(&doc)?;
+    Ok(SignedOrg {
+        member,
+        cert_pem: cert.pem(),
+        version: doc.version,
+        signed_json,
+    })
+}
+
+/// A parsed organisation CA request: the request, its URI, federation and
+/// organisation.
+fn parse_csr(
+    csr_pem: &str,
+) -> Result<(CertificateSigningRequestParams, String, String, String), String> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| e.to_string())?;
+    let uri = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .find_map(|s| match s {
+            SanType::URI(u) => Some(u.as_str().to_owned()),
+            _ => None,
+        })
+        .ok_or_else(|| "no `allmende://<federation>/<org>` URI".to_owned())?;
+    let (federation, org) = parse_org_uri(&uri).map_err(|e| e.to_string())?;
+    Ok((csr, uri, federation, org))
+}
+
+/// The federation and organisation an organisation CA request names.
+pub fn csr_organisation(csr_pem: &str) -> Result<(String, String), String> {
+    parse_csr(csr_pem).map(|(_, _, f, o)| (f, o))
+}
+
+/// An invitation's onboarding certificate and key (PEM).
+#[derive(Clone)]
+pub struct OnboardingCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for OnboardingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("OnboardingCert")
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Issues the onboarding client certificate of invitation `invitation` for
+/// organisation `org`, directly under the federation root, valid until
+/// `not_after_unix` (`pki::onboarding`).
+pub fn issue_onboarding(
+    fed: &FederationDir,
+    org: &str,
+    invitation: &str,
+    not_after_unix: i64,
+    now_unix: i64,
+) -> Result<OnboardingCert, PkiError> {
+    if !valid_org_name(org) {
+        return Err(PkiError::InvalidOrgName(org.into()));
+    }
+    let doc = fed.load_membership()?;
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("Allmende onboarding {org}"));
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(
+        super::onboarding::onboarding_uri(&doc.federation, org, invitation).try_into()?,
+    )];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let (nb, _) = validity(now_unix, 1, 1)?;
+    params.not_before = nb;
+    params.not_after =
+        OffsetDateTime::from_unix_timestamp(not_after_unix).map_err(|_| PkiError::BadValidity {
+            got: not_after_unix,
+            max: i64::MAX,
+        })?;
+    let root_pem = read_string(&fed.root_cert())?;
+    let issuer = Issuer::from_ca_cert_pem(&root_pem, load_key(&fed.root_key())?)?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(OnboardingCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        sha256: sha256_hex(cert.der()),
+    })
 }
 
 /// An organisation directory (`org-ca.key`, `org-ca.crt`).
@@ -659,6 +800,32 @@ pub fn set_nodes(
     doc.issued_at = now_unix;
     let json = fed.store_membership(&doc)?;
     Ok((doc.version, json))
+}
+
+/// Records one node entry in the directory (`entry.org` must be a member)
+/// and re-signs it with a version above both the file's and
+/// `above_version`. The node's other fields are kept: its MLS key package
+/// stays while its certificate is the same (a new certificate needs a new
+/// key package, bound to it). Returns the new version and the signed
+/// document.
+pub fn upsert_node(
+    fed: &FederationDir,
+    entry: &NodeEntry,
+    now_unix: i64,
+    above_version: u64,
+) -> Result<(u64, Vec<u8>), PkiError> {
+    let doc = fed.load_membership()?;
+    let mut e = entry.clone();
+    if let Some(old) = doc
+        .nodes
+        .iter()
+        .find(|n| n.org == e.org && n.node == e.node)
+        && old.cert_sha256 == e.cert_sha256
+        && e.mls_key_package.is_empty()
+    {
+        e.mls_key_package.clone_from(&old.mls_key_package);
+    }
+    set_nodes(fed, &[e], now_unix, above_version)
 }
 
 #[cfg(test)]
@@ -932,5 +1099,95 @@ mod tests {
         )
         .unwrap();
         assert!(t.snapshot().is_denied(&tum_ca.sha256));
+    }
+
+    /// An onboarding certificate is no member certificate: the member
+    /// path refuses it; the onboarding path binds it to its invitation and
+    /// refuses member leaves and other organisations' roots.
+    #[test]
+    fn onboarding_certificates_are_refused_as_members_and_bound_to_their_invitation() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let id = "0123456789abcdef0123456789abcdef";
+        let o = issue_onboarding(&fed, "fz", id, NOW + 3600, NOW).unwrap();
+        let leaf = CertificateDer::from_pem_slice(o.cert_pem.as_bytes()).unwrap();
+        let t = trust(&fed, NOW + 60);
+        assert_eq!(
+            t.authenticate(&leaf, &[]),
+            Err(crate::pki::AuthError::NotAMemberCa)
+        );
+        let bound = t.authenticate_onboarding(&leaf).unwrap();
+        assert_eq!(
+            (bound.organisation.as_str(), bound.invitation.as_str()),
+            ("fz", id)
+        );
+        assert_eq!(bound.certificate_sha256, o.sha256);
+        // Expired with its lifetime.
+        assert_eq!(
+            trust(&fed, NOW + 7200).authenticate_onboarding(&leaf),
+            Err(crate::pki::AuthError::Expired)
+        );
+        // A member's node certificate is no onboarding certificate.
+        let swm = OrgCa::load(&d.path().join("swm")).unwrap();
+        let f = swm
+            .issue_node("swm-1", &[], &[], 30, &d.path().join("n"), NOW)
+            .unwrap();
+        let c = chain(&f.chain);
+        assert!(t.authenticate_onboarding(&c[0]).is_err());
+        // Another federation's onboarding certificate does not chain.
+        let other = init_federation(&d.path().join("berlin"), "berlin", NOW).unwrap();
+        let o2 = issue_onboarding(&other, "fz", id, NOW + 3600, NOW).unwrap();
+        let leaf2 = CertificateDer::from_pem_slice(o2.cert_pem.as_bytes()).unwrap();
+        assert!(matches!(
+            t.authenticate_onboarding(&leaf2),
+            Err(crate::pki::AuthError::UnknownIssuer(_))
+        ));
+    }
+
+    /// Recording a node keeps its MLS key package while its certificate
+    /// stays the same, and drops it with a new certificate.
+    #[test]
+    fn upserting_a_node_keeps_its_key_package_for_the_same_certificate() {
+        let d = tempfile::tempdir().unwrap();
+        let fed = setup(d.path());
+        let entry = |cert: &str, kp: &str| NodeEntry {
+            org: "swm".into(),
+            node: "swm-1".into(),
+            endpoint: "https://127.0.0.1:7401".into(),
+            cert_sha256: cert.into(),
+            mls_key_package: kp.into(),
+        };
+        set_nodes(&fed, &[entry("aa", "KP")], NOW, 0).unwrap();
+        let mut moved = entry("aa", "");
+        moved.endpoint = "https://127.0.0.1:7402".into();
+        let (v, _) = upsert_node(&fed, &moved, NOW, 0).unwrap();
+        let doc = fed.load_membership().unwrap();
+        assert_eq!(doc.version, v);
+        assert_eq!(doc.nodes.len(), 1);
+        assert_eq!(
+            (
+                doc.nodes[0].endpoint.as_str(),
+                doc.nodes[0].mls_key_package.as_str()
+            ),
+            ("https://127.0.0.1:7402", "KP")
+        );
+        upsert_node(&fed, &entry("bb", ""), NOW, 0).unwrap();
+        assert!(
+            fed.load_membership().unwrap().nodes[0]
+                .mls_key_package
+                .is_empty()
+        );
+        assert!(matches!(
+            upsert_node(
+                &fed,
+                &NodeEntry {
+                    org: "nobody".into(),
+                    ..entry("cc", "")
+                },
+                NOW,
+                0
+            ),
+            Err(PkiError::NotMember(_))
+        ));
     }
 }

@@ -5,6 +5,7 @@
 pub mod ca;
 pub mod identity;
 pub mod membership;
+pub mod onboarding;
 pub mod verifier;
 
 pub use identity::{OrgKind, Principal, Role, Subject};

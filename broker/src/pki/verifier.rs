@@ -16,6 +16,7 @@
 use super::ca::cert_facts;
 use super::identity::{LeafIdentity, Principal, Role, Subject};
 use super::membership::{Member, MembershipDoc, MembershipError, SignedMembership, sha256_hex};
+use super::onboarding::{Onboarding, parse_onboarding_uri};
 use crate::clock::SharedClock;
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -230,27 +231,7 @@ impl Trust {
         now: UnixTime,
     ) -> Result<Principal, AuthError> {
         let snap = self.snapshot.load();
-        let anchor = webpki::anchor_from_trusted_cert(&self.root_der)
-            .map_err(|e| AuthError::UnknownIssuer(e.to_string()))?;
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| AuthError::BadIdentity(e.to_string()))?;
-        let anchors = [anchor];
-        let path = ee
-            .verify_for_usage(
-                self.algs.all,
-                &anchors,
-                intermediates,
-                now,
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .map_err(|e| match e {
-                webpki::Error::CertExpired { .. } => AuthError::Expired,
-                webpki::Error::CertNotValidYet { .. } => AuthError::NotYetValid,
-                other => AuthError::UnknownIssuer(format!("{other:?}")),
-            })?;
-        let issuer_spki = sha256_hex(path.issuer_spki().as_ref());
+        let issuer_spki = self.client_path(end_entity, intermediates, now)?;
         let member = snap
             .by_ca_spki
             .get(&issuer_spki)
@@ -303,6 +284,91 @@ impl Trust {
         })
     }
 
+    /// Verifies a client certificate's path (webpki, client-auth usage) to
+    /// the root at `now` through `intermediates`; returns the lower-case
+    /// hex SHA-256 of the issuing certificate's SPKI.
+    fn client_path(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<String, AuthError> {
+        let anchor = webpki::anchor_from_trusted_cert(&self.root_der)
+            .map_err(|e| AuthError::UnknownIssuer(e.to_string()))?;
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| AuthError::BadIdentity(e.to_string()))?;
+        let anchors = [anchor];
+        let path = ee
+            .verify_for_usage(
+                self.algs.all,
+                &anchors,
+                intermediates,
+                now,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| match e {
+                webpki::Error::CertExpired { .. } => AuthError::Expired,
+                webpki::Error::CertNotValidYet { .. } => AuthError::NotYetValid,
+                other => AuthError::UnknownIssuer(format!("{other:?}")),
+            })?;
+        Ok(sha256_hex(path.issuer_spki().as_ref()))
+    }
+
+    /// Authenticates an invitation's onboarding certificate
+    /// (`pki::onboarding`): issued directly by the federation root (the
+    /// presented intermediates are ignored), valid now, client-auth usage,
+    /// exactly one onboarding URI of this federation, not on the deny list.
+    /// Whether its invitation is still good is the join's check (so a
+    /// replay is refused with its reason and audited). The verifier accepts it only
+    /// at a node that holds the root, and the auth layer only for the join
+    /// call.
+    pub fn authenticate_onboarding(
+        &self,
+        end_entity: &CertificateDer<'_>,
+    ) -> Result<Onboarding, AuthError> {
+        let now = UnixTime::since_unix_epoch(self.clock.since_epoch());
+        let snap = self.snapshot.load();
+        // No intermediates: only a certificate the root signed itself.
+        self.client_path(end_entity, &[], now)?;
+        let facts = cert_facts(end_entity.as_ref()).map_err(AuthError::BadIdentity)?;
+        if snap.is_denied(&facts.sha256) {
+            return Err(AuthError::Revoked);
+        }
+        let [uri] = facts.uris.as_slice() else {
+            return Err(AuthError::BadIdentity(format!(
+                "expected exactly one identity URI, found {}",
+                facts.uris.len()
+            )));
+        };
+        let (federation, organisation, invitation) =
+            parse_onboarding_uri(uri).map_err(|e| AuthError::BadIdentity(e.to_string()))?;
+        if federation != snap.doc.federation {
+            return Err(AuthError::WrongFederation(federation));
+        }
+        Ok(Onboarding {
+            federation,
+            organisation,
+            invitation,
+            certificate_sha256: facts.sha256,
+            not_after: facts.not_after,
+        })
+    }
+
+    /// Re-checks an onboarding connection for a request: not denied, not
+    /// expired.
+    pub fn recheck_onboarding(&self, o: &Onboarding) -> Result<(), AuthError> {
+        let snap = self.snapshot.load();
+        if snap.is_denied(&o.certificate_sha256) {
+            return Err(AuthError::Revoked);
+        }
+        if self.clock.now_unix_secs() > o.not_after {
+            return Err(AuthError::Expired);
+        }
+        Ok(())
+    }
+
     /// Re-checks a bound principal for a request (or the next message of a
     /// stream) on an existing connection, against the current membership:
     /// the leaf or its issuing CA revoked, the organisation removed from the
@@ -344,6 +410,9 @@ pub struct FederationClientVerifier {
     trust: Arc<Trust>,
     sink: Arc<dyn RefusalSink>,
     hints: Vec<DistinguishedName>,
+    /// Also accept invitations' onboarding certificates (a node holding
+    /// the root only; [`Trust::authenticate_onboarding`]).
+    onboarding: bool,
 }
 
 impl FederationClientVerifier {
@@ -352,7 +421,15 @@ impl FederationClientVerifier {
             trust,
             sink,
             hints: Vec::new(),
+            onboarding: false,
         }
+    }
+
+    /// Accepts onboarding certificates too (the node holding the root).
+    #[must_use]
+    pub fn with_onboarding(mut self, accept: bool) -> Self {
+        self.onboarding = accept;
+        self
     }
 }
 
@@ -367,8 +444,19 @@ impl ClientCertVerifier for FederationClientVerifier {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.trust.authenticate(end_entity, intermediates) {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
+        let bound = match self.trust.authenticate(end_entity, intermediates) {
+            // Not a member's certificate: at the root's node, perhaps an
+            // invitation's onboarding certificate; the member refusal is
+            // what is counted otherwise.
+            Err(AuthError::NotAMemberCa) if self.onboarding => self
+                .trust
+                .authenticate_onboarding(end_entity)
+                .map(|_| ())
+                .map_err(|_| AuthError::NotAMemberCa),
+            other => other.map(|_| ()),
+        };
+        match bound {
+            Ok(()) => Ok(ClientCertVerified::assertion()),
             Err(e) => {
                 self.sink.refused(&e);
                 tracing::debug!(reason = e.label(), error = %e, "client certificate refused");

@@ -45,9 +45,24 @@ pub struct FederationService {
     pub facts: ServerFacts,
     /// The directory this node holds (and, at the city node, signs).
     pub directory: Arc<crate::directory::Directory>,
+    /// Invitations to join (kept at the city node).
+    pub invitations: Arc<crate::invitations::Invitations>,
 }
 
 impl FederationService {
+    /// Decides (and audits) `manage_federation` on the federation for
+    /// `p`; `what` names the change in the audit entry's resource.
+    async fn manage(&self, p: &Principal, what: &str) -> Result<(), ApiError> {
+        self.ctx
+            .authorize(
+                p,
+                Action::ManageFederation,
+                Resource::Federation(self.ctx.federation.clone()),
+                &format!("federation/{}/{what}", self.ctx.federation),
+            )
+            .await
+    }
+
     fn node_info(&self) -> pb::NodeInfo {
         convert::node_info(&self.facts, self.trust.snapshot().doc.version)
     }
@@ -130,16 +145,7 @@ impl pb::federation_server::Federation for FederationService {
         let body = req.into_inner();
         check_id("organisation", &body.organisation)?;
         check_id("reason", &body.reason)?;
-        self.ctx
-            .authorize(
-                &p,
-                Action::ManageFederation,
-                Resource::Federation(self.ctx.federation.clone()),
-                &format!(
-                    "federation/{}/remove/{}",
-                    self.ctx.federation, body.organisation
-                ),
-            )
+        self.manage(&p, &format!("remove/{}", body.organisation))
             .await?;
         if body.organisation.is_empty() {
             return Err(
@@ -162,4 +168,135 @@ impl pb::federation_server::Federation for FederationService {
             version,
         )))
     }
+
+    async fn invite(
+        &self,
+        req: Request<pb::InviteRequest>,
+    ) -> Result<Response<pb::InviteResponse>, Status> {
+        let p = principal(&req)?;
+        let body = req.into_inner();
+        check_id("organisation", &body.organisation)?;
+        check_id("kind", &body.kind)?;
+        check_id("display_name", &body.display_name)?;
+        self.manage(&p, &format!("invite/{}", body.organisation))
+            .await?;
+        let kind: crate::pki::OrgKind = body
+            .kind
+            .parse()
+            .map_err(|e: allmende_vocab::UnknownValue| ApiError::InvalidArgument(e.to_string()))?;
+        let file = self
+            .invitations
+            .invite(
+                &body.organisation,
+                kind,
+                &body.display_name,
+                body.valid_secs,
+            )
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::invite_response(&file)?))
+    }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let onboarding = req
+            .extensions()
+            .get::<crate::tls::OnboardingPeer>()
+            .map(|o| o.onboarding.clone());
+        let Some(o) = onboarding else {
+            // A member: decided (only the root's operators manage the
+            // federation) and audited; even they cannot join again.
+            let p = principal(&req)?;
+            self.manage(&p, "join").await?;
+            return Err(ApiError::FailedPrecondition(
+                "`Federation.Join` takes the onboarding certificate of an invitation; a member certificate cannot join".into(),
+            )
+            .into());
+        };
+        let body = req.into_inner();
+        check_id("secret", &body.secret)?;
+        if body.csr_pem.len() > MAX_CSR_BYTES {
+            return Err(ApiError::InvalidArgument(format!(
+                "the signing request is longer than {MAX_CSR_BYTES} bytes"
+            ))
+            .into());
+        }
+        let joined = self
+            .invitations
+            .join(&o, &body.secret, &body.csr_pem)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::join_response(&joined)))
+    }
+
+    async fn register_node(
+        &self,
+        req: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let p = principal(&req)?;
+        let body = req.into_inner();
+        check_id("endpoint", &body.endpoint)?;
+        self.ctx
+            .authorize(
+                &p,
+                Action::ExchangeMetadata,
+                Resource::Federation(self.ctx.federation.clone()),
+                &format!(
+                    "federation/{}/nodes/{}/{}",
+                    self.ctx.federation,
+                    p.organisation,
+                    p.subject.name()
+                ),
+            )
+            .await?;
+        if !p.is_node() {
+            return Err(ApiError::PermissionDenied(
+                "only a node records its own directory entry, with its node certificate".into(),
+            )
+            .into());
+        }
+        let entry = crate::pki::membership::NodeEntry {
+            org: p.organisation.clone(),
+            node: p.subject.name().to_owned(),
+            endpoint: valid_endpoint(&body.endpoint)?,
+            cert_sha256: p.certificate_sha256.clone(),
+            mls_key_package: String::new(),
+        };
+        let version = self
+            .directory
+            .upsert_node(&entry)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(org = %entry.org, node = %entry.node, version, "node entry recorded");
+        Ok(Response::new(convert::register_node_response(
+            &entry, version,
+        )))
+    }
+}
+
+/// Longest organisation CA signing request accepted by `Federation.Join`.
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// A node endpoint as the directory lists it: `https://host:port`, a port,
+/// no path, no user part.
+fn valid_endpoint(s: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::InvalidArgument(format!(
+            "endpoint `{}` is not `https://host:port`",
+            crate::text::shown(s, 80)
+        ))
+    };
+    let rest = s.strip_prefix("https://").ok_or_else(bad)?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty()
+        || port.parse::<u16>().map_or(true, |p| p == 0)
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
 }

@@ -38,7 +38,7 @@ use crate::error::ApiError;
 use crate::metrics::{NodeMetrics, RpcLabels};
 use crate::pki::{Principal, Trust};
 use crate::policy::Action;
-use crate::tls::PeerInfo;
+use crate::tls::{Peer, PeerInfo};
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -181,6 +181,18 @@ pub const CALLS: &[(&str, CallRule)] = &[
     (
         "/allmende.v1.Federation/RemoveMember",
         CallRule::Decided(Action::ManageFederation),
+    ),
+    (
+        "/allmende.v1.Federation/Invite",
+        CallRule::Decided(Action::ManageFederation),
+    ),
+    (
+        "/allmende.v1.Federation/Join",
+        CallRule::Decided(Action::ManageFederation),
+    ),
+    (
+        "/allmende.v1.Federation/RegisterNode",
+        CallRule::Decided(Action::ExchangeMetadata),
     ),
     (
         "/allmende.v1.Grants/RequestAccess",
@@ -334,11 +346,20 @@ pub const CALLS: &[(&str, CallRule)] = &[
     ),
 ];
 
-/// The caller of a request, as bound by [`AuthLayer`].
+/// The one method a connection made with an invitation's onboarding
+/// certificate may call (`pki::onboarding`).
+pub const JOIN_METHOD: &str = "/allmende.v1.Federation/Join";
+
+/// The caller of a request, as bound by [`AuthLayer`] (or, on a server
+/// without it, by the accept loop). An onboarding connection has none.
 pub fn principal<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, tonic::Status> {
-    req.extensions()
-        .get::<PeerInfo>()
+    let ext = req.extensions();
+    ext.get::<PeerInfo>()
         .map(|p| p.principal.clone())
+        .or_else(|| match ext.get::<Peer>() {
+            Some(Peer::Member(p)) => Some(p.principal.clone()),
+            _ => None,
+        })
         .ok_or_else(|| {
             tonic::Status::from(ApiError::Unauthenticated("no authenticated peer".into()))
         })
@@ -352,6 +373,36 @@ pub fn principal<T>(req: &tonic::Request<T>) -> Result<Arc<Principal>, tonic::St
 pub struct AuthLayer {
     pub trust: Arc<Trust>,
     pub metrics: Arc<NodeMetrics>,
+    /// Where an onboarding connection's refused calls are audited.
+    pub audit: crate::audit::AuditLog,
+    /// Refused calls audited so far per onboarding certificate.
+    pub onboarding_refusals: OnboardingRefusals,
+}
+
+/// How many refused calls of one onboarding certificate are audited one by
+/// one; later ones are refused alike and only counted
+/// (`allmende_tls_handshakes_refused_total{reason="onboarding_scope"}`), so
+/// an invitation's holder cannot grow the audit log without bound.
+pub const ONBOARDING_AUDITED_REFUSALS: u32 = 16;
+
+/// Refused calls audited per onboarding certificate (one small entry per
+/// invitation the city issued).
+#[derive(Debug, Clone, Default)]
+pub struct OnboardingRefusals(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
+
+impl OnboardingRefusals {
+    /// Whether the next refusal of certificate `sha256` is audited one by
+    /// one (a poisoned count audits: better one entry too many).
+    fn audit_next(&self, sha256: &str) -> bool {
+        match crate::locks::lock(&self.0, "onboarding refusals") {
+            Ok(mut m) => {
+                let n = m.entry(sha256.to_owned()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n <= ONBOARDING_AUDITED_REFUSALS
+            }
+            Err(_) => true,
+        }
+    }
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -368,9 +419,20 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub type AuthService<S> = layer::Layered<S, AuthLayer>;
 
 impl<S: layer::Inner<B>, B: Send + 'static> layer::Around<S, B> for AuthLayer {
-    fn around(&self, mut inner: S, req: http::Request<B>) -> layer::BoxFut<S::Response, S::Error> {
+    fn around(
+        &self,
+        mut inner: S,
+        mut req: http::Request<B>,
+    ) -> layer::BoxFut<S::Response, S::Error> {
         let method = req.uri().path().to_owned();
-        let peer = req.extensions().get::<PeerInfo>().cloned();
+        let peer = match req.extensions().get::<Peer>().cloned() {
+            Some(Peer::Onboarding(o)) => return self.onboarding(inner, req, o, method),
+            Some(Peer::Member(p)) => {
+                req.extensions_mut().insert(p.clone());
+                Some(p)
+            }
+            None => req.extensions().get::<PeerInfo>().cloned(),
+        };
         let layer = self.clone();
         Box::pin(async move {
             let refusal = match &peer {
@@ -414,16 +476,80 @@ impl<S: layer::Inner<B>, B: Send + 'static> layer::Around<S, B> for AuthLayer {
                 }),
                 None => resp,
             };
-            let code = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-            count(&layer.metrics, &method, code);
+            count(&layer.metrics, &method, response_code(&resp));
             Ok(resp)
         })
     }
+}
+
+impl AuthLayer {
+    /// A request on a connection made with an invitation's onboarding
+    /// certificate: re-checked (still not a member, not denied, not
+    /// expired), and passed on only for [`JOIN_METHOD`]; any other call is
+    /// refused with `PERMISSION_DENIED` and audited.
+    fn onboarding<S: layer::Inner<B>, B: Send + 'static>(
+        &self,
+        mut inner: S,
+        mut req: http::Request<B>,
+        peer: crate::tls::OnboardingPeer,
+        method: String,
+    ) -> layer::BoxFut<S::Response, S::Error> {
+        let layer = self.clone();
+        Box::pin(async move {
+            let o = peer.onboarding.clone();
+            let refusal = match layer.trust.recheck_onboarding(&o) {
+                Err(e) => {
+                    layer.metrics.refuse(e.label());
+                    Some(ApiError::Unauthenticated(e.to_string()))
+                }
+                Ok(()) if method != JOIN_METHOD => {
+                    let shown = limits::method_label(&method);
+                    let resource = format!(
+                        "{}/onboarding{shown}",
+                        crate::invitations::join_label(&o.federation, &o.organisation)
+                    );
+                    let draft = crate::invitations::onboarding_draft(
+                        &o,
+                        &resource,
+                        false,
+                        "onboarding:join-only",
+                    );
+                    if layer.onboarding_refusals.audit_next(&o.certificate_sha256) {
+                        if let Err(e) = layer.audit.append(draft).await {
+                            tracing::warn!(error = %e, "refused onboarding call not audited");
+                        }
+                    } else {
+                        layer.metrics.refuse("onboarding_scope");
+                    }
+                    Some(ApiError::PermissionDenied(format!(
+                        "an invitation's onboarding certificate is accepted for `Federation.Join` only, not for `{shown}`"
+                    )))
+                }
+                Ok(()) => None,
+            };
+            if let Some(e) = refusal {
+                let status = tonic::Status::from(e);
+                count(&layer.metrics, &method, status.code());
+                return Ok(status.into_http());
+            }
+            req.extensions_mut().insert(peer);
+            let span =
+                tracing::info_span!("rpc", %method, org = %o.organisation, user = "onboarding");
+            let resp = inner.call(req).instrument(span).await?;
+            count(&layer.metrics, &method, response_code(&resp));
+            Ok(resp)
+        })
+    }
+}
+
+/// The gRPC status code a response carries in its headers (`OK` when it
+/// has none there: a stream's status comes in its trailers).
+fn response_code<T>(resp: &http::Response<T>) -> tonic::Code {
+    resp.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
 }
 
 fn count(metrics: &NodeMetrics, method: &str, code: tonic::Code) {

@@ -56,3 +56,43 @@ pub fn remove_member_response(organisation: &str, version: u64) -> pb::RemoveMem
         version,
     }
 }
+
+/// A created invitation: its facts and the file for the new organisation.
+pub fn invite_response(
+    file: &crate::invitations::InvitationFile,
+) -> Result<pb::InviteResponse, crate::error::ApiError> {
+    let invitation = serde_json::to_vec_pretty(file)
+        .map_err(|e| crate::error::ApiError::Internal(e.to_string()))?;
+    Ok(pb::InviteResponse {
+        invitation_id: file.invitation.clone(),
+        organisation: file.organisation.clone(),
+        kind: super::vocab::org_kind(file.kind).into(),
+        expires_unix: file.expires_at,
+        invitation,
+    })
+}
+
+/// What a joined organisation receives.
+pub fn join_response(j: &crate::invitations::Joined) -> pb::JoinResponse {
+    pb::JoinResponse {
+        organisation: j.signed.member.org.clone(),
+        kind: super::vocab::org_kind(j.signed.member.kind).into(),
+        org_ca_cert_pem: j.signed.cert_pem.clone(),
+        root_cert_pem: j.root_cert_pem.clone(),
+        signed_membership: j.signed.signed_json.clone(),
+        version: j.signed.version,
+    }
+}
+
+/// A recorded node entry.
+pub fn register_node_response(
+    e: &crate::pki::membership::NodeEntry,
+    version: u64,
+) -> pb::RegisterNodeResponse {
+    pb::RegisterNodeResponse {
+        organisation: e.org.clone(),
+        node: e.node.clone(),
+        certificate_sha256: e.cert_sha256.clone(),
+        version,
+    }
+}
