@@ -28,10 +28,12 @@ pub fn free_base_port() -> u16 {
         // Below Linux's ephemeral range (32768 and up): a port there can be
         // taken by any outgoing connection between this check and the bind.
         let base = 10_000 + (seed.wrapping_add(i.wrapping_mul(211)) % 22_000);
-        // gRPC, admin and open-data ports (base, +100, +200).
+        // gRPC, admin and open-data ports (base, +100, +200) and the
+        // demo's MDS provider endpoint (+300).
         let ok = (0..5)
             .chain(100..105)
             .chain(200..205)
+            .chain(300..301)
             .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
         if ok {
             return base;
