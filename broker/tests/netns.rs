@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 /// The nodes' gRPC port; each namespace has its own port space.
 const PORT: u16 = 7401;
+/// The admin listener's port, on each namespace's loopback.
+const ADMIN_PORT: u16 = 7501;
 /// Seconds between directory fetches at SWM and TUM.
 const REFRESH_SECS: u64 = 1;
 
@@ -213,6 +215,29 @@ fn link(sw: &str, ns: &str, host: u8, how: Link) -> Result<(), String> {
     Ok(())
 }
 
+/// The Prometheus text of the node in namespace `ns`, from its admin
+/// listener on that namespace's loopback (bash's `/dev/tcp`, no client
+/// needed).
+fn metrics_in(ns: &str) -> String {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "bash", "-c"])
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{ADMIN_PORT} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn ip netns exec bash");
+    assert!(o.status.success(), "metrics in {ns}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The value of the metric line starting with `series` (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Runs the CLI inside namespace `ns`.
 fn cli_in(ns: &str, args: &[&str]) -> Output {
     Command::new("ip")
@@ -327,7 +352,7 @@ fn onboard(dir: &Path, sources: &Path) -> Vec<PathBuf> {
             std::fs::copy(fed.join(f), nd.join(f)).unwrap();
         }
         let mut cfg = format!(
-            "version = 1\n[node]\nname = \"{node}\"\ndata_dir = \"data\"\n[listen]\ngrpc = \"{}:{PORT}\"\n[tls]\nroot_ca = \"root-ca.crt\"\ncert = \"node.crt\"\nkey = \"node.key\"\nmembership = \"membership.json\"\n[store]\ncache_mb = 8\n[sources]\nroots = [\"{}\"]\n",
+            "version = 1\n[node]\nname = \"{node}\"\ndata_dir = \"data\"\n[listen]\ngrpc = \"{}:{PORT}\"\nadmin = \"127.0.0.1:{ADMIN_PORT}\"\n[tls]\nroot_ca = \"root-ca.crt\"\ncert = \"node.crt\"\nkey = \"node.key\"\nmembership = \"membership.json\"\n[store]\ncache_mb = 8\n[sources]\nroots = [\"{}\"]\n",
             addr(m.host),
             s(sources)
         );
@@ -634,19 +659,12 @@ fn federation_across_network_namespaces() {
     let version = removed["version"].as_u64().unwrap();
     assert!(version > before, "{removed}");
     let t0 = Instant::now();
-    let refused = until(10, || {
-        let o = fetch(&d.join("after.csv"));
-        (!o.status.success()).then_some(o)
+    let shown = until(10, || {
+        let v = ok_json(swm_ns, &["federation", "show", "--profile", &steward]);
+        (v["version"].as_u64() == Some(version)).then_some(v)
     })
-    .expect("TUM's fetch at SWM still served after its removal");
+    .expect("SWM never took the city's new directory");
     let took = t0.elapsed();
-    assert!(
-        matches!(refused.status.code(), Some(4) | Some(5)),
-        "{}",
-        text(&refused)
-    );
-    let shown = ok_json(swm_ns, &["federation", "show", "--profile", &steward]);
-    assert_eq!(shown["version"].as_u64(), Some(version), "{shown}");
     assert!(
         !shown["members"]
             .as_array()
@@ -655,19 +673,34 @@ fn federation_across_network_namespaces() {
             .any(|m| m["org"] == "tum"),
         "{shown}"
     );
+    let refused_series =
+        "allmende_tls_handshakes_refused_total{node=\"swm-1\",reason=\"not_a_member_ca\"}";
+    let refused = fetch(&d.join("after.csv"));
+    assert!(
+        refused.status.code() == Some(4) && !refused.status.success(),
+        "TUM's fetch at SWM after its removal: {}",
+        text(&refused)
+    );
+    // Refused in SWM's TLS verifier, TUM's CA being no longer a member
+    // (TUM's node is refused there too, so the count is not alice's alone).
+    assert!(
+        metric(&metrics_in(swm_ns), refused_series) >= 1.0,
+        "no handshake refused as a non-member's at SWM"
+    );
     assert_eq!(
         std::fs::read(d.join("swm/node/membership.json")).unwrap(),
         swm_membership,
         "SWM's membership file changed: the directory must come over the network"
     );
-    // One refresh plus the time the CLI takes to fail.
+    // One refresh, plus the time the CLI takes to ask.
     assert!(
         took < Duration::from_secs(REFRESH_SECS + 4),
         "removal took {took:?} to reach SWM"
     );
     println!(
-        "netns: removal refused at SWM after {took:?} in {}",
-        fed.nss.made.join(", ")
+        "netns: removal refused at SWM after {took:?} in {}: {}",
+        fed.nss.made.join(", "),
+        String::from_utf8_lossy(&refused.stderr).trim()
     );
 }
 
