@@ -727,9 +727,12 @@ fn tum_reaches_only_the_city_hub() {
         "direct call reached SWM: {}",
         text(&o)
     );
-    // Where the relayed fetch goes once it is built: SWM registers and
-    // grants `netzlast`, alice fetches it from TUM's namespace through the
-    // city hub (it must succeed) while the direct fetch above fails.
+    // Where the relayed fetch goes: SWM registers and grants `netzlast`,
+    // alice asks TUM's node (`Relay.Fetch`) to fetch it through the city
+    // hub, which must succeed while the direct fetch fails to connect. It
+    // needs a CLI for `Relay.Fetch` and the nodes' entries (endpoints) in
+    // the city's directory recorded over the network (`federation join`),
+    // neither of which this branch has.
     println!(
         "netns: hub-only layout in {}: TUM reaches the city, not SWM",
         fed.nss.made.join(", ")
