@@ -34,6 +34,9 @@ if [ "$install" = 1 ]; then
   # mosquitto_pub, which they and the ingest benchmark publish with.
   command -v /usr/sbin/mosquitto >/dev/null || missing+=(mosquitto)
   command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+  # iproute2: `ip netns` for the federation across network namespaces
+  # (broker/tests/netns.rs; it skips without root).
+  command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
   if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
     (as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \

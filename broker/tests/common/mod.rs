@@ -89,10 +89,22 @@ fn spawn_inner(
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
+    spawn_command_until(cmd, ready)
+}
+
+/// Spawns `cmd` (the binary, or a wrapper that execs it, such as
+/// `ip netns exec`) and waits until a stdout line contains `ready`; stderr
+/// goes where `cmd` sends it.
+pub fn spawn_command_until(mut cmd: Command, ready: &str) -> (Spawned, Vec<String>) {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn allmende");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
