@@ -210,8 +210,8 @@ impl pb::obligations_server::Obligations for ObligationsService {
                 .into());
             }
         }
-        let mut batches = Vec::with_capacity(attempts.len());
-        for d in &attempts {
+        let mut found = Vec::with_capacity(attempts.len());
+        for d in attempts {
             let kept = match &d.outcome {
                 Outcome::Rejected {
                     kept_as: Some(id), ..
@@ -221,8 +221,8 @@ impl pb::obligations_server::Obligations for ObligationsService {
                     .map_err(|e| ApiError::from(crate::obligations::ObligationsError::from(e)))?,
                 _ => None,
             };
-            batches.push(convert::rejected(d, kept.as_ref(), one));
+            found.push((d, kept));
         }
-        Ok(Response::new(pb::RejectedBatchesResponse { batches }))
+        Ok(Response::new(convert::rejected(&found, one)))
     }
 }

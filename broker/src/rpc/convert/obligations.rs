@@ -107,9 +107,18 @@ pub fn status(rows: &[WindowStatus], now_ms: i64) -> pb::ObligationStatusRespons
     }
 }
 
-/// One rejected attempt, with the batch kept for it (`kept`): its answers'
-/// sizes, and their bodies when `bodies`.
-pub fn rejected(d: &Delivery, kept: Option<&Kept>, bodies: bool) -> pb::RejectedBatch {
+/// Rejected attempts, each with the batch kept for it: its answers' sizes,
+/// and their bodies when `bodies`.
+pub fn rejected(found: &[(Delivery, Option<Kept>)], bodies: bool) -> pb::RejectedBatchesResponse {
+    pb::RejectedBatchesResponse {
+        batches: found
+            .iter()
+            .map(|(d, kept)| rejected_batch(d, kept.as_ref(), bodies))
+            .collect(),
+    }
+}
+
+fn rejected_batch(d: &Delivery, kept: Option<&Kept>, bodies: bool) -> pb::RejectedBatch {
     let (reasons, id) = match &d.outcome {
         Outcome::Rejected { reasons, kept_as } => (reasons.clone(), kept_as.clone()),
         Outcome::Accepted { .. } | Outcome::Unavailable { .. } => (Vec::new(), None),
