@@ -201,6 +201,9 @@ pub fn server_config(
 pub struct PeerInfo {
     pub principal: Arc<Principal>,
     pub remote: SocketAddr,
+    /// The leaf certificate (DER) the peer presented in the handshake (an
+    /// on-behalf-of assertion carries the user's, `docs/relay.md`).
+    pub certificate_der: Arc<Vec<u8>>,
 }
 
 /// A TLS connection bound to a principal.
@@ -407,11 +410,13 @@ pub fn incoming_with(
                         return;
                     }
                 };
-                let principal = {
+                let (principal, leaf_der) = {
                     let (_, conn) = tls.get_ref();
                     match conn.peer_certificates() {
-                        Some([leaf, rest @ ..]) => trust.authenticate(leaf, rest),
-                        _ => Err(AuthError::NoCertificate),
+                        Some([leaf, rest @ ..]) => {
+                            (trust.authenticate(leaf, rest), leaf.as_ref().to_vec())
+                        }
+                        _ => (Err(AuthError::NoCertificate), Vec::new()),
                     }
                 };
                 let Ok(slot) = connections.try_acquire_owned() else {
@@ -428,6 +433,7 @@ pub fn incoming_with(
                             info: PeerInfo {
                                 principal: Arc::new(p),
                                 remote,
+                                certificate_der: Arc::new(leaf_der),
                             },
                             metrics,
                             _slot: slot,

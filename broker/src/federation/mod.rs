@@ -16,5 +16,6 @@ pub mod client;
 pub mod directory;
 pub mod notices;
 pub mod peers;
+pub mod relay;
 pub mod replicator;
 pub mod witness;

@@ -107,11 +107,14 @@ pub enum TableName {
     /// MLS state of the node's groups (openmls' storage, written per
     /// operation in one atomic batch).
     MlsState,
+    /// The relay's records (`crate::relay`): on-behalf-of assertion nonces
+    /// seen (until they expire) and the MLS group of each peer organisation.
+    Relay,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 22] = [
+    pub const ALL: [TableName; 23] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -134,6 +137,7 @@ impl TableName {
         TableName::ObligationDeliveries,
         TableName::MdsBatches,
         TableName::MlsState,
+        TableName::Relay,
     ];
 
     /// The sled tree name.
@@ -161,6 +165,7 @@ impl TableName {
             TableName::ObligationDeliveries => "obligation_deliveries",
             TableName::MdsBatches => "mds_batches",
             TableName::MlsState => "mls_state",
+            TableName::Relay => "relay",
         }
     }
 }
