@@ -32,6 +32,60 @@ pub enum RelayCallError {
     Status(tonic::Status),
 }
 
+/// The relay's client side: the peer client's TLS and the trust that
+/// authenticates the peers it reaches.
+#[derive(Clone)]
+pub struct Dialer {
+    tls: Arc<rustls::ClientConfig>,
+    trust: Arc<Trust>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer").finish_non_exhaustive()
+    }
+}
+
+impl Dialer {
+    /// The dialer of the node with TLS `material` (its certificate file at
+    /// `cert_path`, for messages) and `trust`.
+    pub fn new(
+        material: &crate::tls::TlsMaterial,
+        cert_path: &std::path::Path,
+        trust: Arc<Trust>,
+    ) -> Result<Self, crate::tls::TlsError> {
+        Ok(Self {
+            tls: super::client::peer_client_config(material, cert_path)?,
+            trust,
+        })
+    }
+
+    /// [`forward`] through this dialer.
+    pub async fn forward(
+        &self,
+        hub: &str,
+        request: pb::RelayedRequest,
+    ) -> Result<tonic::Streaming<pb::RelayFrame>, RelayCallError> {
+        forward(hub, self.tls.clone(), &self.trust, request).await
+    }
+
+    /// [`serve_at_owner`] through this dialer.
+    pub async fn serve_at_owner(
+        &self,
+        endpoint: &str,
+        org: &str,
+        node: &str,
+        request: pb::RelayedRequest,
+    ) -> Result<tonic::Streaming<pb::RelayFrame>, RelayCallError> {
+        serve_at_owner(endpoint, org, node, self.tls.clone(), &self.trust, request).await
+    }
+
+    /// [`replenish`] through this dialer.
+    pub async fn replenish(&self, relay: &Relay) -> Result<bool, String> {
+        replenish(relay, self.tls.clone(), &self.trust).await
+    }
+}
+
 /// Dials the hub and checks it is a node of the city organisation.
 async fn connect_hub(
     hub: &str,
@@ -168,15 +222,14 @@ pub async fn replenish(
 /// pairs' groups and replenishes this node's key package.
 pub async fn run(
     relay: Arc<Relay>,
-    tls: Arc<rustls::ClientConfig>,
-    trust: Arc<Trust>,
+    dialer: Dialer,
     refresh: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut changes = trust.subscribe();
+    let mut changes = dialer.trust.subscribe();
     loop {
         relay.remove_departed().await;
-        if let Err(e) = replenish(&relay, tls.clone(), &trust).await {
+        if let Err(e) = dialer.replenish(&relay).await {
             tracing::debug!(error = %e, "mls key package not published");
         }
         tokio::select! {

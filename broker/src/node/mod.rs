@@ -370,12 +370,15 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     // directory change, this node's key package replenished.
     tasks.push(tokio::spawn({
         let relay = parts.services.relay.clone();
-        let tls = crate::federation::client::peer_client_config(&material, &config.cert)?;
-        let trust = parts.ctx.trust.clone();
+        let dialer = crate::federation::relay::Dialer::new(
+            &material,
+            &config.cert,
+            parts.ctx.trust.clone(),
+        )?;
         let refresh = config.federation.directory_refresh;
         let rx = shutdown_rx.clone();
         async move {
-            crate::federation::relay::run(relay, tls, trust, refresh, rx).await;
+            crate::federation::relay::run(relay, dialer, refresh, rx).await;
             Ok(())
         }
     }));

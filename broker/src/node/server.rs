@@ -157,7 +157,11 @@ pub(super) async fn serve_grpc(
                 fetcher: parts.services.fetcher.clone(),
                 grants: parts.services.grants.clone(),
                 directory: parts.services.directory.clone(),
-                tls: crate::federation::client::peer_client_config(material, &config.cert)?,
+                dialer: crate::federation::relay::Dialer::new(
+                    material,
+                    &config.cert,
+                    trust.clone(),
+                )?,
                 idle_timeout: std::time::Duration::from_secs(limits.stream_idle_secs),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),

@@ -41,8 +41,8 @@ pub struct RelayService {
     pub fetcher: Arc<Fetcher>,
     pub grants: Arc<crate::grants::Grants>,
     pub directory: Arc<crate::directory::Directory>,
-    /// The peer client's TLS (`federation::client::peer_client_config`).
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Reaches the hub and the owner nodes (`federation::relay`).
+    pub dialer: calls::Dialer,
     /// A relayed stream whose receiver takes no frame for this long ends.
     pub idle_timeout: std::time::Duration,
 }
@@ -182,19 +182,18 @@ impl pb::relay_server::Relay for RelayService {
         d.purpose = Some(fr.purpose.clone()).filter(|s| !s.is_empty());
         d.peer_node = Some(owner);
         self.ctx.audit.append(d).await.map_err(ApiError::from)?;
-        let upstream = calls::forward(
-            &hub,
-            self.tls.clone(),
-            &self.ctx.trust,
-            convert::relayed_request(&r.owner_organisation, &r.owner_node, assertion, request),
-        )
-        .await
-        .map_err(call_status)?;
+        let upstream = self
+            .dialer
+            .forward(
+                &hub,
+                convert::relayed_request(&r.owner_organisation, &r.owner_node, assertion, request),
+            )
+            .await
+            .map_err(call_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let opened = Opened {
             relay: self.relay.clone(),
-            tls: self.tls.clone(),
-            trust: self.ctx.trust.clone(),
+            dialer: self.dialer.clone(),
             org: r.owner_organisation,
             node: r.owner_node,
             dataset: fr.dataset,
@@ -257,15 +256,10 @@ impl pb::relay_server::Relay for RelayService {
             .begin_release(d)
             .await
             .map_err(ApiError::from)?;
-        let upstream = match calls::serve_at_owner(
-            &entry.endpoint,
-            &entry.org,
-            &entry.node,
-            self.tls.clone(),
-            &self.ctx.trust,
-            r,
-        )
-        .await
+        let upstream = match self
+            .dialer
+            .serve_at_owner(&entry.endpoint, &entry.org, &entry.node, r)
+            .await
         {
             Ok(u) => u,
             Err(e) => {
@@ -531,8 +525,7 @@ async fn seal_frames(
 /// The forwarding node's side of one relayed stream.
 struct Opened {
     relay: Arc<Relay>,
-    tls: Arc<rustls::ClientConfig>,
-    trust: Arc<crate::pki::Trust>,
+    dialer: calls::Dialer,
     org: String,
     node: String,
     dataset: String,
@@ -570,9 +563,9 @@ impl Opened {
         if fresh.is_some() {
             // The welcome consumed the published key package: publish a
             // fresh one.
-            let (relay, tls, trust) = (self.relay.clone(), self.tls.clone(), self.trust.clone());
+            let (relay, dialer) = (self.relay.clone(), self.dialer.clone());
             tokio::spawn(async move {
-                if let Err(e) = calls::replenish(&relay, tls, &trust).await {
+                if let Err(e) = dialer.replenish(&relay).await {
                     tracing::warn!(error = %e, "mls key package not replenished");
                 }
             });
