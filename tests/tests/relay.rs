@@ -120,7 +120,7 @@ async fn collect(mut s: tonic::Streaming<pb::FetchResponse>) -> Result<Fetched, 
     Ok(Fetched {
         ipc,
         batches,
-        summary: summary.expect("a summary"),
+        summary: summary.unwrap_or_default(),
     })
 }
 
@@ -148,10 +148,10 @@ async fn relayed(sb: &Sandbox) -> Result<Fetched, tonic::Status> {
 fn marker(f: &Fetched) -> Vec<u8> {
     for b in &f.batches {
         for col in b.columns() {
-            if let Some(s) = col.as_any().downcast_ref::<arrow::array::StringArray>() {
-                if let Some(v) = s.iter().flatten().find(|v| v.len() >= 8) {
-                    return v.as_bytes().to_vec();
-                }
+            if let Some(s) = col.as_any().downcast_ref::<arrow::array::StringArray>()
+                && let Some(v) = s.iter().flatten().find(|v| v.len() >= 8)
+            {
+                return v.as_bytes().to_vec();
             }
         }
     }
@@ -394,8 +394,7 @@ async fn forged_replayed_and_misaddressed_assertions_are_refused_and_audited_at_
         request.clone(),
     )
     .await
-    .err()
-    .expect("a node other than the hub was served");
+    .expect_err("a node other than the hub was served");
     assert_eq!(direct_node.code(), tonic::Code::PermissionDenied);
     assert!(denied_with(
         &audit_since(&sb, "swm-1", before),
@@ -410,8 +409,7 @@ async fn forged_replayed_and_misaddressed_assertions_are_refused_and_audited_at_
             request: request.clone(),
         })
         .await
-        .err()
-        .expect("a user was relayed");
+        .expect_err("a user was relayed");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     // A user of another organisation cannot fetch through TUM's node.
     let err = RelayClient::new(channel(&sb, "swm", "steward", "tum-1").await)
@@ -421,8 +419,7 @@ async fn forged_replayed_and_misaddressed_assertions_are_refused_and_audited_at_
             request: Some(smart_meter()),
         })
         .await
-        .err()
-        .expect("another organisation's user was forwarded");
+        .expect_err("another organisation's user was forwarded");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     sb.shutdown().await.unwrap();
 }
@@ -476,8 +473,7 @@ async fn a_key_package_the_hub_substituted_is_refused() {
     let before = audit_size(&sb, "swm-1");
     let err = serve_as(&sb, hub, tum.sign(&a).unwrap(), request)
         .await
-        .err()
-        .expect("a substituted key package was used");
+        .expect_err("a substituted key package was used");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("not bound"), "{}", err.message());
     let entries = audit_since(&sb, "swm-1", before);

@@ -118,6 +118,21 @@ impl HubTap {
     }
 }
 
+/// The start of a relayed stream as the forwarding node receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamStart<'a> {
+    /// The owner node, as the user asked for it.
+    pub org: &'a str,
+    pub node: &'a str,
+    /// The owner's certificate from the first frame.
+    pub owner_certificate_der: &'a [u8],
+    /// The welcome, when the owner created the pair's group now.
+    pub welcome: Option<&'a [u8]>,
+    pub group: &'a MlsGroupId,
+    pub dataset: &'a str,
+    pub stream_id: &'a str,
+}
+
 /// The relay state of one node.
 pub struct Relay {
     signer: AssertionSigner,
@@ -378,14 +393,17 @@ impl Relay {
     /// binding in the group and opens the stream.
     pub async fn reader_open(
         &self,
-        org: &str,
-        node: &str,
-        owner_certificate_der: &[u8],
-        welcome: Option<&[u8]>,
-        group: &MlsGroupId,
-        dataset: &str,
-        stream_id: &str,
+        s: &StreamStart<'_>,
     ) -> Result<(Opener, Option<Vec<u8>>), RelayError> {
+        let StreamStart {
+            org,
+            node,
+            owner_certificate_der,
+            welcome,
+            group,
+            dataset,
+            stream_id,
+        } = *s;
         let owner = self
             .trust
             .authenticate_leaf(owner_certificate_der)

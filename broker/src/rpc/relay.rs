@@ -549,15 +549,15 @@ impl Opened {
         let group = allmende_mls::MlsGroupId::from_bytes(&first.group_id);
         let (mut opener, fresh) = self
             .relay
-            .reader_open(
-                &self.org,
-                &self.node,
-                &first.owner_certificate,
+            .reader_open(&crate::relay::StreamStart {
+                org: &self.org,
+                node: &self.node,
+                owner_certificate_der: &first.owner_certificate,
                 welcome,
-                &group,
-                &self.dataset,
-                &first.stream_id,
-            )
+                group: &group,
+                dataset: &self.dataset,
+                stream_id: &first.stream_id,
+            })
             .await
             .map_err(refused)?;
         if fresh.is_some() {
