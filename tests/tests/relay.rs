@@ -533,3 +533,33 @@ async fn removing_an_organisation_moves_the_pairs_epoch_beyond_its_saved_state()
     );
     sb.shutdown().await.unwrap();
 }
+
+/// Load generator, not run in CI: `cargo nextest run -p allmende-e2e
+/// --test relay --run-ignored only relayed_vs_direct --no-capture`.
+/// Fetches the same dataset directly and relayed, alternately, and prints
+/// rows/s of each and the ratio (`docs/benchmarks.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "load generator: prints throughput figures"]
+async fn relayed_vs_direct_throughput() {
+    let sb = federation().await;
+    let rounds = 10;
+    let (mut d_rows, mut r_rows) = (0u64, 0u64);
+    let (mut d_time, mut r_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let t = std::time::Instant::now();
+        d_rows += direct(&sb).await.summary.rows;
+        d_time += t.elapsed();
+        let t = std::time::Instant::now();
+        r_rows += relayed(&sb).await.unwrap().summary.rows;
+        r_time += t.elapsed();
+        // Stay under the per-caller fetch rate.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let d = d_rows as f64 / d_time.as_secs_f64();
+    let r = r_rows as f64 / r_time.as_secs_f64();
+    println!(
+        "direct: {d_rows} rows in {d_time:?} = {d:.0} rows/s; relayed: {r_rows} rows in {r_time:?} = {r:.0} rows/s; ratio {:.1} %",
+        100.0 * r / d
+    );
+    sb.shutdown().await.unwrap();
+}
