@@ -68,6 +68,13 @@ fn call_status(e: RelayCallError) -> Status {
     }
 }
 
+/// The response stream fed by a relay task through `rx`.
+fn streamed<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+) -> Response<BoxStream<T>> {
+    Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
 /// `org/node` of a node principal.
 fn node_label(p: &Principal) -> String {
     match &p.subject {
@@ -97,6 +104,14 @@ impl RelayService {
             .await
             .map_err(|e| Status::from(ApiError::from(e)))?;
         Ok(())
+    }
+
+    /// A node-to-node relay call: decided as `exchange_metadata` (nodes
+    /// only, audited), then its caller and request.
+    async fn node_call<T>(&self, req: Request<T>) -> Result<(Arc<Principal>, T), Status> {
+        let p = principal(&req)?;
+        authorize_metadata(&self.ctx, &p, "relay").await?;
+        Ok((p, req.into_inner()))
     }
 
     /// Whether `p` is a node the directory lists with this certificate.
@@ -204,18 +219,14 @@ impl pb::relay_server::Relay for RelayService {
                 let _ = tokio::time::timeout(opened.idle, tx.send(Err(e))).await;
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(streamed(rx))
     }
 
     async fn forward(
         &self,
         req: Request<pb::RelayedRequest>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
-        let p = principal(&req)?;
-        authorize_metadata(&self.ctx, &p, "relay").await?;
-        let r = req.into_inner();
+        let (p, r) = self.node_call(req).await?;
         check_id("target_organisation", &r.target_organisation)?;
         check_id("target_node", &r.target_node)?;
         let target = format!("{}/{}", r.target_organisation, r.target_node);
@@ -278,18 +289,14 @@ impl pb::relay_server::Relay for RelayService {
                 tracing::warn!(error = %e, "relay completion not audited");
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(streamed(rx))
     }
 
     async fn serve(
         &self,
         req: Request<pb::RelayedRequest>,
     ) -> Result<Response<Self::ServeStream>, Status> {
-        let p = principal(&req)?;
-        authorize_metadata(&self.ctx, &p, "relay").await?;
-        let r = req.into_inner();
+        let (p, r) = self.node_call(req).await?;
         if !self.is_hub(&p) {
             self.refuse(&p, "relay", "relay-not-the-hub", None).await?;
             return Err(ApiError::from(RelayError::NotHub).into());
@@ -355,9 +362,7 @@ impl pb::relay_server::Relay for RelayService {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let idle = self.idle_timeout;
         tokio::spawn(seal_frames(plain, sealer, header, tx, idle));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(streamed(rx))
     }
 
     async fn publish_key_package(
