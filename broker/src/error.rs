@@ -300,6 +300,28 @@ impl From<AuthorizeError> for ApiError {
     }
 }
 
+impl From<crate::relay::RelayError> for ApiError {
+    fn from(e: crate::relay::RelayError) -> Self {
+        use crate::relay::RelayError as R;
+        match e {
+            R::Assertion(crate::relay::assertion::AssertionError::Sign(_)) => {
+                ApiError::Internal(e.to_string())
+            }
+            R::Assertion(_)
+            | R::NotOwnUser(_)
+            | R::NotHub
+            | R::NotListedNode
+            | R::KeyPackageSubstituted { .. }
+            | R::OwnerCertificate(_) => ApiError::PermissionDenied(e.to_string()),
+            R::UnknownNode { .. } => ApiError::NotFound(e.to_string()),
+            R::NoKeyPackage { .. } | R::NoHub => ApiError::FailedPrecondition(e.to_string()),
+            R::Mls(_) | R::Stream(_) | R::Truncated => ApiError::Unavailable(e.to_string()),
+            R::Store(s) => ApiError::from(s),
+            R::Lock(p) => ApiError::from(p),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,7 @@ pub mod opendata;
 pub mod pki;
 pub mod policy;
 pub mod registry;
+pub mod relay;
 pub mod rpc;
 pub mod sandbox;
 pub mod store;

@@ -774,6 +774,43 @@ impl Sandbox {
         Ok(version)
     }
 
+    /// Relayed access through the city hub (`docs/relay.md`): the network
+    /// directory ([`Sandbox::use_directory`]; the city node is every
+    /// node's hub), then waits until every node published an MLS key
+    /// package in its directory slot (each node's relay task does so once
+    /// it holds a directory listing it) and every node holds the city's
+    /// directory with them. Returns that version.
+    pub async fn use_relay(&self, refresh: std::time::Duration) -> Result<u64, SandboxError> {
+        self.use_directory(refresh).await?;
+        let city = self
+            .city_node()
+            .ok_or_else(|| SandboxError::Demo("the sandbox has no running city node".into()))?;
+        let t0 = std::time::Instant::now();
+        loop {
+            let doc = city.trust.snapshot().doc.clone();
+            let missing: Vec<&str> = doc
+                .nodes
+                .iter()
+                .filter(|n| n.node != city.name && n.mls_key_package.is_empty())
+                .map(|n| n.node.as_str())
+                .collect();
+            let behind = self
+                .nodes
+                .iter()
+                .filter(|n| n.trust.snapshot().doc.version < doc.version)
+                .count();
+            if missing.is_empty() && behind == 0 {
+                return Ok(doc.version);
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(SandboxError::Demo(format!(
+                    "no key package published by {missing:?}; {behind} nodes behind the city's directory"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A running node by name.
     pub fn node(&self, name: &str) -> Option<&NodeHandle> {
         self.nodes.iter().find(|n| n.name == name)

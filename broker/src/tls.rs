@@ -217,6 +217,9 @@ pub fn server_config_with_onboarding(
 pub struct PeerInfo {
     pub principal: Arc<Principal>,
     pub remote: SocketAddr,
+    /// The leaf certificate (DER) the peer presented in the handshake (an
+    /// on-behalf-of assertion carries the user's, `docs/relay.md`).
+    pub certificate_der: Arc<Vec<u8>>,
 }
 
 /// A connection made with an invitation's onboarding certificate: not a
@@ -451,6 +454,7 @@ pub fn incoming_with(
                             Ok(p) => Ok(Peer::Member(PeerInfo {
                                 principal: Arc::new(p),
                                 remote,
+                                certificate_der: Arc::new(leaf.as_ref().to_vec()),
                             })),
                             // The verifier let a non-member through only
                             // when this node accepts onboarding certificates.

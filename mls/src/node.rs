@@ -328,6 +328,19 @@ impl<K: Kv> MlsNode<K> {
 
     /// Parses and verifies a peer's key package and checks its credential
     /// against the certificate the peer presented in its TLS handshake.
+    /// Checks a key package (TLS encoding) as [`MlsNode::create_group`]
+    /// would: valid, this ciphersuite, its credential bound to
+    /// `certificate_der` (the directory checks a published key package
+    /// against the publishing node's certificate).
+    pub fn check_key_package(
+        &self,
+        key_package: &[u8],
+        certificate_der: &[u8],
+    ) -> Result<(), MlsError> {
+        self.checked_key_package(key_package, certificate_der)
+            .map(|_| ())
+    }
+
     fn checked_key_package(
         &self,
         key_package: &[u8],

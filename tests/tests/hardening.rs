@@ -408,6 +408,40 @@ async fn probe(method: &str, ch: Channel) -> Result<(), tonic::Status> {
             .reload(pb::ReloadRequest::default())
             .await
             .map(|_| ()),
+        "/allmende.v1.Relay/Fetch" => {
+            let mut s = pb::relay_client::RelayClient::new(ch)
+                .fetch(pb::RelayFetchRequest {
+                    owner_organisation: "swm".into(),
+                    owner_node: "swm-1".into(),
+                    request: Some(pb::FetchRequest {
+                        dataset: SMART_METER.into(),
+                        purpose: "InsuranceUnderwriting".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            s.message().await.map(|_| ())
+        }
+        "/allmende.v1.Relay/Forward" | "/allmende.v1.Relay/Serve" => {
+            let mut c = pb::relay_client::RelayClient::new(ch);
+            let req = pb::RelayedRequest {
+                target_organisation: "swm".into(),
+                target_node: "swm-1".into(),
+                ..Default::default()
+            };
+            let mut s = if method.ends_with("Forward") {
+                c.forward(req).await?
+            } else {
+                c.serve(req).await?
+            }
+            .into_inner();
+            s.message().await.map(|_| ())
+        }
+        "/allmende.v1.Relay/PublishKeyPackage" => pb::relay_client::RelayClient::new(ch)
+            .publish_key_package(pb::PublishKeyPackageRequest::default())
+            .await
+            .map(|_| ()),
         other => panic!(
             "no probe for decided method `{other}`: add one to `probe` in tests/tests/hardening.rs"
         ),

@@ -336,7 +336,21 @@ impl Fetcher {
         caller: &Principal,
         params: FetchParams,
     ) -> Result<mpsc::Receiver<FetchMessage<E::Out>>, FetchError> {
-        self.start_for::<E>(&Caller::of(caller, &self.audit), params)
+        self.start_for::<E>(&Caller::of(caller, &self.audit), params, None)
+            .await
+    }
+
+    /// [`Fetcher::start`] for a request relayed through the hub on behalf
+    /// of `caller` (the user of the verified on-behalf-of assertion): the
+    /// same steps, decision and audit; the intent entry also names the
+    /// forwarding node and the hub (`via`; `docs/relay.md`).
+    pub async fn start_relayed(
+        &self,
+        caller: &Principal,
+        params: FetchParams,
+        via: String,
+    ) -> Result<mpsc::Receiver<FetchMessage>, FetchError> {
+        self.start_for::<IpcEncoder>(&Caller::of(caller, &self.audit), params, Some(via))
             .await
     }
 
@@ -348,7 +362,7 @@ impl Fetcher {
         caller: &PublicCaller,
         params: FetchParams,
     ) -> Result<mpsc::Receiver<FetchMessage<E::Out>>, FetchError> {
-        self.start_for::<E>(&Caller::Public(caller.clone()), params)
+        self.start_for::<E>(&Caller::Public(caller.clone()), params, None)
             .await
     }
 
@@ -376,6 +390,7 @@ impl Fetcher {
         &self,
         caller: &Caller,
         params: FetchParams,
+        via: Option<String>,
     ) -> Result<mpsc::Receiver<FetchMessage<E::Out>>, FetchError> {
         let (who, slots) = self.admit(caller)?;
         tracing::Span::current().record("dataset", params.dataset.as_str());
@@ -384,7 +399,9 @@ impl Fetcher {
         let decision = self.decide(caller, &params, &ds, now).await?;
         let stages = self.stages(&params, &ds, &who, now, true);
         let out_schema = pipeline::output_schema(&ds.desc.schema, &stages)?;
-        let guard = self.write_intent(caller, &params, &ds, &decision).await?;
+        let guard = self
+            .write_intent(caller, &params, &ds, &decision, via)
+            .await?;
         let (stream, guard) = self.open_source(&ds, guard).await?;
         let max_rows = match (E::PAGED, params.max_rows) {
             (false, _) => u64::MAX,
@@ -627,9 +644,13 @@ impl Fetcher {
         params: &FetchParams,
         ds: &Resolved,
         decision: &Decision,
+        via: Option<String>,
     ) -> Result<ReleaseGuard, FetchError> {
         let dataset = &ds.served.registration.dataset;
         let mut intent = caller.draft("read", &dataset.id, EntryKind::ReleaseIntent);
+        if via.is_some() {
+            intent.peer_node = via;
+        }
         intent.purpose = params.purpose.map(|p| p.as_str().to_owned());
         intent.decision = Some(allmende_audit::Decision::Allow);
         intent.policy_ids = decision

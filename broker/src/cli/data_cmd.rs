@@ -85,6 +85,11 @@ pub struct FetchArgs {
     /// Continue after this cursor (printed after a partial fetch).
     #[arg(long, default_value = "")]
     resume: String,
+    /// Fetch from the owner node `ORG/NODE` through the city hub: the
+    /// profile's node (of your own organisation) forwards on your behalf;
+    /// the owner decides on your certificate.
+    #[arg(long, value_name = "ORG/NODE")]
+    through_hub: Option<String>,
     /// Output file: `.csv`, `.parquet` or `.jsonl`.
     #[arg(long, short = 'o')]
     out: PathBuf,
@@ -362,20 +367,45 @@ pub async fn fetch(a: FetchArgs, json: bool) -> Result<(), Failure> {
             ),
         ));
     }
+    let owner = match a.through_hub.as_deref().map(|o| o.split_once('/')) {
+        None => None,
+        Some(Some((org, node))) if !org.is_empty() && !node.is_empty() => {
+            Some((org.to_owned(), node.to_owned()))
+        }
+        Some(_) => {
+            return Err(Failure::new(
+                exit::USAGE,
+                "`--through-hub` takes the owner node as `ORG/NODE`",
+            ));
+        }
+    };
     let p = ClientProfile::resolve(a.profile.as_deref())?;
-    let mut stream = pb::access_client::AccessClient::new(p.connect().await?)
-        .fetch(pb::FetchRequest {
-            dataset: a.dataset.clone(),
-            purpose: a.purpose,
-            columns: a.columns,
-            filter,
-            resume_cursor: a.resume,
-            max_rows: a.max_rows,
-            grant_id: a.grant,
-            request_id: String::new(),
-        })
-        .await
-        .answer()?;
+    let request = pb::FetchRequest {
+        dataset: a.dataset.clone(),
+        purpose: a.purpose,
+        columns: a.columns,
+        filter,
+        resume_cursor: a.resume,
+        max_rows: a.max_rows,
+        grant_id: a.grant,
+        request_id: String::new(),
+    };
+    let mut stream = match owner {
+        None => pb::access_client::AccessClient::new(p.connect().await?)
+            .fetch(request)
+            .await
+            .answer()?,
+        Some((owner_organisation, owner_node)) => {
+            pb::relay_client::RelayClient::new(p.connect().await?)
+                .fetch(pb::RelayFetchRequest {
+                    owner_organisation,
+                    owner_node,
+                    request: Some(request),
+                })
+                .await
+                .answer()?
+        }
+    };
     let tty = std::io::stderr().is_terminal();
     let mut decoder = arrow::ipc::reader::StreamDecoder::new();
     let mut sink: Option<Sink> = None;

@@ -5,7 +5,8 @@
 //! `Federation.Hello`), and the background tasks that dial peers: the catalog
 //! [`replicator`], the audit [`witness`] loop and the delivery of access
 //! [`notices`], and the [`directory`] loop that fetches the signed
-//! federation directory from the city node. Later issues add relay here.
+//! federation directory from the city node, and the [`relay`] calls (to the
+//! hub, from the hub to the owner) with the relay task.
 //!
 //! Layering: the gRPC server (`rpc`) may use this module (e.g. `Catalog.Notify`
 //! triggers the replicator); this module never uses `rpc`. Server handlers
@@ -16,5 +17,6 @@ pub mod client;
 pub mod directory;
 pub mod notices;
 pub mod peers;
+pub mod relay;
 pub mod replicator;
 pub mod witness;

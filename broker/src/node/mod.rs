@@ -96,6 +96,8 @@ pub struct Services {
     pub obligations: Arc<crate::obligations::Obligations>,
     /// The federation directory in force (`crate::directory`).
     pub directory: Arc<crate::directory::Directory>,
+    /// Relayed access through the hub: assertions, MLS (`crate::relay`).
+    pub relay: Arc<crate::relay::Relay>,
 }
 
 /// A running node.
@@ -151,6 +153,8 @@ impl NodeHandle {
     /// every `refresh` from now on (`None`: stop fetching); the first fetch
     /// runs at once.
     pub fn set_directory_source(&self, endpoint: Option<String>, refresh: std::time::Duration) {
+        // The city node serving the directory is the hub relays go through.
+        self.services.relay.set_hub(endpoint.clone());
         self.directory_source
             .send_replace(crate::federation::directory::DirectorySource { endpoint, refresh });
     }
@@ -358,6 +362,23 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         let rx = shutdown_rx.clone();
         async move {
             fetcher.run(source_rx, rx).await;
+            Ok(())
+        }
+    }));
+
+    // The relay: removals committed in the pairs' MLS groups on every
+    // directory change, this node's key package replenished.
+    tasks.push(tokio::spawn({
+        let relay = parts.services.relay.clone();
+        let dialer = crate::federation::relay::Dialer::new(
+            &material,
+            &config.cert,
+            parts.ctx.trust.clone(),
+        )?;
+        let refresh = config.federation.directory_refresh;
+        let rx = shutdown_rx.clone();
+        async move {
+            crate::federation::relay::run(relay, dialer, refresh, rx).await;
             Ok(())
         }
     }));
@@ -764,6 +785,19 @@ impl Parts {
         ));
         // Grants of organisations removed while this node was down.
         directory.revoke_non_members().await;
+        // Relayed access through the hub (`docs/relay.md`).
+        let relay = Arc::new(
+            crate::relay::Relay::open_pem(
+                store,
+                trust.clone(),
+                clock.clone(),
+                &material.chain_pem,
+                &material.key_pem,
+                config.federation.directory.clone(),
+            )
+            .await
+            .map_err(|e| NodeError::Policy(format!("relay: {e}")))?,
+        );
         Ok(Self {
             ctx,
             services: Services {
@@ -776,6 +810,7 @@ impl Parts {
                 opendata,
                 obligations,
                 directory,
+                relay,
             },
             replicator,
             peer_list,

@@ -12,7 +12,7 @@ use crate::pki::Principal;
 use crate::rpc::{
     AccessService, AuditService, AuthLayer, CatalogService, ConnectorsService, ConsentService,
     FederationService, FlightFace, GrantsService, ObligationsService, OpenDataService,
-    PolicyService,
+    PolicyService, RelayService,
 };
 use crate::tls;
 use allmende_proto::v1 as pb;
@@ -101,6 +101,9 @@ pub(super) async fn serve_grpc(
     health_reporter
         .set_serving::<pb::obligations_server::ObligationsServer<ObligationsService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::relay_server::RelayServer<RelayService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(allmende_proto::FILE_DESCRIPTOR_SET)
@@ -116,6 +119,7 @@ pub(super) async fn serve_grpc(
             .with_service_name("allmende.v1.Grants")
             .with_service_name("allmende.v1.OpenData")
             .with_service_name("allmende.v1.Obligations")
+            .with_service_name("allmende.v1.Relay")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -163,6 +167,22 @@ pub(super) async fn serve_grpc(
         .add_service(pb::audit_server::AuditServer::new(AuditService {
             ctx: ctx.clone(),
         }))
+        .add_service(
+            pb::relay_server::RelayServer::new(RelayService {
+                ctx: ctx.clone(),
+                relay: parts.services.relay.clone(),
+                fetcher: parts.services.fetcher.clone(),
+                grants: parts.services.grants.clone(),
+                directory: parts.services.directory.clone(),
+                dialer: crate::federation::relay::Dialer::new(
+                    material,
+                    &config.cert,
+                    trust.clone(),
+                )?,
+                idle_timeout: std::time::Duration::from_secs(limits.stream_idle_secs),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(
             pb::access_server::AccessServer::new(AccessService {
                 fetcher: parts.services.fetcher.clone(),

@@ -369,6 +369,26 @@ impl Trust {
         Ok(())
     }
 
+    /// Authenticates a leaf certificate (DER) that was not presented in
+    /// this node's own handshake — the issuer and the user certificate of
+    /// an on-behalf-of assertion relayed through the hub (`docs/relay.md`)
+    /// — exactly as [`Trust::authenticate`] does a handshake's chain, with
+    /// the member organisations' CA certificates of the signed membership
+    /// as the possible intermediates. The one other way a [`Principal`] is
+    /// built.
+    pub fn authenticate_leaf(&self, leaf_der: &[u8]) -> Result<Principal, AuthError> {
+        use rustls::pki_types::pem::PemObject;
+        let cas: Vec<CertificateDer<'static>> = self
+            .snapshot
+            .load()
+            .doc
+            .members
+            .iter()
+            .filter_map(|m| CertificateDer::from_pem_slice(m.ca_cert_pem.as_bytes()).ok())
+            .collect();
+        self.authenticate(&CertificateDer::from(leaf_der), &cas)
+    }
+
     /// Re-checks a bound principal for a request (or the next message of a
     /// stream) on an existing connection, against the current membership:
     /// the leaf or its issuing CA revoked, the organisation removed from the

@@ -22,7 +22,7 @@ pub struct AccessService {
 }
 
 /// Refuses over-long identifiers anywhere in a fetch request.
-fn check_request(r: &pb::FetchRequest) -> Result<(), Status> {
+pub(super) fn check_request(r: &pb::FetchRequest) -> Result<(), Status> {
     use super::limits::{MAX_TOKEN_BYTES, check_id, check_ids, check_len};
     check_id("dataset", &r.dataset)?;
     check_id("purpose", &r.purpose)?;

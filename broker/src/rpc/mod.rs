@@ -20,6 +20,7 @@ mod obligations;
 mod opendata;
 mod policy;
 mod recheck;
+mod relay;
 pub mod status;
 
 pub use access::AccessService;
@@ -33,6 +34,7 @@ pub use grants::GrantsService;
 pub use obligations::ObligationsService;
 pub use opendata::OpenDataService;
 pub use policy::{PolicyService, parse_action, parse_purpose, parse_resource};
+pub use relay::RelayService;
 
 use crate::error::ApiError;
 use crate::metrics::{NodeMetrics, RpcLabels};
@@ -327,6 +329,25 @@ pub const CALLS: &[(&str, CallRule)] = &[
     (
         "/allmende.v1.Policy/GetPolicySet",
         CallRule::Exempt("the policies in force are public by design (transparent decisions)"),
+    ),
+    (
+        "/allmende.v1.Relay/Fetch",
+        // Decided by the owner node on the user's certificate identity
+        // (Cedar `read`); the forwarding node admits only users of its own
+        // organisation, its refusals audited as `read` denials.
+        CallRule::Decided(Action::Read),
+    ),
+    (
+        "/allmende.v1.Relay/Forward",
+        CallRule::Decided(Action::ExchangeMetadata),
+    ),
+    (
+        "/allmende.v1.Relay/Serve",
+        CallRule::Decided(Action::ExchangeMetadata),
+    ),
+    (
+        "/allmende.v1.Relay/PublishKeyPackage",
+        CallRule::Decided(Action::ExchangeMetadata),
     ),
     (
         "/grpc.health.v1.Health/Check",

@@ -110,11 +110,14 @@ pub enum TableName {
     /// Invitations to join the federation (the city node): hashed secret,
     /// kind, expiry, when used.
     Invitations,
+    /// The relay's records (`crate::relay`): on-behalf-of assertion nonces
+    /// seen (until they expire) and the MLS group of each peer organisation.
+    Relay,
 }
 
 impl TableName {
     /// Every table, in a fixed order.
-    pub const ALL: [TableName; 23] = [
+    pub const ALL: [TableName; 24] = [
         TableName::Meta,
         TableName::Peers,
         TableName::Membership,
@@ -138,6 +141,7 @@ impl TableName {
         TableName::MdsBatches,
         TableName::MlsState,
         TableName::Invitations,
+        TableName::Relay,
     ];
 
     /// The sled tree name.
@@ -166,6 +170,7 @@ impl TableName {
             TableName::MdsBatches => "mds_batches",
             TableName::MlsState => "mls_state",
             TableName::Invitations => "invitations",
+            TableName::Relay => "relay",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod grants;
 pub mod obligations;
 pub mod opendata;
 pub mod policy;
+pub mod relay;
 
 pub use access::fetch_params;
 
