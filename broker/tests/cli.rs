@@ -96,13 +96,18 @@ fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
 }
 
 #[test]
-fn stories_not_built_exit_2_and_unknown_story_is_a_usage_error() {
-    let out = run(&["demo", "--story", "9"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
-    let out = run(&["demo", "--story", "11"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("story 11 does not exist"));
+fn an_unknown_story_is_a_usage_error() {
+    for n in ["0", "11"] {
+        let out = run(&["demo", "--story", n]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr(&out).contains(&format!(
+                "story {n} does not exist; stories are numbered 1 to 10"
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 /// The onboarding flow exactly as an operator types it; returns the node config.
@@ -638,6 +643,31 @@ fn story_7_passes_in_the_demo_harness() {
         "{text}"
     );
     assert!(text.contains("flag_obligation"), "{text}");
+}
+
+#[test]
+fn story_9_passes_in_the_demo_harness() {
+    let out = run(&["demo", "--story", "9"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("story 9 passed"), "{text}");
+    assert!(
+        text.contains("TUM's saved state does not open it"),
+        "{text}"
+    );
+    assert!(text.contains("TUM's node certificate is refused"), "{text}");
+}
+
+#[test]
+fn story_10_passes_in_the_demo_harness() {
+    let out = run(&["demo", "--story", "10"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(text.contains("story 10 passed"), "{text}");
+    assert!(
+        text.contains("files of the hub's store holds the marker"),
+        "{text}"
+    );
 }
 
 #[test]

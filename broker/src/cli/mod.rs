@@ -1,8 +1,8 @@
 //! The `allmende` command line: `node`, `pki`, `demo`, `health`, `version`.
 //!
 //! Human tables by default, `--json` for machines. Exit codes:
-//! 0 success · 1 failure (operation failed, remote error) · 2 usage error or
-//! story not built yet · 3 configuration or input file error ·
+//! 0 success · 1 failure (operation failed, remote error) · 2 usage error ·
+//! 3 configuration or input file error ·
 //! 4 node unreachable or unavailable · 5 refused (unauthenticated or
 //! permission denied).
 
@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-const EXIT_CODES: &str = "Exit codes:\n  0  success\n  1  the operation failed\n  2  usage error, or the requested story is not built yet\n  3  configuration or input file error\n  4  node unreachable or unavailable\n  5  refused: unauthenticated or permission denied";
+const EXIT_CODES: &str = "Exit codes:\n  0  success\n  1  the operation failed\n  2  usage error\n  3  configuration or input file error\n  4  node unreachable or unavailable\n  5  refused: unauthenticated or permission denied";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,11 +54,12 @@ enum Command {
     /// Start the Munich demo federation, or run an acceptance story.
     Demo {
         /// Run acceptance story N (1-10) on a fresh federation and exit:
-        /// built are 1 (connector, catalog), 2 (research grant, consented
+        /// 1 (connector, catalog), 2 (research grant, consented
         /// pseudonymised rows), 3 (denials with reasons), 4 (consent
         /// withdrawal, who accessed), 5 (open data, anonymised release),
-        /// 6 (insurer refused), 7 (MDS obligation, a missed hour) and 8
-        /// (audit).
+        /// 6 (insurer refused), 7 (MDS obligation, a missed hour), 8
+        /// (audit), 9 (a member removed: refused, new MLS epoch) and 10
+        /// (relayed through the city hub, sealed end to end).
         #[arg(long)]
         story: Option<u8>,
         /// Where the demo federation lives (wiped and recreated).
@@ -141,7 +142,7 @@ enum NodeCmd {
 pub mod exit {
     /// The operation failed.
     pub const FAILED: u8 = 1;
-    /// Usage error, or the requested story is not built yet.
+    /// Usage error (also: a story that does not exist).
     pub const USAGE: u8 = 2;
     /// A configuration or input file (or argument value) is wrong.
     pub const INPUT: u8 = 3;
@@ -417,10 +418,6 @@ async fn demo(story: Option<u8>, dir: PathBuf, base_port: u16) -> Result<(), Fai
             Ok(StoryOutcome::Failed(why)) => Err(Failure::new(
                 exit::FAILED,
                 format!("story {n} failed: {why}"),
-            )),
-            Ok(StoryOutcome::NotBuilt { arrives_with }) => Err(Failure::new(
-                exit::USAGE,
-                format!("story {n} is not built yet; it arrives with {arrives_with}"),
             )),
             Err(e) => Err(Failure::new(exit::USAGE, e.to_string())),
         };

@@ -93,20 +93,20 @@ pub(super) async fn run(n: u8) -> Result<StoryOutcome, DemoError> {
 /// A story's numbered steps, and when it began (node clock, ms: its audit
 /// entries are those from then on).
 #[derive(Debug)]
-struct Steps {
+pub(super) struct Steps {
     done: u32,
     from_ms: u64,
 }
 
 impl Steps {
-    fn start(clock: &dyn Clock) -> Self {
+    pub(super) fn start(clock: &dyn Clock) -> Self {
         Self {
             done: 0,
             from_ms: u64::try_from(clock.now_unix_ms()).unwrap_or(0),
         }
     }
 
-    fn next(&mut self, text: &str) {
+    pub(super) fn next(&mut self, text: &str) {
         self.done += 1;
         step(self.done, text);
     }
@@ -157,7 +157,7 @@ fn research_request(days: u32, key: &str) -> pb::RequestAccessRequest {
 /// `alice` of TUM asks SWM's node for [`SMART_METER`] for
 /// `AcademicResearch`, `days` days; SWM's DPO lists what waits (with the
 /// explanation of what the grant would allow) and approves it by its hash.
-async fn research_grant(
+pub(super) async fn research_grant(
     sb: &Sandbox,
     steps: &mut Steps,
     days: u32,
