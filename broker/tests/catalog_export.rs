@@ -53,13 +53,13 @@ fn catalog_export_writes_the_federated_catalog_to_a_file() {
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
         summary = String::from_utf8_lossy(&out.stdout).into_owned();
-        if summary.starts_with("wrote 5 datasets") {
+        if summary.starts_with("wrote 6 datasets") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(
-        summary.starts_with("wrote 5 datasets (text/turtle, "),
+        summary.starts_with("wrote 6 datasets (text/turtle, "),
         "{summary}"
     );
     let doc = std::fs::read_to_string(&ttl).unwrap();
@@ -70,6 +70,7 @@ fn catalog_export_writes_the_federated_catalog_to_a_file() {
         "stadt/dataset/traffic-counts",
         "scooter-co/dataset/scooter-trips",
         "swm/dataset/lorawan-environment",
+        "stadt/dataset/mds-scooter-trips",
     ] {
         assert!(
             doc.contains(&format!("dcat:dataset <allmende://munich/{ds}>"))

@@ -292,24 +292,38 @@ async fn relayed_read(sb: &Sandbox, steps: &mut Steps, grant: &str) -> Result<Re
     Ok(via_hub)
 }
 
+/// SWM's group with TUM and its epoch.
+async fn pair_group(
+    swm: &crate::node::NodeHandle,
+) -> Result<(allmende_mls::MlsGroupId, u64), String> {
+    let group = swm
+        .relay
+        .group_with("tum")
+        .map_err(|e| e.to_string())?
+        .ok_or("SWM's node has no group with TUM")?;
+    let epoch = epoch_of(swm, &group).await?;
+    Ok((group, epoch))
+}
+
+async fn epoch_of(
+    node: &crate::node::NodeHandle,
+    group: &allmende_mls::MlsGroupId,
+) -> Result<u64, String> {
+    node.relay
+        .mls()
+        .lock()
+        .await
+        .epoch(group)
+        .map_err(|e| e.to_string())
+}
+
 async fn story_10(sb: &Sandbox, steps: &mut Steps, granted: &Granted) -> Result<(), String> {
     relayed_read(sb, steps, &granted.grant.id).await?;
     steps.next("SWM's and TUM's nodes share one MLS group; the hub is not in it");
     let swm = sb.node(OWNER).ok_or("SWM's node is not running")?;
     let tum = sb.node(READER).ok_or("TUM's node is not running")?;
     let hub = sb.node(HUB).ok_or("the hub is not running")?;
-    let group = swm
-        .relay
-        .group_with("tum")
-        .map_err(|e| e.to_string())?
-        .ok_or("SWM's node has no group with TUM")?;
-    let epoch = swm
-        .relay
-        .mls()
-        .lock()
-        .await
-        .epoch(&group)
-        .map_err(|e| e.to_string())?;
+    let (group, epoch) = pair_group(swm).await?;
     println!("        the SWM–TUM group at epoch {epoch}");
     check(
         tum.relay.group_with("swm").map_err(|e| e.to_string())? == Some(group.clone())
@@ -331,18 +345,7 @@ async fn story_9(sb: &Sandbox, steps: &mut Steps, granted: &Granted) -> Result<(
     relayed_read(sb, steps, &granted.grant.id).await?;
     let swm = sb.node(OWNER).ok_or("SWM's node is not running")?;
     let tum = sb.node(READER).ok_or("TUM's node is not running")?;
-    let group = swm
-        .relay
-        .group_with("tum")
-        .map_err(|e| e.to_string())?
-        .ok_or("SWM's node has no group with TUM")?;
-    let before = swm
-        .relay
-        .mls()
-        .lock()
-        .await
-        .epoch(&group)
-        .map_err(|e| e.to_string())?;
+    let (group, before) = pair_group(swm).await?;
 
     steps.next(
         "TUM's node stops following the directory: it keeps the MLS state it has now, as a removed node would",
@@ -391,13 +394,7 @@ async fn story_9(sb: &Sandbox, steps: &mut Steps, granted: &Granted) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let after = swm
-        .relay
-        .mls()
-        .lock()
-        .await
-        .epoch(&group)
-        .map_err(|e| e.to_string())?;
+    let after = epoch_of(swm, &group).await?;
     check(
         after > before,
         &format!("the group moved from epoch {before} to {after}"),

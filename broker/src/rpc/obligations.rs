@@ -72,6 +72,31 @@ impl ObligationsService {
     }
 }
 
+impl ObligationsService {
+    /// Checks a status-like request's names and times, decides
+    /// `read_compliance` ([`Self::decide_read`]) and returns the windows the
+    /// caller may see.
+    async fn decide_windows(
+        &self,
+        p: &Principal,
+        organisation: String,
+        dataset: String,
+        from: &str,
+        to: &str,
+    ) -> Result<StatusFilter, ApiError> {
+        super::limits::check_id("organisation", &organisation)?;
+        super::limits::check_id("dataset", &dataset)?;
+        let asked = non_empty(organisation);
+        let visible = self.decide_read(p, asked.as_deref()).await?;
+        Ok(StatusFilter {
+            organisation: visible,
+            dataset: non_empty(dataset),
+            from_ms: convert::time("from", from)?,
+            to_ms: convert::time("to", to)?,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::obligations_server::Obligations for ObligationsService {
     async fn record(
@@ -156,18 +181,17 @@ impl pb::obligations_server::Obligations for ObligationsService {
         &self,
         req: Request<pb::ObligationStatusRequest>,
     ) -> Result<Response<pb::ObligationStatusResponse>, Status> {
-        super::limits::check_id("organisation", &req.get_ref().organisation)?;
-        super::limits::check_id("dataset", &req.get_ref().dataset)?;
         let p = principal(&req)?;
         let r = req.into_inner();
-        let asked = non_empty(r.organisation);
-        let visible = self.decide_read(&p, asked.as_deref()).await?;
-        let filter = StatusFilter {
-            organisation: visible,
-            dataset: non_empty(r.dataset),
-            from_ms: convert::time("from", &r.from)?,
-            to_ms: convert::time("to", &r.to)?,
-        };
+        let filter = self
+            .decide_windows(
+                &p,
+                r.organisation.clone(),
+                r.dataset.clone(),
+                &r.from,
+                &r.to,
+            )
+            .await?;
         let now = self.ctx.clock.now_unix_ms();
         let rows = self.obligations.status(&filter).map_err(ApiError::from)?;
         Ok(Response::new(convert::status(&rows, now)))
@@ -177,18 +201,17 @@ impl pb::obligations_server::Obligations for ObligationsService {
         &self,
         req: Request<pb::RejectedBatchesRequest>,
     ) -> Result<Response<pb::RejectedBatchesResponse>, Status> {
-        super::limits::check_id("organisation", &req.get_ref().organisation)?;
-        super::limits::check_id("dataset", &req.get_ref().dataset)?;
         let p = principal(&req)?;
         let r = req.into_inner();
-        let asked = non_empty(r.organisation);
-        let visible = self.decide_read(&p, asked.as_deref()).await?;
-        let filter = StatusFilter {
-            organisation: visible,
-            dataset: non_empty(r.dataset),
-            from_ms: convert::time("from", &r.from)?,
-            to_ms: convert::time("to", &r.to)?,
-        };
+        let filter = self
+            .decide_windows(
+                &p,
+                r.organisation.clone(),
+                r.dataset.clone(),
+                &r.from,
+                &r.to,
+            )
+            .await?;
         let mut attempts = self.obligations.rejected(&filter).map_err(ApiError::from)?;
         let one = !r.id.is_empty();
         if one {
