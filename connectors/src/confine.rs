@@ -171,6 +171,29 @@ fn forms(p: &Path) -> (PathBuf, Option<PathBuf>) {
 }
 
 impl SourceRoots {
+    /// Reads a small file (a token, a CA bundle, credentials) through the
+    /// roots, at most `limit` bytes; errors name only `what`, never the
+    /// content.
+    pub fn read_small(
+        &self,
+        path: &Path,
+        what: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, ConnectorError> {
+        use std::io::Read;
+        let file = self.open(path, &path.display().to_string())?;
+        let mut out = Vec::new();
+        file.take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| ConnectorError::Config(format!("cannot read the {what}: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(ConnectorError::Config(format!(
+                "the {what} is larger than {limit} bytes"
+            )));
+        }
+        Ok(out)
+    }
+
     /// Sources may be read only below these (absolute) directories. A root that does not exist
     /// allows nothing until it does; roots are canonicalised on every check.
     pub fn new<I, P>(roots: I) -> Self

@@ -271,7 +271,7 @@ impl MdsConfig {
 
     /// The CA certificates (PEM), read through `roots`.
     pub fn ca_pem(&self, roots: &SourceRoots) -> Result<Vec<u8>, ConnectorError> {
-        read_small(roots, &self.ca_file, "CA file", MAX_CA_BYTES)
+        roots.read_small(&self.ca_file, "CA file", MAX_CA_BYTES)
     }
 }
 
@@ -363,7 +363,7 @@ pub fn open_connector(
 
 /// Reads a bearer token file through `roots`: its first line, trimmed, printable ASCII.
 pub fn read_token(roots: &SourceRoots, path: &std::path::Path) -> Result<String, ConnectorError> {
-    let bytes = read_small(roots, path, "token file", MAX_TOKEN_BYTES)?;
+    let bytes = roots.read_small(path, "token file", MAX_TOKEN_BYTES)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| ConnectorError::Config("the token file is not UTF-8".into()))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
@@ -373,27 +373,6 @@ pub fn read_token(roots: &SourceRoots, path: &std::path::Path) -> Result<String,
         ));
     }
     Ok(token)
-}
-
-/// Reads a small file through the roots, naming only `what` in errors.
-fn read_small(
-    roots: &SourceRoots,
-    path: &std::path::Path,
-    what: &str,
-    limit: u64,
-) -> Result<Vec<u8>, ConnectorError> {
-    use std::io::Read;
-    let file = roots.open(path, &path.display().to_string())?;
-    let mut out = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| ConnectorError::Config(format!("cannot read the {what}: {e}")))?;
-    if out.len() as u64 > limit {
-        return Err(ConnectorError::Config(format!(
-            "the {what} is larger than {limit} bytes"
-        )));
-    }
-    Ok(out)
 }
 
 /// A provider's base address.

@@ -26,7 +26,6 @@ mod server;
 pub mod uplink;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -212,7 +211,7 @@ impl MqttConfig {
         let Some(path) = &self.credentials_file else {
             return Ok(None);
         };
-        let text = read_small(roots, path, "credentials file", MAX_SECRET_BYTES)?;
+        let text = roots.read_small(path, "credentials file", MAX_SECRET_BYTES)?;
         let text = String::from_utf8(text)
             .map_err(|_| ConnectorError::Config("the credentials file is not UTF-8".into()))?;
         let mut lines = text.lines();
@@ -234,29 +233,9 @@ impl MqttConfig {
         let Some(path) = &self.ca_file else {
             return Ok(None);
         };
-        let pem = read_small(roots, path, "CA file", MAX_CA_BYTES)?;
+        let pem = roots.read_small(path, "CA file", MAX_CA_BYTES)?;
         crate::postgres::tls::client_config(&pem).map(Some)
     }
-}
-
-/// Reads a small file through the roots, naming only `what` in errors.
-fn read_small(
-    roots: &SourceRoots,
-    path: &std::path::Path,
-    what: &str,
-    limit: u64,
-) -> Result<Vec<u8>, ConnectorError> {
-    let file = roots.open(path, &path.display().to_string())?;
-    let mut out = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| ConnectorError::Config(format!("cannot read the {what}: {e}")))?;
-    if out.len() as u64 > limit {
-        return Err(ConnectorError::Config(format!(
-            "the {what} is larger than {limit} bytes"
-        )));
-    }
-    Ok(out)
 }
 
 /// A broker address.
