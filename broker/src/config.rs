@@ -127,6 +127,9 @@ struct RawFederation {
     directory: Option<String>,
     /// Seconds between directory fetches.
     directory_refresh_secs: Option<u64>,
+    /// `https://host:port` other nodes and the hub reach this node at:
+    /// recorded in the directory by the node itself.
+    endpoint: Option<String>,
     /// The city node only: the federation directory (root key, root
     /// certificate, `membership.json`) it signs the directory with.
     root_dir: Option<PathBuf>,
@@ -139,6 +142,10 @@ pub struct FederationConfig {
     pub directory: Option<String>,
     /// Time between directory fetches.
     pub directory_refresh: std::time::Duration,
+    /// Where other nodes reach this node (`https://host:port`): the node
+    /// records its directory entry at the city node with it
+    /// (`Federation.RegisterNode`), and again when it changes.
+    pub endpoint: Option<String>,
     /// The city node's federation directory (root key): it signs
     /// directory changes (`federation remove`).
     pub root_dir: Option<PathBuf>,
@@ -152,6 +159,7 @@ impl Default for FederationConfig {
         Self {
             directory: None,
             directory_refresh: std::time::Duration::from_secs(DEFAULT_DIRECTORY_REFRESH_SECS),
+            endpoint: None,
             root_dir: None,
         }
     }
@@ -777,9 +785,14 @@ impl NodeConfig {
                         format!("must be between 1 and 3600, got {secs}"),
                     ));
                 }
+                if let Some(e) = &f.endpoint {
+                    crate::pki::membership::check_node_endpoint(e)
+                        .map_err(|why| invalid("federation.endpoint", why))?;
+                }
                 FederationConfig {
                     directory: f.directory,
                     directory_refresh: std::time::Duration::from_secs(secs),
+                    endpoint: f.endpoint,
                     root_dir: f.root_dir.map(|d| abs(&d)),
                 }
             }
@@ -985,6 +998,22 @@ membership = "membership.json"
             .unwrap_err()
             .to_string();
         assert!(err.contains("federation.directory_refresh_secs"), "{err}");
+        let good = format!("{GOOD}\n[federation]\nendpoint = \"https://10.77.0.2:7400\"\n");
+        let c = NodeConfig::parse(p, &good, |_| None).unwrap();
+        assert_eq!(
+            c.federation.endpoint.as_deref(),
+            Some("https://10.77.0.2:7400")
+        );
+        for e in ["http://10.77.0.2:7400", "https://node", "https://node:0/x", "https://a b:1"] {
+            let bad = format!("{GOOD}\n[federation]\nendpoint = \"{e}\"\n");
+            let err = NodeConfig::parse(p, &bad, |_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("federation.endpoint") && err.contains("https://host:port"),
+                "{e}: {err}"
+            );
+        }
     }
 
     #[test]

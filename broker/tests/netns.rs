@@ -6,6 +6,9 @@
 //! catalog reaches TUM from SWM, a TUM researcher fetches rows SWM granted,
 //! every node follows the city's directory over the network, and removing
 //! TUM at the city node makes its next fetch at SWM fail within one refresh.
+//! In a second layout TUM's namespace reaches only the city: the direct
+//! fetch fails to connect, the fetch relayed through the city hub returns
+//! the rows, and the hub's store holds none of them.
 //!
 //! Needs root (or CAP_SYS_ADMIN and CAP_NET_ADMIN) and `ip` from iproute2;
 //! without them the test prints why and passes (`skip_reason`).
@@ -366,9 +369,12 @@ fn onboard(dir: &Path, sources: &Path) -> Vec<PathBuf> {
         if m.kind == "city" {
             cfg.push_str(&format!("\n[federation]\nroot_dir = \"{}\"\n", s(&fed)));
         } else {
+            // The node records its own directory entry at the city
+            // (`[federation] endpoint`): what the hub relays to.
             cfg.push_str(&format!(
-                "\n[federation]\ndirectory = \"{}\"\ndirectory_refresh_secs = {REFRESH_SECS}\n",
-                endpoint(MEMBERS[0].host)
+                "\n[federation]\ndirectory = \"{}\"\ndirectory_refresh_secs = {REFRESH_SECS}\nendpoint = \"{}\"\n",
+                endpoint(MEMBERS[0].host),
+                endpoint(m.host)
             ));
         }
         let path = nd.join("node.toml");
@@ -706,13 +712,18 @@ fn federation_across_network_namespaces() {
 
 /// Story 10's layout: TUM's namespace has a route to the city's address
 /// only. TUM's researcher reaches the city's node and TUM's, but a direct
-/// call from TUM's namespace to SWM's node fails to connect.
+/// call from TUM's namespace to SWM's node fails to connect; her fetch
+/// relayed by TUM's node through the city hub returns SWM's rows, and no
+/// row value is in any file of the hub's store.
 #[test]
 fn tum_reaches_only_the_city_hub() {
     let Some(fed) = start("h", Link::HubOnly { hub: 1 }) else {
         return;
     };
-    let tum_ns = &fed.ns[2];
+    let d = fed.path();
+    let (city_ns, swm_ns, tum_ns) = (&fed.ns[0], &fed.ns[1], &fed.ns[2]);
+    let operator = fed.profile("stadt", "operator", 1);
+    let steward = fed.profile("swm", "steward", 2);
     let alice_at_city = fed.profile("tum", "alice", 1);
     let alice_home = fed.profile("tum", "alice", 3);
     let alice_at_swm = fed.profile("tum", "alice", 2);
@@ -727,14 +738,120 @@ fn tum_reaches_only_the_city_hub() {
         "direct call reached SWM: {}",
         text(&o)
     );
-    // Where the relayed fetch goes: SWM registers and grants `netzlast`,
-    // alice asks TUM's node (`Relay.Fetch`) to fetch it through the city
-    // hub, which must succeed while the direct fetch fails to connect. It
-    // needs a CLI for `Relay.Fetch` and the nodes' entries (endpoints) in
-    // the city's directory recorded over the network (`federation join`),
-    // neither of which this branch has.
+
+    // SWM's and TUM's nodes record their entries at the city over the
+    // network (`[federation] endpoint`) and publish an MLS key package.
+    let nodes = until(30, || {
+        let v = ok_json(city_ns, &["federation", "show", "--profile", &operator]);
+        let nodes = v["nodes"].as_array()?.clone();
+        let ready = |name: &str| {
+            nodes.iter().any(|n| {
+                n["node"] == name && n["mls_key_package"].as_str().is_some_and(|k| !k.is_empty())
+            })
+        };
+        (ready("swm-1") && ready("tum-1")).then_some(nodes)
+    })
+    .expect("the city's directory never listed SWM's and TUM's nodes with key packages");
+    for (name, host) in [("swm-1", 2), ("tum-1", 3)] {
+        assert!(
+            nodes
+                .iter()
+                .any(|n| n["node"] == name && n["endpoint"] == endpoint(host).as_str()),
+            "{name} not at {}: {nodes:?}",
+            endpoint(host)
+        );
+    }
+
+    // SWM registers its dataset. Alice files her request from a network
+    // that reaches SWM (the city's namespace here); SWM's steward approves.
+    ok_json(
+        swm_ns,
+        &[
+            "connector",
+            "register",
+            "--dataset",
+            "netzlast",
+            "--config",
+            s(&d.join("netzlast.toml")),
+            "--profile",
+            &steward,
+        ],
+    );
+    let req = ok_json(
+        city_ns,
+        &[
+            "access",
+            "request",
+            "--dataset",
+            "netzlast",
+            "--purpose",
+            "AcademicResearch",
+            "--days",
+            "30",
+            "--justification",
+            "Lastprognose",
+            "--profile",
+            &alice_at_swm,
+        ],
+    );
+    let req_id = req["id"].as_str().unwrap().to_owned();
+    let approved = ok_json(
+        swm_ns,
+        &["access", "approve", &req_id, "--profile", &steward],
+    );
+    let grant = approved["grant"]["id"].as_str().unwrap().to_owned();
+    let fetch = |out: &Path, profile: &str, through: Option<&str>| {
+        let mut args = vec![
+            "fetch",
+            "netzlast",
+            "--purpose",
+            "AcademicResearch",
+            "--grant",
+            &grant,
+            "--out",
+            s(out),
+            "--profile",
+            profile,
+        ];
+        if let Some(owner) = through {
+            args.extend(["--through-hub", owner]);
+        }
+        cli_in(tum_ns, &args)
+    };
+
+    // From TUM's namespace: the direct fetch cannot connect, the relayed
+    // one returns the rows.
+    let o = fetch(&d.join("direct.csv"), &alice_at_swm, None);
+    assert_eq!(o.status.code(), Some(4), "direct fetch: {}", text(&o));
+    let out = d.join("relayed.csv");
+    let o = fetch(&out, &alice_home, Some("swm/swm-1"));
+    assert!(o.status.success(), "relayed fetch: {}", text(&o));
+    let rows = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        rows.contains("UW-Nord-7731") && rows.contains("38.25"),
+        "{rows}"
+    );
+
+    // The hub relayed sealed frames: no row value in its store's files.
+    let marker = b"UW-Nord-7731";
+    let mut files = vec![d.join("stadt/node/data")];
+    let mut seen = 0;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            seen += 1;
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker),
+                "a row value in the hub's store: {}",
+                p.display()
+            );
+        }
+    }
+    assert!(seen > 0, "the hub's store has no files");
     println!(
-        "netns: hub-only layout in {}: TUM reaches the city, not SWM",
+        "netns: hub-only layout in {}: TUM reaches the city, not SWM; relayed fetch returned the rows",
         fed.nss.made.join(", ")
     );
 }

@@ -80,6 +80,11 @@ impl Dialer {
         serve_at_owner(endpoint, org, node, self.tls.clone(), &self.trust, request).await
     }
 
+    /// [`register`] through this dialer.
+    pub async fn register(&self, relay: &Relay, endpoint: &str) -> Result<bool, RelayCallError> {
+        register(relay, endpoint, self.tls.clone(), &self.trust).await
+    }
+
     /// [`replenish`] through this dialer.
     pub async fn replenish(&self, relay: &Relay) -> Result<bool, String> {
         replenish(relay, self.tls.clone(), &self.trust).await
@@ -174,6 +179,51 @@ pub async fn publish_key_package(
     Ok(resp.into_inner().directory_version)
 }
 
+/// This node's entry in the directory `trust` holds, if it is listed.
+fn own_entry(relay: &Relay, trust: &Trust) -> Option<crate::pki::membership::NodeEntry> {
+    let own = relay.signer().uri();
+    trust.snapshot().doc.nodes.iter().find_map(|n| {
+        let uri = crate::pki::identity::LeafIdentity {
+            federation: trust.federation(),
+            organisation: n.org.clone(),
+            subject: crate::pki::Subject::Node(n.node.clone()),
+        }
+        .uri();
+        (uri == own).then(|| n.clone())
+    })
+}
+
+/// Records this node's directory entry at the hub
+/// (`Federation.RegisterNode`, with the node's certificate) unless the
+/// directory already lists it at `endpoint` with its current certificate.
+/// Returns whether it called the hub.
+pub async fn register(
+    relay: &Relay,
+    endpoint: &str,
+    tls: Arc<rustls::ClientConfig>,
+    trust: &Trust,
+) -> Result<bool, RelayCallError> {
+    let Ok(hub) = relay.hub() else {
+        return Ok(false);
+    };
+    let cert = crate::pki::membership::sha256_hex(relay.signer().certificate_der());
+    if own_entry(relay, trust).is_some_and(|n| n.endpoint == endpoint && n.cert_sha256 == cert) {
+        return Ok(false);
+    }
+    let peer = connect_hub(&hub, tls, trust).await?;
+    let mut client = pb::federation_client::FederationClient::new(peer.channel);
+    tokio::time::timeout(
+        PEER_CALL_TIMEOUT,
+        client.register_node(pb::RegisterNodeRequest {
+            endpoint: endpoint.to_owned(),
+        }),
+    )
+    .await
+    .map_err(|_| RelayCallError::Timeout(hub.clone()))?
+    .map_err(RelayCallError::Status)?;
+    Ok(true)
+}
+
 /// Publishes a fresh key package when this node is listed in the
 /// directory with an empty slot or one that is not its own (consumed by a
 /// welcome, or replaced). Returns whether it published.
@@ -185,17 +235,7 @@ pub async fn replenish(
     if relay.hub().is_err() {
         return Ok(false);
     }
-    let own = relay.signer().uri().to_owned();
-    let listed = trust.snapshot().doc.nodes.iter().find_map(|n| {
-        let uri = crate::pki::identity::LeafIdentity {
-            federation: trust.federation(),
-            organisation: n.org.clone(),
-            subject: crate::pki::Subject::Node(n.node.clone()),
-        }
-        .uri();
-        (uri == own).then(|| n.mls_key_package.clone())
-    });
-    let Some(slot) = listed else {
+    let Some(slot) = own_entry(relay, trust).map(|n| n.mls_key_package) else {
         return Ok(false);
     };
     let pool = relay
@@ -219,16 +259,26 @@ pub async fn replenish(
 
 /// The relay's background task: on every directory change (and every
 /// `refresh`) commits the removal of departed organisations from the
-/// pairs' groups and replenishes this node's key package.
+/// pairs' groups, records this node's entry at `endpoint` (`[federation]
+/// endpoint`) when the directory lacks it, and replenishes this node's key
+/// package.
 pub async fn run(
     relay: Arc<Relay>,
     dialer: Dialer,
+    endpoint: Option<String>,
     refresh: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut changes = dialer.trust.subscribe();
     loop {
         relay.remove_departed().await;
+        if let Some(e) = &endpoint {
+            match dialer.register(&relay, e).await {
+                Ok(true) => tracing::info!(endpoint = %e, "directory entry recorded at the hub"),
+                Ok(false) => {}
+                Err(err) => tracing::warn!(endpoint = %e, error = %err, "directory entry not recorded"),
+            }
+        }
         if let Err(e) = dialer.replenish(&relay).await {
             tracing::debug!(error = %e, "mls key package not published");
         }

@@ -376,9 +376,10 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
             parts.ctx.trust.clone(),
         )?;
         let refresh = config.federation.directory_refresh;
+        let endpoint = config.federation.endpoint.clone();
         let rx = shutdown_rx.clone();
         async move {
-            crate::federation::relay::run(relay, dialer, refresh, rx).await;
+            crate::federation::relay::run(relay, dialer, endpoint, refresh, rx).await;
             Ok(())
         }
     }));

@@ -69,6 +69,28 @@ pub struct NodeEntry {
     pub mls_key_package: String,
 }
 
+/// Checks a node endpoint as the directory lists it: `https://host:port`,
+/// a port, no path, no user part. The error names what is wrong.
+pub fn check_node_endpoint(s: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "endpoint `{}` is not `https://host:port`",
+            crate::text::shown(s, 80)
+        )
+    };
+    let rest = s.strip_prefix("https://").ok_or_else(bad)?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty()
+        || port.parse::<u16>().map_or(true, |p| p == 0)
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 /// The signed document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

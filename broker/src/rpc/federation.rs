@@ -279,24 +279,8 @@ impl pb::federation_server::Federation for FederationService {
 /// Longest organisation CA signing request accepted by `Federation.Join`.
 const MAX_CSR_BYTES: usize = 16 * 1024;
 
-/// A node endpoint as the directory lists it: `https://host:port`, a port,
-/// no path, no user part.
+/// A node endpoint as the directory lists it (`check_node_endpoint`).
 fn valid_endpoint(s: &str) -> Result<String, ApiError> {
-    let bad = || {
-        ApiError::InvalidArgument(format!(
-            "endpoint `{}` is not `https://host:port`",
-            crate::text::shown(s, 80)
-        ))
-    };
-    let rest = s.strip_prefix("https://").ok_or_else(bad)?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty()
-        || port.parse::<u16>().map_or(true, |p| p == 0)
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-    {
-        return Err(bad());
-    }
+    crate::pki::membership::check_node_endpoint(s).map_err(ApiError::InvalidArgument)?;
     Ok(s.to_owned())
 }
