@@ -1004,7 +1004,12 @@ membership = "membership.json"
             c.federation.endpoint.as_deref(),
             Some("https://10.77.0.2:7400")
         );
-        for e in ["http://10.77.0.2:7400", "https://node", "https://node:0/x", "https://a b:1"] {
+        for e in [
+            "http://10.77.0.2:7400",
+            "https://node",
+            "https://node:0/x",
+            "https://a b:1",
+        ] {
             let bad = format!("{GOOD}\n[federation]\nendpoint = \"{e}\"\n");
             let err = NodeConfig::parse(p, &bad, |_| None)
                 .unwrap_err()

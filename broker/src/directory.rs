@@ -248,6 +248,38 @@ impl Directory {
         self.install_locked(&json, "directory node entry").await
     }
 
+    /// At the city node: records the node's own entry (`own`, reached at
+    /// `endpoint`) unless the directory lists it so already; it is how the
+    /// other nodes' relay checks know the hub. Returns the new version, or
+    /// `None` when nothing changed or this node holds no root.
+    pub async fn record_own_entry(
+        &self,
+        own: &Principal,
+        endpoint: &str,
+    ) -> Result<Option<u64>, DirectoryError> {
+        if self.parts.root.is_none() {
+            return Ok(None);
+        }
+        let node = own.subject.name().to_owned();
+        let listed = self.parts.trust.snapshot().doc.nodes.iter().any(|n| {
+            n.org == own.organisation
+                && n.node == node
+                && n.endpoint == endpoint
+                && n.cert_sha256 == own.certificate_sha256
+        });
+        if listed {
+            return Ok(None);
+        }
+        let entry = crate::pki::membership::NodeEntry {
+            org: own.organisation.clone(),
+            node,
+            endpoint: endpoint.to_owned(),
+            cert_sha256: own.certificate_sha256.clone(),
+            mls_key_package: String::new(),
+        };
+        self.upsert_node(&entry).await.map(Some)
+    }
+
     /// The federation directory with the root key, at the city node.
     pub fn root(&self) -> Option<&FederationDir> {
         self.parts.root.as_ref()

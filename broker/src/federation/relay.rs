@@ -276,7 +276,9 @@ pub async fn run(
             match dialer.register(&relay, e).await {
                 Ok(true) => tracing::info!(endpoint = %e, "directory entry recorded at the hub"),
                 Ok(false) => {}
-                Err(err) => tracing::warn!(endpoint = %e, error = %err, "directory entry not recorded"),
+                Err(err) => {
+                    tracing::warn!(endpoint = %e, error = %err, "directory entry not recorded")
+                }
             }
         }
         if let Err(e) = dialer.replenish(&relay).await {

@@ -231,6 +231,25 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     )
     .await?;
 
+    // The city node lists itself: the hub the other nodes' relay checks
+    // know (`[federation] endpoint`; the others register over the network).
+    if let Some(endpoint) = &config.federation.endpoint {
+        match parts
+            .services
+            .directory
+            .record_own_entry(&own, endpoint)
+            .await
+        {
+            Ok(Some(version)) => {
+                tracing::info!(endpoint = %endpoint, version, "own directory entry recorded")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint, error = %e, "own directory entry not recorded")
+            }
+        }
+    }
+
     let metrics = parts.metrics.clone();
     metrics
         .membership_version
