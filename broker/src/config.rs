@@ -788,6 +788,12 @@ impl NodeConfig {
                 if let Some(e) = &f.endpoint {
                     crate::pki::membership::check_node_endpoint(e)
                         .map_err(|why| invalid("federation.endpoint", why))?;
+                    if f.directory.is_none() && f.root_dir.is_none() {
+                        return Err(invalid(
+                            "federation.endpoint",
+                            "the node records its endpoint at the city node, so set `federation.directory` to the city node's endpoint (at the city node itself: `federation.root_dir`)".into(),
+                        ));
+                    }
                 }
                 FederationConfig {
                     directory: f.directory,
@@ -998,7 +1004,14 @@ membership = "membership.json"
             .unwrap_err()
             .to_string();
         assert!(err.contains("federation.directory_refresh_secs"), "{err}");
-        let good = format!("{GOOD}\n[federation]\nendpoint = \"https://10.77.0.2:7400\"\n");
+        let alone = format!("{GOOD}\n[federation]\nendpoint = \"https://10.77.0.2:7400\"\n");
+        let err = NodeConfig::parse(p, &alone, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set `federation.directory`"), "{err}");
+        let good = format!(
+            "{GOOD}\n[federation]\ndirectory = \"https://10.77.0.1:7400\"\nendpoint = \"https://10.77.0.2:7400\"\n"
+        );
         let c = NodeConfig::parse(p, &good, |_| None).unwrap();
         assert_eq!(
             c.federation.endpoint.as_deref(),
@@ -1010,7 +1023,7 @@ membership = "membership.json"
             "https://node:0/x",
             "https://a b:1",
         ] {
-            let bad = format!("{GOOD}\n[federation]\nendpoint = \"{e}\"\n");
+            let bad = format!("{GOOD}\n[federation]\nroot_dir = \"fed\"\nendpoint = \"{e}\"\n");
             let err = NodeConfig::parse(p, &bad, |_| None)
                 .unwrap_err()
                 .to_string();

@@ -448,6 +448,84 @@ type = "float64"
 nullable = true
 "#;
 
+/// SWM's steward registers `netzlast` at SWM's node, from `swm_ns`.
+fn register_netzlast(fed: &Federation, swm_ns: &str, steward: &str) {
+    let reg = fed.path().join("netzlast.toml");
+    ok_json(
+        swm_ns,
+        &[
+            "connector",
+            "register",
+            "--dataset",
+            "netzlast",
+            "--config",
+            s(&reg),
+            "--profile",
+            steward,
+        ],
+    );
+}
+
+/// Alice requests `netzlast` for research from the namespace `from` with
+/// her profile aimed at SWM's node; SWM's steward approves in `swm_ns`.
+/// Returns the grant's id.
+fn research_grant(from: &str, swm_ns: &str, alice_at_swm: &str, steward: &str) -> String {
+    let req = ok_json(
+        from,
+        &[
+            "access",
+            "request",
+            "--dataset",
+            "netzlast",
+            "--purpose",
+            "AcademicResearch",
+            "--days",
+            "30",
+            "--justification",
+            "Lastprognose",
+            "--profile",
+            alice_at_swm,
+        ],
+    );
+    let req_id = req["id"].as_str().unwrap().to_owned();
+    let approved = ok_json(
+        swm_ns,
+        &["access", "approve", &req_id, "--profile", steward],
+    );
+    approved["grant"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Alice's fetch of `netzlast` under `grant` from the namespace `ns` into
+/// `out`, at the node her `profile` names, relayed to the owner node
+/// `through` (`ORG/NODE`) when given.
+fn fetch_in(ns: &str, grant: &str, out: &Path, profile: &str, through: Option<&str>) -> Output {
+    let mut args = vec![
+        "fetch",
+        "netzlast",
+        "--purpose",
+        "AcademicResearch",
+        "--grant",
+        grant,
+        "--out",
+        s(out),
+        "--profile",
+        profile,
+    ];
+    if let Some(owner) = through {
+        args.extend(["--through-hub", owner]);
+    }
+    cli_in(ns, &args)
+}
+
+/// `out` holds SWM's rows (both marker values).
+fn assert_rows(out: &Path) {
+    let rows = std::fs::read_to_string(out).unwrap();
+    assert!(
+        rows.contains("UW-Nord-7731") && rows.contains("38.25"),
+        "{rows}"
+    );
+}
+
 /// Retries `f` every 100 ms until it returns `Some`, up to `secs`.
 fn until<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -564,7 +642,6 @@ fn federation_across_network_namespaces() {
     };
     let d = fed.path();
     let (city_ns, swm_ns, tum_ns) = (&fed.ns[0], &fed.ns[1], &fed.ns[2]);
-    let reg = d.join("netzlast.toml");
     let swm_membership = std::fs::read(d.join("swm/node/membership.json")).unwrap();
     let operator = fed.profile("stadt", "operator", 1);
     let steward = fed.profile("swm", "steward", 2);
@@ -572,19 +649,7 @@ fn federation_across_network_namespaces() {
     let alice_at_swm = fed.profile("tum", "alice", 2);
 
     // SWM registers its dataset; its catalog entry reaches TUM's node.
-    ok_json(
-        swm_ns,
-        &[
-            "connector",
-            "register",
-            "--dataset",
-            "netzlast",
-            "--config",
-            s(&reg),
-            "--profile",
-            &steward,
-        ],
-    );
+    register_netzlast(&fed, swm_ns, &steward);
     let entry = until(20, || {
         let v = ok_json(tum_ns, &["catalog", "search", "--profile", &alice_home]);
         v["entries"]
@@ -598,54 +663,12 @@ fn federation_across_network_namespaces() {
     assert_eq!(entry["owner"], "swm", "{entry}");
 
     // Alice, in TUM's namespace, asks SWM's node; SWM's steward approves.
-    let req = ok_json(
-        tum_ns,
-        &[
-            "access",
-            "request",
-            "--dataset",
-            "netzlast",
-            "--purpose",
-            "AcademicResearch",
-            "--days",
-            "30",
-            "--justification",
-            "Lastprognose",
-            "--profile",
-            &alice_at_swm,
-        ],
-    );
-    let req_id = req["id"].as_str().unwrap().to_owned();
-    let approved = ok_json(
-        swm_ns,
-        &["access", "approve", &req_id, "--profile", &steward],
-    );
-    let grant = approved["grant"]["id"].as_str().unwrap().to_owned();
+    let grant = research_grant(tum_ns, swm_ns, &alice_at_swm, &steward);
     let out = d.join("rows.csv");
-    let fetch = |out: &Path| {
-        cli_in(
-            tum_ns,
-            &[
-                "fetch",
-                "netzlast",
-                "--purpose",
-                "AcademicResearch",
-                "--grant",
-                &grant,
-                "--out",
-                s(out),
-                "--profile",
-                &alice_at_swm,
-            ],
-        )
-    };
+    let fetch = |out: &Path| fetch_in(tum_ns, &grant, out, &alice_at_swm, None);
     let o = fetch(&out);
     assert!(o.status.success(), "fetch: {}", text(&o));
-    let rows = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        rows.contains("UW-Nord-7731") && rows.contains("38.25"),
-        "{rows}"
-    );
+    assert_rows(&out);
 
     // The city removes TUM; SWM takes the new directory from the city's
     // node over the network (its own membership file stays as it was) and
@@ -767,60 +790,10 @@ fn tum_reaches_only_the_city_hub() {
 
     // SWM registers its dataset. Alice files her request from a network
     // that reaches SWM (the city's namespace here); SWM's steward approves.
-    ok_json(
-        swm_ns,
-        &[
-            "connector",
-            "register",
-            "--dataset",
-            "netzlast",
-            "--config",
-            s(&d.join("netzlast.toml")),
-            "--profile",
-            &steward,
-        ],
-    );
-    let req = ok_json(
-        city_ns,
-        &[
-            "access",
-            "request",
-            "--dataset",
-            "netzlast",
-            "--purpose",
-            "AcademicResearch",
-            "--days",
-            "30",
-            "--justification",
-            "Lastprognose",
-            "--profile",
-            &alice_at_swm,
-        ],
-    );
-    let req_id = req["id"].as_str().unwrap().to_owned();
-    let approved = ok_json(
-        swm_ns,
-        &["access", "approve", &req_id, "--profile", &steward],
-    );
-    let grant = approved["grant"]["id"].as_str().unwrap().to_owned();
-    let fetch = |out: &Path, profile: &str, through: Option<&str>| {
-        let mut args = vec![
-            "fetch",
-            "netzlast",
-            "--purpose",
-            "AcademicResearch",
-            "--grant",
-            &grant,
-            "--out",
-            s(out),
-            "--profile",
-            profile,
-        ];
-        if let Some(owner) = through {
-            args.extend(["--through-hub", owner]);
-        }
-        cli_in(tum_ns, &args)
-    };
+    register_netzlast(&fed, swm_ns, &steward);
+    let grant = research_grant(city_ns, swm_ns, &alice_at_swm, &steward);
+    let fetch =
+        |out: &Path, profile: &str, through| fetch_in(tum_ns, &grant, out, profile, through);
 
     // From TUM's namespace: the direct fetch cannot connect, the relayed
     // one returns the rows.
@@ -829,11 +802,7 @@ fn tum_reaches_only_the_city_hub() {
     let out = d.join("relayed.csv");
     let o = fetch(&out, &alice_home, Some("swm/swm-1"));
     assert!(o.status.success(), "relayed fetch: {}", text(&o));
-    let rows = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        rows.contains("UW-Nord-7731") && rows.contains("38.25"),
-        "{rows}"
-    );
+    assert_rows(&out);
 
     // The hub relayed sealed frames: no row value in its store's files.
     let marker = b"UW-Nord-7731";
