@@ -55,12 +55,16 @@ pub enum FederationCmd {
     /// signs the request over mTLS. With `--node` and `--endpoint`, also
     /// issue that node's certificate and record its directory entry.
     Join {
+        /// The invitation file the city's operator gave you
+        /// (`federation invite`).
         #[arg(long)]
         invitation: PathBuf,
         /// The organisation directory (org-ca.key, org-ca.crt, root-ca.crt,
         /// membership.json; nodes/<name>/ for the node).
         #[arg(long)]
         dir: PathBuf,
+        /// Name of this organisation's first node (its certificate goes to
+        /// `<dir>/nodes/<name>/`).
         #[arg(long, requires = "endpoint")]
         node: Option<String>,
         /// The node's gRPC endpoint, `https://host:port`.

@@ -104,8 +104,8 @@ enum Command {
     /// window.
     #[command(subcommand)]
     Obligations(obligations_cmd::ObligationsCmd),
-    /// The federation's members: show the directory, remove an
-    /// organisation (city operators).
+    /// The federation's members: show the directory; invite and remove
+    /// organisations (city operators); join with an invitation.
     #[command(subcommand)]
     Federation(federation_cmd::FederationCmd),
     /// Print the version.
