@@ -124,6 +124,8 @@ pub struct NodeHandle {
     /// Where the directory is fetched from (`[federation] directory`).
     directory_source: watch::Sender<crate::federation::directory::DirectorySource>,
     shutdown: watch::Sender<bool>,
+    /// Stops the audit log's tasks, after every other task has ended.
+    audit_stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), NodeError>>>,
 }
 
@@ -204,6 +206,10 @@ impl NodeHandle {
                 }
             }
         }
+        // The audit log stops last: what the tasks wrote while they ended
+        // (completions of drained streams, the last refused
+        // authentications) is in it.
+        let _ = self.audit_stop.send(true);
         self.audit.closed().await;
         self.store.flush().await?;
         tracing::info!(node = %self.name, "node stopped");
@@ -220,6 +226,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
     let store = open_store(&config, &trust).await?;
     let own = own_identity(&config, &material, &trust)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (audit_stop, audit_stop_rx) = watch::channel(false);
     let parts = Parts::open(
         &config,
         &own,
@@ -227,7 +234,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         &store,
         &clock,
         &material,
-        &shutdown_rx,
+        &audit_stop_rx,
     )
     .await?;
 
@@ -429,6 +436,7 @@ pub async fn start(config: NodeConfig, clock: SharedClock) -> Result<NodeHandle,
         peers: parts.peer_list,
         directory_source,
         shutdown: shutdown_tx,
+        audit_stop,
         tasks,
     })
 }
@@ -615,7 +623,7 @@ impl Parts {
         store: &Store,
         clock: &SharedClock,
         material: &TlsMaterial,
-        shutdown_rx: &watch::Receiver<bool>,
+        audit_stop: &watch::Receiver<bool>,
     ) -> Result<Self, NodeError> {
         let metrics = NodeMetrics::new(&config.name);
         let audit = AuditLog::open(
@@ -624,7 +632,7 @@ impl Parts {
             &own.organisation,
             &config.name,
             clock.clone(),
-            shutdown_rx.clone(),
+            audit_stop.clone(),
         )
         .await?;
         let origin = match &config.policy_dir {
