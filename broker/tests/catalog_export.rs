@@ -29,9 +29,7 @@ fn a_bad_format_is_a_usage_error() {
 #[test]
 fn catalog_export_writes_the_federated_catalog_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port().to_string();
-    let (mut child, _) =
-        spawn_until_in(dir.path(), &["demo", "--base-port", &base], "Press Ctrl-C");
+    let (mut child, _) = spawn_demo_in(dir.path());
     let profile = dir
         .path()
         .join("allmende-demo/tum/users/alice.profile.toml");

@@ -23,9 +23,7 @@ fn demo_starts_five_nodes_answers_health_and_stops_on_sigterm() {
     // As README runs it: the default, relative directory under the current one.
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("allmende-demo");
-    let base = free_base_port().to_string();
-    let (mut child, lines) =
-        spawn_until_in(dir.path(), &["demo", "--base-port", &base], "Press Ctrl-C");
+    let (mut child, lines) = spawn_demo_in(dir.path());
     let banner = lines.join("\n");
     for org in ["stadt", "swm", "tum", "scooter-co", "versicherung-ag"] {
         assert!(banner.contains(&format!("{org}-1")), "{banner}");
@@ -603,9 +601,7 @@ fn story_5_passes_in_the_demo_harness() {
 #[test]
 fn a_killed_demo_leaves_no_mosquitto_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port().to_string();
-    let (mut child, lines) =
-        spawn_until_in(dir.path(), &["demo", "--base-port", &base], "Press Ctrl-C");
+    let (mut child, lines) = spawn_demo_in(dir.path());
     let banner = lines.join("\n");
     if allmende_connectors::mqtt::find_mosquitto().is_none() {
         eprintln!("skipped: mosquitto is not installed (scripts/test.sh installs it)");

@@ -96,10 +96,40 @@ fn spawn_inner(
     spawn_command_until(cmd, ready)
 }
 
+/// Starts `allmende demo` in `cwd` on a free base port and waits for its
+/// banner. Another process can take one of its ports between the check and
+/// the bind; the demo then exits naming the address, and it is started
+/// again on another base. Returns the child and the banner lines.
+pub fn spawn_demo_in(cwd: &Path) -> (Spawned, Vec<String>) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let base = free_base_port().to_string();
+        let mut cmd = bin();
+        cmd.current_dir(cwd)
+            .args(["demo", "--base-port", &base])
+            .stderr(Stdio::piped());
+        match try_spawn_command_until(cmd, "Press Ctrl-C") {
+            Ok(started) => return started,
+            Err(e) if e.contains("Address already in use") => last = e,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the demo found no free ports in five tries: {last}");
+}
+
 /// Spawns `cmd` (the binary, or a wrapper that execs it, such as
 /// `ip netns exec`) and waits until a stdout line contains `ready`; stderr
 /// goes where `cmd` sends it.
-pub fn spawn_command_until(mut cmd: Command, ready: &str) -> (Spawned, Vec<String>) {
+pub fn spawn_command_until(cmd: Command, ready: &str) -> (Spawned, Vec<String>) {
+    try_spawn_command_until(cmd, ready).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`spawn_command_until`], the failure (with the child's stderr, when
+/// piped) returned instead of raised.
+pub fn try_spawn_command_until(
+    mut cmd: Command,
+    ready: &str,
+) -> Result<(Spawned, Vec<String>), String> {
     let args: Vec<String> = cmd
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
@@ -127,16 +157,16 @@ pub fn spawn_command_until(mut cmd: Command, ready: &str) -> (Spawned, Vec<Strin
                 if done {
                     // Keep draining in the background so the child never blocks on stdout.
                     std::thread::spawn(move || while rx.recv().is_ok() {});
-                    return (Spawned(child), lines);
+                    return Ok((Spawned(child), lines));
                 }
             }
             Err(_) => {
                 let _ = child.kill();
                 let out = child.wait_with_output().expect("wait");
-                panic!(
+                return Err(format!(
                     "allmende {args:?} never printed `{ready}`; stdout so far: {lines:?}; stderr: {}",
                     String::from_utf8_lossy(&out.stderr)
-                );
+                ));
             }
         }
     }
