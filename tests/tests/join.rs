@@ -100,6 +100,31 @@ fn join_entry(entries: &[Entry], org: &str, decision: Decision, reason: &str) ->
     })
 }
 
+/// A join that must be refused: `err` has `code` and a message containing
+/// `text`, and the city audited a deny of `org`'s join with `reason` since
+/// audit entry `before`.
+fn refused_join(
+    sb: &Sandbox,
+    before: u64,
+    err: &tonic::Status,
+    code: tonic::Code,
+    text: &str,
+    org: &str,
+    reason: &str,
+) {
+    assert_eq!(err.code(), code, "{}", err.message());
+    assert!(err.message().contains(text), "{}", err.message());
+    assert!(
+        join_entry(
+            &audit_since(sb, "stadt-1", before),
+            org,
+            Decision::Deny,
+            reason
+        ),
+        "no audited deny `{reason}` for `{org}`"
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -267,46 +292,30 @@ async fn invitations_are_single_use_expire_and_bind_their_organisation() {
     let err = join_rpc(&file, "not-the-secret", csr(&dir.path().join("a"), "fz"))
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
+    refused_join(
+        &sb,
+        before,
+        &err,
         tonic::Code::PermissionDenied,
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message().contains("secret does not match"),
-        "{}",
-        err.message()
-    );
-    assert!(join_entry(
-        &audit_since(&sb, "stadt-1", before),
+        "secret does not match",
         "fz",
-        Decision::Deny,
-        "invitation:secret"
-    ));
+        "invitation:secret",
+    );
 
     // Another organisation's request under fz's invitation: refused.
     let before = audit_size(&sb, "stadt-1");
     let err = join_rpc(&file, &file.secret, csr(&dir.path().join("b"), "other"))
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
+    refused_join(
+        &sb,
+        before,
+        &err,
         tonic::Code::PermissionDenied,
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message().contains("invitation is for `munich/fz`"),
-        "{}",
-        err.message()
-    );
-    assert!(join_entry(
-        &audit_since(&sb, "stadt-1", before),
+        "invitation is for `munich/fz`",
         "fz",
-        Decision::Deny,
-        "invitation:organisation"
-    ));
+        "invitation:organisation",
+    );
     assert!(
         sb.city_node()
             .unwrap()
@@ -338,19 +347,15 @@ async fn invitations_are_single_use_expire_and_bind_their_organisation() {
     let err = join_rpc(&file, &file.secret, csr(&dir.path().join("d"), "fz"))
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
+    refused_join(
+        &sb,
+        before,
+        &err,
         tonic::Code::FailedPrecondition,
-        "{}",
-        err.message()
-    );
-    assert!(err.message().contains("already used"), "{}", err.message());
-    assert!(join_entry(
-        &audit_since(&sb, "stadt-1", before),
+        "already used",
         "fz",
-        Decision::Deny,
-        "invitation:used"
-    ));
+        "invitation:used",
+    );
     assert_eq!(
         sb.city_node()
             .unwrap()
@@ -371,19 +376,15 @@ async fn invitations_are_single_use_expire_and_bind_their_organisation() {
     let err = join_rpc(&late, &late.secret, csr(&dir.path().join("e"), "late"))
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
+    refused_join(
+        &sb,
+        before,
+        &err,
         tonic::Code::FailedPrecondition,
-        "{}",
-        err.message()
-    );
-    assert!(err.message().contains("expired"), "{}", err.message());
-    assert!(join_entry(
-        &audit_since(&sb, "stadt-1", before),
+        "expired",
         "late",
-        Decision::Deny,
-        "invitation:expired"
-    ));
+        "invitation:expired",
+    );
     sb.shutdown().await.unwrap();
 }
 

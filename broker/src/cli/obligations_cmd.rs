@@ -5,8 +5,38 @@
 use super::{Answer, Failure, exit};
 use crate::client::ClientProfile;
 use allmende_proto::v1 as pb;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
+
+/// Which compliance windows a listing covers (`status`, `rejected`).
+#[derive(Debug, Args)]
+pub struct Windows {
+    #[arg(long)]
+    organisation: Option<String>,
+    #[arg(long)]
+    dataset: Option<String>,
+    /// First window, a UTC hour (`2026-11-30T10`); default: 24 hours
+    /// before `--to`.
+    #[arg(long)]
+    from: Option<String>,
+    /// Windows starting before this UTC hour; default: after the
+    /// current one.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+impl Windows {
+    /// The organisation, dataset, first and end hour as the requests
+    /// carry them (empty: any).
+    fn parts(self) -> Result<(String, String, String, String), Failure> {
+        Ok((
+            self.organisation.unwrap_or_default(),
+            self.dataset.unwrap_or_default(),
+            hour(self.from)?,
+            hour(self.to)?,
+        ))
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ObligationsCmd {
@@ -58,36 +88,16 @@ pub enum ObligationsCmd {
     /// Compliance per company and window: delivered, late, invalid,
     /// missing or pending.
     Status {
-        #[arg(long)]
-        organisation: Option<String>,
-        #[arg(long)]
-        dataset: Option<String>,
-        /// First window, a UTC hour (`2026-11-30T10`); default: 24 hours
-        /// before `--to`.
-        #[arg(long)]
-        from: Option<String>,
-        /// Windows starting before this UTC hour; default: after the
-        /// current one.
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        windows: Windows,
         #[arg(long, env = "ALLMENDE_PROFILE")]
         profile: Option<PathBuf>,
     },
     /// Rejected batches kept for inspection, with their reasons; with
     /// `--id`, one batch's raw answers (saved with `--save DIR`).
     Rejected {
-        #[arg(long)]
-        organisation: Option<String>,
-        #[arg(long)]
-        dataset: Option<String>,
-        /// First window, a UTC hour (`2026-11-30T10`); default: 24 hours
-        /// before `--to`.
-        #[arg(long)]
-        from: Option<String>,
-        /// Windows starting before this UTC hour; default: after the
-        /// current one.
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        windows: Windows,
         /// One kept batch, as a listing names it.
         #[arg(long)]
         id: Option<String>,
@@ -442,18 +452,13 @@ pub async fn output(cmd: ObligationsCmd, json: bool) -> Result<String, Failure> 
             }
             Ok(out)
         }
-        ObligationsCmd::Status {
-            organisation,
-            dataset,
-            from,
-            to,
-            profile,
-        } => {
+        ObligationsCmd::Status { windows, profile } => {
+            let (organisation, dataset, from, to) = windows.parts()?;
             let req = pb::ObligationStatusRequest {
-                organisation: organisation.unwrap_or_default(),
-                dataset: dataset.unwrap_or_default(),
-                from: hour(from)?,
-                to: hour(to)?,
+                organisation,
+                dataset,
+                from,
+                to,
             };
             let r = client(profile).await?.status(req).await.answer()?;
             Ok(if json {
@@ -469,19 +474,17 @@ pub async fn output(cmd: ObligationsCmd, json: bool) -> Result<String, Failure> 
             })
         }
         ObligationsCmd::Rejected {
-            organisation,
-            dataset,
-            from,
-            to,
+            windows,
             id,
             save,
             profile,
         } => {
+            let (organisation, dataset, from, to) = windows.parts()?;
             let req = pb::RejectedBatchesRequest {
-                organisation: organisation.unwrap_or_default(),
-                dataset: dataset.unwrap_or_default(),
-                from: hour(from)?,
-                to: hour(to)?,
+                organisation,
+                dataset,
+                from,
+                to,
                 id: id.unwrap_or_default(),
             };
             let r = client(profile)
